@@ -1,0 +1,346 @@
+"""Identity lifecycle: events with effective dates folded into a state, bitemporally.
+
+Does: define lifecycle states and events, give every event a content key (so a duplicate is the
+same event), and compute an identity's state, attributes, employment period and timeline as of
+any valid time and any knowledge time, by folding its events in effective-date order. The fold
+is a pure function of the *set* of events, so arrival order and duplicates never change the
+outcome. Transitions that are not possible at their point in time are kept in the timeline with
+a note and change nothing.
+Does not: read or write storage, decide whether a change must be held for approval, or know
+anything about access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class LifecycleState(StrEnum):
+    PRE_HIRE = "pre-hire"
+    ACTIVE = "active"
+    LEAVE = "leave"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+
+
+class EventKind(StrEnum):
+    HIRE = "hire"
+    MOVE = "move"
+    CONVERT = "convert"
+    LEAVE = "leave"
+    RETURN = "return"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    TERMINATE = "terminate"
+    REHIRE = "rehire"
+    RESCIND = "rescind"
+
+
+class IdentityKind(StrEnum):
+    HUMAN = "human"
+    SERVICE_ACCOUNT = "service_account"
+    API_KEY = "api_key"
+    BOT = "bot"
+
+
+# Standard attributes every identity may carry; anything else is kept as a free-form attribute.
+STANDARD_ATTRIBUTES = (
+    "name",
+    "email",
+    "department",
+    "title",
+    "location",
+    "cost_centre",
+    "manager",
+    "employment_type",
+    "kind",
+    "owner",
+)
+
+# When two events share an effective instant, they apply in this order: someone hired and moved
+# on the same day is moved after the hire; a same-day termination comes after everything else,
+# and a same-day rehire after the termination it follows.
+_KIND_ORDER = {
+    EventKind.HIRE: 0,
+    EventKind.CONVERT: 1,
+    EventKind.MOVE: 2,
+    EventKind.RETURN: 3,
+    EventKind.RESUME: 4,
+    EventKind.LEAVE: 5,
+    EventKind.SUSPEND: 6,
+    EventKind.TERMINATE: 7,
+    EventKind.REHIRE: 8,
+    EventKind.RESCIND: 9,
+}
+
+_ALLOWED_FROM: dict[EventKind, frozenset[LifecycleState | None]] = {
+    EventKind.HIRE: frozenset({None, LifecycleState.PRE_HIRE}),
+    EventKind.MOVE: frozenset(
+        {LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED}
+    ),
+    EventKind.CONVERT: frozenset(
+        {LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED}
+    ),
+    EventKind.LEAVE: frozenset({LifecycleState.ACTIVE}),
+    EventKind.RETURN: frozenset({LifecycleState.LEAVE}),
+    EventKind.SUSPEND: frozenset({LifecycleState.ACTIVE, LifecycleState.LEAVE}),
+    EventKind.RESUME: frozenset({LifecycleState.SUSPENDED}),
+    EventKind.TERMINATE: frozenset(
+        {LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED}
+    ),
+    EventKind.REHIRE: frozenset({LifecycleState.TERMINATED}),
+}
+
+_STATE_AFTER: dict[EventKind, LifecycleState | None] = {
+    EventKind.HIRE: LifecycleState.ACTIVE,
+    EventKind.MOVE: None,  # unchanged
+    EventKind.CONVERT: None,
+    EventKind.LEAVE: LifecycleState.LEAVE,
+    EventKind.RETURN: LifecycleState.ACTIVE,
+    EventKind.SUSPEND: LifecycleState.SUSPENDED,
+    EventKind.RESUME: LifecycleState.ACTIVE,
+    EventKind.TERMINATE: LifecycleState.TERMINATED,
+    EventKind.REHIRE: LifecycleState.ACTIVE,
+}
+
+DEFAULT_RESCIND_WINDOW = timedelta(days=30)
+
+
+def utc(value: datetime | date) -> datetime:
+    """Return ``value`` as an aware UTC datetime; a bare date means midnight UTC of that day."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of a value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_key(
+    identity: str,
+    kind: EventKind,
+    effective: datetime,
+    attributes: Mapping[str, Any],
+    ref: str | None = None,
+) -> str:
+    """Content key of an event: the same change reported twice has the same key."""
+    body = canonical_json(
+        {
+            "identity": identity,
+            "kind": str(kind),
+            "effective": utc(effective).isoformat(),
+            "attributes": dict(attributes),
+            "ref": ref,
+        }
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """One reported lifecycle change of one identity, effective at ``effective``."""
+
+    identity: str
+    kind: EventKind
+    effective: datetime
+    recorded: datetime
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    ref: str | None = None
+    source: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "effective", utc(self.effective))
+        object.__setattr__(self, "recorded", utc(self.recorded))
+        if not self.key:
+            key = event_key(self.identity, self.kind, self.effective, self.attributes, self.ref)
+            object.__setattr__(self, "key", key)
+
+    def sort_key(self) -> tuple[datetime, int, str]:
+        return (self.effective, _KIND_ORDER[self.kind], self.key)
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """What one event did (or why it did nothing) in the fold."""
+
+    event: LifecycleEvent
+    applied: bool
+    state_before: LifecycleState | None
+    state_after: LifecycleState | None
+    changes: Mapping[str, tuple[Any, Any]]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    """An identity as of ``as_of`` (valid time), as known at ``known_at`` (record time)."""
+
+    identity: str
+    state: LifecycleState | None
+    attributes: Mapping[str, Any]
+    employment_start: datetime | None
+    terminated_at: datetime | None
+    state_since: datetime | None
+    next_change: datetime | None
+    timeline: tuple[TimelineEntry, ...]
+    as_of: datetime
+    known_at: datetime | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.attributes.get("kind") or IdentityKind.HUMAN)
+
+    @property
+    def exists(self) -> bool:
+        return self.state is not None
+
+    def anomalies(self) -> list[TimelineEntry]:
+        return [t for t in self.timeline if not t.applied]
+
+
+def _merge(attributes: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    diff: dict[str, tuple[Any, Any]] = {}
+    for name, value in changes.items():
+        old = attributes.get(name)
+        if value is None:
+            if name in attributes:
+                del attributes[name]
+                diff[name] = (old, None)
+        elif old != value:
+            attributes[name] = value
+            diff[name] = (old, value)
+    return diff
+
+
+def _voided_terminations(
+    events: list[LifecycleEvent], window: timedelta
+) -> tuple[set[str], dict[str, str]]:
+    """Keys of terminations voided by a rescind, and a note for each rescind that voids nothing.
+
+    A rescind names the termination it cancels (``ref``) or, without one, cancels the latest
+    termination effective at or before it. It only counts within ``window`` of the termination's
+    effective date; later, the person must be rehired instead.
+    """
+    terminations = sorted(
+        (e for e in events if e.kind is EventKind.TERMINATE), key=LifecycleEvent.sort_key
+    )
+    voided: set[str] = set()
+    notes: dict[str, str] = {}
+    for rescind in sorted(
+        (e for e in events if e.kind is EventKind.RESCIND), key=LifecycleEvent.sort_key
+    ):
+        if rescind.ref:
+            candidates = [t for t in terminations if t.key == rescind.ref]
+        else:
+            candidates = [t for t in terminations if t.effective <= rescind.effective][-1:]
+        if not candidates:
+            notes[rescind.key] = "no termination to rescind"
+            continue
+        target = candidates[0]
+        if rescind.effective - target.effective > window:
+            notes[rescind.key] = (
+                f"rescind window of {window.days} days after the termination effective "
+                f"{target.effective.date().isoformat()} has passed; rehire instead"
+            )
+            continue
+        voided.add(target.key)
+    return voided, notes
+
+
+def fold(
+    identity: str,
+    events: Iterable[LifecycleEvent],
+    *,
+    as_of: datetime,
+    known_at: datetime | None = None,
+    rescind_window: timedelta = DEFAULT_RESCIND_WINDOW,
+) -> IdentityState:
+    """Fold an identity's events into its state as of ``as_of``, counting only events recorded
+    at or before ``known_at`` (all events when ``None``). Duplicates (same key) count once."""
+    as_of = utc(as_of)
+    known = utc(known_at) if known_at is not None else None
+    unique: dict[str, LifecycleEvent] = {}
+    for event in events:
+        if event.identity != identity:
+            raise ValueError(f"event {event.key} belongs to {event.identity}, not {identity}")
+        if known is not None and event.recorded > known:
+            continue
+        # The same change recorded twice keeps its first recording time.
+        seen = unique.get(event.key)
+        if seen is None or event.recorded < seen.recorded:
+            unique[event.key] = event
+    ordered = sorted(unique.values(), key=LifecycleEvent.sort_key)
+    voided, rescind_notes = _voided_terminations(ordered, rescind_window)
+
+    state: LifecycleState | None = None
+    attributes: dict[str, Any] = {}
+    employment_start: datetime | None = None
+    terminated_at: datetime | None = None
+    state_since: datetime | None = None
+    next_change: datetime | None = None
+    timeline: list[TimelineEntry] = []
+
+    for event in ordered:
+        if event.effective > as_of:
+            if next_change is None and event.kind is not EventKind.RESCIND:
+                next_change = event.effective
+            if event.kind is EventKind.HIRE and state is None:
+                # A known future hire: the person exists in pre-hire with the hire's attributes.
+                state = LifecycleState.PRE_HIRE
+                _merge(attributes, event.attributes)
+            continue
+        before = state
+        if event.kind is EventKind.RESCIND:
+            note = rescind_notes.get(event.key, "")
+            timeline.append(TimelineEntry(event, not note, before, before, {}, note))
+            continue
+        if event.key in voided:
+            timeline.append(
+                TimelineEntry(event, False, before, before, {}, "rescinded: never took effect")
+            )
+            continue
+        withdrawn_offer = (
+            event.kind is EventKind.TERMINATE
+            and before is None
+            and any(e.kind is EventKind.HIRE and e.effective > event.effective for e in ordered)
+        )
+        if before not in _ALLOWED_FROM[event.kind] and not withdrawn_offer:
+            shown = before.value if before is not None else "unknown (no hire recorded)"
+            note = f"{event.kind.value} is not possible from state {shown}"
+            timeline.append(TimelineEntry(event, False, before, before, {}, note))
+            continue
+        changes = _merge(attributes, event.attributes)
+        after = _STATE_AFTER[event.kind] or before
+        if event.kind in (EventKind.HIRE, EventKind.REHIRE):
+            employment_start = event.effective
+            terminated_at = None
+        elif event.kind is EventKind.TERMINATE:
+            terminated_at = event.effective
+        if after != before:
+            state_since = event.effective
+        state = after
+        timeline.append(TimelineEntry(event, True, before, after, changes))
+
+    return IdentityState(
+        identity=identity,
+        state=state,
+        attributes=attributes,
+        employment_start=employment_start,
+        terminated_at=terminated_at,
+        state_since=state_since,
+        next_change=next_change,
+        timeline=tuple(timeline),
+        as_of=as_of,
+        known_at=known,
+    )

@@ -1,0 +1,407 @@
+"""Policy as data: targets, entitlements, birthright rules, roles, assignments, exceptions, SoD.
+
+Does: define the validated shape of a policy (pydantic models), evaluate attribute matchers
+against an identity's attributes with a reason for every verdict, and check that every name a
+policy uses refers to something the policy defines.
+Does not: read files (``provisor.config.policy_files`` does, and maps errors to file and line),
+resolve secrets, or compute desired access (``provisor.domain.desired``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+Scalar = str | int | float | bool
+
+# Connection settings whose value is a credential. They must be references, never plain text.
+SECRET_SETTING = re.compile(
+    r"(password|passwd|secret|token|api_?key|private_?key|credential|bearer)", re.I
+)
+
+
+class TargetClass(StrEnum):
+    SCIM = "scim"
+    LDAP = "ldap"
+    SQL = "sql"
+    REST = "rest"
+    MANUAL = "manual"
+
+
+class LeaverAction(StrEnum):
+    DISABLE = "disable"
+    DELETE = "delete"
+    REMOVE_ENTITLEMENTS = "remove-entitlements"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SecretRef(_Model):
+    """A credential named, not written: an environment variable or an entry of the secrets file."""
+
+    env: str | None = None
+    secret: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.secret is None):
+            raise ValueError("a secret reference names exactly one of 'env' or 'secret'")
+        return self
+
+
+class EntitlementDef(_Model):
+    name: Name
+    description: str = ""
+    kind: Literal["group", "role", "permission"] = "group"
+
+
+class TargetDef(_Model):
+    name: Name
+    target_class: TargetClass = Field(alias="class")
+    owner: str = Field(min_length=1, description="the revocation owner, a person or team")
+    description: str = ""
+    leaver_action: LeaverAction = LeaverAction.DISABLE
+    grace_days: int = Field(default=30, ge=0, le=3650)
+    correlation: list[str] = Field(default_factory=lambda: ["email"], min_length=1)
+    on_leave: Literal["keep", "disable"] = "keep"
+    on_suspend: Literal["keep", "disable"] = "disable"
+    sla_days: int = Field(default=3, ge=0, le=365)
+    connection: dict[str, Any] = Field(default_factory=dict)
+    entitlements: list[EntitlementDef] = Field(default_factory=list)
+
+    @field_validator("connection")
+    @classmethod
+    def _no_inline_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        checked: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, Mapping) and set(item) <= {"env", "secret"} and item:
+                checked[key] = SecretRef.model_validate(item)
+            elif SECRET_SETTING.search(key) and item not in (None, ""):
+                raise ValueError(
+                    f"connection setting '{key}' is a credential written in plain text; "
+                    f"use {{env: VARIABLE}} or {{secret: NAME}} instead"
+                )
+            else:
+                checked[key] = item
+        return checked
+
+    @cached_property
+    def entitlement_names(self) -> frozenset[str]:
+        return frozenset(e.name for e in self.entitlements)
+
+
+class Matcher(_Model):
+    """One test on attributes: ``{attr, equals|in|prefix|regex|exists}`` or ``all``/``any``/``not``."""
+
+    attr: str | None = None
+    equals: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in")
+    prefix: str | None = None
+    regex: str | None = None
+    exists: bool | None = None
+    all: list[Matcher] | None = None
+    any: list[Matcher] | None = None
+    not_: Matcher | None = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Matcher:
+        tests = [
+            n
+            for n in ("equals", "in_", "prefix", "regex", "exists")
+            if getattr(self, n) is not None
+        ]
+        groups = [n for n in ("all", "any", "not_") if getattr(self, n) is not None]
+        if self.attr is not None:
+            if groups or len(tests) != 1:
+                raise ValueError(
+                    "an attribute matcher has 'attr' and exactly one of "
+                    "'equals', 'in', 'prefix', 'regex', 'exists'"
+                )
+        elif tests:
+            raise ValueError(f"'{tests[0].rstrip('_')}' needs 'attr' beside it")
+        elif len(groups) != 1:
+            raise ValueError("a matcher is one of: {attr: ..., equals: ...}, all, any, not")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {self.regex!r}: {exc}") from exc
+        return self
+
+    @cached_property
+    def _compiled(self) -> re.Pattern[str] | None:
+        return re.compile(self.regex) if self.regex is not None else None
+
+    def evaluate(self, attributes: Mapping[str, Any]) -> tuple[bool, str]:
+        """Whether the attributes match, and a human sentence saying why (or why not)."""
+        if self.all is not None:
+            for sub in self.all:
+                ok, why = sub.evaluate(attributes)
+                if not ok:
+                    return False, why
+            return True, " and ".join(sub.describe() for sub in self.all)
+        if self.any is not None:
+            reasons = []
+            for sub in self.any:
+                ok, why = sub.evaluate(attributes)
+                if ok:
+                    return True, why
+                reasons.append(why)
+            return False, "none of: " + "; ".join(reasons)
+        if self.not_ is not None:
+            ok, why = self.not_.evaluate(attributes)
+            return (not ok), (f"not ({why})" if not ok else f"excluded because {why}")
+        assert self.attr is not None
+        raw = attributes.get(self.attr)
+        value = None if raw is None or raw == "" else str(raw)
+        ok = self._test(value)
+        shown = "missing" if value is None else repr(value)
+        return ok, f"{self.attr} is {shown}" + ("" if ok else f", wanted {self._wanted()}")
+
+    def matches(self, attributes: Mapping[str, Any]) -> bool:
+        if self.all is not None:
+            return all(sub.matches(attributes) for sub in self.all)
+        if self.any is not None:
+            return any(sub.matches(attributes) for sub in self.any)
+        if self.not_ is not None:
+            return not self.not_.matches(attributes)
+        assert self.attr is not None
+        raw = attributes.get(self.attr)
+        return self._test(None if raw is None or raw == "" else str(raw))
+
+    def _test(self, value: str | None) -> bool:
+        if self.exists is not None:
+            return (value is not None) == self.exists
+        if value is None:
+            return False
+        if self.equals is not None:
+            return value == _text(self.equals)
+        if self.in_ is not None:
+            return value in {_text(v) for v in self.in_}
+        if self.prefix is not None:
+            return value.startswith(self.prefix)
+        assert self._compiled is not None
+        return self._compiled.search(value) is not None
+
+    def _wanted(self) -> str:
+        if self.exists is not None:
+            return "present" if self.exists else "absent"
+        if self.equals is not None:
+            return repr(_text(self.equals))
+        if self.in_ is not None:
+            return "one of " + ", ".join(repr(_text(v)) for v in self.in_)
+        if self.prefix is not None:
+            return f"prefix {self.prefix!r}"
+        return f"match of /{self.regex}/"
+
+    def describe(self) -> str:
+        if self.all is not None:
+            return "(" + " and ".join(s.describe() for s in self.all) + ")"
+        if self.any is not None:
+            return "(" + " or ".join(s.describe() for s in self.any) + ")"
+        if self.not_ is not None:
+            return f"not {self.not_.describe()}"
+        return f"{self.attr} {self._wanted()}"
+
+    def anchors(self) -> list[tuple[str, frozenset[str]]]:
+        """Equality tests every matching identity must pass: ``(attr, allowed values)``.
+
+        Used to index rules by attribute, so an identity is only tested against rules that can
+        possibly match it.
+        """
+        if self.attr is not None and self.equals is not None:
+            return [(self.attr, frozenset({_text(self.equals)}))]
+        if self.attr is not None and self.in_ is not None:
+            return [(self.attr, frozenset(_text(v) for v in self.in_))]
+        if self.all is not None:
+            return [a for sub in self.all for a in sub.anchors()]
+        return []
+
+
+def _text(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Grant(_Model):
+    """An account in a target, with entitlements in it."""
+
+    target: Name
+    entitlements: list[Name] = Field(default_factory=list)
+
+
+class RuleDef(_Model):
+    """Birthright rule: identities whose attributes match ``when`` get the grants and roles."""
+
+    name: Name
+    description: str = ""
+    when: Matcher
+    grant: list[Grant] = Field(default_factory=list)
+    roles: list[Name] = Field(default_factory=list)
+    kinds: list[str] = Field(
+        default_factory=lambda: ["human"],
+        description="identity kinds the rule applies to (human, service_account, api_key, bot)",
+    )
+
+
+class RoleDef(_Model):
+    """Business role: a named bundle of entitlements across targets."""
+
+    name: Name
+    description: str = ""
+    owner: str = ""
+    grants: list[Grant] = Field(min_length=1)
+
+
+class AssignmentDef(_Model):
+    """A role assigned directly to one identity by a person who approved it."""
+
+    identity: str = Field(min_length=1)
+    role: Name
+    approver: str = Field(min_length=1)
+    granted: date
+    expires: date | None = None
+    justification: str = ""
+
+
+class ExceptionDef(_Model):
+    """Time-bound approved access outside rules and roles; may also allow an SoD conflict."""
+
+    identity: str = Field(min_length=1)
+    grant: list[Grant] = Field(default_factory=list)
+    allow_sod: list[Name] = Field(default_factory=list)
+    approver: str = Field(min_length=1)
+    justification: str = Field(min_length=1)
+    granted: date
+    expires: date
+
+    @model_validator(mode="after")
+    def _something_and_ordered(self) -> ExceptionDef:
+        if not self.grant and not self.allow_sod:
+            raise ValueError("an exception grants access ('grant') or allows a conflict ('allow_sod')")
+        if self.expires < self.granted:
+            raise ValueError("'expires' is before 'granted'")
+        return self
+
+
+class SoDDef(_Model):
+    """Separation of duties: holding all of ``conflicts`` at once is a violation."""
+
+    name: Name
+    description: str = ""
+    conflicts: list[str] = Field(min_length=2)
+
+    @field_validator("conflicts")
+    @classmethod
+    def _target_colon_entitlement(cls, value: list[str]) -> list[str]:
+        for item in value:
+            target, sep, ent = item.partition(":")
+            if not sep or not target or not ent:
+                raise ValueError(f"conflict {item!r} is not written as 'target:entitlement'")
+        return value
+
+
+class Policy(_Model):
+    targets: list[TargetDef] = Field(default_factory=list)
+    rules: list[RuleDef] = Field(default_factory=list)
+    roles: list[RoleDef] = Field(default_factory=list)
+    assignments: list[AssignmentDef] = Field(default_factory=list)
+    exceptions: list[ExceptionDef] = Field(default_factory=list)
+    sod: list[SoDDef] = Field(default_factory=list)
+
+    @cached_property
+    def target_map(self) -> dict[str, TargetDef]:
+        return {t.name: t for t in self.targets}
+
+    @cached_property
+    def role_map(self) -> dict[str, RoleDef]:
+        return {r.name: r for r in self.roles}
+
+    def problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every dangling or duplicated name, as ``(location path, message)``."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+
+        def unique(section: str, names: list[str]) -> None:
+            seen: set[str] = set()
+            for i, name in enumerate(names):
+                if name in seen:
+                    found.append(((section, i, "name"), f"duplicate name {name!r}"))
+                seen.add(name)
+
+        unique("targets", [t.name for t in self.targets])
+        unique("rules", [r.name for r in self.rules])
+        unique("roles", [r.name for r in self.roles])
+        unique("sod", [s.name for s in self.sod])
+        for ti, target in enumerate(self.targets):
+            unique_ents: set[str] = set()
+            for ei, ent in enumerate(target.entitlements):
+                if ent.name in unique_ents:
+                    found.append(
+                        (("targets", ti, "entitlements", ei, "name"), f"duplicate {ent.name!r}")
+                    )
+                unique_ents.add(ent.name)
+
+        def grants(path: tuple[str | int, ...], items: list[Grant]) -> None:
+            for gi, grant in enumerate(items):
+                target = self.target_map.get(grant.target)
+                if target is None:
+                    found.append(((*path, gi, "target"), f"unknown target {grant.target!r}"))
+                    continue
+                for ei, ent in enumerate(grant.entitlements):
+                    if ent not in target.entitlement_names:
+                        found.append(
+                            (
+                                (*path, gi, "entitlements", ei),
+                                f"target {target.name!r} has no entitlement {ent!r}",
+                            )
+                        )
+
+        kinds = {"human", "service_account", "api_key", "bot"}
+        for ri, rule in enumerate(self.rules):
+            grants(("rules", ri, "grant"), rule.grant)
+            for pi, role in enumerate(rule.roles):
+                if role not in self.role_map:
+                    found.append((("rules", ri, "roles", pi), f"unknown role {role!r}"))
+            for ki, kind in enumerate(rule.kinds):
+                if kind not in kinds:
+                    found.append(
+                        (("rules", ri, "kinds", ki), f"unknown identity kind {kind!r}")
+                    )
+        for ri, role_def in enumerate(self.roles):
+            grants(("roles", ri, "grants"), role_def.grants)
+        for ai, assignment in enumerate(self.assignments):
+            if assignment.role not in self.role_map:
+                found.append((("assignments", ai, "role"), f"unknown role {assignment.role!r}"))
+        sod_names = {s.name for s in self.sod}
+        for xi, exc in enumerate(self.exceptions):
+            grants(("exceptions", xi, "grant"), exc.grant)
+            for si, name in enumerate(exc.allow_sod):
+                if name not in sod_names:
+                    found.append(
+                        (("exceptions", xi, "allow_sod", si), f"unknown SoD constraint {name!r}")
+                    )
+        for si, sod in enumerate(self.sod):
+            for ci, item in enumerate(sod.conflicts):
+                target_name, _, ent = item.partition(":")
+                target_def = self.target_map.get(target_name)
+                if target_def is None:
+                    found.append((("sod", si, "conflicts", ci), f"unknown target {target_name!r}"))
+                elif ent not in target_def.entitlement_names:
+                    found.append(
+                        (
+                            ("sod", si, "conflicts", ci),
+                            f"target {target_name!r} has no entitlement {ent!r}",
+                        )
+                    )
+        return found
