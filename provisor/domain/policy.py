@@ -289,7 +289,9 @@ class ExceptionDef(_Model):
     @model_validator(mode="after")
     def _something_and_ordered(self) -> ExceptionDef:
         if not self.grant and not self.allow_sod:
-            raise ValueError("an exception grants access ('grant') or allows a conflict ('allow_sod')")
+            raise ValueError(
+                "an exception grants access ('grant') or allows a conflict ('allow_sod')"
+            )
         if self.expires < self.granted:
             raise ValueError("'expires' is before 'granted'")
         return self
@@ -375,9 +377,7 @@ class Policy(_Model):
                     found.append((("rules", ri, "roles", pi), f"unknown role {role!r}"))
             for ki, kind in enumerate(rule.kinds):
                 if kind not in kinds:
-                    found.append(
-                        (("rules", ri, "kinds", ki), f"unknown identity kind {kind!r}")
-                    )
+                    found.append((("rules", ri, "kinds", ki), f"unknown identity kind {kind!r}"))
         for ri, role_def in enumerate(self.roles):
             grants(("roles", ri, "grants"), role_def.grants)
         for ai, assignment in enumerate(self.assignments):

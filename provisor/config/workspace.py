@@ -1,0 +1,155 @@
+"""The workspace configuration file, ``provisor.yaml``.
+
+Does: define and validate the workspace settings — where the policy lives, the HR feeds and their
+column mappings, the mass-change guard, lifecycle windows, the secrets file — and write the
+starter configuration and policy that ``provisor init`` puts in a new workspace.
+Does not: open the database or load the policy (``provisor.engine.workspace`` does both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from provisor.errors import ConfigError
+from provisor.sources.hr import FeedMapping
+
+CONFIG_FILE = "provisor.yaml"
+
+
+class GuardSettings(BaseModel):
+    """Mass-change guard: how many deprovisioning transitions one import or tick may apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_share: float = Field(default=0.10, gt=0, le=1)
+    max_count: int = Field(default=50, ge=1)
+    # Fewer affected identities than this are never held, whatever their share: in a small
+    # population one leaver is not a mass change.
+    min_count: int = Field(default=5, ge=1)
+
+
+class LifecycleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rescind_window_days: int = Field(default=30, ge=0, le=365)
+
+
+class WorkspaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: list[str] = Field(default_factory=lambda: ["policy"])
+    feeds: dict[str, FeedMapping] = Field(default_factory=lambda: {"hr": FeedMapping()})
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    secrets_file: str = "secrets.enc"
+
+
+def load_config(workspace: Path) -> WorkspaceConfig:
+    """Read ``provisor.yaml`` of ``workspace``; a missing file means all defaults."""
+    path = workspace / CONFIG_FILE
+    if not path.exists():
+        return WorkspaceConfig()
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return WorkspaceConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{path} {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from exc
+
+
+STARTER_CONFIG = """\
+# Provisor workspace settings. Every key is optional; these are the defaults.
+policy: [policy]            # files or folders of policy YAML, relative to this file
+secrets_file: secrets.enc   # encrypted with PROVISOR_SECRETS_KEY; see docs/policy.md
+
+feeds:
+  hr:                       # provisor import FILE --feed hr
+    mode: snapshot          # snapshot: the file is the whole population; events: one change a row
+    format: auto            # csv or jsonl; auto decides by the file extension
+    columns:                # provisor field: column in your file (unlisted fields keep their name)
+      id: employee_id
+      name: name
+      email: email
+      department: department
+      title: title
+      location: location
+      cost_centre: cost_centre
+      manager: manager_id
+      employment_type: employment_type
+      start_date: start_date
+      end_date: end_date
+      status: status
+
+guard:                      # mass-change guard for imports and ticks
+  max_share: 0.10           # hold if more than 10 % of active identities would be deprovisioned
+  max_count: 50             # ... or more than 50 of them
+  min_count: 5              # never hold fewer than this many
+
+lifecycle:
+  rescind_window_days: 30   # a termination can be rescinded this long after it took effect
+"""
+
+STARTER_POLICY = """\
+# A first policy: one directory target and one manual application.
+# Reference: docs/policy.md
+targets:
+  - name: directory
+    class: ldap
+    owner: identity-team@example.com
+    leaver_action: disable
+    correlation: [email]
+    entitlements:
+      - name: all-staff
+      - name: engineering
+
+  - name: payroll
+    class: manual
+    owner: finance-ops@example.com
+    leaver_action: delete
+    grace_days: 30
+    sla_days: 2
+    entitlements:
+      - name: viewer
+
+rules:
+  - name: everyone-in-directory
+    when: {attr: employment_type, in: [employee, contractor]}
+    grant:
+      - target: directory
+        entitlements: [all-staff]
+
+  - name: engineers
+    when: {attr: department, equals: Engineering}
+    grant:
+      - target: directory
+        entitlements: [engineering]
+"""
+
+
+def write_starter(workspace: Path) -> list[Path]:
+    """Write the starter configuration and policy where they do not exist yet."""
+    written: list[Path] = []
+    config = workspace / CONFIG_FILE
+    if not config.exists():
+        config.write_text(STARTER_CONFIG, encoding="utf-8")
+        written.append(config)
+    policy_dir = workspace / "policy"
+    if not policy_dir.exists():
+        policy_dir.mkdir(parents=True)
+        starter = policy_dir / "policy.yaml"
+        starter.write_text(STARTER_POLICY, encoding="utf-8")
+        written.append(starter)
+    return written

@@ -1,0 +1,325 @@
+"""Desired access: what each identity should hold in each target, and why.
+
+Does: compile a policy once (rules indexed by the attribute values they require, roles expanded,
+assignments and exceptions grouped by identity), then compute per identity and target whether an
+account should exist, whether it should be enabled, and which entitlements it should carry — each
+with the reasons (rule, role, assignment, exception) that produce it; apply lifecycle state
+(nothing before hire or after termination; per-target keep/disable on leave and suspension) and
+separation-of-duties constraints; and explain a single grant or its absence.
+Does not: read storage or observed access, or decide what operations to run (``plan`` does).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState
+from provisor.domain.policy import AssignmentDef, ExceptionDef, Grant, Policy, RuleDef, TargetDef
+
+ReasonKind = Literal["rule", "role", "assignment", "exception"]
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why an account or entitlement is granted: the policy item that grants it."""
+
+    kind: ReasonKind
+    name: str
+    via: str = ""  # e.g. the rule or assignment a role came through
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}" + (f" (via {self.via})" if self.via else "")
+
+
+@dataclass(frozen=True)
+class SoDViolation:
+    constraint: str
+    entitlements: tuple[str, ...]  # "target:entitlement"
+    allowed_by: str | None  # the exception that allows it; None means the set is withheld
+
+    @property
+    def blocked(self) -> bool:
+        return self.allowed_by is None
+
+
+@dataclass
+class TargetAccess:
+    """Desired state of one identity's account in one target."""
+
+    target: str
+    enabled: bool
+    account_reasons: list[Reason] = field(default_factory=list)
+    entitlements: dict[str, list[Reason]] = field(default_factory=dict)
+    withheld: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class DesiredAccess:
+    identity: str
+    state: LifecycleState | None
+    targets: dict[str, TargetAccess]
+    sod: list[SoDViolation] = field(default_factory=list)
+    note: str = ""
+
+
+_GrantList = tuple[tuple[str, tuple[str, ...], Reason], ...]
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    policy: Policy
+    index: Mapping[str, Mapping[str, tuple[int, ...]]]
+    unanchored: tuple[int, ...]
+    rule_grants: tuple[_GrantList, ...]
+    rule_kinds: tuple[frozenset[str], ...]
+    assignments: Mapping[str, tuple[AssignmentDef, ...]]
+    exceptions: Mapping[str, tuple[ExceptionDef, ...]]
+    sod: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+    @property
+    def targets(self) -> Mapping[str, TargetDef]:
+        return self.policy.target_map
+
+    def candidates(self, attributes: Mapping[str, object]) -> list[int]:
+        """Rules that can possibly match: unanchored ones plus those indexed under a value
+        the identity has. Policy order is kept so reasons list in a stable order."""
+        found = set(self.unanchored)
+        for attr, by_value in self.index.items():
+            value = attributes.get(attr)
+            if value is not None:
+                found.update(by_value.get(str(value), ()))
+        return sorted(found)
+
+
+def _role_grants(policy: Policy, role: str, via: str) -> list[tuple[str, tuple[str, ...], Reason]]:
+    reason = Reason("role", role, via)
+    return [(g.target, tuple(g.entitlements), reason) for g in policy.role_map[role].grants]
+
+
+def _rule_grants(policy: Policy, rule: RuleDef) -> _GrantList:
+    reason = Reason("rule", rule.name)
+    grants = [(g.target, tuple(g.entitlements), reason) for g in rule.grant]
+    for role in rule.roles:
+        grants.extend(_role_grants(policy, role, f"rule {rule.name}"))
+    return tuple(grants)
+
+
+def compile_policy(policy: Policy) -> CompiledPolicy:
+    """Prepare a validated policy for fast evaluation over many identities."""
+    index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    unanchored: list[int] = []
+    for i, rule in enumerate(policy.rules):
+        anchors = rule.when.anchors()
+        if not anchors:
+            unanchored.append(i)
+            continue
+        # Any one anchor is a necessary condition; the most selective one keeps candidates few.
+        attr, values = min(anchors, key=lambda a: len(a[1]))
+        for value in values:
+            index[attr][value].append(i)
+    assignments: dict[str, list[AssignmentDef]] = defaultdict(list)
+    for assignment in policy.assignments:
+        assignments[assignment.identity].append(assignment)
+    exceptions: dict[str, list[ExceptionDef]] = defaultdict(list)
+    for exc in policy.exceptions:
+        exceptions[exc.identity].append(exc)
+    sod = tuple(
+        (s.name, tuple(tuple(c.split(":", 1)) for c in s.conflicts))  # type: ignore[misc]
+        for s in policy.sod
+    )
+    return CompiledPolicy(
+        policy=policy,
+        index={a: {v: tuple(ix) for v, ix in by.items()} for a, by in index.items()},
+        unanchored=tuple(unanchored),
+        rule_grants=tuple(_rule_grants(policy, r) for r in policy.rules),
+        rule_kinds=tuple(frozenset(r.kinds) for r in policy.rules),
+        assignments={k: tuple(v) for k, v in assignments.items()},
+        exceptions={k: tuple(v) for k, v in exceptions.items()},
+        sod=sod,
+    )
+
+
+def previous_termination(state: IdentityState) -> datetime | None:
+    """Effective date of the termination that ended the identity's previous employment period."""
+    last: datetime | None = None
+    for entry in state.timeline:
+        if not entry.applied:
+            continue
+        if entry.event.kind is EventKind.TERMINATE:
+            last = entry.event.effective
+        elif entry.event.kind is EventKind.HIRE:
+            last = None
+    if state.state is LifecycleState.TERMINATED:
+        return None  # still terminated: there is no current period to compare against
+    return last
+
+
+def direct_grant_status(
+    granted: date, expires: date | None, state: IdentityState, today: date
+) -> str | None:
+    """Why a direct assignment or exception does not count now, or ``None`` when it does.
+
+    A grant approved before the identity's last termination belongs to an earlier employment
+    period: a rehire starts clean and nothing is silently restored. A rescinded termination never
+    took effect, so grants from before it still count.
+    """
+    if expires is not None and expires < today:
+        return f"expired on {expires.isoformat()}"
+    ended = previous_termination(state)
+    if ended is not None and granted <= ended.date():
+        return (
+            f"approved on {granted.isoformat()}, before the termination of "
+            f"{ended.date().isoformat()}; a rehire needs a new approval"
+        )
+    return None
+
+
+def _account_enabled(target: TargetDef, state: LifecycleState) -> tuple[bool, str]:
+    if state is LifecycleState.LEAVE and target.on_leave == "disable":
+        return False, "disabled while on leave"
+    if state is LifecycleState.SUSPENDED and target.on_suspend == "disable":
+        return False, "disabled while suspended"
+    return True, ""
+
+
+_NO_ACCESS_NOTE = {
+    None: "unknown identity: no hire recorded",
+    LifecycleState.PRE_HIRE: "not started yet (pre-hire)",
+    LifecycleState.TERMINATED: "terminated",
+}
+
+
+def desired_access(compiled: CompiledPolicy, state: IdentityState) -> DesiredAccess:
+    """The access ``state`` should have under ``compiled``; reasons kept for every item."""
+    lifecycle = state.state
+    if lifecycle in _NO_ACCESS_NOTE:
+        return DesiredAccess(state.identity, lifecycle, {}, note=_NO_ACCESS_NOTE[lifecycle])
+    assert lifecycle is not None
+    attributes = state.attributes
+    kind = state.kind
+    targets: dict[str, TargetAccess] = {}
+
+    def add(target_name: str, entitlements: Iterable[str], reason: Reason) -> None:
+        access = targets.get(target_name)
+        if access is None:
+            target = compiled.targets[target_name]
+            enabled, note = _account_enabled(target, lifecycle)
+            access = TargetAccess(target_name, enabled, note=note)
+            targets[target_name] = access
+        if reason not in access.account_reasons:
+            access.account_reasons.append(reason)
+        for ent in entitlements:
+            reasons = access.entitlements.setdefault(ent, [])
+            if reason not in reasons:
+                reasons.append(reason)
+
+    rules = compiled.policy.rules
+    for i in compiled.candidates(attributes):
+        if kind in compiled.rule_kinds[i] and rules[i].when.matches(attributes):
+            for target_name, ents, reason in compiled.rule_grants[i]:
+                add(target_name, ents, reason)
+
+    today = state.as_of.date()
+    for assignment in compiled.assignments.get(state.identity, ()):
+        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
+            via = f"assignment approved by {assignment.approver}"
+            for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
+                add(target_name, ents, Reason("assignment", reason.name, reason.via))
+    allowed_sod: dict[str, str] = {}
+    for index, exc in enumerate(compiled.exceptions.get(state.identity, ())):
+        if direct_grant_status(exc.granted, exc.expires, state, today) is not None:
+            continue
+        name = f"{state.identity}#{index + 1} approved by {exc.approver}"
+        for grant in exc.grant:
+            add(grant.target, grant.entitlements, Reason("exception", name))
+        for constraint in exc.allow_sod:
+            allowed_sod.setdefault(constraint, name)
+
+    violations: list[SoDViolation] = []
+    for constraint, conflicts in compiled.sod:
+        if all(t in targets and e in targets[t].entitlements for t, e in conflicts):
+            allowed = allowed_sod.get(constraint)
+            items = tuple(f"{t}:{e}" for t, e in conflicts)
+            violations.append(SoDViolation(constraint, items, allowed))
+            if allowed is None:
+                for t, e in conflicts:
+                    targets[t].entitlements.pop(e, None)
+                    targets[t].withheld[e] = (
+                        f"withheld: SoD constraint {constraint} forbids holding "
+                        f"{' + '.join(items)} together unless an exception allows it"
+                    )
+    return DesiredAccess(state.identity, lifecycle, targets, violations)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The answer to "why does (or doesn't) this identity have this?"."""
+
+    identity: str
+    target: str
+    entitlement: str | None
+    granted: bool
+    enabled: bool | None
+    reasons: tuple[str, ...]
+    why_not: tuple[str, ...]
+
+
+def _grants_item(grants: Sequence[Grant], target: str, entitlement: str | None) -> bool:
+    return any(
+        g.target == target and (entitlement is None or entitlement in g.entitlements)
+        for g in grants
+    )
+
+
+def explain(
+    compiled: CompiledPolicy, state: IdentityState, target: str, entitlement: str | None = None
+) -> Explanation:
+    """Explain one target account (``entitlement`` None) or one entitlement in it."""
+    desired = desired_access(compiled, state)
+    access = desired.targets.get(target)
+    policy = compiled.policy
+    if access is not None and (entitlement is None or entitlement in access.entitlements):
+        found = access.account_reasons if entitlement is None else access.entitlements[entitlement]
+        reasons = tuple(str(r) for r in found)
+        why_not = (access.note,) if access.note else ()
+        return Explanation(
+            state.identity, target, entitlement, True, access.enabled, reasons, why_not
+        )
+
+    why: list[str] = []
+    if desired.note:
+        why.append(f"lifecycle state: {desired.note}")
+    if access is not None and entitlement is not None and entitlement in access.withheld:
+        why.append(access.withheld[entitlement])
+    today = state.as_of.date()
+    for rule in policy.rules:
+        grants = _grants_item(rule.grant, target, entitlement) or any(
+            _grants_item(policy.role_map[r].grants, target, entitlement) for r in rule.roles
+        )
+        if not grants:
+            continue
+        if state.kind not in rule.kinds:
+            why.append(f"rule {rule.name} applies to {', '.join(rule.kinds)}, not {state.kind}")
+            continue
+        ok, detail = rule.when.evaluate(state.attributes)
+        if not ok:
+            why.append(f"rule {rule.name} does not match: {detail}")
+    for assignment in compiled.assignments.get(state.identity, ()):
+        if _grants_item(policy.role_map[assignment.role].grants, target, entitlement):
+            status = direct_grant_status(assignment.granted, assignment.expires, state, today)
+            if status:
+                why.append(f"assignment of role {assignment.role}: {status}")
+    for exc in compiled.exceptions.get(state.identity, ()):
+        if _grants_item(exc.grant, target, entitlement):
+            status = direct_grant_status(exc.granted, exc.expires, state, today)
+            if status:
+                why.append(f"exception approved by {exc.approver}: {status}")
+    if not why:
+        item = target if entitlement is None else f"{target}:{entitlement}"
+        why.append(f"no rule, role, assignment or exception grants {item}")
+    return Explanation(state.identity, target, entitlement, False, None, (), tuple(why))

@@ -1,0 +1,181 @@
+"""The plan: operations that move observed access to desired access, in a safe order.
+
+Does: compare one identity's desired access with the accounts observed for it, target by target,
+and list the operations needed — create, enable, add-entitlement for joiners and movers;
+revoke-sessions, disable, remove-entitlement, then delete after the target's grace period for
+leavers and for access no longer granted — each with the reason that caused it.
+Does not: read storage, call targets, or decide when operations run; the journal and the workers
+do that. Orphan accounts (no identity) are reconciliation's business, not the plan's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from provisor.domain.desired import DesiredAccess, Reason
+from provisor.domain.lifecycle import IdentityState, LifecycleState
+from provisor.domain.policy import LeaverAction, TargetDef
+
+
+class OpKind(StrEnum):
+    CREATE = "create"
+    ENABLE = "enable"
+    ADD_ENTITLEMENT = "add-entitlement"
+    REVOKE_SESSIONS = "revoke-sessions"
+    DISABLE = "disable"
+    REMOVE_ENTITLEMENT = "remove-entitlement"
+    DELETE = "delete"
+
+
+# Within one account, operations run in this order: sessions and credentials go first so a leaver
+# cannot act while the rest is removed; delete is last.
+STEP = {
+    OpKind.REVOKE_SESSIONS: 0,
+    OpKind.CREATE: 1,
+    OpKind.DISABLE: 2,
+    OpKind.ENABLE: 2,
+    OpKind.REMOVE_ENTITLEMENT: 3,
+    OpKind.ADD_ENTITLEMENT: 3,
+    OpKind.DELETE: 4,
+}
+
+
+@dataclass(frozen=True)
+class ObservedAccount:
+    """An account as last read from its target (or from an import of the target's export)."""
+
+    target: str
+    account: str
+    identity: str | None
+    enabled: bool
+    entitlements: frozenset[str]
+    observed_at: datetime
+    sessions: int | None = None  # None: the target cannot tell
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedOperation:
+    identity: str
+    target: str
+    account: str | None  # None for a create: the connector names the new account
+    kind: OpKind
+    entitlement: str | None
+    reason: str
+    not_before: datetime | None = None
+
+    @property
+    def step(self) -> int:
+        return STEP[self.kind]
+
+    @property
+    def match_key(self) -> tuple[str, str, str, str]:
+        """What makes two planned operations the same work."""
+        return (self.identity, self.target, self.kind.value, self.entitlement or "")
+
+
+def _reasons(reasons: Iterable[Reason]) -> str:
+    return "; ".join(str(r) for r in reasons)
+
+
+def _removal(
+    target: TargetDef,
+    observed: ObservedAccount,
+    identity: str,
+    why: str,
+    delete_from: datetime,
+) -> list[PlannedOperation]:
+    """Everything to take an account away, in order, per the target's leaver action."""
+    ops: list[PlannedOperation] = []
+    action = target.leaver_action
+    account = observed.account
+    if observed.sessions is None or observed.sessions > 0:
+        ops.append(
+            PlannedOperation(identity, target.name, account, OpKind.REVOKE_SESSIONS, None, why)
+        )
+    if action is not LeaverAction.REMOVE_ENTITLEMENTS and observed.enabled:
+        ops.append(PlannedOperation(identity, target.name, account, OpKind.DISABLE, None, why))
+    for ent in sorted(observed.entitlements):
+        ops.append(
+            PlannedOperation(identity, target.name, account, OpKind.REMOVE_ENTITLEMENT, ent, why)
+        )
+    if action is LeaverAction.DELETE:
+        not_before = delete_from + timedelta(days=target.grace_days)
+        delete_why = f"{why}; delete after {target.grace_days} grace days"
+        ops.append(
+            PlannedOperation(
+                identity, target.name, account, OpKind.DELETE, None, delete_why, not_before
+            )
+        )
+    return ops
+
+
+def plan_identity(
+    state: IdentityState,
+    desired: DesiredAccess,
+    observed: Iterable[ObservedAccount],
+    targets: Mapping[str, TargetDef],
+) -> list[PlannedOperation]:
+    """Operations for one identity across ``targets``, ordered by target then step."""
+    by_target: dict[str, list[ObservedAccount]] = {}
+    for account in observed:
+        by_target.setdefault(account.target, []).append(account)
+    ops: list[PlannedOperation] = []
+    who = state.identity
+    for name in sorted(targets):
+        target = targets[name]
+        want = desired.targets.get(name)
+        have = by_target.get(name, [])
+        if want is None:
+            if state.state is LifecycleState.TERMINATED and state.terminated_at is not None:
+                when = state.terminated_at
+                why = (
+                    f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"
+                )
+            else:
+                when = state.as_of
+                why = f"no longer granted ({desired.note or 'no rule, role or exception'})"
+            for account in have:
+                ops.extend(_removal(target, account, who, why, when))
+            continue
+        granted = _reasons(want.account_reasons)
+        if not have:
+            ops.append(PlannedOperation(who, name, None, OpKind.CREATE, None, granted))
+            for ent, reasons in sorted(want.entitlements.items()):
+                ops.append(
+                    PlannedOperation(
+                        who, name, None, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
+                    )
+                )
+            if not want.enabled:
+                ops.append(PlannedOperation(who, name, None, OpKind.DISABLE, None, want.note))
+            continue
+        primary, *extra = sorted(have, key=lambda a: a.account)
+        for duplicate in extra:
+            why = f"second account for {who} in {name}; {primary.account} is kept"
+            ops.extend(_removal(target, duplicate, who, why, state.as_of))
+        account = primary.account
+        if want.enabled and not primary.enabled:
+            ops.append(PlannedOperation(who, name, account, OpKind.ENABLE, None, granted))
+        elif not want.enabled and primary.enabled:
+            if primary.sessions is None or primary.sessions > 0:
+                ops.append(
+                    PlannedOperation(who, name, account, OpKind.REVOKE_SESSIONS, None, want.note)
+                )
+            ops.append(PlannedOperation(who, name, account, OpKind.DISABLE, None, want.note))
+        for ent, reasons in sorted(want.entitlements.items()):
+            if ent not in primary.entitlements:
+                ops.append(
+                    PlannedOperation(
+                        who, name, account, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
+                    )
+                )
+        for ent in sorted(primary.entitlements - want.entitlements.keys()):
+            why = want.withheld.get(ent) or "not granted by any rule, role or exception"
+            ops.append(PlannedOperation(who, name, account, OpKind.REMOVE_ENTITLEMENT, ent, why))
+    ops.sort(key=lambda op: (op.target, op.step))
+    return ops

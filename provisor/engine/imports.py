@@ -1,0 +1,318 @@
+"""Importing an HR feed: from parsed rows to recorded lifecycle events.
+
+Does: parse a feed file with its workspace mapping, check what needs the store (owners of
+non-human identities exist and are human; managers are known, else flagged), turn a snapshot into
+the events that make the store match it (hires, moves, conversions, leaves, returns, rehires,
+future-dated and missing-person terminations) or take an events file as it is, record them with
+the mass-change guard, and keep an import record and an audit event with the counts.
+Does not: parse formats itself (``provisor.sources.hr``) or compute access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState
+from provisor.engine.lifecycle import Outcome, chunks, record_events
+from provisor.engine.workspace import Workspace
+from provisor.errors import ConfigError
+from provisor.evidence import audit
+from provisor.sources.hr import FeedMapping, FeedMode, FeedRecord, ParsedFeed, RowError, parse_feed
+from provisor.store.models import Identity, IdentityEvent, Import
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ImportReport:
+    file: str
+    feed: str
+    mode: str
+    rows_read: int
+    rows_accepted: int
+    errors: list[str]
+    warnings: list[str]
+    outcome: Outcome
+    import_id: int
+    missing: int = 0
+    unchanged: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "import": self.import_id,
+            "file": self.file,
+            "feed": self.feed,
+            "mode": self.mode,
+            "rows_read": self.rows_read,
+            "rows_accepted": self.rows_accepted,
+            "rows_rejected": len(self.errors),
+            "unchanged": self.unchanged,
+            "missing_from_snapshot": self.missing,
+            "events": self.counts,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            **{k: v for k, v in self.outcome.as_dict().items() if k != "warnings"},
+        }
+
+
+def feed_mapping(workspace: Workspace, feed: str | None) -> tuple[str, FeedMapping]:
+    feeds = workspace.config.feeds
+    if feed is None:
+        feed = "hr" if "hr" in feeds or not feeds else next(iter(feeds))
+    if feed not in feeds:
+        raise ConfigError(
+            f"no feed {feed!r} in provisor.yaml; configured feeds: {', '.join(feeds) or 'none'}"
+        )
+    return feed, feeds[feed]
+
+
+@dataclass
+class _Known:
+    """What the store knows about an identity, as far as a snapshot diff needs it."""
+
+    state: str | None
+    kind: str
+    feed: str | None
+    attributes: dict[str, Any]
+    terminated_at: datetime | None
+    next_change_at: datetime | None
+
+
+def _known(session: Any, ids: list[str] | None) -> dict[str, _Known]:
+    columns = (
+        Identity.external_id,
+        Identity.state,
+        Identity.kind,
+        Identity.feed,
+        Identity.attributes,
+        Identity.terminated_at,
+        Identity.next_change_at,
+    )
+    result: dict[str, _Known] = {}
+    queries = (
+        [select(*columns)]
+        if ids is None
+        else [select(*columns).where(Identity.external_id.in_(p)) for p in chunks(ids)]
+    )
+    for query in queries:
+        for row in session.execute(query):
+            result[row[0]] = _Known(row[1], row[2], row[3], row[4] or {}, row[5], row[6])
+    return result
+
+
+def _pending(session: Any, kind: EventKind, status: str, now: datetime) -> dict[str, str]:
+    """identity -> key of its accepted future ``kind`` event (or any held one)."""
+    query = select(IdentityEvent.identity, IdentityEvent.key).where(
+        IdentityEvent.kind == kind.value, IdentityEvent.status == status
+    )
+    if status == "accepted":
+        query = query.where(IdentityEvent.effective_at > now)
+    return {identity: key for identity, key in session.execute(query)}
+
+
+def _snapshot_events(
+    records: list[FeedRecord],
+    known: dict[str, _Known],
+    feed: str,
+    source: str,
+    now: datetime,
+    future_terminations: dict[str, str],
+    held_terminations: dict[str, str],
+) -> tuple[list[LifecycleEvent], int, int, list[str]]:
+    events: list[LifecycleEvent] = []
+    warnings: list[str] = []
+    unchanged = 0
+
+    def add(r: FeedRecord, kind: EventKind, when: datetime, attrs: dict[str, Any] | None = None,
+            ref: str | None = None) -> None:
+        events.append(
+            LifecycleEvent(r.identity, kind, when, now, attrs or {}, ref, f"{source}:{r.line}")
+        )
+
+    listed: set[str] = set()
+    for r in records:
+        listed.add(r.identity)
+        status = r.status or "active"
+        have = known.get(r.identity)
+        before = len(events)
+        if have is None or have.state is None:
+            if status == LifecycleState.TERMINATED:
+                warnings.append(f"{source}:{r.line} {r.identity} is listed as terminated but was "
+                                "never imported; ignored")
+                continue
+            start = r.effective or now
+            add(r, EventKind.HIRE, start, r.attributes)
+            _status_events(r, status, LifecycleState.ACTIVE.value, max(start, now), add)
+        elif have.state == LifecycleState.TERMINATED:
+            if status != LifecycleState.TERMINATED:
+                when = r.effective if r.effective and have.terminated_at and \
+                    r.effective > have.terminated_at else now
+                add(r, EventKind.REHIRE, when, r.attributes)
+                _status_events(r, status, LifecycleState.ACTIVE.value, max(when, now), add)
+        else:
+            when = now
+            if have.state == LifecycleState.PRE_HIRE and have.next_change_at is not None:
+                when = max(now, have.next_change_at)
+            changes = {k: v for k, v in r.attributes.items() if have.attributes.get(k) != v}
+            converted = changes.pop("employment_type", None)
+            if converted is not None:
+                add(r, EventKind.CONVERT, when, {"employment_type": converted})
+            if changes:
+                add(r, EventKind.MOVE, when, changes)
+            _status_events(r, status, have.state, when, add)
+        end = r.end
+        pending = future_terminations.get(r.identity)
+        if status != LifecycleState.TERMINATED and r.identity not in held_terminations:
+            if end is not None and end > now:
+                candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end, now)
+                if pending != candidate.key:
+                    if pending is not None:
+                        add(r, EventKind.RESCIND, now, ref=pending)
+                    add(r, EventKind.TERMINATE, end)
+            elif end is None and pending is not None:
+                add(r, EventKind.RESCIND, now, ref=pending)
+        if len(events) == before:
+            unchanged += 1
+    missing = 0
+    for identity, have in known.items():
+        if (
+            identity not in listed
+            and have.feed == feed
+            and have.state not in (None, LifecycleState.TERMINATED)
+            and identity not in held_terminations
+        ):
+            missing += 1
+            events.append(
+                LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None,
+                               f"{source}: missing from snapshot")
+            )
+    return events, unchanged, missing, warnings
+
+
+def _status_events(
+    r: FeedRecord,
+    status: str,
+    current: str,
+    when: datetime,
+    add: Callable[..., None],
+) -> None:
+    """Events that move ``current`` to the row's ``status``."""
+    steps: dict[tuple[str, str], list[EventKind]] = {
+        ("active", "leave"): [EventKind.LEAVE],
+        ("active", "suspended"): [EventKind.SUSPEND],
+        ("leave", "active"): [EventKind.RETURN],
+        ("leave", "suspended"): [EventKind.SUSPEND],
+        ("suspended", "active"): [EventKind.RESUME],
+        ("suspended", "leave"): [EventKind.RESUME, EventKind.LEAVE],
+    }
+    if status == LifecycleState.TERMINATED and current != LifecycleState.TERMINATED:
+        add(r, EventKind.TERMINATE, r.end or when)
+        return
+    for kind in steps.get((current, status), []):
+        add(r, kind, when)
+
+
+def _check_references(
+    parsed: ParsedFeed, session: Any, file_ids: set[str], now: datetime
+) -> tuple[list[FeedRecord], list[RowError], list[RowError], dict[str, list[str]]]:
+    """Owners must be known humans (row refused otherwise); unknown managers are flagged."""
+    refs = {r.attributes.get("owner") for r in parsed.records} | {
+        r.attributes.get("manager") for r in parsed.records
+    }
+    wanted = sorted(str(v) for v in refs if v and v not in file_ids)
+    stored = {k: v.kind for k, v in _known(session, wanted).items()}
+    kinds = {r.identity: str(r.attributes.get("kind") or "human") for r in parsed.records}
+    kinds.update(stored)
+    accepted: list[FeedRecord] = []
+    errors: list[RowError] = []
+    warnings: list[RowError] = []
+    flags: dict[str, list[str]] = {}
+    for r in parsed.records:
+        owner = r.attributes.get("owner")
+        if owner and kinds.get(str(owner)) != "human":
+            why = "is not a known identity" if owner not in kinds else "is not a human"
+            errors.append(RowError(parsed.file, r.line, "owner",
+                                   f"owner {owner} {why}; a non-human identity needs an "
+                                   "accountable human owner"))
+            continue
+        manager = r.attributes.get("manager")
+        if manager and manager not in kinds:
+            warnings.append(RowError(parsed.file, r.line, "manager",
+                                     f"manager {manager} is unknown; accepted and flagged"))
+            flags[r.identity] = [f"unknown manager {manager}"]
+        accepted.append(r)
+    return accepted, errors, warnings, flags
+
+
+def import_feed(
+    workspace: Workspace,
+    path: Path,
+    *,
+    feed: str | None = None,
+    mode: FeedMode | None = None,
+    now: datetime,
+    progress: Progress | None = None,
+) -> ImportReport:
+    feed_name, mapping = feed_mapping(workspace, feed)
+    if mode is not None:
+        mapping = mapping.model_copy(update={"mode": mode})
+    say = progress or (lambda _stage: None)
+    say("reading")
+    parsed = parse_feed(path, mapping)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = f"import {feed_name}:{path.name}"
+    with workspace.sessions() as session, session.begin():
+        record = Import(file=str(path), sha256=digest, feed=feed_name, mode=mapping.mode.value,
+                        started_at=now)
+        session.add(record)
+        session.flush()
+        say("checking")
+        file_ids = {r.identity for r in parsed.records}
+        records, ref_errors, ref_warnings, flags = _check_references(
+            parsed, session, file_ids, now
+        )
+        errors = [str(e) for e in (*parsed.errors, *ref_errors)]
+        warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
+        unchanged = missing = 0
+        if mapping.mode is FeedMode.SNAPSHOT:
+            say("comparing")
+            known = _known(session, None)
+            events, unchanged, missing, diff_warnings = _snapshot_events(
+                records, known, feed_name, f"{feed_name}:{path.name}", now,
+                _pending(session, EventKind.TERMINATE, "accepted", now),
+                _pending(session, EventKind.TERMINATE, "held", now),
+            )
+            warnings += diff_warnings
+        else:
+            events = [
+                LifecycleEvent(r.identity, r.event, r.effective, now, r.attributes, r.ref,
+                               f"{feed_name}:{path.name}:{r.line}")
+                for r in records
+                if r.event is not None and r.effective is not None
+            ]
+        say("recording")
+        outcome = record_events(session, workspace.config, events, origin=source, now=now,
+                                import_id=record.id, flags=flags)
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[event.kind.value] = counts.get(event.kind.value, 0) + 1
+        report = ImportReport(
+            file=str(path), feed=feed_name, mode=mapping.mode.value, rows_read=parsed.rows_read,
+            rows_accepted=len(records), errors=errors, warnings=warnings + outcome.warnings,
+            outcome=outcome, import_id=record.id, missing=missing, unchanged=unchanged,
+            counts=counts,
+        )
+        record.finished_at = now
+        record.counts = {k: v for k, v in report.as_dict().items()
+                         if k not in ("errors", "warnings")}
+        audit.record(session, "import.completed", f"import {record.id}",
+                     {**record.counts, "sha256": digest, "errors": len(errors)})
+    return report

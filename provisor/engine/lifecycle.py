@@ -1,0 +1,523 @@
+"""Recording lifecycle events, applying due changes (tick) and releasing held changes.
+
+Does: store new lifecycle events (duplicates by content key are ignored), fold each affected
+identity's history into its current state and materialise it, hold deprovisioning transitions
+that trip the mass-change guard, mark changed identities for planning, and write an audit event
+for every recorded event, state change and hold — all inside the caller's transaction.
+Does not: parse files (``provisor.sources``), compute access (``provisor.domain.desired``) or
+commit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from provisor.config.workspace import WorkspaceConfig
+from provisor.domain.guard import hold_reason
+from provisor.domain.lifecycle import (
+    EventKind,
+    IdentityState,
+    LifecycleEvent,
+    LifecycleState,
+    fold,
+)
+from provisor.errors import LifecycleError, NotFoundError
+from provisor.evidence import audit
+from provisor.store.models import Hold, Identity, IdentityEvent
+
+# SQLite allows 32k bound parameters; stay well below for IN lists.
+CHUNK = 900
+DEPROVISIONED = frozenset({LifecycleState.TERMINATED, LifecycleState.SUSPENDED})
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def to_event(row: IdentityEvent) -> LifecycleEvent:
+    return LifecycleEvent(
+        identity=row.identity,
+        kind=EventKind(row.kind),
+        effective=row.effective_at,
+        recorded=row.recorded_at,
+        attributes=row.attributes,
+        ref=row.ref,
+        source=row.source,
+        key=row.key,
+    )
+
+
+def load_history(
+    session: Session, ids: Sequence[str], statuses: Iterable[str] = ("accepted",)
+) -> dict[str, list[LifecycleEvent]]:
+    history: dict[str, list[LifecycleEvent]] = defaultdict(list)
+    wanted = list(statuses)
+    for part in chunks(ids):
+        rows = session.execute(
+            select(IdentityEvent).where(
+                IdentityEvent.identity.in_(part), IdentityEvent.status.in_(wanted)
+            )
+        ).scalars()
+        for row in rows:
+            history[row.identity].append(to_event(row))
+    return history
+
+
+def load_identities(session: Session, ids: Sequence[str]) -> dict[str, Identity]:
+    found: dict[str, Identity] = {}
+    for part in chunks(ids):
+        for row in session.execute(
+            select(Identity).where(Identity.external_id.in_(part))
+        ).scalars():
+            found[row.external_id] = row
+    return found
+
+
+def identity_state(
+    session: Session,
+    config: WorkspaceConfig,
+    identity: str,
+    *,
+    as_of: datetime,
+    known_at: datetime | None = None,
+) -> IdentityState:
+    """The identity's state as of ``as_of`` as known at ``known_at`` (bitemporal query)."""
+    events = load_history(session, [identity]).get(identity, [])
+    if not events:
+        raise NotFoundError(f"no identity {identity!r}; see 'provisor identities' for the list")
+    return fold(identity, events, as_of=as_of, known_at=known_at, rescind_window=window(config))
+
+
+def window(config: WorkspaceConfig) -> timedelta:
+    return timedelta(days=config.lifecycle.rescind_window_days)
+
+
+def active_population(session: Session) -> int:
+    states = [LifecycleState.ACTIVE.value, LifecycleState.LEAVE.value]
+    return session.execute(
+        select(func.count()).select_from(Identity).where(Identity.state.in_(states))
+    ).scalar_one()
+
+
+def _columns(state: IdentityState, now: datetime) -> dict[str, Any]:
+    attrs = state.attributes
+    return {
+        "kind": state.kind,
+        "state": state.state.value if state.state is not None else None,
+        "name": attrs.get("name"),
+        "email": attrs.get("email"),
+        "manager": attrs.get("manager"),
+        "owner": attrs.get("owner"),
+        "attributes": dict(attrs),
+        "employment_start": state.employment_start,
+        "terminated_at": state.terminated_at,
+        "state_since": state.state_since,
+        "next_change_at": state.next_change,
+        "materialized_at": now,
+    }
+
+
+@dataclass
+class Outcome:
+    """What a batch of lifecycle changes did."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    held: int = 0
+    hold_id: int | None = None
+    hold_reason: str | None = None
+    changed: list[str] = field(default_factory=list)
+    transitions: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "recorded": self.recorded,
+            "duplicates": self.duplicates,
+            "held": self.held,
+            "hold": self.hold_id,
+            "hold_reason": self.hold_reason,
+            "changed": len(self.changed),
+            "transitions": dict(sorted(self.transitions.items())),
+            "warnings": self.warnings,
+        }
+
+
+def _transition(before: str | None, after: LifecycleState | None) -> str:
+    return f"{before or 'new'}->{after.value if after is not None else 'unknown'}"
+
+
+def _is_deprovisioning(before: str | None, after: LifecycleState | None) -> bool:
+    was = LifecycleState(before) if before else None
+    return after in DEPROVISIONED and was not in DEPROVISIONED and was is not None
+
+
+def _open_hold(session: Session, origin: str, reason: str, now: datetime) -> Hold:
+    hold = Hold(created_at=now, origin=origin, reason=reason, status="open")
+    session.add(hold)
+    session.flush()
+    return hold
+
+
+def _guard(
+    session: Session,
+    config: WorkspaceConfig,
+    candidates: list[str],
+    origin: str,
+    now: datetime,
+    outcome: Outcome,
+) -> Hold | None:
+    reason = hold_reason(
+        len(candidates),
+        active_population(session),
+        max_share=config.guard.max_share,
+        max_count=config.guard.max_count,
+        min_count=config.guard.min_count,
+    )
+    if reason is None:
+        return None
+    hold = _open_hold(session, origin, reason, now)
+    outcome.hold_id, outcome.hold_reason = hold.id, reason
+    return hold
+
+
+def record_events(
+    session: Session,
+    config: WorkspaceConfig,
+    events: Sequence[LifecycleEvent],
+    *,
+    origin: str,
+    now: datetime,
+    strict: bool = False,
+    import_id: int | None = None,
+    flags: dict[str, list[str]] | None = None,
+) -> Outcome:
+    """Record ``events`` and bring the affected identities up to date as of ``now``.
+
+    ``strict`` (one event typed by a person) refuses an event that would have no effect;
+    otherwise (feeds, where events may arrive out of order) it is recorded with a warning.
+    A rescind outside its window is always refused.
+    """
+    outcome = Outcome()
+    unique: dict[str, LifecycleEvent] = {}
+    for event in events:
+        unique.setdefault(event.key, event)
+    keys = list(unique)
+    for part in chunks(keys):
+        for key in session.execute(
+            select(IdentityEvent.key).where(IdentityEvent.key.in_(part))
+        ).scalars():
+            del unique[key]
+    outcome.duplicates = len(events) - len(unique)
+    new_by_id: dict[str, list[LifecycleEvent]] = defaultdict(list)
+    for event in unique.values():
+        new_by_id[event.identity].append(event)
+    ids = sorted(new_by_id)
+    rows = load_identities(session, ids)
+    history = load_history(session, [i for i in ids if i in rows])
+    rescind_window = window(config)
+
+    states: dict[str, IdentityState] = {}
+    for identity in ids:
+        new = new_by_id[identity]
+        state = fold(
+            identity, [*history.get(identity, ()), *new], as_of=now, rescind_window=rescind_window
+        )
+        notes = {t.event.key: t.note for t in state.timeline if not t.applied}
+        refused = [e for e in new if e.key in notes and (strict or e.kind is EventKind.RESCIND)]
+        if refused and strict:
+            detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
+            raise LifecycleError(f"{identity}: {detail}")
+        if refused:
+            for event in refused:
+                outcome.warnings.append(
+                    f"{identity}: {event.kind.value} refused: {notes[event.key]}"
+                )
+                del unique[event.key]
+            new_by_id[identity] = new = [e for e in new if e not in refused]
+            state = fold(
+                identity,
+                [*history.get(identity, ()), *new],
+                as_of=now,
+                rescind_window=rescind_window,
+            )
+        for event in new:
+            if event.key in notes and event.kind is not EventKind.RESCIND:
+                outcome.warnings.append(
+                    f"{identity}: {event.kind.value} effective "
+                    f"{event.effective.date().isoformat()} recorded but has no effect: "
+                    f"{notes[event.key]}"
+                )
+        states[identity] = state
+
+    candidates = [
+        i for i in ids if _is_deprovisioning(rows[i].state if i in rows else None, states[i].state)
+    ]
+    held_keys: set[str] = set()
+    hold = _guard(session, config, candidates, origin, now, outcome) if candidates else None
+    if hold is not None:
+        for identity in candidates:
+            for event in new_by_id[identity]:
+                if (
+                    event.kind in (EventKind.TERMINATE, EventKind.SUSPEND)
+                    and event.effective <= now
+                ):
+                    held_keys.add(event.key)
+            accepted = [e for e in new_by_id[identity] if e.key not in held_keys]
+            states[identity] = fold(
+                identity,
+                [*history.get(identity, ()), *accepted],
+                as_of=now,
+                rescind_window=rescind_window,
+            )
+        outcome.held = len(held_keys)
+
+    event_rows = [
+        {
+            "key": e.key,
+            "identity": e.identity,
+            "kind": e.kind.value,
+            "effective_at": e.effective,
+            "recorded_at": e.recorded,
+            "attributes": dict(e.attributes),
+            "ref": e.ref,
+            "source": e.source,
+            "status": "held" if e.key in held_keys else "accepted",
+            "hold_id": hold.id if hold is not None and e.key in held_keys else None,
+            "import_id": import_id,
+        }
+        for e in unique.values()
+    ]
+    if event_rows:
+        session.execute(insert(IdentityEvent), event_rows)
+    outcome.recorded = len(event_rows) - len(held_keys)
+
+    entries: list[audit.Entry] = []
+    inserts: list[dict[str, Any]] = []
+    for identity in ids:
+        state = states[identity]
+        row = rows.get(identity)
+        before = row.state if row is not None else None
+        columns = _columns(state, now)
+        if flags and identity in flags:
+            columns["flags"] = flags[identity]
+        if row is None:
+            inserts.append(
+                {
+                    "external_id": identity,
+                    "feed": origin_feed(origin),
+                    "needs_plan": True,
+                    "updated_at": now,
+                    "flags": columns.pop("flags", []),
+                    **columns,
+                }
+            )
+        else:
+            for name, value in columns.items():
+                setattr(row, name, value)
+            row.needs_plan = True
+            row.updated_at = now
+        after = state.state.value if state.state is not None else None
+        if before != after:
+            outcome.transitions[_transition(before, state.state)] += 1
+        outcome.changed.append(identity)
+        for event in new_by_id[identity]:
+            entries.append(
+                audit.Entry(
+                    f"lifecycle.{event.kind.value}",
+                    identity,
+                    {
+                        "event": event.key,
+                        "effective": event.effective.isoformat(),
+                        "attributes": dict(event.attributes),
+                        "ref": event.ref,
+                        "source": event.source,
+                        "status": "held" if event.key in held_keys else "accepted",
+                        "state_before": before,
+                        "state_after": after,
+                    },
+                )
+            )
+    if inserts:
+        session.execute(insert(Identity), inserts)
+    if hold is not None:
+        entries.append(
+            audit.Entry(
+                "hold.created",
+                f"hold {hold.id}",
+                {
+                    "origin": origin,
+                    "reason": hold.reason,
+                    "identities": candidates,
+                    "events": sorted(held_keys),
+                },
+            )
+        )
+    audit.append(session, entries, at=now)
+    session.flush()
+    return outcome
+
+
+def origin_feed(origin: str) -> str | None:
+    """Feed name from an origin like ``import hr:file.csv``; None for hand-typed events."""
+    if origin.startswith("import "):
+        return origin[len("import ") :].split(":", 1)[0]
+    return None
+
+
+def _refresh(
+    session: Session,
+    config: WorkspaceConfig,
+    rows: dict[str, Identity],
+    now: datetime,
+    outcome: Outcome,
+    action: str,
+    skip_keys: set[str] | None = None,
+) -> list[audit.Entry]:
+    """Re-fold ``rows`` from their accepted events and materialise them as of ``now``."""
+    history = load_history(session, sorted(rows))
+    entries: list[audit.Entry] = []
+    for identity, row in rows.items():
+        events = [e for e in history.get(identity, []) if not skip_keys or e.key not in skip_keys]
+        state = fold(identity, events, as_of=now, rescind_window=window(config))
+        before = row.state
+        for name, value in _columns(state, now).items():
+            setattr(row, name, value)
+        row.needs_plan = True
+        row.updated_at = now
+        after = row.state
+        outcome.changed.append(identity)
+        if before != after:
+            outcome.transitions[_transition(before, state.state)] += 1
+            entries.append(
+                audit.Entry(action, identity, {"state_before": before, "state_after": after})
+            )
+    return entries
+
+
+def tick(session: Session, config: WorkspaceConfig, *, now: datetime) -> Outcome:
+    """Apply every change that has become due; hold a mass deprovisioning for approval."""
+    outcome = Outcome()
+    due = list(
+        session.execute(
+            select(Identity).where(Identity.next_change_at <= now).order_by(Identity.external_id)
+        ).scalars()
+    )
+    if not due:
+        return outcome
+    rows = {row.external_id: row for row in due}
+    history = load_history(session, sorted(rows))
+    candidates: list[str] = []
+    due_deprovisioning: dict[str, list[str]] = {}
+    for identity, row in rows.items():
+        state = fold(identity, history.get(identity, []), as_of=now, rescind_window=window(config))
+        if _is_deprovisioning(row.state, state.state):
+            candidates.append(identity)
+            due_deprovisioning[identity] = [
+                e.key
+                for e in history.get(identity, [])
+                if e.kind in (EventKind.TERMINATE, EventKind.SUSPEND)
+                and row.materialized_at < e.effective <= now
+            ]
+    hold = _guard(session, config, candidates, "tick", now, outcome) if candidates else None
+    held: set[str] = set()
+    if hold is not None:
+        held = {k for keys in due_deprovisioning.values() for k in keys}
+        session.execute(
+            update(IdentityEvent)
+            .where(IdentityEvent.key.in_(sorted(held)))
+            .values(status="held", hold_id=hold.id)
+        )
+        outcome.held = len(held)
+    entries = _refresh(session, config, rows, now, outcome, "identity.state-changed", held)
+    if hold is not None:
+        entries.append(
+            audit.Entry(
+                "hold.created",
+                f"hold {hold.id}",
+                {
+                    "origin": "tick",
+                    "reason": hold.reason,
+                    "identities": candidates,
+                    "events": sorted(held),
+                },
+            )
+        )
+    audit.append(session, entries, at=now)
+    return outcome
+
+
+def decide_hold(
+    session: Session,
+    config: WorkspaceConfig,
+    hold_id: int,
+    *,
+    approve: bool,
+    only: Sequence[str] | None,
+    now: datetime,
+    actor: str | None = None,
+) -> Outcome:
+    """Approve (apply) or reject the held changes of ``hold_id``, all or ``only`` some identities."""
+    hold = session.get(Hold, hold_id)
+    if hold is None:
+        raise NotFoundError(f"no hold {hold_id}; 'provisor holds' lists the open ones")
+    held_rows = list(
+        session.execute(
+            select(IdentityEvent).where(
+                IdentityEvent.hold_id == hold_id, IdentityEvent.status == "held"
+            )
+        ).scalars()
+    )
+    if not held_rows:
+        raise LifecycleError(f"hold {hold_id} has nothing waiting (status: {hold.status})")
+    if only:
+        unknown = sorted(set(only) - {r.identity for r in held_rows})
+        if unknown:
+            raise NotFoundError(f"hold {hold_id} holds nothing for: {', '.join(unknown)}")
+        chosen = [r for r in held_rows if r.identity in set(only)]
+    else:
+        chosen = held_rows
+    for row in chosen:
+        row.status = "accepted" if approve else "rejected"
+    remaining = len(held_rows) - len(chosen)
+    verdict = "approved" if approve else "rejected"
+    hold.status = "partial" if remaining else verdict
+    hold.decided_by = actor or audit.current_actor()
+    hold.decided_at = now
+    session.flush()
+    outcome = Outcome(recorded=len(chosen) if approve else 0)
+    ids = sorted({r.identity for r in chosen})
+    entries = [
+        audit.Entry(
+            f"hold.{verdict}",
+            f"hold {hold_id}",
+            {"identities": ids, "events": [r.key for r in chosen], "remaining": remaining},
+        )
+    ]
+    if approve:
+        rows = load_identities(session, ids)
+        entries += _refresh(session, config, rows, now, outcome, "identity.state-changed")
+    audit.append(session, entries, actor=actor, at=now)
+    return outcome
+
+
+def latest_termination_key(session: Session, identity: str) -> str | None:
+    return session.execute(
+        select(IdentityEvent.key)
+        .where(
+            IdentityEvent.identity == identity,
+            IdentityEvent.kind == EventKind.TERMINATE.value,
+            IdentityEvent.status == "accepted",
+        )
+        .order_by(IdentityEvent.effective_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()

@@ -1,0 +1,248 @@
+"""Planning: desired access against observed access, written into the operation journal.
+
+Does: for a selection of identities (one, one target, or everyone), compute desired access from
+the materialised identity state and the policy, diff it with the observed-state store, and bring
+the journal in line — new operations are added as pending, pending operations the plan no longer
+wants are cancelled (never deleted), each change with an audit event — then clear the
+identities' "needs plan" mark.
+Does not: execute operations or talk to targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from provisor.domain.desired import CompiledPolicy, desired_access
+from provisor.domain.lifecycle import IdentityState, LifecycleState, canonical_json, fold
+from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
+from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.workspace import Workspace
+from provisor.errors import NotFoundError
+from provisor.evidence import audit
+from provisor.store import models
+
+
+def state_from_row(row: models.Identity, now: datetime) -> IdentityState:
+    """The materialised state of ``row`` as an ``IdentityState`` (without its timeline)."""
+    return IdentityState(
+        identity=row.external_id,
+        state=LifecycleState(row.state) if row.state else None,
+        attributes=row.attributes or {},
+        employment_start=row.employment_start,
+        terminated_at=row.terminated_at,
+        state_since=row.state_since,
+        next_change=row.next_change_at,
+        timeline=(),
+        as_of=now,
+        known_at=None,
+    )
+
+
+def observed_for(
+    session: Session, identities: Sequence[str] | None, target: str | None = None
+) -> dict[str, list[ObservedAccount]]:
+    """Observed accounts linked to ``identities`` (all linked accounts when None)."""
+    found: dict[str, list[ObservedAccount]] = defaultdict(list)
+    queries = []
+    base = select(models.ObservedAccount).where(models.ObservedAccount.identity.is_not(None))
+    if target is not None:
+        base = base.where(models.ObservedAccount.target == target)
+    if identities is None:
+        queries.append(base)
+    else:
+        queries = [base.where(models.ObservedAccount.identity.in_(p)) for p in chunks(identities)]
+    for query in queries:
+        accounts = list(session.execute(query).scalars())
+        ents: dict[int, set[str]] = defaultdict(set)
+        for part in chunks([a.id for a in accounts]):
+            for account_id, name in session.execute(
+                select(
+                    models.ObservedEntitlement.account_id, models.ObservedEntitlement.entitlement
+                ).where(models.ObservedEntitlement.account_id.in_(part))
+            ):
+                ents[account_id].add(name)
+        for a in accounts:
+            assert a.identity is not None
+            found[a.identity].append(
+                ObservedAccount(
+                    target=a.target,
+                    account=a.account,
+                    identity=a.identity,
+                    enabled=a.enabled,
+                    entitlements=frozenset(ents[a.id]),
+                    observed_at=a.observed_at,
+                    sessions=a.sessions,
+                    attributes=a.attributes or {},
+                )
+            )
+    return found
+
+
+def _needs_timeline(compiled: CompiledPolicy, identity: str) -> bool:
+    return identity in compiled.assignments or identity in compiled.exceptions
+
+
+def compute_plan(
+    workspace: Workspace,
+    session: Session,
+    *,
+    now: datetime,
+    identity: str | None = None,
+    target: str | None = None,
+) -> tuple[list[PlannedOperation], list[str]]:
+    """Planned operations for the selection, and the identities that were planned."""
+    compiled = workspace.compiled
+    if target is not None and target not in compiled.targets:
+        raise NotFoundError(
+            f"no target {target!r} in the policy; targets: {', '.join(compiled.targets)}"
+        )
+    query = select(models.Identity).order_by(models.Identity.external_id)
+    if identity is not None:
+        query = query.where(models.Identity.external_id == identity)
+    rows = list(session.execute(query).scalars())
+    if identity is not None and not rows:
+        raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
+    ids = [r.external_id for r in rows]
+    observed = observed_for(session, [identity] if identity else None, target)
+    detailed = [i for i in ids if _needs_timeline(compiled, i)]
+    history = load_history(session, detailed) if detailed else {}
+    targets = dict(compiled.targets)
+    if target is not None:
+        targets = {target: targets[target]}
+    ops: list[PlannedOperation] = []
+    for row in rows:
+        if row.external_id in history:
+            state = fold(
+                row.external_id,
+                history[row.external_id],
+                as_of=now,
+                rescind_window=window(workspace.config),
+            )
+        else:
+            state = state_from_row(row, now)
+        desired = desired_access(compiled, state)
+        ops.extend(plan_identity(state, desired, observed.get(row.external_id, []), targets))
+    return ops, ids
+
+
+@dataclass
+class JournalSync:
+    operations: list[tuple[PlannedOperation, str, int]]  # (op, "new" | "pending", journal id)
+    cancelled: int
+
+    @property
+    def added(self) -> int:
+        return sum(1 for _, status, _ in self.operations if status == "new")
+
+
+def _op_key(op: PlannedOperation, now: datetime) -> str:
+    body = canonical_json([*op.match_key, now.isoformat()])
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _pending_ops(
+    session: Session, ids: Sequence[str], target: str | None
+) -> Iterator[models.Operation]:
+    for part in chunks(list(ids)):
+        query = select(models.Operation).where(
+            models.Operation.identity.in_(part), models.Operation.status == "pending"
+        )
+        if target is not None:
+            query = query.where(models.Operation.target == target)
+        yield from session.execute(query).scalars()
+
+
+def sync_journal(
+    workspace: Workspace,
+    session: Session,
+    *,
+    now: datetime,
+    identity: str | None = None,
+    target: str | None = None,
+) -> JournalSync:
+    """Compute the plan for the selection and make the journal's pending operations match it."""
+    workspace.note_policy_version(session)
+    ops, ids = compute_plan(workspace, session, now=now, identity=identity, target=target)
+    pending = {
+        (o.identity, o.target, o.kind, o.entitlement or ""): o
+        for o in _pending_ops(session, ids, target)
+    }
+    result: list[tuple[PlannedOperation, str, int]] = []
+    entries: list[audit.Entry] = []
+    new_rows: list[tuple[PlannedOperation, models.Operation]] = []
+    for op in ops:
+        existing = pending.pop(op.match_key, None)
+        if existing is not None:
+            if existing.not_before != op.not_before or existing.reason != op.reason:
+                existing.not_before, existing.reason, existing.updated_at = (
+                    op.not_before, op.reason, now
+                )
+            result.append((op, "pending", existing.id))
+            continue
+        row = models.Operation(
+            key=_op_key(op, now),
+            identity=op.identity,
+            target=op.target,
+            account=op.account,
+            kind=op.kind.value,
+            entitlement=op.entitlement,
+            step=op.step,
+            reason=op.reason,
+            status="pending",
+            not_before=op.not_before,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        new_rows.append((op, row))
+        entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, row.key)))
+    for stale in pending.values():
+        stale.status = "cancelled"
+        stale.updated_at = now
+        stale.last_error = "superseded: the current plan no longer needs it"
+        entries.append(
+            audit.Entry(
+                "operation.cancelled",
+                stale.identity,
+                {"key": stale.key, "target": stale.target, "kind": stale.kind,
+                 "entitlement": stale.entitlement, "why": stale.last_error},
+            )
+        )
+    session.flush()
+    result.extend((op, "new", row.id) for op, row in new_rows)
+    for part in chunks(ids):
+        session.execute(
+            update(models.Identity)
+            .where(models.Identity.external_id.in_(part))
+            .values(needs_plan=False)
+        )
+    audit.append(session, entries, at=now)
+    result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
+    return JournalSync(result, len(pending))
+
+
+def _op_data(op: PlannedOperation, key: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "target": op.target,
+        "account": op.account,
+        "kind": op.kind.value,
+        "entitlement": op.entitlement,
+        "reason": op.reason,
+        "not_before": op.not_before.isoformat() if op.not_before else None,
+    }
+
+
+def summarize(ops: Sequence[PlannedOperation]) -> dict[str, int]:
+    counts = {kind.value: 0 for kind in OpKind}
+    for op in ops:
+        counts[op.kind.value] += 1
+    return {k: v for k, v in counts.items() if v}

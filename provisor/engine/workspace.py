@@ -1,0 +1,125 @@
+"""A workspace: its folder, configuration, database and policy, opened together.
+
+Does: resolve the workspace folder, open its database (refusing an out-of-date schema unless
+asked to create or upgrade it), load and compile its policy on first use, and record each new
+policy version in the store and the audit log.
+Does not: implement any lifecycle, planning or import logic; services receive a ``Workspace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisor.config.policy_files import LoadedPolicy, load_policy
+from provisor.config.workspace import WorkspaceConfig, load_config
+from provisor.domain.desired import CompiledPolicy, compile_policy
+from provisor.domain.lifecycle import canonical_json
+from provisor.evidence import audit
+from provisor.store import db
+from provisor.store.models import PolicyVersion
+
+WORKSPACE_ENV = "PROVISOR_WORKSPACE"
+
+
+def workspace_path(given: Path | None) -> Path:
+    """``given``, else ``PROVISOR_WORKSPACE``, else the current folder."""
+    if given is not None:
+        return given
+    configured = os.environ.get(WORKSPACE_ENV)
+    return Path(configured) if configured else Path.cwd()
+
+
+@dataclass
+class Workspace:
+    path: Path
+    config: WorkspaceConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    _policy: LoadedPolicy | None = field(default=None, repr=False)
+    _compiled: CompiledPolicy | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: Path | None = None, *, check: bool = True) -> Workspace:
+        folder = workspace_path(path).resolve()
+        config = load_config(folder)
+        engine = db.make_engine(db.database_url(folder))
+        if check:
+            db.check_schema(engine)
+        return cls(folder, config, engine, db.session_factory(engine))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def policy(self) -> LoadedPolicy:
+        if self._policy is None:
+            self._policy = load_policy([self.path / p for p in self.config.policy])
+        return self._policy
+
+    @property
+    def compiled(self) -> CompiledPolicy:
+        if self._compiled is None:
+            self._compiled = compile_policy(self.policy.policy)
+        return self._compiled
+
+    def note_policy_version(self, session: Session) -> bool:
+        """Record the loaded policy if this exact version is new; True when it was."""
+        loaded = self.policy
+        known = session.execute(
+            select(PolicyVersion.id).where(PolicyVersion.digest == loaded.digest)
+        ).scalar_one_or_none()
+        if known is not None:
+            return False
+        previous = session.execute(
+            select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1)
+        ).scalar_one_or_none()
+        document = loaded.policy.model_dump(mode="json", by_alias=True)
+        files = [str(f) for f in loaded.files]
+        session.add(
+            PolicyVersion(
+                digest=loaded.digest,
+                loaded_at=datetime.now(UTC),
+                files=files,
+                document=canonical_json(document),
+            )
+        )
+        changes: dict[str, dict[str, list[str]]] = {}
+        old: dict[str, list[dict[str, object]]] = (
+            {} if previous is None else json.loads(previous.document)
+        )
+        for section, items in document.items():
+            before = {_item_name(i) for i in old.get(section, [])}
+            after = {_item_name(i) for i in items}
+            if before != after or (previous is not None and old.get(section) != items):
+                changes[section] = {
+                    "added": sorted(after - before),
+                    "removed": sorted(before - after),
+                }
+        audit.record(
+            session,
+            "policy.changed",
+            loaded.digest,
+            {
+                "digest": loaded.digest,
+                "previous": previous.digest if previous else None,
+                "files": files,
+                "changes": changes,
+            },
+        )
+        return True
+
+
+def _item_name(item: object) -> str:
+    if isinstance(item, dict):
+        for key in ("name", "identity"):
+            if key in item:
+                extra = item.get("role") or item.get("granted") or ""
+                return f"{item[key]}{'/' + str(extra) if extra and key == 'identity' else ''}"
+    return str(item)

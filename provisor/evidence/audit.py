@@ -1,0 +1,232 @@
+"""Tamper-evident audit log: an append-only chain of events, each holding the previous one's hash.
+
+Does: append audit events (one or many in a batch) inside the caller's transaction, chaining
+each to the one before with SHA-256 over canonical JSON; keep the chain head in its own row so a
+deleted tail is noticed; verify the whole chain and name the first event that was edited,
+deleted or reordered; export a time range as JSON Lines or CSV.
+Does not: decide what is worth auditing (callers do), or commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from provisor.domain.lifecycle import canonical_json
+from provisor.store.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+
+
+def current_actor() -> str:
+    """Who is acting: ``PROVISOR_ACTOR`` when set (services, automation), else the OS user."""
+    configured = os.environ.get("PROVISOR_ACTOR")
+    if configured:
+        return configured
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def chain_hash(
+    seq: int, at: datetime, actor: str, action: str, subject: str, data: str, prev: str
+) -> str:
+    payload = canonical_json(
+        [seq, at.astimezone(UTC).isoformat(), actor, action, subject, data, prev]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An audit event to append."""
+
+    action: str
+    subject: str
+    data: Mapping[str, Any]
+
+
+def _head(session: Session) -> AuditHead:
+    head = session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def append(
+    session: Session,
+    entries: Iterable[Entry],
+    *,
+    actor: str | None = None,
+    at: datetime | None = None,
+) -> str:
+    """Append ``entries`` in order; returns the new chain head hash."""
+    head = _head(session)
+    who = actor or current_actor()
+    when = (at or datetime.now(UTC)).astimezone(UTC)
+    seq, prev = head.seq, head.hash
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        data = canonical_json(dict(entry.data))
+        digest = chain_hash(seq, when, who, entry.action, entry.subject, data, prev)
+        rows.append(
+            {
+                "seq": seq,
+                "at": when,
+                "actor": who,
+                "action": entry.action,
+                "subject": entry.subject,
+                "data": data,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    if rows:
+        session.execute(insert(AuditEvent), rows)
+        head.seq, head.hash = seq, prev
+        session.flush()
+    return prev
+
+
+def record(
+    session: Session,
+    action: str,
+    subject: str,
+    data: Mapping[str, Any],
+    *,
+    actor: str | None = None,
+) -> str:
+    """Append one audit event; returns the new chain head hash."""
+    return append(session, [Entry(action, subject, data)], actor=actor)
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    events: int
+    head_seq: int
+    head_hash: str
+    first_bad: int | None = None
+    problem: str = ""
+
+
+def verify(session: Session) -> Verification:
+    """Walk the whole chain; the first inconsistency is reported with its sequence number."""
+    expected_seq, prev = 1, GENESIS
+    count = 0
+    rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
+    for event in rows.yield_per(5000):
+        count += 1
+        if event.seq != expected_seq:
+            return Verification(
+                False,
+                count,
+                expected_seq - 1,
+                prev,
+                expected_seq,
+                f"event {expected_seq} is missing (next event found is {event.seq}): deleted",
+            )
+        if event.prev_hash != prev:
+            return Verification(
+                False,
+                count,
+                event.seq - 1,
+                prev,
+                event.seq,
+                f"event {event.seq} does not follow event {event.seq - 1}: "
+                "an earlier event was edited, removed or reordered",
+            )
+        digest = chain_hash(
+            event.seq, event.at, event.actor, event.action, event.subject, event.data, prev
+        )
+        if digest != event.hash:
+            return Verification(
+                False,
+                count,
+                event.seq - 1,
+                prev,
+                event.seq,
+                f"event {event.seq} ({event.action} {event.subject}) was edited: "
+                "its content no longer matches its hash",
+            )
+        prev = event.hash
+        expected_seq += 1
+    last = expected_seq - 1
+    head = session.get(AuditHead, 1)
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    if (head_seq, head_hash) != (last, prev):
+        return Verification(
+            False,
+            count,
+            last,
+            prev,
+            last + 1,
+            f"the chain head says event {head_seq} is the newest but the log ends at {last}: "
+            "events at the end were deleted or replaced",
+        )
+    return Verification(True, count, last, prev)
+
+
+def head(session: Session) -> tuple[int, str]:
+    """Sequence number and hash of the newest event (0 and the genesis hash when empty)."""
+    row = session.get(AuditHead, 1)
+    return (row.seq, row.hash) if row else (0, GENESIS)
+
+
+EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "data", "prev_hash", "hash")
+
+
+def export(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    fmt: Literal["jsonl", "csv"] = "jsonl",
+) -> Iterator[str]:
+    """Lines of the export (each ending with a newline), oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.seq)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(EXPORT_FIELDS)
+        yield buffer.getvalue()
+    for event in session.execute(query).scalars().yield_per(5000):
+        values = {
+            "seq": event.seq,
+            "at": event.at.isoformat(),
+            "actor": event.actor,
+            "action": event.action,
+            "subject": event.subject,
+            "data": event.data,
+            "prev_hash": event.prev_hash,
+            "hash": event.hash,
+        }
+        if fmt == "jsonl":
+            yield json.dumps({**values, "data": json.loads(event.data)}, ensure_ascii=False) + "\n"
+        else:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(values[f] for f in EXPORT_FIELDS)
+            yield buffer.getvalue()

@@ -1,0 +1,577 @@
+"""HR feed files (snapshot or events, CSV or JSON Lines) parsed into records, row by row.
+
+Does: read a feed file as UTF-8 (with or without BOM), map its columns to Provisor fields,
+normalise values (trimmed, NFC, dates as aware UTC datetimes) and validate each row on its own,
+so a bad row is reported by file, line and column and skipped while the other rows still come
+through. A whole file is refused (``FeedError``) only when it cannot be read, lacks required
+columns, or is a snapshot that names nobody.
+Does not: read or write storage, compare records with stored identities, or check that a
+manager or owner exists; the engine does all of that with the records this module returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Container
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from provisor.domain.lifecycle import STANDARD_ATTRIBUTES, EventKind, IdentityKind, utc
+from provisor.errors import FeedError
+
+
+class FeedMode(StrEnum):
+    SNAPSHOT = "snapshot"  # every person, as they are now; someone absent has left
+    EVENTS = "events"  # one lifecycle change per row, several rows per person allowed
+
+
+_BASE_FIELDS = ("id", *STANDARD_ATTRIBUTES)
+_MODE_FIELDS: dict[FeedMode, tuple[str, ...]] = {
+    FeedMode.SNAPSHOT: (*_BASE_FIELDS, "status", "start_date", "end_date"),
+    FeedMode.EVENTS: (*_BASE_FIELDS, "event", "effective", "ref"),
+}
+_FIELDS = frozenset(_MODE_FIELDS[FeedMode.SNAPSHOT] + _MODE_FIELDS[FeedMode.EVENTS])
+_REQUIRED: dict[FeedMode, tuple[str, ...]] = {
+    FeedMode.SNAPSHOT: ("id", "name"),
+    FeedMode.EVENTS: ("id", "event", "effective"),
+}
+_STATUSES = ("active", "leave", "suspended", "terminated")
+_KINDS = tuple(k.value for k in IdentityKind)
+_NON_HUMAN = frozenset(_KINDS) - {IdentityKind.HUMAN.value}
+_EVENT_KINDS = {k.value: k for k in EventKind}
+# Fields that are read into the record itself rather than into its attributes.
+_RECORD_FIELDS = ("id", "status", "start_date", "end_date", "event", "effective", "ref")
+# One @, a non-empty local part, a domain with a dot inside it, and no spaces.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]")
+_FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+# An accepted effective date this far from today is probably a typo, so it is warned about.
+_WARN_PAST = timedelta(days=5 * 365)
+_WARN_FUTURE = timedelta(days=2 * 365)
+
+
+class FeedMapping(BaseModel):
+    """How to read one HR feed (from the workspace configuration): mode, format, column names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: FeedMode = FeedMode.SNAPSHOT
+    # "auto" decides by file extension: .csv, or .jsonl / .ndjson / .json (one object a line).
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    # Provisor field -> column name in the file; a field not listed is read from its own name.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # A strptime format for every date column; None means ISO 8601 (date or date-time).
+    date_format: str | None = None
+    delimiter: str = ","
+    # Columns that are no Provisor field become free-form attributes ("keep") or are dropped.
+    extra_attributes: Literal["keep", "ignore"] = "keep"
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - _FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)}; fields are {', '.join(sorted(_FIELDS))}"
+            )
+        cleaned: dict[str, str] = {}
+        for name, column in value.items():
+            column = _nfc(column.strip())
+            if not column:
+                raise ValueError(f"field {name} is mapped to an empty column name")
+            cleaned[name] = column
+        return cleaned
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1 or value in '"\r\n':
+            raise ValueError("the delimiter is one character, neither a quote nor a line break")
+        return value
+
+    @field_validator("date_format")
+    @classmethod
+    def _strptime_format(cls, value: str | None) -> str | None:
+        if value is not None and "%" not in value:
+            raise ValueError("date_format is a strptime format such as %d/%m/%Y")
+        return value
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem with one row (or, for warnings, something worth a look) of a feed file."""
+
+    file: str
+    line: int
+    column: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        if self.column is None:
+            return f"{self.file}:{self.line}: {self.reason}"
+        return f"{self.file}:{self.line} {self.column}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class FeedRecord:
+    """One valid row of a feed.
+
+    ``line`` is where the record starts in the file. In snapshot mode ``effective`` is the date
+    the row's status took effect: ``end_date`` when the status is terminated (or, without a
+    status column, whenever an end date is given), otherwise ``start_date``.
+    """
+
+    line: int
+    identity: str
+    event: EventKind | None
+    effective: datetime | None
+    status: str | None
+    attributes: dict[str, Any]
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """Everything read from one feed file: the valid records and every row that was not."""
+
+    file: str
+    mode: FeedMode
+    rows_read: int
+    records: list[FeedRecord]
+    errors: list[RowError]
+    warnings: list[RowError]
+
+
+def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = None) -> ParsedFeed:
+    """Parse and validate the feed at ``path``; ``display_name`` names it in every message."""
+    file = display_name if display_name is not None else str(path)
+    fmt = mapping.format
+    if fmt == "auto":
+        found = _FORMAT_BY_SUFFIX.get(path.suffix.lower())
+        if found is None:
+            raise FeedError(
+                f"{file}: cannot tell the format from the extension '{path.suffix}'; name the "
+                "file .csv or .jsonl, or set format: csv or format: jsonl in the feed mapping"
+            )
+        fmt = "csv" if found == "csv" else "jsonl"
+    text = _read_text(path, file)
+    parser = _RowParser(file, mapping)
+    if fmt == "csv":
+        _parse_csv(text, parser)
+    else:
+        _parse_jsonl(text, parser)
+    if mapping.mode is FeedMode.SNAPSHOT and parser.rows_read == 0:
+        raise FeedError(
+            f"{file}: the snapshot has no people; importing it would terminate everyone, "
+            "so it is refused"
+        )
+    return parser.result()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _nfc(value: str) -> str:
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
+def _read_text(path: Path, file: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FeedError(f"{file}: cannot read the feed: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FeedError(
+            f"{file}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
+            f"line {line}); export the feed as UTF-8"
+        ) from exc
+    # Whole-text NFC equals value-by-value NFC for CSV: delimiters, quotes and line breaks are
+    # starters that compose with nothing, so no normalisation crosses a field boundary.
+    return unicodedata.normalize("NFC", text)
+
+
+class _RowParser:
+    """Turns one row's values into a record or row errors, and collects both.
+
+    Readers hand over each row as ``fields`` (id, status, dates, event, ref) and ``attributes``
+    (standard attributes), both holding only non-empty trimmed text, plus ``extras`` (free-form
+    attributes to keep), ``present`` (every column the row has, empty or not) and ``errors``
+    (problems the reader already found). Valid rows are the common case, so the checks run
+    straight through and build messages only for what is wrong.
+    """
+
+    def __init__(self, file: str, mapping: FeedMapping) -> None:
+        self.file = file
+        self.mode = mapping.mode
+        self.fields = _MODE_FIELDS[mapping.mode]
+        self.required = _REQUIRED[mapping.mode]
+        self.column = {name: mapping.columns.get(name, name) for name in _FIELDS}
+        self.keep_extra = mapping.extra_attributes == "keep"
+        self.delimiter = mapping.delimiter
+        self.date_format = mapping.date_format
+        if mapping.date_format is None:
+            self.date_hint = "YYYY-MM-DD or an ISO 8601 date-time"
+        else:
+            example = datetime(2024, 1, 31, 9, 30).strftime(mapping.date_format)
+            self.date_hint = f"{mapping.date_format} (e.g. {example})"
+        self.dates: dict[str, datetime | None] = {}
+        now = _now()
+        self.too_old = now - _WARN_PAST
+        self.too_new = now + _WARN_FUTURE
+        self.rows_read = 0
+        self.records: list[FeedRecord] = []
+        self.errors: list[RowError] = []
+        self.warnings: list[RowError] = []
+        self.first_line: dict[str, int] = {}
+        self.duplicate_lines: dict[str, list[int]] = {}
+        self.row = self._snapshot_row if mapping.mode is FeedMode.SNAPSHOT else self._event_row
+
+    # Columns ------------------------------------------------------------------------------
+
+    def columns(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(field, column) for those of ``names`` this mode reads."""
+        return [(name, self.column[name]) for name in names if name in self.fields]
+
+    def ignored_column(self, column: str) -> str | None:
+        """Why a column that no field of this mode reads is ignored, or None if it is extra."""
+        for name in sorted(_FIELDS):
+            if self.column[name] == column and name not in self.fields:
+                return f"column '{column}' ({name}) is not used in a {self.mode} feed; ignored"
+        if column in _FIELDS:
+            return f"column '{column}' is ignored: {column} is read from '{self.column[column]}'"
+        return None
+
+    def missing_columns(self, columns: Container[str]) -> list[str]:
+        return [self.column[name] for name in self.required if self.column[name] not in columns]
+
+    def warn(self, line: int, column: str | None, reason: str) -> None:
+        self.warnings.append(RowError(self.file, line, column, reason))
+
+    def error(self, line: int, column: str | None, reason: str) -> None:
+        self.errors.append(RowError(self.file, line, column, reason))
+
+    # Rows ---------------------------------------------------------------------------------
+
+    def _bad(self, errors: list[RowError], line: int, name: str, reason: str) -> None:
+        errors.append(RowError(self.file, line, self.column[name], reason))
+
+    def _date(self, errors: list[RowError], line: int, name: str, raw: str) -> datetime | None:
+        try:
+            value = self.dates[raw]
+        except KeyError:
+            try:
+                if self.date_format is None:
+                    value = utc(datetime.fromisoformat(raw))
+                else:
+                    value = utc(datetime.strptime(raw, self.date_format))
+            except ValueError:
+                value = None
+            self.dates[raw] = value
+        if value is None:
+            self._bad(errors, line, name, f"invalid date '{raw}'; expected {self.date_hint}")
+        return value
+
+    def _common(
+        self,
+        line: int,
+        fields: dict[str, str],
+        attributes: dict[str, Any],
+        present: Container[str],
+        errors: list[RowError],
+    ) -> str | None:
+        """Checks every mode shares: required values, kind, email, owner. Returns the id."""
+        identity = fields.get("id")
+        for name in self.required:
+            if name not in fields and name not in attributes:
+                column = self.column[name]
+                if any(e.column == column for e in errors):
+                    continue  # the reader already said what is wrong with it
+                reason = (
+                    "required value is empty" if column in present else "required field is missing"
+                )
+                self._bad(errors, line, name, reason)
+        kind = attributes.get("kind")
+        if kind is not None:
+            if kind.lower() in _KINDS:
+                attributes["kind"] = kind.lower()
+            else:
+                reason = f"unknown kind '{kind}'; expected one of {', '.join(_KINDS)}"
+                self._bad(errors, line, "kind", reason)
+        email = attributes.get("email")
+        if email is not None and _EMAIL.fullmatch(email) is None:
+            reason = f"invalid email '{email}'; expected an address like name@example.com"
+            self._bad(errors, line, "email", reason)
+        owner = attributes.get("owner")
+        if owner is not None and owner == identity:
+            reason = f"owner {owner} is the identity itself; the owner must be someone else"
+            self._bad(errors, line, "owner", reason)
+        return identity
+
+    def _needs_owner(self, errors: list[RowError], line: int, attributes: dict[str, Any]) -> None:
+        kind = attributes.get("kind")
+        if kind in _NON_HUMAN and "owner" not in attributes:
+            self._bad(errors, line, "owner", f"a {kind} needs an owner (the id of a person)")
+
+    def _snapshot_row(
+        self,
+        line: int,
+        fields: dict[str, str],
+        attributes: dict[str, Any],
+        extras: dict[str, Any],
+        present: Container[str],
+        errors: list[RowError],
+    ) -> None:
+        identity = self._common(line, fields, attributes, present, errors)
+        if identity is not None:
+            first = self.first_line.get(identity)
+            if first is None:
+                self.first_line[identity] = line
+            else:
+                self.duplicate_lines.setdefault(identity, [first]).append(line)
+        self._needs_owner(errors, line, attributes)
+        status = fields.get("status")
+        if status is not None:
+            if status.lower() in _STATUSES:
+                status = status.lower()
+            else:
+                reason = f"unknown status '{status}'; expected one of {', '.join(_STATUSES)}"
+                self._bad(errors, line, "status", reason)
+        raw_start = fields.get("start_date")
+        raw_end = fields.get("end_date")
+        start = self._date(errors, line, "start_date", raw_start) if raw_start else None
+        end = self._date(errors, line, "end_date", raw_end) if raw_end else None
+        if start is not None and end is not None and end < start:
+            reason = f"end_date {raw_end} is before start_date {raw_start}"
+            self._bad(errors, line, "end_date", reason)
+        if errors or identity is None:
+            self.errors.extend(errors)
+            return
+        if status == "terminated" or (status is None and end is not None):
+            effective = end
+        else:
+            effective = start
+            if end is not None:
+                reason = f"end_date {raw_end} is not carried: the status is {status}"
+                self.warn(line, self.column["end_date"], reason)
+        if extras:
+            attributes.update(extras)
+        self.records.append(FeedRecord(line, identity, None, effective, status, attributes))
+
+    def _event_row(
+        self,
+        line: int,
+        fields: dict[str, str],
+        attributes: dict[str, Any],
+        extras: dict[str, Any],
+        present: Container[str],
+        errors: list[RowError],
+    ) -> None:
+        identity = self._common(line, fields, attributes, present, errors)
+        event: EventKind | None = None
+        raw_event = fields.get("event")
+        if raw_event is not None:
+            event = _EVENT_KINDS.get(raw_event.lower())
+            if event is None:
+                reason = f"unknown event '{raw_event}'; expected one of {', '.join(_EVENT_KINDS)}"
+                self._bad(errors, line, "event", reason)
+            elif event is EventKind.HIRE or event is EventKind.REHIRE:
+                self._needs_owner(errors, line, attributes)
+                if event is EventKind.HIRE and "name" not in attributes:
+                    self._bad(errors, line, "name", "a hire needs a name")
+            elif event is EventKind.CONVERT and "employment_type" not in attributes:
+                self._bad(
+                    errors, line, "employment_type", "a convert needs the new employment_type"
+                )
+        raw = fields.get("effective")
+        effective = self._date(errors, line, "effective", raw) if raw else None
+        if errors or identity is None:
+            self.errors.extend(errors)
+            return
+        if effective is not None and not self.too_old <= effective <= self.too_new:
+            when = "over 5 years in the past" if effective < self.too_old else "over 2 years ahead"
+            self.warn(line, self.column["effective"], f"effective {raw} is {when}")
+        ref = fields.get("ref")
+        if ref is not None and event is not EventKind.RESCIND:
+            reason = "ref is ignored: only a rescind names the termination it cancels"
+            self.warn(line, self.column["ref"], reason)
+            ref = None
+        if extras:
+            attributes.update(extras)
+        self.records.append(FeedRecord(line, identity, event, effective, None, attributes, ref))
+
+    def result(self) -> ParsedFeed:
+        records = self.records
+        duplicates = self.duplicate_lines
+        if duplicates:
+            records = [r for r in records if r.identity not in duplicates]
+            for identity, lines in duplicates.items():
+                for line in lines:
+                    others = [str(other) for other in lines if other != line]
+                    where = "line" if len(others) == 1 else "lines"
+                    self.error(
+                        line,
+                        self.column["id"],
+                        f"duplicate id {identity} also on {where} {', '.join(others)}",
+                    )
+        errors = sorted(self.errors, key=lambda e: e.line)
+        warnings = sorted(self.warnings, key=lambda e: e.line)
+        return ParsedFeed(self.file, self.mode, self.rows_read, records, errors, warnings)
+
+
+def _parse_csv(text: str, parser: _RowParser) -> None:
+    """Hand every CSV record to ``parser`` with the line it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=parser.delimiter)
+    header: list[str] | None = None
+    fields: list[tuple[str, int]] = []
+    attributes: list[tuple[str, int]] = []
+    extra: list[tuple[str, int]] = []
+    present: frozenset[str] = frozenset()
+    width = 0
+    end = 0
+    row_of = parser.row
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if header is None:
+                if any(cell.strip() for cell in row):
+                    header = [_nfc(cell.strip()) for cell in row]
+                    width = len(header)
+                    present = frozenset(header)
+                    fields, attributes, extra = _csv_columns(header, start, parser)
+                continue
+            if len(row) != width:
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
+                parser.rows_read += 1
+                reason = f"expected {width} fields, found {len(row)}"
+                if end > start:
+                    reason += f" (the record runs on to line {end}; is a quote left open?)"
+                parser.error(start, None, reason)
+                continue
+            values = {name: v for name, i in fields if (v := row[i].strip())}
+            attrs: dict[str, Any] = {name: v for name, i in attributes if (v := row[i].strip())}
+            extras: dict[str, Any] = {name: v for name, i in extra if (v := row[i].strip())}
+            if not (values or attrs or extras) and not any(cell.strip() for cell in row):
+                continue  # a row of empty cells
+            parser.rows_read += 1
+            row_of(start, values, attrs, extras, present, [])
+    except csv.Error as exc:
+        raise FeedError(f"{parser.file}:{end + 1}: cannot read the CSV record: {exc}") from exc
+
+
+def _csv_columns(
+    header: list[str], line: int, parser: _RowParser
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Check a CSV header; return (name, index) of its fields, attributes and kept extras."""
+    seen: set[str] = set()
+    for name in header:
+        if name and name in seen:
+            raise FeedError(f"{parser.file}:{line}: column '{name}' appears twice in the header")
+        seen.add(name)
+    missing = parser.missing_columns(seen)
+    if missing:
+        found = ", ".join(name for name in header if name) or "(none)"
+        raise FeedError(
+            f"{parser.file}: missing required column(s) {', '.join(missing)} for a "
+            f"{parser.mode} feed; columns found: {found}. A column named differently is "
+            "mapped to its field under 'columns' in the feed mapping"
+        )
+    position = {name: i for i, name in enumerate(header)}
+    fields = [(n, position[c]) for n, c in parser.columns(_RECORD_FIELDS) if c in position]
+    attributes = [(n, position[c]) for n, c in parser.columns(STANDARD_ATTRIBUTES) if c in position]
+    read = {column for _, column in parser.columns(parser.fields)}
+    extra: list[tuple[str, int]] = []
+    for i, name in enumerate(header):
+        if not name or name in read:
+            continue
+        why = parser.ignored_column(name)
+        if why is not None:
+            parser.warn(line, name, why)
+        elif parser.keep_extra:
+            extra.append((name, i))
+    return fields, attributes, extra
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON scalar as trimmed text ('' for null), or None when it is not a scalar."""
+    if isinstance(value, str):
+        return _nfc(value.strip())
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _parse_jsonl(text: str, parser: _RowParser) -> None:
+    """Hand every JSON Lines object to ``parser``; a line that is no object is a row error."""
+    fields = parser.columns(_RECORD_FIELDS)
+    attributes = parser.columns(STANDARD_ATTRIBUTES)
+    read = {column for _, column in parser.columns(parser.fields)}
+    ignored: dict[str, str | None] = {}  # extra key -> why it is ignored, None when it is kept
+    for number, raw in enumerate(text.split("\n"), 1):
+        if not raw.strip():
+            continue
+        parser.rows_read += 1
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            parser.error(number, None, f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            parser.error(number, None, f"not a JSON object (found {_json_type(obj)})")
+            continue
+        row: dict[str, Any] = {_nfc(str(key).strip()): value for key, value in obj.items()}
+        errors: list[RowError] = []
+        values: dict[str, str] = {}
+        attrs: dict[str, Any] = {}
+        for names, into in ((fields, values), (attributes, attrs)):
+            for name, column in names:
+                if column not in row:
+                    continue
+                text_value = _json_text(row[column])
+                if text_value is None:
+                    reason = f"expected text, found {_json_type(row[column])}"
+                    errors.append(RowError(parser.file, number, column, reason))
+                elif text_value:
+                    into[name] = text_value
+        extras: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in read or not key:
+                continue
+            if key not in ignored:
+                ignored[key] = why = parser.ignored_column(key)
+                if why is not None:
+                    parser.warn(number, key, why)
+            if ignored[key] is not None or not parser.keep_extra:
+                continue
+            kept = _nfc(value.strip()) if isinstance(value, str) else value
+            if kept is not None and kept != "":
+                extras[key] = kept
+        parser.row(number, values, attrs, extras, row, errors)

@@ -1,0 +1,103 @@
+"""Database connection and schema management for a workspace.
+
+Does: build the SQLAlchemy engine for the workspace's database (an SQLite file by default,
+``PROVISOR_DATABASE_URL`` to use PostgreSQL), tune SQLite for a single busy writer, run the Alembic
+migrations (``upgrade``), and refuse to work on a database whose schema is not current.
+Does not: define tables (``models``) or hold any query logic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisor.errors import WorkspaceError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+DATABASE_FILE = "provisor.db"
+
+
+def database_url(workspace: Path) -> str:
+    """The database of ``workspace``: ``PROVISOR_DATABASE_URL`` if set, else its SQLite file."""
+    configured = os.environ.get("PROVISOR_DATABASE_URL")
+    if configured:
+        return configured
+    return f"sqlite:///{(workspace / DATABASE_FILE).resolve()}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    script = ScriptDirectory(str(MIGRATIONS))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; returns (revision before, revision after)."""
+    before = current_revision(engine)
+    command.upgrade(_alembic_config(engine), "head")
+    return before, head_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    current = current_revision(engine)
+    if current is None:
+        raise WorkspaceError(
+            f"no Provisor workspace database at {engine.url.render_as_string(hide_password=True)}; "
+            "run 'provisor init' first"
+        )
+    if current != head_revision():
+        raise WorkspaceError(
+            f"the workspace database is at schema {current}, this Provisor needs "
+            f"{head_revision()}; run 'provisor init' to upgrade it"
+        )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: committed when the block ends, rolled back if it raises."""
+    with factory() as session, session.begin():
+        yield session

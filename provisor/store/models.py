@@ -1,0 +1,224 @@
+"""SQLAlchemy models: the tables of a Provisor workspace.
+
+Does: declare every table, with the indexes the engine's queries need, portable between SQLite
+and PostgreSQL (times stored as naive UTC, JSON as the dialect's JSON type; audit payloads as
+canonical JSON text so their hashes never depend on the database).
+Does not: hold logic; repositories and services in ``provisor.engine`` and ``provisor.evidence``
+read and write these tables. Schema changes go through an Alembic migration in
+``provisor/store/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Identity(Base):
+    """Current (materialised) state of an identity; its events are the record of truth."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), default="human")
+    state: Mapped[str | None] = mapped_column(String(16), index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    manager: Mapped[str | None] = mapped_column(String(128))
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    feed: Mapped[str | None] = mapped_column(String(128), index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    flags: Mapped[list[Any]] = mapped_column(default=list)
+    employment_start: Mapped[datetime | None]
+    terminated_at: Mapped[datetime | None]
+    state_since: Mapped[datetime | None]
+    next_change_at: Mapped[datetime | None] = mapped_column(index=True)
+    needs_plan: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    # the valid time the row was computed for; events effective later are applied by ``tick``
+    materialized_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class IdentityEvent(Base):
+    """A lifecycle event as reported: valid from ``effective_at``, known from ``recorded_at``."""
+
+    __tablename__ = "identity_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    effective_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    ref: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(512), default="")
+    # accepted: part of the identity's history; held: waiting for approval (mass-change guard);
+    # rejected: refused by an approver, kept for the record.
+    status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
+
+
+class Hold(Base):
+    """A change set stopped by the mass-change guard until someone approves it."""
+
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime]
+    origin: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(256))
+    decided_at: Mapped[datetime | None]
+
+
+class Import(Base):
+    """One run of ``provisor import``: which file, its checksum, and what it did."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    feed: Mapped[str] = mapped_column(String(128))
+    mode: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class PolicyVersion(Base):
+    """Every distinct policy the engine has run with, by digest."""
+
+    __tablename__ = "policy_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    loaded_at: Mapped[datetime]
+    files: Mapped[list[Any]] = mapped_column(default=list)
+    document: Mapped[str] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained audit log. ``data`` is canonical JSON text."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(512), default="")
+    data: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The newest link of the audit chain, so a deleted tail is detected too."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ObservedAccount(Base):
+    """An account as last observed in a target: read back, or imported from its export."""
+
+    __tablename__ = "observed_accounts"
+    __table_args__ = (UniqueConstraint("target", "account", name="uq_observed_accounts_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(128))
+    account: Mapped[str] = mapped_column(String(512))
+    identity: Mapped[str | None] = mapped_column(String(128), index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sessions: Mapped[int | None] = mapped_column(Integer)
+    observed_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(512), default="")
+
+
+class ObservedEntitlement(Base):
+    __tablename__ = "observed_entitlements"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("observed_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    entitlement: Mapped[str] = mapped_column(String(256), primary_key=True)
+    observed_at: Mapped[datetime]
+
+
+class Operation(Base):
+    """The operation journal: one durable change to one target. Never deleted."""
+
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_work", "status", "target", "identity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[str] = mapped_column(String(128))
+    account: Mapped[str | None] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(32))
+    entitlement: Mapped[str | None] = mapped_column(String(256))
+    step: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    # pending -> running -> succeeded -> verified; or failed / cancelled.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    not_before: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
