@@ -1,0 +1,450 @@
+"""``provisor demo``: a guided tour on a sample organisation, in a throwaway workspace.
+
+Does: write a sample organisation (about 200 people over seven departments and four locations,
+contractors, two people on leave, service accounts, an API key and a bot with owners), a sample
+policy with five targets, and the target applications' own user exports; then run the real
+engine services on them — import, observe, a mover, a leaver, a future-dated leaver, a rehire —
+and print the plans, an explanation and the audit verification.
+Does not: contain engine logic of its own; everything it shows is what the CLI commands do.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from sqlalchemy import func, select
+from rich.table import Table
+
+from provisor.config.workspace import CONFIG_FILE
+from provisor.domain.desired import desired_access, explain
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import lifecycle as lifecycle_service
+from provisor.engine.imports import import_feed
+from provisor.engine.observed import import_observed
+from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
+from provisor.store import db, models
+
+DEMO_CONFIG = """\
+policy: [policy]
+feeds:
+  hr:
+    mode: snapshot
+    columns: {id: employee_id, manager: manager_id}
+  history:
+    mode: events
+    columns: {id: employee_id}
+guard: {max_share: 0.10, max_count: 50, min_count: 5}
+lifecycle: {rescind_window_days: 30}
+"""
+
+DEMO_POLICY = """\
+targets:
+  - name: directory
+    class: ldap
+    owner: identity-team@example.com
+    leaver_action: disable
+    on_leave: disable
+    connection: {url: "ldaps://ldap.example.com", bind_dn: "cn=provisor,dc=example,dc=com",
+                 password: {env: DIRECTORY_BIND_PASSWORD}}
+    entitlements:
+      - {name: all-staff}
+      - {name: engineering}
+      - {name: sales}
+      - {name: finance}
+      - {name: vpn}
+  - name: github
+    class: scim
+    owner: platform-team@example.com
+    leaver_action: delete
+    grace_days: 7
+    on_leave: disable
+    connection: {url: "https://scim.github.example.com/scim/v2", token: {env: GITHUB_SCIM_TOKEN}}
+    entitlements:
+      - {name: members}
+      - {name: platform-admins}
+  - name: crm
+    class: rest
+    owner: sales-ops@example.com
+    leaver_action: disable
+    entitlements:
+      - {name: sales-user}
+      - {name: sales-manager}
+  - name: payroll-db
+    class: sql
+    owner: finance-it@example.com
+    leaver_action: delete
+    grace_days: 30
+    entitlements:
+      - {name: payroll-read}
+      - {name: payroll-approve}
+      - {name: vendor-create}
+  - name: legacy-erp
+    class: manual
+    owner: finance-ops@example.com
+    leaver_action: delete
+    grace_days: 14
+    sla_days: 2
+    entitlements:
+      - {name: erp-user}
+
+rules:
+  - name: all-staff
+    when: {attr: employment_type, in: [employee, contractor]}
+    grant: [{target: directory, entitlements: [all-staff]}]
+  - name: employees-vpn
+    when: {attr: employment_type, equals: employee}
+    grant: [{target: directory, entitlements: [vpn]}]
+  - name: engineering
+    when: {attr: department, equals: Engineering}
+    grant:
+      - {target: directory, entitlements: [engineering]}
+      - {target: github, entitlements: [members]}
+  - name: sales
+    when: {attr: department, equals: Sales}
+    grant:
+      - {target: directory, entitlements: [sales]}
+      - {target: crm, entitlements: [sales-user]}
+  - name: sales-managers
+    when:
+      all:
+        - {attr: department, equals: Sales}
+        - {attr: title, prefix: "Sales Manager"}
+    roles: [sales-manager]
+  - name: finance
+    when: {attr: department, equals: Finance}
+    grant:
+      - {target: directory, entitlements: [finance]}
+      - {target: payroll-db, entitlements: [payroll-read]}
+      - {target: legacy-erp, entitlements: [erp-user]}
+  - name: build-bots
+    kinds: [service_account, bot]
+    when: {attr: department, equals: Engineering}
+    grant: [{target: github, entitlements: [members]}]
+
+roles:
+  - name: sales-manager
+    owner: head-of-sales@example.com
+    grants: [{target: crm, entitlements: [sales-user, sales-manager]}]
+  - name: platform-admin
+    owner: cto@example.com
+    grants: [{target: github, entitlements: [members, platform-admins]}]
+  - name: payment-approver
+    owner: cfo@example.com
+    grants: [{target: payroll-db, entitlements: [payroll-read, payroll-approve]}]
+
+assignments:
+  - {identity: E1002, role: platform-admin, approver: E1001, granted: 2024-02-01,
+     justification: on-call platform lead}
+  - {identity: E1162, role: payment-approver, approver: E1161, granted: 2024-03-01,
+     justification: approves supplier payments}
+  - {identity: E1163, role: payment-approver, approver: E1161, granted: 2024-03-01,
+     justification: approves payroll runs}
+
+exceptions:
+  - identity: E1162
+    grant: [{target: payroll-db, entitlements: [vendor-create]}]
+    allow_sod: [pay-and-create-vendor]
+    approver: E1161
+    justification: year-end vendor clean-up, second approver checks every payment
+    granted: 2024-11-01
+    expires: 2099-01-31
+  - identity: E1163
+    grant: [{target: payroll-db, entitlements: [vendor-create]}]
+    approver: E1161
+    justification: asked for vendor set-up rights, no SoD waiver
+    granted: 2024-11-01
+    expires: 2099-01-31
+
+sod:
+  - name: pay-and-create-vendor
+    description: one person must not both create vendors and approve payments
+    conflicts: [payroll-db:payroll-approve, payroll-db:vendor-create]
+"""
+
+DEPARTMENTS = [
+    ("Engineering", 60),
+    ("Sales", 40),
+    ("Support", 30),
+    ("Finance", 20),
+    ("Marketing", 20),
+    ("Operations", 20),
+    ("People", 10),
+]
+LOCATIONS = ["London", "Berlin", "New York", "Singapore"]
+FIRST = ["Ada", "Ben", "Chloé", "Dmitri", "Eva", "Farah", "Günter", "Hana", "Ivan", "Jun",
+         "Kofi", "Lena", "Mateo", "Nia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tomás",
+         "Uma", "Viktor", "Wen", "Ximena", "Yusuf", "Zoë"]
+LAST = ["Andersen", "Becker", "Costa", "Dubois", "Eriksson", "Fischer", "García", "Hoffmann",
+        "Ivanova", "Jensen", "Kowalski", "Lindqvist", "Müller", "Nakamura", "O'Brien", "Petrov",
+        "Quispe", "Rossi", "Schmidt", "Tanaka", "Ueda", "Varga", "Weber", "Xu", "Yilmaz", "Zhang"]
+FIELDS = ["employee_id", "name", "email", "department", "title", "location", "cost_centre",
+          "manager_id", "employment_type", "kind", "owner", "start_date", "status"]
+
+
+def sample_people(seed: int = 7) -> list[dict[str, str]]:
+    """The sample organisation: deterministic for a given seed."""
+    rng = random.Random(seed)
+    people: list[dict[str, str]] = []
+    number = 1001
+    for department, size in DEPARTMENTS:
+        head = f"E{number}"
+        for i in range(size):
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            contractor = i > 0 and rng.random() < 0.15
+            if i == 0:
+                title = f"Head of {department}"
+            elif department == "Sales" and i < 5:
+                title = "Sales Manager"
+            else:
+                title = rng.choice(["Specialist", "Senior Specialist", "Analyst", "Lead"])
+                title = f"{'Engineer' if department == 'Engineering' else department} {title}"
+            slug = f"{first}.{last}".lower().replace("'", "")
+            people.append({
+                "employee_id": f"E{number}",
+                "name": f"{first} {last}",
+                "email": f"{slug}.{number}@example.com",
+                "department": department,
+                "title": title,
+                "location": rng.choice(LOCATIONS),
+                "cost_centre": f"CC-{department[:3].upper()}",
+                "manager_id": "" if i == 0 else head,
+                "employment_type": "contractor" if contractor else "employee",
+                "kind": "human",
+                "owner": "",
+                "start_date": (datetime(2019, 1, 7) + timedelta(days=rng.randrange(0, 2000)))
+                .date().isoformat(),
+                "status": "active",
+            })
+            number += 1
+    people[45]["status"] = "leave"
+    people[120]["status"] = "leave"
+    bots = [
+        ("S001", "ci-runner", "service_account", "Engineering", "E1002"),
+        ("S002", "deploy-bot", "bot", "Engineering", "E1003"),
+        ("S003", "billing-export", "api_key", "Finance", "E1161"),
+        ("S004", "backup-agent", "service_account", "Operations", "E1171"),
+        ("S005", "support-triage", "bot", "Support", "E1101"),
+    ]
+    for sid, name, kind, department, owner in bots:
+        people.append({
+            "employee_id": sid, "name": name, "email": "", "department": department,
+            "title": kind.replace("_", " "), "location": "", "cost_centre": "",
+            "manager_id": "", "employment_type": "", "kind": kind, "owner": owner,
+            "start_date": "2023-06-01", "status": "active",
+        })
+    return people
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], fields: list[str]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prepare(folder: Path) -> None:
+    """Write the sample workspace files and create its database."""
+    (folder / "policy").mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(DEMO_CONFIG, encoding="utf-8")
+    (folder / "policy" / "demo.yaml").write_text(DEMO_POLICY, encoding="utf-8")
+    write_csv(folder / "people.csv", sample_people(), FIELDS)
+    # A former engineer, terminated last spring, to be rehired during the tour.
+    history = [
+        {"employee_id": "E0999", "event": "hire", "effective": "2021-04-01",
+         "name": "Rafael Ortega", "email": "rafael.ortega@example.com",
+         "department": "Engineering", "title": "Engineer Lead", "location": "Berlin",
+         "employment_type": "employee", "manager_id": "E1001"},
+        {"employee_id": "E0999", "event": "terminate", "effective": "2026-04-30"},
+    ]
+    write_csv(folder / "history.csv", history,
+              ["employee_id", "event", "effective", "name", "email", "department", "title",
+               "location", "employment_type", "manager_id"])
+    engine = db.make_engine(db.database_url(folder))
+    db.upgrade(engine)
+    engine.dispose()
+
+
+def write_exports(workspace: Workspace, folder: Path, now: datetime) -> list[Path]:
+    """User exports of the five applications, as they stand after the initial provisioning.
+
+    Until connectors read them live, the applications are represented by their own exports;
+    one hand-made change (an extra entitlement) is left in to show drift being planned away.
+    """
+    exports: dict[str, list[dict[str, str]]] = {t: [] for t in workspace.compiled.targets}
+    with workspace.sessions() as session:
+        rows = session.execute(select(models.Identity).order_by(models.Identity.external_id))
+        for row in rows.scalars():
+            desired = desired_access(workspace.compiled, state_from_row(row, now))
+            for name, access in desired.targets.items():
+                ents = sorted(access.entitlements)
+                if row.external_id == "E1010" and name == "github":
+                    ents.append("platform-admins")
+                exports[name].append({
+                    "account": row.email or row.external_id, "email": row.email or "",
+                    "identity": "" if row.email else row.external_id,
+                    "enabled": "true" if access.enabled else "false",
+                    "entitlements": ";".join(ents), "sessions": "",
+                })
+    paths = []
+    for name, rows in exports.items():
+        path = folder / "exports" / f"{name}.csv"
+        path.parent.mkdir(exist_ok=True)
+        write_csv(path, rows, ["account", "email", "identity", "enabled", "entitlements",
+                               "sessions"])
+        paths.append(path)
+    return paths
+
+
+class _Tour:
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self.summary: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+
+    def heading(self, text: str) -> None:
+        if self.console is not None:
+            self.console.rule(f"[bold]{text}")
+
+    def plan_table(self, title: str, rows: list[tuple[str, ...]]) -> None:
+        if self.console is None:
+            return
+        if not rows:
+            self.console.print(f"{title}: nothing to do")
+            return
+        table = Table(title=title, title_justify="left")
+        for column in ("target", "operation", "entitlement", "not before", "reason"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
+
+
+def _plan_rows(workspace: Workspace, identity: str, now: datetime) -> list[tuple[str, ...]]:
+    with workspace.sessions() as session, session.begin():
+        synced = sync_journal(workspace, session, now=now, identity=identity)
+    return [
+        (op.target, op.kind.value, op.entitlement or "",
+         op.not_before.date().isoformat() if op.not_before else "", op.reason)
+        for op, _status, _id in synced.operations
+    ]
+
+
+def _event(workspace: Workspace, event: LifecycleEvent, now: datetime) -> None:
+    with workspace.sessions() as session, session.begin():
+        lifecycle_service.record_events(
+            session, workspace.config, [event], origin="demo", now=now, strict=True
+        )
+
+
+def run_demo(directory: Path | None, console: Console | None, *, json_out: bool = False) -> None:
+    folder = directory or Path(tempfile.mkdtemp(prefix="provisor-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tour = _Tour(console)
+    now = datetime.now(UTC).replace(microsecond=0)
+    prepare(folder)
+    workspace = Workspace.open(folder)
+    try:
+        tour.heading("1. Import the HR snapshot and the history feed")
+        report = import_feed(workspace, folder / "people.csv", now=now)
+        history = import_feed(workspace, folder / "history.csv", feed="history", now=now)
+        tour.say(f"Workspace: {folder}")
+        tour.say(f"people.csv: {report.rows_accepted} rows accepted, events {report.counts}; "
+                 f"history.csv: events {history.counts}")
+        with workspace.sessions() as session:
+            counts = {
+                state: n
+                for state, n in session.execute(
+                    select(models.Identity.state, func.count()).group_by(models.Identity.state)
+                )
+            }
+        tour.say(f"Identities by state: {counts}")
+        tour.summary["import"] = report.as_dict() | {"errors": report.errors}
+
+        tour.heading("2. Read what the applications hold (their user exports)")
+        for path in write_exports(workspace, folder, now):
+            observed = import_observed(workspace, path.stem, path, now=now)
+            tour.say(f"{path.stem}: {observed.accounts} accounts, {observed.linked} linked")
+        with workspace.sessions() as session, session.begin():
+            initial = sync_journal(workspace, session, now=now)
+        tour.say(f"Initial plan: {len(initial.operations)} operations "
+                 "(the drift planted in github: an extra platform-admins grant)")
+        tour.plan_table("Plan for everyone", [
+            (op.target, op.kind.value, op.entitlement or "", "", f"{op.identity}: {op.reason}")
+            for op, _s, _i in initial.operations
+        ])
+
+        tour.heading("3. Mover: E1130 moves from Support to Sales")
+        _event(workspace, LifecycleEvent("E1130", EventKind.MOVE, now, now,
+                                         {"department": "Sales", "title": "Sales Manager"},
+                                         source="demo"), now)
+        mover = _plan_rows(workspace, "E1130", now)
+        tour.plan_table("Plan for E1130", mover)
+
+        tour.heading("4. Leaver: E1010 (engineer) leaves today")
+        _event(workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"),
+               now)
+        leaver = _plan_rows(workspace, "E1010", now)
+        tour.plan_table("Plan for E1010", leaver)
+
+        tour.heading("5. Future-dated leaver: E1162 (finance) leaves in 14 days")
+        later = now + timedelta(days=14)
+        _event(workspace, LifecycleEvent("E1162", EventKind.TERMINATE, later, now,
+                                         source="demo"), now)
+        tour.plan_table("Plan for E1162 today", _plan_rows(workspace, "E1162", now))
+        rehearsal = later + timedelta(hours=1)
+        with workspace.sessions() as session, session.begin():
+            ticked = lifecycle_service.tick(session, workspace.config, now=rehearsal)
+        tour.say(f"Tick as of {rehearsal.date()}: {dict(ticked.transitions)}")
+        tour.plan_table(f"Plan for E1162 on {rehearsal.date()}",
+                        _plan_rows(workspace, "E1162", rehearsal))
+
+        tour.heading("6. Rehire: E0999, terminated in April, comes back")
+        _event(workspace, LifecycleEvent("E0999", EventKind.REHIRE, now, now,
+                                         {"title": "Engineer Senior Specialist"},
+                                         source="demo"), now)
+        tour.plan_table("Plan for E0999", _plan_rows(workspace, "E0999", now))
+
+        tour.heading("7. Explain")
+        with workspace.sessions() as session:
+            answers = []
+            for who, target, ent in [("E1002", "github", "platform-admins"),
+                                     ("E1010", "github", "members"),
+                                     ("E1163", "payroll-db", "vendor-create"),
+                                     ("E1162", "payroll-db", "vendor-create")]:
+                state = lifecycle_service.identity_state(
+                    session, workspace.config, who, as_of=now
+                )
+                answer = explain(workspace.compiled, state, target, ent)
+                answers.append(answer)
+                verdict = "has" if answer.granted else "does not have"
+                tour.say(f"{who} {verdict} {target}:{ent}")
+                for line in answer.reasons:
+                    tour.say(f"    granted by {line}")
+                for line in answer.why_not:
+                    tour.say(f"    {line}")
+        tour.summary["explain"] = [a.__dict__ for a in answers]
+
+        tour.heading("8. Audit")
+        with workspace.sessions() as session:
+            verified = audit.verify(session)
+        tour.say(f"audit verify: {'intact' if verified.ok else 'TAMPERED'}, {verified.events} "
+                 f"events, head {verified.head_hash[:16]}")
+        tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
+        tour.summary["workspace"] = str(folder)
+        tour.say(f"\nTry: provisor -w {folder} identities show E1162")
+    finally:
+        workspace.close()
+    if json_out:
+        Console().print_json(data=tour.summary, default=str)
+
