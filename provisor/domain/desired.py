@@ -12,10 +12,10 @@ Does not: read storage or observed access, or decide what operations to run (``p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState
 from provisor.domain.policy import AssignmentDef, ExceptionDef, Grant, Policy, RuleDef, TargetDef
@@ -77,6 +77,9 @@ class CompiledPolicy:
     unanchored: tuple[int, ...]
     rule_grants: tuple[_GrantList, ...]
     rule_kinds: tuple[frozenset[str], ...]
+    rule_tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
+    # per lifecycle state with access, per target: (account enabled, note)
+    account_status: Mapping[LifecycleState, Mapping[str, tuple[bool, str]]]
     assignments: Mapping[str, tuple[AssignmentDef, ...]]
     exceptions: Mapping[str, tuple[ExceptionDef, ...]]
     sod: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
@@ -138,6 +141,11 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         unanchored=tuple(unanchored),
         rule_grants=tuple(_rule_grants(policy, r) for r in policy.rules),
         rule_kinds=tuple(frozenset(r.kinds) for r in policy.rules),
+        rule_tests=tuple(r.when.compile() for r in policy.rules),
+        account_status={
+            state: {t.name: _account_enabled(t, state) for t in policy.targets}
+            for state in (LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED)
+        },
         assignments={k: tuple(v) for k, v in assignments.items()},
         exceptions={k: tuple(v) for k, v in exceptions.items()},
         sod=sod,
@@ -203,24 +211,30 @@ def desired_access(compiled: CompiledPolicy, state: IdentityState) -> DesiredAcc
     attributes = state.attributes
     kind = state.kind
     targets: dict[str, TargetAccess] = {}
+    status = compiled.account_status[lifecycle]
 
     def add(target_name: str, entitlements: Iterable[str], reason: Reason) -> None:
         access = targets.get(target_name)
         if access is None:
-            target = compiled.targets[target_name]
-            enabled, note = _account_enabled(target, lifecycle)
-            access = TargetAccess(target_name, enabled, note=note)
-            targets[target_name] = access
-        if reason not in access.account_reasons:
+            enabled, note = status[target_name]
+            access = targets[target_name] = TargetAccess(
+                target_name, enabled, [reason], {}, {}, note
+            )
+        elif access.account_reasons[-1] is not reason:
+            # One grant list never repeats a reason except back to back, so checking the last
+            # reason is enough to keep reasons unique without comparing whole lists.
             access.account_reasons.append(reason)
+        granted = access.entitlements
         for ent in entitlements:
-            reasons = access.entitlements.setdefault(ent, [])
-            if reason not in reasons:
+            reasons = granted.get(ent)
+            if reasons is None:
+                granted[ent] = [reason]
+            elif reasons[-1] is not reason:
                 reasons.append(reason)
 
-    rules = compiled.policy.rules
+    tests, kinds = compiled.rule_tests, compiled.rule_kinds
     for i in compiled.candidates(attributes):
-        if kind in compiled.rule_kinds[i] and rules[i].when.matches(attributes):
+        if kind in kinds[i] and tests[i](attributes):
             for target_name, ents, reason in compiled.rule_grants[i]:
                 add(target_name, ents, reason)
 

@@ -10,7 +10,7 @@ resolve secrets, or compute desired access (``provisor.domain.desired``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from enum import StrEnum
 from functools import cached_property
@@ -178,6 +178,33 @@ class Matcher(_Model):
         assert self.attr is not None
         raw = attributes.get(self.attr)
         return self._test(None if raw is None or raw == "" else str(raw))
+
+    def compile(self) -> Callable[[Mapping[str, Any]], bool]:
+        """The matcher as a plain function, for evaluating many identities fast."""
+        if self.all is not None:
+            subs = tuple(sub.compile() for sub in self.all)
+            return lambda attrs: all(test(attrs) for test in subs)
+        if self.any is not None:
+            subs = tuple(sub.compile() for sub in self.any)
+            return lambda attrs: any(test(attrs) for test in subs)
+        if self.not_ is not None:
+            inner = self.not_.compile()
+            return lambda attrs: not inner(attrs)
+        attr = self.attr
+        assert attr is not None
+        if self.equals is not None:
+            wanted = _text(self.equals)
+            return lambda attrs: (v := attrs.get(attr)) is not None and str(v) == wanted
+        if self.in_ is not None:
+            allowed = frozenset(_text(v) for v in self.in_)
+            return lambda attrs: (v := attrs.get(attr)) is not None and str(v) in allowed
+        test = self._test
+
+        def general(attrs: Mapping[str, Any]) -> bool:
+            raw = attrs.get(attr)
+            return test(None if raw is None or raw == "" else str(raw))
+
+        return general
 
     def _test(self, value: str | None) -> bool:
         if self.exists is not None:

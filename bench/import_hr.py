@@ -1,0 +1,85 @@
+"""HR import throughput: a generated snapshot imported into a fresh SQLite workspace.
+
+Writes a --rows snapshot CSV (people over departments and locations, managers, contractors),
+creates a workspace with the default configuration, and times ``provisor import`` of it through
+the engine service (parse, validate, diff, record events, audit). Then imports the same file
+again, which must change nothing.
+Prints one JSON line: {"bench": "import_hr", ..., "rows_per_s": N, "peak_rss_mb": M}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from provisor.config.workspace import write_starter
+from provisor.engine.imports import import_feed
+from provisor.engine.workspace import Workspace
+from provisor.store import db
+
+FIELDS = ["employee_id", "name", "email", "department", "title", "location", "cost_centre",
+          "manager_id", "employment_type", "start_date", "status"]
+
+
+def write_snapshot(path: Path, rows: int, seed: int = 11) -> None:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FIELDS)
+        for i in range(rows):
+            number = 100_000 + i
+            manager = "" if i < 100 else f"E{100_000 + rng.randrange(100)}"
+            writer.writerow([
+                f"E{number}", f"Person {number}", f"person.{number}@example.com",
+                f"dept-{rng.randrange(40)}", f"title-{rng.randrange(60)}",
+                f"site-{rng.randrange(12)}", f"CC-{rng.randrange(300)}", manager,
+                "contractor" if rng.random() < 0.15 else "employee",
+                f"20{rng.randrange(10, 26)}-0{rng.randrange(1, 10)}-1{rng.randrange(10)}",
+                "leave" if rng.random() < 0.01 else "active",
+            ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
+        folder = Path(tmp)
+        write_starter(folder)
+        feed = folder / "people.csv"
+        write_snapshot(feed, args.rows)
+        engine = db.make_engine(db.database_url(folder))
+        db.upgrade(engine)
+        engine.dispose()
+        workspace = Workspace.open(folder)
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        report = import_feed(workspace, feed, now=now)
+        elapsed = time.perf_counter() - started
+        again_started = time.perf_counter()
+        again = import_feed(workspace, feed, now=now)
+        again_elapsed = time.perf_counter() - again_started
+        workspace.close()
+    print(json.dumps({
+        "bench": "import_hr",
+        "rows": args.rows,
+        "accepted": report.rows_accepted,
+        "rejected": len(report.errors),
+        "events": sum(report.counts.values()),
+        "seconds": round(elapsed, 3),
+        "rows_per_s": round(args.rows / elapsed),
+        "reimport_seconds": round(again_elapsed, 3),
+        "reimport_events": sum(again.counts.values()),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
