@@ -27,15 +27,25 @@ TITLES = [f"title-{i}" for i in range(60)]
 
 def make_policy(rules: int, targets: int, rng: random.Random) -> Policy:
     target_defs = [
-        {"name": f"app{t}", "class": "scim", "owner": "it",
-         "entitlements": [{"name": f"g{e}"} for e in range(20)]}
+        {
+            "name": f"app{t}",
+            "class": "scim",
+            "owner": "it",
+            "entitlements": [{"name": f"g{e}"} for e in range(20)],
+        }
         for t in range(targets)
     ]
     roles = [
-        {"name": f"role{r}", "grants": [
-            {"target": f"app{rng.randrange(targets)}", "entitlements": [f"g{rng.randrange(20)}"]}
-            for _ in range(3)
-        ]}
+        {
+            "name": f"role{r}",
+            "grants": [
+                {
+                    "target": f"app{rng.randrange(targets)}",
+                    "entitlements": [f"g{rng.randrange(20)}"],
+                }
+                for _ in range(3)
+            ],
+        }
         for r in range(20)
     ]
     rule_defs: list[dict[str, Any]] = []
@@ -47,15 +57,27 @@ def make_policy(rules: int, targets: int, rng: random.Random) -> Policy:
             when = {"all": [when, {"attr": "employment_type", "in": ["employee", "contractor"]}]}
         if r % 10 == 0:
             when = {"all": [when, {"not": {"attr": "cost_centre", "prefix": "CC-9"}}]}
-        rule_defs.append({
-            "name": f"rule{r}", "when": when,
-            "grant": [{"target": f"app{rng.randrange(targets)}",
-                       "entitlements": [f"g{rng.randrange(20)}", f"g{rng.randrange(20)}"]}],
-            "roles": [f"role{rng.randrange(20)}"] if r % 5 == 0 else [],
-        })
+        rule_defs.append(
+            {
+                "name": f"rule{r}",
+                "when": when,
+                "grant": [
+                    {
+                        "target": f"app{rng.randrange(targets)}",
+                        "entitlements": [f"g{rng.randrange(20)}", f"g{rng.randrange(20)}"],
+                    }
+                ],
+                "roles": [f"role{rng.randrange(20)}"] if r % 5 == 0 else [],
+            }
+        )
     # Two rules everybody matches, as "all staff" rules do.
-    rule_defs.append({"name": "all-staff", "when": {"attr": "employment_type", "exists": True},
-                      "grant": [{"target": "app0", "entitlements": ["g0"]}]})
+    rule_defs.append(
+        {
+            "name": "all-staff",
+            "when": {"attr": "employment_type", "exists": True},
+            "grant": [{"target": "app0", "entitlements": ["g0"]}],
+        }
+    )
     return Policy.model_validate({"targets": target_defs, "roles": roles, "rules": rule_defs})
 
 
@@ -63,13 +85,17 @@ def make_identities(count: int, rng: random.Random, now: datetime) -> list[Ident
     states = []
     for i in range(count):
         attributes = {
-            "department": rng.choice(DEPARTMENTS), "location": rng.choice(LOCATIONS),
+            "department": rng.choice(DEPARTMENTS),
+            "location": rng.choice(LOCATIONS),
             "title": rng.choice(TITLES),
             "employment_type": "contractor" if rng.random() < 0.15 else "employee",
             "cost_centre": f"CC-{rng.randrange(10)}{rng.randrange(100):02d}",
         }
-        states.append(IdentityState(f"E{i}", LifecycleState.ACTIVE, attributes, now, None, now,
-                                    None, (), now, None))
+        states.append(
+            IdentityState(
+                f"E{i}", LifecycleState.ACTIVE, attributes, now, None, now, None, (), now, None
+            )
+        )
     return states
 
 
@@ -90,16 +116,20 @@ def main() -> None:
         desired = desired_access(compiled, state)
         grants += sum(len(t.entitlements) for t in desired.targets.values())
     elapsed = time.perf_counter() - started
-    print(json.dumps({
-        "bench": "desired_state",
-        "identities": args.identities,
-        "rules": len(policy.rules),
-        "targets": args.targets,
-        "entitlement_grants": grants,
-        "seconds": round(elapsed, 3),
-        "identities_per_s": round(args.identities / elapsed),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "desired_state",
+                "identities": args.identities,
+                "rules": len(policy.rules),
+                "targets": args.targets,
+                "entitlement_grants": grants,
+                "seconds": round(elapsed, 3),
+                "identities_per_s": round(args.identities / elapsed),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,19 @@ from provisor.engine.imports import import_feed
 from provisor.engine.workspace import Workspace
 from provisor.store import db
 
-FIELDS = ["employee_id", "name", "email", "department", "title", "location", "cost_centre",
-          "manager_id", "employment_type", "start_date", "status"]
+FIELDS = [
+    "employee_id",
+    "name",
+    "email",
+    "department",
+    "title",
+    "location",
+    "cost_centre",
+    "manager_id",
+    "employment_type",
+    "start_date",
+    "status",
+]
 
 
 def write_snapshot(path: Path, rows: int, seed: int = 11) -> None:
@@ -36,14 +47,21 @@ def write_snapshot(path: Path, rows: int, seed: int = 11) -> None:
         for i in range(rows):
             number = 100_000 + i
             manager = "" if i < 100 else f"E{100_000 + rng.randrange(100)}"
-            writer.writerow([
-                f"E{number}", f"Person {number}", f"person.{number}@example.com",
-                f"dept-{rng.randrange(40)}", f"title-{rng.randrange(60)}",
-                f"site-{rng.randrange(12)}", f"CC-{rng.randrange(300)}", manager,
-                "contractor" if rng.random() < 0.15 else "employee",
-                f"20{rng.randrange(10, 26)}-0{rng.randrange(1, 10)}-1{rng.randrange(10)}",
-                "leave" if rng.random() < 0.01 else "active",
-            ])
+            writer.writerow(
+                [
+                    f"E{number}",
+                    f"Person {number}",
+                    f"person.{number}@example.com",
+                    f"dept-{rng.randrange(40)}",
+                    f"title-{rng.randrange(60)}",
+                    f"site-{rng.randrange(12)}",
+                    f"CC-{rng.randrange(300)}",
+                    manager,
+                    "contractor" if rng.random() < 0.15 else "employee",
+                    f"20{rng.randrange(10, 26)}-0{rng.randrange(1, 10)}-1{rng.randrange(10)}",
+                    "leave" if rng.random() < 0.01 else "active",
+                ]
+            )
 
 
 def main() -> None:
@@ -67,18 +85,22 @@ def main() -> None:
         again = import_feed(workspace, feed, now=now)
         again_elapsed = time.perf_counter() - again_started
         workspace.close()
-    print(json.dumps({
-        "bench": "import_hr",
-        "rows": args.rows,
-        "accepted": report.rows_accepted,
-        "rejected": len(report.errors),
-        "events": sum(report.counts.values()),
-        "seconds": round(elapsed, 3),
-        "rows_per_s": round(args.rows / elapsed),
-        "reimport_seconds": round(again_elapsed, 3),
-        "reimport_events": sum(again.counts.values()),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "import_hr",
+                "rows": args.rows,
+                "accepted": report.rows_accepted,
+                "rejected": len(report.errors),
+                "events": sum(report.counts.values()),
+                "seconds": round(elapsed, 3),
+                "rows_per_s": round(args.rows / elapsed),
+                "reimport_seconds": round(again_elapsed, 3),
+                "reimport_events": sum(again.counts.values()),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ from provisor.domain.lifecycle import EventKind, LifecycleEvent, utc
 from provisor.engine import lifecycle as lifecycle_service
 from provisor.engine.imports import import_feed
 from provisor.engine.observed import import_observed
-from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace, workspace_path
 from provisor.errors import LifecycleError, NotFoundError, ProvisorError
 from provisor.evidence import audit
@@ -70,7 +70,9 @@ ctx = _Context()
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option(
-        "--workspace", "-w", envvar="PROVISOR_WORKSPACE",
+        "--workspace",
+        "-w",
+        envvar="PROVISOR_WORKSPACE",
         help="Workspace folder (default: the current folder).",
     ),
 ]
@@ -83,7 +85,8 @@ def _main(
     now: Annotated[
         str | None,
         typer.Option(
-            "--now", envvar="PROVISOR_NOW",
+            "--now",
+            envvar="PROVISOR_NOW",
             help="Act as if it were this date/time (ISO 8601), for rehearsals and what-if runs.",
         ),
     ] = None,
@@ -129,8 +132,11 @@ def _stages(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda _stage: None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as progress:
         task = progress.add_task("starting", total=total)
 
@@ -159,12 +165,17 @@ def init(json_out: JsonOption = False) -> None:
             if before is None:
                 audit.record(session, "workspace.created", str(folder), {"schema": after})
             elif before != after:
-                audit.record(session, "workspace.upgraded", str(folder),
-                             {"from": before, "to": after})
+                audit.record(
+                    session, "workspace.upgraded", str(folder), {"from": before, "to": after}
+                )
     finally:
         workspace.close()
-    data = {"workspace": str(folder), "schema_before": before, "schema": after,
-            "written": [str(p) for p in written]}
+    data = {
+        "workspace": str(folder),
+        "schema_before": before,
+        "schema": after,
+        "written": [str(p) for p in written],
+    }
     if json_out:
         _print_json(data)
         return
@@ -190,8 +201,11 @@ def policy_check(json_out: JsonOption = False) -> None:
     data = {
         "digest": loaded.digest,
         "files": [str(f) for f in loaded.files],
-        "targets": len(policy.targets), "rules": len(policy.rules), "roles": len(policy.roles),
-        "assignments": len(policy.assignments), "exceptions": len(policy.exceptions),
+        "targets": len(policy.targets),
+        "rules": len(policy.rules),
+        "roles": len(policy.roles),
+        "assignments": len(policy.assignments),
+        "exceptions": len(policy.exceptions),
         "sod": len(policy.sod),
     }
     if json_out:
@@ -210,8 +224,9 @@ def policy_check(json_out: JsonOption = False) -> None:
 @app.command("import")
 def import_command(
     file: Annotated[Path, typer.Argument(help="HR feed file (.csv or .jsonl).")],
-    feed: Annotated[str | None, typer.Option(help="Feed name in provisor.yaml (default: hr).")]
-    = None,
+    feed: Annotated[
+        str | None, typer.Option(help="Feed name in provisor.yaml (default: hr).")
+    ] = None,
     mode: Annotated[
         FeedMode | None, typer.Option(help="Override the feed's mode: snapshot or events.")
     ] = None,
@@ -252,7 +267,8 @@ def import_command(
                 f"[bold yellow]Held[/bold yellow] {report.outcome.held} deprovisioning changes as "
                 f"hold {report.outcome.hold_id}: {report.outcome.hold_reason}. "
                 f"Review with 'provisor holds', release with 'provisor approve "
-                f"{report.outcome.hold_id}'.", markup=True,
+                f"{report.outcome.hold_id}'.",
+                markup=True,
             )
     if report.errors:
         raise typer.Exit(10)
@@ -302,8 +318,14 @@ def event(
             state = row.state if row else None
     finally:
         workspace.close()
-    data = {"event": new.key, "identity": identity, "kind": kind.value,
-            "effective": when.isoformat(), "state": state, **outcome.as_dict()}
+    data = {
+        "event": new.key,
+        "identity": identity,
+        "kind": kind.value,
+        "effective": when.isoformat(),
+        "state": state,
+        **outcome.as_dict(),
+    }
     if json_out:
         _print_json(data)
         return
@@ -313,8 +335,9 @@ def event(
         out.print(f"{identity}: {kind.value} held for approval as hold {outcome.hold_id}.")
     else:
         future = " (takes effect then; 'provisor tick' applies it)" if when > now else ""
-        out.print(f"{identity}: {kind.value} effective {when.date()} recorded{future}; "
-                  f"state now {state}.")
+        out.print(
+            f"{identity}: {kind.value} effective {when.date()} recorded{future}; state now {state}."
+        )
 
 
 @app.command()
@@ -334,7 +357,9 @@ def tick(json_out: JsonOption = False) -> None:
         _print_json(data)
         return
     moves = ", ".join(f"{v} {k}" for k, v in sorted(outcome.transitions.items())) or "none"
-    out.print(f"Tick: {len(outcome.changed)} identities brought up to date; state changes: {moves}.")
+    out.print(
+        f"Tick: {len(outcome.changed)} identities brought up to date; state changes: {moves}."
+    )
     if outcome.hold_id is not None:
         out.print(f"Held {outcome.held} changes as hold {outcome.hold_id}: {outcome.hold_reason}.")
 
@@ -354,18 +379,30 @@ def holds(
             query = select(models.Hold).order_by(models.Hold.id)
             if not all_holds:
                 query = query.where(models.Hold.status.in_(["open", "partial"]))
-            rows = []
+            rows: list[dict[str, Any]] = []
             for hold in session.execute(query).scalars():
-                waiting = session.execute(
-                    select(models.IdentityEvent.identity).where(
-                        models.IdentityEvent.hold_id == hold.id,
-                        models.IdentityEvent.status == "held",
+                waiting = (
+                    session.execute(
+                        select(models.IdentityEvent.identity).where(
+                            models.IdentityEvent.hold_id == hold.id,
+                            models.IdentityEvent.status == "held",
+                        )
                     )
-                ).scalars().all()
-                rows.append({"hold": hold.id, "status": hold.status, "origin": hold.origin,
-                             "created": hold.created_at.isoformat(), "reason": hold.reason,
-                             "waiting": len(waiting), "identities": sorted(set(waiting)),
-                             "decided_by": hold.decided_by})
+                    .scalars()
+                    .all()
+                )
+                rows.append(
+                    {
+                        "hold": hold.id,
+                        "status": hold.status,
+                        "origin": hold.origin,
+                        "created": hold.created_at.isoformat(),
+                        "reason": hold.reason,
+                        "waiting": len(waiting),
+                        "identities": sorted(set(waiting)),
+                        "decided_by": hold.decided_by,
+                    }
+                )
     finally:
         workspace.close()
     if json_out:
@@ -374,11 +411,21 @@ def holds(
     if not rows:
         out.print("No holds waiting.")
         return
-    _table("Holds", ["hold", "status", "origin", "waiting", "reason", "identities"], [
-        (r["hold"], r["status"], r["origin"], r["waiting"], r["reason"],
-         ", ".join(r["identities"][:8]) + (" ..." if len(r["identities"]) > 8 else ""))
-        for r in rows
-    ])
+    _table(
+        "Holds",
+        ["hold", "status", "origin", "waiting", "reason", "identities"],
+        [
+            (
+                r["hold"],
+                r["status"],
+                r["origin"],
+                r["waiting"],
+                r["reason"],
+                ", ".join(r["identities"][:8]) + (" ..." if len(r["identities"]) > 8 else ""),
+            )
+            for r in rows
+        ],
+    )
 
 
 @app.command()
@@ -409,8 +456,11 @@ def approve(
         return
     verb = "Rejected" if reject else "Approved"
     moves = ", ".join(f"{v} {k}" for k, v in sorted(outcome.transitions.items())) or "none"
-    out.print(f"{verb} hold {hold}" + (f" for {', '.join(chosen)}" if chosen else "")
-              + f"; state changes: {moves}.")
+    out.print(
+        f"{verb} hold {hold}"
+        + (f" for {', '.join(chosen)}" if chosen else "")
+        + f"; state changes: {moves}."
+    )
 
 
 # --- access ---------------------------------------------------------------------------------
@@ -435,27 +485,53 @@ def plan(
             synced = sync_journal(workspace, session, now=_now(), identity=identity, target=target)
     finally:
         workspace.close()
-    rows = [
-        {"id": journal_id, "journal": status, "identity": op.identity, "target": op.target,
-         "step": op.step, "operation": op.kind.value, "entitlement": op.entitlement,
-         "account": op.account, "reason": op.reason,
-         "not_before": op.not_before.isoformat() if op.not_before else None}
+    rows: list[dict[str, Any]] = [
+        {
+            "id": journal_id,
+            "journal": status,
+            "identity": op.identity,
+            "target": op.target,
+            "step": op.step,
+            "operation": op.kind.value,
+            "entitlement": op.entitlement,
+            "account": op.account,
+            "reason": op.reason,
+            "not_before": op.not_before.isoformat() if op.not_before else None,
+        }
         for op, status, journal_id in synced.operations
     ]
     if json_out:
         _print_json({"operations": rows, "added": synced.added, "cancelled": synced.cancelled})
         return
     if not rows:
-        out.print("Nothing to do: observed access matches desired access."
-                  + (f" ({synced.cancelled} superseded operations cancelled.)"
-                     if synced.cancelled else ""))
+        out.print(
+            "Nothing to do: observed access matches desired access."
+            + (
+                f" ({synced.cancelled} superseded operations cancelled.)"
+                if synced.cancelled
+                else ""
+            )
+        )
         return
-    _table("Plan", ["identity", "target", "operation", "entitlement", "not before", "reason"], [
-        (r["identity"], r["target"], r["operation"], r["entitlement"],
-         (r["not_before"] or "")[:10], r["reason"]) for r in rows
-    ])
-    out.print(f"{len(rows)} operations ({synced.added} new in the journal, "
-              f"{synced.cancelled} superseded ones cancelled).")
+    _table(
+        "Plan",
+        ["identity", "target", "operation", "entitlement", "not before", "reason"],
+        [
+            (
+                r["identity"],
+                r["target"],
+                r["operation"],
+                r["entitlement"],
+                (r["not_before"] or "")[:10],
+                r["reason"],
+            )
+            for r in rows
+        ],
+    )
+    out.print(
+        f"{len(rows)} operations ({synced.added} new in the journal, "
+        f"{synced.cancelled} superseded ones cancelled)."
+    )
 
 
 @app.command("explain")
@@ -488,14 +564,23 @@ def explain_command(
             "state": state.state.value if state.state else None,
             "note": desired.note,
             "targets": {
-                name: {"enabled": a.enabled, "note": a.note,
-                       "account": [str(r) for r in a.account_reasons],
-                       "entitlements": {e: [str(r) for r in rs] for e, rs in a.entitlements.items()},
-                       "withheld": a.withheld}
+                name: {
+                    "enabled": a.enabled,
+                    "note": a.note,
+                    "account": [str(r) for r in a.account_reasons],
+                    "entitlements": {e: [str(r) for r in rs] for e, rs in a.entitlements.items()},
+                    "withheld": a.withheld,
+                }
                 for name, a in sorted(desired.targets.items())
             },
-            "sod": [{"constraint": v.constraint, "entitlements": list(v.entitlements),
-                     "allowed_by": v.allowed_by} for v in desired.sod],
+            "sod": [
+                {
+                    "constraint": v.constraint,
+                    "entitlements": list(v.entitlements),
+                    "allowed_by": v.allowed_by,
+                }
+                for v in desired.sod
+            ],
         }
         if json_out:
             _print_json(data)
@@ -503,8 +588,13 @@ def explain_command(
         out.print(f"{identity} is {data['state']}" + (f" ({desired.note})" if desired.note else ""))
         rows = []
         for name, a in sorted(desired.targets.items()):
-            rows.append((name, "(account)" + ("" if a.enabled else f" disabled: {a.note}"),
-                         "; ".join(str(r) for r in a.account_reasons)))
+            rows.append(
+                (
+                    name,
+                    "(account)" + ("" if a.enabled else f" disabled: {a.note}"),
+                    "; ".join(str(r) for r in a.account_reasons),
+                )
+            )
             for ent, reasons in sorted(a.entitlements.items()):
                 rows.append((name, ent, "; ".join(str(r) for r in reasons)))
             for ent, why in sorted(a.withheld.items()):
@@ -516,9 +606,15 @@ def explain_command(
     if target not in compiled.targets:
         raise NotFoundError(f"no target {target!r}; targets: {', '.join(compiled.targets)}")
     answer = explain(compiled, state, target, entitlement or None)
-    data = {"identity": identity, "target": target, "entitlement": answer.entitlement,
-            "granted": answer.granted, "enabled": answer.enabled,
-            "reasons": list(answer.reasons), "why_not": list(answer.why_not)}
+    data = {
+        "identity": identity,
+        "target": target,
+        "entitlement": answer.entitlement,
+        "granted": answer.granted,
+        "enabled": answer.enabled,
+        "reasons": list(answer.reasons),
+        "why_not": list(answer.why_not),
+    }
     if json_out:
         _print_json(data)
         return
@@ -559,8 +655,10 @@ def observe(
             err.print(f"rejected {line}")
         for line in report.warnings:
             err.print(f"warning {line}")
-        out.print(f"Observed {report.accounts} accounts in {target}: {report.linked} linked, "
-                  f"{report.unlinked} unlinked, {report.entitlements} entitlements.")
+        out.print(
+            f"Observed {report.accounts} accounts in {target}: {report.linked} linked, "
+            f"{report.unlinked} unlinked, {report.entitlements} entitlements."
+        )
     if report.errors:
         raise typer.Exit(10)
 
@@ -578,8 +676,9 @@ def identities_default(context: typer.Context) -> None:
 def identities_list(
     state: Annotated[str | None, typer.Option(help="Only this lifecycle state.")] = None,
     department: Annotated[str | None, typer.Option(help="Only this department.")] = None,
-    kind: Annotated[str | None, typer.Option(help="human, service_account, api_key or bot.")]
-    = None,
+    kind: Annotated[
+        str | None, typer.Option(help="human, service_account, api_key or bot.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 50,
     json_out: JsonOption = False,
 ) -> None:
@@ -595,14 +694,19 @@ def identities_list(
                 query = query.where(models.Identity.state == state)
             if kind:
                 query = query.where(models.Identity.kind == kind)
-            total = session.execute(
-                select(func.count()).select_from(query.subquery())
-            ).scalar_one()
+            total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
             rows = [
-                {"id": r.external_id, "name": r.name, "kind": r.kind, "state": r.state,
-                 "department": (r.attributes or {}).get("department"), "email": r.email,
-                 "owner": r.owner, "flags": r.flags,
-                 "next_change": r.next_change_at.isoformat() if r.next_change_at else None}
+                {
+                    "id": r.external_id,
+                    "name": r.name,
+                    "kind": r.kind,
+                    "state": r.state,
+                    "department": (r.attributes or {}).get("department"),
+                    "email": r.email,
+                    "owner": r.owner,
+                    "flags": r.flags,
+                    "next_change": r.next_change_at.isoformat() if r.next_change_at else None,
+                }
                 for r in session.execute(query).scalars()
                 if not department or (r.attributes or {}).get("department") == department
             ]
@@ -612,10 +716,23 @@ def identities_list(
     if json_out:
         _print_json(shown)
         return
-    _table(None, ["id", "name", "kind", "state", "department", "owner", "next change", "flags"], [
-        (r["id"], r["name"], r["kind"], r["state"], r["department"], r["owner"],
-         (r["next_change"] or "")[:10], "; ".join(r["flags"] or [])) for r in shown
-    ])
+    _table(
+        None,
+        ["id", "name", "kind", "state", "department", "owner", "next change", "flags"],
+        [
+            (
+                r["id"],
+                r["name"],
+                r["kind"],
+                r["state"],
+                r["department"],
+                r["owner"],
+                (r["next_change"] or "")[:10],
+                "; ".join(r["flags"] or []),
+            )
+            for r in shown
+        ],
+    )
     if len(shown) < total:
         out.print(f"{len(shown)} of {total} shown; use --limit 0 for all.")
 
@@ -647,35 +764,59 @@ def identities_show(
             flags = row.flags
     finally:
         workspace.close()
-    timeline = [
-        {"effective": t.event.effective.isoformat(), "recorded": t.event.recorded.isoformat(),
-         "event": t.event.kind.value, "applied": t.applied,
-         "state": t.state_after.value if t.state_after else None,
-         "changes": {k: list(v) for k, v in t.changes.items()}, "note": t.note,
-         "source": t.event.source, "key": t.event.key}
+    timeline: list[dict[str, Any]] = [
+        {
+            "effective": t.event.effective.isoformat(),
+            "recorded": t.event.recorded.isoformat(),
+            "event": t.event.kind.value,
+            "applied": t.applied,
+            "state": t.state_after.value if t.state_after else None,
+            "changes": {k: list(v) for k, v in t.changes.items()},
+            "note": t.note,
+            "source": t.event.source,
+            "key": t.event.key,
+        }
         for t in state.timeline
     ]
-    data = {"id": identity, "state": state.state.value if state.state else None,
-            "as_of": valid.isoformat(), "known_at": known.isoformat() if known else None,
-            "attributes": dict(state.attributes), "flags": flags,
-            "employment_start": state.employment_start, "terminated_at": state.terminated_at,
-            "next_change": state.next_change, "timeline": timeline}
+    data = {
+        "id": identity,
+        "state": state.state.value if state.state else None,
+        "as_of": valid.isoformat(),
+        "known_at": known.isoformat() if known else None,
+        "attributes": dict(state.attributes),
+        "flags": flags,
+        "employment_start": state.employment_start,
+        "terminated_at": state.terminated_at,
+        "next_change": state.next_change,
+        "timeline": timeline,
+    }
     if json_out:
         _print_json(data)
         return
-    out.print(f"{identity}: {data['state']} as of {valid.date()}"
-              + (f", as known on {known.date()}" if known else ""))
+    out.print(
+        f"{identity}: {data['state']} as of {valid.date()}"
+        + (f", as known on {known.date()}" if known else "")
+    )
     for name, value in sorted(state.attributes.items()):
         out.print(f"  {name}: {value}")
     if flags:
         out.print(f"  flags: {'; '.join(flags)}")
     if state.next_change:
         out.print(f"  next change: {state.next_change.date()}")
-    _table("Timeline", ["effective", "recorded", "event", "state", "changes / note"], [
-        (t["effective"][:10], t["recorded"][:19], t["event"], t["state"],
-         t["note"] or ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in t["changes"].items()))
-        for t in timeline
-    ])
+    _table(
+        "Timeline",
+        ["effective", "recorded", "event", "state", "changes / note"],
+        [
+            (
+                t["effective"][:10],
+                t["recorded"][:19],
+                t["event"],
+                t["state"],
+                t["note"] or ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in t["changes"].items()),
+            )
+            for t in timeline
+        ],
+    )
 
 
 # --- audit ----------------------------------------------------------------------------------
@@ -693,9 +834,14 @@ def audit_verify(json_out: JsonOption = False) -> None:
             result = audit.verify(session)
     finally:
         workspace.close()
-    data = {"ok": result.ok, "events": result.events, "head_seq": result.head_seq,
-            "head_hash": result.head_hash, "first_bad": result.first_bad,
-            "problem": result.problem}
+    data = {
+        "ok": result.ok,
+        "events": result.events,
+        "head_seq": result.head_seq,
+        "head_hash": result.head_hash,
+        "first_bad": result.first_bad,
+        "problem": result.problem,
+    }
     if json_out:
         _print_json(data)
     elif result.ok:
@@ -711,8 +857,9 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="From this date/time (inclusive).")] = None,
     until: Annotated[str | None, typer.Option(help="Up to this date/time (exclusive).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default: stdout).")]
-    = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
 ) -> None:
     """Export audit events for auditors, with their hashes so the chain can be re-checked.
 
@@ -783,4 +930,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

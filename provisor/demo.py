@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from sqlalchemy import func, select
 from rich.table import Table
+from sqlalchemy import func, select
 
 from provisor.config.workspace import CONFIG_FILE
 from provisor.domain.desired import desired_access, explain
@@ -179,14 +179,77 @@ DEPARTMENTS = [
     ("People", 10),
 ]
 LOCATIONS = ["London", "Berlin", "New York", "Singapore"]
-FIRST = ["Ada", "Ben", "Chloé", "Dmitri", "Eva", "Farah", "Günter", "Hana", "Ivan", "Jun",
-         "Kofi", "Lena", "Mateo", "Nia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tomás",
-         "Uma", "Viktor", "Wen", "Ximena", "Yusuf", "Zoë"]
-LAST = ["Andersen", "Becker", "Costa", "Dubois", "Eriksson", "Fischer", "García", "Hoffmann",
-        "Ivanova", "Jensen", "Kowalski", "Lindqvist", "Müller", "Nakamura", "O'Brien", "Petrov",
-        "Quispe", "Rossi", "Schmidt", "Tanaka", "Ueda", "Varga", "Weber", "Xu", "Yilmaz", "Zhang"]
-FIELDS = ["employee_id", "name", "email", "department", "title", "location", "cost_centre",
-          "manager_id", "employment_type", "kind", "owner", "start_date", "status"]
+FIRST = [
+    "Ada",
+    "Ben",
+    "Chloé",
+    "Dmitri",
+    "Eva",
+    "Farah",
+    "Günter",
+    "Hana",
+    "Ivan",
+    "Jun",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Oskar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tomás",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoë",
+]
+LAST = [
+    "Andersen",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Eriksson",
+    "Fischer",
+    "García",
+    "Hoffmann",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lindqvist",
+    "Müller",
+    "Nakamura",
+    "O'Brien",
+    "Petrov",
+    "Quispe",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+    "Weber",
+    "Xu",
+    "Yilmaz",
+    "Zhang",
+]
+FIELDS = [
+    "employee_id",
+    "name",
+    "email",
+    "department",
+    "title",
+    "location",
+    "cost_centre",
+    "manager_id",
+    "employment_type",
+    "kind",
+    "owner",
+    "start_date",
+    "status",
+]
 
 
 def sample_people(seed: int = 7) -> list[dict[str, str]]:
@@ -207,22 +270,25 @@ def sample_people(seed: int = 7) -> list[dict[str, str]]:
                 title = rng.choice(["Specialist", "Senior Specialist", "Analyst", "Lead"])
                 title = f"{'Engineer' if department == 'Engineering' else department} {title}"
             slug = f"{first}.{last}".lower().replace("'", "")
-            people.append({
-                "employee_id": f"E{number}",
-                "name": f"{first} {last}",
-                "email": f"{slug}.{number}@example.com",
-                "department": department,
-                "title": title,
-                "location": rng.choice(LOCATIONS),
-                "cost_centre": f"CC-{department[:3].upper()}",
-                "manager_id": "" if i == 0 else head,
-                "employment_type": "contractor" if contractor else "employee",
-                "kind": "human",
-                "owner": "",
-                "start_date": (datetime(2019, 1, 7) + timedelta(days=rng.randrange(0, 2000)))
-                .date().isoformat(),
-                "status": "active",
-            })
+            people.append(
+                {
+                    "employee_id": f"E{number}",
+                    "name": f"{first} {last}",
+                    "email": f"{slug}.{number}@example.com",
+                    "department": department,
+                    "title": title,
+                    "location": rng.choice(LOCATIONS),
+                    "cost_centre": f"CC-{department[:3].upper()}",
+                    "manager_id": "" if i == 0 else head,
+                    "employment_type": "contractor" if contractor else "employee",
+                    "kind": "human",
+                    "owner": "",
+                    "start_date": (datetime(2019, 1, 7) + timedelta(days=rng.randrange(0, 2000)))
+                    .date()
+                    .isoformat(),
+                    "status": "active",
+                }
+            )
             number += 1
     people[45]["status"] = "leave"
     people[120]["status"] = "leave"
@@ -234,12 +300,23 @@ def sample_people(seed: int = 7) -> list[dict[str, str]]:
         ("S005", "support-triage", "bot", "Support", "E1101"),
     ]
     for sid, name, kind, department, owner in bots:
-        people.append({
-            "employee_id": sid, "name": name, "email": "", "department": department,
-            "title": kind.replace("_", " "), "location": "", "cost_centre": "",
-            "manager_id": "", "employment_type": "", "kind": kind, "owner": owner,
-            "start_date": "2023-06-01", "status": "active",
-        })
+        people.append(
+            {
+                "employee_id": sid,
+                "name": name,
+                "email": "",
+                "department": department,
+                "title": kind.replace("_", " "),
+                "location": "",
+                "cost_centre": "",
+                "manager_id": "",
+                "employment_type": "",
+                "kind": kind,
+                "owner": owner,
+                "start_date": "2023-06-01",
+                "status": "active",
+            }
+        )
     return people
 
 
@@ -258,15 +335,36 @@ def prepare(folder: Path) -> None:
     write_csv(folder / "people.csv", sample_people(), FIELDS)
     # A former engineer, terminated last spring, to be rehired during the tour.
     history = [
-        {"employee_id": "E0999", "event": "hire", "effective": "2021-04-01",
-         "name": "Rafael Ortega", "email": "rafael.ortega@example.com",
-         "department": "Engineering", "title": "Engineer Lead", "location": "Berlin",
-         "employment_type": "employee", "manager_id": "E1001"},
+        {
+            "employee_id": "E0999",
+            "event": "hire",
+            "effective": "2021-04-01",
+            "name": "Rafael Ortega",
+            "email": "rafael.ortega@example.com",
+            "department": "Engineering",
+            "title": "Engineer Lead",
+            "location": "Berlin",
+            "employment_type": "employee",
+            "manager_id": "E1001",
+        },
         {"employee_id": "E0999", "event": "terminate", "effective": "2026-04-30"},
     ]
-    write_csv(folder / "history.csv", history,
-              ["employee_id", "event", "effective", "name", "email", "department", "title",
-               "location", "employment_type", "manager_id"])
+    write_csv(
+        folder / "history.csv",
+        history,
+        [
+            "employee_id",
+            "event",
+            "effective",
+            "name",
+            "email",
+            "department",
+            "title",
+            "location",
+            "employment_type",
+            "manager_id",
+        ],
+    )
     engine = db.make_engine(db.database_url(folder))
     db.upgrade(engine)
     engine.dispose()
@@ -287,18 +385,23 @@ def write_exports(workspace: Workspace, folder: Path, now: datetime) -> list[Pat
                 ents = sorted(access.entitlements)
                 if row.external_id == "E1010" and name == "github":
                     ents.append("platform-admins")
-                exports[name].append({
-                    "account": row.email or row.external_id, "email": row.email or "",
-                    "identity": "" if row.email else row.external_id,
-                    "enabled": "true" if access.enabled else "false",
-                    "entitlements": ";".join(ents), "sessions": "",
-                })
+                exports[name].append(
+                    {
+                        "account": row.email or row.external_id,
+                        "email": row.email or "",
+                        "identity": "" if row.email else row.external_id,
+                        "enabled": "true" if access.enabled else "false",
+                        "entitlements": ";".join(ents),
+                        "sessions": "",
+                    }
+                )
     paths = []
-    for name, rows in exports.items():
+    for name, accounts in exports.items():
         path = folder / "exports" / f"{name}.csv"
         path.parent.mkdir(exist_ok=True)
-        write_csv(path, rows, ["account", "email", "identity", "enabled", "entitlements",
-                               "sessions"])
+        write_csv(
+            path, accounts, ["account", "email", "identity", "enabled", "entitlements", "sessions"]
+        )
         paths.append(path)
     return paths
 
@@ -334,8 +437,13 @@ def _plan_rows(workspace: Workspace, identity: str, now: datetime) -> list[tuple
     with workspace.sessions() as session, session.begin():
         synced = sync_journal(workspace, session, now=now, identity=identity)
     return [
-        (op.target, op.kind.value, op.entitlement or "",
-         op.not_before.date().isoformat() if op.not_before else "", op.reason)
+        (
+            op.target,
+            op.kind.value,
+            op.entitlement or "",
+            op.not_before.date().isoformat() if op.not_before else "",
+            op.reason,
+        )
         for op, _status, _id in synced.operations
     ]
 
@@ -359,8 +467,10 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
         report = import_feed(workspace, folder / "people.csv", now=now)
         history = import_feed(workspace, folder / "history.csv", feed="history", now=now)
         tour.say(f"Workspace: {folder}")
-        tour.say(f"people.csv: {report.rows_accepted} rows accepted, events {report.counts}; "
-                 f"history.csv: events {history.counts}")
+        tour.say(
+            f"people.csv: {report.rows_accepted} rows accepted, events {report.counts}; "
+            f"history.csv: events {history.counts}"
+        )
         with workspace.sessions() as session:
             counts = {
                 state: n
@@ -377,54 +487,80 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
             tour.say(f"{path.stem}: {observed.accounts} accounts, {observed.linked} linked")
         with workspace.sessions() as session, session.begin():
             initial = sync_journal(workspace, session, now=now)
-        tour.say(f"Initial plan: {len(initial.operations)} operations "
-                 "(the drift planted in github: an extra platform-admins grant)")
-        tour.plan_table("Plan for everyone", [
-            (op.target, op.kind.value, op.entitlement or "", "", f"{op.identity}: {op.reason}")
-            for op, _s, _i in initial.operations
-        ])
+        tour.say(
+            f"Initial plan: {len(initial.operations)} operations "
+            "(the drift planted in github: an extra platform-admins grant)"
+        )
+        tour.plan_table(
+            "Plan for everyone",
+            [
+                (op.target, op.kind.value, op.entitlement or "", "", f"{op.identity}: {op.reason}")
+                for op, _s, _i in initial.operations
+            ],
+        )
 
         tour.heading("3. Mover: E1130 moves from Support to Sales")
-        _event(workspace, LifecycleEvent("E1130", EventKind.MOVE, now, now,
-                                         {"department": "Sales", "title": "Sales Manager"},
-                                         source="demo"), now)
+        _event(
+            workspace,
+            LifecycleEvent(
+                "E1130",
+                EventKind.MOVE,
+                now,
+                now,
+                {"department": "Sales", "title": "Sales Manager"},
+                source="demo",
+            ),
+            now,
+        )
         mover = _plan_rows(workspace, "E1130", now)
         tour.plan_table("Plan for E1130", mover)
 
         tour.heading("4. Leaver: E1010 (engineer) leaves today")
-        _event(workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"),
-               now)
+        _event(
+            workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"), now
+        )
         leaver = _plan_rows(workspace, "E1010", now)
         tour.plan_table("Plan for E1010", leaver)
 
         tour.heading("5. Future-dated leaver: E1162 (finance) leaves in 14 days")
         later = now + timedelta(days=14)
-        _event(workspace, LifecycleEvent("E1162", EventKind.TERMINATE, later, now,
-                                         source="demo"), now)
+        _event(
+            workspace, LifecycleEvent("E1162", EventKind.TERMINATE, later, now, source="demo"), now
+        )
         tour.plan_table("Plan for E1162 today", _plan_rows(workspace, "E1162", now))
         rehearsal = later + timedelta(hours=1)
         with workspace.sessions() as session, session.begin():
             ticked = lifecycle_service.tick(session, workspace.config, now=rehearsal)
         tour.say(f"Tick as of {rehearsal.date()}: {dict(ticked.transitions)}")
-        tour.plan_table(f"Plan for E1162 on {rehearsal.date()}",
-                        _plan_rows(workspace, "E1162", rehearsal))
+        tour.plan_table(
+            f"Plan for E1162 on {rehearsal.date()}", _plan_rows(workspace, "E1162", rehearsal)
+        )
 
         tour.heading("6. Rehire: E0999, terminated in April, comes back")
-        _event(workspace, LifecycleEvent("E0999", EventKind.REHIRE, now, now,
-                                         {"title": "Engineer Senior Specialist"},
-                                         source="demo"), now)
+        _event(
+            workspace,
+            LifecycleEvent(
+                "E0999",
+                EventKind.REHIRE,
+                now,
+                now,
+                {"title": "Engineer Senior Specialist"},
+                source="demo",
+            ),
+            now,
+        )
         tour.plan_table("Plan for E0999", _plan_rows(workspace, "E0999", now))
 
         tour.heading("7. Explain")
         with workspace.sessions() as session:
             answers = []
-            for who, target, ent in [("E1002", "github", "platform-admins"),
-                                     ("E1010", "github", "members"),
-                                     ("E1163", "payroll-db", "vendor-create"),
-                                     ("E1162", "payroll-db", "vendor-create")]:
-                state = lifecycle_service.identity_state(
-                    session, workspace.config, who, as_of=now
-                )
+            for who, target, ent in [
+                ("E1002", "github", "platform-admins"),
+                ("E1010", "github", "members"),
+                ("E1163", "payroll-db", "vendor-create"),
+                ("E1162", "payroll-db", "vendor-create"),
+            ]:
+                state = lifecycle_service.identity_state(session, workspace.config, who, as_of=now)
                 answer = explain(workspace.compiled, state, target, ent)
                 answers.append(answer)
                 verdict = "has" if answer.granted else "does not have"
@@ -438,8 +574,10 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
         tour.heading("8. Audit")
         with workspace.sessions() as session:
             verified = audit.verify(session)
-        tour.say(f"audit verify: {'intact' if verified.ok else 'TAMPERED'}, {verified.events} "
-                 f"events, head {verified.head_hash[:16]}")
+        tour.say(
+            f"audit verify: {'intact' if verified.ok else 'TAMPERED'}, {verified.events} "
+            f"events, head {verified.head_hash[:16]}"
+        )
         tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
         tour.summary["workspace"] = str(folder)
         tour.say(f"\nTry: provisor -w {folder} identities show E1162")
@@ -447,4 +585,3 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
         workspace.close()
     if json_out:
         Console().print_json(data=tour.summary, default=str)
-

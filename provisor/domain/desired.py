@@ -132,7 +132,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     for exc in policy.exceptions:
         exceptions[exc.identity].append(exc)
     sod = tuple(
-        (s.name, tuple(tuple(c.split(":", 1)) for c in s.conflicts))  # type: ignore[misc]
+        (s.name, tuple((c.partition(":")[0], c.partition(":")[2]) for c in s.conflicts))
         for s in policy.sod
     )
     return CompiledPolicy(

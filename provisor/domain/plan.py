@@ -122,8 +122,8 @@ def plan_identity(
 ) -> list[PlannedOperation]:
     """Operations for one identity across ``targets``, ordered by target then step."""
     by_target: dict[str, list[ObservedAccount]] = {}
-    for account in observed:
-        by_target.setdefault(account.target, []).append(account)
+    for seen in observed:
+        by_target.setdefault(seen.target, []).append(seen)
     ops: list[PlannedOperation] = []
     who = state.identity
     for name in sorted(targets):
@@ -139,8 +139,8 @@ def plan_identity(
             else:
                 when = state.as_of
                 why = f"no longer granted ({desired.note or 'no rule, role or exception'})"
-            for account in have:
-                ops.extend(_removal(target, account, who, why, when))
+            for leftover in have:
+                ops.extend(_removal(target, leftover, who, why, when))
             continue
         granted = _reasons(want.account_reasons)
         if not have:
@@ -158,24 +158,24 @@ def plan_identity(
         for duplicate in extra:
             why = f"second account for {who} in {name}; {primary.account} is kept"
             ops.extend(_removal(target, duplicate, who, why, state.as_of))
-        account = primary.account
+        kept = primary.account
         if want.enabled and not primary.enabled:
-            ops.append(PlannedOperation(who, name, account, OpKind.ENABLE, None, granted))
+            ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
         elif not want.enabled and primary.enabled:
             if primary.sessions is None or primary.sessions > 0:
                 ops.append(
-                    PlannedOperation(who, name, account, OpKind.REVOKE_SESSIONS, None, want.note)
+                    PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note)
                 )
-            ops.append(PlannedOperation(who, name, account, OpKind.DISABLE, None, want.note))
+            ops.append(PlannedOperation(who, name, kept, OpKind.DISABLE, None, want.note))
         for ent, reasons in sorted(want.entitlements.items()):
             if ent not in primary.entitlements:
                 ops.append(
                     PlannedOperation(
-                        who, name, account, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
+                        who, name, kept, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
                     )
                 )
         for ent in sorted(primary.entitlements - want.entitlements.keys()):
             why = want.withheld.get(ent) or "not granted by any rule, role or exception"
-            ops.append(PlannedOperation(who, name, account, OpKind.REMOVE_ENTITLEMENT, ent, why))
+            ops.append(PlannedOperation(who, name, kept, OpKind.REMOVE_ENTITLEMENT, ent, why))
     ops.sort(key=lambda op: (op.target, op.step))
     return ops

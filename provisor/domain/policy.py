@@ -101,7 +101,7 @@ class TargetDef(_Model):
 
 
 class Matcher(_Model):
-    """One test on attributes: ``{attr, equals|in|prefix|regex|exists}`` or ``all``/``any``/``not``."""
+    """One test: ``{attr, equals|in|prefix|regex|exists}``, or ``all``/``any``/``not`` of tests."""
 
     attr: str | None = None
     equals: Scalar | None = None
@@ -420,15 +420,15 @@ class Policy(_Model):
                     )
         for si, sod in enumerate(self.sod):
             for ci, item in enumerate(sod.conflicts):
-                target_name, _, ent = item.partition(":")
+                target_name, _, ent_name = item.partition(":")
                 target_def = self.target_map.get(target_name)
                 if target_def is None:
                     found.append((("sod", si, "conflicts", ci), f"unknown target {target_name!r}"))
-                elif ent not in target_def.entitlement_names:
+                elif ent_name not in target_def.entitlement_names:
                     found.append(
                         (
                             ("sod", si, "conflicts", ci),
-                            f"target {target_name!r} has no entitlement {ent!r}",
+                            f"target {target_name!r} has no entitlement {ent_name!r}",
                         )
                     )
         return found

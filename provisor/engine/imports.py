@@ -131,8 +131,13 @@ def _snapshot_events(
     warnings: list[str] = []
     unchanged = 0
 
-    def add(r: FeedRecord, kind: EventKind, when: datetime, attrs: dict[str, Any] | None = None,
-            ref: str | None = None) -> None:
+    def add(
+        r: FeedRecord,
+        kind: EventKind,
+        when: datetime,
+        attrs: dict[str, Any] | None = None,
+        ref: str | None = None,
+    ) -> None:
         events.append(
             LifecycleEvent(r.identity, kind, when, now, attrs or {}, ref, f"{source}:{r.line}")
         )
@@ -145,16 +150,21 @@ def _snapshot_events(
         before = len(events)
         if have is None or have.state is None:
             if status == LifecycleState.TERMINATED:
-                warnings.append(f"{source}:{r.line} {r.identity} is listed as terminated but was "
-                                "never imported; ignored")
+                warnings.append(
+                    f"{source}:{r.line} {r.identity} is listed as terminated but was "
+                    "never imported; ignored"
+                )
                 continue
             start = r.effective or now
             add(r, EventKind.HIRE, start, r.attributes)
             _status_events(r, status, LifecycleState.ACTIVE.value, max(start, now), add)
         elif have.state == LifecycleState.TERMINATED:
             if status != LifecycleState.TERMINATED:
-                when = r.effective if r.effective and have.terminated_at and \
-                    r.effective > have.terminated_at else now
+                when = (
+                    r.effective
+                    if r.effective and have.terminated_at and r.effective > have.terminated_at
+                    else now
+                )
                 add(r, EventKind.REHIRE, when, r.attributes)
                 _status_events(r, status, LifecycleState.ACTIVE.value, max(when, now), add)
         else:
@@ -191,8 +201,15 @@ def _snapshot_events(
         ):
             missing += 1
             events.append(
-                LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None,
-                               f"{source}: missing from snapshot")
+                LifecycleEvent(
+                    identity,
+                    EventKind.TERMINATE,
+                    now,
+                    now,
+                    {},
+                    None,
+                    f"{source}: missing from snapshot",
+                )
             )
     return events, unchanged, missing, warnings
 
@@ -239,14 +256,25 @@ def _check_references(
         owner = r.attributes.get("owner")
         if owner and kinds.get(str(owner)) != "human":
             why = "is not a known identity" if owner not in kinds else "is not a human"
-            errors.append(RowError(parsed.file, r.line, "owner",
-                                   f"owner {owner} {why}; a non-human identity needs an "
-                                   "accountable human owner"))
+            errors.append(
+                RowError(
+                    parsed.file,
+                    r.line,
+                    "owner",
+                    f"owner {owner} {why}; a non-human identity needs an accountable human owner",
+                )
+            )
             continue
         manager = r.attributes.get("manager")
         if manager and manager not in kinds:
-            warnings.append(RowError(parsed.file, r.line, "manager",
-                                     f"manager {manager} is unknown; accepted and flagged"))
+            warnings.append(
+                RowError(
+                    parsed.file,
+                    r.line,
+                    "manager",
+                    f"manager {manager} is unknown; accepted and flagged",
+                )
+            )
             flags[r.identity] = [f"unknown manager {manager}"]
         accepted.append(r)
     return accepted, errors, warnings, flags
@@ -270,15 +298,14 @@ def import_feed(
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     source = f"import {feed_name}:{path.name}"
     with workspace.sessions() as session, session.begin():
-        record = Import(file=str(path), sha256=digest, feed=feed_name, mode=mapping.mode.value,
-                        started_at=now)
+        record = Import(
+            file=str(path), sha256=digest, feed=feed_name, mode=mapping.mode.value, started_at=now
+        )
         session.add(record)
         session.flush()
         say("checking")
         file_ids = {r.identity for r in parsed.records}
-        records, ref_errors, ref_warnings, flags = _check_references(
-            parsed, session, file_ids, now
-        )
+        records, ref_errors, ref_warnings, flags = _check_references(parsed, session, file_ids, now)
         errors = [str(e) for e in (*parsed.errors, *ref_errors)]
         warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
         unchanged = missing = 0
@@ -286,33 +313,64 @@ def import_feed(
             say("comparing")
             known = _known(session, None)
             events, unchanged, missing, diff_warnings = _snapshot_events(
-                records, known, feed_name, f"{feed_name}:{path.name}", now,
+                records,
+                known,
+                feed_name,
+                f"{feed_name}:{path.name}",
+                now,
                 _pending(session, EventKind.TERMINATE, "accepted", now),
                 _pending(session, EventKind.TERMINATE, "held", now),
             )
             warnings += diff_warnings
         else:
             events = [
-                LifecycleEvent(r.identity, r.event, r.effective, now, r.attributes, r.ref,
-                               f"{feed_name}:{path.name}:{r.line}")
+                LifecycleEvent(
+                    r.identity,
+                    r.event,
+                    r.effective,
+                    now,
+                    r.attributes,
+                    r.ref,
+                    f"{feed_name}:{path.name}:{r.line}",
+                )
                 for r in records
                 if r.event is not None and r.effective is not None
             ]
         say("recording")
-        outcome = record_events(session, workspace.config, events, origin=source, now=now,
-                                import_id=record.id, flags=flags)
+        outcome = record_events(
+            session,
+            workspace.config,
+            events,
+            origin=source,
+            now=now,
+            import_id=record.id,
+            flags=flags,
+        )
         counts: dict[str, int] = {}
         for event in events:
             counts[event.kind.value] = counts.get(event.kind.value, 0) + 1
         report = ImportReport(
-            file=str(path), feed=feed_name, mode=mapping.mode.value, rows_read=parsed.rows_read,
-            rows_accepted=len(records), errors=errors, warnings=warnings + outcome.warnings,
-            outcome=outcome, import_id=record.id, missing=missing, unchanged=unchanged,
+            file=str(path),
+            feed=feed_name,
+            mode=mapping.mode.value,
+            rows_read=parsed.rows_read,
+            rows_accepted=len(records),
+            errors=errors,
+            warnings=warnings + outcome.warnings,
+            outcome=outcome,
+            import_id=record.id,
+            missing=missing,
+            unchanged=unchanged,
             counts=counts,
         )
         record.finished_at = now
-        record.counts = {k: v for k, v in report.as_dict().items()
-                         if k not in ("errors", "warnings")}
-        audit.record(session, "import.completed", f"import {record.id}",
-                     {**record.counts, "sha256": digest, "errors": len(errors)})
+        record.counts = {
+            k: v for k, v in report.as_dict().items() if k not in ("errors", "warnings")
+        }
+        audit.record(
+            session,
+            "import.completed",
+            f"import {record.id}",
+            {**record.counts, "sha256": digest, "errors": len(errors)},
+        )
     return report

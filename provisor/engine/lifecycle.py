@@ -466,7 +466,7 @@ def decide_hold(
     now: datetime,
     actor: str | None = None,
 ) -> Outcome:
-    """Approve (apply) or reject the held changes of ``hold_id``, all or ``only`` some identities."""
+    """Approve (apply) or reject the held changes of ``hold_id``: all, or ``only`` some ids."""
     hold = session.get(Hold, hold_id)
     if hold is None:
         raise NotFoundError(f"no hold {hold_id}; 'provisor holds' lists the open ones")

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from provisor.engine.workspace import Workspace
 from provisor.errors import FeedError, NotFoundError
@@ -46,7 +46,9 @@ def _norm(value: object) -> str:
     return " ".join(str(value).split()).casefold()
 
 
-def import_observed(workspace: Workspace, target: str, path: Path, *, now: datetime) -> ObservedImport:
+def import_observed(
+    workspace: Workspace, target: str, path: Path, *, now: datetime
+) -> ObservedImport:
     """Replace the observed accounts of ``target`` with those in the export at ``path``."""
     target_def = workspace.compiled.targets.get(target)
     if target_def is None:
@@ -57,8 +59,10 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
         raise FeedError(f"{path}: cannot read the export: {exc}") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames or "account" not in reader.fieldnames:
-        raise FeedError(f"{path}: the export needs an 'account' column; found "
-                        f"{', '.join(reader.fieldnames or []) or 'no header'}")
+        raise FeedError(
+            f"{path}: the export needs an 'account' column; found "
+            f"{', '.join(reader.fieldnames or []) or 'no header'}"
+        )
     report = ObservedImport(target)
     with workspace.sessions() as session, session.begin():
         index: dict[str, dict[str, list[str]]] = {a: {} for a in target_def.correlation}
@@ -69,7 +73,9 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
                 value = external_id if attr == "id" else (attributes or {}).get(attr)
                 if value:
                     index[attr].setdefault(_norm(value), []).append(external_id)
-        session.execute(delete(models.ObservedAccount).where(models.ObservedAccount.target == target))
+        session.execute(
+            delete(models.ObservedAccount).where(models.ObservedAccount.target == target)
+        )
         seen: set[str] = set()
         for row in reader:
             line = reader.line_num
@@ -82,7 +88,8 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
                 continue
             enabled_text = _norm(row.get("enabled") or "true")
             if enabled_text not in _TRUE | _FALSE:
-                report.errors.append(f"{path}:{line} enabled: {row.get('enabled')!r} is not a yes/no")
+                shown = row.get("enabled")
+                report.errors.append(f"{path}:{line} enabled: {shown!r} is not a yes/no")
                 continue
             sessions_text = (row.get("sessions") or "").strip()
             if sessions_text and not sessions_text.isdigit():
@@ -90,7 +97,8 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
                 continue
             seen.add(account)
             extra = {
-                k: v for k, v in row.items()
+                k: v
+                for k, v in row.items()
                 if k not in ("account", "identity", "enabled", "entitlements", "sessions") and v
             }
             identity = (row.get("identity") or "").strip() or None
@@ -113,18 +121,24 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
             result = session.execute(
                 insert(models.ObservedAccount).returning(models.ObservedAccount.id),
                 {
-                    "target": target, "account": account, "identity": identity,
-                    "enabled": enabled_text in _TRUE, "attributes": extra,
+                    "target": target,
+                    "account": account,
+                    "identity": identity,
+                    "enabled": enabled_text in _TRUE,
+                    "attributes": extra,
                     "sessions": int(sessions_text) if sessions_text else None,
-                    "observed_at": now, "source": f"export {path.name}",
+                    "observed_at": now,
+                    "source": f"export {path.name}",
                 },
             )
             account_id = result.scalar_one()
             if entitlements:
                 session.execute(
                     insert(models.ObservedEntitlement),
-                    [{"account_id": account_id, "entitlement": e, "observed_at": now}
-                     for e in entitlements],
+                    [
+                        {"account_id": account_id, "entitlement": e, "observed_at": now}
+                        for e in entitlements
+                    ],
                 )
             report.accounts += 1
             report.entitlements += len(entitlements)
@@ -137,11 +151,15 @@ def import_observed(workspace: Workspace, target: str, path: Path, *, now: datet
                 models.ObservedAccount.target == target
             )
             session.execute(
-                models.Identity.__table__.update()
+                update(models.Identity)
                 .where(models.Identity.external_id.in_(linked))
                 .values(needs_plan=True)
             )
-        audit.record(session, "observed.imported", target,
-                     {k: v for k, v in report.as_dict().items() if k not in ("errors", "warnings")}
-                     | {"file": str(path), "errors": len(report.errors)})
+        audit.record(
+            session,
+            "observed.imported",
+            target,
+            {k: v for k, v in report.as_dict().items() if k not in ("errors", "warnings")}
+            | {"file": str(path), "errors": len(report.errors)},
+        )
     return report

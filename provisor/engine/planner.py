@@ -183,7 +183,9 @@ def sync_journal(
         if existing is not None:
             if existing.not_before != op.not_before or existing.reason != op.reason:
                 existing.not_before, existing.reason, existing.updated_at = (
-                    op.not_before, op.reason, now
+                    op.not_before,
+                    op.reason,
+                    now,
                 )
             result.append((op, "pending", existing.id))
             continue
@@ -212,8 +214,13 @@ def sync_journal(
             audit.Entry(
                 "operation.cancelled",
                 stale.identity,
-                {"key": stale.key, "target": stale.target, "kind": stale.kind,
-                 "entitlement": stale.entitlement, "why": stale.last_error},
+                {
+                    "key": stale.key,
+                    "target": stale.target,
+                    "kind": stale.kind,
+                    "entitlement": stale.entitlement,
+                    "why": stale.last_error,
+                },
             )
         )
     session.flush()

@@ -12,6 +12,7 @@ manager or owner exists; the engine does all of that with the records this modul
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import re
@@ -162,10 +163,19 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
         fmt = "csv" if found == "csv" else "jsonl"
     text = _read_text(path, file)
     parser = _RowParser(file, mapping)
-    if fmt == "csv":
-        _parse_csv(text, parser)
-    else:
-        _parse_jsonl(text, parser)
+    # Parsing allocates a few containers per row and frees none of them, so the cyclic
+    # collector would run again and again to find nothing; it is paused (about a third of the
+    # time on a large feed) and restarted afterwards if it was running.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        if fmt == "csv":
+            _parse_csv(text, parser)
+        else:
+            _parse_jsonl(text, parser)
+    finally:
+        if collecting:
+            gc.enable()
     if mapping.mode is FeedMode.SNAPSHOT and parser.rows_read == 0:
         raise FeedError(
             f"{file}: the snapshot has no people; importing it would terminate everyone, "
@@ -210,7 +220,8 @@ def _record(
     ref: str | None,
 ) -> FeedRecord:
     """A FeedRecord built without the frozen-dataclass ``__init__``, which sets each field
-    through ``object.__setattr__`` and is a fifth of the time spent on a valid row."""
+    through ``object.__setattr__`` and costs a sixth of the time spent on a valid row. It must
+    set every field of FeedRecord (a test compares it with the real constructor)."""
     record = object.__new__(FeedRecord)
     record.__dict__.update(
         line=line,
@@ -227,11 +238,12 @@ def _record(
 class _RowParser:
     """Turns one row's values into a record or row errors, and collects both.
 
-    Readers hand over each row as ``fields`` (id, status, dates, event, ref) and ``attributes``
-    (standard attributes), both holding only non-empty trimmed text, plus ``extras`` (free-form
-    attributes to keep), ``present`` (every column the row has, empty or not) and ``errors``
-    (problems the reader already found). Valid rows are the common case, so the checks run
-    straight through and build messages only for what is wrong.
+    Readers hand over each row as ``values``: the fields this mode reads, by field name, then
+    the extra columns kept as attributes, by column name; non-empty trimmed values only. With
+    it come ``present`` (every column the row has, empty or not) and ``errors`` (problems the
+    reader already found). The row handlers pop the record's own fields out of ``values``,
+    and what remains is the record's attributes. Valid rows are the common case, so the
+    checks run straight through and build messages only for what is wrong.
     """
 
     def __init__(self, file: str, mapping: FeedMapping) -> None:
@@ -248,7 +260,7 @@ class _RowParser:
         else:
             example = datetime(2024, 1, 31, 9, 30).strftime(mapping.date_format)
             self.date_hint = f"{mapping.date_format} (e.g. {example})"
-        self.dates: dict[str, datetime | None] = {}
+        self.dates: dict[str, datetime] = {}  # valid dates seen so far
         now = _now()
         self.too_old = now - _WARN_PAST
         self.too_new = now + _WARN_FUTURE
@@ -290,19 +302,16 @@ class _RowParser:
         errors.append(RowError(self.file, line, self.column[name], reason))
 
     def _date(self, errors: list[RowError], line: int, name: str, raw: str) -> datetime | None:
+        """Parse a date the cache (``self.dates``, valid dates only) does not hold yet."""
         try:
-            value = self.dates[raw]
-        except KeyError:
-            try:
-                if self.date_format is None:
-                    value = utc(datetime.fromisoformat(raw))
-                else:
-                    value = utc(datetime.strptime(raw, self.date_format))
-            except ValueError:
-                value = None
-            self.dates[raw] = value
-        if value is None:
+            if self.date_format is None:
+                value = utc(datetime.fromisoformat(raw))
+            else:
+                value = utc(datetime.strptime(raw, self.date_format))
+        except ValueError:
             self._bad(errors, line, name, f"invalid date '{raw}'; expected {self.date_hint}")
+            return None
+        self.dates[raw] = value
         return value
 
     def _check(
@@ -334,9 +343,9 @@ class _RowParser:
             reason = f"owner {owner} is the identity itself; the owner must be someone else"
             self._bad(errors, line, "owner", reason)
 
-    def _needs_owner(self, errors: list[RowError], line: int, attributes: dict[str, Any]) -> None:
-        kind = attributes.get("kind")
-        if kind in _NON_HUMAN and "owner" not in attributes:
+    def _needs_owner(self, errors: list[RowError], line: int, values: dict[str, Any]) -> None:
+        kind = values.get("kind")
+        if kind in _NON_HUMAN and "owner" not in values:
             self._bad(errors, line, "owner", f"a {kind} needs an owner (the id of a person)")
 
     def _snapshot_row(
@@ -345,13 +354,11 @@ class _RowParser:
         self._check(line, values, present, errors)
         identity: str | None = values.pop("id", None)
         if identity is not None:
-            first = self.first_line.get(identity)
-            if first is None:
-                self.first_line[identity] = line
-            else:
+            first = self.first_line.setdefault(identity, line)
+            if first != line:
                 self.duplicate_lines.setdefault(identity, [first]).append(line)
         status: str | None = values.pop("status", None)
-        if status is not None:
+        if status is not None and status not in _STATUSES:
             if status.lower() in _STATUSES:
                 status = status.lower()
             else:
@@ -359,12 +366,17 @@ class _RowParser:
                 self._bad(errors, line, "status", reason)
         raw_start = values.pop("start_date", None)
         raw_end = values.pop("end_date", None)
-        start = self._date(errors, line, "start_date", raw_start) if raw_start else None
-        end = self._date(errors, line, "end_date", raw_end) if raw_end else None
+        dates = self.dates
+        start = end = None
+        if raw_start:
+            start = dates.get(raw_start) or self._date(errors, line, "start_date", raw_start)
+        if raw_end:
+            end = dates.get(raw_end) or self._date(errors, line, "end_date", raw_end)
         if start is not None and end is not None and end < start:
             reason = f"end_date {raw_end} is before start_date {raw_start}"
             self._bad(errors, line, "end_date", reason)
-        self._needs_owner(errors, line, values)
+        if "kind" in values:
+            self._needs_owner(errors, line, values)
         if errors or identity is None:
             self.errors.extend(errors)
             return
@@ -399,7 +411,9 @@ class _RowParser:
                 self._bad(
                     errors, line, "employment_type", "a convert needs the new employment_type"
                 )
-        effective = self._date(errors, line, "effective", raw) if raw else None
+        effective = None
+        if raw:
+            effective = self.dates.get(raw) or self._date(errors, line, "effective", raw)
         if errors or identity is None:
             self.errors.extend(errors)
             return

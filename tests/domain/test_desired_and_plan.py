@@ -16,24 +16,56 @@ NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 POLICY: dict[str, Any] = {
     "targets": [
-        {"name": "dir", "class": "ldap", "owner": "it", "on_leave": "disable",
-         "entitlements": [{"name": "staff"}, {"name": "eng"}, {"name": "vpn"}]},
-        {"name": "gh", "class": "scim", "owner": "it", "leaver_action": "delete",
-         "grace_days": 7, "entitlements": [{"name": "members"}, {"name": "admins"}]},
-        {"name": "erp", "class": "manual", "owner": "fin",
-         "entitlements": [{"name": "pay"}, {"name": "vendor"}]},
+        {
+            "name": "dir",
+            "class": "ldap",
+            "owner": "it",
+            "on_leave": "disable",
+            "entitlements": [{"name": "staff"}, {"name": "eng"}, {"name": "vpn"}],
+        },
+        {
+            "name": "gh",
+            "class": "scim",
+            "owner": "it",
+            "leaver_action": "delete",
+            "grace_days": 7,
+            "entitlements": [{"name": "members"}, {"name": "admins"}],
+        },
+        {
+            "name": "erp",
+            "class": "manual",
+            "owner": "fin",
+            "entitlements": [{"name": "pay"}, {"name": "vendor"}],
+        },
     ],
     "rules": [
-        {"name": "staff", "when": {"attr": "employment_type", "in": ["employee", "contractor"]},
-         "grant": [{"target": "dir", "entitlements": ["staff"]}]},
-        {"name": "vpn", "when": {"not": {"attr": "employment_type", "equals": "contractor"}},
-         "grant": [{"target": "dir", "entitlements": ["vpn"]}]},
-        {"name": "eng", "when": {"all": [{"attr": "department", "equals": "Eng"},
-                                         {"attr": "location", "regex": "^(London|Berlin)$"}]},
-         "grant": [{"target": "dir", "entitlements": ["eng"]}], "roles": ["dev"]},
-        {"name": "bots", "kinds": ["service_account"], "when": {"attr": "department",
-                                                              "prefix": "En"},
-         "grant": [{"target": "gh", "entitlements": ["members"]}]},
+        {
+            "name": "staff",
+            "when": {"attr": "employment_type", "in": ["employee", "contractor"]},
+            "grant": [{"target": "dir", "entitlements": ["staff"]}],
+        },
+        {
+            "name": "vpn",
+            "when": {"not": {"attr": "employment_type", "equals": "contractor"}},
+            "grant": [{"target": "dir", "entitlements": ["vpn"]}],
+        },
+        {
+            "name": "eng",
+            "when": {
+                "all": [
+                    {"attr": "department", "equals": "Eng"},
+                    {"attr": "location", "regex": "^(London|Berlin)$"},
+                ]
+            },
+            "grant": [{"target": "dir", "entitlements": ["eng"]}],
+            "roles": ["dev"],
+        },
+        {
+            "name": "bots",
+            "kinds": ["service_account"],
+            "when": {"attr": "department", "prefix": "En"},
+            "grant": [{"target": "gh", "entitlements": ["members"]}],
+        },
     ],
     "roles": [
         {"name": "dev", "grants": [{"target": "gh", "entitlements": ["members"]}]},
@@ -45,12 +77,22 @@ POLICY: dict[str, Any] = {
         {"identity": "E2", "role": "payer", "approver": "cfo", "granted": "2026-01-01"},
     ],
     "exceptions": [
-        {"identity": "E2", "grant": [{"target": "erp", "entitlements": ["vendor"]}],
-         "approver": "cfo", "justification": "year end", "granted": "2026-01-01",
-         "expires": "2026-12-31"},
-        {"identity": "E3", "grant": [{"target": "erp", "entitlements": ["vendor"]}],
-         "approver": "cfo", "justification": "old", "granted": "2026-01-01",
-         "expires": "2026-03-31"},
+        {
+            "identity": "E2",
+            "grant": [{"target": "erp", "entitlements": ["vendor"]}],
+            "approver": "cfo",
+            "justification": "year end",
+            "granted": "2026-01-01",
+            "expires": "2026-12-31",
+        },
+        {
+            "identity": "E3",
+            "grant": [{"target": "erp", "entitlements": ["vendor"]}],
+            "approver": "cfo",
+            "justification": "old",
+            "granted": "2026-01-01",
+            "expires": "2026-03-31",
+        },
     ],
     "sod": [{"name": "pay-vendor", "conflicts": ["erp:pay", "erp:vendor"]}],
 }
@@ -136,8 +178,13 @@ def test_rehire_does_not_restore_direct_grants_but_rescind_does() -> None:
     assert "admins" in restored.targets["gh"].entitlements
 
 
-def observed(target: str, ents: set[str], enabled: bool = True, sessions: int | None = None,
-             account: str = "ann") -> ObservedAccount:
+def observed(
+    target: str,
+    ents: set[str],
+    enabled: bool = True,
+    sessions: int | None = None,
+    account: str = "ann",
+) -> ObservedAccount:
     return ObservedAccount(target, account, "E1", enabled, frozenset(ents), NOW, sessions)
 
 
@@ -181,11 +228,14 @@ def test_mover_plan_adds_and_removes() -> None:
     assert ("gh", OpKind.ADD_ENTITLEMENT, "admins") not in summary
 
 
-@pytest.mark.parametrize("bad,expected", [
-    ({"attr": "x"}, "exactly one of"),
-    ({"equals": "x"}, "needs 'attr'"),
-    ({"attr": "x", "regex": "("}, "invalid regex"),
-])
+@pytest.mark.parametrize(
+    "bad,expected",
+    [
+        ({"attr": "x"}, "exactly one of"),
+        ({"equals": "x"}, "needs 'attr'"),
+        ({"attr": "x", "regex": "("}, "invalid regex"),
+    ],
+)
 def test_bad_matchers(bad: dict[str, Any], expected: str) -> None:
     rules = [{"name": "r", "when": bad, "grant": []}]
     with pytest.raises(ValueError, match=expected):
@@ -196,8 +246,17 @@ def test_problems_name_dangling_references() -> None:
     policy = Policy.model_validate({**POLICY, "roles": POLICY["roles"][:1], "assignments": []})
     assert policy.problems() == []
     broken = Policy.model_validate(
-        {**POLICY, "rules": [{"name": "r", "when": {"attr": "a", "exists": True},
-                              "grant": [{"target": "nope"}], "roles": ["ghost"]}]}
+        {
+            **POLICY,
+            "rules": [
+                {
+                    "name": "r",
+                    "when": {"attr": "a", "exists": True},
+                    "grant": [{"target": "nope"}],
+                    "roles": ["ghost"],
+                }
+            ],
+        }
     )
     messages = [m for _, m in broken.problems()]
     assert "unknown target 'nope'" in messages and "unknown role 'ghost'" in messages

@@ -122,7 +122,7 @@ event_strategy = st.builds(
         T0 + timedelta(days=recorded),
         {"department": dept} if kind in (EventKind.HIRE, EventKind.MOVE) else {},
     ),
-    st.sampled_from(KINDS + [EventKind.RESCIND]),
+    st.sampled_from([*KINDS, EventKind.RESCIND]),
     st.integers(0, 60),
     st.integers(0, 3),
     st.sampled_from(["Eng", "Sales", "Ops"]),

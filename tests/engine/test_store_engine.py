@@ -34,17 +34,24 @@ def ws(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> It
 
 
 def hire(identity: str, day: int = -100, **attrs: str) -> LifecycleEvent:
-    base = {"name": identity, "email": f"{identity.lower()}@example.com",
-            "employment_type": "employee", "department": "Engineering"}
-    return LifecycleEvent(identity, EventKind.HIRE, NOW + timedelta(days=day), NOW,
-                          {**base, **attrs}, source="test")
+    base = {
+        "name": identity,
+        "email": f"{identity.lower()}@example.com",
+        "employment_type": "employee",
+        "department": "Engineering",
+    }
+    return LifecycleEvent(
+        identity, EventKind.HIRE, NOW + timedelta(days=day), NOW, {**base, **attrs}, source="test"
+    )
 
 
-def record(ws: Workspace, *events: LifecycleEvent, now: datetime = NOW,
-           strict: bool = False) -> lifecycle.Outcome:
+def record(
+    ws: Workspace, *events: LifecycleEvent, now: datetime = NOW, strict: bool = False
+) -> lifecycle.Outcome:
     with ws.sessions() as session, session.begin():
-        return lifecycle.record_events(session, ws.config, list(events), origin="test", now=now,
-                                       strict=strict)
+        return lifecycle.record_events(
+            session, ws.config, list(events), origin="test", now=now, strict=strict
+        )
 
 
 def state_of(ws: Workspace, identity: str) -> str | None:
@@ -113,12 +120,14 @@ def test_mass_termination_is_held_and_released_in_part(ws: Workspace) -> None:
         ).scalar_one()
         assert row.attributes["department"] == "Sales"
     with ws.sessions() as session, session.begin():
-        lifecycle.decide_hold(session, ws.config, outcome.hold_id, approve=True,
-                              only=["E0", "E1"], now=NOW)
+        lifecycle.decide_hold(
+            session, ws.config, outcome.hold_id, approve=True, only=["E0", "E1"], now=NOW
+        )
     assert state_of(ws, "E0") == "terminated" and state_of(ws, "E2") == "active"
     with ws.sessions() as session, session.begin():
-        lifecycle.decide_hold(session, ws.config, outcome.hold_id, approve=False, only=None,
-                              now=NOW)
+        lifecycle.decide_hold(
+            session, ws.config, outcome.hold_id, approve=False, only=None, now=NOW
+        )
         hold = session.get(models.Hold, outcome.hold_id)
         assert hold is not None and hold.status == "rejected"
     assert state_of(ws, "E2") == "active"
@@ -129,8 +138,9 @@ def test_bitemporal_query(ws: Workspace) -> None:
     late = NOW + timedelta(days=3)
     record(ws, LifecycleEvent("E1", EventKind.TERMINATE, NOW, late), now=late)
     with ws.sessions() as session:
-        as_known_then = lifecycle.identity_state(session, ws.config, "E1", as_of=NOW,
-                                                 known_at=NOW + timedelta(days=1))
+        as_known_then = lifecycle.identity_state(
+            session, ws.config, "E1", as_of=NOW, known_at=NOW + timedelta(days=1)
+        )
         as_known_now = lifecycle.identity_state(session, ws.config, "E1", as_of=NOW)
     assert as_known_then.state is LifecycleState.ACTIVE
     assert as_known_now.state is LifecycleState.TERMINATED
@@ -148,9 +158,11 @@ def test_plan_journal_sync_supersedes(ws: Workspace) -> None:
     record(ws, LifecycleEvent("E1", EventKind.TERMINATE, NOW, NOW))
     with ws.sessions() as session, session.begin():
         after = sync_journal(ws, session, now=NOW)
-        cancelled = session.execute(
-            select(models.Operation).where(models.Operation.status == "cancelled")
-        ).scalars().all()
+        cancelled = (
+            session.execute(select(models.Operation).where(models.Operation.status == "cancelled"))
+            .scalars()
+            .all()
+        )
     assert after.operations == [] and after.cancelled == len(kinds) == len(cancelled)
 
 
@@ -160,8 +172,9 @@ def test_audit_chain_detects_edit_delete_and_reorder(ws: Workspace) -> None:
         result = audit.verify(session)
         assert result.ok and result.events >= 3
     with ws.sessions() as session, session.begin():
-        session.execute(update(models.AuditEvent).where(models.AuditEvent.seq == 2)
-                        .values(subject="E9"))
+        session.execute(
+            update(models.AuditEvent).where(models.AuditEvent.seq == 2).values(subject="E9")
+        )
     with ws.sessions() as session:
         bad = audit.verify(session)
     assert not bad.ok and bad.first_bad == 2 and "edited" in bad.problem
