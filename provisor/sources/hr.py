@@ -123,9 +123,9 @@ class RowError:
 class FeedRecord:
     """One valid row of a feed.
 
-    ``line`` is where the record starts in the file. In snapshot mode ``effective`` is the date
-    the row's status took effect: ``end_date`` when the status is terminated (or, without a
-    status column, whenever an end date is given), otherwise ``start_date``.
+    ``line`` is where the record starts in the file. ``effective`` is the event's effective
+    date in events mode and the hire date (``start_date``) in snapshot mode; ``end`` is the
+    snapshot's termination date (``end_date``), past or planned, and None in events mode.
     """
 
     line: int
@@ -135,6 +135,7 @@ class FeedRecord:
     status: str | None
     attributes: dict[str, Any]
     ref: str | None = None
+    end: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def _record(
     status: str | None,
     attributes: dict[str, Any],
     ref: str | None,
+    end: datetime | None,
 ) -> FeedRecord:
     """A FeedRecord built without the frozen-dataclass ``__init__``, which sets each field
     through ``object.__setattr__`` and costs a sixth of the time spent on a valid row. It must
@@ -231,6 +233,7 @@ def _record(
         status=status,
         attributes=attributes,
         ref=ref,
+        end=end,
     )
     return record
 
@@ -282,7 +285,7 @@ class _RowParser:
         """Why a column that no field of this mode reads is ignored, or None if it is extra."""
         for name in sorted(_FIELDS):
             if self.column[name] == column and name not in self.fields:
-                return f"column '{column}' ({name}) is not used in a {self.mode} feed; ignored"
+                return f"column '{column}' ({name}) is not used in {self.mode} feeds; ignored"
         if column in _FIELDS:
             return f"column '{column}' is ignored: {column} is read from '{self.column[column]}'"
         return None
@@ -380,14 +383,7 @@ class _RowParser:
         if errors or identity is None:
             self.errors.extend(errors)
             return
-        if status == "terminated" or (status is None and end is not None):
-            effective = end
-        else:
-            effective = start
-            if end is not None:
-                reason = f"end_date {raw_end} is not carried: the status is {status}"
-                self.warn(line, self.column["end_date"], reason)
-        self.records.append(_record(line, identity, None, effective, status, values, None))
+        self.records.append(_record(line, identity, None, start, status, values, None, end))
 
     def _event_row(
         self, line: int, values: dict[str, Any], present: Container[str], errors: list[RowError]
@@ -424,7 +420,7 @@ class _RowParser:
             reason = "ref is ignored: only a rescind names the termination it cancels"
             self.warn(line, self.column["ref"], reason)
             ref = None
-        self.records.append(_record(line, identity, event, effective, None, values, ref))
+        self.records.append(_record(line, identity, event, effective, None, values, ref, None))
 
     def result(self) -> ParsedFeed:
         records = self.records
@@ -447,39 +443,87 @@ class _RowParser:
 
 def _parse_csv(text: str, parser: _RowParser) -> None:
     """Hand every CSV record to ``parser`` with the line it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=parser.delimiter)
+    # Strict, so that a quote left open at the end of the file is an error rather than a last
+    # value that silently swallows every row after it.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=parser.delimiter, strict=True)
     header: list[str] | None = None
     index: list[tuple[str, int]] = []
     present: frozenset[str] = frozenset()
     width = 0
     end = 0
     handle = parser.row
-    try:
-        for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
             start, end = end + 1, reader.line_num
-            if header is None:
-                if any(cell.strip() for cell in row):
-                    header = [_nfc(cell.strip()) for cell in row]
-                    width = len(header)
-                    present = frozenset(header)
-                    index = _csv_columns(header, start, parser)
-                continue
-            if len(row) != width:
-                if not any(cell.strip() for cell in row):
-                    continue  # a blank line
-                parser.rows_read += 1
-                reason = f"expected {width} fields, found {len(row)}"
-                if end > start:
-                    reason += f" (the record runs on to line {end}; is a quote left open?)"
-                parser.error(start, None, reason)
-                continue
-            values: dict[str, Any] = {key: v for key, i in index if (v := row[i].strip())}
-            if not values and not any(cell.strip() for cell in row):
-                continue  # a row of empty cells
+            _csv_error(parser, exc, start, end, header is None)
+            continue
+        start, end = end + 1, reader.line_num
+        if header is None:
+            if any(cell.strip() for cell in row):
+                header = [_nfc(cell.strip()) for cell in row]
+                width = len(header)
+                present = frozenset(header)
+                index = _csv_columns(header, start, parser)
+            continue
+        if len(row) != width:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line
             parser.rows_read += 1
-            handle(start, values, present, [])
-    except csv.Error as exc:
-        raise FeedError(f"{parser.file}:{end + 1}: cannot read the CSV record: {exc}") from exc
+            reason = f"expected {width} fields, found {len(row)}"
+            if end > start:
+                reason += f" (the record runs on to line {end}; is a quote left open?)"
+            parser.error(start, None, reason)
+            continue
+        if end > start and (swallowed := _swallowed_rows(row, parser.delimiter)) is not None:
+            parser.rows_read += 1
+            reason = (
+                f"the quoted value runs on to line {end} and holds what look like whole rows; "
+                "is a quote left open?"
+            )
+            parser.error(start, header[swallowed] or None, reason)
+            continue
+        values: dict[str, Any] = {key: v for key, i in index if (v := row[i].strip())}
+        if not values and not any(cell.strip() for cell in row):
+            continue  # a row of empty cells
+        parser.rows_read += 1
+        handle(start, values, present, [])
+
+
+def _swallowed_rows(row: list[str], delimiter: str) -> int | None:
+    """Index of a multi-line value one of whose lines has as many delimiters as a whole row:
+    a quote opened by mistake and closed by another one rows later, swallowing the rows
+    between (which would then look absent from the feed)."""
+    needed = len(row) - 1
+    if needed < 1:
+        return None
+    for i, cell in enumerate(row):
+        if ("\n" in cell or "\r" in cell) and any(
+            part.count(delimiter) >= needed for part in cell.splitlines()
+        ):
+            return i
+    return None
+
+
+def _csv_error(parser: _RowParser, exc: csv.Error, start: int, end: int, in_header: bool) -> None:
+    """A record the csv module cannot read: a row error when it stays on its own line, else
+    (the quoting has gone astray, so later rows cannot be trusted) the whole file is refused."""
+    if "end of data" in str(exc):
+        what = "a quoted value is never closed"
+    elif "field limit" in str(exc):
+        what = "a value is too long (is a quote left open?)"
+    else:
+        what = f"the record cannot be read ({exc})"
+    if end > start or in_header:
+        raise FeedError(
+            f"{parser.file}:{start}: {what}; the record runs on to line {end}, so the rest of "
+            "the file cannot be trusted. Fix the quoting and export the feed again"
+        ) from exc
+    parser.rows_read += 1
+    parser.error(start, None, what)
 
 
 def _csv_columns(header: list[str], line: int, parser: _RowParser) -> list[tuple[str, int]]:
