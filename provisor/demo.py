@@ -143,22 +143,22 @@ roles:
 assignments:
   - {identity: E1002, role: platform-admin, approver: E1001, granted: 2024-02-01,
      justification: on-call platform lead}
-  - {identity: E1162, role: payment-approver, approver: E1161, granted: 2024-03-01,
+  - {identity: E1132, role: payment-approver, approver: E1131, granted: 2024-03-01,
      justification: approves supplier payments}
-  - {identity: E1163, role: payment-approver, approver: E1161, granted: 2024-03-01,
+  - {identity: E1133, role: payment-approver, approver: E1131, granted: 2024-03-01,
      justification: approves payroll runs}
 
 exceptions:
-  - identity: E1162
+  - identity: E1132
     grant: [{target: payroll-db, entitlements: [vendor-create]}]
     allow_sod: [pay-and-create-vendor]
-    approver: E1161
+    approver: E1131
     justification: year-end vendor clean-up, second approver checks every payment
     granted: 2024-11-01
     expires: 2099-01-31
-  - identity: E1163
+  - identity: E1133
     grant: [{target: payroll-db, entitlements: [vendor-create]}]
-    approver: E1161
+    approver: E1131
     justification: asked for vendor set-up rights, no SoD waiver
     granted: 2024-11-01
     expires: 2099-01-31
@@ -295,7 +295,7 @@ def sample_people(seed: int = 7) -> list[dict[str, str]]:
     bots = [
         ("S001", "ci-runner", "service_account", "Engineering", "E1002"),
         ("S002", "deploy-bot", "bot", "Engineering", "E1003"),
-        ("S003", "billing-export", "api_key", "Finance", "E1161"),
+        ("S003", "billing-export", "api_key", "Finance", "E1131"),
         ("S004", "backup-agent", "service_account", "Operations", "E1171"),
         ("S005", "support-triage", "bot", "Support", "E1101"),
     ]
@@ -522,18 +522,18 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
         leaver = _plan_rows(workspace, "E1010", now)
         tour.plan_table("Plan for E1010", leaver)
 
-        tour.heading("5. Future-dated leaver: E1162 (finance) leaves in 14 days")
+        tour.heading("5. Future-dated leaver: E1132 (finance) leaves in 14 days")
         later = now + timedelta(days=14)
         _event(
-            workspace, LifecycleEvent("E1162", EventKind.TERMINATE, later, now, source="demo"), now
+            workspace, LifecycleEvent("E1132", EventKind.TERMINATE, later, now, source="demo"), now
         )
-        tour.plan_table("Plan for E1162 today", _plan_rows(workspace, "E1162", now))
+        tour.plan_table("Plan for E1132 today", _plan_rows(workspace, "E1132", now))
         rehearsal = later + timedelta(hours=1)
         with workspace.sessions() as session, session.begin():
             ticked = lifecycle_service.tick(session, workspace.config, now=rehearsal)
         tour.say(f"Tick as of {rehearsal.date()}: {dict(ticked.transitions)}")
         tour.plan_table(
-            f"Plan for E1162 on {rehearsal.date()}", _plan_rows(workspace, "E1162", rehearsal)
+            f"Plan for E1132 on {rehearsal.date()}", _plan_rows(workspace, "E1132", rehearsal)
         )
 
         tour.heading("6. Rehire: E0999, terminated in April, comes back")
@@ -557,8 +557,8 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
             for who, target, ent in [
                 ("E1002", "github", "platform-admins"),
                 ("E1010", "github", "members"),
-                ("E1163", "payroll-db", "vendor-create"),
-                ("E1162", "payroll-db", "vendor-create"),
+                ("E1133", "payroll-db", "vendor-create"),
+                ("E1132", "payroll-db", "vendor-create"),
             ]:
                 state = lifecycle_service.identity_state(session, workspace.config, who, as_of=now)
                 answer = explain(workspace.compiled, state, target, ent)
@@ -580,7 +580,7 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
         )
         tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
         tour.summary["workspace"] = str(folder)
-        tour.say(f"\nTry: provisor -w {folder} identities show E1162")
+        tour.say(f"\nTry: provisor -w {folder} identities show E1132")
     finally:
         workspace.close()
     if json_out:

@@ -126,6 +126,8 @@ def _snapshot_events(
     now: datetime,
     future_terminations: dict[str, str],
     held_terminations: dict[str, str],
+    rejected: frozenset[str],
+    unidentified: int,
 ) -> tuple[list[LifecycleEvent], int, int, list[str]]:
     events: list[LifecycleEvent] = []
     warnings: list[str] = []
@@ -192,6 +194,14 @@ def _snapshot_events(
         if len(events) == before:
             unchanged += 1
     missing = 0
+    if unidentified:
+        # A rejected row whose id could not be read may be anyone: nobody is taken for a leaver.
+        warnings.append(
+            f"{source}: {unidentified} rejected rows have no readable id, so nobody missing "
+            "from this snapshot is terminated; fix those rows and import again"
+        )
+        known = {}
+    listed |= rejected
     for identity, have in known.items():
         if (
             identity not in listed
@@ -306,6 +316,8 @@ def import_feed(
         say("checking")
         file_ids = {r.identity for r in parsed.records}
         records, ref_errors, ref_warnings, flags = _check_references(parsed, session, file_ids, now)
+        accepted_ids = {r.identity for r in records}
+        rejected = parsed.rejected_ids | (file_ids - accepted_ids)
         errors = [str(e) for e in (*parsed.errors, *ref_errors)]
         warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
         unchanged = missing = 0
@@ -320,6 +332,8 @@ def import_feed(
                 now,
                 _pending(session, EventKind.TERMINATE, "accepted", now),
                 _pending(session, EventKind.TERMINATE, "held", now),
+                rejected,
+                parsed.unidentified_rejects,
             )
             warnings += diff_warnings
         else:

@@ -148,6 +148,10 @@ class ParsedFeed:
     records: list[FeedRecord]
     errors: list[RowError]
     warnings: list[RowError]
+    # ids of rejected rows, and how many rejected rows had no readable id: a snapshot import
+    # must not take a person whose row was rejected for someone who left.
+    rejected_ids: frozenset[str] = frozenset()
+    unidentified_rejects: int = 0
 
 
 def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = None) -> ParsedFeed:
@@ -273,6 +277,8 @@ class _RowParser:
         self.warnings: list[RowError] = []
         self.first_line: dict[str, int] = {}
         self.duplicate_lines: dict[str, list[int]] = {}
+        self.rejected_ids: set[str] = set()
+        self.unidentified = 0
         self.row = self._snapshot_row if mapping.mode is FeedMode.SNAPSHOT else self._event_row
 
     # Columns ------------------------------------------------------------------------------
@@ -297,9 +303,18 @@ class _RowParser:
         self.warnings.append(RowError(self.file, line, column, reason))
 
     def error(self, line: int, column: str | None, reason: str) -> None:
+        """A row refused before its id could be read."""
         self.errors.append(RowError(self.file, line, column, reason))
+        self.unidentified += 1
 
     # Rows ---------------------------------------------------------------------------------
+
+    def _reject(self, identity: str | None, errors: list[RowError]) -> None:
+        self.errors.extend(errors)
+        if identity is None:
+            self.unidentified += 1
+        else:
+            self.rejected_ids.add(identity)
 
     def _bad(self, errors: list[RowError], line: int, name: str, reason: str) -> None:
         errors.append(RowError(self.file, line, self.column[name], reason))
@@ -381,7 +396,7 @@ class _RowParser:
         if "kind" in values:
             self._needs_owner(errors, line, values)
         if errors or identity is None:
-            self.errors.extend(errors)
+            self._reject(identity, errors)
             return
         self.records.append(_record(line, identity, None, start, status, values, None, end))
 
@@ -411,7 +426,7 @@ class _RowParser:
         if raw:
             effective = self.dates.get(raw) or self._date(errors, line, "effective", raw)
         if errors or identity is None:
-            self.errors.extend(errors)
+            self._reject(identity, errors)
             return
         if effective is not None and not self.too_old <= effective <= self.too_new:
             when = "over 5 years in the past" if effective < self.too_old else "over 2 years ahead"
@@ -431,14 +446,21 @@ class _RowParser:
                 for line in lines:
                     others = [str(other) for other in lines if other != line]
                     where = "line" if len(others) == 1 else "lines"
-                    self.error(
-                        line,
-                        self.column["id"],
-                        f"duplicate id {identity} also on {where} {', '.join(others)}",
-                    )
+                    reason = f"duplicate id {identity} also on {where} {', '.join(others)}"
+                    self.errors.append(RowError(self.file, line, self.column["id"], reason))
+                self.rejected_ids.add(identity)
         errors = sorted(self.errors, key=lambda e: e.line)
         warnings = sorted(self.warnings, key=lambda e: e.line)
-        return ParsedFeed(self.file, self.mode, self.rows_read, records, errors, warnings)
+        return ParsedFeed(
+            self.file,
+            self.mode,
+            self.rows_read,
+            records,
+            errors,
+            warnings,
+            frozenset(self.rejected_ids),
+            self.unidentified,
+        )
 
 
 def _parse_csv(text: str, parser: _RowParser) -> None:
