@@ -30,11 +30,12 @@ from provisor.domain.lifecycle import (
 )
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
+from provisor.store.db import table
 from provisor.store.models import Hold, Identity, IdentityEvent
 
 # SQLite allows 32k bound parameters; stay well below for IN lists.
 CHUNK = 900
-DEPROVISIONED = frozenset({LifecycleState.TERMINATED, LifecycleState.SUSPENDED})
+DEPROVISIONED = frozenset({LifecycleState.TERMINATED.value, LifecycleState.SUSPENDED.value})
 T = TypeVar("T")
 
 
@@ -152,13 +153,13 @@ class Outcome:
         }
 
 
-def _transition(before: str | None, after: LifecycleState | None) -> str:
-    return f"{before or 'new'}->{after.value if after is not None else 'unknown'}"
+def _transition(before: str | None, after: str | None) -> str:
+    return f"{before or 'new'}->{after or 'unknown'}"
 
 
-def _is_deprovisioning(before: str | None, after: LifecycleState | None) -> bool:
-    was = LifecycleState(before) if before else None
-    return after in DEPROVISIONED and was not in DEPROVISIONED and was is not None
+def _is_deprovisioning(before: str | None, after: str | None) -> bool:
+    """A move from a state with access (or pre-hire) to terminated or suspended."""
+    return before is not None and before not in DEPROVISIONED and after in DEPROVISIONED
 
 
 def _open_hold(session: Session, origin: str, reason: str, now: datetime) -> Hold:
@@ -226,41 +227,44 @@ def record_events(
     history = load_history(session, [i for i in ids if i in rows])
     rescind_window = window(config)
 
-    states: dict[str, IdentityState] = {}
+    columns_by_id: dict[str, dict[str, Any]] = {}
     for identity in ids:
         new = new_by_id[identity]
         state = fold(
             identity, [*history.get(identity, ()), *new], as_of=now, rescind_window=rescind_window
         )
         notes = {t.event.key: t.note for t in state.timeline if not t.applied}
-        refused = [e for e in new if e.key in notes and (strict or e.kind is EventKind.RESCIND)]
-        if refused and strict:
-            detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
-            raise LifecycleError(f"{identity}: {detail}")
-        if refused:
+        if notes:
+            refused = [e for e in new if e.key in notes and (strict or e.kind is EventKind.RESCIND)]
+            if refused and strict:
+                detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
+                raise LifecycleError(f"{identity}: {detail}")
             for event in refused:
                 outcome.warnings.append(
                     f"{identity}: {event.kind.value} refused: {notes[event.key]}"
                 )
                 del unique[event.key]
-            new_by_id[identity] = new = [e for e in new if e not in refused]
-            state = fold(
-                identity,
-                [*history.get(identity, ()), *new],
-                as_of=now,
-                rescind_window=rescind_window,
-            )
-        for event in new:
-            if event.key in notes and event.kind is not EventKind.RESCIND:
-                outcome.warnings.append(
-                    f"{identity}: {event.kind.value} effective "
-                    f"{event.effective.date().isoformat()} recorded but has no effect: "
-                    f"{notes[event.key]}"
+            if refused:
+                new_by_id[identity] = new = [e for e in new if e not in refused]
+                state = fold(
+                    identity,
+                    [*history.get(identity, ()), *new],
+                    as_of=now,
+                    rescind_window=rescind_window,
                 )
-        states[identity] = state
+            for event in new:
+                if event.key in notes and event.kind is not EventKind.RESCIND:
+                    outcome.warnings.append(
+                        f"{identity}: {event.kind.value} effective "
+                        f"{event.effective.date().isoformat()} recorded but has no effect: "
+                        f"{notes[event.key]}"
+                    )
+        columns_by_id[identity] = _columns(state, now)
 
     candidates = [
-        i for i in ids if _is_deprovisioning(rows[i].state if i in rows else None, states[i].state)
+        i
+        for i in ids
+        if _is_deprovisioning(rows[i].state if i in rows else None, columns_by_id[i]["state"])
     ]
     held_keys: set[str] = set()
     hold = _guard(session, config, candidates, origin, now, outcome) if candidates else None
@@ -273,96 +277,104 @@ def record_events(
                 ):
                     held_keys.add(event.key)
             accepted = [e for e in new_by_id[identity] if e.key not in held_keys]
-            states[identity] = fold(
+            state = fold(
                 identity,
                 [*history.get(identity, ()), *accepted],
                 as_of=now,
                 rescind_window=rescind_window,
             )
+            columns_by_id[identity] = _columns(state, now)
         outcome.held = len(held_keys)
+    outcome.recorded = len(unique) - len(held_keys)
 
-    event_rows = [
-        {
-            "key": e.key,
-            "identity": e.identity,
-            "kind": e.kind.value,
-            "effective_at": e.effective,
-            "recorded_at": e.recorded,
-            "attributes": dict(e.attributes),
-            "ref": e.ref,
-            "source": e.source,
-            "status": "held" if e.key in held_keys else "accepted",
-            "hold_id": hold.id if hold is not None and e.key in held_keys else None,
-            "import_id": import_id,
-        }
-        for e in unique.values()
-    ]
-    if event_rows:
-        session.execute(insert(IdentityEvent), event_rows)
-    outcome.recorded = len(event_rows) - len(held_keys)
-
-    entries: list[audit.Entry] = []
-    inserts: list[dict[str, Any]] = []
-    for identity in ids:
-        state = states[identity]
-        row = rows.get(identity)
-        before = row.state if row is not None else None
-        columns = _columns(state, now)
-        if flags and identity in flags:
-            columns["flags"] = flags[identity]
-        if row is None:
-            inserts.append(
-                {
-                    "external_id": identity,
-                    "feed": origin_feed(origin),
-                    "needs_plan": True,
-                    "updated_at": now,
-                    "flags": columns.pop("flags", []),
-                    **columns,
-                }
-            )
-        else:
-            for name, value in columns.items():
-                setattr(row, name, value)
-            row.needs_plan = True
-            row.updated_at = now
-        after = state.state.value if state.state is not None else None
-        if before != after:
-            outcome.transitions[_transition(before, state.state)] += 1
-        outcome.changed.append(identity)
-        for event in new_by_id[identity]:
-            entries.append(
-                audit.Entry(
-                    f"lifecycle.{event.kind.value}",
-                    identity,
+    feed = origin_feed(origin)
+    hold_id = hold.id if hold is not None else None
+    # Written in slices so a large import never holds every row, event and audit entry at once.
+    for part in chunks(ids, 2000):
+        event_rows: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        entries: list[audit.Entry] = []
+        for identity in part:
+            columns = columns_by_id.pop(identity)
+            if flags and identity in flags:
+                columns["flags"] = flags[identity]
+            row = rows.get(identity)
+            before = row.state if row is not None else None
+            after = columns["state"]
+            if row is None:
+                inserts.append(
                     {
-                        "event": event.key,
-                        "effective": event.effective.isoformat(),
-                        "attributes": dict(event.attributes),
+                        "external_id": identity,
+                        "feed": feed,
+                        "needs_plan": True,
+                        "updated_at": now,
+                        "flags": columns.pop("flags", []),
+                        **columns,
+                    }
+                )
+            else:
+                for name, value in columns.items():
+                    setattr(row, name, value)
+                row.needs_plan = True
+                row.updated_at = now
+            if before != after:
+                outcome.transitions[_transition(before, after)] += 1
+            outcome.changed.append(identity)
+            for event in new_by_id[identity]:
+                held = event.key in held_keys
+                event_rows.append(
+                    {
+                        "key": event.key,
+                        "identity": identity,
+                        "kind": event.kind.value,
+                        "effective_at": event.effective,
+                        "recorded_at": event.recorded,
+                        "attributes": event.attributes,
                         "ref": event.ref,
                         "source": event.source,
-                        "status": "held" if event.key in held_keys else "accepted",
-                        "state_before": before,
-                        "state_after": after,
+                        "status": "held" if held else "accepted",
+                        "hold_id": hold_id if held else None,
+                        "import_id": import_id,
+                    }
+                )
+                entries.append(
+                    audit.Entry(
+                        f"lifecycle.{event.kind.value}",
+                        identity,
+                        {
+                            "event": event.key,
+                            "effective": event.effective.isoformat(),
+                            "attributes": event.attributes,
+                            "ref": event.ref,
+                            "source": event.source,
+                            "status": "held" if held else "accepted",
+                            "state_before": before,
+                            "state_after": after,
+                        },
+                    )
+                )
+        if event_rows:
+            session.execute(insert(table(IdentityEvent)), event_rows)
+        if inserts:
+            session.execute(insert(table(Identity)), inserts)
+        audit.append(session, entries, at=now)
+    if hold is not None:
+        audit.append(
+            session,
+            [
+                audit.Entry(
+                    "hold.created",
+                    f"hold {hold.id}",
+                    {
+                        "origin": origin,
+                        "reason": hold.reason,
+                        "identities": candidates,
+                        "events": sorted(held_keys),
                     },
                 )
-            )
-    if inserts:
-        session.execute(insert(Identity), inserts)
-    if hold is not None:
-        entries.append(
-            audit.Entry(
-                "hold.created",
-                f"hold {hold.id}",
-                {
-                    "origin": origin,
-                    "reason": hold.reason,
-                    "identities": candidates,
-                    "events": sorted(held_keys),
-                },
-            )
+            ],
+            at=now,
         )
-    audit.append(session, entries, at=now)
     session.flush()
     return outcome
 

@@ -24,6 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from provisor.domain.lifecycle import canonical_json
+from provisor.store.db import table
 from provisor.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -100,7 +101,7 @@ def append(
         )
         prev = digest
     if rows:
-        session.execute(insert(AuditEvent), rows)
+        session.execute(insert(table(AuditEvent)), rows)
         head.seq, head.hash = seq, prev
         session.flush()
     return prev
