@@ -450,7 +450,7 @@ def approve(
             )
     finally:
         workspace.close()
-    data = {"hold": hold, "approved": not reject, **outcome.as_dict()}
+    data = {**outcome.as_dict(), "hold": hold, "approved": not reject}
     if json_out:
         _print_json(data)
         return

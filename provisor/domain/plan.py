@@ -67,6 +67,9 @@ class PlannedOperation:
     entitlement: str | None
     reason: str
     not_before: datetime | None = None
+    # True when ``not_before`` counts from the planning time rather than a fixed date, so the
+    # journal keeps the first one planned instead of moving it on every re-plan.
+    grace_from_now: bool = False
 
     @property
     def step(self) -> int:
@@ -88,6 +91,7 @@ def _removal(
     identity: str,
     why: str,
     delete_from: datetime,
+    from_now: bool,
 ) -> list[PlannedOperation]:
     """Everything to take an account away, in order, per the target's leaver action."""
     ops: list[PlannedOperation] = []
@@ -108,7 +112,14 @@ def _removal(
         delete_why = f"{why}; delete after {target.grace_days} grace days"
         ops.append(
             PlannedOperation(
-                identity, target.name, account, OpKind.DELETE, None, delete_why, not_before
+                identity,
+                target.name,
+                account,
+                OpKind.DELETE,
+                None,
+                delete_why,
+                not_before,
+                from_now,
             )
         )
     return ops
@@ -131,7 +142,8 @@ def plan_identity(
         want = desired.targets.get(name)
         have = by_target.get(name, [])
         if want is None:
-            if state.state is LifecycleState.TERMINATED and state.terminated_at is not None:
+            from_now = state.state is not LifecycleState.TERMINATED or state.terminated_at is None
+            if not from_now and state.terminated_at is not None:
                 when = state.terminated_at
                 why = (
                     f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"
@@ -140,7 +152,7 @@ def plan_identity(
                 when = state.as_of
                 why = f"no longer granted ({desired.note or 'no rule, role or exception'})"
             for leftover in have:
-                ops.extend(_removal(target, leftover, who, why, when))
+                ops.extend(_removal(target, leftover, who, why, when, from_now))
             continue
         granted = _reasons(want.account_reasons)
         if not have:
@@ -157,7 +169,7 @@ def plan_identity(
         primary, *extra = sorted(have, key=lambda a: a.account)
         for duplicate in extra:
             why = f"second account for {who} in {name}; {primary.account} is kept"
-            ops.extend(_removal(target, duplicate, who, why, state.as_of))
+            ops.extend(_removal(target, duplicate, who, why, state.as_of, True))
         kept = primary.account
         if want.enabled and not primary.enabled:
             ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))

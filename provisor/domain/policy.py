@@ -59,6 +59,28 @@ class SecretRef(_Model):
         return self
 
 
+def _references_only(value: Any, where: str) -> Any:
+    """Turn ``{env: X}`` / ``{secret: X}`` into ``SecretRef`` at any depth; refuse a credential
+    setting written in plain text."""
+    if isinstance(value, Mapping):
+        if value and set(value) <= {"env", "secret"}:
+            return SecretRef.model_validate(value)
+        checked: dict[str, Any] = {}
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            plain = not isinstance(item, Mapping | None) and item != ""
+            if plain and SECRET_SETTING.search(str(key)):
+                raise ValueError(
+                    f"connection setting '{path}' is a credential written in plain text; "
+                    f"use {{env: VARIABLE}} or {{secret: NAME}} instead"
+                )
+            checked[key] = _references_only(item, path)
+        return checked
+    if isinstance(value, list):
+        return [_references_only(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
 class EntitlementDef(_Model):
     name: Name
     description: str = ""
@@ -82,17 +104,7 @@ class TargetDef(_Model):
     @field_validator("connection")
     @classmethod
     def _no_inline_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = {}
-        for key, item in value.items():
-            if isinstance(item, Mapping) and set(item) <= {"env", "secret"} and item:
-                checked[key] = SecretRef.model_validate(item)
-            elif SECRET_SETTING.search(key) and item not in (None, ""):
-                raise ValueError(
-                    f"connection setting '{key}' is a credential written in plain text; "
-                    f"use {{env: VARIABLE}} or {{secret: NAME}} instead"
-                )
-            else:
-                checked[key] = item
+        checked: dict[str, Any] = _references_only(value, "")
         return checked
 
     @cached_property

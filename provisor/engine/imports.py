@@ -114,7 +114,12 @@ def _pending(session: Any, kind: EventKind, status: str, now: datetime) -> dict[
         IdentityEvent.kind == kind.value, IdentityEvent.status == status
     )
     if status == "accepted":
-        query = query.where(IdentityEvent.effective_at > now)
+        rescinded = select(IdentityEvent.ref).where(
+            IdentityEvent.kind == EventKind.RESCIND.value,
+            IdentityEvent.status == "accepted",
+            IdentityEvent.ref.is_not(None),
+        )
+        query = query.where(IdentityEvent.effective_at > now, IdentityEvent.key.not_in(rescinded))
     return {identity: key for identity, key in session.execute(query)}
 
 

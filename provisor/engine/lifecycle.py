@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import WorkspaceConfig
@@ -30,7 +30,7 @@ from provisor.domain.lifecycle import (
 )
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
-from provisor.store.db import table
+from provisor.store.db import bulk_insert
 from provisor.store.models import Hold, Identity, IdentityEvent
 
 # SQLite allows 32k bound parameters; stay well below for IN lists.
@@ -354,9 +354,9 @@ def record_events(
                     )
                 )
         if event_rows:
-            session.execute(insert(table(IdentityEvent)), event_rows)
+            bulk_insert(session, IdentityEvent, event_rows)
         if inserts:
-            session.execute(insert(table(Identity)), inserts)
+            bulk_insert(session, Identity, inserts)
         audit.append(session, entries, at=now)
     if hold is not None:
         audit.append(

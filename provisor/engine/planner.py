@@ -181,9 +181,14 @@ def sync_journal(
     for op in ops:
         existing = pending.pop(op.match_key, None)
         if existing is not None:
-            if existing.not_before != op.not_before or existing.reason != op.reason:
+            # A grace period counted from "now" started when the removal was first planned;
+            # one counted from a termination date follows that date if HR corrects it.
+            not_before = op.not_before
+            if op.grace_from_now and existing.not_before is not None:
+                not_before = existing.not_before
+            if existing.not_before != not_before or existing.reason != op.reason:
                 existing.not_before, existing.reason, existing.updated_at = (
-                    op.not_before,
+                    not_before,
                     op.reason,
                     now,
                 )

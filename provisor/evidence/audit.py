@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisor.domain.lifecycle import canonical_json
-from provisor.store.db import table
+from provisor.store.db import bulk_insert
 from provisor.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -101,7 +101,7 @@ def append(
         )
         prev = digest
     if rows:
-        session.execute(insert(table(AuditEvent)), rows)
+        bulk_insert(session, AuditEvent, rows)
         head.seq, head.hash = seq, prev
         session.flush()
     return prev

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import JSON, Engine, Table, create_engine, event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.errors import WorkspaceError
+from provisor.store.models import UTCDateTime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DATABASE_FILE = "provisor.db"
@@ -58,9 +61,82 @@ def make_engine(url: str) -> Engine:
 
 
 def table(model: type[Any]) -> Table:
-    """The Core table of a model, for executemany inserts without ORM bookkeeping."""
+    """The Core table of a model."""
     mapped: Table = model.__table__
     return mapped
+
+
+def _converter(column_type: Any, sqlite: bool) -> Callable[[Any], Any] | None:
+    """Value conversion for one column; conversions are memoised (a bulk insert repeats the
+    same few timestamps and empty lists over and over)."""
+    if isinstance(column_type, JSON):
+        empty: dict[str, str] = {"[]": "[]", "{}": "{}"}
+
+        def to_json(value: Any) -> Any:
+            if value is None:
+                return None
+            if not value and isinstance(value, list | dict):
+                return empty["[]" if isinstance(value, list) else "{}"]
+            return _json(value)
+
+        return to_json
+    if isinstance(column_type, UTCDateTime):
+        seen: dict[datetime, Any] = {}
+
+        def to_time(value: datetime | None) -> Any:
+            if value is None:
+                return None
+            found = seen.get(value)
+            if found is None:
+                naive = value.astimezone(UTC).replace(tzinfo=None)
+                # SQLAlchemy's own storage format for DATETIME on SQLite
+                found = naive.isoformat(sep=" ", timespec="microseconds") if sqlite else naive
+                seen[value] = found
+            return found
+
+        return to_time
+    return None
+
+
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def bulk_insert(session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert many rows of ``model`` in one executemany.
+
+    Values are converted here, column by column, instead of by SQLAlchemy row by row: imports
+    write hundreds of thousands of rows and the per-value processing would dominate. Every row
+    must carry the same keys.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    mark = _MARKS.get(dialect.paramstyle)
+    mapped = table(model)
+    if mark is None:
+        session.execute(insert(mapped), list(rows))
+        return
+    names = list(rows[0])
+    sqlite = dialect.name == "sqlite"
+    converters = [
+        (i, convert)
+        for i, name in enumerate(names)
+        if (convert := _converter(mapped.c[name].type, sqlite)) is not None
+    ]
+    quote = dialect.identifier_preparer.quote
+    statement = (
+        f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({', '.join(mark for _ in names)})"
+    )
+    pick = itemgetter(*names)
+    params: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = list(pick(row)) if len(names) > 1 else [row[names[0]]]
+        for i, convert in converters:
+            values[i] = convert(values[i])
+        params.append(tuple(values))
+    connection.exec_driver_sql(statement, params)
 
 
 def _alembic_config(engine: Engine) -> Config:
