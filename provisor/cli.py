@@ -128,7 +128,7 @@ def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[An
 @contextmanager
 def _stages(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
     """A progress bar over the named stages of a long operation (stderr, people only)."""
-    if not enabled:
+    if not enabled or not err.is_terminal:
         yield lambda _stage: None
         return
     with Progress(

@@ -21,6 +21,7 @@ from provisor.config.policy_files import LoadedPolicy, load_policy
 from provisor.config.workspace import WorkspaceConfig, load_config
 from provisor.domain.desired import CompiledPolicy, compile_policy
 from provisor.domain.lifecycle import canonical_json
+from provisor.errors import WorkspaceError
 from provisor.evidence import audit
 from provisor.store import db
 from provisor.store.models import PolicyVersion
@@ -49,7 +50,12 @@ class Workspace:
     def open(cls, path: Path | None = None, *, check: bool = True) -> Workspace:
         folder = workspace_path(path).resolve()
         config = load_config(folder)
-        engine = db.make_engine(db.database_url(folder))
+        url = db.database_url(folder)
+        if check and url == db.default_url(folder) and not (folder / db.DATABASE_FILE).exists():
+            raise WorkspaceError(
+                f"no Provisor workspace database in {folder}; run 'provisor init' first"
+            )
+        engine = db.make_engine(url)
         if check:
             db.check_schema(engine)
         return cls(folder, config, engine, db.session_factory(engine))

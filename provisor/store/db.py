@@ -34,8 +34,11 @@ DATABASE_FILE = "provisor.db"
 def database_url(workspace: Path) -> str:
     """The database of ``workspace``: ``PROVISOR_DATABASE_URL`` if set, else its SQLite file."""
     configured = os.environ.get("PROVISOR_DATABASE_URL")
-    if configured:
-        return configured
+    return configured or default_url(workspace)
+
+
+def default_url(workspace: Path) -> str:
+    """The embedded default: an SQLite file in the workspace folder."""
     return f"sqlite:///{(workspace / DATABASE_FILE).resolve()}"
 
 

@@ -1,0 +1,318 @@
+"""The command line through its real entry point: happy paths and every error path."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DATA
+
+FEEDS = DATA / "feeds"
+
+CONFIG = """\
+feeds:
+  hr: {mode: snapshot}
+  events: {mode: events}
+guard: {max_share: 0.10, max_count: 50, min_count: 5}
+"""
+
+
+@pytest.fixture
+def ws(workspace: Path) -> Path:
+    (workspace / "provisor.yaml").write_text(CONFIG, encoding="utf-8")
+    return workspace
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+PEOPLE = """\
+id,name,email,department,employment_type,manager,start_date,end_date,status
+E1,Ann Head,ann@example.com,Engineering,employee,,2020-01-01,,active
+E2,Bob Dev,bob@example.com,Engineering,employee,E1,2021-01-01,,active
+E3,Cy Sales,cy@example.com,Sales,contractor,E1,2022-01-01,,leave
+E4,Di Future,di@example.com,Sales,employee,E1,2022-01-01,2030-01-31,active
+"""
+
+
+def test_help_lists_verbs_and_every_command_has_an_example(cli: Any) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for verb in (
+        "init",
+        "import",
+        "event",
+        "tick",
+        "holds",
+        "approve",
+        "plan",
+        "explain",
+        "identities",
+        "audit",
+        "demo",
+        "observe",
+        "policy",
+    ):
+        assert verb in result.out
+    for command in (
+        ["init"],
+        ["import"],
+        ["event"],
+        ["tick"],
+        ["holds"],
+        ["approve"],
+        ["plan"],
+        ["explain"],
+        ["observe"],
+        ["demo"],
+        ["identities", "list"],
+        ["identities", "show"],
+        ["audit", "verify"],
+        ["audit", "export"],
+        ["policy", "check"],
+    ):
+        shown = cli(*command, "--help")
+        assert shown.code == 0, command
+        assert "Example:" in shown.out, command
+
+
+def test_before_init_says_what_to_do(cli: Any, tmp_path: Path) -> None:
+    result = cli("-w", str(tmp_path / "nowhere"), "identities")
+    assert result.code == 7
+    assert result.err.strip().endswith("run 'provisor init' first")
+    assert "Traceback" not in result.err
+
+
+def test_init_is_idempotent(cli: Any, ws: Path) -> None:
+    again = cli("init", "--json").json()
+    assert again["schema_before"] == again["schema"] and again["written"] == []
+
+
+def test_snapshot_import_reimport_and_identities(cli: Any, ws: Path) -> None:
+    feed = write(ws / "people.csv", PEOPLE)
+    first = cli("import", str(feed), "--json")
+    assert first.code == 0, first.err
+    data = first.json()
+    assert data["rows_accepted"] == 4 and data["events"] == {"hire": 4, "leave": 1, "terminate": 1}
+    again = cli("import", str(feed), "--json").json()
+    assert again["events"] == {} and again["unchanged"] == 4
+    listed = {r["id"]: r for r in cli("identities", "list", "--json").json()}
+    assert listed["E3"]["state"] == "leave"
+    assert listed["E4"]["next_change"].startswith("2030-01-31")
+    table = cli("identities")
+    assert "Ann Head" in table.out
+
+
+def test_snapshot_moves_and_missing_people(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    changed = PEOPLE.replace(
+        "E2,Bob Dev,bob@example.com,Engineering", "E2,Bob Dev,bob@example.com,Sales"
+    ).replace(
+        "E3,Cy Sales,cy@example.com,Sales,contractor,E1,2022-01-01,,leave",
+        "E3,Cy Sales,cy@example.com,Sales,employee,E1,2022-01-01,,active",
+    )
+    without_e1 = "\n".join(line for line in changed.splitlines() if not line.startswith("E1,"))
+    data = cli("import", str(write(ws / "people2.csv", without_e1 + "\n")), "--json").json()
+    assert data["events"] == {"move": 1, "convert": 1, "return": 1, "terminate": 1}
+    assert data["missing_from_snapshot"] == 1
+    shown = cli("identities", "show", "E1", "--json").json()
+    assert shown["state"] == "terminated"
+    assert shown["timeline"][-1]["source"].endswith("missing from snapshot")
+
+
+def test_bad_rows_are_reported_and_good_rows_apply(cli: Any, ws: Path) -> None:
+    result = cli("import", str(FEEDS / "bad-rows.csv"))
+    assert result.code == 10
+    assert "bad-rows.csv:3 start_date: invalid date '2020-13-45'" in result.err
+    assert "bad-rows.csv:4 email: invalid email" in result.err
+    ids = {r["id"] for r in cli("identities", "list", "--json").json()}
+    assert {"E001"} <= ids and "E002" not in ids
+
+
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("missing-columns.csv", "missing-columns.csv"),
+        ("empty.csv", "would terminate everyone"),
+        ("header-only.csv", "would terminate everyone"),
+        ("not-utf8.csv", "not valid UTF-8"),
+    ],
+)
+def test_refused_files_exit_4_with_one_line(cli: Any, ws: Path, name: str, needle: str) -> None:
+    result = cli("import", str(FEEDS / name))
+    assert result.code == 4
+    assert needle in result.err
+    assert result.err.startswith("error: ") and "Traceback" not in result.err
+
+
+def test_empty_events_file_is_nothing_to_do(cli: Any, ws: Path) -> None:
+    result = cli("import", str(FEEDS / "empty.csv"), "--feed", "events", "--json")
+    assert result.code == 0 and result.json()["events"] == {}
+
+
+def test_duplicate_ids_and_unknown_manager(cli: Any, ws: Path) -> None:
+    dup = cli("import", str(FEEDS / "duplicate-ids.csv"), "--json")
+    assert dup.code == 10
+    data = dup.json()
+    assert sum("duplicate id E100" in e for e in data["errors"]) == 2
+    assert data["rows_accepted"] == 3
+    manager = cli("import", str(FEEDS / "unknown-manager.csv"), "--json")
+    assert manager.code == 0
+    assert any("manager E999 is unknown" in w for w in manager.json()["warnings"])
+    flags = {r["id"]: r["flags"] for r in cli("identities", "list", "--json").json()}
+    assert flags["E003"] == ["unknown manager E999"]
+
+
+def test_events_feed_and_reimport(cli: Any, ws: Path) -> None:
+    first = cli("import", str(FEEDS / "events-good.csv"), "--feed", "events", "--json")
+    assert first.code == 0, first.err
+    again = cli("import", str(FEEDS / "events-good.csv"), "--feed", "events", "--json").json()
+    assert again["recorded"] == 0 and again["duplicates"] == first.json()["recorded"]
+
+
+def test_event_tick_and_rescind(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    future = cli("event", "terminate", "E2", "--effective", "2030-06-01", "--json").json()
+    assert future["state"] == "active"
+    ticked = cli("--now", "2030-06-02", "tick", "--json").json()
+    assert ticked["transitions"] == {"active->terminated": 2}  # E2 and E4 (2030-01-31)
+    rescind = cli("--now", "2030-06-03", "event", "rescind", "E2", "--json")
+    assert rescind.code == 0, rescind.err
+    assert rescind.json()["state"] == "active"
+
+
+def test_impossible_event_is_refused(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    result = cli("event", "return", "E1")
+    assert result.code == 6
+    assert result.err.strip() == "error: E1: return: return is not possible from state active"
+    bad = cli("event", "move", "E1", "--set", "department")
+    assert bad.code == 2 and "NAME=VALUE" in bad.err
+
+
+def test_mass_change_guard_holds_and_partial_approval(cli: Any, ws: Path) -> None:
+    rows = ["id,name,email,department,employment_type"]
+    rows += [f"P{i:02d},Person {i},p{i}@example.com,Ops,employee" for i in range(20)]
+    cli("import", str(write(ws / "all.csv", "\n".join(rows) + "\n")))
+    kept = [rows[0], *rows[7:]]  # P00..P05 missing: 6 of 20 leave at once
+    data = cli("import", str(write(ws / "fewer.csv", "\n".join(kept) + "\n")), "--json").json()
+    assert data["held"] == 6 and data["hold"] == 1
+    holds = cli("holds", "--json").json()
+    assert holds[0]["identities"] == [f"P{i:02d}" for i in range(6)]
+    approved = cli("approve", "1", "--only", "P00,P01", "--json").json()
+    assert approved["hold"] == 1 and approved["transitions"] == {"active->terminated": 2}
+    states = {r["id"]: r["state"] for r in cli("identities", "list", "--json").json()}
+    assert states["P00"] == "terminated" and states["P02"] == "active"
+    unknown = cli("approve", "1", "--only", "P19")
+    assert unknown.code == 5 and "holds nothing for: P19" in unknown.err
+    rejected = cli("approve", "1", "--reject", "--json").json()
+    assert rejected["approved"] is False
+    assert cli("holds", "--json").json() == []
+    # A rejected change comes back when the next feed says it again; four leavers are under
+    # the guard's minimum, so this time they apply.
+    again = cli("import", str(ws / "fewer.csv"), "--json").json()
+    assert again["held"] == 0 and again["transitions"] == {"active->terminated": 4}
+
+
+def test_plan_explain_and_observe(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    plan = cli("plan", "--json").json()
+    assert {(o["identity"], o["operation"]) for o in plan["operations"]} >= {
+        ("E1", "create"),
+        ("E2", "add-entitlement"),
+    }
+    export = write(
+        ws / "directory.csv",
+        "account,email,enabled,entitlements,sessions\n"
+        "ann,ann@example.com,true,all-staff;engineering,2\n"
+        "bob,bob@example.com,true,all-staff;engineering,0\n"
+        "ghost,ghost@example.com,true,all-staff,\n",
+    )
+    observed = cli("observe", "directory", str(export), "--json").json()
+    assert observed["linked"] == 2 and observed["unlinked"] == 1
+    cli("event", "terminate", "E2")
+    leaver = cli("plan", "--identity", "E2", "--json").json()["operations"]
+    assert [(o["operation"], o["entitlement"]) for o in leaver] == [
+        ("disable", None),
+        ("remove-entitlement", "all-staff"),
+        ("remove-entitlement", "engineering"),
+    ]
+    why = cli("explain", "E1", "directory:engineering", "--json").json()
+    assert why["granted"] and why["reasons"] == ["rule engineers"]
+    why_not = cli("explain", "E3", "directory:engineering", "--json").json()
+    assert not why_not["granted"]
+    assert why_not["why_not"] == [
+        "rule engineers does not match: department is 'Sales', wanted 'Engineering'"
+    ]
+    everything = cli("explain", "E1", "--json").json()
+    assert set(everything["targets"]["directory"]["entitlements"]) == {"all-staff", "engineering"}
+    assert cli("explain", "E404").code == 5
+    assert cli("explain", "E1", "nosuch:thing").code == 5
+
+
+def test_identities_show_bitemporal(cli: Any, ws: Path) -> None:
+    cli("--now", "2026-01-10", "import", str(write(ws / "people.csv", PEOPLE)))
+    cli("--now", "2026-02-20", "event", "terminate", "E2", "--effective", "2026-02-01")
+    then = cli(
+        "identities", "show", "E2", "--as-of", "2026-02-10", "--known-at", "2026-02-15", "--json"
+    ).json()
+    now = cli("identities", "show", "E2", "--as-of", "2026-02-10", "--json").json()
+    assert then["state"] == "active" and now["state"] == "terminated"
+    text = cli("identities", "show", "E2")
+    assert "Timeline" in text.out and "terminate" in text.out
+
+
+def test_audit_verify_tamper_and_export(cli: Any, ws: Path, tmp_path: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    ok = cli("audit", "verify", "--json").json()
+    assert ok["ok"] and ok["events"] > 4
+    exported = tmp_path / "audit.csv"
+    assert cli("audit", "export", "--format", "csv", "-o", str(exported)).code == 0
+    assert exported.read_text().splitlines()[0].startswith("seq,at,actor,action")
+    jsonl = cli("audit", "export", "--since", "2000-01-01")
+    assert jsonl.out.count("\n") == ok["events"]
+    with sqlite3.connect(ws / "provisor.db") as db:
+        (seq,) = db.execute(
+            "select seq from audit_events where action = 'lifecycle.hire' and subject = 'E1'"
+        ).fetchone()
+        db.execute(
+            "update audit_events set data = replace(data, 'Ann', 'Eve') where seq = ?", (seq,)
+        )
+    bad = cli("audit", "verify")
+    assert bad.code == 8 and f"event {seq} (lifecycle.hire E1) was edited" in bad.err
+
+
+def test_policy_errors_name_file_and_line(cli: Any, ws: Path) -> None:
+    policy = ws / "policy" / "policy.yaml"
+    policy.write_text(
+        policy.read_text().replace(
+            "target: directory\n        entitlements: [engineering]", "target: nosuch"
+        )
+    )
+    result = cli("policy", "check")
+    assert result.code == 3
+    assert "policy.yaml:" in result.err and "unknown target 'nosuch'" in result.err
+    assert cli("plan").code == 3
+
+
+def test_bad_config_names_the_field(cli: Any, ws: Path) -> None:
+    (ws / "provisor.yaml").write_text("guard: {max_share: 2}\n")
+    result = cli("identities")
+    assert result.code == 2 and "guard.max_share" in result.err
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "provisor"
+    result = subprocess.run(
+        [str(script), "-w", str(tmp_path), "plan"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 7
+    assert result.stderr.startswith(f"error: no Provisor workspace database in {tmp_path}")
+    assert "Traceback" not in result.stderr
