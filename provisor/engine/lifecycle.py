@@ -261,6 +261,15 @@ def record_events(
                     )
         columns_by_id[identity] = _columns(state, now)
 
+    for identity, why in _ownerless(session, columns_by_id).items():
+        if strict:
+            raise LifecycleError(f"{identity}: {why}")
+        outcome.warnings.append(f"{identity}: refused: {why}")
+        for event in new_by_id.pop(identity):
+            del unique[event.key]
+        del columns_by_id[identity]
+        ids.remove(identity)
+
     candidates = [
         i
         for i in ids
@@ -377,6 +386,32 @@ def record_events(
         )
     session.flush()
     return outcome
+
+
+def _ownerless(session: Session, columns_by_id: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Non-human identities (service accounts, API keys, bots) without an accountable human
+    owner, with the reason; these changes are not recorded."""
+    wanted = {
+        identity: columns["owner"]
+        for identity, columns in columns_by_id.items()
+        if columns["kind"] != "human" and columns["state"] != LifecycleState.TERMINATED
+    }
+    if not wanted:
+        return {}
+    kinds = {i: c["kind"] for i, c in columns_by_id.items()}
+    missing = sorted({o for o in wanted.values() if o and o not in kinds})
+    for part in chunks(missing):
+        query = select(Identity.external_id, Identity.kind).where(Identity.external_id.in_(part))
+        kinds.update((i, k) for i, k in session.execute(query))
+    problems: dict[str, str] = {}
+    for identity, owner in wanted.items():
+        kind = columns_by_id[identity]["kind"]
+        if not owner:
+            problems[identity] = f"a {kind} needs an accountable owner (--set owner=PERSON-ID)"
+        elif kinds.get(owner) != "human":
+            what = "unknown" if owner not in kinds else f"a {kinds[owner]}, not a person"
+            problems[identity] = f"owner {owner} of this {kind} is {what}"
+    return problems
 
 
 def origin_feed(origin: str) -> str | None:
