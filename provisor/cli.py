@@ -18,7 +18,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -532,6 +540,62 @@ def plan(
         f"{len(rows)} operations ({synced.added} new in the journal, "
         f"{synced.cancelled} superseded ones cancelled)."
     )
+
+
+@app.command("apply")
+def apply_command(
+    target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
+    identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the journal's pending operations now; each ends verified only after a read-back.
+
+    Failures are retried with backoff; after the last attempt an operation is parked as
+    failed and listed. Running it again writes nothing when targets already match.
+
+    Example:  provisor plan && provisor apply --target github
+    """
+    from provisor.engine.runner import Runner
+
+    workspace = _open()
+    runner = Runner(workspace)
+    try:
+        if json_out or not err.is_terminal:
+            report = runner.apply(now=_now, target=target, identity=identity)
+        else:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("applying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
+                task = progress.add_task("apply", total=None)
+                report = runner.apply(
+                    now=_now,
+                    target=target,
+                    identity=identity,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+    finally:
+        runner.close()
+        workspace.close()
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        out.print(
+            f"Applied: {report.verified} verified, {report.unverifiable} unverifiable, "
+            f"{report.retrying} to retry, {report.failed} failed, {report.waiting} waiting "
+            f"({report.writes} writes)."
+        )
+        for where, count in sorted(report.no_connector.items()):
+            out.print(f"  {where}: {count} operations wait: no connector for this target class")
+        for line in report.errors:
+            err.print(f"failed: {line}", markup=False)
+    if report.failed:
+        raise typer.Exit(11)
 
 
 @app.command("explain")

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -189,3 +190,46 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+# --- SCIM 2.0: the scim2-server package -----------------------------------------------------
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"{what} did not listen on port {port}")
+
+
+@pytest.fixture(scope="session")
+def scim_server() -> Iterator[str]:
+    """A real SCIM 2.0 server (``scim2-server``, in memory) on a free loopback port, with a
+    tenant created on first use of each path, so every test gets an empty server."""
+    port = _free_port()
+    server = Path(sys.executable).parent / "scim2-server"
+    process = subprocess.Popen(
+        [str(server), "--hostname", "127.0.0.1", "--port", str(port), "--dynamic-tenants"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, process, "scim2-server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def scim_url(scim_server: str) -> str:
+    """Base URL of an empty SCIM service (its own tenant on the shared server)."""
+    return f"{scim_server}/t{uuid.uuid4().hex[:10]}/v2"

@@ -219,10 +219,16 @@ class Operation(Base):
     entitlement: Mapped[str | None] = mapped_column(String(256))
     step: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
-    # pending -> running -> succeeded -> verified; or failed / cancelled.
+    # pending -> running -> verified (read back as intended); or failed (parked after the last
+    # attempt, or refused), cancelled (superseded by a newer plan), unverifiable (the target
+    # cannot show whether it happened, e.g. sessions on a target without a session API).
     status: Mapped[str] = mapped_column(String(16), default="pending")
     not_before: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # what the read-back found when the operation was checked
+    observed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    verified_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -1,0 +1,115 @@
+"""The connector protocol: the one seam between Provisor and a target application.
+
+Does: define what every connector offers — its capabilities, finding, reading and listing
+accounts, creating them, enabling/disabling, adding and removing entitlements, revoking
+sessions, deleting — the plain records it returns, and the one error family the engine
+understands: retryable (try again later, maybe after ``retry_after`` seconds) or permanent.
+Does not: know about policy, identities' lifecycle or the journal; a connector changes one
+account at a time and reads it back when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from provisor.errors import ProvisorError
+
+
+class Capability(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DISABLE = "disable"
+    DELETE = "delete"
+    ENTITLEMENTS = "entitlements"
+    SESSIONS = "sessions"
+    READ = "read"
+    LIST = "list"
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    """What a new account should look like, from the identity's attributes."""
+
+    identity: str
+    user_name: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """An account as read from the target, now."""
+
+    account: str  # the target's own id for the account
+    user_name: str
+    enabled: bool
+    entitlements: frozenset[str]
+    external_id: str | None = None
+    sessions: int | None = None  # None: the target cannot tell
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ConnectorError(ProvisorError):
+    """A target refused or failed an operation."""
+
+
+class RetryableError(ConnectorError):
+    """Worth trying again: server errors, rate limits, timeouts, refused connections."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ConnectorError):
+    """Trying again will not help (validation errors, forbidden, conflicts not resolvable)."""
+
+
+class NotFound(PermanentError):
+    """The account or group does not exist in the target."""
+
+
+class Conflict(PermanentError):
+    """A uniqueness conflict: an account with that name already exists."""
+
+
+class Unsupported(PermanentError):
+    """The target cannot do this at all (e.g. no way to list or revoke sessions)."""
+
+
+class Connector(Protocol):
+    """What the engine needs from a target. Methods raise ``ConnectorError`` subclasses."""
+
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    def find(self, spec: AccountSpec) -> AccountRecord | None:
+        """The existing account that correlates with ``spec`` (by user name or external id)."""
+        ...
+
+    def read(self, account: str) -> AccountRecord | None:
+        """The account as it is now, or None when it does not exist."""
+        ...
+
+    def list_accounts(self) -> Iterator[AccountRecord]:
+        """Every account, walking all pages."""
+        ...
+
+    def create(self, spec: AccountSpec) -> str:
+        """Create the account; returns the target's id for it."""
+        ...
+
+    def set_enabled(self, account: str, enabled: bool) -> None: ...
+
+    def add_entitlement(self, account: str, entitlement: str) -> None: ...
+
+    def remove_entitlement(self, account: str, entitlement: str) -> None: ...
+
+    def revoke_sessions(self, account: str) -> None: ...
+
+    def delete(self, account: str) -> None:
+        """Delete the account; an account already gone is not an error."""
+        ...
+
+    def close(self) -> None: ...

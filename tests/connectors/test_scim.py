@@ -1,0 +1,109 @@
+"""The SCIM connector against a real SCIM 2.0 server (the ``scim2-server`` package)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from email.utils import format_datetime
+from datetime import UTC, datetime, timedelta
+
+import httpx2
+import pytest
+
+from provisor.connectors import scim as scim_module
+from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
+from provisor.connectors.scim import ScimConnector, retry_after
+
+
+def make_group(url: str, name: str) -> str:
+    response = httpx2.post(
+        f"{url}/Groups",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@pytest.fixture
+def scim(scim_url: str) -> Iterator[ScimConnector]:
+    make_group(scim_url, "engineering")
+    make_group(scim_url, "admins")
+    connector = ScimConnector("app", {"url": scim_url})
+    yield connector
+    connector.close()
+
+
+def spec(identity: str = "E1", user: str = "ann@example.com") -> AccountSpec:
+    return AccountSpec(identity, user, {"name": "Ann Example", "email": user})
+
+
+def test_user_lifecycle_with_groups(scim: ScimConnector) -> None:
+    account = scim.create(spec())
+    record = scim.read(account)
+    assert record is not None and record.enabled and record.entitlements == frozenset()
+    assert record.external_id == "E1" and record.user_name == "ann@example.com"
+    scim.add_entitlement(account, "engineering")
+    scim.add_entitlement(account, "admins")
+    assert scim.read(account).entitlements == {"engineering", "admins"}  # type: ignore[union-attr]
+    scim.remove_entitlement(account, "admins")
+    scim.set_enabled(account, False)
+    record = scim.read(account)
+    assert record is not None and not record.enabled and record.entitlements == {"engineering"}
+    found = scim.find(spec())
+    assert found is not None and found.account == account
+    scim.delete(account)
+    assert scim.read(account) is None
+    scim.delete(account)  # already gone is not an error
+
+
+def test_uniqueness_conflict_and_unknown_group(scim: ScimConnector) -> None:
+    scim.create(spec())
+    with pytest.raises(Conflict):
+        scim.create(spec("E2"))
+    account = scim.create(spec("E3", "cy@example.com"))
+    with pytest.raises(PermanentError, match="group 'nosuch' does not exist"):
+        scim.add_entitlement(account, "nosuch")
+
+
+def test_put_fallback_when_patch_is_off(scim_url: str) -> None:
+    make_group(scim_url, "engineering")
+    connector = ScimConnector("app", {"url": scim_url, "patch": False})
+    try:
+        account = connector.create(spec())
+        connector.add_entitlement(account, "engineering")
+        connector.set_enabled(account, False)
+        record = connector.read(account)
+        assert record is not None and not record.enabled
+        assert record.entitlements == {"engineering"}
+        connector.remove_entitlement(account, "engineering")
+        assert connector.read(account).entitlements == frozenset()  # type: ignore[union-attr]
+    finally:
+        connector.close()
+
+
+def test_list_walks_every_page(scim: ScimConnector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scim_module, "PAGE", 40)
+    accounts = [scim.create(spec(f"E{i}", f"user{i}@example.com")) for i in range(130)]
+    scim.add_entitlement(accounts[7], "engineering")
+    listed = {r.account: r for r in scim.list_accounts()}
+    assert set(listed) == set(accounts)
+    assert listed[accounts[7]].entitlements == {"engineering"}
+
+
+def test_refused_connection_is_retryable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    connector = ScimConnector("down", {"url": f"http://127.0.0.1:{port}/v2", "timeout": 2})
+    with pytest.raises(RetryableError, match="down: discovery"):
+        connector.read("x")
+    connector.close()
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert retry_after("7") == 7.0
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
+    assert retry_after("not a date") is None
+    assert retry_after(None) is None
