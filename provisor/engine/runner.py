@@ -87,6 +87,13 @@ def _user_name(target: TargetDef, identity: models.Identity) -> str:
     return str(value) if value else identity.external_id
 
 
+def _clash(op: models.Operation, spec: AccountSpec, owner: str | None) -> str:
+    return (
+        f"{op.target}: an account named {spec.user_name} already exists and belongs to "
+        f"{owner or 'someone unknown'}, not {op.identity}; resolve the clash in the target"
+    )
+
+
 class _Mismatch(PermanentError):
     """The write was accepted but the read-back does not show it."""
 
@@ -282,6 +289,8 @@ class Runner:
         if account is None:
             spec = self._spec(op, target)
             found = connector.find(spec)
+            if found is not None and found.external_id not in (None, op.identity):
+                raise PermanentError(_clash(op, spec, found.external_id))
             if found is None and kind is not OpKind.CREATE:
                 if kind is OpKind.DELETE:
                     return None, "verified", "no such account: nothing to delete"
@@ -330,11 +339,8 @@ class Runner:
             existing = connector.find(spec)
             if existing is not None and existing.external_id in (None, op.identity):
                 return existing.account  # the same person's account: adopt it
-            owner = existing.external_id if existing else "unknown"
-            raise PermanentError(
-                f"{op.target}: an account named {spec.user_name} already exists and belongs to "
-                f"{owner}, not {op.identity}; resolve the clash in the target"
-            ) from None
+            owner = existing.external_id if existing else None
+            raise PermanentError(_clash(op, spec, owner)) from None
 
     def _failed(self, op_id: int, exc: ConnectorError, now: datetime, report: ApplyReport) -> bool:
         with self.workspace.sessions() as session, session.begin():
