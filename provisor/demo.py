@@ -24,12 +24,15 @@ from sqlalchemy import func, select
 from provisor.config.workspace import CONFIG_FILE
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.domain.policy import TargetClass
 from provisor.engine import lifecycle as lifecycle_service
 from provisor.engine.imports import import_feed
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.runner import ApplyReport, Runner
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
+from provisor.sandbox import ScimApp
 from provisor.store import db, models
 
 DEMO_CONFIG = """\
@@ -66,7 +69,7 @@ targets:
     leaver_action: delete
     grace_days: 7
     on_leave: disable
-    connection: {url: "https://scim.github.example.com/scim/v2", token: {env: GITHUB_SCIM_TOKEN}}
+    connection: {url: "SCIM_URL", timeout: 5}
     entitlements:
       - {name: members}
       - {name: platform-admins}
@@ -327,11 +330,13 @@ def write_csv(path: Path, rows: list[dict[str, str]], fields: list[str]) -> None
         writer.writerows(rows)
 
 
-def prepare(folder: Path) -> None:
-    """Write the sample workspace files and create its database."""
+def prepare(folder: Path, scim_url: str) -> None:
+    """Write the sample workspace files and create its database; ``scim_url`` is where the
+    sample SCIM application (the github target) answers."""
     (folder / "policy").mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(DEMO_CONFIG, encoding="utf-8")
-    (folder / "policy" / "demo.yaml").write_text(DEMO_POLICY, encoding="utf-8")
+    policy = DEMO_POLICY.replace("SCIM_URL", scim_url)
+    (folder / "policy" / "demo.yaml").write_text(policy, encoding="utf-8")
     write_csv(folder / "people.csv", sample_people(), FIELDS)
     # A former engineer, terminated last spring, to be rehired during the tour.
     history = [
@@ -371,20 +376,24 @@ def prepare(folder: Path) -> None:
 
 
 def write_exports(workspace: Workspace, folder: Path, now: datetime) -> list[Path]:
-    """User exports of the five applications, as they stand after the initial provisioning.
-
-    Until connectors read them live, the applications are represented by their own exports;
-    one hand-made change (an extra entitlement) is left in to show drift being planned away.
-    """
-    exports: dict[str, list[dict[str, str]]] = {t: [] for t in workspace.compiled.targets}
+    """User exports of the applications that have no live connector in the tour, as they stand
+    after their initial provisioning; one hand-made change (an extra entitlement) is left in to
+    show drift being planned away."""
+    exports: dict[str, list[dict[str, str]]] = {
+        name: []
+        for name, target in workspace.compiled.targets.items()
+        if target.target_class is not TargetClass.SCIM
+    }
     with workspace.sessions() as session:
         rows = session.execute(select(models.Identity).order_by(models.Identity.external_id))
         for row in rows.scalars():
             desired = desired_access(workspace.compiled, state_from_row(row, now))
             for name, access in desired.targets.items():
+                if name not in exports:
+                    continue
                 ents = sorted(access.entitlements)
-                if row.external_id == "E1010" and name == "github":
-                    ents.append("platform-admins")
+                if row.external_id == "E1062" and name == "crm":
+                    ents.append("sales-manager")
                 exports[name].append(
                     {
                         "account": row.email or row.external_id,
@@ -418,6 +427,16 @@ class _Tour:
     def heading(self, text: str) -> None:
         if self.console is not None:
             self.console.rule(f"[bold]{text}")
+
+    def table(self, columns: list[str], rows: list[tuple[str, ...]]) -> None:
+        if self.console is None:
+            return
+        table = Table()
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
 
     def plan_table(self, title: str, rows: list[tuple[str, ...]]) -> None:
         if self.console is None:
@@ -455,133 +474,192 @@ def _event(workspace: Workspace, event: LifecycleEvent, now: datetime) -> None:
         )
 
 
+def _apply(workspace: Workspace, now: datetime, identity: str | None = None) -> ApplyReport:
+    runner = Runner(workspace)
+    try:
+        return runner.apply(now=lambda: now, identity=identity)
+    finally:
+        runner.close()
+
+
+def _applied(report: ApplyReport) -> str:
+    waiting = ", ".join(f"{t}: {n}" for t, n in sorted(report.no_connector.items()))
+    return (
+        f"apply: {report.verified} verified by read-back, {report.unverifiable} unverifiable, "
+        f"{report.failed} failed, {report.waiting} waiting"
+        + (f"; without a connector yet: {waiting}" if waiting else "")
+    )
+
+
+def _leaver_table(workspace: Workspace, identity: str, now: datetime) -> list[tuple[str, ...]]:
+    """Per target: what was read back live for the leaver, or why nothing could be."""
+    rows: list[tuple[str, ...]] = []
+    runner = Runner(workspace)
+    try:
+        with workspace.sessions() as session:
+            for name, target in sorted(workspace.compiled.targets.items()):
+                ops = session.execute(
+                    select(
+                        models.Operation.kind, models.Operation.status, models.Operation.account
+                    ).where(
+                        models.Operation.identity == identity,
+                        models.Operation.target == name,
+                        models.Operation.status != "cancelled",
+                    )
+                ).all()
+                if not ops:
+                    continue
+                statuses = ", ".join(f"{kind} {status}" for kind, status, _ in ops)
+                connector = runner.connector(name)
+                account = next((a for _, _, a in ops if a), None)
+                if connector is None:
+                    found = "not verified: no connector for this target yet"
+                elif account is None:
+                    found = "no account found"
+                else:
+                    record = connector.read(account)
+                    found = (
+                        "account deleted"
+                        if record is None
+                        else f"account {'enabled' if record.enabled else 'disabled'}, "
+                        f"entitlements: {', '.join(sorted(record.entitlements)) or 'none'}; "
+                        "sessions: not visible over SCIM"
+                    )
+                rows.append((name, str(target.target_class), found, statuses))
+    finally:
+        runner.close()
+    return rows
+
+
 def run_demo(directory: Path | None, console: Console | None, *, json_out: bool = False) -> None:
     folder = directory or Path(tempfile.mkdtemp(prefix="provisor-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     tour = _Tour(console)
     now = datetime.now(UTC).replace(microsecond=0)
-    prepare(folder)
-    workspace = Workspace.open(folder)
-    try:
-        tour.heading("1. Import the HR snapshot and the history feed")
-        report = import_feed(workspace, folder / "people.csv", now=now)
-        history = import_feed(workspace, folder / "history.csv", feed="history", now=now)
-        tour.say(f"Workspace: {folder}")
-        tour.say(
-            f"people.csv: {report.rows_accepted} rows accepted, events {report.counts}; "
-            f"history.csv: events {history.counts}"
-        )
-        with workspace.sessions() as session:
-            counts = {
-                state: n
-                for state, n in session.execute(
-                    select(models.Identity.state, func.count()).group_by(models.Identity.state)
-                )
-            }
-        tour.say(f"Identities by state: {counts}")
-        tour.summary["import"] = report.as_dict() | {"errors": report.errors}
-
-        tour.heading("2. Read what the applications hold (their user exports)")
-        for path in write_exports(workspace, folder, now):
-            observed = import_observed(workspace, path.stem, path, now=now)
-            tour.say(f"{path.stem}: {observed.accounts} accounts, {observed.linked} linked")
-        with workspace.sessions() as session, session.begin():
-            initial = sync_journal(workspace, session, now=now)
-        tour.say(
-            f"Initial plan: {len(initial.operations)} operations "
-            "(the drift planted in github: an extra platform-admins grant)"
-        )
-        tour.plan_table(
-            "Plan for everyone",
-            [
-                (op.target, op.kind.value, op.entitlement or "", "", f"{op.identity}: {op.reason}")
-                for op, _s, _i in initial.operations
-            ],
-        )
-
-        tour.heading("3. Mover: E1130 moves from Support to Sales")
-        _event(
-            workspace,
-            LifecycleEvent(
-                "E1130",
-                EventKind.MOVE,
-                now,
-                now,
-                {"department": "Sales", "title": "Sales Manager"},
-                source="demo",
-            ),
-            now,
-        )
-        mover = _plan_rows(workspace, "E1130", now)
-        tour.plan_table("Plan for E1130", mover)
-
-        tour.heading("4. Leaver: E1010 (engineer) leaves today")
-        _event(
-            workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"), now
-        )
-        leaver = _plan_rows(workspace, "E1010", now)
-        tour.plan_table("Plan for E1010", leaver)
-
-        tour.heading("5. Future-dated leaver: E1132 (finance) leaves in 14 days")
-        later = now + timedelta(days=14)
-        _event(
-            workspace, LifecycleEvent("E1132", EventKind.TERMINATE, later, now, source="demo"), now
-        )
-        tour.plan_table("Plan for E1132 today", _plan_rows(workspace, "E1132", now))
-        rehearsal = later + timedelta(hours=1)
-        with workspace.sessions() as session, session.begin():
-            ticked = lifecycle_service.tick(session, workspace.config, now=rehearsal)
-        tour.say(f"Tick as of {rehearsal.date()}: {dict(ticked.transitions)}")
-        tour.plan_table(
-            f"Plan for E1132 on {rehearsal.date()}", _plan_rows(workspace, "E1132", rehearsal)
-        )
-
-        tour.heading("6. Rehire: E0999, terminated in April, comes back")
-        _event(
-            workspace,
-            LifecycleEvent(
-                "E0999",
-                EventKind.REHIRE,
-                now,
-                now,
-                {"title": "Engineer Senior Specialist"},
-                source="demo",
-            ),
-            now,
-        )
-        tour.plan_table("Plan for E0999", _plan_rows(workspace, "E0999", now))
-
-        tour.heading("7. Explain")
-        with workspace.sessions() as session:
-            answers = []
-            for who, target, ent in [
-                ("E1002", "github", "platform-admins"),
-                ("E1010", "github", "members"),
-                ("E1133", "payroll-db", "vendor-create"),
-                ("E1132", "payroll-db", "vendor-create"),
-            ]:
-                state = lifecycle_service.identity_state(session, workspace.config, who, as_of=now)
-                answer = explain(workspace.compiled, state, target, ent)
-                answers.append(answer)
-                verdict = "has" if answer.granted else "does not have"
-                tour.say(f"{who} {verdict} {target}:{ent}")
-                for line in answer.reasons:
-                    tour.say(f"    granted by {line}")
-                for line in answer.why_not:
-                    tour.say(f"    {line}")
-        tour.summary["explain"] = [a.__dict__ for a in answers]
-
-        tour.heading("8. Audit")
-        with workspace.sessions() as session:
-            verified = audit.verify(session)
-        tour.say(
-            f"audit verify: {'intact' if verified.ok else 'TAMPERED'}, {verified.events} "
-            f"events, head {verified.head_hash[:16]}"
-        )
-        tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
-        tour.summary["workspace"] = str(folder)
-        tour.say(f"\nTry: provisor -w {folder} identities show E1132")
-    finally:
-        workspace.close()
+    with ScimApp() as github:
+        github.create_groups(github.url, "members", "platform-admins")
+        prepare(folder, github.url)
+        workspace = Workspace.open(folder)
+        try:
+            _tour(tour, workspace, folder, github.url, now)
+        finally:
+            workspace.close()
     if json_out:
         Console().print_json(data=tour.summary, default=str)
+
+
+def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: datetime) -> None:
+    tour.heading("1. Import the HR snapshot and the history feed")
+    report = import_feed(workspace, folder / "people.csv", now=now)
+    history = import_feed(workspace, folder / "history.csv", feed="history", now=now)
+    tour.say(f"Workspace: {folder}")
+    tour.say(
+        f"people.csv: {report.rows_accepted} rows accepted, events {report.counts}; "
+        f"history.csv: events {history.counts}"
+    )
+    with workspace.sessions() as session:
+        query = select(models.Identity.state, func.count()).group_by(models.Identity.state)
+        counts = {state: n for state, n in session.execute(query)}
+    tour.say(f"Identities by state: {counts}")
+    tour.summary["import"] = report.as_dict() | {"errors": report.errors}
+
+    tour.heading("2. Provision: a live SCIM application, and what the others hold")
+    tour.say(f"github is a real SCIM 2.0 application (scim2-server) at {scim_url}")
+    for path in write_exports(workspace, folder, now):
+        observed = import_observed(workspace, path.stem, path, now=now)
+        tour.say(f"{path.stem}: {observed.accounts} accounts read from its user export")
+    with workspace.sessions() as session, session.begin():
+        initial = sync_journal(workspace, session, now=now)
+    summary: dict[str, int] = {}
+    for op, _status, _id in initial.operations:
+        key = f"{op.target} {op.kind.value}"
+        summary[key] = summary.get(key, 0) + 1
+    tour.say(f"Initial plan: {len(initial.operations)} operations: {summary}")
+    tour.say(_applied(_apply(workspace, now)))
+
+    tour.heading("3. Mover: E1130 moves from Support to Engineering")
+    _event(
+        workspace,
+        LifecycleEvent(
+            "E1130",
+            EventKind.MOVE,
+            now,
+            now,
+            {"department": "Engineering", "title": "Engineer Analyst"},
+            source="demo",
+        ),
+        now,
+    )
+    tour.plan_table("Plan for E1130", _plan_rows(workspace, "E1130", now))
+    tour.say(_applied(_apply(workspace, now, "E1130")))
+
+    tour.heading("4. Leaver: E1010 (engineer) leaves today")
+    _event(workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"), now)
+    tour.plan_table("Plan for E1010", _plan_rows(workspace, "E1010", now))
+    tour.say(_applied(_apply(workspace, now, "E1010")))
+
+    tour.heading("5. Future-dated leaver: E1132 (finance) leaves in 14 days")
+    later = now + timedelta(days=14)
+    _event(workspace, LifecycleEvent("E1132", EventKind.TERMINATE, later, now, source="demo"), now)
+    tour.plan_table("Plan for E1132 today", _plan_rows(workspace, "E1132", now))
+    rehearsal = later + timedelta(hours=1)
+    with workspace.sessions() as session, session.begin():
+        ticked = lifecycle_service.tick(session, workspace.config, now=rehearsal)
+    tour.say(f"Tick as of {rehearsal.date()} (a rehearsal): {dict(ticked.transitions)}")
+    tour.plan_table(
+        f"Plan for E1132 on {rehearsal.date()}", _plan_rows(workspace, "E1132", rehearsal)
+    )
+
+    tour.heading("6. Rehire: E0999, terminated in April, comes back")
+    _event(
+        workspace,
+        LifecycleEvent(
+            "E0999",
+            EventKind.REHIRE,
+            now,
+            now,
+            {"title": "Engineer Senior Specialist"},
+            source="demo",
+        ),
+        now,
+    )
+    tour.plan_table("Plan for E0999", _plan_rows(workspace, "E0999", now))
+    tour.say(_applied(_apply(workspace, now, "E0999")))
+
+    tour.heading("7. Explain")
+    answers = []
+    with workspace.sessions() as session:
+        for who, target, ent in [
+            ("E1002", "github", "platform-admins"),
+            ("E1010", "github", "members"),
+            ("E1133", "payroll-db", "vendor-create"),
+            ("E1132", "payroll-db", "vendor-create"),
+        ]:
+            state = lifecycle_service.identity_state(session, workspace.config, who, as_of=now)
+            answer = explain(workspace.compiled, state, target, ent)
+            answers.append(answer)
+            tour.say(f"{who} {'has' if answer.granted else 'does not have'} {target}:{ent}")
+            for line in answer.reasons:
+                tour.say(f"    granted by {line}")
+            for line in answer.why_not:
+                tour.say(f"    {line}")
+    tour.summary["explain"] = [a.__dict__ for a in answers]
+
+    tour.heading("8. Where is E1010's access now? (read live)")
+    table = _leaver_table(workspace, "E1010", now)
+    tour.table(["target", "class", "found now", "operations"], table)
+    tour.summary["leaver"] = [
+        dict(zip(["target", "class", "found", "operations"], r, strict=True)) for r in table
+    ]
+
+    tour.heading("9. Audit")
+    with workspace.sessions() as session:
+        verified = audit.verify(session)
+    tour.say(
+        f"audit verify: {'intact' if verified.ok else 'TAMPERED'}, {verified.events} "
+        f"events, head {verified.head_hash[:16]}"
+    )
+    tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
+    tour.summary["workspace"] = str(folder)
+    tour.say(f"\nThe workspace stays in {folder}; the SCIM application stops with the tour.")
+    tour.say(f"Try: provisor -w {folder} identities show E1132")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from provisor.cli import main
+from provisor.sandbox import ScimApp, free_port
 
 DATA = Path(__file__).parent / "data"
 
@@ -84,12 +83,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
@@ -116,7 +109,7 @@ def postgres_server() -> Iterator[str]:
     bindir = _pg_bin()
     root = Path(tempfile.mkdtemp(prefix="provisor-pg-"))
     data = root / "data"
-    port = _free_port()
+    port = free_port()
     as_postgres: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -195,38 +188,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # --- SCIM 2.0: the scim2-server package -----------------------------------------------------
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"{what} did not listen on port {port}")
-
-
 @pytest.fixture(scope="session")
 def scim_server() -> Iterator[str]:
     """A real SCIM 2.0 server (``scim2-server``, in memory) on a free loopback port, with a
     tenant created on first use of each path, so every test gets an empty server."""
-    port = _free_port()
-    server = Path(sys.executable).parent / "scim2-server"
-    process = subprocess.Popen(
-        [str(server), "--hostname", "127.0.0.1", "--port", str(port), "--dynamic-tenants"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, process, "scim2-server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with ScimApp(tenants=True) as app:
+        yield app.root
 
 
 @pytest.fixture

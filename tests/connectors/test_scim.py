@@ -13,13 +13,11 @@ import pytest
 from provisor.connectors import scim as scim_module
 from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
 from provisor.connectors.scim import ScimConnector, retry_after
+from provisor.sandbox import GROUP_SCHEMA
 
 
 def make_group(url: str, name: str) -> str:
-    response = httpx2.post(
-        f"{url}/Groups",
-        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name},
-    )
+    response = httpx2.post(f"{url}/Groups", json={"schemas": [GROUP_SCHEMA], "displayName": name})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

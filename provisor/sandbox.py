@@ -1,0 +1,94 @@
+"""Throwaway target applications on this machine, for the demo and for tests.
+
+Does: start a real SCIM 2.0 application — the ``scim2-server`` package, in memory — on a free
+loopback port, wait until it answers, create groups in it, and stop it.
+Does not: run anything in production; real targets are the customer's applications.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx2
+
+from provisor.errors import ProvisorError
+
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ScimApp:
+    """``scim2-server`` in a child process; ``url`` is its base URL (``.../v2``).
+
+    With ``tenants``, each first use of a path ``/NAME/v2`` creates an empty tenant there.
+    """
+
+    def __init__(self, *, tenants: bool = False, startup_timeout: float = 20.0) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v2"
+        command = [
+            str(Path(sys.executable).parent / "scim2-server"),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if tenants:
+            command.append("--dynamic-tenants")
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self._process.poll() is not None:
+                raise ProvisorError(f"scim2-server exited with {self._process.returncode}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ProvisorError(f"scim2-server did not listen on port {self.port}")
+            time.sleep(0.05)
+
+    def create_groups(self, url: str, *names: str) -> dict[str, str]:
+        """Create groups in the SCIM service at ``url``; returns name -> id."""
+        ids = {}
+        with httpx2.Client() as client:
+            for name in names:
+                response = client.post(
+                    f"{url}/Groups", json={"schemas": [GROUP_SCHEMA], "displayName": name}
+                )
+                response.raise_for_status()
+                ids[name] = str(response.json()["id"])
+        return ids
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()  # it ignores SIGINT in the background
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> ScimApp:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
