@@ -1,0 +1,103 @@
+"""A small HTTP proxy that injects faults in front of a real server, for tests.
+
+Requests are forwarded to ``upstream`` unchanged unless a fault is queued: an HTTP status with
+headers (e.g. 503, or 429 with Retry-After), a delay longer than the client's timeout, or a
+dropped connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx2
+
+
+@dataclass
+class Fault:
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: bool = False
+    methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+
+class FaultyProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.faults: deque[Fault] = deque()
+        self.lock = threading.Lock()
+        self.injected = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._take(self.command)
+                if fault is not None:
+                    proxy.injected += 1
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    if fault.drop:
+                        self.close_connection = True
+                        self.connection.close()
+                        return
+                    if fault.status is not None:
+                        payload = (
+                            b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],'
+                            + f'"status":"{fault.status}","detail":"injected"}}'.encode()
+                        )
+                        self.send_response(fault.status)
+                        for name, value in fault.headers.items():
+                            self.send_header(name, value)
+                        self.send_header("Content-Type", "application/scim+json")
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                headers = {
+                    k: v for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length", "connection")
+                }
+                response = httpx2.request(
+                    self.command, proxy.upstream + self.path, content=body, headers=headers
+                )
+                self.send_response(response.status_code)
+                for name, value in response.headers.items():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(response.content)))
+                self.end_headers()
+                self.wfile.write(response.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _take(self, method: str) -> Fault | None:
+        with self.lock:
+            if self.faults and method in self.faults[0].methods:
+                return self.faults.popleft()
+        return None
+
+    def queue(self, *faults: Fault) -> None:
+        with self.lock:
+            self.faults.extend(faults)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
