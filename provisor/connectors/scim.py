@@ -14,6 +14,7 @@ Sessions are not part of SCIM: revoking them is unsupported here.
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
@@ -85,7 +86,8 @@ class ScimConnector:
             headers["Authorization"] = f"Bearer {settings['token']}"
         elif settings.get("username"):
             auth = httpx2.BasicAuth(str(settings["username"]), str(settings.get("password", "")))
-        self._last: httpx2.Response | None = None
+        # the last response seen by this thread, for status and Retry-After of a failure
+        self._seen = threading.local()
         self._http = httpx2.Client(
             base_url=str(url).rstrip("/"),
             headers=headers,
@@ -100,13 +102,18 @@ class ScimConnector:
         self._discovered = False
 
     def _remember(self, response: httpx2.Response) -> None:
-        self._last = response
+        self._seen.response = response
+
+    @property
+    def _last(self) -> httpx2.Response | None:
+        response: httpx2.Response | None = getattr(self._seen, "response", None)
+        return response
 
     # --- plumbing -----------------------------------------------------------------------
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """Run one SCIM request, turning every failure into a connector error."""
-        self._last = None
+        self._seen.response = None
         try:
             return action()
         except RequestNetworkException as exc:

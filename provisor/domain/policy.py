@@ -98,6 +98,8 @@ class TargetDef(_Model):
     on_leave: Literal["keep", "disable"] = "keep"
     on_suspend: Literal["keep", "disable"] = "disable"
     sla_days: int = Field(default=3, ge=0, le=365)
+    concurrency: int = Field(default=4, ge=1, le=64, description="parallel accounts at once")
+    rate_limit: float | None = Field(default=None, gt=0, description="operations per second")
     connection: dict[str, Any] = Field(default_factory=dict)
     entitlements: list[EntitlementDef] = Field(default_factory=list)
 

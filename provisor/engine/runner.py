@@ -1,14 +1,17 @@
 """The embedded runner: executing the operation journal against targets, verified by read-back.
 
-Does: take the journal's pending operations account by account in step order (a later step waits
-while an earlier one of the same account is not done), run each through its target's connector
-and read the account back; an operation becomes ``verified`` only when the read-back shows its
-intent, and the read-back updates the observed-state store. Before writing it reads: when the
-account is already as intended nothing is written, so running again makes no writes. Retryable
-failures are retried with exponential backoff and jitter (``Retry-After`` wins when given);
-after the last attempt, or on a permanent failure, the operation is parked as ``failed`` with its
-error — visible, never dropped. An operation left ``running`` by a crash is simply run again.
-Every outcome is an audit event.
+Does: take the journal's open operations account by account in step order (a later step waits
+while an earlier one of the same account is not done) and run them through the target's
+connector — accounts in parallel up to the target's ``concurrency``, paced by its
+``rate_limit`` (a token bucket) — reading each account before and after writing. An operation
+becomes ``verified`` only when the read-back shows its intent, and the read-back updates the
+observed-state store; when the account already shows the intent nothing is written, so running
+again makes no writes. Retryable failures are retried with exponential backoff and jitter
+(``Retry-After`` wins when given); after the last attempt, or on a permanent failure, the
+operation is parked as ``failed`` with its error — visible, never dropped. Connector calls run
+in worker threads; the journal, the observed store and the audit log are written by one thread
+in batches, so the database is never the bottleneck. A crash loses at most the unwritten batch:
+those operations are still open and run again, harmlessly, because every run reads first.
 Does not: plan (``planner``), or decide policy; targets without a connector keep their
 operations pending.
 """
@@ -16,7 +19,10 @@ operations pending.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +51,7 @@ from provisor.store import models
 MAX_ATTEMPTS = 5
 BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
 BACKOFF_CAP = 3600.0
+FLUSH_EVERY = 200  # outcomes per journal transaction
 
 
 def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
@@ -63,7 +70,62 @@ def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> flo
     if retry_after is not None:
         return min(retry_after, BACKOFF_CAP)
     delay = min(BACKOFF_BASE * 2.0 ** max(attempts - 1, 0), BACKOFF_CAP)
-    return float(delay * (0.5 + rng.random()))  # full jitter around the exponential step
+    return float(delay * (0.5 + rng.random()))  # jitter around the exponential step
+
+
+class TokenBucket:
+    """At most ``rate`` operations a second on average, bursts up to ``burst``; thread-safe."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                current = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (current - self.stamp) * self.rate)
+                self.stamp = current
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One open operation, detached from the database session for a worker thread."""
+
+    id: int
+    key: str
+    identity: str
+    target: str
+    account: str | None
+    kind: OpKind
+    entitlement: str | None
+    not_before: datetime | None
+    next_attempt_at: datetime | None
+    attempts: int
+
+    def due(self, now: datetime) -> bool:
+        return (self.not_before is None or self.not_before <= now) and (
+            self.next_attempt_at is None or self.next_attempt_at <= now
+        )
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # verified | unverifiable | retry | failed
+    record: AccountRecord | None = None
+    note: str | None = None
+    wrote: bool = False
+    retry_after: float | None = None
+    at: datetime | None = None
 
 
 @dataclass
@@ -81,26 +143,13 @@ class ApplyReport:
         return dict(self.__dict__)
 
 
-def _user_name(target: TargetDef, identity: models.Identity) -> str:
-    attribute = str(target.connection.get("user_name_attribute", "email"))
-    value = (identity.attributes or {}).get(attribute)
-    return str(value) if value else identity.external_id
-
-
-def _clash(op: models.Operation, spec: AccountSpec, owner: str | None) -> str:
-    return (
-        f"{op.target}: an account named {spec.user_name} already exists and belongs to "
-        f"{owner or 'someone unknown'}, not {op.identity}; resolve the clash in the target"
-    )
-
-
 class _Mismatch(PermanentError):
     """The write was accepted but the read-back does not show it."""
 
 
-def _expect(op: models.Operation, record: AccountRecord | None) -> str | None:
-    """Why ``record`` does not show ``op`` done, or None when it does."""
-    kind = OpKind(op.kind)
+def _expect(job: Job, record: AccountRecord | None) -> str | None:
+    """Why ``record`` does not show ``job`` done, or None when it does."""
+    kind = job.kind
     if kind is OpKind.DELETE:
         return None if record is None else "the account still exists"
     if record is None:
@@ -112,9 +161,9 @@ def _expect(op: models.Operation, record: AccountRecord | None) -> str | None:
     if kind is OpKind.DISABLE:
         return None if not record.enabled else "the account is enabled"
     if kind is OpKind.ADD_ENTITLEMENT:
-        return None if op.entitlement in record.entitlements else f"{op.entitlement} is missing"
+        return None if job.entitlement in record.entitlements else f"{job.entitlement} is missing"
     if kind is OpKind.REMOVE_ENTITLEMENT:
-        return None if op.entitlement not in record.entitlements else f"{op.entitlement} remains"
+        return None if job.entitlement not in record.entitlements else f"{job.entitlement} remains"
     return None if record.sessions == 0 else f"{record.sessions} sessions remain"
 
 
@@ -130,8 +179,77 @@ def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
     }
 
 
+def _clash(job: Job, spec: AccountSpec, owner: str | None) -> str:
+    return (
+        f"{job.target}: an account named {spec.user_name} already exists and belongs to "
+        f"{owner or 'someone unknown'}, not {job.identity}; resolve the clash in the target"
+    )
+
+
+def execute(job: Job, connector: Connector, spec: AccountSpec) -> Outcome:
+    """Do one operation if the account does not show it yet; read back; judge.
+
+    Raises ``ConnectorError`` on failure."""
+    kind = job.kind
+    account = job.account
+    if kind is OpKind.REVOKE_SESSIONS and Capability.SESSIONS not in connector.capabilities():
+        record = connector.read(account) if account else None
+        note = (
+            f"{job.target} has no session interface: open sessions cannot be revoked or seen "
+            "from here"
+        )
+        return Outcome(job, "unverifiable", record, note)
+    if account is None:
+        found = connector.find(spec)
+        if found is not None and found.external_id not in (None, job.identity):
+            raise PermanentError(_clash(job, spec, found.external_id))
+        if found is None and kind is not OpKind.CREATE:
+            if kind is OpKind.DELETE:
+                return Outcome(job, "verified", None, "no such account: nothing to delete")
+            raise PermanentError(f"{job.target}: no account for {job.identity} to {kind.value}")
+        account = found.account if found else None
+    before = connector.read(account) if account else None
+    if _expect(job, before) is None and not (kind is OpKind.CREATE and before is None):
+        return Outcome(job, "verified", before, "already as intended; nothing written")
+    if kind is OpKind.CREATE:
+        account = _create(job, connector, spec)
+    elif account is None:
+        raise PermanentError(f"{job.target}: no account for {job.identity}")
+    elif kind in (OpKind.ENABLE, OpKind.DISABLE):
+        connector.set_enabled(account, kind is OpKind.ENABLE)
+    elif kind is OpKind.ADD_ENTITLEMENT:
+        assert job.entitlement is not None
+        connector.add_entitlement(account, job.entitlement)
+    elif kind is OpKind.REMOVE_ENTITLEMENT:
+        assert job.entitlement is not None
+        connector.remove_entitlement(account, job.entitlement)
+    elif kind is OpKind.REVOKE_SESSIONS:
+        connector.revoke_sessions(account)
+    elif kind is OpKind.DELETE:
+        connector.delete(account)
+    after = connector.read(account)
+    problem = _expect(job, after)
+    if problem is not None:
+        raise _Mismatch(
+            f"{job.target}: {kind.value} was accepted but the read-back disagrees: {problem}"
+        )
+    return Outcome(job, "verified", after, None, wrote=True)
+
+
+def _create(job: Job, connector: Connector, spec: AccountSpec) -> str:
+    try:
+        return connector.create(spec)
+    except Conflict:
+        existing = connector.find(spec)
+        if existing is not None and existing.external_id in (None, job.identity):
+            return existing.account  # the same person's account: adopt it
+        raise PermanentError(
+            _clash(job, spec, existing.external_id if existing else None)
+        ) from None
+
+
 class Runner:
-    """Runs due journal operations once (``apply``); ``run`` calls it in a loop."""
+    """Runs due journal operations once (``apply``); ``provisor run`` calls it in a loop."""
 
     def __init__(
         self,
@@ -169,211 +287,216 @@ class Runner:
     ) -> ApplyReport:
         report = ApplyReport()
         groups = self._groups(target, identity)
-        total = sum(len(ops) for ops in groups.values())
+        total = sum(len(jobs) for jobs in groups.values())
+        by_target: dict[str, list[list[Job]]] = {}
+        for (_who, where), jobs in groups.items():
+            by_target.setdefault(where, []).append(jobs)
+        specs = self._specs(groups)
         done = 0
-        for (_who, where), ops in groups.items():
+        pending: list[Outcome] = []
+        for where, accounts in sorted(by_target.items()):
             connector = self.connector(where)
             if connector is None:
-                report.no_connector[where] = report.no_connector.get(where, 0) + len(ops)
-                done += len(ops)
+                count = sum(len(jobs) for jobs in accounts)
+                report.no_connector[where] = count
+                done += count
                 continue
-            for position, op_id in enumerate(ops):
-                if not self._run_one(op_id, connector, now(), report):
-                    report.waiting += len(ops) - position - 1
-                    break
-            done += len(ops)
-            if progress is not None:
-                progress(done, total)
+            definition = self.workspace.compiled.targets[where]
+            bucket = TokenBucket(definition.rate_limit) if definition.rate_limit else None
+            with ThreadPoolExecutor(definition.concurrency, f"provisor-{where}") as pool:
+                futures: list[tuple[Future[list[Outcome]], int]] = [
+                    (
+                        pool.submit(self._run_account, jobs, connector, specs, now, bucket),
+                        len(jobs),
+                    )
+                    for jobs in accounts
+                ]
+                for future, size in futures:
+                    outcomes = future.result()
+                    report.waiting += size - len(outcomes)
+                    pending.extend(outcomes)
+                    done += size
+                    if len(pending) >= FLUSH_EVERY:
+                        self._flush(pending, report)
+                        pending = []
+                    if progress is not None:
+                        progress(done, total)
+        self._flush(pending, report)
         return report
 
-    def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[int]]:
+    def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
+        op = models.Operation
         query = (
-            select(models.Operation.id, models.Operation.identity, models.Operation.target)
-            .where(models.Operation.status.in_(["pending", "running"]))
-            .order_by(
-                models.Operation.identity,
-                models.Operation.target,
-                models.Operation.step,
-                models.Operation.id,
-            )
+            select(op)
+            .where(op.status.in_(["pending", "running"]))
+            .order_by(op.identity, op.target, op.step, op.id)
         )
         if target is not None:
-            query = query.where(models.Operation.target == target)
+            query = query.where(op.target == target)
         if identity is not None:
-            query = query.where(models.Operation.identity == identity)
-        groups: dict[tuple[str, str], list[int]] = {}
+            query = query.where(op.identity == identity)
+        groups: dict[tuple[str, str], list[Job]] = {}
         with self.workspace.sessions() as session:
-            for op_id, who, where in session.execute(query):
-                groups.setdefault((who, where), []).append(op_id)
+            for row in session.execute(query).scalars():
+                groups.setdefault((row.identity, row.target), []).append(
+                    Job(
+                        row.id,
+                        row.key,
+                        row.identity,
+                        row.target,
+                        row.account,
+                        OpKind(row.kind),
+                        row.entitlement,
+                        row.not_before,
+                        row.next_attempt_at,
+                        row.attempts,
+                    )
+                )
         return groups
 
-    def _run_one(
-        self, op_id: int, connector: Connector, now: datetime, report: ApplyReport
-    ) -> bool:
-        """Run one operation; True when its account may go on to the next step."""
-        sessions = self.workspace.sessions
-        with sessions() as session, session.begin():
-            op = session.get(models.Operation, op_id)
-            assert op is not None
-            due = (op.not_before is None or op.not_before <= now) and (
-                op.next_attempt_at is None or op.next_attempt_at <= now
-            )
-            if op.status not in ("pending", "running") or not due:
-                report.waiting += 1
-                return False
-            # Marked before any side effect: a crash from here on leaves it "running", and the
-            # next run reads the account first, so repeating it is harmless.
-            op.status, op.attempts, op.updated_at = "running", op.attempts + 1, now
-        try:
-            record, status, note = self._execute(op, connector, report)
-        except ConnectorError as exc:
-            return self._failed(op_id, exc, now, report)
-        with sessions() as session, session.begin():
-            row = session.get(models.Operation, op_id)
-            assert row is not None
-            row.status, row.updated_at, row.next_attempt_at = status, now, None
-            row.observed, row.last_error = _snapshot(record), note
-            if record is not None and row.account is None:
-                row.account = record.account
-                # the account's later steps need not search for it again
-                session.execute(
-                    update(models.Operation)
-                    .where(
-                        models.Operation.identity == row.identity,
-                        models.Operation.target == row.target,
-                        models.Operation.status == "pending",
-                        models.Operation.account.is_(None),
-                    )
-                    .values(account=record.account)
+    def _specs(self, groups: Iterable[tuple[str, str]]) -> dict[tuple[str, str], AccountSpec]:
+        """The account spec of each (identity, target), from the identity's attributes."""
+        ids = sorted({who for who, _ in groups})
+        attributes: dict[str, dict[str, Any]] = {}
+        with self.workspace.sessions() as session:
+            for part in chunks(ids):
+                query = select(models.Identity.external_id, models.Identity.attributes).where(
+                    models.Identity.external_id.in_(part)
                 )
+                attributes.update((i, a or {}) for i, a in session.execute(query))
+        specs = {}
+        for who, where in groups:
+            definition = self.workspace.compiled.targets.get(where)
+            attrs = attributes.get(who, {})
+            name_from = str(
+                definition.connection.get("user_name_attribute", "email") if definition else "email"
+            )
+            user_name = str(attrs.get(name_from) or who)
+            specs[(who, where)] = AccountSpec(who, user_name, attrs)
+        return specs
+
+    def _run_account(
+        self,
+        jobs: list[Job],
+        connector: Connector,
+        specs: Mapping[tuple[str, str], AccountSpec],
+        now: Callable[[], datetime],
+        bucket: TokenBucket | None,
+    ) -> list[Outcome]:
+        """One account's open operations in step order; stops at the first that cannot run."""
+        outcomes: list[Outcome] = []
+        account: str | None = None
+        for job in jobs:
+            when = now()
+            if not job.due(when):
+                break
+            if job.account is None and account is not None:
+                job = Job(
+                    job.id,
+                    job.key,
+                    job.identity,
+                    job.target,
+                    account,
+                    job.kind,
+                    job.entitlement,
+                    job.not_before,
+                    job.next_attempt_at,
+                    job.attempts,
+                )
+            if bucket is not None:
+                bucket.acquire()
+            try:
+                outcome = execute(job, connector, specs[(job.identity, job.target)])
+            except RetryableError as exc:
+                outcomes.append(
+                    Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after, at=when)
+                )
+                break
+            except ConnectorError as exc:
+                outcomes.append(Outcome(job, "failed", note=str(exc), at=when))
+                break
+            outcome.at = when
+            outcomes.append(outcome)
+            if outcome.record is not None:
+                account = outcome.record.account
+        return outcomes
+
+    def _flush(self, outcomes: list[Outcome], report: ApplyReport) -> None:
+        """Write a batch of outcomes: journal, observed store and audit log, one transaction."""
+        if not outcomes:
+            return
+        entries: list[audit.Entry] = []
+        with self.workspace.sessions() as session, session.begin():
+            rows: dict[int, models.Operation] = {}
+            for part in chunks([o.job.id for o in outcomes]):
+                query = select(models.Operation).where(models.Operation.id.in_(part))
+                rows.update((r.id, r) for r in session.execute(query).scalars())
+            for outcome in outcomes:
+                row = rows[outcome.job.id]
+                entries.append(self._record(session, row, outcome, report))
+            audit.append(session, entries)
+
+    def _record(
+        self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport
+    ) -> audit.Entry:
+        at = outcome.at
+        assert at is not None
+        row.attempts += 1
+        row.updated_at = at
+        row.last_error = outcome.note
+        status = outcome.status
+        if status == "retry" and row.attempts >= self.max_attempts:
+            status = "failed"
+        if status in ("verified", "unverifiable"):
+            row.status, row.next_attempt_at = status, None
+            row.observed = _snapshot(outcome.record)
             if status == "verified":
-                row.verified_at = now
+                row.verified_at = at
                 report.verified += 1
             else:
                 report.unverifiable += 1
-            self._observe(session, row, record, now)
-            audit.record(
-                session,
-                f"operation.{status}",
-                row.identity,
-                {
-                    "key": row.key,
-                    "target": row.target,
-                    "kind": row.kind,
-                    "entitlement": row.entitlement,
-                    "account": row.account,
-                    "observed": row.observed,
-                    "note": note,
-                },
-            )
-        return True
+            report.writes += outcome.wrote
+            if outcome.record is not None and row.account is None:
+                row.account = outcome.record.account
+                self._adopt_account(session, row)
+            self._observe(session, row, outcome.record, at)
+        elif status == "retry":
+            wait = backoff(row.attempts, outcome.retry_after, self._rng)
+            row.status, row.next_attempt_at = "pending", at + timedelta(seconds=wait)
+            report.retrying += 1
+        else:
+            row.status, row.next_attempt_at = "failed", None
+            report.failed += 1
+            report.errors.append(f"{row.identity} {row.target} {row.kind}: {outcome.note}")
+        return audit.Entry(
+            f"operation.{status}",
+            row.identity,
+            {
+                "key": row.key,
+                "target": row.target,
+                "kind": row.kind,
+                "entitlement": row.entitlement,
+                "account": row.account,
+                "attempts": row.attempts,
+                "observed": row.observed if status in ("verified", "unverifiable") else None,
+                "note": outcome.note,
+                "next_attempt": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
+            },
+        )
 
-    def _execute(
-        self, op: models.Operation, connector: Connector, report: ApplyReport
-    ) -> tuple[AccountRecord | None, str, str | None]:
-        """Do the operation if the account does not show it yet; read back; judge."""
-        kind = OpKind(op.kind)
-        target = self.workspace.compiled.targets[op.target]
-        account = op.account
-        if kind is OpKind.REVOKE_SESSIONS and Capability.SESSIONS not in connector.capabilities():
-            record = connector.read(account) if account else None
-            return (
-                record,
-                "unverifiable",
-                (
-                    f"{op.target} has no session interface: open sessions cannot be revoked or "
-                    "seen from here"
-                ),
+    def _adopt_account(self, session: Session, row: models.Operation) -> None:
+        """The account's later steps need not search for it again."""
+        session.execute(
+            update(models.Operation)
+            .where(
+                models.Operation.identity == row.identity,
+                models.Operation.target == row.target,
+                models.Operation.status == "pending",
+                models.Operation.account.is_(None),
             )
-        if account is None:
-            spec = self._spec(op, target)
-            found = connector.find(spec)
-            if found is not None and found.external_id not in (None, op.identity):
-                raise PermanentError(_clash(op, spec, found.external_id))
-            if found is None and kind is not OpKind.CREATE:
-                if kind is OpKind.DELETE:
-                    return None, "verified", "no such account: nothing to delete"
-                raise PermanentError(f"{op.target}: no account for {op.identity} to {kind.value}")
-            account = found.account if found else None
-        before = connector.read(account) if account else None
-        if _expect(op, before) is None and not (kind is OpKind.CREATE and before is None):
-            return before, "verified", "already as intended; nothing written"
-        report.writes += 1
-        if kind is OpKind.CREATE:
-            account = self._create(op, target, connector)
-        elif account is None:
-            raise PermanentError(f"{op.target}: no account for {op.identity}")
-        elif kind in (OpKind.ENABLE, OpKind.DISABLE):
-            connector.set_enabled(account, kind is OpKind.ENABLE)
-        elif kind is OpKind.ADD_ENTITLEMENT:
-            assert op.entitlement is not None
-            connector.add_entitlement(account, op.entitlement)
-        elif kind is OpKind.REMOVE_ENTITLEMENT:
-            assert op.entitlement is not None
-            connector.remove_entitlement(account, op.entitlement)
-        elif kind is OpKind.REVOKE_SESSIONS:
-            connector.revoke_sessions(account)
-        elif kind is OpKind.DELETE:
-            connector.delete(account)
-        after = connector.read(account)
-        problem = _expect(op, after)
-        if problem is not None:
-            raise _Mismatch(
-                f"{op.target}: {kind.value} was accepted but the read-back disagrees: {problem}"
-            )
-        return after, "verified", None
-
-    def _spec(self, op: models.Operation, target: TargetDef) -> AccountSpec:
-        with self.workspace.sessions() as session:
-            identity = session.execute(
-                select(models.Identity).where(models.Identity.external_id == op.identity)
-            ).scalar_one()
-        return AccountSpec(op.identity, _user_name(target, identity), dict(identity.attributes))
-
-    def _create(self, op: models.Operation, target: TargetDef, connector: Connector) -> str:
-        spec = self._spec(op, target)
-        try:
-            return connector.create(spec)
-        except Conflict:
-            existing = connector.find(spec)
-            if existing is not None and existing.external_id in (None, op.identity):
-                return existing.account  # the same person's account: adopt it
-            owner = existing.external_id if existing else None
-            raise PermanentError(_clash(op, spec, owner)) from None
-
-    def _failed(self, op_id: int, exc: ConnectorError, now: datetime, report: ApplyReport) -> bool:
-        with self.workspace.sessions() as session, session.begin():
-            row = session.get(models.Operation, op_id)
-            assert row is not None
-            row.last_error, row.updated_at = str(exc), now
-            retry = isinstance(exc, RetryableError) and row.attempts < self.max_attempts
-            if retry:
-                assert isinstance(exc, RetryableError)
-                wait = backoff(row.attempts, exc.retry_after, self._rng)
-                row.status, row.next_attempt_at = "pending", now + timedelta(seconds=wait)
-                report.retrying += 1
-            else:
-                row.status, row.next_attempt_at = "failed", None
-                report.failed += 1
-                report.errors.append(f"{row.identity} {row.target} {row.kind}: {exc}")
-            audit.record(
-                session,
-                "operation.retry" if retry else "operation.failed",
-                row.identity,
-                {
-                    "key": row.key,
-                    "target": row.target,
-                    "kind": row.kind,
-                    "entitlement": row.entitlement,
-                    "attempts": row.attempts,
-                    "error": str(exc),
-                    "next_attempt": row.next_attempt_at.isoformat()
-                    if row.next_attempt_at
-                    else None,
-                },
-            )
-        return False
+            .values(account=row.account)
+        )
 
     def _observe(
         self,
@@ -421,8 +544,7 @@ class Runner:
                 models.ObservedEntitlement.account_id == row.id
             )
         )
-        for part in chunks(sorted(record.entitlements)):
-            session.add_all(
-                models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
-                for e in part
-            )
+        session.add_all(
+            models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
+            for e in sorted(record.entitlements)
+        )
