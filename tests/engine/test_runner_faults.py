@@ -65,7 +65,7 @@ def test_every_operation_ends_verified_or_parked(
     when = NOW
     try:
         for _ in range(12):
-            runner.apply(now=lambda: when)
+            runner.apply(now=lambda when=when: when)
             if all(op.status in ("verified", "failed") for op in app_ops(ws)):
                 break
             when += timedelta(minutes=30)
