@@ -392,7 +392,7 @@ def write_exports(workspace: Workspace, folder: Path, now: datetime) -> list[Pat
                 if name not in exports:
                     continue
                 ents = sorted(access.entitlements)
-                if row.external_id == "E1062" and name == "crm":
+                if row.external_id == "E1070" and name == "crm":
                     ents.append("sales-manager")
                 exports[name].append(
                     {
