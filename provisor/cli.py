@@ -598,6 +598,59 @@ def apply_command(
         raise typer.Exit(11)
 
 
+@app.command("run")
+def run_command(
+    interval: Annotated[float, typer.Option(help="Seconds between cycles.")] = 60.0,
+    once: Annotated[bool, typer.Option("--once", help="Run one cycle and stop.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Keep the engine running: every cycle ticks, plans and applies, retrying what is due.
+
+    Stop it with Ctrl-C; the journal keeps everything for the next start.
+
+    Example:  provisor run --interval 30
+    """
+    import time
+
+    from provisor.engine.runner import Runner
+
+    workspace = _open()
+    runner = Runner(workspace)
+    try:
+        while True:
+            started = _now()
+            with workspace.sessions() as session, session.begin():
+                ticked = lifecycle_service.tick(session, workspace.config, now=started)
+            with workspace.sessions() as session, session.begin():
+                planned = sync_journal(workspace, session, now=started)
+            applied = runner.apply(now=_now)
+            cycle = {
+                "at": started.isoformat(),
+                "changed": len(ticked.changed),
+                "held": ticked.held,
+                "planned": planned.added,
+                "cancelled": planned.cancelled,
+                **applied.as_dict(),
+            }
+            if json_out:
+                out.print(json.dumps(cycle, default=str), markup=False, highlight=False)
+            else:
+                out.print(
+                    f"{started:%Y-%m-%d %H:%M:%S} tick: {len(ticked.changed)} changed; plan: "
+                    f"{planned.added} new, {planned.cancelled} cancelled; apply: "
+                    f"{applied.verified} verified, {applied.retrying} retrying, "
+                    f"{applied.failed} failed, {applied.waiting} waiting"
+                )
+            if once:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        out.print("stopped")
+    finally:
+        runner.close()
+        workspace.close()
+
+
 @app.command("explain")
 def explain_command(
     identity: Annotated[str, typer.Argument(help="Identity id.")],
