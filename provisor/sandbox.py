@@ -61,7 +61,8 @@ class ScimApp:
                 raise ProvisorError(f"scim2-server did not listen on port {self.port}")
             time.sleep(0.05)
 
-    def create_groups(self, url: str, *names: str) -> dict[str, str]:
+    @staticmethod
+    def create_groups(url: str, *names: str) -> dict[str, str]:
         """Create groups in the SCIM service at ``url``; returns name -> id."""
         ids = {}
         with httpx2.Client() as client:

@@ -14,6 +14,7 @@ Sessions are not part of SCIM: revoking them is unsupported here.
 from __future__ import annotations
 
 import email.utils
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +59,11 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         when = when.replace(tzinfo=UTC)
     current = now if now is not None else time.time()
     return max(0.0, when.timestamp() - current)
+
+
+def _quoted(value: str) -> str:
+    """A SCIM filter string literal (RFC 7644 §3.4.2.2 uses JSON string syntax)."""
+    return json.dumps(value)
 
 
 def _patch(model: Any, op: str, path: str, value: Any = None) -> Any:
@@ -188,7 +194,9 @@ class ScimConnector:
     def _groups_of(self, user: Any) -> frozenset[str]:
         if self._membership == "user":
             return frozenset(g.display for g in (user.groups or []) if g.display)
-        found = self._search(self._group, f'members.value eq "{user.id}"', ["displayName"])
+        found = self._search(
+            self._group, f"members.value eq {_quoted(str(user.id))}", ["displayName"]
+        )
         return frozenset(str(g.display_name) for g in found)
 
     def _search(
@@ -221,11 +229,13 @@ class ScimConnector:
         return self._record(user)
 
     def find(self, spec: AccountSpec) -> AccountRecord | None:
-        for filter_ in (f'externalId eq "{spec.identity}"', f'userName eq "{spec.user_name}"'):
-            users = self._search(self._user, filter_)
-            if users:
-                return self._record(users[0])
-        return None
+        """By externalId (the identity id) first, else by userName; one request."""
+        identity, user_name = _quoted(spec.identity), _quoted(spec.user_name)
+        users = self._search(self._user, f"externalId eq {identity} or userName eq {user_name}")
+        if not users:
+            return None
+        users.sort(key=lambda u: u.external_id != spec.identity)
+        return self._record(users[0])
 
     def list_accounts(self) -> Iterator[AccountRecord]:
         members: dict[str, set[str]] = {}
@@ -269,7 +279,9 @@ class ScimConnector:
 
     def _group_id(self, entitlement: str) -> str:
         if entitlement not in self._groups:
-            found = self._search(self._group, f'displayName eq "{entitlement}"', ["displayName"])
+            found = self._search(
+                self._group, f"displayName eq {_quoted(entitlement)}", ["displayName"]
+            )
             if not found:
                 raise PermanentError(
                     f"{self.name}: group {entitlement!r} does not exist in the target; create it "
@@ -287,7 +299,7 @@ class ScimConnector:
             patch = (
                 _patch(model, "add", "members", [{"value": account}])
                 if add
-                else _patch(model, "remove", f'members[value eq "{account}"]')
+                else _patch(model, "remove", f"members[value eq {_quoted(account)}]")
             )
             self._call(what, lambda: self._scim.modify(model, group_id, patch))
             return

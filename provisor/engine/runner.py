@@ -186,10 +186,13 @@ def _clash(job: Job, spec: AccountSpec, owner: str | None) -> str:
     )
 
 
-def execute(job: Job, connector: Connector, spec: AccountSpec) -> Outcome:
+def execute(
+    job: Job, connector: Connector, spec: AccountSpec, known: AccountRecord | None = None
+) -> Outcome:
     """Do one operation if the account does not show it yet; read back; judge.
 
-    Raises ``ConnectorError`` on failure."""
+    ``known`` is the account as the previous step of the same run read it back, which saves
+    reading it again before writing. Raises ``ConnectorError`` on failure."""
     kind = job.kind
     account = job.account
     if kind is OpKind.REVOKE_SESSIONS and Capability.SESSIONS not in connector.capabilities():
@@ -208,7 +211,10 @@ def execute(job: Job, connector: Connector, spec: AccountSpec) -> Outcome:
                 return Outcome(job, "verified", None, "no such account: nothing to delete")
             raise PermanentError(f"{job.target}: no account for {job.identity} to {kind.value}")
         account = found.account if found else None
-    before = connector.read(account) if account else None
+    if known is not None and known.account == account:
+        before: AccountRecord | None = known
+    else:
+        before = connector.read(account) if account else None
     if _expect(job, before) is None and not (kind is OpKind.CREATE and before is None):
         return Outcome(job, "verified", before, "already as intended; nothing written")
     if kind is OpKind.CREATE:
@@ -387,6 +393,7 @@ class Runner:
         """One account's open operations in step order; stops at the first that cannot run."""
         outcomes: list[Outcome] = []
         account: str | None = None
+        known: AccountRecord | None = None
         for job in jobs:
             when = now()
             if not job.due(when):
@@ -407,7 +414,7 @@ class Runner:
             if bucket is not None:
                 bucket.acquire()
             try:
-                outcome = execute(job, connector, specs[(job.identity, job.target)])
+                outcome = execute(job, connector, specs[(job.identity, job.target)], known)
             except RetryableError as exc:
                 outcomes.append(
                     Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after, at=when)
@@ -418,6 +425,7 @@ class Runner:
                 break
             outcome.at = when
             outcomes.append(outcome)
+            known = outcome.record
             if outcome.record is not None:
                 account = outcome.record.account
         return outcomes
