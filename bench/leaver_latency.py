@@ -1,0 +1,123 @@
+"""Leaver latency: from a termination event to every target verified revoked.
+
+Provisions --leavers people into a local SCIM 2.0 application (scim2-server), then terminates
+them one at a time; each time it records the event, plans that identity and runs the journal
+until every removal is verified by read-back (disable and group removals; the session layer is
+reported unverifiable on SCIM and does not wait). Reports the latency of each leaver.
+Prints one JSON line: {"bench": "leaver_latency", "p50_ms": ..., "p95_ms": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import lifecycle
+from provisor.engine.planner import sync_journal
+from provisor.engine.runner import Runner
+from provisor.engine.workspace import Workspace
+from provisor.sandbox import ScimApp
+from provisor.store import db, models
+
+POLICY = """\
+targets:
+  - name: app
+    class: scim
+    owner: bench
+    leaver_action: disable
+    connection: {{url: "{url}", timeout: 30}}
+    entitlements: [{{name: staff}}, {{name: engineering}}]
+rules:
+  - name: staff
+    when: {{attr: employment_type, equals: employee}}
+    grant: [{{target: app, entitlements: [staff, engineering]}}]
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--leavers", type=int, default=100)
+    args = parser.parse_args()
+    latencies: list[float] = []
+    with ScimApp() as app, tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
+        ScimApp.create_groups(app.url, "staff", "engineering")
+        folder = Path(tmp)
+        (folder / "policy").mkdir()
+        (folder / "policy" / "p.yaml").write_text(POLICY.format(url=app.url))
+        engine = db.make_engine(db.database_url(folder))
+        db.upgrade(engine)
+        engine.dispose()
+        workspace = Workspace.open(folder)
+        start = datetime.now(UTC)
+        people = [
+            LifecycleEvent(
+                f"E{i}",
+                EventKind.HIRE,
+                start - timedelta(days=30),
+                start,
+                {
+                    "name": f"Person {i}",
+                    "email": f"p{i}@example.com",
+                    "employment_type": "employee",
+                },
+            )
+            for i in range(args.leavers)
+        ]
+        with workspace.sessions() as session, session.begin():
+            lifecycle.record_events(session, workspace.config, people, origin="bench", now=start)
+        with workspace.sessions() as session, session.begin():
+            sync_journal(workspace, session, now=start)
+        runner = Runner(workspace)
+        runner.apply(now=lambda: datetime.now(UTC))
+        for i in range(args.leavers):
+            who = f"E{i}"
+            began = time.perf_counter()
+            now = datetime.now(UTC)
+            with workspace.sessions() as session, session.begin():
+                lifecycle.record_events(
+                    session,
+                    workspace.config,
+                    [LifecycleEvent(who, EventKind.TERMINATE, now, now)],
+                    origin="bench",
+                    now=now,
+                )
+            with workspace.sessions() as session, session.begin():
+                sync_journal(workspace, session, now=now, identity=who)
+            runner.apply(now=lambda: datetime.now(UTC), identity=who)
+            latencies.append((time.perf_counter() - began) * 1000)
+            with workspace.sessions() as session:
+                open_ops = session.execute(
+                    select(func.count())
+                    .select_from(models.Operation)
+                    .where(
+                        models.Operation.identity == who,
+                        models.Operation.status.in_(["pending", "failed"]),
+                    )
+                ).scalar_one()
+            assert open_ops == 0, f"{who}: {open_ops} removals not verified"
+        runner.close()
+        workspace.close()
+    ordered = sorted(latencies)
+    print(
+        json.dumps(
+            {
+                "bench": "leaver_latency",
+                "leavers": args.leavers,
+                "p50_ms": round(statistics.median(ordered), 1),
+                "p95_ms": round(ordered[max(0, int(len(ordered) * 0.95) - 1)], 1),
+                "max_ms": round(ordered[-1], 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
