@@ -60,9 +60,11 @@ app = typer.Typer(
 identities_app = typer.Typer(help="List identities, or show one with its timeline.")
 audit_app = typer.Typer(help="Verify or export the tamper-evident audit log.")
 policy_app = typer.Typer(help="Check policy files.")
+tasks_app = typer.Typer(help="Work items for manual targets: list, mark done, verify.")
 app.add_typer(identities_app, name="identities")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
+app.add_typer(tasks_app, name="tasks")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -590,6 +592,8 @@ def apply_command(
             f"{report.retrying} to retry, {report.failed} failed, {report.waiting} waiting "
             f"({report.writes} writes)."
         )
+        if report.tasks_opened:
+            out.print(f"  {report.tasks_opened} manual tasks opened; see 'provisor tasks'")
         for where, count in sorted(report.no_connector.items()):
             out.print(f"  {where}: {count} operations wait: no connector for this target class")
         for line in report.errors:
@@ -774,10 +778,108 @@ def observe(
             err.print(f"warning {line}")
         out.print(
             f"Observed {report.accounts} accounts in {target}: {report.linked} linked, "
-            f"{report.unlinked} unlinked, {report.entitlements} entitlements."
+            f"{report.unlinked} unlinked, {report.entitlements} entitlements; "
+            f"{report.confirmed} manual tasks confirmed."
         )
     if report.errors:
         raise typer.Exit(10)
+
+
+# --- manual tasks ---------------------------------------------------------------------------
+
+
+@tasks_app.callback(invoke_without_command=True)
+def tasks_default(context: typer.Context) -> None:
+    if context.invoked_subcommand is None:
+        tasks_list(every=False, owner=None, json_out=False)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    every: Annotated[bool, typer.Option("--all", help="Include verified and cancelled.")] = False,
+    owner: Annotated[str | None, typer.Option(help="Only this revocation owner.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List work items for manual targets, overdue first.
+
+    Example:  provisor tasks list --owner finance-ops@example.com
+    """
+    from provisor.engine import tasks
+
+    workspace = _open()
+    try:
+        with workspace.sessions() as session:
+            views = tasks.list_tasks(session, _now(), every=every, owner=owner)
+    finally:
+        workspace.close()
+    if json_out:
+        _print_json([v.as_dict() for v in views])
+        return
+    if not views:
+        out.print("No tasks waiting.")
+        return
+    _table(
+        "Tasks",
+        ["task", "status", "due", "owner", "target", "identity", "what"],
+        [
+            (
+                v.id,
+                v.status + (" OVERDUE" if v.overdue else ""),
+                v.due.date(),
+                v.owner,
+                v.target,
+                v.identity,
+                v.instructions,
+            )
+            for v in views
+        ],
+    )
+
+
+@tasks_app.command("done")
+def tasks_done(
+    task: Annotated[int, typer.Argument(help="Task number.")],
+    evidence: Annotated[str, typer.Option(help="What shows it was done (ticket, note).")],
+    by: Annotated[str | None, typer.Option(help="Who did it (default: you).")] = None,
+) -> None:
+    """Record that a task was done; it still needs verification.
+
+    Example:  provisor tasks done 12 --evidence "SNOW RITM0012345"
+    """
+    from provisor.engine import tasks
+
+    workspace = _open()
+    try:
+        with workspace.sessions() as session, session.begin():
+            tasks.complete(
+                session, task, by=by or audit.current_actor(), evidence=evidence, now=_now()
+            )
+    finally:
+        workspace.close()
+    out.print(
+        f"Task {task} done; a second person verifies it with 'provisor tasks verify {task}',"
+        " or an import of the application's user list confirms it."
+    )
+
+
+@tasks_app.command("verify")
+def tasks_verify(
+    task: Annotated[int, typer.Argument(help="Task number.")],
+    by: Annotated[str | None, typer.Option(help="Who attests (default: you).")] = None,
+) -> None:
+    """Attest, as a second person, that a done task really happened.
+
+    Example:  provisor tasks verify 12 --by alice
+    """
+    from provisor.engine import tasks
+
+    workspace = _open()
+    try:
+        with workspace.sessions() as session, session.begin():
+            tasks.verify(session, task, by=by or audit.current_actor(), now=_now())
+    finally:
+        workspace.close()
+    out.print(f"Task {task} verified.")
 
 
 # --- identities -----------------------------------------------------------------------------

@@ -106,6 +106,7 @@ class ScimConnector:
         self._membership = str(settings.get("membership", "group"))
         self._groups: dict[str, str] = {}
         self._discovered = False
+        self._setup = threading.Lock()
 
     def _remember(self, response: httpx2.Response) -> None:
         self._seen.response = response
@@ -143,9 +144,30 @@ class ScimConnector:
         return PermanentError(message)
 
     def _discover(self) -> None:
-        if not self._discovered:
+        """Discover the server once, and build every model class the requests will need.
+
+        scim2-models creates pydantic classes on first use (resource models from the schemas,
+        list responses and PATCH requests per resource); creating classes parses source with
+        ``ast``, which CPython 3.11 does not allow from several threads at once. Doing it here,
+        under a lock, leaves the worker threads only cached classes to use.
+        """
+        if self._discovered:
+            return
+        with self._setup:
+            if self._discovered:
+                return
             self._call("discovery", self._scim.discover)
+            user = self._scim.get_resource_model("User")
+            group = self._scim.get_resource_model("Group")
+            for model in (user, group):
+                self._probe(model)
+            _patch(user, "replace", "active", True)
+            _patch(group, "remove", "members")
             self._discovered = True
+
+    def _probe(self, model: Any) -> None:
+        probe: Any = SearchRequest(count=1)
+        self._call("list", lambda: self._scim.query(model, query_parameters=probe))
 
     @property
     def _user(self) -> Any:

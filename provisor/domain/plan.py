@@ -97,7 +97,9 @@ def _removal(
     ops: list[PlannedOperation] = []
     action = target.leaver_action
     account = observed.account
-    if observed.sessions is None or observed.sessions > 0:
+    # Unknown sessions of an enabled account are revoked first; once the account is disabled,
+    # unknown sessions are a blind spot to report, not work to plan again and again.
+    if (observed.sessions is None and observed.enabled) or (observed.sessions or 0) > 0:
         ops.append(
             PlannedOperation(identity, target.name, account, OpKind.REVOKE_SESSIONS, None, why)
         )

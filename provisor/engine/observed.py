@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
+from provisor.engine.tasks import confirm_from_observed
 from provisor.engine.workspace import Workspace
 from provisor.errors import FeedError, NotFoundError
 from provisor.evidence import audit
@@ -35,6 +36,7 @@ class ObservedImport:
     linked: int = 0
     unlinked: int = 0
     entitlements: int = 0
+    confirmed: int = 0  # manual tasks this export verified
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -155,6 +157,7 @@ def import_observed(
                 .where(models.Identity.external_id.in_(linked))
                 .values(needs_plan=True)
             )
+        report.confirmed = confirm_from_observed(session, target, f"export {path.name}", now)
         audit.record(
             session,
             "observed.imported",

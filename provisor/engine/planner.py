@@ -24,6 +24,7 @@ from provisor.domain.desired import CompiledPolicy, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, canonical_json, fold
 from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
 from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.tasks import cancel_for as cancel_tasks
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit
@@ -229,6 +230,7 @@ def sync_journal(
             )
         )
     session.flush()
+    cancel_tasks(session, [stale.id for stale in pending.values()], now)
     result.extend((op, "new", row.id) for op, row in new_rows)
     for part in chunks(ids):
         session.execute(

@@ -44,6 +44,8 @@ from provisor.connectors.base import (
 from provisor.domain.plan import OpKind
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.lifecycle import chunks
+from provisor.engine.readback import unmet
+from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import models
@@ -135,7 +137,8 @@ class ApplyReport:
     retrying: int = 0
     failed: int = 0
     writes: int = 0
-    waiting: int = 0  # not due yet, or behind an earlier step of the same account
+    waiting: int = 0  # not due yet, behind an earlier step, or with a person (manual task)
+    tasks_opened: int = 0
     no_connector: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -145,26 +148,6 @@ class ApplyReport:
 
 class _Mismatch(PermanentError):
     """The write was accepted but the read-back does not show it."""
-
-
-def _expect(job: Job, record: AccountRecord | None) -> str | None:
-    """Why ``record`` does not show ``job`` done, or None when it does."""
-    kind = job.kind
-    if kind is OpKind.DELETE:
-        return None if record is None else "the account still exists"
-    if record is None:
-        return "the account does not exist"
-    if kind is OpKind.CREATE:
-        return None
-    if kind is OpKind.ENABLE:
-        return None if record.enabled else "the account is disabled"
-    if kind is OpKind.DISABLE:
-        return None if not record.enabled else "the account is enabled"
-    if kind is OpKind.ADD_ENTITLEMENT:
-        return None if job.entitlement in record.entitlements else f"{job.entitlement} is missing"
-    if kind is OpKind.REMOVE_ENTITLEMENT:
-        return None if job.entitlement not in record.entitlements else f"{job.entitlement} remains"
-    return None if record.sessions == 0 else f"{record.sessions} sessions remain"
 
 
 def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
@@ -215,7 +198,9 @@ def execute(
         before: AccountRecord | None = known
     else:
         before = connector.read(account) if account else None
-    if _expect(job, before) is None and not (kind is OpKind.CREATE and before is None):
+    if unmet(job.kind, job.entitlement, before) is None and not (
+        kind is OpKind.CREATE and before is None
+    ):
         return Outcome(job, "verified", before, "already as intended; nothing written")
     if kind is OpKind.CREATE:
         account = _create(job, connector, spec)
@@ -234,7 +219,7 @@ def execute(
     elif kind is OpKind.DELETE:
         connector.delete(account)
     after = connector.read(account)
-    problem = _expect(job, after)
+    problem = unmet(job.kind, job.entitlement, after)
     if problem is not None:
         raise _Mismatch(
             f"{job.target}: {kind.value} was accepted but the read-back disagrees: {problem}"
@@ -304,7 +289,13 @@ class Runner:
             connector = self.connector(where)
             if connector is None:
                 count = sum(len(jobs) for jobs in accounts)
-                report.no_connector[where] = count
+                definition = self.workspace.compiled.targets.get(where)
+                if definition is not None and definition.target_class is TargetClass.MANUAL:
+                    with self.workspace.sessions() as session, session.begin():
+                        report.tasks_opened += open_tasks(self.workspace, session, now(), [where])
+                    report.waiting += count
+                else:
+                    report.no_connector[where] = count
                 done += count
                 continue
             definition = self.workspace.compiled.targets[where]

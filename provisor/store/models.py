@@ -232,3 +232,30 @@ class Operation(Base):
     verified_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class Task(Base):
+    """A work item for a manual target's revocation owner: one operation done by a person.
+
+    open -> done (by whom, with evidence) -> verified (attested by a second person, or confirmed
+    by a later import of the application's user list); cancelled when the plan no longer needs
+    it. An unverified manual change is not done.
+    """
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    operation_id: Mapped[int] = mapped_column(ForeignKey("operations.id"), unique=True)
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(256), index=True)
+    instructions: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    due_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    done_by: Mapped[str | None] = mapped_column(String(256))
+    done_at: Mapped[datetime | None]
+    evidence: Mapped[str | None] = mapped_column(Text)
+    verified_by: Mapped[str | None] = mapped_column(String(256))
+    verified_at: Mapped[datetime | None]
+    verification: Mapped[str | None] = mapped_column(String(32))

@@ -1,0 +1,31 @@
+"""Judging a read-back: does an account, as read, show an operation done?
+
+Does: say why an account record does not show an operation of a given kind done, or that it
+does — the one rule the runner (live read-back), manual tasks (a later user-list import) and
+reconciliation share.
+Does not: read anything itself.
+"""
+
+from __future__ import annotations
+
+from provisor.connectors.base import AccountRecord
+from provisor.domain.plan import OpKind
+
+
+def unmet(kind: OpKind, entitlement: str | None, record: AccountRecord | None) -> str | None:
+    """Why ``record`` does not show an operation of ``kind`` done, or None when it does."""
+    if kind is OpKind.DELETE:
+        return None if record is None else "the account still exists"
+    if record is None:
+        return "the account does not exist"
+    if kind is OpKind.CREATE:
+        return None
+    if kind is OpKind.ENABLE:
+        return None if record.enabled else "the account is disabled"
+    if kind is OpKind.DISABLE:
+        return None if not record.enabled else "the account is enabled"
+    if kind is OpKind.ADD_ENTITLEMENT:
+        return None if entitlement in record.entitlements else f"{entitlement} is missing"
+    if kind is OpKind.REMOVE_ENTITLEMENT:
+        return None if entitlement not in record.entitlements else f"{entitlement} remains"
+    return None if record.sessions == 0 else f"{record.sessions} sessions remain"
