@@ -66,7 +66,8 @@ class FaultyProxy:
                         self.wfile.write(payload)
                         return
                 headers = {
-                    k: v for k, v in self.headers.items()
+                    k: v
+                    for k, v in self.headers.items()
                     if k.lower() not in ("host", "content-length", "connection")
                 }
                 response = httpx2.request(

@@ -42,9 +42,11 @@ def proxied(
 
 def app_ops(ws: Workspace) -> list[models.Operation]:
     with ws.sessions() as session:
-        return list(session.execute(
-            select(models.Operation).where(models.Operation.target == "app")
-        ).scalars())
+        return list(
+            session.execute(
+                select(models.Operation).where(models.Operation.target == "app")
+            ).scalars()
+        )
 
 
 def test_every_operation_ends_verified_or_parked(
