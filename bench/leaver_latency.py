@@ -14,7 +14,7 @@ import json
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -23,9 +23,8 @@ from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import lifecycle
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
-from provisor.engine.workspace import Workspace
-from provisor.sandbox import ScimApp
-from provisor.store import db, models
+from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
+from provisor.store import models
 
 POLICY = """\
 targets:
@@ -49,32 +48,8 @@ def main() -> None:
     latencies: list[float] = []
     with ScimApp() as app, tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
         ScimApp.create_groups(app.url, "staff", "engineering")
-        folder = Path(tmp)
-        (folder / "policy").mkdir()
-        (folder / "policy" / "p.yaml").write_text(POLICY.format(url=app.url))
-        engine = db.make_engine(db.database_url(folder))
-        db.upgrade(engine)
-        engine.dispose()
-        workspace = Workspace.open(folder)
-        start = datetime.now(UTC)
-        people = [
-            LifecycleEvent(
-                f"E{i}",
-                EventKind.HIRE,
-                start - timedelta(days=30),
-                start,
-                {
-                    "name": f"Person {i}",
-                    "email": f"p{i}@example.com",
-                    "employment_type": "employee",
-                },
-            )
-            for i in range(args.leavers)
-        ]
-        with workspace.sessions() as session, session.begin():
-            lifecycle.record_events(session, workspace.config, people, origin="bench", now=start)
-        with workspace.sessions() as session, session.begin():
-            sync_journal(workspace, session, now=start)
+        workspace = scratch_workspace(Path(tmp), POLICY.format(url=app.url))
+        hire_employees(workspace, args.leavers, datetime.now(UTC))
         runner = Runner(workspace)
         runner.apply(now=lambda: datetime.now(UTC))
         for i in range(args.leavers):

@@ -18,18 +18,13 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
-from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
-from provisor.engine.workspace import Workspace
-from provisor.sandbox import ScimApp
-from provisor.store import db
+from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 POLICY = """\
@@ -51,32 +46,9 @@ def engine_run(root: str, accounts: int, concurrency: int) -> float:
     url = f"{root}/e{uuid.uuid4().hex[:8]}/v2"
     ScimApp.create_groups(url, "staff")
     with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
-        folder = Path(tmp)
-        (folder / "policy").mkdir()
-        (folder / "policy" / "p.yaml").write_text(POLICY.format(url=url, concurrency=concurrency))
-        engine = db.make_engine(db.database_url(folder))
-        db.upgrade(engine)
-        engine.dispose()
-        workspace = Workspace.open(folder)
-        now = datetime.now(UTC)
-        events = [
-            LifecycleEvent(
-                f"E{i}",
-                EventKind.HIRE,
-                now - timedelta(days=1),
-                now,
-                {
-                    "name": f"Person {i}",
-                    "email": f"p{i}@example.com",
-                    "employment_type": "employee",
-                },
-            )
-            for i in range(accounts)
-        ]
-        with workspace.sessions() as session, session.begin():
-            lifecycle.record_events(session, workspace.config, events, origin="bench", now=now)
-        with workspace.sessions() as session, session.begin():
-            sync_journal(workspace, session, now=now)
+        policy = POLICY.format(url=url, concurrency=concurrency)
+        workspace = scratch_workspace(Path(tmp), policy)
+        hire_employees(workspace, accounts, datetime.now(UTC))
         runner = Runner(workspace)
         started = time.perf_counter()
         report = runner.apply(now=lambda: datetime.now(UTC))

@@ -1,7 +1,9 @@
-"""Throwaway target applications on this machine, for the demo and for tests.
+"""Throwaway workspaces and target applications on this machine, for the demo, tests and
+benchmarks.
 
 Does: start a real SCIM 2.0 application — the ``scim2-server`` package, in memory — on a free
-loopback port, wait until it answers, create groups in it, and stop it.
+loopback port, wait until it answers, create groups in it, and stop it; create a scratch
+workspace from a policy text; hire a batch of sample employees and plan their access.
 Does not: run anything in production; real targets are the customer's applications.
 """
 
@@ -11,12 +13,18 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
 import httpx2
 
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import lifecycle
+from provisor.engine.planner import sync_journal
+from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
+from provisor.store import db
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -93,3 +101,31 @@ class ScimApp:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def scratch_workspace(folder: Path, policy: str) -> Workspace:
+    """A workspace in ``folder`` whose only policy file holds ``policy``, database current."""
+    (folder / "policy").mkdir(parents=True, exist_ok=True)
+    (folder / "policy" / "policy.yaml").write_text(policy, encoding="utf-8")
+    engine = db.make_engine(db.database_url(folder))
+    db.upgrade(engine)
+    engine.dispose()
+    return Workspace.open(folder)
+
+
+def hire_employees(workspace: Workspace, count: int, now: datetime) -> None:
+    """Employees E0 … E{count-1} (email p{i}@example.com), hired yesterday, access planned."""
+    events = [
+        LifecycleEvent(
+            f"E{i}",
+            EventKind.HIRE,
+            now - timedelta(days=1),
+            now,
+            {"name": f"Person {i}", "email": f"p{i}@example.com", "employment_type": "employee"},
+        )
+        for i in range(count)
+    ]
+    with workspace.sessions() as session, session.begin():
+        lifecycle.record_events(session, workspace.config, events, origin="sandbox", now=now)
+    with workspace.sessions() as session, session.begin():
+        sync_journal(workspace, session, now=now)

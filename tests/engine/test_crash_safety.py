@@ -11,19 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
 import pytest
 from sqlalchemy import func, select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
-from provisor.engine.planner import sync_journal
-from provisor.engine.workspace import Workspace
-from provisor.sandbox import ScimApp
-from provisor.store import db, models
+from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
+from provisor.store import models
 
 PEOPLE = 500  # x (create + one group) = 1,000 operations
 
@@ -47,27 +43,8 @@ def test_kill_nine_mid_apply_then_finish(
 ) -> None:
     monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
     ScimApp.create_groups(scim_url, "staff")
-    (tmp_path / "policy").mkdir()
-    (tmp_path / "policy" / "p.yaml").write_text(POLICY.format(url=scim_url))
-    engine = db.make_engine(db.database_url(tmp_path))
-    db.upgrade(engine)
-    engine.dispose()
-    workspace = Workspace.open(tmp_path)
-    now = datetime.now(UTC)
-    events = [
-        LifecycleEvent(
-            f"E{i}",
-            EventKind.HIRE,
-            now - timedelta(days=1),
-            now,
-            {"name": f"P {i}", "email": f"p{i}@example.com", "employment_type": "employee"},
-        )
-        for i in range(PEOPLE)
-    ]
-    with workspace.sessions() as session, session.begin():
-        lifecycle.record_events(session, workspace.config, events, origin="test", now=now)
-    with workspace.sessions() as session, session.begin():
-        sync_journal(workspace, session, now=now)
+    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    hire_employees(workspace, PEOPLE, datetime.now(UTC))
 
     command = [
         str(Path(sys.executable).parent / "provisor"),

@@ -20,7 +20,8 @@ from provisor.engine import lifecycle
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner, backoff
 from provisor.engine.workspace import Workspace
-from provisor.store import db, models
+from provisor.sandbox import scratch_workspace
+from provisor.store import models
 from tests.connectors.test_scim import make_group
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -49,12 +50,7 @@ rules:
 
 
 def setup_workspace(folder: Path, url: str) -> Workspace:
-    (folder / "policy").mkdir(parents=True)
-    (folder / "policy" / "policy.yaml").write_text(POLICY.format(url=url))
-    engine = db.make_engine(db.database_url(folder))
-    db.upgrade(engine)
-    engine.dispose()
-    return Workspace.open(folder)
+    return scratch_workspace(folder, POLICY.format(url=url))
 
 
 @pytest.fixture
