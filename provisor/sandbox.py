@@ -41,7 +41,13 @@ class ScimApp:
     With ``tenants``, each first use of a path ``/NAME/v2`` creates an empty tenant there.
     """
 
-    def __init__(self, *, tenants: bool = False, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        *,
+        tenants: bool = False,
+        bearer_token: str | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.root}/v2"
@@ -54,6 +60,8 @@ class ScimApp:
         ]
         if tenants:
             command.append("--dynamic-tenants")
+        if bearer_token:
+            command += ["--bearer-token", bearer_token]
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -13,7 +13,7 @@ import pytest
 from provisor.connectors import scim as scim_module
 from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
 from provisor.connectors.scim import ScimConnector, retry_after
-from provisor.sandbox import GROUP_SCHEMA
+from provisor.sandbox import GROUP_SCHEMA, ScimApp
 
 
 def make_group(url: str, name: str) -> str:
@@ -105,3 +105,18 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
     assert retry_after("not a date") is None
     assert retry_after(None) is None
+
+
+def test_bearer_token_is_sent_and_a_wrong_one_is_permanent() -> None:
+    with ScimApp(bearer_token="s3cret") as app:
+        good = ScimConnector("app", {"url": app.url, "token": "s3cret"})
+        bad = ScimConnector("app", {"url": app.url, "token": "wrong"})
+        try:
+            assert good.read(good.create(spec())) is not None
+            with pytest.raises(PermanentError, match="HTTP 401") as caught:
+                bad.read("x")
+            assert not isinstance(caught.value, RetryableError)
+            assert "s3cret" not in str(caught.value) and "wrong" not in str(caught.value)
+        finally:
+            good.close()
+            bad.close()
