@@ -116,6 +116,8 @@ def utc(value: datetime | date) -> datetime:
     """Return ``value`` as an aware UTC datetime; a bare date means midnight UTC of that day."""
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -128,7 +130,9 @@ _canonical = json.JSONEncoder(
 
 def canonical_json(value: Any) -> str:
     """The one JSON spelling of a value: sorted keys, no spaces, UTF-8 kept as is."""
-    return _canonical(value)
+    # None (an absent ref or state) is common in keys and audit entries, and the encoder only
+    # short-cuts strings.
+    return "null" if value is None else _canonical(value)
 
 
 def event_key(
@@ -139,14 +143,19 @@ def event_key(
     ref: str | None = None,
 ) -> str:
     """Content key of an event: the same change reported twice has the same key."""
-    body = canonical_json(
-        {
-            "identity": identity,
-            "kind": str(kind),
-            "effective": utc(effective).isoformat(),
-            "attributes": dict(attributes),
-            "ref": ref,
-        }
+    return _key(identity, kind, effective, canonical_json(dict(attributes)), ref)
+
+
+def _key(
+    identity: str, kind: EventKind, effective: datetime, attributes_json: str, ref: str | None
+) -> str:
+    # The canonical JSON of {"identity", "kind", "effective", "attributes", "ref"}, spelled out
+    # in sorted key order so that the attributes' JSON (which audit entries reuse) is encoded
+    # once per event; a test checks it against canonical_json of the whole.
+    body = (
+        f'{{"attributes":{attributes_json},"effective":"{utc(effective).isoformat()}",'
+        f'"identity":{canonical_json(identity)},"kind":{canonical_json(str(kind))},'
+        f'"ref":{canonical_json(ref)}}}'
     )
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
@@ -168,8 +177,18 @@ class LifecycleEvent:
         object.__setattr__(self, "effective", utc(self.effective))
         object.__setattr__(self, "recorded", utc(self.recorded))
         if not self.key:
-            key = event_key(self.identity, self.kind, self.effective, self.attributes, self.ref)
+            key = _key(self.identity, self.kind, self.effective, self.attributes_json, self.ref)
             object.__setattr__(self, "key", key)
+
+    @property
+    def attributes_json(self) -> str:
+        """The attributes as canonical JSON, as the key hashes them."""
+        cached: str | None = self.__dict__.get("_attributes_json")
+        if cached is None:
+            cached = canonical_json(dict(self.attributes))
+            # Kept beside the fields (not one of them: equality and repr ignore it).
+            object.__setattr__(self, "_attributes_json", cached)
+        return cached
 
     def sort_key(self) -> tuple[datetime, int, str]:
         return (self.effective, _KIND_ORDER[self.kind], self.key)
@@ -237,14 +256,15 @@ def _voided_terminations(
     termination effective at or before it. It only counts within ``window`` of the termination's
     effective date; later, the person must be rehired instead.
     """
+    voided: set[str] = set()
+    notes: dict[str, str] = {}
+    rescinds = [e for e in events if e.kind is EventKind.RESCIND]
+    if not rescinds:
+        return voided, notes
     terminations = sorted(
         (e for e in events if e.kind is EventKind.TERMINATE), key=LifecycleEvent.sort_key
     )
-    voided: set[str] = set()
-    notes: dict[str, str] = {}
-    for rescind in sorted(
-        (e for e in events if e.kind is EventKind.RESCIND), key=LifecycleEvent.sort_key
-    ):
+    for rescind in sorted(rescinds, key=LifecycleEvent.sort_key):
         if rescind.ref:
             candidates = [t for t in terminations if t.key == rescind.ref]
         else:

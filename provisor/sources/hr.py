@@ -12,7 +12,6 @@ manager or owner exists; the engine does all of that with the records this modul
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
 import re
@@ -168,19 +167,10 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
         fmt = "csv" if found == "csv" else "jsonl"
     text = _read_text(path, file)
     parser = _RowParser(file, mapping)
-    # Parsing allocates a few containers per row and frees none of them, so the cyclic
-    # collector would run again and again to find nothing; it is paused (about a third of the
-    # time on a large feed) and restarted afterwards if it was running.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        if fmt == "csv":
-            _parse_csv(text, parser)
-        else:
-            _parse_jsonl(text, parser)
-    finally:
-        if collecting:
-            gc.enable()
+    if fmt == "csv":
+        _parse_csv(text, parser)
+    else:
+        _parse_jsonl(text, parser)
     if mapping.mode is FeedMode.SNAPSHOT and parser.rows_read == 0:
         raise FeedError(
             f"{file}: the snapshot has no people; importing it would terminate everyone, "

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from operator import itemgetter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, Engine, Table, create_engine, event, insert
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.errors import WorkspaceError
@@ -69,77 +69,60 @@ def table(model: type[Any]) -> Table:
     return mapped
 
 
-def _converter(column_type: Any, sqlite: bool) -> Callable[[Any], Any] | None:
-    """Value conversion for one column; conversions are memoised (a bulk insert repeats the
-    same few timestamps and empty lists over and over)."""
-    if isinstance(column_type, JSON):
-        empty: dict[str, str] = {"[]": "[]", "{}": "{}"}
+def json_text(value: Any) -> str:
+    """The JSON text ``bulk_insert`` stores for a value of a JSON column."""
+    return _json(value)
 
-        def to_json(value: Any) -> Any:
-            if value is None:
-                return None
-            if not value and isinstance(value, list | dict):
-                return empty["[]" if isinstance(value, list) else "{}"]
-            return _json(value)
 
-        return to_json
-    if isinstance(column_type, UTCDateTime):
-        seen: dict[datetime, Any] = {}
+@lru_cache(maxsize=8192)
+def _sqlite_time(value: datetime | None) -> str | None:
+    """An aware datetime as SQLAlchemy stores a DATETIME on SQLite (naive UTC text)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
-        def to_time(value: datetime | None) -> Any:
-            if value is None:
-                return None
-            found = seen.get(value)
-            if found is None:
-                naive = value.astimezone(UTC).replace(tzinfo=None)
-                # SQLAlchemy's own storage format for DATETIME on SQLite
-                found = naive.isoformat(sep=" ", timespec="microseconds") if sqlite else naive
-                seen[value] = found
-            return found
 
-        return to_time
-    return None
+@lru_cache(maxsize=8192)
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """An aware datetime as other databases store it (naive UTC)."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
 
 _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
-def bulk_insert(session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert many rows of ``model`` in one executemany.
+def bulk_insert(
+    session: Session, model: type[Any], names: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert many rows of ``model`` in one executemany; each row holds the values of ``names``
+    in that order, JSON columns as their text (``json_text``, so a value several rows share is
+    encoded once).
 
     Values are converted here, column by column, instead of by SQLAlchemy row by row: imports
-    write hundreds of thousands of rows and the per-value processing would dominate. Every row
-    must carry the same keys.
+    write hundreds of thousands of rows and the per-value processing would dominate.
     """
     if not rows:
         return
     connection = session.connection()
     dialect = connection.dialect
-    mark = _MARKS.get(dialect.paramstyle)
     mapped = table(model)
-    if mark is None:
-        session.execute(insert(mapped), list(rows))
-        return
-    names = list(rows[0])
-    sqlite = dialect.name == "sqlite"
-    converters = [
-        (i, convert)
-        for i, name in enumerate(names)
-        if (convert := _converter(mapped.c[name].type, sqlite)) is not None
-    ]
+    # Imports repeat the same few timestamps over and over: each is converted once (cached).
+    stored_time = _sqlite_time if dialect.name == "sqlite" else _naive_utc
+    columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
+    for i, name in enumerate(names):
+        if isinstance(mapped.c[name].type, UTCDateTime):
+            columns[i] = map(stored_time, columns[i])
+    params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
-    statement = (
-        f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)}) "
-        f"VALUES ({', '.join(mark for _ in names)})"
-    )
-    pick = itemgetter(*names)
-    params: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = list(pick(row)) if len(names) > 1 else [row[names[0]]]
-        for i, convert in converters:
-            values[i] = convert(values[i])
-        params.append(tuple(values))
-    connection.exec_driver_sql(statement, params)
+    into = f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
+    mark = _MARKS.get(dialect.paramstyle)
+    if mark is not None:
+        connection.exec_driver_sql(f"{into} VALUES ({', '.join(mark for _ in names)})", params)
+        return
+    # Any other parameter style: named placeholders, which SQLAlchemy renders for the driver.
+    marks = [f"p{i}" for i in range(len(names))]
+    statement = text(f"{into} VALUES ({', '.join(f':{m}' for m in marks)})")
+    connection.execute(statement, [dict(zip(marks, row, strict=True)) for row in params])
 
 
 def _alembic_config(engine: Engine) -> Config:

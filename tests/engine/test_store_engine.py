@@ -202,10 +202,12 @@ def test_non_human_needs_a_known_human_owner(ws: Workspace) -> None:
     bot = LifecycleEvent("S1", EventKind.HIRE, NOW, NOW, {"name": "ci", "kind": "bot"})
     with pytest.raises(LifecycleError, match="a bot needs an accountable owner"):
         record(ws, bot, strict=True)
-    stray = LifecycleEvent("S2", EventKind.HIRE, NOW, NOW,
-                           {"name": "key", "kind": "api_key", "owner": "S9"})
+    stray = LifecycleEvent(
+        "S2", EventKind.HIRE, NOW, NOW, {"name": "key", "kind": "api_key", "owner": "S9"}
+    )
     outcome = record(ws, stray)
     assert outcome.recorded == 0 and "owner S9 of this api_key is unknown" in outcome.warnings[0]
-    owned = LifecycleEvent("S3", EventKind.HIRE, NOW, NOW,
-                           {"name": "svc", "kind": "service_account", "owner": "E1"})
+    owned = LifecycleEvent(
+        "S3", EventKind.HIRE, NOW, NOW, {"name": "svc", "kind": "service_account", "owner": "E1"}
+    )
     assert record(ws, owned, strict=True).recorded == 1
