@@ -51,8 +51,11 @@ class ScimApp:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.root}/v2"
+        # The package's own command, run by module so it is found wherever scripts went.
         command = [
-            str(Path(sys.executable).parent / "scim2-server"),
+            sys.executable,
+            "-m",
+            "scim2_server.testserver.cli",
             "--hostname",
             "127.0.0.1",
             "--port",
