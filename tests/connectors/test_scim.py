@@ -120,3 +120,39 @@ def test_bearer_token_is_sent_and_a_wrong_one_is_permanent() -> None:
         finally:
             good.close()
             bad.close()
+
+
+def test_etag_conflict_is_retryable_and_the_retry_rereads(
+    scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PUT, the read resource's version goes out as If-Match; a change made in between
+    answers 412, which is retried, and the retry reads the new version first."""
+    connector = ScimConnector("app", {"url": scim_url, "patch": False})
+    try:
+        account = connector.create(spec())
+        real_query = connector._scim.query
+        meddled = []
+
+        def query_then_meddle(*args: object, **kwargs: object) -> object:
+            found = real_query(*args, **kwargs)  # type: ignore[arg-type]
+            if not meddled and args[1:] == (account,):
+                meddled.append(True)  # someone else edits the user right after our read
+                httpx2.patch(
+                    f"{scim_url}/Users/{account}",
+                    json={
+                        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                        "Operations": [
+                            {"op": "replace", "path": "displayName", "value": "Edited Elsewhere"}
+                        ],
+                    },
+                ).raise_for_status()
+            return found
+
+        monkeypatch.setattr(connector._scim, "query", query_then_meddle)
+        with pytest.raises(RetryableError, match="HTTP 412"):
+            connector.set_enabled(account, False)
+        connector.set_enabled(account, False)
+        record = connector.read(account)
+        assert record is not None and not record.enabled
+    finally:
+        connector.close()
