@@ -548,6 +548,9 @@ def plan(
 def apply_command(
     target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
     identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Put parked (failed) operations back in line.")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Run the journal's pending operations now; each ends verified only after a read-back.
@@ -562,6 +565,9 @@ def apply_command(
     workspace = _open()
     runner = Runner(workspace)
     try:
+        if retry_failed:
+            requeued = runner.requeue_failed(now=_now(), target=target, identity=identity)
+            err.print(f"{requeued} failed operations put back in line")
         if json_out or not err.is_terminal:
             report = runner.apply(now=_now, target=target, identity=identity)
         else:
@@ -623,11 +629,19 @@ def run_command(
     try:
         while True:
             started = _now()
-            with workspace.sessions() as session, session.begin():
-                ticked = lifecycle_service.tick(session, workspace.config, now=started)
-            with workspace.sessions() as session, session.begin():
-                planned = sync_journal(workspace, session, now=started)
-            applied = runner.apply(now=_now)
+            try:
+                with workspace.sessions() as session, session.begin():
+                    ticked = lifecycle_service.tick(session, workspace.config, now=started)
+                with workspace.sessions() as session, session.begin():
+                    planned = sync_journal(workspace, session, now=started)
+                applied = runner.apply(now=_now)
+            except (ProvisorError, SQLAlchemyError) as exc:
+                # one bad cycle (a policy typo, a locked database) must not stop the service
+                err.print(f"{started:%Y-%m-%d %H:%M:%S} cycle failed: {exc}", markup=False)
+                if once:
+                    raise
+                time.sleep(interval)
+                continue
             cycle = {
                 "at": started.isoformat(),
                 "changed": len(ticked.changed),

@@ -107,6 +107,9 @@ class ScimConnector:
         self._groups: dict[str, str] = {}
         self._discovered = False
         self._setup = threading.Lock()
+        # PUT of a group is read-modify-write: two workers changing one group at once would
+        # lose a change, so they take turns per group.
+        self._group_locks: dict[str, threading.Lock] = {}
 
     def _remember(self, response: httpx2.Response) -> None:
         self._seen.response = response
@@ -325,12 +328,17 @@ class ScimConnector:
             )
             self._call(what, lambda: self._scim.modify(model, group_id, patch))
             return
-        group = self._call(f"read group {entitlement}", lambda: self._scim.query(model, group_id))
-        members = [m for m in (group.members or []) if str(m.value) != account]
-        if add:
-            members.append(model.Members(value=account))
-        group.members = members
-        self._call(what, lambda: self._scim.replace(group))
+        with self._setup:
+            lock = self._group_locks.setdefault(group_id, threading.Lock())
+        with lock:
+            group = self._call(
+                f"read group {entitlement}", lambda: self._scim.query(model, group_id)
+            )
+            members = [m for m in (group.members or []) if str(m.value) != account]
+            if add:
+                members.append(model.Members(value=account))
+            group.members = members
+            self._call(what, lambda: self._scim.replace(group))
 
     def add_entitlement(self, account: str, entitlement: str) -> None:
         self._change_membership(account, entitlement, add=True)

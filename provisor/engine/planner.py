@@ -10,7 +10,7 @@ Does not: execute operations or talk to targets.
 
 from __future__ import annotations
 
-import hashlib
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.domain.desired import CompiledPolicy, desired_access
-from provisor.domain.lifecycle import IdentityState, LifecycleState, canonical_json, fold
+from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
 from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
 from provisor.engine.lifecycle import chunks, load_history, window
 from provisor.engine.tasks import cancel_for as cancel_tasks
@@ -144,21 +144,32 @@ class JournalSync:
         return sum(1 for _, status, _ in self.operations if status == "new")
 
 
-def _op_key(op: PlannedOperation, now: datetime) -> str:
-    body = canonical_json([*op.match_key, now.isoformat()])
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
+# Journal rows that stand for work already under way or parked: a plan that needs the same
+# work again matches them instead of adding a duplicate. Only "pending" ones can be cancelled.
+OPEN_STATUSES = ("pending", "running", "succeeded", "failed", "unverifiable")
 
 
-def _pending_ops(
+def _open_ops(
     session: Session, ids: Sequence[str], target: str | None
 ) -> Iterator[models.Operation]:
     for part in chunks(list(ids)):
         query = select(models.Operation).where(
-            models.Operation.identity.in_(part), models.Operation.status == "pending"
+            models.Operation.identity.in_(part), models.Operation.status.in_(OPEN_STATUSES)
         )
         if target is not None:
             query = query.where(models.Operation.target == target)
-        yield from session.execute(query).scalars()
+        yield from session.execute(query.order_by(models.Operation.id)).scalars()
+
+
+def _take(rows: list[models.Operation], account: str | None) -> models.Operation | None:
+    """The journal row for a planned operation on ``account``: same account first, then one
+    whose account is not known yet (a create's later steps), else any for a new account."""
+    for wanted in (account, None):
+        for row in rows:
+            if row.account == wanted:
+                rows.remove(row)
+                return row
+    return rows.pop(0) if rows and account is None else None
 
 
 def sync_journal(
@@ -172,15 +183,18 @@ def sync_journal(
     """Compute the plan for the selection and make the journal's pending operations match it."""
     workspace.note_policy_version(session)
     ops, ids = compute_plan(workspace, session, now=now, identity=identity, target=target)
-    pending = {
-        (o.identity, o.target, o.kind, o.entitlement or ""): o
-        for o in _pending_ops(session, ids, target)
-    }
+    open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
+    for row in _open_ops(session, ids, target):
+        key = (row.identity, row.target, row.kind, row.entitlement or "")
+        open_rows.setdefault(key, []).append(row)
     result: list[tuple[PlannedOperation, str, int]] = []
     entries: list[audit.Entry] = []
     new_rows: list[tuple[PlannedOperation, models.Operation]] = []
     for op in ops:
-        existing = pending.pop(op.match_key, None)
+        existing = _take(open_rows.get(op.match_key, []), op.account)
+        if existing is not None and existing.status != "pending":
+            result.append((op, existing.status, existing.id))
+            continue
         if existing is not None:
             # A grace period counted from "now" started when the removal was first planned;
             # one counted from a termination date follows that date if HR corrects it.
@@ -196,7 +210,7 @@ def sync_journal(
             result.append((op, "pending", existing.id))
             continue
         row = models.Operation(
-            key=_op_key(op, now),
+            key=uuid.uuid4().hex,
             identity=op.identity,
             target=op.target,
             account=op.account,
@@ -212,7 +226,8 @@ def sync_journal(
         session.add(row)
         new_rows.append((op, row))
         entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, row.key)))
-    for stale in pending.values():
+    stale_rows = [r for rows in open_rows.values() for r in rows if r.status == "pending"]
+    for stale in stale_rows:
         stale.status = "cancelled"
         stale.updated_at = now
         stale.last_error = "superseded: the current plan no longer needs it"
@@ -230,7 +245,7 @@ def sync_journal(
             )
         )
     session.flush()
-    cancel_tasks(session, [stale.id for stale in pending.values()], now)
+    cancel_tasks(session, [stale.id for stale in stale_rows], now)
     result.extend((op, "new", row.id) for op, row in new_rows)
     for part in chunks(ids):
         session.execute(
@@ -240,7 +255,7 @@ def sync_journal(
         )
     audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
-    return JournalSync(result, len(pending))
+    return JournalSync(result, len(stale_rows))
 
 
 def _op_data(op: PlannedOperation, key: str) -> dict[str, Any]:

@@ -47,10 +47,14 @@ from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet
 from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
 
 MAX_ATTEMPTS = 5
+REMOVALS = frozenset(
+    {OpKind.REVOKE_SESSIONS, OpKind.DISABLE, OpKind.REMOVE_ENTITLEMENT, OpKind.DELETE}
+)
 BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
 BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 200  # outcomes per journal transaction
@@ -198,10 +202,10 @@ def execute(
         before: AccountRecord | None = known
     else:
         before = connector.read(account) if account else None
-    if unmet(job.kind, job.entitlement, before) is None and not (
-        kind is OpKind.CREATE and before is None
-    ):
+    if unmet(job.kind, job.entitlement, before) is None:
         return Outcome(job, "verified", before, "already as intended; nothing written")
+    if before is None and kind in REMOVALS:
+        return Outcome(job, "verified", None, "the account no longer exists")
     if kind is OpKind.CREATE:
         account = _create(job, connector, spec)
     elif account is None:
@@ -285,41 +289,122 @@ class Runner:
         specs = self._specs(groups)
         done = 0
         pending: list[Outcome] = []
-        for where, accounts in sorted(by_target.items()):
-            connector = self.connector(where)
-            if connector is None:
+        claimed: set[int] = set()
+        finished: set[int] = set()
+        try:
+            for where, accounts in sorted(by_target.items()):
                 count = sum(len(jobs) for jobs in accounts)
-                definition = self.workspace.compiled.targets.get(where)
-                if definition is not None and definition.target_class is TargetClass.MANUAL:
-                    with self.workspace.sessions() as session, session.begin():
-                        report.tasks_opened += open_tasks(self.workspace, session, now(), [where])
-                    report.waiting += count
-                else:
-                    report.no_connector[where] = count
                 done += count
-                continue
-            definition = self.workspace.compiled.targets[where]
-            bucket = TokenBucket(definition.rate_limit) if definition.rate_limit else None
-            with ThreadPoolExecutor(definition.concurrency, f"provisor-{where}") as pool:
-                futures: list[tuple[Future[list[Outcome]], int]] = [
-                    (
-                        pool.submit(self._run_account, jobs, connector, specs, now, bucket),
-                        len(jobs),
-                    )
-                    for jobs in accounts
-                ]
-                for future, size in futures:
-                    outcomes = future.result()
-                    report.waiting += size - len(outcomes)
-                    pending.extend(outcomes)
-                    done += size
-                    if len(pending) >= FLUSH_EVERY:
-                        self._flush(pending, report)
-                        pending = []
-                    if progress is not None:
-                        progress(done, total)
-        self._flush(pending, report)
+                try:
+                    connector = self.connector(where)
+                except ProvisorError as exc:
+                    report.errors.append(f"{where}: cannot open the connector: {exc}")
+                    report.waiting += count
+                    continue
+                if connector is None:
+                    definition = self.workspace.compiled.targets.get(where)
+                    if definition is not None and definition.target_class is TargetClass.MANUAL:
+                        with self.workspace.sessions() as session, session.begin():
+                            opened = open_tasks(self.workspace, session, now(), [where])
+                        report.tasks_opened += opened
+                        report.waiting += count
+                    else:
+                        report.no_connector[where] = count
+                    continue
+                mine = self._claim([job.id for jobs in accounts for job in jobs])
+                claimed |= mine
+                accounts = [[j for j in jobs if j.id in mine] for jobs in accounts]
+                definition = self.workspace.compiled.targets[where]
+                bucket = TokenBucket(definition.rate_limit) if definition.rate_limit else None
+                with ThreadPoolExecutor(definition.concurrency, f"provisor-{where}") as pool:
+                    futures: list[tuple[Future[list[Outcome]], int]] = [
+                        (
+                            pool.submit(self._run_account, jobs, connector, specs, now, bucket),
+                            len(jobs),
+                        )
+                        for jobs in accounts
+                        if jobs
+                    ]
+                    for future, size in futures:
+                        outcomes = future.result()
+                        report.waiting += size - len(outcomes)
+                        pending.extend(outcomes)
+                        finished.update(o.job.id for o in outcomes)
+                        if len(pending) >= FLUSH_EVERY:
+                            self._flush(pending, report)
+                            pending = []
+                        if progress is not None:
+                            progress(done, total)
+        finally:
+            self._flush(pending, report)
+            self._release(claimed - finished)
         return report
+
+    def requeue_failed(
+        self, *, now: datetime, target: str | None = None, identity: str | None = None
+    ) -> int:
+        """Put parked operations back in line with a fresh set of attempts."""
+        op = models.Operation
+        with self.workspace.sessions() as session, session.begin():
+            query = select(op).where(op.status == "failed")
+            if target is not None:
+                query = query.where(op.target == target)
+            if identity is not None:
+                query = query.where(op.identity == identity)
+            rows = list(session.execute(query).scalars())
+            for row in rows:
+                row.status, row.attempts, row.next_attempt_at, row.updated_at = (
+                    "pending",
+                    0,
+                    None,
+                    now,
+                )
+            audit.append(
+                session,
+                [
+                    audit.Entry(
+                        "operation.requeued",
+                        row.identity,
+                        {
+                            "key": row.key,
+                            "target": row.target,
+                            "kind": row.kind,
+                            "last_error": row.last_error,
+                        },
+                    )
+                    for row in rows
+                ],
+                at=now,
+            )
+        return len(rows)
+
+    def _claim(self, ids: list[int]) -> set[int]:
+        """Mark open operations ``running`` so a plan made meanwhile leaves them alone; a row
+        left ``running`` by a crash is claimed again."""
+        op = models.Operation
+        with self.workspace.sessions() as session, session.begin():
+            for part in chunks(ids):
+                session.execute(
+                    update(op)
+                    .where(op.id.in_(part), op.status.in_(["pending", "running"]))
+                    .values(status="running")
+                )
+            mine: set[int] = set()
+            for part in chunks(ids):
+                query = select(op.id).where(op.id.in_(part), op.status == "running")
+                mine.update(session.execute(query).scalars())
+        return mine
+
+    def _release(self, ids: set[int]) -> None:
+        """Claimed operations that did not run this time (not due, behind a failed step)."""
+        op = models.Operation
+        with self.workspace.sessions() as session, session.begin():
+            for part in chunks(sorted(ids)):
+                session.execute(
+                    update(op)
+                    .where(op.id.in_(part), op.status == "running")
+                    .values(status="pending")
+                )
 
     def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
@@ -406,13 +491,20 @@ class Runner:
                 bucket.acquire()
             try:
                 outcome = execute(job, connector, specs[(job.identity, job.target)], known)
-            except RetryableError as exc:
-                outcomes.append(
-                    Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after, at=when)
-                )
-                break
-            except ConnectorError as exc:
-                outcomes.append(Outcome(job, "failed", note=str(exc), at=when))
+            except Exception as exc:  # every failure is recorded; none may escape a worker
+                if isinstance(exc, RetryableError):
+                    failure = Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
+                elif isinstance(exc, ConnectorError):
+                    failure = Outcome(job, "failed", note=str(exc))
+                else:
+                    failure = Outcome(job, "failed", note=f"{type(exc).__name__}: {exc}")
+                failure.at = when
+                outcomes.append(failure)
+                known = None
+                # A removal that failed must not keep the leaver's other access in place;
+                # an addition waits, since later steps need what it would have made.
+                if job.kind in REMOVALS:
+                    continue
                 break
             outcome.at = when
             outcomes.append(outcome)
@@ -441,6 +533,12 @@ class Runner:
     ) -> audit.Entry:
         at = outcome.at
         assert at is not None
+        if row.status != "running":  # not ours any more; never overwrite another decision
+            return audit.Entry(
+                "operation.ignored",
+                row.identity,
+                {"key": row.key, "status": row.status, "outcome": outcome.status},
+            )
         row.attempts += 1
         row.updated_at = at
         row.last_error = outcome.note
@@ -519,7 +617,14 @@ class Runner:
             for gone in existing:
                 session.delete(gone)
             return
-        kept = next((r for r in existing if r.account == record.account), None)
+        kept = session.execute(
+            select(models.ObservedAccount).where(
+                models.ObservedAccount.target == op.target,
+                models.ObservedAccount.account == record.account,
+            )
+        ).scalar_one_or_none()
+        if kept is not None:
+            kept.identity = op.identity  # read back for this identity: linked to it now
         for stale in existing:
             if stale is not kept and stale.source.startswith("export"):
                 session.delete(stale)  # an export's row for the same person, now read live
