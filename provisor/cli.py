@@ -943,6 +943,8 @@ def identities_list(
                 for r in session.execute(query).scalars()
                 if not department or (r.attributes or {}).get("department") == department
             ]
+            if department:
+                total = len(rows)  # the department lives in the attributes, filtered here
     finally:
         workspace.close()
     shown = rows[:limit] if limit else rows

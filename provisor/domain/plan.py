@@ -168,7 +168,10 @@ def plan_identity(
             if not want.enabled:
                 ops.append(PlannedOperation(who, name, None, OpKind.DISABLE, None, want.note))
             continue
-        primary, *extra = sorted(have, key=lambda a: a.account)
+        # the account in use is kept: enabled first, then the one holding the most access
+        primary, *extra = sorted(
+            have, key=lambda a: (not a.enabled, -len(a.entitlements), a.account)
+        )
         for duplicate in extra:
             why = f"second account for {who} in {name}; {primary.account} is kept"
             ops.extend(_removal(target, duplicate, who, why, state.as_of, True))

@@ -217,12 +217,16 @@ def confirm_from_observed(session: Session, target: str, source: str, now: datet
     ).all()
     confirmed = 0
     for task, op in done:
+        # The account the operation named, when it named one: an account that merely failed to
+        # correlate this time must not pass for a deleted one.
+        which = (
+            models.ObservedAccount.account == op.account
+            if op.account
+            else models.ObservedAccount.identity == op.identity
+        )
         row = (
             session.execute(
-                select(models.ObservedAccount).where(
-                    models.ObservedAccount.target == target,
-                    models.ObservedAccount.identity == op.identity,
-                )
+                select(models.ObservedAccount).where(models.ObservedAccount.target == target, which)
             )
             .scalars()
             .first()
