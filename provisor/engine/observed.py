@@ -85,6 +85,9 @@ def import_observed(
             if not account:
                 report.errors.append(f"{path}:{line} account: empty")
                 continue
+            if len(account) > 512:
+                report.errors.append(f"{path}:{line} account: longer than 512 characters")
+                continue
             if account in seen:
                 report.errors.append(f"{path}:{line} account: {account} is listed twice")
                 continue
@@ -120,6 +123,13 @@ def import_observed(
             entitlements = sorted(
                 {e.strip() for e in (row.get("entitlements") or "").split(";") if e.strip()}
             )
+            too_long = [e for e in entitlements if len(e) > 256]
+            if too_long:
+                report.errors.append(
+                    f"{path}:{line} entitlements: {too_long[0][:40]}... is longer than 256 "
+                    "characters"
+                )
+                continue
             result = session.execute(
                 insert(models.ObservedAccount).returning(models.ObservedAccount.id),
                 {

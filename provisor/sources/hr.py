@@ -44,6 +44,8 @@ _REQUIRED: dict[FeedMode, tuple[str, ...]] = {
     FeedMode.SNAPSHOT: ("id", "name"),
     FeedMode.EVENTS: ("id", "event", "effective"),
 }
+# Lengths the store keeps for these fields (identities and events tables).
+_MAX_LENGTH = {"id": 128, "name": 256, "email": 320, "manager": 128, "owner": 128, "ref": 64}
 _STATUSES = ("active", "leave", "suspended", "terminated")
 _KINDS = tuple(k.value for k in IdentityKind)
 _NON_HUMAN = frozenset(_KINDS) - {IdentityKind.HUMAN.value}
@@ -350,6 +352,11 @@ class _RowParser:
         if owner is not None and owner == values.get("id"):
             reason = f"owner {owner} is the identity itself; the owner must be someone else"
             self._bad(errors, line, "owner", reason)
+        for name, limit in _MAX_LENGTH.items():
+            value = values.get(name)
+            if isinstance(value, str) and len(value) > limit:
+                reason = f"{len(value)} characters; at most {limit} are kept"
+                self._bad(errors, line, name, reason)
 
     def _needs_owner(self, errors: list[RowError], line: int, values: dict[str, Any]) -> None:
         kind = values.get("kind")

@@ -747,3 +747,13 @@ def test_fast_record_builder_matches_the_dataclass() -> None:
     assert hash(built.line) == hash(3) and repr(built) == repr(FeedRecord(*args))
     with pytest.raises(AttributeError):
         built.line = 4  # type: ignore[misc]
+
+
+def test_values_longer_than_the_store_keeps_are_row_errors(tmp_path: Path) -> None:
+    feed = tmp_path / "long.csv"
+    feed.write_text("id,name\nE1,Ann\nE2," + "x" * 300 + "\n", encoding="utf-8")
+    parsed = parse_feed(feed, FeedMapping())
+    assert [r.identity for r in parsed.records] == ["E1"]
+    assert [str(e) for e in parsed.errors] == [
+        f"{feed}:3 name: 300 characters; at most 256 are kept"
+    ]
