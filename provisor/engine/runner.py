@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -291,15 +291,19 @@ class Runner:
         pending: list[Outcome] = []
         claimed: set[int] = set()
         finished: set[int] = set()
+        pools: list[ThreadPoolExecutor] = []
+        # every target runs at once, each in its own pool: a big joiner wave in one application
+        # never delays leavers in another; results come back to this one writer thread
+        futures: dict[Future[list[Outcome]], int] = {}
         try:
             for where, accounts in sorted(by_target.items()):
                 count = sum(len(jobs) for jobs in accounts)
-                done += count
                 try:
                     connector = self.connector(where)
                 except ProvisorError as exc:
                     report.errors.append(f"{where}: cannot open the connector: {exc}")
                     report.waiting += count
+                    done += count
                     continue
                 if connector is None:
                     definition = self.workspace.compiled.targets.get(where)
@@ -310,32 +314,38 @@ class Runner:
                         report.waiting += count
                     else:
                         report.no_connector[where] = count
+                    done += count
                     continue
                 mine = self._claim([job.id for jobs in accounts for job in jobs])
                 claimed |= mine
-                accounts = [[j for j in jobs if j.id in mine] for jobs in accounts]
+                report.waiting += count - len(mine)
+                done += count - len(mine)
                 definition = self.workspace.compiled.targets[where]
                 bucket = TokenBucket(definition.rate_limit) if definition.rate_limit else None
-                with ThreadPoolExecutor(definition.concurrency, f"provisor-{where}") as pool:
-                    futures: list[tuple[Future[list[Outcome]], int]] = [
-                        (
-                            pool.submit(self._run_account, jobs, connector, specs, now, bucket),
-                            len(jobs),
+                pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
+                pools.append(pool)
+                for jobs in accounts:
+                    taken = [j for j in jobs if j.id in mine]
+                    if taken:
+                        future = pool.submit(
+                            self._run_account, taken, connector, specs, now, bucket
                         )
-                        for jobs in accounts
-                        if jobs
-                    ]
-                    for future, size in futures:
-                        outcomes = future.result()
-                        report.waiting += size - len(outcomes)
-                        pending.extend(outcomes)
-                        finished.update(o.job.id for o in outcomes)
-                        if len(pending) >= FLUSH_EVERY:
-                            self._flush(pending, report)
-                            pending = []
-                        if progress is not None:
-                            progress(done, total)
+                        futures[future] = len(taken)
+            for future in as_completed(futures):
+                size = futures[future]
+                outcomes = future.result()
+                report.waiting += size - len(outcomes)
+                pending.extend(outcomes)
+                finished.update(o.job.id for o in outcomes)
+                done += size
+                if len(pending) >= FLUSH_EVERY:
+                    self._flush(pending, report)
+                    pending = []
+                if progress is not None:
+                    progress(done, total)
         finally:
+            for pool in pools:
+                pool.shutdown(wait=True)
             self._flush(pending, report)
             self._release(claimed - finished)
         return report
