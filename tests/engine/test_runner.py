@@ -33,7 +33,7 @@ targets:
     owner: app-team
     leaver_action: delete
     grace_days: 7
-    connection: {{url: "{url}", timeout: 3}}
+    connection: {{url: "{url}", timeout: {timeout}}}
     entitlements: [{{name: staff}}, {{name: engineering}}]
   - name: paper
     class: manual
@@ -49,8 +49,8 @@ rules:
 """
 
 
-def setup_workspace(folder: Path, url: str) -> Workspace:
-    return scratch_workspace(folder, POLICY.format(url=url))
+def setup_workspace(folder: Path, url: str, timeout: float = 3) -> Workspace:
+    return scratch_workspace(folder, POLICY.format(url=url, timeout=timeout))
 
 
 @pytest.fixture

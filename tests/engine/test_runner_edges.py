@@ -4,7 +4,6 @@ doubled, work taken while a plan runs, accounts known only from an export."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,20 +18,6 @@ from provisor.store import models
 from tests.connectors.faulty_proxy import Fault, FaultyProxy
 from tests.connectors.test_scim import make_group
 from tests.engine.test_runner import NOW, apply, event, people, plan, setup_workspace
-
-
-@pytest.fixture
-def proxied(
-    tmp_path: Path, scim_server: str, scim_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Workspace, FaultyProxy, str]]:
-    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    make_group(scim_url, "staff")
-    make_group(scim_url, "engineering")
-    proxy = FaultyProxy(scim_server)
-    workspace = setup_workspace(tmp_path, proxy.url + scim_url.removeprefix(scim_server))
-    yield workspace, proxy, scim_url
-    workspace.close()
-    proxy.close()
 
 
 def ops_of(ws: Workspace, identity: str, target: str = "app") -> list[models.Operation]:

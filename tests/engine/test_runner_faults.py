@@ -5,39 +5,16 @@ verified or parked as failed, never verified without a read-back, and no account
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx2
-import pytest
 from sqlalchemy import select
 
 from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import Fault, FaultyProxy
-from tests.connectors.test_scim import make_group
-from tests.engine.test_runner import NOW, people, plan, setup_workspace
-
-
-@pytest.fixture
-def proxied(
-    tmp_path: Path, scim_server: str, scim_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Workspace, FaultyProxy, str]]:
-    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    make_group(scim_url, "staff")
-    make_group(scim_url, "engineering")
-    proxy = FaultyProxy(scim_server)
-    through_proxy = proxy.url + scim_url.removeprefix(scim_server)
-    workspace = setup_workspace(tmp_path, through_proxy)
-    (tmp_path / "policy" / "policy.yaml").write_text(
-        (tmp_path / "policy" / "policy.yaml").read_text().replace("timeout: 3", "timeout: 1")
-    )
-    workspace = Workspace.open(tmp_path)
-    yield workspace, proxy, scim_url
-    workspace.close()
-    proxy.close()
+from tests.engine.test_runner import NOW, people, plan
 
 
 def app_ops(ws: Workspace) -> list[models.Operation]:
