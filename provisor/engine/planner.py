@@ -3,8 +3,9 @@
 Does: for a selection of identities (one, one target, or everyone), compute desired access from
 the materialised identity state and the policy, diff it with the observed-state store, and bring
 the journal in line — new operations are added as pending, pending operations the plan no longer
-wants are cancelled (never deleted), each change with an audit event — then clear the
-identities' "needs plan" mark.
+wants are cancelled (never deleted), each change with an audit event; work already in flight,
+done but awaiting verification, or parked as failed is matched, not planned again — then clear
+the identities' "needs plan" mark.
 Does not: execute operations or talk to targets.
 """
 
