@@ -36,6 +36,7 @@ class AccountSpec:
     identity: str
     user_name: str
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True  # False: created locked (someone on leave, or not started yet)
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ class ScimConnector:
         fields: dict[str, Any] = {
             "user_name": spec.user_name,
             "external_id": spec.identity,
-            "active": True,
+            "active": spec.enabled,
         }
         if attrs.get("name"):
             fields["display_name"] = str(attrs["name"])

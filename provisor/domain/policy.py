@@ -28,6 +28,9 @@ SECRET_SETTING = re.compile(
 )
 
 
+_URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@:\s]+:[^/@\s]+@", re.I)
+
+
 class TargetClass(StrEnum):
     SCIM = "scim"
     LDAP = "ldap"
@@ -69,6 +72,11 @@ def _references_only(value: Any, where: str) -> Any:
         for key, item in value.items():
             path = f"{where}.{key}" if where else str(key)
             plain = not isinstance(item, Mapping | None) and item != ""
+            if isinstance(item, str) and _URL_WITH_PASSWORD.match(item):
+                raise ValueError(
+                    f"connection setting '{path}' carries a password in the URL; put the "
+                    "credential in its own setting as {env: VARIABLE} or {secret: NAME}"
+                )
             if plain and SECRET_SETTING.search(str(key)):
                 raise ValueError(
                     f"connection setting '{path}' is a credential written in plain text; "

@@ -18,6 +18,7 @@ operations pending.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -485,22 +486,15 @@ class Runner:
             if not job.due(when):
                 break
             if job.account is None and account is not None:
-                job = Job(
-                    job.id,
-                    job.key,
-                    job.identity,
-                    job.target,
-                    account,
-                    job.kind,
-                    job.entitlement,
-                    job.not_before,
-                    job.next_attempt_at,
-                    job.attempts,
-                )
+                job = dataclasses.replace(job, account=account)
             if bucket is not None:
                 bucket.acquire()
             try:
-                outcome = execute(job, connector, specs[(job.identity, job.target)], known)
+                spec = specs[(job.identity, job.target)]
+                if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
+                    # the plan wants the new account disabled: never let it exist enabled
+                    spec = dataclasses.replace(spec, enabled=False)
+                outcome = execute(job, connector, spec, known)
             except Exception as exc:  # every failure is recorded; none may escape a worker
                 if isinstance(exc, RetryableError):
                     failure = Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
@@ -536,7 +530,7 @@ class Runner:
             for outcome in outcomes:
                 row = rows[outcome.job.id]
                 entries.append(self._record(session, row, outcome, report))
-            audit.append(session, entries)
+            audit.append(session, entries, at=max(o.at for o in outcomes if o.at))
 
     def _record(
         self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport

@@ -266,3 +266,19 @@ def test_index_only_tests_candidate_rules() -> None:
     c = compiled()
     assert c.candidates({"department": "Sales", "employment_type": "employee"}) == [0, 1, 3]
     assert 2 in c.candidates({"department": "Eng"})
+
+
+def test_password_in_a_connection_url_is_refused() -> None:
+    target = {
+        "name": "db",
+        "class": "sql",
+        "owner": "dba",
+        "connection": {"dsn": "postgresql://app:hunter2@db.example.com/app"},
+    }
+    with pytest.raises(ValueError, match="carries a password in the URL"):
+        Policy.model_validate({"targets": [target]})
+    target["connection"] = {
+        "dsn": "postgresql://app@db.example.com/app",
+        "password": {"env": "DB_PASSWORD"},
+    }
+    assert Policy.model_validate({"targets": [target]}).targets[0].name == "db"

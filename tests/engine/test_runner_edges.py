@@ -14,6 +14,7 @@ from sqlalchemy import select
 from provisor.domain.lifecycle import EventKind
 from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
+from provisor.sandbox import scratch_workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import Fault, FaultyProxy
 from tests.connectors.test_scim import make_group
@@ -156,5 +157,32 @@ def test_account_known_unlinked_from_an_export_is_adopted(
                 select(models.ObservedAccount).where(models.ObservedAccount.account == account)
             ).scalar_one()
         assert row.identity == "E1" and row.source == "read-back"
+    finally:
+        ws.close()
+
+
+def test_account_for_someone_on_leave_is_created_locked(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    make_group(scim_url, "staff")
+    policy = (
+        "targets:\n"
+        "  - {name: app, class: scim, owner: it, on_leave: disable,\n"
+        f'     connection: {{url: "{scim_url}"}}, entitlements: [{{name: staff}}]}}\n'
+        "rules:\n"
+        "  - {name: staff, when: {attr: employment_type, equals: employee},\n"
+        "     grant: [{target: app, entitlements: [staff]}]}\n"
+    )
+    ws = scratch_workspace(tmp_path, policy)
+    try:
+        people(ws, "E1")
+        event(ws, "E1", EventKind.LEAVE)
+        plan(ws)
+        assert apply(ws).failed == 0
+        created = [o for o in ops_of(ws, "E1") if o.kind == "create"]
+        assert created[0].observed is not None and created[0].observed["enabled"] is False
+        disable = [o for o in ops_of(ws, "E1") if o.kind == "disable"]
+        assert disable[0].last_error == "already as intended; nothing written"
     finally:
         ws.close()
