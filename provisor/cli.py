@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from provisor.config.policy_files import load_policy
-from provisor.config.workspace import write_starter
+from provisor.config.workspace import load_config, write_starter
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, utc
 from provisor.engine import lifecycle as lifecycle_service
@@ -203,8 +203,6 @@ def policy_check(json_out: JsonOption = False) -> None:
     Example:  provisor policy check
     """
     folder = workspace_path(ctx.workspace).resolve()
-    from provisor.config.workspace import load_config
-
     config = load_config(folder)
     loaded = load_policy([folder / p for p in config.policy])
     policy = loaded.policy

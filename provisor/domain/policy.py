@@ -190,17 +190,6 @@ class Matcher(_Model):
         shown = "missing" if value is None else repr(value)
         return ok, f"{self.attr} is {shown}" + ("" if ok else f", wanted {self._wanted()}")
 
-    def matches(self, attributes: Mapping[str, Any]) -> bool:
-        if self.all is not None:
-            return all(sub.matches(attributes) for sub in self.all)
-        if self.any is not None:
-            return any(sub.matches(attributes) for sub in self.any)
-        if self.not_ is not None:
-            return not self.not_.matches(attributes)
-        assert self.attr is not None
-        raw = attributes.get(self.attr)
-        return self._test(None if raw is None or raw == "" else str(raw))
-
     def compile(self) -> Callable[[Mapping[str, Any]], bool]:
         """The matcher as a plain function, for evaluating many identities fast."""
         if self.all is not None:

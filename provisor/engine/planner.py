@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from provisor.domain.desired import CompiledPolicy, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
-from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
+from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
 from provisor.engine.lifecycle import chunks, load_history, window
 from provisor.engine.tasks import cancel_for as cancel_tasks
 from provisor.engine.workspace import Workspace
@@ -269,10 +269,3 @@ def _op_data(op: PlannedOperation, key: str) -> dict[str, Any]:
         "reason": op.reason,
         "not_before": op.not_before.isoformat() if op.not_before else None,
     }
-
-
-def summarize(ops: Sequence[PlannedOperation]) -> dict[str, int]:
-    counts = {kind.value: 0 for kind in OpKind}
-    for op in ops:
-        counts[op.kind.value] += 1
-    return {k: v for k, v in counts.items() if v}

@@ -195,12 +195,6 @@ def verify(session: Session) -> Verification:
     return Verification(True, count, last, prev)
 
 
-def head(session: Session) -> tuple[int, str]:
-    """Sequence number and hash of the newest event (0 and the genesis hash when empty)."""
-    row = session.get(AuditHead, 1)
-    return (row.seq, row.hash) if row else (0, GENESIS)
-
-
 def export(
     session: Session,
     *,
