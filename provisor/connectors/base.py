@@ -49,6 +49,7 @@ class AccountRecord:
     entitlements: frozenset[str]
     external_id: str | None = None
     sessions: int | None = None  # None: the target cannot tell
+    # the attributes the connector maps, as read, keyed by the identity attribute they come from
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +100,13 @@ class Connector(Protocol):
 
     def create(self, spec: AccountSpec) -> str:
         """Create the account; returns the target's id for it."""
+        ...
+
+    def update(self, account: str, spec: AccountSpec) -> str:
+        """Bring the account's user name and mapped attributes in line with ``spec``.
+
+        Returns the account's id afterwards: the same one, unless the target names accounts
+        by user name and the name changed (a rename)."""
         ...
 
     def set_enabled(self, account: str, enabled: bool) -> None: ...

@@ -208,12 +208,21 @@ class ScimConnector:
     def _record(self, user: Any, groups: frozenset[str] | None = None) -> AccountRecord:
         if groups is None:
             groups = self._groups_of(user)
+        attributes: dict[str, Any] = {}
+        if user.display_name:
+            attributes["name"] = str(user.display_name)
+        email = next((e.value for e in user.emails or [] if e.value), None)
+        if email:
+            attributes["email"] = str(email)
+        if user.title:
+            attributes["title"] = str(user.title)
         return AccountRecord(
             account=str(user.id),
             user_name=str(user.user_name),
             enabled=user.active is not False,
             entitlements=groups,
             external_id=user.external_id,
+            attributes=attributes,
         )
 
     def _groups_of(self, user: Any) -> frozenset[str]:
@@ -274,20 +283,33 @@ class ScimConnector:
 
     # --- writing --------------------------------------------------------------------------
 
-    def create(self, spec: AccountSpec) -> str:
+    def _fields(self, model: Any, spec: AccountSpec) -> dict[str, Any]:
+        """The user attributes Provisor manages, from the account spec."""
         attrs = spec.attributes
-        model = self._user
-        fields: dict[str, Any] = {
-            "user_name": spec.user_name,
-            "external_id": spec.identity,
-            "active": spec.enabled,
-        }
+        fields: dict[str, Any] = {"user_name": spec.user_name, "external_id": spec.identity}
         if attrs.get("name"):
             fields["display_name"] = str(attrs["name"])
         if attrs.get("email"):
             fields["emails"] = [model.Emails(value=str(attrs["email"]), primary=True)]
+        if attrs.get("title"):
+            fields["title"] = str(attrs["title"])
+        return fields
+
+    def create(self, spec: AccountSpec) -> str:
+        model = self._user
+        fields = self._fields(model, spec) | {"active": spec.enabled}
         user = self._call(f"create {spec.user_name}", lambda: self._scim.create(model(**fields)))
         return str(user.id)
+
+    def update(self, account: str, spec: AccountSpec) -> str:
+        """Replace the managed attributes (userName included) on the user as read; the
+        attributes Provisor does not manage, ``active`` among them, are sent back unchanged."""
+        model = self._user
+        user = self._call(f"read {account}", lambda: self._scim.query(model, account))
+        for key, value in self._fields(model, spec).items():
+            setattr(user, key, value)
+        self._call(f"update {account}", lambda: self._scim.replace(user))
+        return account
 
     def set_enabled(self, account: str, enabled: bool) -> None:
         model = self._user

@@ -1,7 +1,8 @@
 """The plan: operations that move observed access to desired access, in a safe order.
 
 Does: compare one identity's desired access with the accounts observed for it, target by target,
-and list the operations needed — create, enable, add-entitlement for joiners and movers;
+and list the operations needed — create, enable, add-entitlement for joiners and movers, update
+when a live read shows the account's user name or mapped attributes out of date;
 revoke-sessions, disable, remove-entitlement, then delete after the target's grace period for
 leavers and for access no longer granted — each with the reason that caused it.
 Does not: read storage, call targets, or decide when operations run; the journal and the workers
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from provisor.connectors.base import AccountSpec
 from provisor.domain.desired import DesiredAccess, Reason
 from provisor.domain.lifecycle import IdentityState, LifecycleState
 from provisor.domain.policy import LeaverAction, TargetDef
@@ -25,6 +27,7 @@ class OpKind(StrEnum):
     CREATE = "create"
     ENABLE = "enable"
     ADD_ENTITLEMENT = "add-entitlement"
+    UPDATE = "update"
     REVOKE_SESSIONS = "revoke-sessions"
     DISABLE = "disable"
     REMOVE_ENTITLEMENT = "remove-entitlement"
@@ -38,6 +41,7 @@ STEP = {
     OpKind.CREATE: 1,
     OpKind.DISABLE: 2,
     OpKind.ENABLE: 2,
+    OpKind.UPDATE: 2,
     OpKind.REMOVE_ENTITLEMENT: 3,
     OpKind.ADD_ENTITLEMENT: 3,
     OpKind.DELETE: 4,
@@ -56,6 +60,28 @@ class ObservedAccount:
     observed_at: datetime
     sessions: int | None = None  # None: the target cannot tell
     attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+def account_spec(target: TargetDef, identity: str, attributes: Mapping[str, Any]) -> AccountSpec:
+    """The account an identity should have in ``target``: its user name comes from the
+    attribute named by the target's ``connection.user_name_attribute`` (default ``email``)."""
+    name_from = str(target.connection.get("user_name_attribute", "email"))
+    return AccountSpec(identity, str(attributes.get(name_from) or identity), attributes)
+
+
+def attribute_drift(
+    spec: AccountSpec, user_name: str | None, mapped: Mapping[str, Any]
+) -> str | None:
+    """How an account, as read, differs from ``spec`` in user name or mapped attributes;
+    None when it does not. Only attributes both sides know are compared."""
+    problems = []
+    if user_name is not None and user_name != spec.user_name:
+        problems.append(f"user name is {user_name!r}, not {spec.user_name!r}")
+    for key in sorted(mapped):
+        wanted = spec.attributes.get(key)
+        if wanted is not None and str(mapped[key]) != str(wanted):
+            problems.append(f"{key} is {mapped[key]!r}, not {wanted!r}")
+    return "; ".join(problems) or None
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,14 @@ def plan_identity(
             why = f"second account for {who} in {name}; {primary.account} is kept"
             ops.extend(_removal(target, duplicate, who, why, state.as_of, True))
         kept = primary.account
+        # Only a live read tells which attributes the connector manages ("mapped").
+        mapped = primary.attributes.get("mapped")
+        if isinstance(mapped, Mapping):
+            spec = account_spec(target, who, state.attributes)
+            seen_name = primary.attributes.get("user_name")
+            drift = attribute_drift(spec, str(seen_name) if seen_name else None, mapped)
+            if drift is not None:
+                ops.append(PlannedOperation(who, name, kept, OpKind.UPDATE, None, drift))
         if want.enabled and not primary.enabled:
             ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
         elif not want.enabled and primary.enabled:

@@ -8,18 +8,29 @@ Does not: read anything itself.
 
 from __future__ import annotations
 
-from provisor.connectors.base import AccountRecord
-from provisor.domain.plan import OpKind
+from provisor.connectors.base import AccountRecord, AccountSpec
+from provisor.domain.plan import OpKind, attribute_drift
 
 
-def unmet(kind: OpKind, entitlement: str | None, record: AccountRecord | None) -> str | None:
-    """Why ``record`` does not show an operation of ``kind`` done, or None when it does."""
+def unmet(
+    kind: OpKind,
+    entitlement: str | None,
+    record: AccountRecord | None,
+    spec: AccountSpec | None = None,
+) -> str | None:
+    """Why ``record`` does not show an operation of ``kind`` done, or None when it does.
+
+    An update is judged against ``spec``, the account as it should be."""
     if kind is OpKind.DELETE:
         return None if record is None else "the account still exists"
     if record is None:
         return "the account does not exist"
     if kind is OpKind.CREATE:
         return None
+    if kind is OpKind.UPDATE:
+        if spec is None:
+            return "no account spec to compare with"
+        return attribute_drift(spec, record.user_name, record.attributes)
     if kind is OpKind.ENABLE:
         return None if record.enabled else "the account is disabled"
     if kind is OpKind.DISABLE:

@@ -32,6 +32,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from provisor.config.secrets import SecretsFile, key_from_env, resolve_connection
+from provisor.connectors import registry
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
@@ -42,7 +43,7 @@ from provisor.connectors.base import (
     PermanentError,
     RetryableError,
 )
-from provisor.domain.plan import OpKind
+from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet
@@ -62,14 +63,14 @@ FLUSH_EVERY = 200  # outcomes per journal transaction
 
 
 def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
-    """The connector for ``target``, or None when its class has none yet."""
-    if target.target_class is not TargetClass.SCIM:
+    """The connector for ``target`` with its secrets resolved, or None for a manual target."""
+    if target.target_class is TargetClass.MANUAL:
         return None
-    from provisor.connectors.scim import ScimConnector
-
     secrets_path = workspace.path / workspace.config.secrets_file
     secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
-    return ScimConnector(target.name, resolve_connection(target.connection, secrets))
+    return registry.open_connector(
+        target.name, target.target_class, resolve_connection(target.connection, secrets)
+    )
 
 
 def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
@@ -203,7 +204,7 @@ def execute(
         before: AccountRecord | None = known
     else:
         before = connector.read(account) if account else None
-    if unmet(job.kind, job.entitlement, before) is None:
+    if unmet(job.kind, job.entitlement, before, spec) is None:
         return Outcome(job, "verified", before, "already as intended; nothing written")
     if before is None and kind in REMOVALS:
         return Outcome(job, "verified", None, "the account no longer exists")
@@ -211,6 +212,8 @@ def execute(
         account = _create(job, connector, spec)
     elif account is None:
         raise PermanentError(f"{job.target}: no account for {job.identity}")
+    elif kind is OpKind.UPDATE:
+        account = connector.update(account, spec)  # a new id when the target renamed it
     elif kind in (OpKind.ENABLE, OpKind.DISABLE):
         connector.set_enabled(account, kind is OpKind.ENABLE)
     elif kind is OpKind.ADD_ENTITLEMENT:
@@ -224,7 +227,7 @@ def execute(
     elif kind is OpKind.DELETE:
         connector.delete(account)
     after = connector.read(account)
-    problem = unmet(job.kind, job.entitlement, after)
+    problem = unmet(job.kind, job.entitlement, after, spec)
     if problem is not None:
         raise _Mismatch(
             f"{job.target}: {kind.value} was accepted but the read-back disagrees: {problem}"
@@ -462,11 +465,10 @@ class Runner:
         for who, where in groups:
             definition = self.workspace.compiled.targets.get(where)
             attrs = attributes.get(who, {})
-            name_from = str(
-                definition.connection.get("user_name_attribute", "email") if definition else "email"
-            )
-            user_name = str(attrs.get(name_from) or who)
-            specs[(who, where)] = AccountSpec(who, user_name, attrs)
+            if definition is None:
+                specs[(who, where)] = AccountSpec(who, str(attrs.get("email") or who), attrs)
+            else:
+                specs[(who, where)] = account_spec(definition, who, attrs)
         return specs
 
     def _run_account(
@@ -480,12 +482,13 @@ class Runner:
         """One account's open operations in step order; stops at the first that cannot run."""
         outcomes: list[Outcome] = []
         account: str | None = None
+        renamed_from: str | None = None  # an update renamed the account: its old id
         known: AccountRecord | None = None
         for job in jobs:
             when = now()
             if not job.due(when):
                 break
-            if job.account is None and account is not None:
+            if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
             if bucket is not None:
                 bucket.acquire()
@@ -514,6 +517,8 @@ class Runner:
             outcomes.append(outcome)
             known = outcome.record
             if outcome.record is not None:
+                if job.account is not None and outcome.record.account != job.account:
+                    renamed_from = job.account
                 account = outcome.record.account
         return outcomes
 
@@ -558,10 +563,12 @@ class Runner:
             else:
                 report.unverifiable += 1
             report.writes += outcome.wrote
-            if outcome.record is not None and row.account is None:
+            renamed_from = None
+            if outcome.record is not None and row.account != outcome.record.account:
+                renamed_from = row.account
                 row.account = outcome.record.account
-                self._adopt_account(session, row)
-            self._observe(session, row, outcome.record, at)
+                self._adopt_account(session, row, renamed_from)
+            self._observe(session, row, outcome.record, at, renamed_from)
         elif status == "retry":
             wait = backoff(row.attempts, outcome.retry_after, self._rng)
             row.status, row.next_attempt_at = "pending", at + timedelta(seconds=wait)
@@ -586,15 +593,23 @@ class Runner:
             },
         )
 
-    def _adopt_account(self, session: Session, row: models.Operation) -> None:
-        """The account's later steps need not search for it again."""
+    def _adopt_account(
+        self, session: Session, row: models.Operation, renamed_from: str | None
+    ) -> None:
+        """The account's later steps need not search for it again; after a rename they
+        address the account by its new id."""
+        was = (
+            models.Operation.account.is_(None)
+            if renamed_from is None
+            else models.Operation.account.is_(None) | (models.Operation.account == renamed_from)
+        )
         session.execute(
             update(models.Operation)
             .where(
                 models.Operation.identity == row.identity,
                 models.Operation.target == row.target,
                 models.Operation.status == "pending",
-                models.Operation.account.is_(None),
+                was,
             )
             .values(account=row.account)
         )
@@ -605,6 +620,7 @@ class Runner:
         op: models.Operation,
         record: AccountRecord | None,
         now: datetime,
+        renamed_from: str | None = None,
     ) -> None:
         """Write the read-back into the observed-state store."""
         existing = (
@@ -630,8 +646,10 @@ class Runner:
         if kept is not None:
             kept.identity = op.identity  # read back for this identity: linked to it now
         for stale in existing:
-            if stale is not kept and stale.source.startswith("export"):
-                session.delete(stale)  # an export's row for the same person, now read live
+            renamed = renamed_from is not None and stale.account == renamed_from
+            if stale is not kept and (renamed or stale.source.startswith("export")):
+                # an export's row for the same person, now read live; or the old name
+                session.delete(stale)
         row = kept
         if row is None:
             row = models.ObservedAccount(
@@ -644,7 +662,11 @@ class Runner:
             )
             session.add(row)
         row.enabled, row.sessions, row.observed_at = record.enabled, record.sessions, now
-        row.attributes = {"user_name": record.user_name, "external_id": record.external_id}
+        row.attributes = {
+            "user_name": record.user_name,
+            "external_id": record.external_id,
+            "mapped": dict(record.attributes),
+        }
         row.source = "read-back"
         session.flush()
         session.execute(

@@ -14,6 +14,7 @@ from provisor.connectors import scim as scim_module
 from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
 from provisor.connectors.scim import ScimConnector, retry_after
 from provisor.sandbox import GROUP_SCHEMA, ScimApp
+from provisor.testing import ConnectorContract
 
 
 def make_group(url: str, name: str) -> str:
@@ -156,3 +157,25 @@ def test_etag_conflict_is_retryable_and_the_retry_rereads(
         assert record is not None and not record.enabled
     finally:
         connector.close()
+
+
+class TestContract(ConnectorContract):
+    """The shared connector contract against a real ``scim2-server``."""
+
+    paged_accounts = 2500
+
+    @pytest.fixture
+    def connector(self, scim_url: str) -> Iterator[ScimConnector]:
+        make_group(scim_url, "engineering")
+        make_group(scim_url, "admins")
+        connector = ScimConnector("app", {"url": scim_url})
+        yield connector
+        connector.close()
+
+    @pytest.fixture
+    def entitlements(self) -> tuple[str, str]:
+        return ("engineering", "admins")
+
+    @pytest.fixture
+    def open_session(self) -> None:
+        return None  # SCIM has no sessions

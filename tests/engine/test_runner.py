@@ -230,3 +230,36 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
     delays = [backoff(n, None, rng) for n in range(1, 6)]
     assert all(0.5 <= d / (2.0 * 2**n) <= 1.5 for n, d in enumerate(delays))
     assert backoff(4, 12.0, rng) == 12.0
+
+
+def test_changed_name_and_email_are_updated_and_renamed(ws: Workspace, scim_url: str) -> None:
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    later = NOW + timedelta(days=1)
+    with ws.sessions() as session, session.begin():
+        lifecycle.record_events(
+            session,
+            ws.config,
+            [
+                LifecycleEvent(
+                    "E1",
+                    EventKind.MOVE,
+                    later,
+                    later,
+                    {"name": "Person Renamed", "email": "renamed@example.com"},
+                )
+            ],
+            origin="test",
+            now=later,
+            strict=True,
+        )
+    ops = [(op.kind.value, op.reason) for op, _, _ in plan(ws, later).operations]
+    updates = [reason for kind, reason in ops if kind == "update"]
+    assert len(updates) == 1 and "renamed@example.com" in updates[0]
+    report = apply(ws, later)
+    assert report.failed == 0 and report.writes == 1
+    user = server_user(scim_url, "renamed@example.com")
+    assert user is not None and user["displayName"] == "Person Renamed"
+    assert server_user(scim_url, "e1@example.com") is None
+    assert [op for op, _, _ in plan(ws, later).operations if op.target == "app"] == []
