@@ -27,6 +27,7 @@ class Capability(StrEnum):
     SESSIONS = "sessions"
     READ = "read"
     LIST = "list"
+    EXTERNAL_ID = "external-id"  # the account can carry the identity id (read as external_id)
 
 
 @dataclass(frozen=True)

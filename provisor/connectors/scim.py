@@ -202,6 +202,7 @@ class ScimConnector:
                 Capability.ENTITLEMENTS,
                 Capability.READ,
                 Capability.LIST,
+                Capability.EXTERNAL_ID,
             }
         )
 

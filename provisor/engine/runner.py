@@ -191,6 +191,7 @@ def execute(
             "from here"
         )
         return Outcome(job, "unverifiable", record, note)
+    adopt = False  # an account found by name alone, not yet stamped with the identity id
     if account is None:
         found = connector.find(spec)
         if found is not None and found.external_id not in (None, job.identity):
@@ -200,16 +201,21 @@ def execute(
                 return Outcome(job, "verified", None, "no such account: nothing to delete")
             raise PermanentError(f"{job.target}: no account for {job.identity} to {kind.value}")
         account = found.account if found else None
+        adopt = found is not None and found.external_id is None
     if known is not None and known.account == account:
         before: AccountRecord | None = known
     else:
         before = connector.read(account) if account else None
+    if kind is OpKind.CREATE and adopt and account is not None:
+        return _adopt(job, connector, spec, account)
     if unmet(job.kind, job.entitlement, before, spec) is None:
         return Outcome(job, "verified", before, "already as intended; nothing written")
     if before is None and kind in REMOVALS:
         return Outcome(job, "verified", None, "the account no longer exists")
     if kind is OpKind.CREATE:
-        account = _create(job, connector, spec)
+        account, adopt = _create(job, connector, spec)
+        if adopt:
+            return _adopt(job, connector, spec, account)
     elif account is None:
         raise PermanentError(f"{job.target}: no account for {job.identity}")
     elif kind is OpKind.UPDATE:
@@ -235,16 +241,33 @@ def execute(
     return Outcome(job, "verified", after, None, wrote=True)
 
 
-def _create(job: Job, connector: Connector, spec: AccountSpec) -> str:
+def _create(job: Job, connector: Connector, spec: AccountSpec) -> tuple[str, bool]:
+    """Create the account; on a name already taken by the same person's account (or an
+    unclaimed one) use that one. Returns the account and whether it was taken over."""
     try:
-        return connector.create(spec)
+        return connector.create(spec), False
     except Conflict:
         existing = connector.find(spec)
         if existing is not None and existing.external_id in (None, job.identity):
-            return existing.account  # the same person's account: adopt it
+            return existing.account, existing.external_id is None
         raise PermanentError(
             _clash(job, spec, existing.external_id if existing else None)
         ) from None
+
+
+def _adopt(job: Job, connector: Connector, spec: AccountSpec, account: str) -> Outcome:
+    """Take over an account that matched by name only: stamp it with the identity id (where
+    the target can hold one) so later matches are certain, and read it back."""
+    note = "adopted an existing account that matched by user name"
+    wrote = False
+    if {Capability.UPDATE, Capability.EXTERNAL_ID} <= connector.capabilities():
+        account = connector.update(account, spec)
+        wrote = True
+        note += "; stamped it with the identity id"
+    after = connector.read(account)
+    if after is None:
+        raise _Mismatch(f"{job.target}: the adopted account {account} is gone")
+    return Outcome(job, "verified", after, note, wrote=wrote)
 
 
 class Runner:

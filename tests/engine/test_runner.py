@@ -263,3 +263,24 @@ def test_changed_name_and_email_are_updated_and_renamed(ws: Workspace, scim_url:
     assert user is not None and user["displayName"] == "Person Renamed"
     assert server_user(scim_url, "e1@example.com") is None
     assert [op for op, _, _ in plan(ws, later).operations if op.target == "app"] == []
+
+
+def test_account_adopted_by_name_is_stamped_with_the_identity_id(
+    ws: Workspace, scim_url: str
+) -> None:
+    response = httpx2.post(
+        f"{scim_url}/Users",
+        json={
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "e1@example.com",
+        },
+    )
+    assert response.status_code == 201
+    people(ws, "E1")
+    plan(ws)
+    report = apply(ws)
+    assert report.failed == 0
+    user = server_user(scim_url, "e1@example.com")
+    assert user is not None and user["externalId"] == "E1"
+    assert user["displayName"] == "Person E1"
+    assert apply(ws).writes == 0
