@@ -79,7 +79,10 @@ class ScimConnector:
     ``url`` (base URL, e.g. https://host/scim/v2), ``token`` (bearer) or ``username`` and
     ``password`` (basic), ``timeout`` seconds (default 10), ``patch`` (auto, or false to
     always PUT), ``membership`` (``group``: read members from groups, the default; ``user``:
-    read the user's ``groups`` attribute)."""
+    read the user's ``groups`` attribute), ``dialect`` (``rfc``, the default, or ``entra``: PATCH
+    shaped the way Microsoft Entra provisioning sends it — capitalised ``Add``/``Replace``/
+    ``Remove`` and members removed by a ``value`` list rather than a filter in the path — for
+    applications built to accept exactly that)."""
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         url = settings.get("url")
@@ -104,6 +107,11 @@ class ScimConnector:
         self._scim = SyncSCIMClient(self._http)
         self._patch_setting = settings.get("patch", "auto")
         self._membership = str(settings.get("membership", "group"))
+        self._dialect = str(settings.get("dialect", "rfc"))
+        if self._membership not in ("group", "user"):
+            raise PermanentError(f"target {name}: connection.membership must be group or user")
+        if self._dialect not in ("rfc", "entra"):
+            raise PermanentError(f"target {name}: connection.dialect must be rfc or entra")
         self._groups: dict[str, str] = {}
         self._discovered = False
         self._setup = threading.Lock()
@@ -145,6 +153,24 @@ class ScimConnector:
         if status == 409:
             return Conflict(message)
         return PermanentError(message)
+
+    def _raw_patch(self, what: str, path: str, operation: dict[str, Any]) -> None:
+        """A PATCH sent exactly as given (for dialects the models would normalise away)."""
+        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"]}
+        payload = body | {"Operations": [operation]}
+        self._seen.response = None
+        try:
+            response = self._http.patch(
+                path, json=payload, headers={"Content-Type": "application/scim+json"}
+            )
+        except httpx2.TransportError as exc:
+            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", ""))
+            except ValueError:
+                detail = response.text[:200]
+            raise self._status_error(what, response.status_code, detail)
 
     def _discover(self) -> None:
         """Discover the server once, and build every model class the requests will need.
@@ -314,6 +340,10 @@ class ScimConnector:
 
     def set_enabled(self, account: str, enabled: bool) -> None:
         model = self._user
+        if self._can_patch and self._dialect == "entra":
+            operation = {"op": "Replace", "path": "active", "value": enabled}
+            self._raw_patch(f"set active={enabled} on {account}", f"/Users/{account}", operation)
+            return
         if self._can_patch:
             patch = _patch(model, "replace", "active", enabled)
             self._call(
@@ -343,6 +373,14 @@ class ScimConnector:
         group_id = self._group_id(entitlement)
         verb = "add" if add else "remove"
         what = f"{verb} {account} {'to' if add else 'from'} group {entitlement}"
+        if self._can_patch and self._dialect == "entra":
+            operation = {
+                "op": "Add" if add else "Remove",
+                "path": "members",
+                "value": [{"value": account}],
+            }
+            self._raw_patch(what, f"/Groups/{group_id}", operation)
+            return
         if self._can_patch:
             patch = (
                 _patch(model, "add", "members", [{"value": account}])

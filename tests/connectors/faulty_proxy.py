@@ -2,14 +2,17 @@
 
 Requests are forwarded to ``upstream`` unchanged unless a fault is queued: an HTTP status with
 headers (e.g. 503, or 429 with Retry-After), a delay longer than the client's timeout, or a
-dropped connection.
+dropped connection. ``on_request`` and ``on_response`` hooks let a test imitate a vendor's quirks
+on top of the real server: rewrite or refuse a request, rewrite a response body.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,12 +29,33 @@ class Fault:
     methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
 
+class Refuse(Exception):
+    """Raised by a request hook: answer with this status instead of forwarding."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+RequestHook = Callable[[str, str, bytes], bytes]
+ResponseHook = Callable[[str, str, int, bytes], bytes]
+
+
 class FaultyProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        on_request: RequestHook | None = None,
+        on_response: ResponseHook | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults: deque[Fault] = deque()
         self.lock = threading.Lock()
         self.injected = 0
+        self.requests: list[tuple[str, str, bytes]] = []  # as the client sent them
+        self.on_request = on_request
+        self.on_response = on_response
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,6 +67,14 @@ class FaultyProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path, body))
+                if proxy.on_request is not None:
+                    try:
+                        body = proxy.on_request(self.command, self.path, body)
+                    except Refuse as refused:
+                        self._answer(refused.status, refused.detail)
+                        return
                 fault = proxy._take(self.command)
                 if fault is not None:
                     proxy.injected += 1
@@ -53,33 +85,47 @@ class FaultyProxy:
                         self.connection.close()
                         return
                     if fault.status is not None:
-                        payload = (
-                            b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],'
-                            + f'"status":"{fault.status}","detail":"injected"}}'.encode()
-                        )
-                        self.send_response(fault.status)
-                        for name, value in fault.headers.items():
-                            self.send_header(name, value)
-                        self.send_header("Content-Type", "application/scim+json")
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
-                        self.wfile.write(payload)
+                        self._answer(fault.status, "injected", fault.headers)
                         return
                 headers = {
                     k: v
                     for k, v in self.headers.items()
                     if k.lower() not in ("host", "content-length", "connection")
                 }
+                headers.pop("Content-Length", None)
                 response = httpx2.request(
                     self.command, proxy.upstream + self.path, content=body, headers=headers
                 )
+                content = response.content
+                if proxy.on_response is not None:
+                    content = proxy.on_response(
+                        self.command, self.path, response.status_code, content
+                    )
                 self.send_response(response.status_code)
                 for name, value in response.headers.items():
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(response.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(response.content)
+                self.wfile.write(content)
+
+            def _answer(
+                self, status: int, detail: str, extra: dict[str, str] | None = None
+            ) -> None:
+                payload = json.dumps(
+                    {
+                        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                        "status": str(status),
+                        "detail": detail,
+                    }
+                ).encode()
+                self.send_response(status)
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/scim+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
