@@ -1080,7 +1080,8 @@ def audit_verify(json_out: JsonOption = False) -> None:
     elif result.ok:
         out.print(f"Audit log intact: {result.events} events, head {result.head_hash[:16]}.")
     else:
-        err.print(f"Audit log TAMPERED at event {result.first_bad}: {result.problem}")
+        where = f" at event {result.first_bad}" if result.first_bad is not None else ""
+        err.print(f"Audit log TAMPERED{where}: {result.problem}")
     if not result.ok:
         raise typer.Exit(8)
 

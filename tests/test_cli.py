@@ -283,7 +283,8 @@ def test_audit_verify_tamper_and_export(cli: Any, ws: Path, tmp_path: Path) -> N
             "select seq from audit_events where action = 'lifecycle.hire' and subject = 'E1'"
         ).fetchone()
         db.execute(
-            "update audit_events set data = replace(data, 'Ann', 'Eve') where seq = ?", (seq,)
+            "update audit_events set data = replace(data, 'accepted', 'held') where seq = ?",
+            (seq,),
         )
     bad = cli("audit", "verify")
     assert bad.code == 8 and f"event {seq} (lifecycle.hire E1) was edited" in bad.err

@@ -225,11 +225,12 @@ def _hired(events: Sequence[LifecycleEvent], now: datetime) -> dict[str, Any] | 
 
 
 def _audit_data(event: LifecycleEvent, status: str, before: str | None, after: str | None) -> str:
-    """canonical_json of a recorded event's audit payload, spelled out in sorted key order so
-    that the attributes' JSON is the one already encoded for the event's key (a test checks it
-    against canonical_json of the mapping)."""
+    """canonical_json of a recorded event's audit payload, spelled out in sorted key order (a
+    test checks it against canonical_json of the mapping). The attributes are not repeated:
+    the event's key is the hash of its whole content, attributes included, so the chain
+    commits to them through the key and ``audit verify`` re-hashes every stored event."""
     return (
-        f'{{"attributes":{event.attributes_json},"effective":"{event.effective.isoformat()}",'
+        f'{{"effective":"{event.effective.isoformat()}",'
         f'"event":"{event.key}","ref":{canonical_json(event.ref)},'
         f'"source":{canonical_json(event.source)},"state_after":{canonical_json(after)},'
         f'"state_before":{canonical_json(before)},"status":"{status}"}}'

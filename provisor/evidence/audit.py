@@ -3,8 +3,10 @@
 Does: append audit events (one or many in a batch) inside the caller's transaction, chaining
 each to the one before with SHA-256 over its length-prefixed fields (payloads stored as
 canonical JSON); keep the chain head in its own row so a deleted tail is noticed; verify the
-whole chain and name the first event that was edited, deleted or reordered; export a time range
-as JSON Lines or CSV.
+whole chain and name the first event that was edited, deleted or reordered; re-hash every
+recorded lifecycle event against the key its audit entry committed to (an audit entry names the
+event by that content hash rather than repeating its attributes); export a time range as JSON
+Lines or CSV.
 Does not: decide what is worth auditing (callers do), or commit.
 """
 
@@ -24,9 +26,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisor.domain.lifecycle import canonical_json
+from provisor.domain.lifecycle import EventKind, canonical_json, event_key
 from provisor.store.db import bulk_insert
-from provisor.store.models import AuditEvent, AuditHead
+from provisor.store.models import AuditEvent, AuditHead, IdentityEvent
 
 GENESIS = "0" * 64
 # The columns of an audit event, in the order they are written and exported.
@@ -134,7 +136,7 @@ class Verification:
     events: int
     head_seq: int
     head_hash: str
-    first_bad: int | None = None
+    first_bad: int | None = None  # the first bad audit event; None when a lifecycle event is
     problem: str = ""
 
 
@@ -192,7 +194,40 @@ def verify(session: Session) -> Verification:
             f"the chain head says event {head_seq} is the newest but the log ends at {last}: "
             "events at the end were deleted or replaced",
         )
+    problem = _check_events(session)
+    if problem is not None:
+        return Verification(False, count, last, prev, None, problem)
     return Verification(True, count, last, prev)
+
+
+def _check_events(session: Session) -> str | None:
+    """Every stored lifecycle event still hashes to its key, and the chain records exactly the
+    stored events: none edited, deleted, or slipped in without an audit entry."""
+    audited: set[str] = set()
+    query = select(AuditEvent.data).where(AuditEvent.action.like("lifecycle.%"))
+    for (data,) in session.execute(query).yield_per(5000):
+        key = json.loads(data).get("event")
+        if key:
+            audited.add(key)
+    rows = session.execute(select(IdentityEvent).order_by(IdentityEvent.id)).scalars()
+    for row in rows.yield_per(5000):
+        content = event_key(
+            row.identity, EventKind(row.kind), row.effective_at, row.attributes or {}, row.ref
+        )
+        if content != row.key:
+            return (
+                f"lifecycle event {row.key} of {row.identity} was edited: its content no "
+                "longer matches the key the audit log recorded"
+            )
+        if row.key not in audited:
+            return (
+                f"lifecycle event {row.key} of {row.identity} has no audit entry: it was "
+                "written outside Provisor"
+            )
+        audited.discard(row.key)
+    if audited:
+        return f"lifecycle event {sorted(audited)[0]} is in the audit log but was deleted"
+    return None
 
 
 def export(

@@ -107,7 +107,6 @@ def test_audit_payload_is_canonical_json(
     payload = {
         "event": recorded.key,
         "effective": recorded.effective.isoformat(),
-        "attributes": recorded.attributes,
         "ref": recorded.ref,
         "source": recorded.source,
         "status": status,

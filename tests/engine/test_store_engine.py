@@ -211,3 +211,22 @@ def test_non_human_needs_a_known_human_owner(ws: Workspace) -> None:
         "S3", EventKind.HIRE, NOW, NOW, {"name": "svc", "kind": "service_account", "owner": "E1"}
     )
     assert record(ws, owned, strict=True).recorded == 1
+
+
+def test_audit_verify_rehashes_lifecycle_events(ws: Workspace) -> None:
+    record(ws, hire("E1"), hire("E2"))
+    with ws.sessions() as session:
+        assert audit.verify(session).ok
+    with ws.sessions() as session, session.begin():
+        session.execute(
+            text("update identity_events set attributes = :a where identity = 'E2'"),
+            {"a": '{"name": "Mallory"}'},
+        )
+    with ws.sessions() as session:
+        edited = audit.verify(session)
+    assert not edited.ok and "E2 was edited" in edited.problem
+    with ws.sessions() as session, session.begin():
+        session.execute(text("delete from identity_events where identity = 'E2'"))
+    with ws.sessions() as session:
+        deleted = audit.verify(session)
+    assert not deleted.ok and "was deleted" in deleted.problem
