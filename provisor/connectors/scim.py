@@ -96,13 +96,14 @@ class ScimConnector:
         elif settings.get("username"):
             auth = httpx2.BasicAuth(str(settings["username"]), str(settings.get("password", "")))
         # the last response seen by this thread, for status and Retry-After of a failure
+        self._throttle: Callable[[], None] | None = None
         self._seen = threading.local()
         self._http = httpx2.Client(
             base_url=str(url).rstrip("/"),
             headers=headers,
             auth=auth,
             timeout=float(settings.get("timeout", 10)),
-            event_hooks={"response": [self._remember]},
+            event_hooks={"request": [self._pace], "response": [self._remember]},
         )
         self._scim = SyncSCIMClient(self._http)
         self._patch_setting = settings.get("patch", "auto")
@@ -118,6 +119,14 @@ class ScimConnector:
         # PUT of a group is read-modify-write: two workers changing one group at once would
         # lose a change, so they take turns per group.
         self._group_locks: dict[str, threading.Lock] = {}
+
+    def set_throttle(self, acquire: Callable[[], None]) -> None:
+        """Pace requests: ``acquire`` is called (and may wait) before each HTTP request."""
+        self._throttle = acquire
+
+    def _pace(self, _request: httpx2.Request) -> None:
+        if self._throttle is not None:
+            self._throttle()
 
     def _remember(self, response: httpx2.Response) -> None:
         self._seen.response = response

@@ -285,6 +285,24 @@ class Runner:
         self.max_attempts = max_attempts
         self._connectors: dict[str, Connector | None] = dict(connectors or {})
         self._rng = rng or random.Random()
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _bucket(
+        self, where: str, connector: Connector, definition: TargetDef
+    ) -> TokenBucket | None:
+        """The target's rate limit. A connector that can pace its own requests (it has
+        ``set_throttle``) gets the bucket and spends one token per request to the target,
+        kept across runs; otherwise each operation spends one."""
+        if not definition.rate_limit:
+            return None
+        if where not in self._buckets:
+            self._buckets[where] = TokenBucket(definition.rate_limit)
+        bucket = self._buckets[where]
+        throttle = getattr(connector, "set_throttle", None)
+        if throttle is not None:
+            throttle(bucket.acquire)
+            return None
+        return bucket
 
     def connector(self, target: str) -> Connector | None:
         if target not in self._connectors:
@@ -348,7 +366,7 @@ class Runner:
                 report.waiting += count - len(mine)
                 done += count - len(mine)
                 definition = self.workspace.compiled.targets[where]
-                bucket = TokenBucket(definition.rate_limit) if definition.rate_limit else None
+                bucket = self._bucket(where, connector, definition)
                 pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
                 pools.append(pool)
                 for jobs in accounts:

@@ -284,3 +284,36 @@ def test_account_adopted_by_name_is_stamped_with_the_identity_id(
     assert user is not None and user["externalId"] == "E1"
     assert user["displayName"] == "Person E1"
     assert apply(ws).writes == 0
+
+
+def test_rate_limit_paces_every_http_request(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisor.engine import runner as runner_module
+    from tests.connectors.faulty_proxy import FaultyProxy
+
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    make_group(scim_url, "staff")
+    make_group(scim_url, "engineering")
+    proxy = FaultyProxy(scim_url)
+    policy = POLICY.format(url=proxy.url, timeout=3).replace(
+        "    grace_days: 7\n", "    grace_days: 7\n    rate_limit: 1000\n", 1
+    )
+    workspace = scratch_workspace(tmp_path, policy)
+    spent: list[int] = []
+    original = runner_module.TokenBucket.acquire
+
+    def counted(self: Any) -> None:
+        spent.append(1)
+        original(self)
+
+    monkeypatch.setattr(runner_module.TokenBucket, "acquire", counted)
+    try:
+        people(workspace, "E1", "E2")
+        plan(workspace)
+        report = apply(workspace)
+        assert report.verified == 6
+    finally:
+        workspace.close()
+        proxy.close()
+    assert len(spent) == len(proxy.requests) > 6  # one token per request, not per operation
