@@ -1,0 +1,1088 @@
+"""LDAP connector (RFC 4511): OpenLDAP, 389 Directory Server and Active Directory, over ``ldap3``.
+
+Does: create user entries (``rdn_attribute`` = the user name, the identity id in
+``external_id_attribute``, mapped attributes, created locked when asked), read them by a stable
+id (``entryUUID``, ``nsUniqueId`` or ``objectGUID``, so a rename keeps the id), find them by
+external id then by user name, update attributes and rename (modrdn), disable and enable in one
+of four flavours (move to a disabled OU, ppolicy ``pwdAccountLockedTime``, 389-DS
+``nsAccountLock``, Active Directory ``userAccountControl``), manage group membership as
+entitlements (``groupOfNames``/``member``, ``groupOfUniqueNames``/``uniqueMember``,
+``posixGroup``/``memberUid``; read from the groups or from ``memberOf``), keep group references
+right on rename, move and delete whether or not the server runs ``refint``, list every account
+with RFC 2696 paged results, and map LDAP failures to retryable or permanent errors. One
+connection per thread, so the runner's worker threads never share a socket.
+Does not: set or reset passwords, create groups or organizational units, or decide what to
+change. LDAP has no sessions: revoking them is unsupported, and ``sessions`` reads as unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from provisor.connectors.base import (
+    AccountRecord,
+    AccountSpec,
+    Capability,
+    Conflict,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Unsupported,
+)
+
+T = TypeVar("T")
+
+# LDAP result codes (RFC 4511 §4.1.9) the connector treats specially
+TIME_LIMIT_EXCEEDED = 3
+NO_SUCH_ATTRIBUTE = 16
+ATTRIBUTE_OR_VALUE_EXISTS = 20
+NO_SUCH_OBJECT = 32
+BUSY = 51
+UNAVAILABLE = 52
+OBJECT_CLASS_VIOLATION = 65
+ENTRY_ALREADY_EXISTS = 68
+RETRYABLE_CODES = frozenset({TIME_LIMIT_EXCEEDED, BUSY, UNAVAILABLE})
+
+PAGED_RESULTS = "1.2.840.113556.1.4.319"
+LOCKED_FOREVER = "000001010000Z"  # ppolicy: locked until an administrator unlocks
+AD_ACCOUNTDISABLE = 0x2
+AD_NORMAL_ACCOUNT = 0x200
+
+DEFAULT_OBJECT_CLASSES = ("inetOrgPerson", "organizationalPerson", "person", "top")
+# target attribute -> identity attribute, or a list of them (the first with a value wins);
+# "user_name" stands for the account's user name
+DEFAULT_ATTRIBUTES: dict[str, str | list[str]] = {
+    "cn": ["name", "user_name"],
+    "sn": ["family_name", "name", "user_name"],
+    "givenName": "given_name",
+    "mail": "email",
+    "ou": "department",
+    "title": "title",
+    "employeeType": "employment_type",
+}
+GROUP_STYLES = {
+    # group_style -> (group object class, member attribute, whether members are DNs)
+    "groupOfNames": ("groupOfNames", "member", True),
+    "groupOfUniqueNames": ("groupOfUniqueNames", "uniqueMember", True),
+    "posixGroup": ("posixGroup", "memberUid", False),
+}
+DISABLE_FLAVOURS = ("ppolicy", "ou", "nsaccountlock", "ad")
+DISABLE_ATTRIBUTE = {
+    "ppolicy": "pwdAccountLockedTime",
+    "nsaccountlock": "nsAccountLock",
+    "ad": "userAccountControl",
+}
+
+# --- plain values and DN helpers ---------------------------------------------------------------
+
+_HEX_PAIR = re.compile(r"\\([0-9A-Fa-f]{2})")
+
+
+def escape_filter(value: str) -> str:
+    """An assertion value for a search filter (RFC 4515 §3)."""
+    out = []
+    for char in value:
+        if char in "*()\\\x00":
+            out.append(f"\\{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def escape_rdn_value(value: str) -> str:
+    """An attribute value for a DN (RFC 4514 §2.4)."""
+    out = []
+    for i, char in enumerate(value):
+        if (
+            char in ',+"\\<>;='
+            or (char == "#" and i == 0)
+            or (char == " " and i in (0, len(value) - 1))
+        ):
+            out.append("\\" + char)
+        elif char == "\x00":
+            out.append("\\00")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _strip(text: str) -> str:
+    """``text`` without surrounding spaces, keeping an escaped trailing space (``\\ ``)."""
+    text = text.lstrip()
+    while text.endswith(" "):
+        body = text[:-1]
+        if (len(body) - len(body.rstrip("\\"))) % 2:
+            break  # an odd run of backslashes escapes the space
+        text = body
+    return text
+
+
+def split_dn(dn: str) -> list[str]:
+    """The RDNs of ``dn``, split at unescaped commas, each stripped."""
+    parts, current, escaped = [], [], False
+    for char in dn:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ",":
+            parts.append(_strip("".join(current)))
+            current = []
+        else:
+            current.append(char)
+    if current or parts:
+        parts.append(_strip("".join(current)))
+    return parts
+
+
+def _unescape(value: str) -> str:
+    """An RDN value as text: ``\\,`` and ``\\2C`` both become ``,``."""
+    raw = bytearray()
+    i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\" and i + 1 < len(value):
+            pair = _HEX_PAIR.match(value, i)
+            if pair:
+                raw.append(int(pair.group(1), 16))
+                i += 3
+                continue
+            raw.extend(value[i + 1].encode())
+            i += 2
+            continue
+        raw.extend(char.encode())
+        i += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def rdn_value(dn: str) -> str:
+    """The value of the first RDN of ``dn``, unescaped (``uid=a\\,b,ou=x`` -> ``a,b``)."""
+    first = split_dn(dn)[0]
+    return _unescape(_strip(first.split("=", 1)[1])) if "=" in first else ""
+
+
+def parent_dn(dn: str) -> str:
+    return ",".join(split_dn(dn)[1:])
+
+
+def norm_dn(dn: str) -> str:
+    """A DN for comparing: RDNs stripped, spaces around ``=`` dropped, lower case."""
+    rdns = []
+    for rdn in split_dn(dn):
+        name, _, value = rdn.partition("=")
+        rdns.append(f"{name.strip()}={_strip(value)}")
+    return ",".join(rdns).lower()
+
+
+def under(dn: str, container: str) -> bool:
+    """Whether ``dn`` is ``container`` or below it."""
+    entry, base = norm_dn(dn), norm_dn(container)
+    return entry == base or entry.endswith("," + base)
+
+
+# --- the client seam -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry as read: its DN and raw values, attribute names in lower case."""
+
+    dn: str
+    raw: Mapping[str, Sequence[bytes]]
+
+    def values(self, name: str) -> list[str]:
+        return [v.decode("utf-8", errors="replace") for v in self.raw.get(name.lower(), ())]
+
+    def first(self, name: str) -> str | None:
+        values = self.raw.get(name.lower())
+        return values[0].decode("utf-8", errors="replace") if values else None
+
+
+class LdapError(PermanentError):
+    """An LDAP result code other than success that trying again will not change."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def again(self, message: str) -> LdapError:
+        return type(self)(self.code, message)
+
+
+class LdapEntryExists(LdapError, Conflict):
+    """entryAlreadyExists (68)."""
+
+
+class LdapNoSuchObject(LdapError, NotFound):
+    """noSuchObject (32)."""
+
+
+def result_error(code: int, description: str, detail: str = "") -> LdapError:
+    message = f"{description or 'LDAP error'} ({code})" + (f": {detail}" if detail else "")
+    if code == ENTRY_ALREADY_EXISTS:
+        return LdapEntryExists(code, message)
+    if code == NO_SUCH_OBJECT:
+        return LdapNoSuchObject(code, message)
+    return LdapError(code, message)
+
+
+class _TransportError(RetryableError):
+    """The connection failed (refused, dropped, timed out); it has been closed."""
+
+
+# one modification of an attribute: ("add" | "delete" | "replace", values)
+Change = tuple[str, list[str]]
+
+
+class LdapClient(Protocol):
+    """What the connector needs from an LDAP client library. Failures raise ``RetryableError``
+    (transport, timeouts, busy servers) or ``LdapError`` (any other result code)."""
+
+    def search(
+        self, base: str, filter_: str, attributes: Sequence[str], *, scope: str = "sub"
+    ) -> list[Entry]: ...
+
+    def paged_search(
+        self, base: str, filter_: str, attributes: Sequence[str], page_size: int
+    ) -> Iterator[Entry]: ...
+
+    def add(self, dn: str, attributes: Mapping[str, list[str]]) -> None: ...
+
+    def modify(self, dn: str, changes: Mapping[str, list[Change]]) -> None: ...
+
+    def rename(self, dn: str, new_rdn: str, new_parent: str | None = None) -> None: ...
+
+    def delete(self, dn: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Ldap3Client:
+    """``LdapClient`` over ``ldap3``: one bound SYNC connection per thread, opened on first use,
+    closed once its thread has ended, and opened again after a transport failure (a request on
+    a connection that had been idle is sent once more on a new one: servers and firewalls close
+    idle connections). A paged search gets a connection of its own, since its cookie belongs to
+    one connection and a generator may be resumed in any thread."""
+
+    def __init__(
+        self,
+        url: str,
+        bind_dn: str,
+        password: str,
+        *,
+        timeout: float = 10.0,
+        start_tls: bool = False,
+        tls_verify: bool = True,
+        ca_file: str | None = None,
+    ) -> None:
+        import ldap3  # type: ignore[import-untyped]  # only targets of class ldap need it
+
+        self._ldap3 = ldap3
+        self.url = url
+        self.bind_dn = bind_dn
+        self._password = password
+        self.timeout = timeout
+        self.start_tls = start_tls
+        self._tls: Any = None
+        if url.lower().startswith("ldaps://") or start_tls:
+            import ssl
+
+            self._tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE,
+                ca_certs_file=ca_file,
+            )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # every connection open, with the thread it serves (None: a paged search's own)
+        self._open: dict[Any, threading.Thread | None] = {}
+        self._scopes = {"sub": ldap3.SUBTREE, "one": ldap3.LEVEL, "base": ldap3.BASE}
+        self._ops = {
+            "add": ldap3.MODIFY_ADD,
+            "delete": ldap3.MODIFY_DELETE,
+            "replace": ldap3.MODIFY_REPLACE,
+        }
+
+    # connections
+
+    def _connect(self) -> Any:
+        ldap3 = self._ldap3
+        # a fresh Server object each time: one that saw a refused connection waits before
+        # trying the address again
+        server = ldap3.Server(
+            self.url, get_info=ldap3.NONE, connect_timeout=self.timeout, tls=self._tls
+        )
+        connection = ldap3.Connection(
+            server,
+            user=self.bind_dn,
+            password=self._password,
+            client_strategy=ldap3.SYNC,
+            raise_exceptions=True,
+            receive_timeout=max(1, math.ceil(self.timeout)),  # whole seconds (SO_RCVTIMEO)
+            auto_referrals=False,
+            auto_escape=False,
+            return_empty_attributes=False,
+        )
+        try:
+            self._guard(connection, lambda: self._bind(connection))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.unbind()
+            raise
+        with self._lock:
+            self._open[connection] = None
+        return connection
+
+    def _bind(self, connection: Any) -> None:
+        connection.open()
+        if self.start_tls:
+            connection.start_tls()
+        connection.bind()
+
+    def _connection(self) -> tuple[Any, bool]:
+        """This thread's connection, and whether it was opened just now."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and not connection.closed:
+            return connection, False
+        with self._lock:  # the runner starts new worker threads for every pass
+            ended = [c for c, t in self._open.items() if t is not None and not t.is_alive()]
+            for stale in ended:
+                del self._open[stale]
+        for stale in ended:
+            with contextlib.suppress(Exception):
+                stale.unbind()
+        connection = self._local.connection = self._connect()
+        with self._lock:
+            self._open[connection] = threading.current_thread()
+        return connection, True
+
+    def _drop(self, connection: Any) -> None:
+        with self._lock:
+            self._open.pop(connection, None)
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        with contextlib.suppress(Exception):
+            connection.unbind()
+
+    def _guard(self, connection: Any, action: Callable[[], T]) -> T:
+        """Run ``action`` on ``connection``, turning ldap3's failures into ours."""
+        exceptions = self._ldap3.core.exceptions
+        try:
+            return action()
+        except exceptions.LDAPOperationResult as exc:
+            code = int(exc.result or 0)
+            if code in RETRYABLE_CODES:
+                raise RetryableError(f"{exc.description} ({code}): {exc.message or ''}") from exc
+            raise result_error(code, str(exc.description or ""), str(exc.message or "")) from exc
+        except (
+            exceptions.LDAPCommunicationError,
+            exceptions.LDAPResponseTimeoutError,
+            exceptions.LDAPMaximumRetriesError,
+            exceptions.LDAPStartTLSError,
+            OSError,
+        ) as exc:
+            self._drop(connection)
+            raise _TransportError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        except exceptions.LDAPBindError as exc:
+            self._drop(connection)
+            raise LdapError(49, f"bind as {self.bind_dn} refused: {exc}") from exc
+
+    def _run(self, action: Callable[[Any], T]) -> T:
+        connection, fresh = self._connection()
+        try:
+            return self._guard(connection, lambda: action(connection))
+        except _TransportError:
+            if fresh:
+                raise
+        # the connection had been idle and is gone: once more on a new one (every request
+        # the connector sends is safe to repeat: a repeated add answers entryAlreadyExists)
+        connection, _ = self._connection()
+        return self._guard(connection, lambda: action(connection))
+
+    # operations
+
+    def _entries(self, response: Any) -> list[Entry]:
+        return [
+            Entry(item["dn"], {k.lower(): v for k, v in item["raw_attributes"].items()})
+            for item in response
+            if item.get("type") == "searchResEntry"
+        ]
+
+    def search(
+        self, base: str, filter_: str, attributes: Sequence[str], *, scope: str = "sub"
+    ) -> list[Entry]:
+        def action(connection: Any) -> list[Entry]:
+            connection.search(base, filter_, self._scopes[scope], attributes=list(attributes))
+            return self._entries(connection.response)
+
+        return self._run(action)
+
+    def paged_search(
+        self, base: str, filter_: str, attributes: Sequence[str], page_size: int
+    ) -> Iterator[Entry]:
+        connection = self._connect()
+        try:
+            cookie: bytes | None = None
+            while True:
+
+                def page(cookie: bytes | None = cookie) -> tuple[list[Entry], bytes | None]:
+                    connection.search(
+                        base,
+                        filter_,
+                        self._ldap3.SUBTREE,
+                        attributes=list(attributes),
+                        paged_size=page_size,
+                        paged_cookie=cookie,
+                    )
+                    control = (connection.result.get("controls") or {}).get(PAGED_RESULTS)
+                    next_cookie = control["value"]["cookie"] if control else None
+                    return self._entries(connection.response), next_cookie or None
+
+                entries, cookie = self._guard(connection, page)
+                yield from entries
+                if not cookie:
+                    return
+        finally:
+            self._drop(connection)
+
+    def add(self, dn: str, attributes: Mapping[str, list[str]]) -> None:
+        self._run(lambda c: c.add(dn, attributes=dict(attributes)))
+
+    def modify(self, dn: str, changes: Mapping[str, list[Change]]) -> None:
+        ldap_changes = {
+            name: [(self._ops[op], values) for op, values in ops] for name, ops in changes.items()
+        }
+        self._run(lambda c: c.modify(dn, ldap_changes))
+
+    def rename(self, dn: str, new_rdn: str, new_parent: str | None = None) -> None:
+        self._run(lambda c: c.modify_dn(dn, new_rdn, delete_old_dn=True, new_superior=new_parent))
+
+    def delete(self, dn: str) -> None:
+        self._run(lambda c: c.delete(dn))
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._open = list(self._open), {}
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.unbind()
+        self._local = threading.local()
+
+
+# --- the connector -------------------------------------------------------------------------
+
+
+def _mapping(value: Any, name: str) -> dict[str, list[str]]:
+    """The ``attributes`` setting merged over the defaults; a null value drops a default."""
+    merged: dict[str, str | list[str] | None] = dict(DEFAULT_ATTRIBUTES)
+    if value is not None:
+        if not isinstance(value, Mapping):
+            raise PermanentError(
+                f"target {name}: connection.attributes must map LDAP attributes to identity "
+                f"attributes, not {type(value).__name__}"
+            )
+        merged.update(value)
+    out: dict[str, list[str]] = {}
+    for target, source in merged.items():
+        if source is None or source == "" or source == []:
+            continue
+        sources = [source] if isinstance(source, str) else list(source)
+        if not all(isinstance(s, str) and s for s in sources):
+            raise PermanentError(
+                f"target {name}: connection.attributes.{target} must name an identity attribute "
+                "or a list of them"
+            )
+        out[str(target)] = sources
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+class LdapConnector:
+    """One LDAP directory. Settings (``connection`` in the policy, secrets already resolved):
+
+    - ``url``: ``ldap://host:389`` or ``ldaps://host:636`` (required);
+    - ``bind_dn`` and ``password``: the service account (required);
+    - ``base_dn``: where users live, searched with subtree scope; new users go right below it
+      (required);
+    - ``groups_dn``: where the groups that are entitlements live (without it: no entitlements);
+    - ``user_object_classes``: object classes of new users (default inetOrgPerson,
+      organizationalPerson, person, top);
+    - ``user_filter``: what a user entry is (default ``(objectClass=<first of those>)``);
+    - ``rdn_attribute``: the naming attribute, holding the user name (default ``uid``);
+    - ``attributes``: LDAP attribute -> identity attribute, or a list of them (the first with a
+      value wins; ``user_name`` is the account's user name), merged over the defaults (cn <- name,
+      sn <- family_name|name, givenName <- given_name, mail <- email, ou <- department,
+      title <- title, employeeType <- employment_type); null drops a default;
+    - ``external_id_attribute``: where the identity id is kept (default ``employeeNumber``;
+      null: not kept);
+    - ``id_attribute``: the stable account id (default ``entryUUID``; ``nsUniqueId`` for 389-DS,
+      ``objectGUID`` for Active Directory);
+    - ``group_style``: ``groupOfNames`` (default), ``groupOfUniqueNames`` or ``posixGroup``;
+      ``group_object_class`` and ``member_attribute`` override the style's (e.g. ``group`` for
+      Active Directory);
+    - ``membership``: ``groups`` (read the groups' member attribute, the default) or ``memberof``
+      (read the users' ``memberOf``);
+    - ``placeholder_member``: the value left in a ``groupOfNames``/``groupOfUniqueNames`` whose
+      last member leaves, since the schema needs one (default: the empty DN);
+    - ``disable``: ``ppolicy`` (default; ``pwdAccountLockedTime: 000001010000Z``), ``ou`` (move
+      to ``disabled_dn``), ``nsaccountlock`` (389-DS ``nsAccountLock: TRUE``) or ``ad``
+      (``userAccountControl`` bit 0x2);
+    - ``disabled_dn``: where disabled users go with ``disable: ou``;
+    - ``page_size``: entries per page when listing (default 500);
+    - ``timeout``: seconds to connect and per request (default 10);
+    - ``start_tls``, ``tls_verify`` (default true) and ``ca_file`` for TLS.
+
+    ``client`` replaces the LDAP client library (any ``LdapClient``; default ``ldap3``).
+    """
+
+    def __init__(
+        self, name: str, settings: Mapping[str, Any], client: LdapClient | None = None
+    ) -> None:
+        self.name = name
+
+        def setting(key: str, default: Any = None, *, required: bool = False) -> Any:
+            value = settings.get(key, default)
+            if required and (value is None or value == ""):
+                raise PermanentError(
+                    f"target {name}: connection.{key} is required for an LDAP target"
+                )
+            return value
+
+        url = str(setting("url", required=True))
+        bind_dn = str(setting("bind_dn", required=True))
+        password = setting("password", required=True)
+        self.base_dn = str(setting("base_dn", required=True))
+        groups_dn = setting("groups_dn")
+        self.groups_dn: str | None = str(groups_dn) if groups_dn else None
+        classes = setting("user_object_classes", list(DEFAULT_OBJECT_CLASSES))
+        if isinstance(classes, str) or not classes:
+            raise PermanentError(
+                f"target {name}: connection.user_object_classes must be a list of object classes"
+            )
+        self.object_classes = [str(c) for c in classes]
+        self.user_filter = str(setting("user_filter", f"(objectClass={self.object_classes[0]})"))
+        if not (self.user_filter.startswith("(") and self.user_filter.endswith(")")):
+            raise PermanentError(
+                f"target {name}: connection.user_filter must be an LDAP filter in parentheses"
+            )
+        self.rdn = str(setting("rdn_attribute", "uid"))
+        mapping = _mapping(setting("attributes"), name)
+        mapping = {k: v for k, v in mapping.items() if k.lower() != self.rdn.lower()}
+        self.mapping = mapping
+        external = setting("external_id_attribute", "employeeNumber")
+        self.external_attr: str | None = str(external) if external else None
+        self.id_attr = str(setting("id_attribute", "entryUUID"))
+        self._binary_id = self.id_attr.lower() == "objectguid"
+
+        style = str(setting("group_style", "groupOfNames"))
+        if style not in GROUP_STYLES:
+            raise PermanentError(
+                f"target {name}: connection.group_style {style!r} is not one of "
+                f"{', '.join(GROUP_STYLES)}"
+            )
+        object_class, member, by_dn = GROUP_STYLES[style]
+        self.group_class = str(setting("group_object_class", object_class))
+        self.member_attr = str(setting("member_attribute", member))
+        self.members_are_dns = by_dn
+        self.membership = str(setting("membership", "groups")).lower()
+        if self.membership not in ("groups", "memberof"):
+            raise PermanentError(
+                f"target {name}: connection.membership must be 'groups' or 'memberof'"
+            )
+        if self.membership == "memberof" and not by_dn:
+            raise PermanentError(
+                f"target {name}: connection.membership 'memberof' needs DN members; "
+                f"group_style {style} keeps user names"
+            )
+        self.placeholder = str(setting("placeholder_member", ""))
+
+        self.disable = str(setting("disable", "ppolicy")).lower()
+        if self.disable not in DISABLE_FLAVOURS:
+            raise PermanentError(
+                f"target {name}: connection.disable {self.disable!r} is not one of "
+                f"{', '.join(DISABLE_FLAVOURS)}"
+            )
+        disabled_dn = setting("disabled_dn")
+        if self.disable == "ou" and not disabled_dn:
+            raise PermanentError(
+                f"target {name}: connection.disabled_dn is required with disable: ou"
+            )
+        self.disabled_dn: str | None = str(disabled_dn) if disabled_dn else None
+        self.page_size = int(setting("page_size", 500))
+        if self.page_size < 1:
+            raise PermanentError(f"target {name}: connection.page_size must be at least 1")
+
+        self.bases = [self.base_dn]
+        if self.disable == "ou" and self.disabled_dn and not under(self.disabled_dn, self.base_dn):
+            self.bases.append(self.disabled_dn)
+        read = [self.rdn, self.id_attr, *self.mapping]
+        if self.external_attr:
+            read.append(self.external_attr)
+        if self.disable in DISABLE_ATTRIBUTE:
+            read.append(DISABLE_ATTRIBUTE[self.disable])
+        if self.membership == "memberof":
+            read.append("memberOf")
+        self._read_attrs = list(dict.fromkeys(read))
+
+        self._client: LdapClient = client or Ldap3Client(
+            url,
+            bind_dn,
+            str(password),
+            timeout=float(setting("timeout", 10)),
+            start_tls=bool(setting("start_tls", False)),
+            tls_verify=bool(setting("tls_verify", True)),
+            ca_file=setting("ca_file"),
+        )
+        self._groups: dict[str, str] = {}  # entitlement -> group DN
+        self._group_names: dict[str, str] = {}  # normalised group DN -> entitlement
+        self._groups_lock = threading.Lock()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """Run one client call; failures name the target and the operation."""
+        try:
+            return action()
+        except LdapError as exc:
+            raise exc.again(f"{self.name}: {what}: {exc}") from exc
+        except RetryableError as exc:
+            raise RetryableError(f"{self.name}: {what}: {exc}", exc.retry_after) from exc
+
+    def _id_filter(self, account: str) -> str:
+        if self._binary_id:
+            try:
+                raw = uuid.UUID(account.strip("{}")).bytes_le
+            except ValueError:
+                raise PermanentError(
+                    f"{self.name}: {account!r} is not an objectGUID this target issued"
+                ) from None
+            escaped = "".join(f"\\{b:02x}" for b in raw)
+            return f"({self.id_attr}={escaped})"
+        return f"({self.id_attr}={escape_filter(account)})"
+
+    def _id_of(self, entry: Entry) -> str:
+        raw = entry.raw.get(self.id_attr.lower())
+        if not raw:
+            raise PermanentError(
+                f"{self.name}: {entry.dn} has no {self.id_attr}; set connection.id_attribute to "
+                "an attribute every user entry has"
+            )
+        if self._binary_id and len(raw[0]) == 16:
+            return str(uuid.UUID(bytes_le=bytes(raw[0])))
+        return raw[0].decode("utf-8", errors="replace")
+
+    def _user_filter(self, inner: str) -> str:
+        return f"(&{self.user_filter}{inner})"
+
+    def _search_users(self, what: str, inner: str) -> list[Entry]:
+        found: list[Entry] = []
+        flt = self._user_filter(inner)
+        for base in self.bases:
+
+            def search(base: str = base) -> list[Entry]:
+                return self._client.search(base, flt, self._read_attrs)
+
+            found += self._call(what, search)
+        return found
+
+    def _lookup(self, account: str) -> Entry | None:
+        found = self._search_users(f"read {account}", self._id_filter(account))
+        return found[0] if found else None
+
+    def _entry(self, account: str, what: str) -> Entry:
+        entry = self._lookup(account)
+        if entry is None:
+            raise NotFound(f"{self.name}: {what}: account {account} does not exist")
+        return entry
+
+    def _member_value(self, entry_dn: str, user_name: str) -> str:
+        return entry_dn if self.members_are_dns else user_name
+
+    def _enabled(self, entry: Entry) -> bool:
+        if self.disable == "ou":
+            return not (self.disabled_dn and under(entry.dn, self.disabled_dn))
+        if self.disable == "ppolicy":
+            return entry.first("pwdAccountLockedTime") != LOCKED_FOREVER
+        if self.disable == "nsaccountlock":
+            return (entry.first("nsAccountLock") or "").strip().lower() != "true"
+        control = entry.first("userAccountControl")
+        return not (int(control) & AD_ACCOUNTDISABLE) if control else True
+
+    def _record(self, entry: Entry, entitlements: frozenset[str]) -> AccountRecord:
+        attributes: dict[str, Any] = {}
+        for target, sources in self.mapping.items():
+            values = entry.values(target)
+            if values and sources[0] != "user_name":
+                attributes[sources[0]] = values[0] if len(values) == 1 else values
+        return AccountRecord(
+            account=self._id_of(entry),
+            user_name=rdn_value(entry.dn),
+            enabled=self._enabled(entry),
+            entitlements=entitlements,
+            external_id=entry.first(self.external_attr) if self.external_attr else None,
+            sessions=None,
+            attributes=attributes,
+        )
+
+    # --- groups -------------------------------------------------------------------------------
+
+    def _groups_base(self, what: str) -> str:
+        if not self.groups_dn:
+            raise PermanentError(
+                f"{self.name}: {what}: connection.groups_dn is not set, so this target has no "
+                "entitlements"
+            )
+        return self.groups_dn
+
+    def _group_filter(self, inner: str = "") -> str:
+        return f"(&(objectClass={self.group_class}){inner})"
+
+    def _group_dn(self, entitlement: str, what: str, fresh: bool = False) -> str:
+        with self._groups_lock:
+            known = None if fresh else self._groups.get(entitlement)
+        if known:
+            return known
+        base = self._groups_base(what)
+        found = self._call(
+            f"find group {entitlement}",
+            lambda: self._client.search(
+                base, self._group_filter(f"(cn={escape_filter(entitlement)})"), ["cn"]
+            ),
+        )
+        if not found:
+            raise PermanentError(
+                f"{self.name}: group {entitlement!r} does not exist under {base}; create it "
+                "there or remove it from the policy"
+            )
+        with self._groups_lock:
+            self._groups[entitlement] = found[0].dn
+            self._group_names[norm_dn(found[0].dn)] = entitlement
+        return found[0].dn
+
+    def _groups_holding(self, value: str, what: str) -> list[Entry]:
+        """The groups under ``groups_dn`` whose member attribute holds ``value``."""
+        if not self.groups_dn:
+            return []
+        base = self.groups_dn
+        flt = self._group_filter(f"({self.member_attr}={escape_filter(value)})")
+        return self._call(what, lambda: self._client.search(base, flt, ["cn"]))
+
+    def _group_name(self, group: Entry) -> str:
+        return group.first("cn") or rdn_value(group.dn)
+
+    def _entitlements(self, entry: Entry) -> frozenset[str]:
+        if not self.groups_dn:
+            return frozenset()
+        if self.membership == "memberof":
+            return self._names_of(entry.values("memberOf"))
+        value = self._member_value(entry.dn, rdn_value(entry.dn))
+        groups = self._groups_holding(value, f"read groups of {entry.dn}")
+        return frozenset(self._group_name(g) for g in groups)
+
+    def _names_of(self, group_dns: list[str]) -> frozenset[str]:
+        """Entitlement names for ``memberOf`` values (groups outside ``groups_dn`` ignored)."""
+        assert self.groups_dn is not None
+        wanted = [norm_dn(d) for d in group_dns if under(d, self.groups_dn)]
+        with self._groups_lock:
+            missing = [d for d in wanted if d not in self._group_names]
+        if missing:
+            self._load_groups()
+        with self._groups_lock:
+            return frozenset(self._group_names[d] for d in wanted if d in self._group_names)
+
+    def _load_groups(self) -> list[Entry]:
+        """Every group under ``groups_dn`` with its members; refreshes the name cache."""
+        base = self._groups_base("list groups")
+        attrs = ["cn"] if self.membership == "memberof" else ["cn", self.member_attr]
+        groups = self._call(
+            "list groups",
+            lambda: list(
+                self._client.paged_search(base, self._group_filter(), attrs, self.page_size)
+            ),
+        )
+        with self._groups_lock:
+            for group in groups:
+                name = self._group_name(group)
+                self._groups[name] = group.dn
+                self._group_names[norm_dn(group.dn)] = name
+        return groups
+
+    def _change_member(self, group: str, entitlement: str, value: str, add: bool) -> None:
+        """Add or remove one member value; idempotent either way."""
+        verb = "add" if add else "remove"
+        what = f"{verb} {value} {'to' if add else 'from'} group {entitlement}"
+        op = "add" if add else "delete"
+        try:
+            self._call(
+                what, lambda: self._client.modify(group, {self.member_attr: [(op, [value])]})
+            )
+        except LdapError as exc:
+            if exc.code == (ATTRIBUTE_OR_VALUE_EXISTS if add else NO_SUCH_ATTRIBUTE):
+                return  # already as intended
+            if not add and exc.code == OBJECT_CLASS_VIOLATION and self.members_are_dns:
+                # the last member of a group whose schema needs one: leave the placeholder
+                changes = {self.member_attr: [("add", [self.placeholder]), ("delete", [value])]}
+                try:
+                    self._call(what, lambda: self._client.modify(group, changes))
+                except LdapError as again:
+                    if again.code != NO_SUCH_ATTRIBUTE:
+                        raise
+                return
+            raise
+
+    def _membership(self, account: str, entitlement: str, add: bool) -> None:
+        verb = "add" if add else "remove"
+        what = f"{verb} {account} {'to' if add else 'from'} group {entitlement}"
+        self._groups_base(what)
+        group = self._group_dn(entitlement, what)
+        entry = self._entry(account, what)
+        value = self._member_value(entry.dn, rdn_value(entry.dn))
+        try:
+            self._change_member(group, entitlement, value, add)
+        except LdapNoSuchObject:
+            # the group moved or went away since it was looked up: look again, once
+            group = self._group_dn(entitlement, what, fresh=True)
+            self._change_member(group, entitlement, value, add)
+
+    def _repoint(self, old_dn: str, new_dn: str, old_name: str, new_name: str) -> None:
+        """Make groups that name the user by its old DN (or old user name) name the new one.
+
+        The ``refint`` overlay does this for DNs too, but in the background and only where it
+        runs; doing it here makes the change whole before the read-back."""
+        if self.members_are_dns:
+            old, new = old_dn, new_dn
+            if norm_dn(old) == norm_dn(new):
+                return
+        else:
+            old, new = old_name, new_name
+            if old == new:
+                return
+        for group in self._groups_holding(old, f"find groups of {old}"):
+            name = self._group_name(group)
+            self._change_member(group.dn, name, new, add=True)
+            self._change_member(group.dn, name, old, add=False)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def capabilities(self) -> frozenset[Capability]:
+        capabilities = {
+            Capability.CREATE,
+            Capability.UPDATE,
+            Capability.DISABLE,
+            Capability.DELETE,
+            Capability.READ,
+            Capability.LIST,
+        }
+        if self.groups_dn:
+            capabilities.add(Capability.ENTITLEMENTS)
+        if self.external_attr:
+            capabilities.add(Capability.EXTERNAL_ID)
+        return frozenset(capabilities)
+
+    def read(self, account: str) -> AccountRecord | None:
+        entry = self._lookup(account)
+        return None if entry is None else self._record(entry, self._entitlements(entry))
+
+    def find(self, spec: AccountSpec) -> AccountRecord | None:
+        """By external id first, else by user name; one search per base."""
+        by_name = f"({self.rdn}={escape_filter(spec.user_name)})"
+        inner = (
+            f"(|({self.external_attr}={escape_filter(spec.identity)}){by_name})"
+            if self.external_attr
+            else by_name
+        )
+        found = self._search_users(f"find {spec.user_name}", inner)
+        if not found:
+            return None
+        if self.external_attr:
+            found.sort(key=lambda e: e.first(self.external_attr or "") != spec.identity)
+        return self._record(found[0], self._entitlements(found[0]))
+
+    def list_accounts(self) -> Iterator[AccountRecord]:
+        """Every user under the user bases, page by page; group memberships read once."""
+        members: dict[str, set[str]] = {}
+        if self.groups_dn and self.membership == "groups":
+            for group in self._load_groups():
+                name = self._group_name(group)
+                for value in group.values(self.member_attr):
+                    if value:
+                        key = norm_dn(value.split("#", 1)[0]) if self.members_are_dns else value
+                        members.setdefault(key, set()).add(name)
+        elif self.groups_dn:
+            self._load_groups()
+        for base in self.bases:
+            pages = self._client.paged_search(
+                base, self.user_filter, self._read_attrs, self.page_size
+            )
+
+            def step(pages: Iterator[Entry] = pages) -> Entry | None:
+                return next(pages, None)
+
+            while True:
+                try:
+                    entry = self._call(f"list users under {base}", step)
+                except LdapNoSuchObject:
+                    if base == self.base_dn:
+                        raise
+                    break  # the disabled OU does not exist yet: nobody is disabled
+                if entry is None:
+                    break
+                if not self.groups_dn:
+                    groups: frozenset[str] = frozenset()
+                elif self.membership == "memberof":
+                    groups = self._names_of(entry.values("memberOf"))
+                else:
+                    key = norm_dn(entry.dn) if self.members_are_dns else rdn_value(entry.dn)
+                    groups = frozenset(members.get(key, ()))
+                yield self._record(entry, groups)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _wanted(self, spec: AccountSpec) -> dict[str, str | None]:
+        """The mapped LDAP attributes' values for ``spec`` (None: should be absent)."""
+        wanted: dict[str, str | None] = {}
+        for target, sources in self.mapping.items():
+            value = None
+            for source in sources:
+                value = _text(
+                    spec.user_name if source == "user_name" else spec.attributes.get(source)
+                )
+                if value is not None:
+                    break
+            wanted[target] = value
+        if self.external_attr:
+            wanted[self.external_attr] = spec.identity
+        return wanted
+
+    def _lock_values(self, enabled: bool, current: str | None = None) -> list[str]:
+        """The disable attribute's values for ``enabled`` (an empty list removes it)."""
+        if self.disable == "ppolicy":
+            return [] if enabled else [LOCKED_FOREVER]
+        if self.disable == "nsaccountlock":
+            return [] if enabled else ["TRUE"]
+        control = int(current) if current else AD_NORMAL_ACCOUNT
+        control = control & ~AD_ACCOUNTDISABLE if enabled else control | AD_ACCOUNTDISABLE
+        return [str(control)]
+
+    def create(self, spec: AccountSpec) -> str:
+        what = f"create {spec.user_name}"
+        if not spec.user_name:
+            raise PermanentError(f"{self.name}: {what}: the user name is empty")
+        taken = self._search_users(what, f"({self.rdn}={escape_filter(spec.user_name)})")
+        if taken:
+            raise Conflict(f"{self.name}: {what}: the user name is taken by {taken[0].dn}")
+        parent = self.base_dn
+        if self.disable == "ou" and not spec.enabled:
+            assert self.disabled_dn is not None
+            parent = self.disabled_dn
+        dn = f"{self.rdn}={escape_rdn_value(spec.user_name)},{parent}"
+        attributes: dict[str, list[str]] = {
+            "objectClass": list(self.object_classes),
+            self.rdn: [spec.user_name],
+        }
+        for target, value in self._wanted(spec).items():
+            if value is not None:
+                attributes[target] = [value]
+        if self.disable in DISABLE_ATTRIBUTE:
+            values = self._lock_values(spec.enabled)
+            if values:
+                attributes[DISABLE_ATTRIBUTE[self.disable]] = values
+        try:
+            self._call(what, lambda: self._client.add(dn, attributes))
+        except LdapEntryExists as exc:
+            raise Conflict(f"{exc}: the user name is taken") from exc
+        found = self._call(
+            what, lambda: self._client.search(dn, "(objectClass=*)", [self.id_attr], scope="base")
+        )
+        if not found:
+            raise RetryableError(f"{self.name}: {what}: {dn} was added but cannot be read back")
+        return self._id_of(found[0])
+
+    def update(self, account: str, spec: AccountSpec) -> str:
+        what = f"update {account}"
+        entry = self._entry(account, what)
+        dn, name = entry.dn, rdn_value(entry.dn)
+        if name != spec.user_name:
+            if not spec.user_name:
+                raise PermanentError(f"{self.name}: {what}: the user name is empty")
+            new_rdn = f"{self.rdn}={escape_rdn_value(spec.user_name)}"
+            try:
+                self._call(f"rename {dn} to {new_rdn}", lambda: self._client.rename(dn, new_rdn))
+            except LdapEntryExists as exc:
+                raise Conflict(f"{exc}: the user name {spec.user_name!r} is taken") from exc
+            new_dn = f"{new_rdn},{parent_dn(dn)}"
+            self._repoint(dn, new_dn, name, spec.user_name)
+            dn = new_dn
+        changes: dict[str, list[Change]] = {}
+        for target, value in self._wanted(spec).items():
+            have = entry.values(target)
+            if value is None and have:
+                changes[target] = [("replace", [])]
+            elif value is not None and have != [value]:
+                changes[target] = [("replace", [value])]
+        if changes:
+            self._call(what, lambda: self._client.modify(dn, changes))
+        return account
+
+    def set_enabled(self, account: str, enabled: bool) -> None:
+        what = f"{'enable' if enabled else 'disable'} {account}"
+        entry = self._entry(account, what)
+        if self._enabled(entry) == enabled:
+            return
+        if self.disable == "ou":
+            assert self.disabled_dn is not None
+            parent = self.base_dn if enabled else self.disabled_dn
+            first = split_dn(entry.dn)[0]
+            try:
+                self._call(what, lambda: self._client.rename(entry.dn, first, parent))
+            except LdapEntryExists as exc:
+                raise Conflict(f"{exc}: {first} already exists under {parent}") from exc
+            self._repoint(entry.dn, f"{first},{parent}", "", "")
+            return
+        attribute = DISABLE_ATTRIBUTE[self.disable]
+        values = self._lock_values(enabled, entry.first(attribute))
+        self._call(what, lambda: self._client.modify(entry.dn, {attribute: [("replace", values)]}))
+
+    def add_entitlement(self, account: str, entitlement: str) -> None:
+        self._membership(account, entitlement, add=True)
+
+    def remove_entitlement(self, account: str, entitlement: str) -> None:
+        self._membership(account, entitlement, add=False)
+
+    def revoke_sessions(self, account: str) -> None:
+        raise Unsupported(
+            f"{self.name}: LDAP directories keep no sessions; binds end when the client closes"
+        )
+
+    def _leave_groups(self, entry: Entry) -> None:
+        value = self._member_value(entry.dn, rdn_value(entry.dn))
+        for group in self._groups_holding(value, f"find groups of {entry.dn}"):
+            self._change_member(group.dn, self._group_name(group), value, add=False)
+
+    def delete(self, account: str) -> None:
+        """Leave every group, then delete the entry: group references stay right with or
+        without the ``refint`` overlay. Groups first, so that a delete retried after a failure
+        still finds the entry and finishes the cleanup."""
+        entry = self._lookup(account)
+        if entry is None:
+            return
+        self._leave_groups(entry)
+        with contextlib.suppress(LdapNoSuchObject):  # gone meanwhile: as intended
+            self._call(f"delete {entry.dn}", lambda: self._client.delete(entry.dn))
+
+    def close(self) -> None:
+        self._client.close()
