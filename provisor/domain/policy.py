@@ -62,16 +62,27 @@ class SecretRef(_Model):
         return self
 
 
+# A value filled in when a request is made (e.g. ``password: "{password}"`` in a REST
+# description's request body): a placeholder, not a credential.
+_PLACEHOLDER = re.compile(r"\{[\w.\-]+\}")
+
+
 def _references_only(value: Any, where: str) -> Any:
     """Turn ``{env: X}`` / ``{secret: X}`` into ``SecretRef`` at any depth; refuse a credential
-    setting written in plain text."""
+    setting written in plain text. Under ``entitlements`` the keys are entitlement names, not
+    settings, and are not judged by their names."""
     if isinstance(value, Mapping):
         if value and set(value) <= {"env", "secret"}:
             return SecretRef.model_validate(value)
         checked: dict[str, Any] = {}
         for key, item in value.items():
             path = f"{where}.{key}" if where else str(key)
-            plain = not isinstance(item, Mapping | None) and item != ""
+            plain = (
+                not isinstance(item, Mapping | None | bool)
+                and item != ""
+                and not (isinstance(item, str) and _PLACEHOLDER.fullmatch(item))
+                and where.rsplit(".", 1)[-1] != "entitlements"
+            )
             if isinstance(item, str) and _URL_WITH_PASSWORD.match(item):
                 raise ValueError(
                     f"connection setting '{path}' carries a password in the URL; put the "

@@ -246,3 +246,22 @@ def test_digest_ignores_key_order_and_follows_content(tmp_path: Path) -> None:
     assert original == same
     assert len(original) == 64
     assert changed != original
+
+
+def test_nested_credentials_refused_but_placeholders_and_entitlement_names_pass(
+    tmp_path: Path,
+) -> None:
+    nested = TARGETS.replace(
+        "token: {env: GITHUB_TOKEN}", "token: {env: GITHUB_TOKEN}\n      auth: {client_secret: s3}"
+    )
+    [problem] = problems_of(write(tmp_path, "nested.yaml", nested))
+    assert "'auth.client_secret' is a credential written in plain text" in problem
+    allowed = TARGETS.replace(
+        "token: {env: GITHUB_TOKEN}",
+        "token: {env: GITHUB_TOKEN}\n"
+        "      api: {endpoints: {create: {body: {password: '{password}'}}}}\n"
+        "      entitlements: {token-admins: 'tag:administrator'}\n"
+        "      verify_token: true",
+    )
+    loaded = load_policy([write(tmp_path, "allowed.yaml", allowed)])
+    assert loaded.policy.targets[0].connection["verify_token"] is True
