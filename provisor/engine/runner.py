@@ -68,9 +68,10 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
         return None
     secrets_path = workspace.path / workspace.config.secrets_file
     secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
-    return registry.open_connector(
-        target.name, target.target_class, resolve_connection(target.connection, secrets)
-    )
+    settings = dict(resolve_connection(target.connection, secrets))
+    if target.target_class is TargetClass.SQL:
+        settings.setdefault("pool_size", target.concurrency)  # one connection per worker
+    return registry.open_connector(target.name, target.target_class, settings)
 
 
 def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
