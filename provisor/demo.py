@@ -1,18 +1,23 @@
 """``provisor demo``: a guided tour on a sample organisation, in a throwaway workspace.
 
 Does: write a sample organisation (about 200 people over seven departments and four locations,
-contractors, two people on leave, service accounts, an API key and a bot with owners), a sample
-policy with five targets, and the target applications' own user exports; then run the real
-engine services on them — import, observe, a mover, a leaver, a future-dated leaver, a rehire —
-and print the plans, an explanation and the audit verification.
+contractors, two people on leave, service accounts, an API key and a bot with owners) and a
+sample policy with five targets; start the live ones — a SCIM server, an OpenLDAP directory when
+slapd is installed, a payroll application's SQLite tables — and write the manual ones' user
+exports; then run the real engine services on them — import, provision, observe, a mover, two
+leavers (one with a live session), a future-dated leaver, a rehire — and print the plans, an
+explanation, what the leavers still hold in every application, and the audit verification.
 Does not: contain engine logic of its own; everything it shows is what the CLI commands do.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import random
+import sqlite3
 import tempfile
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.sandbox import ScimApp
 from provisor.store import db, models
+from provisor.testing.slapd import SLAPD, Slapd
 
 DEMO_CONFIG = """\
 policy: [policy]
@@ -48,15 +54,27 @@ guard: {max_share: 0.10, max_count: 50, min_count: 5}
 lifecycle: {rescind_window_days: 30}
 """
 
-DEMO_POLICY = """\
-targets:
-  - name: directory
+# The directory is a live OpenLDAP server when slapd is installed, else handled by hand.
+DIRECTORY_LIVE = """\
     class: ldap
     owner: identity-team@example.com
     leaver_action: disable
     on_leave: disable
-    connection: {url: "ldaps://ldap.example.com", bind_dn: "cn=provisor,dc=example,dc=com",
-                 password: {env: DIRECTORY_BIND_PASSWORD}}
+    connection: {url: "LDAP_URL", bind_dn: "LDAP_BIND_DN", password: {env: DEMO_DIRECTORY_PASSWORD},
+                 base_dn: "LDAP_PEOPLE_DN", groups_dn: "LDAP_GROUPS_DN", disable: ppolicy}
+"""
+DIRECTORY_MANUAL = """\
+    class: manual
+    owner: identity-team@example.com
+    leaver_action: disable
+    on_leave: disable
+"""
+PASSWORD_VARIABLE = "DEMO_DIRECTORY_PASSWORD"
+
+DEMO_POLICY = """\
+targets:
+  - name: directory
+DIRECTORY
     entitlements:
       - {name: all-staff}
       - {name: engineering}
@@ -74,7 +92,7 @@ targets:
       - {name: members}
       - {name: platform-admins}
   - name: crm
-    class: rest
+    class: manual
     owner: sales-ops@example.com
     leaver_action: disable
     entitlements:
@@ -85,6 +103,24 @@ targets:
     owner: finance-it@example.com
     leaver_action: delete
     grace_days: 30
+    connection:
+      mode: users-table
+      url: "PAYROLL_URL"
+      table: users
+      user_name_column: login
+      external_id_column: employee_id
+      columns: {full_name: name, mail: email}
+      active_column: active
+      active_value: 1
+      inactive_value: 0
+      membership_table: user_roles
+      membership_account_column: user_id
+      membership_entitlement_column: role_id
+      entitlement_table: roles
+      entitlement_name_column: name
+      entitlement_key_column: id
+      sessions_table: sessions
+      sessions_account_column: user_id
     entitlements:
       - {name: payroll-read}
       - {name: payroll-approve}
@@ -272,7 +308,9 @@ def sample_people(seed: int = 7) -> list[dict[str, str]]:
             else:
                 title = rng.choice(["Specialist", "Senior Specialist", "Analyst", "Lead"])
                 title = f"{'Engineer' if department == 'Engineering' else department} {title}"
-            slug = f"{first}.{last}".lower().replace("'", "")
+            # mail addresses are ASCII (a directory's mail attribute holds nothing else)
+            folded = unicodedata.normalize("NFKD", f"{first}.{last}")
+            slug = folded.encode("ascii", "ignore").decode().lower().replace("'", "")
             people.append(
                 {
                     "employee_id": f"E{number}",
@@ -330,12 +368,79 @@ def write_csv(path: Path, rows: list[dict[str, str]], fields: list[str]) -> None
         writer.writerows(rows)
 
 
-def prepare(folder: Path, scim_url: str) -> None:
+# The payroll application's own tables: accounts, roles, memberships and live sessions.
+PAYROLL_TABLES = """\
+CREATE TABLE roles (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY, login TEXT NOT NULL UNIQUE, employee_id TEXT,
+    full_name TEXT, mail TEXT, active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE user_roles (
+    user_id INTEGER NOT NULL REFERENCES users (id), role_id INTEGER NOT NULL REFERENCES roles (id),
+    PRIMARY KEY (user_id, role_id)
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users (id), started_at TEXT
+);
+INSERT INTO roles (name) VALUES ('payroll-read'), ('payroll-approve'), ('vendor-create');
+"""
+
+
+def create_payroll_app(path: Path) -> str:
+    """The sample payroll application's database (SQLite); returns its SQLAlchemy URL."""
+    with sqlite3.connect(path) as connection:
+        connection.executescript(PAYROLL_TABLES)
+    connection.close()
+    return f"sqlite:///{path.resolve()}"
+
+
+def log_in_to_payroll(url: str, identity: str) -> None:
+    """Someone opens a session in the payroll application (as its own login code would)."""
+    path = url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO sessions (user_id, started_at) "
+            "SELECT id, datetime('now') FROM users WHERE employee_id = ?",
+            (identity,),
+        )
+    connection.close()
+
+
+def start_directory() -> Slapd | None:
+    """A live OpenLDAP directory for the tour, or None when slapd is not installed."""
+    if not SLAPD.exists():
+        return None
+    directory = Slapd(base_dn="dc=example,dc=com").start()
+    directory.create_groups(["all-staff", "engineering", "sales", "finance", "vpn"])
+    os.environ[PASSWORD_VARIABLE] = directory.password
+    return directory
+
+
+def prepare(
+    folder: Path, scim_url: str, directory: Slapd | None = None, payroll_url: str | None = None
+) -> None:
     """Write the sample workspace files and create its database; ``scim_url`` is where the
-    sample SCIM application (the github target) answers."""
+    sample SCIM application (the github target) answers, ``directory`` the live LDAP server
+    (None: the directory is a manual application), ``payroll_url`` the payroll application's
+    database (default: a new one in the workspace)."""
     (folder / "policy").mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(DEMO_CONFIG, encoding="utf-8")
-    policy = DEMO_POLICY.replace("SCIM_URL", scim_url)
+    if payroll_url is None:
+        payroll_url = create_payroll_app(folder / "payroll-app.db")
+    if directory is None:
+        block = DIRECTORY_MANUAL
+    else:
+        block = (
+            DIRECTORY_LIVE.replace("LDAP_URL", directory.url)
+            .replace("LDAP_BIND_DN", directory.bind_dn)
+            .replace("LDAP_PEOPLE_DN", directory.people_dn)
+            .replace("LDAP_GROUPS_DN", directory.groups_dn)
+        )
+    policy = (
+        DEMO_POLICY.replace("DIRECTORY\n", block)
+        .replace("SCIM_URL", scim_url)
+        .replace("PAYROLL_URL", payroll_url)
+    )
     (folder / "policy" / "demo.yaml").write_text(policy, encoding="utf-8")
     write_csv(folder / "people.csv", sample_people(), FIELDS)
     # A former engineer, terminated last spring, to be rehired during the tour.
@@ -376,13 +481,13 @@ def prepare(folder: Path, scim_url: str) -> None:
 
 
 def write_exports(workspace: Workspace, folder: Path, now: datetime) -> list[Path]:
-    """User exports of the applications that have no live connector in the tour, as they stand
-    after their initial provisioning; one hand-made change (an extra entitlement) is left in to
-    show drift being planned away."""
+    """User exports of the manual applications (no live connector), as they stand after their
+    initial provisioning; one hand-made change (an extra entitlement) is left in to show drift
+    being planned away."""
     exports: dict[str, list[dict[str, str]]] = {
         name: []
         for name, target in workspace.compiled.targets.items()
-        if target.target_class is not TargetClass.SCIM
+        if target.target_class is TargetClass.MANUAL
     }
     with workspace.sessions() as session:
         rows = session.execute(select(models.Identity).order_by(models.Identity.external_id))
@@ -513,18 +618,27 @@ def _leaver_table(workspace: Workspace, identity: str, now: datetime) -> list[tu
                 connector = runner.connector(name)
                 account = next((a for _, _, a in ops if a), None)
                 if connector is None:
-                    found = "not verified: no connector for this target yet"
+                    found = (
+                        f"manual: work items for {target.owner}; verified only by a second "
+                        "person's attestation or a later user export"
+                    )
                 elif account is None:
                     found = "no account found"
                 else:
                     record = connector.read(account)
-                    found = (
-                        "account deleted"
-                        if record is None
-                        else f"account {'enabled' if record.enabled else 'disabled'}, "
-                        f"entitlements: {', '.join(sorted(record.entitlements)) or 'none'}; "
-                        "sessions: not visible over SCIM"
-                    )
+                    if record is None:
+                        found = "account deleted"
+                    else:
+                        sessions = (
+                            "not visible (the application has no session interface)"
+                            if record.sessions is None
+                            else str(record.sessions)
+                        )
+                        found = (
+                            f"account {'enabled' if record.enabled else 'disabled'}, "
+                            f"entitlements: {', '.join(sorted(record.entitlements)) or 'none'}; "
+                            f"sessions: {sessions}"
+                        )
                 rows.append((name, str(target.target_class), found, statuses))
     finally:
         runner.close()
@@ -536,19 +650,33 @@ def run_demo(directory: Path | None, console: Console | None, *, json_out: bool 
     folder.mkdir(parents=True, exist_ok=True)
     tour = _Tour(console)
     now = datetime.now(UTC).replace(microsecond=0)
-    with ScimApp() as github:
-        github.create_groups(github.url, "members", "platform-admins")
-        prepare(folder, github.url)
-        workspace = Workspace.open(folder)
-        try:
-            _tour(tour, workspace, folder, github.url, now)
-        finally:
-            workspace.close()
+    ldap_server = start_directory()
+    try:
+        with ScimApp() as github:
+            github.create_groups(github.url, "members", "platform-admins")
+            payroll_url = create_payroll_app(folder / "payroll-app.db")
+            prepare(folder, github.url, ldap_server, payroll_url)
+            workspace = Workspace.open(folder)
+            try:
+                _tour(tour, workspace, folder, github.url, ldap_server, payroll_url, now)
+            finally:
+                workspace.close()
+    finally:
+        if ldap_server is not None:
+            ldap_server.stop()
     if json_out:
         Console().print_json(data=tour.summary, default=str)
 
 
-def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: datetime) -> None:
+def _tour(
+    tour: _Tour,
+    workspace: Workspace,
+    folder: Path,
+    scim_url: str,
+    directory: Slapd | None,
+    payroll_url: str,
+    now: datetime,
+) -> None:
     tour.heading("1. Import the HR snapshot and the history feed")
     report = import_feed(workspace, folder / "people.csv", now=now)
     history = import_feed(workspace, folder / "history.csv", feed="history", now=now)
@@ -563,8 +691,13 @@ def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: d
     tour.say(f"Identities by state: {counts}")
     tour.summary["import"] = report.as_dict() | {"errors": report.errors}
 
-    tour.heading("2. Provision: a live SCIM application, and what the others hold")
+    tour.heading("2. Provision: live applications, and what the manual ones hold")
     tour.say(f"github is a real SCIM 2.0 application (scim2-server) at {scim_url}")
+    if directory is not None:
+        tour.say(f"directory is a real OpenLDAP directory (slapd) at {directory.url}")
+    else:
+        tour.say("directory is handled by hand here: slapd is not installed")
+    tour.say(f"payroll-db is the payroll application's own database: {payroll_url}")
     for path in write_exports(workspace, folder, now):
         observed = import_observed(workspace, path.stem, path, now=now)
         tour.say(f"{path.stem}: {observed.accounts} accounts read from its user export")
@@ -593,10 +726,12 @@ def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: d
     tour.plan_table("Plan for E1130", _plan_rows(workspace, "E1130", now))
     tour.say(_applied(_apply(workspace, now, "E1130")))
 
-    tour.heading("4. Leaver: E1010 (engineer) leaves today")
-    _event(workspace, LifecycleEvent("E1010", EventKind.TERMINATE, now, now, source="demo"), now)
-    tour.plan_table("Plan for E1010", _plan_rows(workspace, "E1010", now))
-    tour.say(_applied(_apply(workspace, now, "E1010")))
+    tour.heading("4. Leavers: E1010 (engineer) and E1134 (finance, logged in to payroll) leave")
+    log_in_to_payroll(payroll_url, "E1134")
+    for leaver in ("E1010", "E1134"):
+        _event(workspace, LifecycleEvent(leaver, EventKind.TERMINATE, now, now, source="demo"), now)
+        tour.plan_table(f"Plan for {leaver}", _plan_rows(workspace, leaver, now))
+        tour.say(_applied(_apply(workspace, now, leaver)))
 
     tour.heading("5. Future-dated leaver: E1132 (finance) leaves in 14 days")
     later = now + timedelta(days=14)
@@ -645,12 +780,14 @@ def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: d
                 tour.say(f"    {line}")
     tour.summary["explain"] = [a.__dict__ for a in answers]
 
-    tour.heading("8. Where is E1010's access now? (read live)")
-    table = _leaver_table(workspace, "E1010", now)
-    tour.table(["target", "class", "found now", "operations"], table)
-    tour.summary["leaver"] = [
-        dict(zip(["target", "class", "found", "operations"], r, strict=True)) for r in table
-    ]
+    tour.heading("8. Where is the leavers' access now? (read live)")
+    for leaver in ("E1010", "E1134"):
+        table = _leaver_table(workspace, leaver, now)
+        tour.say(leaver)
+        tour.table(["target", "class", "found now", "operations"], table)
+        tour.summary.setdefault("leavers", {})[leaver] = [
+            dict(zip(["target", "class", "found", "operations"], r, strict=True)) for r in table
+        ]
 
     tour.heading("9. Audit")
     with workspace.sessions() as session:
@@ -661,5 +798,8 @@ def _tour(tour: _Tour, workspace: Workspace, folder: Path, scim_url: str, now: d
     )
     tour.summary["audit"] = {"ok": verified.ok, "events": verified.events}
     tour.summary["workspace"] = str(folder)
-    tour.say(f"\nThe workspace stays in {folder}; the SCIM application stops with the tour.")
+    tour.say(
+        f"\nThe workspace stays in {folder}; the SCIM application and the directory stop "
+        "with the tour."
+    )
     tour.say(f"Try: provisor -w {folder} identities show E1132")

@@ -123,9 +123,11 @@ def _removal(
     ops: list[PlannedOperation] = []
     action = target.leaver_action
     account = observed.account
-    # Unknown sessions of an enabled account are revoked first; once the account is disabled,
-    # unknown sessions are a blind spot to report, not work to plan again and again.
-    if (observed.sessions is None and observed.enabled) or (observed.sessions or 0) > 0:
+    # Sessions of an enabled account are revoked first, whatever the last read counted: a
+    # session opened since then must not outlive the account (with none open, the runner reads
+    # that and writes nothing). Once the account is disabled, unknown sessions are a blind spot
+    # to report, not work to plan again and again.
+    if observed.enabled or (observed.sessions or 0) > 0:
         ops.append(
             PlannedOperation(identity, target.name, account, OpKind.REVOKE_SESSIONS, None, why)
         )
@@ -213,10 +215,7 @@ def plan_identity(
         if want.enabled and not primary.enabled:
             ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
         elif not want.enabled and primary.enabled:
-            if primary.sessions is None or primary.sessions > 0:
-                ops.append(
-                    PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note)
-                )
+            ops.append(PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note))
             ops.append(PlannedOperation(who, name, kept, OpKind.DISABLE, None, want.note))
         for ent, reasons in sorted(want.entitlements.items()):
             if ent not in primary.entitlements:
