@@ -429,7 +429,8 @@ def record_events(
             for event in new_by_id[identity]:
                 held = event.key in held_keys
                 status = "held" if held else "accepted"
-                attributes = encoded[id(event.attributes)] = json_text(event.attributes)
+                # the canonical JSON the event's key was hashed from is valid JSON to store
+                attributes = encoded[id(event.attributes)] = event.attributes_json
                 event_rows.append(
                     (
                         event.key,
