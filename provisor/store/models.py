@@ -192,6 +192,82 @@ class ObservedAccount(Base):
     sessions: Mapped[int | None] = mapped_column(Integer)
     observed_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(512), default="")
+    # the reconciliation run that last saw the account (a full run that did not see it: gone)
+    reconcile_run: Mapped[int | None] = mapped_column(Integer, index=True)
+    # ok | drift | orphan | terminated-active | unlinked | unverifiable, with why
+    classification: Mapped[str | None] = mapped_column(String(32), index=True)
+    classified_detail: Mapped[str | None] = mapped_column(Text)
+    classified_at: Mapped[datetime | None]
+
+
+class ReconcileRun(Base):
+    """One reconciliation of one target: full (every account) or incremental (changed since).
+
+    ``checkpoint`` says how far a run got (accounts done, the last one); a run left ``running``
+    by a process that died is resumed from there by the next reconciliation of the target."""
+
+    __tablename__ = "reconcile_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    mode: Mapped[str] = mapped_column(String(16))  # full | incremental | export
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    since: Mapped[datetime | None]  # incremental: changes after this time
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CorrelationCase(Base):
+    """An account that matched several identities, or one that conflicts with the account id
+    already linked: a person decides (``provisor cases``); nothing is linked on a guess."""
+
+    __tablename__ = "correlation_cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    account: Mapped[str] = mapped_column(String(512))
+    user_name: Mapped[str | None] = mapped_column(String(512))
+    candidates: Mapped[list[Any]] = mapped_column(default=list)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime]
+    resolved_identity: Mapped[str | None] = mapped_column(String(128))
+    resolved_by: Mapped[str | None] = mapped_column(String(256))
+    resolved_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class AccountMark(Base):
+    """A person's mark on one account: ``protected`` (never touched), ``decommission-later``
+    or ``ignore``, with a reason and an expiry."""
+
+    __tablename__ = "account_marks"
+    __table_args__ = (UniqueConstraint("target", "account", name="uq_account_marks_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(128))
+    account: Mapped[str] = mapped_column(String(512))
+    mark: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    marked_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+
+
+class DebtSnapshot(Base):
+    """Revocation debt totals at one moment (recorded at every reconciliation), for trends."""
+
+    __tablename__ = "debt_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    reconcile_run: Mapped[int | None] = mapped_column(Integer)
+    items: Mapped[int] = mapped_column(Integer)
+    overdue: Mapped[int] = mapped_column(Integer)
+    totals: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class ObservedEntitlement(Base):
