@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -123,3 +124,18 @@ class Connector(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class IncrementalConnector(Connector, Protocol):
+    """A connector that can tell what changed since a moment, for incremental reconciliation.
+
+    Optional: the engine checks for these methods and reads everything when they are absent."""
+
+    def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
+        """Accounts whose own record changed at or after ``since``, as they are now."""
+        ...
+
+    def changed_memberships(self, since: datetime) -> Mapping[str, frozenset[str]]:
+        """For each entitlement (group) changed at or after ``since``: every account holding
+        it now. Removals show as accounts missing from the set."""
+        ...

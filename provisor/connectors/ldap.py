@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from provisor.connectors.base import (
@@ -511,6 +512,11 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _generalized(when: datetime) -> str:
+    """An LDAP GeneralizedTime (UTC, whole seconds) for a filter."""
+    return when.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")
+
+
 class LdapConnector:
     """One LDAP directory. Settings (``connection`` in the policy, secrets already resolved):
 
@@ -949,6 +955,52 @@ class LdapConnector:
                     key = norm_dn(entry.dn) if self.members_are_dns else rdn_value(entry.dn)
                     groups = frozenset(members.get(key, ()))
                 yield self._record(entry, groups)
+
+    def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
+        """Users whose entry changed at or after ``since`` (``modifyTimestamp``; a rename or a
+        move counts), with their groups now. Group changes show in ``changed_memberships``."""
+        inner = f"(modifyTimestamp>={_generalized(since)})"
+        for entry in self._search_users("list changed users", inner):
+            yield self._record(entry, self._entitlements(entry))
+
+    def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
+        """For every group changed at or after ``since``: all its members now, as account ids.
+        With ``membership: memberof`` the users' own entries change instead: nothing here."""
+        if not self.groups_dn or self.membership == "memberof":
+            return {}
+        base = self.groups_dn
+        flt = self._group_filter(f"(modifyTimestamp>={_generalized(since)})")
+        attrs = ["cn", self.member_attr]
+        groups = self._call(
+            "list changed groups",
+            lambda: list(self._client.paged_search(base, flt, attrs, self.page_size)),
+        )
+        if not groups:
+            return {}
+        # member values are DNs (or user names for posixGroup): one paged read of the users'
+        # ids turns them into account ids
+        ids: dict[str, str] = {}
+        for base_dn in self.bases:
+            pages = self._client.paged_search(
+                base_dn, self.user_filter, [self.id_attr], self.page_size
+            )
+
+            def step(pages: Iterator[Entry] = pages) -> Entry | None:
+                return next(pages, None)
+
+            while (entry := self._call("list user ids", step)) is not None:
+                key = norm_dn(entry.dn) if self.members_are_dns else rdn_value(entry.dn)
+                ids[key] = self._id_of(entry)
+        changed: dict[str, frozenset[str]] = {}
+        for group in groups:
+            members = set()
+            for value in group.values(self.member_attr):
+                if value:
+                    key = norm_dn(value.split("#", 1)[0]) if self.members_are_dns else value
+                    if key in ids:
+                        members.add(ids[key])
+            changed[self._group_name(group)] = frozenset(members)
+        return changed
 
     # --- writing ------------------------------------------------------------------------------
 

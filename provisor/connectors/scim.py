@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx2
@@ -316,6 +316,31 @@ class ScimConnector:
         for user in self._search(self._user, None):
             groups = None if self._membership == "user" else frozenset(members.get(user.id, ()))
             yield self._record(user, groups)
+
+    @staticmethod
+    def _since(when: datetime) -> str:
+        return _quoted(when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
+        """Users whose own resource changed at or after ``since`` (``meta.lastModified``),
+        with their current groups. Group membership changes show in ``changed_memberships``."""
+        for user in self._search(self._user, f"meta.lastModified ge {self._since(since)}"):
+            yield self._record(user)
+
+    def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
+        """For every group changed at or after ``since``: all its members now (account ids).
+        Reading membership from the user side, changed users carry their groups instead."""
+        if self._membership == "user":
+            return {}
+        found = self._search(
+            self._group,
+            f"meta.lastModified ge {self._since(since)}",
+            ["displayName", "members"],
+        )
+        return {
+            str(group.display_name): frozenset(str(m.value) for m in group.members or [])
+            for group in found
+        }
 
     # --- writing --------------------------------------------------------------------------
 

@@ -633,3 +633,25 @@ class TestContract(ConnectorContract):
                 connection.unbind()
 
         return seed
+
+
+@pytest.mark.parametrize("style", ["groupOfNames", "posixGroup"])
+def test_changes_since_a_moment(make: Callable[..., LdapConnector], style: str) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    directory = make(style)
+    first = directory.create(spec(1))
+    third = directory.create(spec(3))
+    directory.add_entitlement(third, "ops")
+    time.sleep(1.1)  # modifyTimestamp has whole seconds
+    since = datetime.now(UTC)
+    second = directory.create(spec(2))
+    directory.add_entitlement(first, "dev")
+    directory.remove_entitlement(third, "ops")
+    assert {r.account for r in directory.list_changed(since)} == {second}
+    assert directory.changed_memberships(since) == {
+        "dev": frozenset({first}),
+        "ops": frozenset(),
+    }
+    assert directory.changed_memberships(since + timedelta(hours=1)) == {}

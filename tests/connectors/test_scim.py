@@ -179,3 +179,18 @@ class TestContract(ConnectorContract):
     @pytest.fixture
     def open_session(self) -> None:
         return None  # SCIM has no sessions
+
+
+def test_changes_since_a_moment(scim: ScimConnector, scim_url: str) -> None:
+    import time
+
+    first = scim.create(spec())
+    time.sleep(1.1)  # meta.lastModified has whole-second comparisons on some servers
+    since = datetime.now(UTC)
+    time.sleep(0.05)
+    second = scim.create(spec("E2", "bo@example.com"))
+    scim.add_entitlement(first, "engineering")
+    changed = {r.account for r in scim.list_changed(since)}
+    assert changed == {second}
+    assert scim.changed_memberships(since) == {"engineering": frozenset({first})}
+    assert scim.changed_memberships(datetime.now(UTC) + timedelta(hours=1)) == {}
