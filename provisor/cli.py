@@ -614,7 +614,9 @@ def run_command(
 ) -> None:
     """Keep the engine running: every cycle ticks, plans and applies, retrying what is due.
 
-    Stop it with Ctrl-C; the journal keeps everything for the next start.
+    The first cycle plans everyone; later ones plan the identities that changed (and those
+    with time-bound grants), and everyone again when the policy files change. Stop it with
+    Ctrl-C; the journal keeps everything for the next start.
 
     Example:  provisor run --interval 30
     """
@@ -624,14 +626,21 @@ def run_command(
 
     workspace = _open()
     runner = Runner(workspace)
+    full = True  # the first cycle, and any after the policy files change, plan everyone
     try:
         while True:
             started = _now()
             try:
+                if workspace.refresh_policy() and not full:
+                    out.print(f"{started:%Y-%m-%d %H:%M:%S} policy changed: planning everyone")
+                    full = True
+                    runner.close()
+                    runner = Runner(workspace)  # connection settings may have changed
                 with workspace.sessions() as session, session.begin():
                     ticked = lifecycle_service.tick(session, workspace.config, now=started)
                 with workspace.sessions() as session, session.begin():
-                    planned = sync_journal(workspace, session, now=started)
+                    planned = sync_journal(workspace, session, now=started, changed_only=not full)
+                full = False
                 applied = runner.apply(now=_now)
             except (ProvisorError, SQLAlchemyError) as exc:
                 # one bad cycle (a policy typo, a locked database) must not stop the service

@@ -99,8 +99,13 @@ def compute_plan(
     now: datetime,
     identity: str | None = None,
     target: str | None = None,
+    changed_only: bool = False,
 ) -> tuple[list[PlannedOperation], list[str]]:
-    """Planned operations for the selection, and the identities that were planned."""
+    """Planned operations for the selection, and the identities that were planned.
+
+    ``changed_only`` plans just the identities marked as needing it (a lifecycle change, a
+    new observation) and those holding time-bound grants, which can expire with nothing else
+    changing; everyone else's plan is what it was under the same policy."""
     compiled = workspace.compiled
     if target is not None and target not in compiled.targets:
         raise NotFoundError(
@@ -109,11 +114,23 @@ def compute_plan(
     query = select(models.Identity).order_by(models.Identity.external_id)
     if identity is not None:
         query = query.where(models.Identity.external_id == identity)
-    rows = list(session.execute(query).scalars())
+    if changed_only and identity is None:
+        timed = sorted(set(compiled.assignments) | set(compiled.exceptions))
+        found = {
+            r.external_id: r
+            for r in session.execute(query.where(models.Identity.needs_plan.is_(True))).scalars()
+        }
+        for part in chunks(timed):
+            for r in session.execute(query.where(models.Identity.external_id.in_(part))).scalars():
+                found[r.external_id] = r
+        rows = [found[i] for i in sorted(found)]
+    else:
+        rows = list(session.execute(query).scalars())
     if identity is not None and not rows:
         raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
     ids = [r.external_id for r in rows]
-    observed = observed_for(session, [identity] if identity else None, target)
+    selection = [identity] if identity else (ids if changed_only else None)
+    observed = observed_for(session, selection, target)
     detailed = [i for i in ids if _needs_timeline(compiled, i)]
     history = load_history(session, detailed) if detailed else {}
     targets = dict(compiled.targets)
@@ -180,10 +197,17 @@ def sync_journal(
     now: datetime,
     identity: str | None = None,
     target: str | None = None,
+    changed_only: bool = False,
 ) -> JournalSync:
-    """Compute the plan for the selection and make the journal's pending operations match it."""
-    workspace.note_policy_version(session)
-    ops, ids = compute_plan(workspace, session, now=now, identity=identity, target=target)
+    """Compute the plan for the selection and make the journal's pending operations match it.
+
+    With ``changed_only`` (the long-running service, between full plans) only identities that
+    need it are planned; see ``compute_plan``. A new policy version always plans everyone."""
+    if workspace.note_policy_version(session):
+        changed_only = False
+    ops, ids = compute_plan(
+        workspace, session, now=now, identity=identity, target=target, changed_only=changed_only
+    )
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
     for row in _open_ops(session, ids, target):
         key = (row.identity, row.target, row.kind, row.entitlement or "")

@@ -75,6 +75,16 @@ class Workspace:
             self._compiled = compile_policy(self.policy.policy)
         return self._compiled
 
+    def refresh_policy(self) -> bool:
+        """Load the policy files again; True when they changed (the new version is in use).
+
+        A policy that no longer loads raises ``PolicyError`` and the version in use stays."""
+        loaded = load_policy([self.path / p for p in self.config.policy])
+        changed = self._policy is not None and loaded.digest != self._policy.digest
+        if self._policy is None or changed:
+            self._policy, self._compiled = loaded, None
+        return changed
+
     def note_policy_version(self, session: Session) -> bool:
         """Record the loaded policy if this exact version is new; True when it was."""
         loaded = self.policy

@@ -317,3 +317,33 @@ def test_rate_limit_paces_every_http_request(
         workspace.close()
         proxy.close()
     assert len(spent) == len(proxy.requests) > 6  # one token per request, not per operation
+
+
+def test_changed_only_plans_just_the_changed_identities(ws: Workspace) -> None:
+    people(ws, "E1", "E2", "E3")
+    first = plan(ws)
+    assert {op.identity for op, _, _ in first.operations} == {"E1", "E2", "E3"}
+    assert plan_changed(ws).operations == []  # nobody changed since
+    e2_work = sum(1 for op, _, _ in first.operations if op.identity == "E2")
+    event(ws, "E2", EventKind.TERMINATE)
+    again = plan_changed(ws)
+    assert again.operations == [] and again.cancelled == e2_work  # E2's joiner work is moot
+    with ws.sessions() as session:  # the others' pending work is untouched
+        pending = session.execute(
+            select(models.Operation.identity).where(models.Operation.status == "pending")
+        ).scalars()
+        assert {"E1", "E3"} <= set(pending)
+
+
+def plan_changed(ws: Workspace, now: datetime = NOW) -> Any:
+    with ws.sessions() as session, session.begin():
+        return sync_journal(ws, session, now=now, changed_only=True)
+
+
+def test_refresh_policy_sees_changed_files(ws: Workspace) -> None:
+    assert not ws.refresh_policy()
+    policy_file = ws.path / ws.config.policy[0]
+    files = sorted(policy_file.glob("*.yaml")) if policy_file.is_dir() else [policy_file]
+    files[0].write_text(files[0].read_text().replace("owner: app-team", "owner: app-owners"))
+    assert ws.refresh_policy()
+    assert ws.compiled.targets["app"].owner == "app-owners"
