@@ -1148,6 +1148,13 @@ def demo(
     run_demo(directory, out if not json_out else None, json_out=json_out)
 
 
+# Commands kept in their own modules, registered once everything they use is defined above.
+from provisor import cli_evidence, cli_reconcile  # noqa: E402
+
+cli_reconcile.register(app)
+cli_evidence.register(app)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one line per error, the error's exit code, no traceback."""
     try:

@@ -49,6 +49,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class RemedyMode(StrEnum):
+    """What reconciliation does about an account of one class."""
+
+    AUTO = "auto"  # plan the fix in the operation journal
+    REPORT = "report"  # only report it
+    TICKET = "ticket"  # a work item for the target's owner
+
+
+class Remediation(_Model):
+    """Per class of reconciled account, what reconciliation does about it."""
+
+    drift: RemedyMode = RemedyMode.AUTO
+    orphan: RemedyMode = RemedyMode.REPORT
+    terminated_active: RemedyMode = Field(default=RemedyMode.AUTO, alias="terminated-active")
+    unlinked: Literal["report"] = Field(
+        default="report",
+        description="an unlinked account waits for a person to resolve its correlation case",
+    )
+    unverifiable: Literal["report"] = Field(
+        default="report",
+        description="nothing can be fixed where nothing can be read; coverage lists it",
+    )
+
+    def mode(self, classification: str) -> RemedyMode:
+        """The mode for a classification (``ok`` and unknown ones: report)."""
+        return {
+            "drift": self.drift,
+            "orphan": self.orphan,
+            "terminated-active": self.terminated_active,
+        }.get(classification, RemedyMode.REPORT)
+
+
 class SecretRef(_Model):
     """A credential named, not written: an environment variable or an entry of the secrets file."""
 
@@ -121,6 +153,10 @@ class TargetDef(_Model):
     rate_limit: float | None = Field(default=None, gt=0, description="operations per second")
     connection: dict[str, Any] = Field(default_factory=dict)
     entitlements: list[EntitlementDef] = Field(default_factory=list)
+    remediation: Remediation = Field(default_factory=Remediation)
+    reconcile_every: int | None = Field(
+        default=None, ge=1, le=525600, description="minutes between scheduled reconciliations"
+    )
 
     @field_validator("connection")
     @classmethod

@@ -1,0 +1,243 @@
+"""Classification at scale: a million observed accounts judged against desired state.
+
+Fills a scratch workspace's observed store directly (bulk inserts; SQLite by default,
+``PROVISOR_DATABASE_URL`` for another database) with --identities identities and, per identity,
+one account in each of --targets targets holding about three entitlements (~3 per account), with
+drift planted in 1% of the accounts (an extra entitlement), 0.5% of the identities terminated
+with their accounts still enabled, and 1,000 orphan accounts. Then times, in one run:
+- provisor: ``classify_accounts`` over every target (desired access for every identity, every
+  account classified and its class written) plus planning the fixes of the drifted and
+  terminated identities through the journal (``sync_journal`` of those identities);
+- bare SQL: one query computing the same entitlement difference (observed grants not in a
+  precomputed desired-grants table, and desired grants missing) with no policy evaluation.
+Prints one JSON line: {"bench": "reconcile", ..., "accounts_per_s": N, "ratio": provisor time /
+bare SQL time, "peak_rss_mb": M}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text, update
+
+from provisor.engine.planner import sync_journal
+from provisor.engine.reconcile import classify_accounts
+from provisor.sandbox import scratch_workspace
+from provisor.store import models
+from provisor.store.db import bulk_insert
+
+ENTS = 5  # entitlements per target; every identity is granted 3 of them
+
+
+def policy(targets: int) -> str:
+    lines = ["targets:"]
+    for t in range(targets):
+        lines += [
+            f"  - name: app{t}",
+            "    class: scim",
+            "    owner: bench",
+            '    connection: {url: "http://127.0.0.1:9/v2"}',
+            "    entitlements: [" + ", ".join(f"{{name: g{e}}}" for e in range(ENTS)) + "]",
+        ]
+    lines.append("rules:")
+    for t in range(targets):
+        for d in range(3):
+            ents = ", ".join(f"g{(d + k) % ENTS}" for k in range(3))
+            lines += [
+                f"  - name: r{t}-{d}",
+                f"    when: {{attr: department, equals: d{d}}}",
+                f"    grant: [{{target: app{t}, entitlements: [{ents}]}}]",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def fill(workspace: object, identities: int, targets: int, now: datetime) -> int:
+    from provisor.engine.workspace import Workspace
+
+    assert isinstance(workspace, Workspace)
+    grants = 0
+    past = now - timedelta(days=400)
+    with workspace.sessions() as session, session.begin():
+        rows = []
+        for i in range(identities):
+            terminated = i % 200 == 0
+            rows.append(
+                (
+                    f"E{i}",
+                    "human",
+                    "terminated" if terminated else "active",
+                    json.dumps({"department": f"d{i % 3}", "email": f"p{i}@example.com"}),
+                    "[]",
+                    past,
+                    now - timedelta(days=10) if terminated else None,
+                    past,
+                    False,
+                    now,
+                    now,
+                )
+            )
+        bulk_insert(
+            session,
+            models.Identity,
+            (
+                "external_id",
+                "kind",
+                "state",
+                "attributes",
+                "flags",
+                "employment_start",
+                "terminated_at",
+                "state_since",
+                "needs_plan",
+                "materialized_at",
+                "updated_at",
+            ),
+            rows,
+        )
+        accounts = []
+        n = 0
+        for t in range(targets):
+            for i in range(identities):
+                n += 1
+                accounts.append((n, f"app{t}", f"u{i}", f"E{i}", True, "{}", now, "bench"))
+            for o in range(1000 // targets):
+                n += 1
+                accounts.append((n, f"app{t}", f"hand{o}", None, True, "{}", now, "bench"))
+        bulk_insert(
+            session,
+            models.ObservedAccount,
+            (
+                "id",
+                "target",
+                "account",
+                "identity",
+                "enabled",
+                "attributes",
+                "observed_at",
+                "source",
+            ),
+            accounts,
+        )
+        ents = []
+        for row in accounts:
+            account_id, identity = row[0], row[3]
+            if identity is None:
+                continue
+            d = int(identity[1:]) % 3
+            held = [f"g{(d + k) % ENTS}" for k in range(3)]
+            if account_id % 100 == 0:
+                held.append(f"g{(d + 3) % ENTS}")  # drift: an extra entitlement
+            ents.extend((account_id, e, now) for e in held)
+        grants = len(ents)
+        bulk_insert(
+            session, models.ObservedEntitlement, ("account_id", "entitlement", "observed_at"), ents
+        )
+        session.execute(
+            text("CREATE TABLE desired_grants (identity TEXT, target TEXT, entitlement TEXT)")
+        )
+        desired = [
+            {"i": f"E{i}", "t": f"app{t}", "e": f"g{(i % 3 + k) % ENTS}"}
+            for i in range(identities)
+            if i % 200 != 0
+            for t in range(targets)
+            for k in range(3)
+        ]
+        session.execute(text("INSERT INTO desired_grants VALUES (:i, :t, :e)"), desired)
+        session.execute(
+            text("CREATE INDEX ix_desired ON desired_grants (identity, target, entitlement)")
+        )
+    return grants
+
+
+BARE = """
+SELECT count(*) FROM (
+  SELECT oa.identity, oa.target, oe.entitlement FROM observed_accounts oa
+  JOIN observed_entitlements oe ON oe.account_id = oa.id
+  LEFT JOIN desired_grants d ON d.identity = oa.identity AND d.target = oa.target
+       AND d.entitlement = oe.entitlement
+  WHERE d.identity IS NULL
+  UNION ALL
+  SELECT d.identity, d.target, d.entitlement FROM desired_grants d
+  JOIN observed_accounts oa ON oa.identity = d.identity AND oa.target = d.target
+  LEFT JOIN observed_entitlements oe ON oe.account_id = oa.id AND oe.entitlement = d.entitlement
+  WHERE oe.account_id IS NULL
+)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--identities", type=int, default=100000)
+    parser.add_argument("--targets", type=int, default=10)
+    args = parser.parse_args()
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
+        workspace = scratch_workspace(Path(tmp), policy(args.targets))
+        started = time.perf_counter()
+        grants = fill(workspace, args.identities, args.targets, now)
+        fill_s = time.perf_counter() - started
+        targets = sorted(workspace.compiled.targets)
+        with workspace.sessions() as session, session.begin():
+            workspace.note_policy_version(session)  # so planning below plans only the flagged
+        started = time.perf_counter()
+        with workspace.sessions() as session, session.begin():
+            findings = classify_accounts(workspace, session, targets, now)
+        classify_s = time.perf_counter() - started
+        flagged = sorted(
+            {
+                f.row.identity
+                for f in findings
+                if f.row.identity and f.verdict.classification in ("drift", "terminated-active")
+            }
+        )
+        started = time.perf_counter()
+        with workspace.sessions() as session, session.begin():
+            for i in range(0, len(flagged), 1000):
+                session.execute(
+                    update(models.Identity)
+                    .where(models.Identity.external_id.in_(flagged[i : i + 1000]))
+                    .values(needs_plan=True)
+                )
+            planned = sync_journal(workspace, session, now=now, changed_only=True)
+        plan_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with workspace.engine.connect() as connection:
+            difference = connection.execute(text(BARE)).scalar_one()
+        bare_s = time.perf_counter() - started
+        workspace.close()
+    accounts = len(findings)
+    total = classify_s + plan_s
+    classes: dict[str, int] = {}
+    for f in findings:
+        classes[f.verdict.classification] = classes.get(f.verdict.classification, 0) + 1
+    print(
+        json.dumps(
+            {
+                "bench": "reconcile",
+                "identities": args.identities,
+                "targets": args.targets,
+                "accounts": accounts,
+                "grants": grants,
+                "fill_s": round(fill_s, 1),
+                "classify_s": round(classify_s, 2),
+                "plan_s": round(plan_s, 2),
+                "planned": planned.added,
+                "classes": classes,
+                "bare_sql_s": round(bare_s, 2),
+                "bare_sql_rows": difference,
+                "accounts_per_s": round(accounts / total),
+                "ratio": round(total / bare_s, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

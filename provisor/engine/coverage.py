@@ -1,0 +1,193 @@
+"""The coverage map: what Provisor can do in each target, and where removal cannot be verified.
+
+Does: for every target in the policy, name its category (SCIM-managed, directory, database,
+API-managed, manual) and channel, open its connector without touching the network (connector
+constructors only check settings; a credential that cannot be resolved on this machine is
+replaced by a placeholder, and said so) and read its capabilities — what it can write (create,
+update, disable, delete, entitlements), what it can read back (read, list, changes since) and
+whether it sees sessions — then list the blind spots: the layers (account, entitlements,
+sessions) whose removal cannot be verified there, with why.
+Does not: connect to targets, or judge any identity's access (``debt`` and
+``provisor.evidence.bundle`` do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisor.connectors import registry
+from provisor.connectors.base import Capability, Connector
+from provisor.domain.policy import SecretRef, TargetClass, TargetDef
+from provisor.engine.runner import open_connector
+from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError, SecretError
+
+CATEGORY = {
+    TargetClass.SCIM: "SCIM-managed",
+    TargetClass.LDAP: "directory",
+    TargetClass.SQL: "database",
+    TargetClass.REST: "API-managed",
+    TargetClass.MANUAL: "manual",
+}
+WRITE = (
+    Capability.CREATE,
+    Capability.UPDATE,
+    Capability.DISABLE,
+    Capability.DELETE,
+    Capability.ENTITLEMENTS,
+)
+LAYERS = ("account", "entitlements", "sessions")
+
+
+def channel(target: TargetDef) -> str:
+    """How removal reaches the target: its class, refined by the SQL mode, the REST profile,
+    or a connector of your own."""
+    settings = target.connection
+    custom = settings.get("connector")
+    if custom:
+        return f"custom:{custom}"
+    if target.target_class is TargetClass.SQL and settings.get("mode"):
+        return f"sql:{settings['mode']}"
+    if target.target_class is TargetClass.REST and settings.get("profile"):
+        return f"rest:{settings['profile']}"
+    return target.target_class.value
+
+
+@dataclass(frozen=True)
+class BlindSpot:
+    target: str
+    layer: str  # account | entitlements | sessions
+    why: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"target": self.target, "layer": self.layer, "why": self.why}
+
+
+@dataclass
+class TargetCoverage:
+    target: str
+    target_class: str
+    category: str
+    channel: str
+    owner: str
+    write: list[str] = field(default_factory=list)
+    read_back: list[str] = field(default_factory=list)
+    sessions: bool = False
+    # per layer: "read back" (a live read shows removal), "attested" (people and exports),
+    # "none defined" (the target grants no entitlements) or "blind"
+    layers: dict[str, str] = field(default_factory=dict)
+    blind_spots: list[BlindSpot] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "class": self.target_class,
+            "category": self.category,
+            "channel": self.channel,
+            "owner": self.owner,
+            "write": self.write,
+            "read_back": self.read_back,
+            "sessions": self.sessions,
+            "layers": self.layers,
+            "blind_spots": [b.as_dict() for b in self.blind_spots],
+            "notes": self.notes,
+            "error": self.error,
+        }
+
+
+def _placeholders(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: "unresolved" if isinstance(v, SecretRef) else v for k, v in settings.items()}
+
+
+def _open_offline(workspace: Workspace, target: TargetDef) -> tuple[Connector | None, list[str]]:
+    """The target's connector, opened the way the runner opens it; when its credentials cannot
+    be resolved here, opened with placeholders (capabilities never depend on them)."""
+    try:
+        return open_connector(workspace, target), []
+    except SecretError as exc:
+        connector = registry.open_connector(
+            target.name, target.target_class, _placeholders(dict(target.connection))
+        )
+        return connector, [f"credentials not resolvable here ({exc}); capabilities read without"]
+
+
+def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
+    """What Provisor can do in ``target`` and where removal there cannot be verified."""
+    found = TargetCoverage(
+        target=target.name,
+        target_class=target.target_class.value,
+        category=CATEGORY[target.target_class],
+        channel=channel(target),
+        owner=target.owner,
+    )
+    name = target.name
+    if target.target_class is TargetClass.MANUAL:
+        found.layers = dict.fromkeys(LAYERS, "attested")
+        why = (
+            "manual target: people remove access; removal counts as verified only once a second "
+            "person attests the task or an imported user export shows it"
+        )
+        found.blind_spots = [BlindSpot(name, layer, why) for layer in LAYERS]
+        return found
+    try:
+        connector, notes = _open_offline(workspace, target)
+    except (ProvisorError, ImportError, ValueError, TypeError) as exc:
+        found.error = f"the connector cannot be loaded: {exc}"
+        found.layers = dict.fromkeys(LAYERS, "blind")
+        found.blind_spots = [BlindSpot(name, layer, found.error) for layer in LAYERS]
+        return found
+    found.notes.extend(notes)
+    if connector is None:  # a non-manual class without a built-in connector
+        found.error = "no connector for this target class"
+        found.layers = dict.fromkeys(LAYERS, "blind")
+        found.blind_spots = [BlindSpot(name, layer, found.error) for layer in LAYERS]
+        return found
+    try:
+        capabilities = connector.capabilities()
+        incremental = callable(getattr(connector, "list_changed", None))
+    finally:
+        connector.close()
+    found.write = [c.value for c in WRITE if c in capabilities]
+    found.read_back = [c.value for c in (Capability.READ, Capability.LIST) if c in capabilities]
+    if incremental:
+        found.read_back.append("changes-since")
+    found.sessions = Capability.SESSIONS in capabilities
+    readable = Capability.READ in capabilities
+    if readable:
+        found.layers["account"] = "read back"
+    else:
+        found.layers["account"] = "blind"
+        found.blind_spots.append(
+            BlindSpot(name, "account", "the connector cannot read an account back")
+        )
+    if not target.entitlements:
+        found.layers["entitlements"] = "none defined"
+    elif readable and Capability.ENTITLEMENTS in capabilities:
+        found.layers["entitlements"] = "read back"
+    else:
+        found.layers["entitlements"] = "blind"
+        found.blind_spots.append(
+            BlindSpot(name, "entitlements", "the connector cannot read or change entitlements")
+        )
+    if found.sessions:
+        found.layers["sessions"] = "read back"
+    else:
+        found.layers["sessions"] = "blind"
+        found.blind_spots.append(
+            BlindSpot(
+                name,
+                "sessions",
+                "no session interface: open sessions and tokens can be neither seen nor revoked "
+                "from here; disabling or deleting the account is the only control",
+            )
+        )
+    return found
+
+
+def coverage(workspace: Workspace) -> list[TargetCoverage]:
+    """The coverage of every target in the policy, by name."""
+    targets = workspace.compiled.targets
+    return [target_coverage(workspace, targets[name]) for name in sorted(targets)]

@@ -1,0 +1,559 @@
+"""Revocation debt: access that desired state says must not exist while observation says it does.
+
+Does: compute the ledger of debt items — one per (identity, target, account, access item) — from
+the identities' desired access (the same plan the planner makes: ``plan_identity`` over the
+observed-state store) and the operation journal: an ``account`` item for an account that is
+enabled while it must be disabled or gone, or still exists after its delete grace; an
+``entitlement:<name>`` item for an entitlement held but not granted; a ``sessions`` item for
+open sessions observed, or sessions unknown on an account still enabled when it must not be.
+Each item carries its age (since the termination, the start of a leave or suspension, the first
+removal the journal planned, else the observation), its channel and owner, the target's SLA and
+whether it is overdue, and what the journal says about its removal (pending, failed, a manual
+task done but not verified). Totals by target class, target and owner are recorded as a
+snapshot (reconciliation does at every run) so a trend can be shown.
+Does not: change access or the journal. Debt falls only when observation changes — a read-back
+after an operation, a reconciliation, an imported user export or a second person's attestation
+— never because an operation was sent. Accounts linked to no identity (orphans, unlinked) are
+reconciliation's report, not debt: debt is owed by an identity.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import aggregate_strings
+
+from provisor.domain.desired import DesiredAccess, desired_access
+from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
+from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
+from provisor.domain.policy import TargetDef
+from provisor.engine.coverage import channel
+from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
+from provisor.store import models
+
+GroupBy = Literal["class", "target", "owner"]
+GROUPINGS: tuple[GroupBy, ...] = ("class", "target", "owner")
+REMOVAL_KINDS = (
+    OpKind.REVOKE_SESSIONS.value,
+    OpKind.DISABLE.value,
+    OpKind.REMOVE_ENTITLEMENT.value,
+    OpKind.DELETE.value,
+)
+# journal rows that stand for a removal still in hand (not cancelled, not verified)
+OPEN_STATUSES = ("pending", "running", "succeeded", "failed", "unverifiable")
+DAY = 86400.0
+SEP = "\x1f"  # joins entitlement names in one string; no name contains it
+
+
+@dataclass(frozen=True)
+class DebtItem:
+    """One piece of access that must not exist and is not yet verified gone."""
+
+    identity: str
+    target: str
+    account: str
+    item: str  # account | entitlement:<name> | sessions
+    target_class: str
+    channel: str
+    owner: str
+    since: datetime
+    age_days: float
+    sla_days: int
+    overdue: bool
+    state: str  # what the observation shows, e.g. "enabled", "held", "2 open sessions"
+    observed_at: datetime
+    source: str  # where the observation came from: read-back, export FILE, attestation, ...
+    work: str  # what the journal says about its removal
+
+    def key(self, by: GroupBy) -> str:
+        return {"class": self.target_class, "target": self.target, "owner": self.owner}[by]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "target": self.target,
+            "account": self.account,
+            "item": self.item,
+            "class": self.target_class,
+            "channel": self.channel,
+            "owner": self.owner,
+            "since": self.since.isoformat(),
+            "age_days": self.age_days,
+            "sla_days": self.sla_days,
+            "overdue": self.overdue,
+            "state": self.state,
+            "observed_at": self.observed_at.isoformat(),
+            "source": self.source,
+            "work": self.work,
+        }
+
+
+class _Seen(NamedTuple):
+    """An observed account with where and when it was seen."""
+
+    account: ObservedAccount
+    source: str
+
+
+class _JournalRow(NamedTuple):
+    id: int
+    account: str | None
+    kind: str
+    entitlement: str | None
+    status: str
+    created_at: datetime
+    not_before: datetime | None
+    last_error: str | None
+
+
+class _TaskRow(NamedTuple):
+    id: int
+    status: str
+    done_by: str | None
+    done_at: datetime | None
+
+
+@dataclass
+class _Journal:
+    """Open removal operations by (identity, target, kind, entitlement), with their tasks."""
+
+    rows: Mapping[tuple[str, str, str, str], list[_JournalRow]]
+    tasks: Mapping[int, _TaskRow]
+
+    def find(
+        self, identity: str, target: str, kind: OpKind, entitlement: str | None, account: str
+    ) -> list[_JournalRow]:
+        found = self.rows.get((identity, target, kind.value, entitlement or ""), [])
+        return [r for r in found if r.account in (account, None)]
+
+    def work(self, rows: Sequence[_JournalRow]) -> str:
+        if not rows:
+            return "no removal in the journal yet; 'provisor plan' adds it"
+        row = rows[-1]
+        task = self.tasks.get(row.id)
+        if task is not None and task.status == "done":
+            done = task.done_at.date().isoformat() if task.done_at else "?"
+            return f"task {task.id} done by {task.done_by} on {done}; not verified"
+        if task is not None:
+            return f"task {task.id} open"
+        if row.status == "pending":
+            text = "pending"
+            if row.not_before is not None:
+                text += f", not before {row.not_before.date().isoformat()}"
+            return text + (f"; last error: {row.last_error}" if row.last_error else "")
+        if row.status == "failed":
+            return f"failed: {row.last_error or 'no error recorded'}"
+        if row.status == "unverifiable":
+            return f"unverifiable: {row.last_error or 'the target cannot show it'}"
+        if row.status == "succeeded":
+            return "done; not verified"
+        return row.status
+
+
+def _age(since: datetime, now: datetime) -> float:
+    return round(max((now - since).total_seconds(), 0.0) / DAY, 2)
+
+
+def account_debt(
+    state: IdentityState,
+    leave_started: datetime | None,
+    target: TargetDef,
+    seen: _Seen,
+    planned: Sequence[PlannedOperation],
+    journal: _Journal,
+    now: datetime,
+) -> list[DebtItem]:
+    """The debt items of one observed account, from the removals the plan wants for it."""
+    observed = seen.account
+    who, account = state.identity, observed.account
+    kinds = {op.kind for op in planned}
+    terminated = state.state is LifecycleState.TERMINATED and state.terminated_at is not None
+
+    def since(kind: OpKind, entitlement: str | None, rows: Sequence[_JournalRow]) -> datetime:
+        if terminated:
+            assert state.terminated_at is not None
+            return state.terminated_at
+        if leave_started is not None and kind in (OpKind.DISABLE, OpKind.REVOKE_SESSIONS):
+            return leave_started
+        if rows:
+            return min(r.created_at for r in rows)
+        return observed.observed_at
+
+    items: list[DebtItem] = []
+
+    def add(item: str, when: datetime, shown: str, rows: Sequence[_JournalRow]) -> None:
+        age = _age(when, now)
+        items.append(
+            DebtItem(
+                identity=who,
+                target=target.name,
+                account=account,
+                item=item,
+                target_class=target.target_class.value,
+                channel=channel(target),
+                owner=target.owner,
+                since=when,
+                age_days=age,
+                sla_days=target.sla_days,
+                overdue=now > when + timedelta(days=target.sla_days),
+                state=shown,
+                observed_at=observed.observed_at,
+                source=seen.source,
+                work=journal.work(rows),
+            )
+        )
+
+    delete_due: datetime | None = None
+    delete_rows: list[_JournalRow] = []
+    for op in planned:
+        if op.kind is OpKind.DELETE:
+            delete_rows = journal.find(who, target.name, OpKind.DELETE, None, account)
+            dates = [r.not_before for r in delete_rows if r.not_before is not None]
+            delete_due = min(dates) if dates else op.not_before
+    overdue_delete = delete_due is not None and delete_due <= now
+    due_text = delete_due.date().isoformat() if delete_due is not None else ""
+    if OpKind.DISABLE in kinds:
+        rows = journal.find(who, target.name, OpKind.DISABLE, None, account)
+        shown = "enabled" + (f"; deletion was due {due_text}" if overdue_delete else "")
+        add("account", since(OpKind.DISABLE, None, rows), shown, rows)
+    elif overdue_delete and delete_due is not None:
+        add("account", delete_due, f"exists; deletion was due {due_text}", delete_rows)
+    for op in planned:
+        if op.kind is OpKind.REMOVE_ENTITLEMENT:
+            rows = journal.find(who, target.name, op.kind, op.entitlement, account)
+            add(f"entitlement:{op.entitlement}", since(op.kind, op.entitlement, rows), "held", rows)
+    if OpKind.REVOKE_SESSIONS in kinds:
+        rows = journal.find(who, target.name, OpKind.REVOKE_SESSIONS, None, account)
+        when = since(OpKind.REVOKE_SESSIONS, None, rows)
+        if observed.sessions:
+            add("sessions", when, f"{observed.sessions} open sessions", rows)
+        elif observed.sessions is None and OpKind.DISABLE in kinds:
+            add("sessions", when, "unknown, on an enabled account", rows)
+    return items
+
+
+def _journal(session: Session, identity: str | None, target: str | None) -> _Journal:
+    op = models.Operation
+    query = select(
+        op.id,
+        op.identity,
+        op.target,
+        op.account,
+        op.kind,
+        op.entitlement,
+        op.status,
+        op.created_at,
+        op.not_before,
+        op.last_error,
+    ).where(op.status.in_(OPEN_STATUSES), op.kind.in_(REMOVAL_KINDS))
+    if identity is not None:
+        query = query.where(op.identity == identity)
+    if target is not None:
+        query = query.where(op.target == target)
+    rows: dict[tuple[str, str, str, str], list[_JournalRow]] = defaultdict(list)
+    for r in session.execute(query.order_by(op.id)):
+        rows[(r.identity, r.target, r.kind, r.entitlement or "")].append(
+            _JournalRow(
+                r.id,
+                r.account,
+                r.kind,
+                r.entitlement,
+                r.status,
+                r.created_at,
+                r.not_before,
+                r.last_error,
+            )
+        )
+    task = models.Task
+    tasks = {
+        t.operation_id: _TaskRow(t.id, t.status, t.done_by, t.done_at)
+        for t in session.execute(
+            select(task.operation_id, task.id, task.status, task.done_by, task.done_at).where(
+                task.status.in_(["open", "done"])
+            )
+        )
+    }
+    return _Journal(rows, tasks)
+
+
+def _observed(
+    session: Session, targets: Mapping[str, TargetDef], identities: Sequence[str]
+) -> dict[str, list[_Seen]]:
+    """Observed accounts of ``identities`` in ``targets``, with their entitlements."""
+    oa = models.ObservedAccount
+    query = select(
+        oa.id,
+        oa.target,
+        oa.account,
+        oa.identity,
+        oa.enabled,
+        oa.sessions,
+        oa.observed_at,
+        oa.source,
+    )
+    rows: list[Any] = []
+    for part in chunks(sorted(identities)):
+        found_part = session.execute(query.where(oa.identity.in_(part)))
+        # filtered here: a target list in the query would steer it away from the identity index
+        rows.extend(r for r in found_part if r.target in targets)
+    held: dict[int, set[str]] = defaultdict(set)
+    oe = models.ObservedEntitlement
+    for part in chunks([r.id for r in rows]):
+        for account_id, name in session.execute(
+            select(oe.account_id, oe.entitlement).where(oe.account_id.in_(part))
+        ):
+            held[account_id].add(name)
+    found: dict[str, list[_Seen]] = defaultdict(list)
+    for r in rows:
+        found[r.identity].append(
+            _Seen(
+                ObservedAccount(
+                    target=r.target,
+                    account=r.account,
+                    identity=r.identity,
+                    enabled=r.enabled,
+                    entitlements=frozenset(held.get(r.id, ())),
+                    observed_at=r.observed_at,
+                    sessions=r.sessions,
+                ),
+                r.source,
+            )
+        )
+    return found
+
+
+def _suspects(
+    session: Session, targets: Mapping[str, TargetDef], desired: Mapping[str, DesiredAccess]
+) -> list[str]:
+    """Identities with at least one observed account the plan may want to take something
+    from; everyone else's accounts hold only what they should. One pass over the whole store,
+    each account with its entitlements joined into one string by the database."""
+    oa, oe = models.ObservedAccount, models.ObservedEntitlement
+    query = (
+        select(oa.identity, oa.target, oa.enabled, aggregate_strings(oe.entitlement, SEP))
+        .select_from(oa)
+        .outerjoin(oe, oe.account_id == oa.id)
+        .where(oa.identity.is_not(None))
+        .group_by(oa.id)
+    )
+    suspects: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    for linked, where, enabled, joined in session.execute(query):
+        who = str(linked)
+        wanted = desired.get(who)
+        if wanted is None or who in suspects or where not in targets:
+            continue
+        access = wanted.targets.get(where)
+        if (
+            access is None
+            or (enabled and not access.enabled)
+            or (joined and not access.entitlements.keys() >= set(joined.split(SEP)))
+            or (who, where) in seen  # a second account in the target
+        ):
+            suspects.add(who)
+        seen.add((who, where))
+    return sorted(suspects)
+
+
+def _states(
+    workspace: Workspace, session: Session, ids: Sequence[str] | None, now: datetime
+) -> dict[str, tuple[IdentityState, datetime | None]]:
+    """Each identity's current state, and since when it is on leave or suspended."""
+    compiled = workspace.compiled
+    ident = models.Identity
+    columns = select(
+        ident.external_id,
+        ident.state,
+        ident.attributes,
+        ident.employment_start,
+        ident.terminated_at,
+        ident.state_since,
+        ident.next_change_at,
+    )
+    rows = []
+    if ids is None:
+        rows = list(session.execute(columns))
+    else:
+        for part in chunks(sorted(ids)):
+            rows.extend(session.execute(columns.where(ident.external_id.in_(part))))
+    detailed = [
+        r.external_id
+        for r in rows
+        if r.external_id in compiled.assignments or r.external_id in compiled.exceptions
+    ]
+    history = load_history(session, detailed) if detailed else {}
+    found: dict[str, tuple[IdentityState, datetime | None]] = {}
+    for r in rows:
+        if r.external_id in history:
+            state = fold(
+                r.external_id,
+                history[r.external_id],
+                as_of=now,
+                rescind_window=window(workspace.config),
+            )
+        else:
+            state = IdentityState(
+                identity=r.external_id,
+                state=LifecycleState(r.state) if r.state else None,
+                attributes=r.attributes or {},
+                employment_start=r.employment_start,
+                terminated_at=r.terminated_at,
+                state_since=r.state_since,
+                next_change=r.next_change_at,
+                timeline=(),
+                as_of=now,
+                known_at=None,
+            )
+        paused = state.state in (LifecycleState.LEAVE, LifecycleState.SUSPENDED)
+        found[r.external_id] = (state, state.state_since if paused else None)
+    return found
+
+
+def debt_items(
+    workspace: Workspace,
+    session: Session,
+    now: datetime,
+    *,
+    identity: str | None = None,
+    target: str | None = None,
+) -> list[DebtItem]:
+    """Every debt item (of one identity or target when named): overdue first, oldest first."""
+    # Desired access for the whole population stays in memory until the end, so the cyclic
+    # collector would walk it again and again to free nothing: paused, as imports do.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _debt_items(workspace, session, now, identity, target)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _debt_items(
+    workspace: Workspace,
+    session: Session,
+    now: datetime,
+    identity: str | None,
+    target: str | None,
+) -> list[DebtItem]:
+    compiled = workspace.compiled
+    targets = dict(compiled.targets)
+    if target is not None:
+        targets = {target: targets[target]} if target in targets else {}
+    states = _states(workspace, session, None if identity is None else [identity], now)
+    desired = {who: desired_access(compiled, state) for who, (state, _) in states.items()}
+    suspects = [identity] if identity is not None else _suspects(session, targets, desired)
+    observed = _observed(session, targets, suspects)
+    journal = _journal(session, identity, target)
+    items: list[DebtItem] = []
+    for who, seen in observed.items():
+        if who not in states:
+            continue  # linked to an identity id that does not exist: reconciliation's case
+        state, leave_started = states[who]
+        planned = plan_identity(state, desired[who], [s.account for s in seen], targets)
+        by_account: dict[tuple[str, str], list[PlannedOperation]] = defaultdict(list)
+        for op in planned:
+            if op.account is not None and op.kind.value in REMOVAL_KINDS:
+                by_account[(op.target, op.account)].append(op)
+        for entry in seen:
+            ops = by_account.get((entry.account.target, entry.account.account))
+            if ops:
+                target_def = targets[entry.account.target]
+                items.extend(
+                    account_debt(state, leave_started, target_def, entry, ops, journal, now)
+                )
+    items.sort(key=lambda i: (not i.overdue, i.since, i.identity, i.target, i.item))
+    return items
+
+
+@dataclass(frozen=True)
+class DebtGroup:
+    key: str
+    items: int
+    overdue: int
+    identities: int
+    oldest_days: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def summarise(items: Iterable[DebtItem], by: GroupBy) -> list[DebtGroup]:
+    """Totals per target class, target or owner: most items first."""
+    groups: dict[str, list[DebtItem]] = defaultdict(list)
+    for item in items:
+        groups[item.key(by)].append(item)
+    found = [
+        DebtGroup(
+            key,
+            len(members),
+            sum(1 for m in members if m.overdue),
+            len({m.identity for m in members}),
+            max(m.age_days for m in members),
+        )
+        for key, members in groups.items()
+    ]
+    found.sort(key=lambda g: (-g.items, g.key))
+    return found
+
+
+def totals(items: Sequence[DebtItem]) -> dict[str, Any]:
+    """What a snapshot keeps: per grouping, per key, items and overdue."""
+    return {
+        by: {g.key: {"items": g.items, "overdue": g.overdue} for g in summarise(items, by)}
+        for by in GROUPINGS
+    }
+
+
+def record_snapshot(
+    workspace: Workspace, session: Session, *, now: datetime, run_id: int | None = None
+) -> models.DebtSnapshot:
+    """Compute the debt now and keep its totals (with an audit event, same transaction)."""
+    items = debt_items(workspace, session, now)
+    snapshot = models.DebtSnapshot(
+        at=now,
+        reconcile_run=run_id,
+        items=len(items),
+        overdue=sum(1 for i in items if i.overdue),
+        totals=totals(items),
+    )
+    session.add(snapshot)
+    session.flush()
+    audit.append(
+        session,
+        [
+            audit.Entry(
+                "debt.recorded",
+                "debt",
+                {
+                    "snapshot": snapshot.id,
+                    "reconcile_run": run_id,
+                    "items": snapshot.items,
+                    "overdue": snapshot.overdue,
+                    "totals": snapshot.totals,
+                },
+            )
+        ],
+        at=now,
+    )
+    return snapshot
+
+
+def snapshots(
+    session: Session, *, since: datetime | None = None, limit: int = 60
+) -> list[models.DebtSnapshot]:
+    """The newest ``limit`` snapshots (from ``since``), oldest first."""
+    query = select(models.DebtSnapshot)
+    if since is not None:
+        query = query.where(models.DebtSnapshot.at >= since)
+    query = query.order_by(models.DebtSnapshot.at.desc(), models.DebtSnapshot.id.desc())
+    return list(reversed(session.execute(query.limit(limit)).scalars().all()))

@@ -1,0 +1,1299 @@
+"""Reconciliation: read a target whole (or what changed), judge every account, act per policy.
+
+Does: walk a target's accounts through its connector — every account (``full``), or, when the
+connector offers ``list_changed``/``changed_memberships`` and a run has completed before, only
+what changed since (``incremental``) — correlating each account to an identity
+(``provisor.engine.correlate``), writing the observed-state store in batches stamped with the
+run, and keeping a checkpoint (accounts done, the last one) with every batch so a run killed
+part way is resumed by the next reconciliation of the target; at the end of a full run, accounts
+the run did not see are gone from the store. A manual target is reconciled from an import of its
+own user export. Then every account of the target is classified (``provisor.engine.classify``)
+and the target's remediation policy applied per class — ``auto`` plans the fix in the operation
+journal, ``report`` only reports, ``ticket`` opens a work item for the target's owner — except
+where a person's mark says otherwise (protected: never touched; decommission-later: reported,
+left alone until the mark expires; ignore: not reported). Each run ends with the revocation
+debt totals recorded, and every change is audited in the transaction that makes it. Scheduled
+reconciliation runs targets whose ``reconcile_every`` has elapsed.
+Does not: write to targets (the runner executes what was planned), or resume inside a
+connector's listing: the connector protocol has no resumable cursor, so a resumed run lists
+again from the start and skips, cheaply, the accounts the interrupted run already stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlalchemy import delete, insert, or_, select, text, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import aggregate_strings
+
+from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
+from provisor.domain.desired import DesiredAccess, desired_access
+from provisor.domain.lifecycle import IdentityState, fold
+from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
+from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
+from provisor.engine import debt
+from provisor.engine.classify import (
+    ORPHAN_PREFIX,
+    Verdict,
+    classify,
+    orphan_key,
+    orphan_removal,
+    primary_account,
+)
+from provisor.engine.correlate import Correlator, Match, open_case
+from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.observed import import_observed
+from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.runner import open_connector
+from provisor.engine.tasks import confirm_from_observed, instructions
+from provisor.engine.workspace import Workspace
+from provisor.errors import LifecycleError, NotFoundError, ProvisorError
+from provisor.evidence import audit
+from provisor.store import models
+
+BATCH = 500  # accounts per transaction, and per checkpoint
+MARKS = ("protected", "decommission-later", "ignore")
+HOLDING_MARKS = ("protected", "decommission-later")  # reported, never remediated
+SEP = "\x1f"  # joins entitlement names in one string; no name contains it
+# journal statuses that already stand for a fix in hand
+IN_HAND = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
+FULL_EVERY = timedelta(days=1)  # scheduled runs are full at least this often
+
+
+@dataclass
+class ReconcileReport:
+    target: str
+    run: int
+    mode: str  # full | incremental | export
+    status: str = "running"  # completed | failed
+    resumed: bool = False
+    read: int = 0  # accounts read from the target by this process
+    skipped: int = 0  # already stored by the interrupted run this one resumed
+    new: int = 0
+    changed: int = 0
+    gone: int = 0
+    cases_opened: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    held: int = 0  # marked protected or decommission-later: reported, not remediated
+    planned: int = 0  # operations added to the journal
+    tickets: int = 0  # work items opened for the owner
+    cancelled: int = 0
+    confirmed: int = 0  # owners' work items this observation verified
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Known(NamedTuple):
+    id: int
+    identity: str | None
+    enabled: bool
+    sessions: int | None
+    attributes: dict[str, Any]
+    entitlements: frozenset[str]
+    run: int | None
+    source: str
+
+
+def _target(workspace: Workspace, name: str) -> TargetDef:
+    target = workspace.compiled.targets.get(name)
+    if target is None:
+        names = ", ".join(workspace.compiled.targets) or "none"
+        raise NotFoundError(f"no target {name!r} in the policy; targets: {names}")
+    return target
+
+
+def _known(session: Session, target: str) -> dict[str, _Known]:
+    """Every observed account of ``target`` with its entitlements, in one query."""
+    oa, oe = models.ObservedAccount, models.ObservedEntitlement
+    query = (
+        select(
+            oa.id,
+            oa.account,
+            oa.identity,
+            oa.enabled,
+            oa.sessions,
+            oa.attributes,
+            oa.reconcile_run,
+            oa.source,
+            aggregate_strings(oe.entitlement, SEP),
+        )
+        .select_from(oa)
+        .outerjoin(oe, oe.account_id == oa.id)
+        .where(oa.target == target)
+        .group_by(oa.id)
+    )
+    return {
+        r[1]: _Known(
+            r[0],
+            r[2],
+            r[3],
+            r[4],
+            r[5] or {},
+            frozenset(r[8].split(SEP)) if r[8] else frozenset(),
+            r[6],
+            r[7],
+        )
+        for r in session.execute(query)
+    }
+
+
+def _attributes(record: AccountRecord) -> dict[str, Any]:
+    """An account record as the observed store keeps it (the runner's read-back shape)."""
+    return {
+        "user_name": record.user_name,
+        "external_id": record.external_id,
+        "mapped": dict(record.attributes),
+    }
+
+
+def _open_run(
+    session: Session, target: str, mode: str, since: datetime | None, now: datetime
+) -> tuple[models.ReconcileRun, bool]:
+    """The run to continue (a full run a dead process left unfinished), or a new one."""
+    run = None
+    if mode == "full":
+        run = session.execute(
+            select(models.ReconcileRun)
+            .where(
+                models.ReconcileRun.target == target,
+                models.ReconcileRun.mode == "full",
+                models.ReconcileRun.status.in_(["running", "failed"]),
+            )
+            .order_by(models.ReconcileRun.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if run is not None:
+        run.status, run.error = "running", None
+        audit.append(
+            session,
+            [
+                audit.Entry(
+                    "reconcile.resumed",
+                    target,
+                    {"run": run.id, "checkpoint": run.checkpoint, "counts": run.counts},
+                )
+            ],
+            at=now,
+        )
+        return run, True
+    run = models.ReconcileRun(
+        target=target, mode=mode, status="running", since=since, started_at=now, checkpoint={}
+    )
+    session.add(run)
+    session.flush()
+    audit.append(
+        session,
+        [
+            audit.Entry(
+                "reconcile.started",
+                target,
+                {"run": run.id, "mode": mode, "since": since.isoformat() if since else None},
+            )
+        ],
+        at=now,
+    )
+    return run, False
+
+
+def _last_completed(session: Session, target: str, mode: str | None = None) -> Any:
+    query = select(models.ReconcileRun).where(
+        models.ReconcileRun.target == target, models.ReconcileRun.status == "completed"
+    )
+    if mode is not None:
+        query = query.where(models.ReconcileRun.mode == mode)
+    return session.execute(
+        query.order_by(models.ReconcileRun.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def _incremental(connector: Connector) -> bool:
+    return callable(getattr(connector, "list_changed", None)) and callable(
+        getattr(connector, "changed_memberships", None)
+    )
+
+
+def _write_batch(
+    session: Session,
+    run: models.ReconcileRun,
+    target: str,
+    batch: Sequence[tuple[AccountRecord, Match]],
+    known: dict[str, _Known],
+    now: datetime,
+    report: ReconcileReport,
+) -> None:
+    """Store one batch of accounts as read, stamped with the run (caller's transaction)."""
+    source = f"reconcile run {run.id}"
+    stamps: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    new_rows: list[dict[str, Any]] = []
+    ents_for: dict[str, frozenset[str]] = {}
+    for record, match in batch:
+        attrs = _attributes(record)
+        seen = known.get(record.account)
+        if seen is None:
+            new_rows.append(
+                {
+                    "target": target,
+                    "account": record.account,
+                    "identity": match.identity,
+                    "enabled": record.enabled,
+                    "attributes": attrs,
+                    "sessions": record.sessions,
+                    "observed_at": now,
+                    "source": source,
+                    "reconcile_run": run.id,
+                }
+            )
+            ents_for[record.account] = record.entitlements
+            continue
+        if (
+            seen.identity != match.identity
+            or seen.enabled != record.enabled
+            or seen.sessions != record.sessions
+            or seen.attributes != attrs
+            or seen.entitlements != record.entitlements
+        ):
+            changes.append(
+                {
+                    "id": seen.id,
+                    "identity": match.identity,
+                    "enabled": record.enabled,
+                    "attributes": attrs,
+                    "sessions": record.sessions,
+                    "observed_at": now,
+                    "source": source,
+                    "reconcile_run": run.id,
+                }
+            )
+            if seen.entitlements != record.entitlements:
+                ents_for[record.account] = record.entitlements
+        else:
+            stamps.append(
+                {"id": seen.id, "observed_at": now, "source": source, "reconcile_run": run.id}
+            )
+        known[record.account] = seen._replace(
+            identity=match.identity,
+            enabled=record.enabled,
+            sessions=record.sessions,
+            attributes=attrs,
+            entitlements=record.entitlements,
+            run=run.id,
+            source=source,
+        )
+    if new_rows:
+        session.execute(insert(models.ObservedAccount), new_rows)
+        ids: dict[str, int] = {
+            account: account_id
+            for account, account_id in session.execute(
+                select(models.ObservedAccount.account, models.ObservedAccount.id).where(
+                    models.ObservedAccount.target == target,
+                    models.ObservedAccount.account.in_([r["account"] for r in new_rows]),
+                )
+            )
+        }
+        for row in new_rows:
+            account = row["account"]
+            known[account] = _Known(
+                ids[account],
+                row["identity"],
+                row["enabled"],
+                row["sessions"],
+                row["attributes"],
+                ents_for[account],
+                run.id,
+                source,
+            )
+    if changes:
+        session.execute(update(models.ObservedAccount), changes)
+    if stamps:
+        session.execute(update(models.ObservedAccount), stamps)
+    if ents_for:
+        account_ids = [known[a].id for a in ents_for]
+        session.execute(
+            delete(models.ObservedEntitlement).where(
+                models.ObservedEntitlement.account_id.in_(account_ids)
+            )
+        )
+        grants = [
+            {"account_id": known[a].id, "entitlement": e, "observed_at": now}
+            for a, names in ents_for.items()
+            for e in sorted(names)
+        ]
+        if grants:
+            session.execute(insert(models.ObservedEntitlement), grants)
+    report.new += len(new_rows)
+    report.changed += len(changes)
+
+
+def _walk(
+    workspace: Workspace,
+    run: models.ReconcileRun,
+    target: TargetDef,
+    records: Iterator[AccountRecord],
+    known: dict[str, _Known],
+    now: datetime,
+    report: ReconcileReport,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Correlate and store accounts batch by batch, checkpointing each batch."""
+    with workspace.sessions() as session:
+        correlator = Correlator.load(session, target)
+    run_id = run.id
+    checkpoint = dict(run.checkpoint or {})
+    done = int(checkpoint.get("done", 0)) if report.resumed else 0
+    batch: list[tuple[AccountRecord, Match]] = []
+    cases: list[tuple[AccountRecord, Match]] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        nonlocal batch, cases
+        with workspace.sessions() as session, session.begin():
+            row = session.get(models.ReconcileRun, run_id)
+            assert row is not None
+            for record, match in cases:
+                if record.account not in correlator.waiting:
+                    case = open_case(
+                        session, target.name, record.account, record.user_name, match, now
+                    )
+                    correlator.waiting[record.account] = case.id
+                    report.cases_opened += 1
+            _write_batch(session, row, target.name, batch, known, now, report)
+            last = batch[-1][0].account if batch else checkpoint.get("last")
+            row.checkpoint = {"done": done, "last": last}
+            row.counts = _counts(report)
+            audit.append(
+                session,
+                [
+                    audit.Entry(
+                        "reconcile.progress",
+                        target.name,
+                        {"run": run_id, "done": done, "last": last, **row.counts},
+                    )
+                ],
+                at=now,
+            )
+        batch, cases = [], []
+
+    for record in records:
+        if record.account in seen:
+            continue  # listed twice (a page boundary moved while listing)
+        seen.add(record.account)
+        if len(record.account) > 512:
+            report.errors.append(f"{target.name}: account id longer than 512 characters skipped")
+            continue
+        previous = known.get(record.account)
+        if report.resumed and previous is not None and previous.run == run_id:
+            report.skipped += 1
+            continue
+        report.read += 1
+        done += 1
+        match = correlator.correlate(
+            record.account,
+            record.user_name,
+            record.external_id,
+            record.attributes,
+            previous.identity if previous else None,
+        )
+        if match.case_reason is not None:
+            cases.append((record, match))
+            match = Match(None, match.how, open_case=-1)
+        batch.append((record, match))
+        if len(batch) >= batch_size:
+            flush()
+            if progress is not None:
+                progress(done)
+    if batch or cases:
+        flush()
+    if progress is not None:
+        progress(done)
+
+
+def _counts(report: ReconcileReport) -> dict[str, int]:
+    return {
+        "read": report.read,
+        "skipped": report.skipped,
+        "new": report.new,
+        "changed": report.changed,
+        "cases_opened": report.cases_opened,
+    }
+
+
+def _apply_memberships(
+    session: Session,
+    target: str,
+    changed: dict[str, frozenset[str]],
+    known: dict[str, _Known],
+    now: datetime,
+) -> int:
+    """Replace who holds each changed group with what the target says now; accounts changed."""
+    touched: set[int] = set()
+    oe = models.ObservedEntitlement
+    for group, holders in changed.items():
+        want = {known[a].id for a in holders if a in known}
+        have = {
+            account_id
+            for account_id in session.execute(
+                select(oe.account_id)
+                .join(models.ObservedAccount, models.ObservedAccount.id == oe.account_id)
+                .where(models.ObservedAccount.target == target, oe.entitlement == group)
+            ).scalars()
+        }
+        for gone in have - want:
+            session.execute(delete(oe).where(oe.account_id == gone, oe.entitlement == group))
+            touched.add(gone)
+        if want - have:
+            session.execute(
+                insert(oe),
+                [{"account_id": i, "entitlement": group, "observed_at": now} for i in want - have],
+            )
+            touched |= want - have
+    return len(touched)
+
+
+# --- classification -----------------------------------------------------------------------
+
+
+class _Row(NamedTuple):
+    id: int
+    target: str
+    account: str
+    identity: str | None
+    enabled: bool
+    sessions: int | None
+    attributes: dict[str, Any]
+    observed_at: datetime
+    classification: str | None
+    detail: str | None
+    entitlements: frozenset[str]
+
+
+def _rows(session: Session, targets: Sequence[str]) -> list[_Row]:
+    oa, oe = models.ObservedAccount, models.ObservedEntitlement
+    query = (
+        select(
+            oa.id,
+            oa.target,
+            oa.account,
+            oa.identity,
+            oa.enabled,
+            oa.sessions,
+            oa.attributes,
+            oa.observed_at,
+            oa.classification,
+            oa.classified_detail,
+            aggregate_strings(oe.entitlement, SEP),
+        )
+        .select_from(oa)
+        .outerjoin(oe, oe.account_id == oa.id)
+        .group_by(oa.id)
+    )
+    if len(targets) == 1:
+        query = query.where(oa.target == targets[0])
+    wanted = set(targets)
+    return [
+        _Row(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6] or {},
+            r[7],
+            r[8],
+            r[9],
+            frozenset(r[10].split(SEP)) if r[10] else frozenset(),
+        )
+        for r in session.execute(query)
+        if r[1] in wanted
+    ]
+
+
+def identity_states(
+    workspace: Workspace, session: Session, ids: Iterable[str] | None, now: datetime
+) -> dict[str, tuple[IdentityState, DesiredAccess]]:
+    """The current state and desired access of identities (all when ``ids`` is None)."""
+    compiled = workspace.compiled
+    query = select(models.Identity)
+    rows: list[models.Identity] = []
+    if ids is None:
+        rows = list(session.execute(query).scalars())
+    else:
+        for part in chunks(sorted(set(ids))):
+            rows.extend(
+                session.execute(query.where(models.Identity.external_id.in_(part))).scalars()
+            )
+    detailed = [
+        r.external_id
+        for r in rows
+        if r.external_id in compiled.assignments or r.external_id in compiled.exceptions
+    ]
+    history = load_history(session, detailed) if detailed else {}
+    found: dict[str, tuple[IdentityState, DesiredAccess]] = {}
+    for row in rows:
+        if row.external_id in history:
+            state = fold(
+                row.external_id,
+                history[row.external_id],
+                as_of=now,
+                rescind_window=window(workspace.config),
+            )
+        else:
+            state = state_from_row(row, now)
+        found[row.external_id] = (state, desired_access(compiled, state))
+    return found
+
+
+@dataclass
+class Finding:
+    row: _Row
+    verdict: Verdict
+
+    @property
+    def observed(self) -> ObservedAccount:
+        r = self.row
+        return ObservedAccount(
+            r.target,
+            r.account,
+            r.identity,
+            r.enabled,
+            r.entitlements,
+            r.observed_at,
+            r.sessions,
+            r.attributes,
+        )
+
+
+def classify_accounts(
+    workspace: Workspace,
+    session: Session,
+    targets: Sequence[str],
+    now: datetime,
+    *,
+    unreadable: dict[str, str] | None = None,
+    states: dict[str, tuple[IdentityState, DesiredAccess]] | None = None,
+) -> list[Finding]:
+    """Classify every observed account of ``targets`` and store what changed (class, why)."""
+    compiled = workspace.compiled
+    rows = _rows(session, targets)
+    if states is None:
+        states = identity_states(workspace, session, {r.identity for r in rows if r.identity}, now)
+    waiting: dict[tuple[str, str], int] = {
+        (c.target, c.account): c.id
+        for c in session.execute(
+            select(models.CorrelationCase).where(models.CorrelationCase.status == "open")
+        ).scalars()
+    }
+    groups: dict[tuple[str, str], list[_Row]] = defaultdict(list)
+    rows = [
+        r._replace(identity=None) if r.identity and r.identity.startswith(ORPHAN_PREFIX) else r
+        for r in rows
+    ]
+    for r in rows:
+        if r.identity is not None and r.identity in states:
+            groups[(r.identity, r.target)].append(r)
+    kept: dict[tuple[str, str], str] = {}
+    for key, members in groups.items():
+        if len(members) > 1:
+            kept[key] = primary_account(
+                [
+                    ObservedAccount(
+                        m.target, m.account, m.identity, m.enabled, m.entitlements, m.observed_at
+                    )
+                    for m in members
+                ]
+            )
+    findings: list[Finding] = []
+    changed: list[dict[str, Any]] = []
+    for r in rows:
+        target = compiled.targets.get(r.target)
+        if target is None:
+            continue
+        entry = states.get(r.identity) if r.identity else None
+        observed = ObservedAccount(
+            r.target,
+            r.account,
+            r.identity,
+            r.enabled,
+            r.entitlements,
+            r.observed_at,
+            r.sessions,
+            r.attributes,
+        )
+        verdict = classify(
+            target,
+            observed,
+            entry[0] if entry else None,
+            entry[1] if entry else None,
+            kept=kept.get((r.identity, r.target)) if r.identity else None,
+            open_case=waiting.get((r.target, r.account)),
+            unreadable=(unreadable or {}).get(r.target),
+        )
+        findings.append(Finding(r, verdict))
+        if (r.classification, r.detail) != (verdict.classification, verdict.detail):
+            changed.append(
+                {
+                    "id": r.id,
+                    "classification": verdict.classification,
+                    "classified_detail": verdict.detail,
+                    "classified_at": now,
+                }
+            )
+    _store_classes(session, changed)
+    return findings
+
+
+def _store_classes(session: Session, changed: list[dict[str, Any]]) -> None:
+    """Write classifications with one plain executemany per chunk: the ORM's per-row work
+    would dominate when a million accounts are classified for the first time."""
+    if not changed:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    naive = changed[0]["classified_at"].astimezone(UTC).replace(tzinfo=None)
+    # a plain statement gets no type processing: the time as each dialect stores it
+    when: Any = (
+        naive.isoformat(sep=" ", timespec="microseconds") if dialect.name == "sqlite" else naive
+    )
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"UPDATE {quote('observed_accounts')} SET {quote('classification')} = :c, "
+        f"{quote('classified_detail')} = :d, {quote('classified_at')} = :w WHERE {quote('id')} = :i"
+    )
+    statement = text(sql)
+    for part in chunks(changed, 20000):
+        connection.execute(
+            statement,
+            [
+                {"c": c["classification"], "d": c["classified_detail"], "w": when, "i": c["id"]}
+                for c in part
+            ],
+        )
+
+
+# --- marks --------------------------------------------------------------------------------
+
+
+def active_marks(session: Session, now: datetime) -> dict[tuple[str, str], models.AccountMark]:
+    """Marks that apply now: not expired."""
+    query = select(models.AccountMark).where(
+        or_(models.AccountMark.expires_at.is_(None), models.AccountMark.expires_at > now)
+    )
+    return {(m.target, m.account): m for m in session.execute(query).scalars()}
+
+
+def set_mark(
+    workspace: Workspace,
+    session: Session,
+    target: str,
+    account: str,
+    mark: str,
+    reason: str,
+    *,
+    by: str,
+    now: datetime,
+    expires: datetime | None = None,
+) -> models.AccountMark:
+    """Mark one account (replacing an earlier mark on it), audited."""
+    _target(workspace, target)
+    if mark not in MARKS:
+        raise LifecycleError(f"--mark {mark!r}: use one of {', '.join(MARKS)}")
+    if not reason.strip():
+        raise LifecycleError("say why: --reason 'ticket or explanation'")
+    if expires is not None and expires <= now:
+        raise LifecycleError(f"--expires {expires.date().isoformat()} is not in the future")
+    row = session.execute(
+        select(models.AccountMark).where(
+            models.AccountMark.target == target, models.AccountMark.account == account
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        row = models.AccountMark(target=target, account=account)
+        session.add(row)
+    row.mark, row.reason, row.marked_by, row.created_at, row.expires_at = (
+        mark,
+        reason,
+        by,
+        now,
+        expires,
+    )
+    session.flush()
+    audit.record(
+        session,
+        "account.marked",
+        f"{target}:{account}",
+        {
+            "target": target,
+            "account": account,
+            "mark": mark,
+            "reason": reason,
+            "expires": expires.isoformat() if expires else None,
+        },
+        actor=by,
+    )
+    return row
+
+
+def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:
+    row = session.execute(
+        select(models.AccountMark).where(
+            models.AccountMark.target == target, models.AccountMark.account == account
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFoundError(f"no mark on {target}:{account}; 'provisor marks list' shows them")
+    session.delete(row)
+    audit.record(
+        session,
+        "account.unmarked",
+        f"{target}:{account}",
+        {"target": target, "account": account, "mark": row.mark},
+        actor=by,
+    )
+
+
+def list_marks(session: Session, *, target: str | None = None) -> list[models.AccountMark]:
+    query = select(models.AccountMark).order_by(
+        models.AccountMark.target, models.AccountMark.account
+    )
+    if target is not None:
+        query = query.where(models.AccountMark.target == target)
+    return list(session.execute(query).scalars())
+
+
+def mark_dict(mark: models.AccountMark, now: datetime) -> dict[str, Any]:
+    return {
+        "target": mark.target,
+        "account": mark.account,
+        "mark": mark.mark,
+        "reason": mark.reason,
+        "marked_by": mark.marked_by,
+        "created_at": mark.created_at.isoformat(),
+        "expires_at": mark.expires_at.isoformat() if mark.expires_at else None,
+        "expired": mark.expires_at is not None and mark.expires_at <= now,
+    }
+
+
+# --- remediation --------------------------------------------------------------------------
+
+
+def _add_ops(
+    session: Session,
+    ops: Sequence[PlannedOperation],
+    status: str,
+    now: datetime,
+) -> list[models.Operation]:
+    """Journal rows for ``ops`` unless the same work (same account) is already in hand."""
+    added: list[models.Operation] = []
+    entries: list[audit.Entry] = []
+    for op in ops:
+        existing = session.execute(
+            select(models.Operation.id).where(
+                models.Operation.identity == op.identity,
+                models.Operation.target == op.target,
+                models.Operation.kind == op.kind.value,
+                (models.Operation.entitlement == op.entitlement)
+                if op.entitlement is not None
+                else models.Operation.entitlement.is_(None),
+                models.Operation.status.in_(IN_HAND),
+            )
+        ).first()
+        if existing is not None:
+            continue
+        row = models.Operation(
+            key=uuid.uuid4().hex,
+            identity=op.identity,
+            target=op.target,
+            account=op.account,
+            kind=op.kind.value,
+            entitlement=op.entitlement,
+            step=op.step,
+            reason=op.reason,
+            status=status,
+            not_before=op.not_before,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        added.append(row)
+        entries.append(
+            audit.Entry(
+                "operation.planned",
+                op.identity,
+                {
+                    "key": row.key,
+                    "target": op.target,
+                    "account": op.account,
+                    "kind": op.kind.value,
+                    "entitlement": op.entitlement,
+                    "reason": op.reason,
+                    "status": status,
+                    "by": "reconciliation",
+                },
+            )
+        )
+    session.flush()
+    audit.append(session, entries, at=now)
+    return added
+
+
+def _open_tickets(
+    session: Session, target: TargetDef, ops: Sequence[models.Operation], now: datetime
+) -> int:
+    entries = []
+    for op in ops:
+        task = models.Task(
+            operation_id=op.id,
+            target=op.target,
+            identity=op.identity,
+            owner=target.owner,
+            instructions=instructions(op, None) + " (found by reconciliation)",
+            status="open",
+            due_at=now + timedelta(days=target.sla_days),
+            created_at=now,
+        )
+        session.add(task)
+        entries.append(
+            audit.Entry(
+                "task.opened",
+                op.identity,
+                {
+                    "target": op.target,
+                    "operation": op.key,
+                    "owner": target.owner,
+                    "due": task.due_at.isoformat(),
+                    "instructions": task.instructions,
+                },
+            )
+        )
+    session.flush()
+    audit.append(session, entries, at=now)
+    return len(ops)
+
+
+def _cancel(session: Session, rows: Sequence[models.Operation], why: str, now: datetime) -> int:
+    entries = []
+    for row in rows:
+        row.status, row.updated_at, row.last_error = "cancelled", now, why
+        entries.append(
+            audit.Entry(
+                "operation.cancelled",
+                row.identity,
+                {
+                    "key": row.key,
+                    "target": row.target,
+                    "kind": row.kind,
+                    "entitlement": row.entitlement,
+                    "why": why,
+                },
+            )
+        )
+    ids = [r.id for r in rows]
+    for part in chunks(ids):
+        session.execute(
+            update(models.Task)
+            .where(models.Task.operation_id.in_(part), models.Task.status == "open")
+            .values(status="cancelled", verified_at=now)
+        )
+    session.flush()
+    audit.append(session, entries, at=now)
+    return len(rows)
+
+
+def remediate(
+    workspace: Workspace,
+    session: Session,
+    target: TargetDef,
+    findings: Sequence[Finding],
+    now: datetime,
+    report: ReconcileReport,
+    states: dict[str, tuple[IdentityState, DesiredAccess]],
+) -> None:
+    """Apply the target's remediation policy and the account marks to the findings."""
+    marks = active_marks(session, now)
+    to_plan: set[str] = set()
+    orphan_auto: list[PlannedOperation] = []
+    ticket_ops: list[PlannedOperation] = []
+    wanted_orphans: set[str] = set()
+    classes: dict[str, int] = defaultdict(int)
+    for finding in findings:
+        r, verdict = finding.row, finding.verdict
+        mark = marks.get((r.target, r.account))
+        if mark is not None and mark.mark == "ignore":
+            report.ignored += 1
+            continue
+        classes[verdict.classification] += 1
+        if verdict.classification == "ok":
+            continue
+        mode = target.remediation.mode(verdict.classification)
+        held = mark is not None and mark.mark in HOLDING_MARKS
+        report.held += held
+        report.findings.append(
+            {
+                "target": r.target,
+                "account": r.account,
+                "identity": r.identity,
+                "user_name": r.attributes.get("user_name"),
+                "class": verdict.classification,
+                "detail": verdict.detail,
+                "mark": mark.mark if mark is not None else None,
+                "remedy": "held by mark" if held else mode.value,
+            }
+        )
+        if held:
+            continue
+        if mode is RemedyMode.AUTO:
+            if verdict.classification == "orphan":
+                wanted_orphans.add(orphan_key(r.account))
+                orphan_auto.extend(orphan_removal(target, finding.observed, now))
+            elif r.identity:
+                to_plan.add(r.identity)
+        elif mode is RemedyMode.TICKET:
+            if verdict.classification == "orphan":
+                ticket_ops.extend(orphan_removal(target, finding.observed, now))
+            elif r.identity and r.identity in states:
+                state, desired = states[r.identity]
+                mine = [
+                    f.observed
+                    for f in findings
+                    if f.row.identity == r.identity and f.row.target == r.target
+                ]
+                ticket_ops.extend(
+                    op
+                    for op in plan_identity(state, desired, mine, {target.name: target})
+                    if op.account == r.account
+                )
+    report.classes = dict(sorted(classes.items()))
+    # orphans' removals planned before that no longer apply (linked since, marked, reported)
+    stale = [
+        row
+        for row in session.execute(
+            select(models.Operation).where(
+                models.Operation.target == target.name,
+                models.Operation.status == "pending",
+                models.Operation.identity.startswith(ORPHAN_PREFIX, autoescape=True),
+            )
+        ).scalars()
+        if row.identity not in wanted_orphans
+    ]
+    report.cancelled += _cancel(
+        session, stale, "superseded: the account is no orphan to remove", now
+    )
+    report.planned += len(_add_ops(session, orphan_auto, "pending", now))
+    tickets = _add_ops(session, ticket_ops, "ticket", now)
+    report.tickets += _open_tickets(session, target, tickets, now)
+    if to_plan:
+        for part in chunks(sorted(to_plan)):
+            session.execute(
+                update(models.Identity)
+                .where(models.Identity.external_id.in_(part))
+                .values(needs_plan=True)
+            )
+        planned = sync_journal(workspace, session, now=now, changed_only=True)
+        report.planned += planned.added
+    # a person's mark wins over any plan: nothing pending may touch a held account
+    held_accounts = {key for key, m in marks.items() if m.mark in HOLDING_MARKS}
+    if held_accounts:
+        pending = session.execute(
+            select(models.Operation).where(
+                models.Operation.status == "pending", models.Operation.account.is_not(None)
+            )
+        ).scalars()
+        holding = [op for op in pending if (op.target, op.account) in held_accounts]
+        for op in holding:
+            mark = marks[(op.target, op.account or "")]
+            report.cancelled += _cancel(
+                session, [op], f"account marked {mark.mark}: {mark.reason}", now
+            )
+    source = f"reconcile run {report.run}"
+    report.confirmed += confirm_from_observed(session, target.name, source, now)
+    # owners' work items the observation shows no longer needed
+    settled = {f.row.account for f in findings if f.verdict.classification == "ok"}
+    present = {f.row.account for f in findings}
+    moot = [
+        op
+        for op in session.execute(
+            select(models.Operation).where(
+                models.Operation.target == target.name, models.Operation.status == "ticket"
+            )
+        ).scalars()
+        if op.account is None or op.account in settled or op.account not in present
+    ]
+    report.cancelled += _cancel(session, moot, "no longer needed: reconciliation shows it", now)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _finish(
+    workspace: Workspace,
+    run_id: int,
+    target: TargetDef,
+    now: datetime,
+    report: ReconcileReport,
+    *,
+    remediate_now: bool,
+    unreadable: str | None = None,
+    gone_from_full: bool = False,
+) -> ReconcileReport:
+    with workspace.sessions() as session, session.begin():
+        run = session.get(models.ReconcileRun, run_id)
+        assert run is not None
+        if gone_from_full:
+            oa = models.ObservedAccount
+            gone = [
+                (i, a)
+                for i, a in session.execute(
+                    select(oa.id, oa.account).where(
+                        oa.target == target.name,
+                        or_(oa.reconcile_run.is_(None), oa.reconcile_run != run_id),
+                        ~oa.source.startswith("export"),
+                        oa.source != "attestation",
+                    )
+                )
+            ]
+            for part in chunks([i for i, _ in gone]):
+                session.execute(
+                    delete(models.ObservedEntitlement).where(
+                        models.ObservedEntitlement.account_id.in_(part)
+                    )
+                )
+                session.execute(delete(oa).where(oa.id.in_(part)))
+            report.gone = len(gone)
+            if gone:
+                audit.append(
+                    session,
+                    [
+                        audit.Entry(
+                            "observed.gone",
+                            target.name,
+                            {
+                                "run": run_id,
+                                "accounts": len(gone),
+                                "first": sorted(a for _, a in gone)[:100],
+                            },
+                        )
+                    ],
+                    at=now,
+                )
+        rows = _rows(session, [target.name])
+        states = identity_states(workspace, session, {r.identity for r in rows if r.identity}, now)
+        findings = classify_accounts(
+            workspace,
+            session,
+            [target.name],
+            now,
+            unreadable={target.name: unreadable} if unreadable else None,
+            states=states,
+        )
+        if remediate_now:
+            remediate(workspace, session, target, findings, now, report, states)
+        else:
+            report.classes = dict(
+                sorted(
+                    (c, sum(1 for f in findings if f.verdict.classification == c))
+                    for c in {f.verdict.classification for f in findings}
+                )
+            )
+        report.status = "failed" if unreadable else "completed"
+        report.error = unreadable
+        run.status, run.finished_at, run.error = report.status, now, unreadable
+        run.counts = _counts(report) | {
+            "gone": report.gone,
+            "classes": report.classes,
+            "planned": report.planned,
+            "tickets": report.tickets,
+            "ignored": report.ignored,
+            "held": report.held,
+        }
+        audit.append(
+            session,
+            [
+                audit.Entry(
+                    "reconcile.finished",
+                    target.name,
+                    {"run": run_id, "mode": run.mode, "status": run.status, "error": unreadable}
+                    | run.counts,
+                )
+            ],
+            at=now,
+        )
+        debt.record_snapshot(workspace, session, now=now, run_id=run_id)
+    return report
+
+
+def reconcile_target(
+    workspace: Workspace,
+    target: str,
+    *,
+    now: datetime,
+    full: bool = True,
+    connector: Connector | None = None,
+    progress: Callable[[int], None] | None = None,
+    remediate_now: bool = True,
+    batch_size: int = BATCH,
+) -> ReconcileReport:
+    """Reconcile one target through its connector; see the module docstring."""
+    definition = _target(workspace, target)
+    if definition.target_class is TargetClass.MANUAL:
+        raise ProvisorError(
+            f"{target} is a manual target: reconcile it from its user export with "
+            f"'provisor reconcile --target {target} --export FILE.csv'"
+        )
+    own = connector is None
+    if connector is None:
+        connector = open_connector(workspace, definition)
+        assert connector is not None
+    try:
+        with workspace.sessions() as session, session.begin():
+            mode, since = "full", None
+            last = _last_completed(session, target)
+            if not full and last is not None and _incremental(connector):
+                mode, since = "incremental", last.started_at - timedelta(seconds=2)
+            run, resumed = _open_run(session, target, mode, since, now)
+            run_id = run.id
+            report = ReconcileReport(target, run_id, mode, resumed=resumed)
+            if resumed:
+                counts = run.counts or {}
+                report.new = int(counts.get("new", 0))
+                report.changed = int(counts.get("changed", 0))
+                report.cases_opened = int(counts.get("cases_opened", 0))
+            known = _known(session, target)
+        with workspace.sessions() as session:
+            loaded = session.get(models.ReconcileRun, run_id)
+            assert loaded is not None
+            session.expunge(loaded)
+            run = loaded
+        if Capability.LIST not in connector.capabilities():
+            return _finish(
+                workspace,
+                run_id,
+                definition,
+                now,
+                report,
+                remediate_now=remediate_now,
+                unreadable="the connector cannot list accounts",
+            )
+        try:
+            if mode == "incremental":
+                assert since is not None
+                records = connector.list_changed(since)  # type: ignore[attr-defined]
+            else:
+                records = connector.list_accounts()
+            _walk(workspace, run, definition, records, known, now, report, batch_size, progress)
+            if mode == "incremental":
+                assert since is not None
+                changed = connector.changed_memberships(since)  # type: ignore[attr-defined]
+                if changed:
+                    with workspace.sessions() as session, session.begin():
+                        report.changed += _apply_memberships(
+                            session, target, dict(changed), known, now
+                        )
+        except ConnectorError as exc:
+            return _finish(
+                workspace,
+                run_id,
+                definition,
+                now,
+                report,
+                remediate_now=remediate_now,
+                unreadable=str(exc),
+            )
+        return _finish(
+            workspace,
+            run_id,
+            definition,
+            now,
+            report,
+            remediate_now=remediate_now,
+            gone_from_full=mode == "full",
+        )
+    finally:
+        if own:
+            connector.close()
+
+
+def reconcile_export(
+    workspace: Workspace, target: str, path: Path, *, now: datetime, remediate_now: bool = True
+) -> tuple[ReconcileReport, list[str]]:
+    """Reconcile a target from its own user export (manual targets, or any target): import
+    the export, open cases for ambiguous accounts, classify and remediate. Returns the report
+    and the import's rejected rows."""
+    definition = _target(workspace, target)
+    imported = import_observed(workspace, target, path, now=now)
+    with workspace.sessions() as session, session.begin():
+        run, _ = _open_run(session, target, "export", None, now)
+        run_id = run.id
+        report = ReconcileReport(target, run_id, "export")
+        report.read = imported.accounts
+        report.new = imported.accounts
+        correlator = Correlator.load(session, definition)
+        oa = models.ObservedAccount
+        rows = list(session.execute(select(oa).where(oa.target == target)).scalars())
+        for row in rows:
+            row.reconcile_run = run_id
+            if row.identity is not None:
+                continue
+            match = correlator.correlate(row.account, None, None, row.attributes or {}, None)
+            if match.case_reason is not None and row.account not in correlator.waiting:
+                case = open_case(session, target, row.account, None, match, now)
+                correlator.waiting[row.account] = case.id
+                report.cases_opened += 1
+    _finish(workspace, run_id, definition, now, report, remediate_now=remediate_now)
+    return report, imported.errors
+
+
+def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileReport]:
+    """Reconcile every target whose ``reconcile_every`` has passed since its last completed
+    run: incrementally where the connector can, in full at least once a day. Manual targets
+    are reconciled when their export is imported, never on a schedule. A target that fails
+    is reported with its error; the others still run."""
+    reports: list[ReconcileReport] = []
+    for name, target in sorted(workspace.compiled.targets.items()):
+        if target.reconcile_every is None or target.target_class is TargetClass.MANUAL:
+            continue
+        with workspace.sessions() as session:
+            last = _last_completed(session, name)
+            last_full = _last_completed(session, name, "full")
+            unfinished = session.execute(
+                select(models.ReconcileRun.id).where(
+                    models.ReconcileRun.target == name,
+                    models.ReconcileRun.mode == "full",
+                    models.ReconcileRun.status.in_(["running", "failed"]),
+                )
+            ).first()
+        every = timedelta(minutes=target.reconcile_every)
+        fresh = last is not None and last.finished_at is not None and now - last.finished_at < every
+        if unfinished is None and fresh:
+            continue
+        full = (
+            unfinished is not None or last_full is None or now - last_full.started_at >= FULL_EVERY
+        )
+        try:
+            reports.append(reconcile_target(workspace, name, now=now, full=full))
+        except ProvisorError as exc:
+            failed = ReconcileReport(name, 0, "full" if full else "incremental", "failed")
+            failed.error = str(exc)
+            reports.append(failed)
+    return reports
+
+
+def last_runs(session: Session, *, limit: int = 20) -> list[models.ReconcileRun]:
+    return list(
+        session.execute(
+            select(models.ReconcileRun).order_by(models.ReconcileRun.id.desc()).limit(limit)
+        ).scalars()
+    )
