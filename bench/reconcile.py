@@ -26,8 +26,8 @@ from pathlib import Path
 
 from sqlalchemy import text, update
 
+from provisor.engine.assess import classify_accounts
 from provisor.engine.planner import sync_journal
-from provisor.engine.reconcile import classify_accounts
 from provisor.sandbox import scratch_workspace
 from provisor.store import models
 from provisor.store.db import bulk_insert

@@ -285,7 +285,7 @@ def marks_list(
 
     Example:  provisor marks list --target payroll-db
     """
-    from provisor.engine.reconcile import list_marks, mark_dict
+    from provisor.engine.marks import list_marks, mark_dict
 
     workspace = _open()
     now = _now()
@@ -334,7 +334,7 @@ def marks_set(
 
     Example:  provisor marks set github 8f2c --mark protected --reason "break-glass admin"
     """
-    from provisor.engine.reconcile import mark_dict, set_mark
+    from provisor.engine.marks import mark_dict, set_mark
     from provisor.evidence import audit
 
     when = _parse_when(expires, "--expires") if expires else None
@@ -376,7 +376,7 @@ def marks_clear(
 
     Example:  provisor marks clear github 8f2c
     """
-    from provisor.engine.reconcile import clear_mark
+    from provisor.engine.marks import clear_mark
     from provisor.evidence import audit
 
     workspace = _open()

@@ -23,45 +23,41 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, or_, select, text, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import aggregate_strings
 
 from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
-from provisor.domain.desired import DesiredAccess, desired_access
-from provisor.domain.lifecycle import IdentityState, fold
-from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
+from provisor.domain.desired import DesiredAccess
+from provisor.domain.lifecycle import IdentityState
+from provisor.domain.plan import PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
 from provisor.engine import debt
+from provisor.engine.assess import SEP, Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import (
     ORPHAN_PREFIX,
-    Verdict,
-    classify,
     orphan_key,
     orphan_removal,
-    primary_account,
 )
 from provisor.engine.correlate import Correlator, Match, open_case
-from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.lifecycle import chunks
+from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
-from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.planner import sync_journal
 from provisor.engine.runner import open_connector
 from provisor.engine.tasks import confirm_from_observed, instructions
 from provisor.engine.workspace import Workspace
-from provisor.errors import LifecycleError, NotFoundError, ProvisorError
+from provisor.errors import NotFoundError, ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
 
 BATCH = 500  # accounts per transaction, and per checkpoint
-MARKS = ("protected", "decommission-later", "ignore")
-HOLDING_MARKS = ("protected", "decommission-later")  # reported, never remediated
-SEP = "\x1f"  # joins entitlement names in one string; no name contains it
 # journal statuses that already stand for a fix in hand
 IN_HAND = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 FULL_EVERY = timedelta(days=1)  # scheduled runs are full at least this often
@@ -463,330 +459,6 @@ def _apply_memberships(
     return len(touched)
 
 
-# --- classification -----------------------------------------------------------------------
-
-
-class _Row(NamedTuple):
-    id: int
-    target: str
-    account: str
-    identity: str | None
-    enabled: bool
-    sessions: int | None
-    attributes: dict[str, Any]
-    observed_at: datetime
-    classification: str | None
-    detail: str | None
-    entitlements: frozenset[str]
-
-
-def _rows(session: Session, targets: Sequence[str]) -> list[_Row]:
-    oa, oe = models.ObservedAccount, models.ObservedEntitlement
-    query = (
-        select(
-            oa.id,
-            oa.target,
-            oa.account,
-            oa.identity,
-            oa.enabled,
-            oa.sessions,
-            oa.attributes,
-            oa.observed_at,
-            oa.classification,
-            oa.classified_detail,
-            aggregate_strings(oe.entitlement, SEP),
-        )
-        .select_from(oa)
-        .outerjoin(oe, oe.account_id == oa.id)
-        .group_by(oa.id)
-    )
-    if len(targets) == 1:
-        query = query.where(oa.target == targets[0])
-    wanted = set(targets)
-    return [
-        _Row(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            r[6] or {},
-            r[7],
-            r[8],
-            r[9],
-            frozenset(r[10].split(SEP)) if r[10] else frozenset(),
-        )
-        for r in session.execute(query)
-        if r[1] in wanted
-    ]
-
-
-def identity_states(
-    workspace: Workspace, session: Session, ids: Iterable[str] | None, now: datetime
-) -> dict[str, tuple[IdentityState, DesiredAccess]]:
-    """The current state and desired access of identities (all when ``ids`` is None)."""
-    compiled = workspace.compiled
-    query = select(models.Identity)
-    rows: list[models.Identity] = []
-    if ids is None:
-        rows = list(session.execute(query).scalars())
-    else:
-        for part in chunks(sorted(set(ids))):
-            rows.extend(
-                session.execute(query.where(models.Identity.external_id.in_(part))).scalars()
-            )
-    detailed = [
-        r.external_id
-        for r in rows
-        if r.external_id in compiled.assignments or r.external_id in compiled.exceptions
-    ]
-    history = load_history(session, detailed) if detailed else {}
-    found: dict[str, tuple[IdentityState, DesiredAccess]] = {}
-    for row in rows:
-        if row.external_id in history:
-            state = fold(
-                row.external_id,
-                history[row.external_id],
-                as_of=now,
-                rescind_window=window(workspace.config),
-            )
-        else:
-            state = state_from_row(row, now)
-        found[row.external_id] = (state, desired_access(compiled, state))
-    return found
-
-
-@dataclass
-class Finding:
-    row: _Row
-    verdict: Verdict
-
-    @property
-    def observed(self) -> ObservedAccount:
-        r = self.row
-        return ObservedAccount(
-            r.target,
-            r.account,
-            r.identity,
-            r.enabled,
-            r.entitlements,
-            r.observed_at,
-            r.sessions,
-            r.attributes,
-        )
-
-
-def classify_accounts(
-    workspace: Workspace,
-    session: Session,
-    targets: Sequence[str],
-    now: datetime,
-    *,
-    unreadable: dict[str, str] | None = None,
-    states: dict[str, tuple[IdentityState, DesiredAccess]] | None = None,
-) -> list[Finding]:
-    """Classify every observed account of ``targets`` and store what changed (class, why)."""
-    compiled = workspace.compiled
-    rows = _rows(session, targets)
-    if states is None:
-        states = identity_states(workspace, session, {r.identity for r in rows if r.identity}, now)
-    waiting: dict[tuple[str, str], int] = {
-        (c.target, c.account): c.id
-        for c in session.execute(
-            select(models.CorrelationCase).where(models.CorrelationCase.status == "open")
-        ).scalars()
-    }
-    groups: dict[tuple[str, str], list[_Row]] = defaultdict(list)
-    rows = [
-        r._replace(identity=None) if r.identity and r.identity.startswith(ORPHAN_PREFIX) else r
-        for r in rows
-    ]
-    for r in rows:
-        if r.identity is not None and r.identity in states:
-            groups[(r.identity, r.target)].append(r)
-    kept: dict[tuple[str, str], str] = {}
-    for key, members in groups.items():
-        if len(members) > 1:
-            kept[key] = primary_account(
-                [
-                    ObservedAccount(
-                        m.target, m.account, m.identity, m.enabled, m.entitlements, m.observed_at
-                    )
-                    for m in members
-                ]
-            )
-    findings: list[Finding] = []
-    changed: list[dict[str, Any]] = []
-    for r in rows:
-        target = compiled.targets.get(r.target)
-        if target is None:
-            continue
-        entry = states.get(r.identity) if r.identity else None
-        observed = ObservedAccount(
-            r.target,
-            r.account,
-            r.identity,
-            r.enabled,
-            r.entitlements,
-            r.observed_at,
-            r.sessions,
-            r.attributes,
-        )
-        verdict = classify(
-            target,
-            observed,
-            entry[0] if entry else None,
-            entry[1] if entry else None,
-            kept=kept.get((r.identity, r.target)) if r.identity else None,
-            open_case=waiting.get((r.target, r.account)),
-            unreadable=(unreadable or {}).get(r.target),
-        )
-        findings.append(Finding(r, verdict))
-        if (r.classification, r.detail) != (verdict.classification, verdict.detail):
-            changed.append(
-                {
-                    "id": r.id,
-                    "classification": verdict.classification,
-                    "classified_detail": verdict.detail,
-                    "classified_at": now,
-                }
-            )
-    _store_classes(session, changed)
-    return findings
-
-
-def _store_classes(session: Session, changed: list[dict[str, Any]]) -> None:
-    """Write classifications with one plain executemany per chunk: the ORM's per-row work
-    would dominate when a million accounts are classified for the first time."""
-    if not changed:
-        return
-    connection = session.connection()
-    dialect = connection.dialect
-    naive = changed[0]["classified_at"].astimezone(UTC).replace(tzinfo=None)
-    # a plain statement gets no type processing: the time as each dialect stores it
-    when: Any = (
-        naive.isoformat(sep=" ", timespec="microseconds") if dialect.name == "sqlite" else naive
-    )
-    quote = dialect.identifier_preparer.quote
-    sql = (
-        f"UPDATE {quote('observed_accounts')} SET {quote('classification')} = :c, "
-        f"{quote('classified_detail')} = :d, {quote('classified_at')} = :w WHERE {quote('id')} = :i"
-    )
-    statement = text(sql)
-    for part in chunks(changed, 20000):
-        connection.execute(
-            statement,
-            [
-                {"c": c["classification"], "d": c["classified_detail"], "w": when, "i": c["id"]}
-                for c in part
-            ],
-        )
-
-
-# --- marks --------------------------------------------------------------------------------
-
-
-def active_marks(session: Session, now: datetime) -> dict[tuple[str, str], models.AccountMark]:
-    """Marks that apply now: not expired."""
-    query = select(models.AccountMark).where(
-        or_(models.AccountMark.expires_at.is_(None), models.AccountMark.expires_at > now)
-    )
-    return {(m.target, m.account): m for m in session.execute(query).scalars()}
-
-
-def set_mark(
-    workspace: Workspace,
-    session: Session,
-    target: str,
-    account: str,
-    mark: str,
-    reason: str,
-    *,
-    by: str,
-    now: datetime,
-    expires: datetime | None = None,
-) -> models.AccountMark:
-    """Mark one account (replacing an earlier mark on it), audited."""
-    _target(workspace, target)
-    if mark not in MARKS:
-        raise LifecycleError(f"--mark {mark!r}: use one of {', '.join(MARKS)}")
-    if not reason.strip():
-        raise LifecycleError("say why: --reason 'ticket or explanation'")
-    if expires is not None and expires <= now:
-        raise LifecycleError(f"--expires {expires.date().isoformat()} is not in the future")
-    row = session.execute(
-        select(models.AccountMark).where(
-            models.AccountMark.target == target, models.AccountMark.account == account
-        )
-    ).scalar_one_or_none()
-    if row is None:
-        row = models.AccountMark(target=target, account=account)
-        session.add(row)
-    row.mark, row.reason, row.marked_by, row.created_at, row.expires_at = (
-        mark,
-        reason,
-        by,
-        now,
-        expires,
-    )
-    session.flush()
-    audit.record(
-        session,
-        "account.marked",
-        f"{target}:{account}",
-        {
-            "target": target,
-            "account": account,
-            "mark": mark,
-            "reason": reason,
-            "expires": expires.isoformat() if expires else None,
-        },
-        actor=by,
-    )
-    return row
-
-
-def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:
-    row = session.execute(
-        select(models.AccountMark).where(
-            models.AccountMark.target == target, models.AccountMark.account == account
-        )
-    ).scalar_one_or_none()
-    if row is None:
-        raise NotFoundError(f"no mark on {target}:{account}; 'provisor marks list' shows them")
-    session.delete(row)
-    audit.record(
-        session,
-        "account.unmarked",
-        f"{target}:{account}",
-        {"target": target, "account": account, "mark": row.mark},
-        actor=by,
-    )
-
-
-def list_marks(session: Session, *, target: str | None = None) -> list[models.AccountMark]:
-    query = select(models.AccountMark).order_by(
-        models.AccountMark.target, models.AccountMark.account
-    )
-    if target is not None:
-        query = query.where(models.AccountMark.target == target)
-    return list(session.execute(query).scalars())
-
-
-def mark_dict(mark: models.AccountMark, now: datetime) -> dict[str, Any]:
-    return {
-        "target": mark.target,
-        "account": mark.account,
-        "mark": mark.mark,
-        "reason": mark.reason,
-        "marked_by": mark.marked_by,
-        "created_at": mark.created_at.isoformat(),
-        "expires_at": mark.expires_at.isoformat() if mark.expires_at else None,
-        "expired": mark.expires_at is not None and mark.expires_at <= now,
-    }
-
-
 # --- remediation --------------------------------------------------------------------------
 
 
@@ -1089,7 +761,7 @@ def _finish(
                     ],
                     at=now,
                 )
-        rows = _rows(session, [target.name])
+        rows = load_rows(session, [target.name])
         states = identity_states(workspace, session, {r.identity for r in rows if r.identity}, now)
         findings = classify_accounts(
             workspace,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from provisor.connectors.base import AccountRecord, Connector
 from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle, reconcile
+from provisor.engine import lifecycle, marks, reconcile
 from provisor.engine.workspace import Workspace
 from provisor.sandbox import scratch_workspace
 from provisor.store import models
@@ -152,7 +152,7 @@ def test_planted_changes_are_found_classified_and_fixed(ws: Workspace, scim_url:
     breakglass = raw_user(scim_url, "breakglass@example.com")
     raw_patch(scim_url, f"Users/{ids['E3']}", "replace", "userName", "e3.renamed@example.com")
     with ws.sessions() as session, session.begin():
-        reconcile.set_mark(
+        marks.set_mark(
             ws, session, "app", breakglass, "protected", "break-glass admin", by="ann", now=NOW
         )
     later = NOW + timedelta(hours=1)
