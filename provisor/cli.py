@@ -612,7 +612,8 @@ def run_command(
     once: Annotated[bool, typer.Option("--once", help="Run one cycle and stop.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Keep the engine running: every cycle ticks, plans and applies, retrying what is due.
+    """Keep the engine running: every cycle ticks, reconciles the targets whose
+    ``reconcile_every`` has come round, plans and applies, retrying what is due.
 
     The first cycle plans everyone; later ones plan the identities that changed (and those
     with time-bound grants), and everyone again when the policy files change. Stop it with
@@ -622,6 +623,7 @@ def run_command(
     """
     import time
 
+    from provisor.engine.reconcile import reconcile_due
     from provisor.engine.runner import Runner
 
     workspace = _open()
@@ -638,6 +640,7 @@ def run_command(
                     runner = Runner(workspace)  # connection settings may have changed
                 with workspace.sessions() as session, session.begin():
                     ticked = lifecycle_service.tick(session, workspace.config, now=started)
+                reconciled = reconcile_due(workspace, now=started)
                 with workspace.sessions() as session, session.begin():
                     planned = sync_journal(workspace, session, now=started, changed_only=not full)
                 full = False
@@ -655,8 +658,11 @@ def run_command(
                 "held": ticked.held,
                 "planned": planned.added,
                 "cancelled": planned.cancelled,
+                "reconciled": {r.target: r.status for r in reconciled},
                 **applied.as_dict(),
             }
+            for failed in (r for r in reconciled if r.error):
+                err.print(f"reconcile {failed.target}: {failed.error}", markup=False)
             if json_out:
                 out.print(json.dumps(cycle, default=str), markup=False, highlight=False)
             else:
@@ -665,6 +671,12 @@ def run_command(
                     f"{planned.added} new, {planned.cancelled} cancelled; apply: "
                     f"{applied.verified} verified, {applied.retrying} retrying, "
                     f"{applied.failed} failed, {applied.waiting} waiting"
+                    + "".join(
+                        f"; reconciled {r.target} ({r.mode}): {r.read} read, "
+                        f"{sum(n for c, n in r.classes.items() if c != 'ok')} findings"
+                        for r in reconciled
+                        if not r.error
+                    )
                 )
             if once:
                 break

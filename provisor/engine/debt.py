@@ -49,7 +49,7 @@ REMOVAL_KINDS = (
     OpKind.DELETE.value,
 )
 # journal rows that stand for a removal still in hand (not cancelled, not verified)
-OPEN_STATUSES = ("pending", "running", "succeeded", "failed", "unverifiable")
+OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 DAY = 86400.0
 SEP = "\x1f"  # joins entitlement names in one string; no name contains it
 

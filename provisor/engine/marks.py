@@ -13,9 +13,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from provisor.engine.tasks import cancel_for
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
@@ -71,6 +72,8 @@ def set_mark(
         expires,
     )
     session.flush()
+    if mark in HOLDING_MARKS:
+        _cancel_held(session, row, now)
     audit.record(
         session,
         "account.marked",
@@ -87,7 +90,42 @@ def set_mark(
     return row
 
 
+def _cancel_held(session: Session, mark: models.AccountMark, now: datetime) -> None:
+    """Operations not yet started on an account a mark now holds are cancelled, with their
+    owners' work items: the mark wins over any plan made before it."""
+    rows = list(
+        session.execute(
+            select(models.Operation).where(
+                models.Operation.target == mark.target,
+                models.Operation.account == mark.account,
+                models.Operation.status.in_(["pending", "ticket"]),
+            )
+        ).scalars()
+    )
+    why = f"account marked {mark.mark}: {mark.reason}"
+    entries = []
+    for row in rows:
+        row.status, row.updated_at, row.last_error = "cancelled", now, why
+        entries.append(
+            audit.Entry(
+                "operation.cancelled",
+                row.identity,
+                {
+                    "key": row.key,
+                    "target": row.target,
+                    "kind": row.kind,
+                    "entitlement": row.entitlement,
+                    "why": why,
+                },
+            )
+        )
+    session.flush()
+    cancel_for(session, [r.id for r in rows], now)
+    audit.append(session, entries, at=now)
+
+
 def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:
+    """Remove the mark on one account, audited; its identity is planned again next cycle."""
     row = session.execute(
         select(models.AccountMark).where(
             models.AccountMark.target == target, models.AccountMark.account == account
@@ -96,6 +134,17 @@ def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:
     if row is None:
         raise NotFoundError(f"no mark on {target}:{account}; 'provisor marks list' shows them")
     session.delete(row)
+    owner = session.execute(
+        select(models.ObservedAccount.identity).where(
+            models.ObservedAccount.target == target, models.ObservedAccount.account == account
+        )
+    ).scalar_one_or_none()
+    if owner is not None:
+        session.execute(
+            update(models.Identity)
+            .where(models.Identity.external_id == owner)
+            .values(needs_plan=True)
+        )
     audit.record(
         session,
         "account.unmarked",

@@ -4,8 +4,9 @@ Does: for a selection of identities (one, one target, or everyone), compute desi
 the materialised identity state and the policy, diff it with the observed-state store, and bring
 the journal in line — new operations are added as pending, pending operations the plan no longer
 wants are cancelled (never deleted), each change with an audit event; work already in flight,
-done but awaiting verification, or parked as failed is matched, not planned again — then clear
-the identities' "needs plan" mark.
+done but awaiting verification, parked as failed or handed to the owner as a ticket is matched,
+not planned again; nothing is planned for an account a person's mark holds (protected,
+decommission-later) — then clear the identities' "needs plan" mark.
 Does not: execute operations or talk to targets.
 """
 
@@ -25,6 +26,7 @@ from provisor.domain.desired import CompiledPolicy, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
 from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
 from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.marks import held_accounts
 from provisor.engine.tasks import cancel_for as cancel_tasks
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
@@ -162,9 +164,11 @@ class JournalSync:
         return sum(1 for _, status, _ in self.operations if status == "new")
 
 
-# Journal rows that stand for work already under way or parked: a plan that needs the same
-# work again matches them instead of adding a duplicate. Only "pending" ones can be cancelled.
-OPEN_STATUSES = ("pending", "running", "succeeded", "failed", "unverifiable")
+# Journal rows that stand for work already under way, parked, or handed to the target's owner
+# as a ticket: a plan that needs the same work again matches them instead of adding a
+# duplicate. Only "pending" and "ticket" ones can be cancelled.
+OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
+CANCELLABLE = ("pending", "ticket")
 
 
 def _open_ops(
@@ -208,6 +212,9 @@ def sync_journal(
     ops, ids = compute_plan(
         workspace, session, now=now, identity=identity, target=target, changed_only=changed_only
     )
+    held = held_accounts(session, now)
+    if held:
+        ops = [op for op in ops if op.account is None or (op.target, op.account) not in held]
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
     for row in _open_ops(session, ids, target):
         key = (row.identity, row.target, row.kind, row.entitlement or "")
@@ -217,8 +224,11 @@ def sync_journal(
     new_rows: list[tuple[PlannedOperation, models.Operation]] = []
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
-        if existing is not None and existing.status != "pending":
+        if existing is not None and existing.status not in CANCELLABLE:
             result.append((op, existing.status, existing.id))
+            continue
+        if existing is not None and existing.status == "ticket":
+            result.append((op, "ticket", existing.id))
             continue
         if existing is not None:
             # A grace period counted from "now" started when the removal was first planned;
@@ -251,11 +261,16 @@ def sync_journal(
         session.add(row)
         new_rows.append((op, row))
         entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, row.key)))
-    stale_rows = [r for rows in open_rows.values() for r in rows if r.status == "pending"]
+    stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
     for stale in stale_rows:
+        mark = held.get((stale.target, stale.account or ""))
         stale.status = "cancelled"
         stale.updated_at = now
-        stale.last_error = "superseded: the current plan no longer needs it"
+        stale.last_error = (
+            f"account marked {mark.mark}: {mark.reason}"
+            if mark is not None
+            else "superseded: the current plan no longer needs it"
+        )
         entries.append(
             audit.Entry(
                 "operation.cancelled",

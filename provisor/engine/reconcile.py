@@ -676,20 +676,6 @@ def remediate(
             )
         planned = sync_journal(workspace, session, now=now, changed_only=True)
         report.planned += planned.added
-    # a person's mark wins over any plan: nothing pending may touch a held account
-    held_accounts = {key for key, m in marks.items() if m.mark in HOLDING_MARKS}
-    if held_accounts:
-        pending = session.execute(
-            select(models.Operation).where(
-                models.Operation.status == "pending", models.Operation.account.is_not(None)
-            )
-        ).scalars()
-        holding = [op for op in pending if (op.target, op.account) in held_accounts]
-        for op in holding:
-            mark = marks[(op.target, op.account or "")]
-            report.cancelled += _cancel(
-                session, [op], f"account marked {mark.mark}: {mark.reason}", now
-            )
     source = f"reconcile run {report.run}"
     report.confirmed += confirm_from_observed(session, target.name, source, now)
     # owners' work items the observation shows no longer needed

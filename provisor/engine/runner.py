@@ -45,6 +45,7 @@ from provisor.connectors.base import (
 )
 from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
+from provisor.engine.classify import ORPHAN_PREFIX
 from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet
 from provisor.engine.tasks import open_tasks
@@ -664,12 +665,18 @@ class Runner:
         now: datetime,
         renamed_from: str | None = None,
     ) -> None:
-        """Write the read-back into the observed-state store."""
+        """Write the read-back into the observed-state store. An orphan account's removal
+        (``orphan:<account>``) leaves the account linked to no identity."""
+        link = None if op.identity.startswith(ORPHAN_PREFIX) else op.identity
+        mine = (
+            models.ObservedAccount.identity == op.identity
+            if link is not None
+            else models.ObservedAccount.account == op.account
+        )
         existing = (
             session.execute(
                 select(models.ObservedAccount).where(
-                    models.ObservedAccount.target == op.target,
-                    models.ObservedAccount.identity == op.identity,
+                    models.ObservedAccount.target == op.target, mine
                 )
             )
             .scalars()
@@ -686,7 +693,7 @@ class Runner:
             )
         ).scalar_one_or_none()
         if kept is not None:
-            kept.identity = op.identity  # read back for this identity: linked to it now
+            kept.identity = link  # read back for this identity: linked to it now
         for stale in existing:
             renamed = renamed_from is not None and stale.account == renamed_from
             if stale is not kept and (renamed or stale.source.startswith("export")):
@@ -697,7 +704,7 @@ class Runner:
             row = models.ObservedAccount(
                 target=op.target,
                 account=record.account,
-                identity=op.identity,
+                identity=link,
                 enabled=record.enabled,
                 observed_at=now,
                 source="read-back",
