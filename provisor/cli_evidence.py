@@ -60,11 +60,21 @@ def debt_command(
             with workspace.sessions() as session, session.begin():
                 debt.record_snapshot(workspace, session, now=_now())
         with workspace.sessions() as session:
-            if target is not None and target not in workspace.compiled.targets:
-                from provisor.errors import NotFoundError
+            from sqlalchemy import select
 
+            from provisor.engine.classify import ORPHAN_PREFIX
+            from provisor.errors import NotFoundError
+            from provisor.store import models
+
+            if target is not None and target not in workspace.compiled.targets:
                 names = ", ".join(workspace.compiled.targets)
                 raise NotFoundError(f"no target {target!r} in the policy; targets: {names}")
+            if identity is not None and not identity.startswith(ORPHAN_PREFIX):
+                known = session.execute(
+                    select(models.Identity.id).where(models.Identity.external_id == identity)
+                ).first()
+                if known is None:
+                    raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
             items = debt.debt_items(workspace, session, _now(), identity=identity, target=target)
     finally:
         workspace.close()

@@ -204,6 +204,8 @@ def test_cli_debt_table_groups_json_and_trend(ws: Workspace, cli: Any, tmp_path:
     assert "Revocation debt over time" in cli(*when, "debt", "--trend").out
     assert cli(*when, "debt", "--by", "colour").code == 2
     assert cli(*when, "debt", "--target", "nope").code == 5
+    unknown = cli(*when, "debt", "--identity", "NOBODY")
+    assert unknown.code == 5 and "no identity 'NOBODY'" in unknown.err
     assert "Example:" in cli("debt", "--help").out
 
 
