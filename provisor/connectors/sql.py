@@ -291,7 +291,7 @@ def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
     """The connector for an SQL target, chosen by ``connection.mode``."""
     # The modes build on this module's Database, so they are imported here, not at the top.
     from provisor.connectors.sql_roles import MysqlUsers, PostgresRoles
-    from provisor.connectors.sql_table import UsersTable
+    from provisor.connectors.sql_table import ChangeTrackedUsersTable, UsersTable
 
     mode = settings.get("mode")
     if mode == "postgres-roles":
@@ -299,6 +299,12 @@ def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
     if mode == "mysql-users":
         return MysqlUsers(name, settings)
     if mode == "users-table":
+        if settings.get("changed_column"):
+            return ChangeTrackedUsersTable(name, settings)
+        if settings.get("membership_changed_column"):
+            raise PermanentError(
+                f"target {name}: connection.membership_changed_column also needs changed_column"
+            )
         return UsersTable(name, settings)
     raise PermanentError(
         f"target {name}: connection.mode must be one of {', '.join(MODES)}"

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Row, Table, delete, func, insert, or_, select
@@ -111,7 +112,8 @@ class UsersTable:
     false), ``membership_table`` with ``membership_account_column`` and
     ``membership_entitlement_column``, ``entitlement_table`` with ``entitlement_name_column``
     and ``entitlement_key_column`` (found from the membership column's foreign key when not
-    given), ``sessions_table`` with ``sessions_account_column``."""
+    given), ``sessions_table`` with ``sessions_account_column``; ``changed_column`` and
+    ``membership_changed_column`` for incremental reads (:class:`ChangeTrackedUsersTable`)."""
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         self.name = name
@@ -565,3 +567,80 @@ class UsersTable:
 
 
 __all__ = ["UsersTable"]
+
+
+class ChangeTrackedUsersTable(UsersTable):
+    """A users table whose rows carry the time the application last changed them
+    (``changed_column``), read incrementally by reconciliation: ``list_changed`` returns the
+    accounts changed since a moment with everything they hold now. With
+    ``membership_changed_column`` (the time a membership row was written), groups that gained
+    members since then are reported whole by ``changed_memberships``; a membership row deleted
+    leaves no trace, so removals show only when the application also stamps the account, or at
+    the next full reconciliation. Times are compared in UTC: a column without a time zone is
+    taken to hold UTC, a number to hold seconds since the epoch."""
+
+    def _stamp(self, table: Table, setting: str) -> Column[Any]:
+        column = self._column(table, setting)
+        if _python_type(column) not in (datetime, int, float):
+            raise PermanentError(
+                f"{self.name}: connection.{setting}: column {table.name}.{column.name} holds "
+                "neither a timestamp nor seconds since the epoch"
+            )
+        return column
+
+    def _since(self, column: Column[Any], since: datetime) -> Any:
+        moment = since.astimezone(UTC)
+        if _python_type(column) in (int, float):
+            return moment.timestamp()
+        if getattr(column.type, "timezone", False):
+            return moment
+        return moment.replace(tzinfo=None)
+
+    def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
+        s = self.schema
+        changed = self._stamp(s.accounts, "changed_column")
+        after: Any = None
+        while True:
+            query = (
+                select(s.accounts)
+                .where(changed >= self._since(changed, since))
+                .order_by(s.key)
+                .limit(PAGE)
+            )
+            if after is not None:
+                query = query.where(s.key > after)
+            with self.db.connect("list changed accounts") as connection:
+                rows = connection.execute(query).all()
+                records = self._records(connection, rows)
+            yield from records
+            if len(rows) < PAGE:
+                return
+            after = rows[-1]._mapping[s.key]
+
+    def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
+        s = self.schema
+        if not self.settings.get("membership_changed_column") or s.membership is None:
+            return {}
+        assert s.member_account is not None and s.member_entitlement is not None
+        stamp = self._stamp(s.membership, "membership_changed_column")
+        joined: Any = s.membership
+        name: Column[Any] = s.member_entitlement
+        if s.entitlements is not None and s.entitlement_name is not s.entitlement_key:
+            assert s.entitlement_key is not None and s.entitlement_name is not None
+            joined = s.membership.join(s.entitlements, s.member_entitlement == s.entitlement_key)
+            name = s.entitlement_name
+        with self.db.connect("list changed memberships") as connection:
+            groups = {
+                str(g)
+                for g in connection.execute(
+                    select(name).select_from(joined).where(stamp >= self._since(stamp, since))
+                ).scalars()
+            }
+            if not groups:
+                return {}
+            found: dict[str, set[str]] = {group: set() for group in groups}
+            for account, group in connection.execute(
+                select(s.member_account, name).select_from(joined).where(name.in_(groups))
+            ):
+                found[str(group)].add(str(account))
+        return {group: frozenset(members) for group, members in found.items()}

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pymysql
 import pytest
 from sqlalchemy import (
     Column,
+    DateTime,
     Engine,
     ForeignKey,
     Integer,
@@ -1045,3 +1047,113 @@ class TestContractUsersTable(ConnectorContract):
                 connection.execute(connector.schema.accounts.insert(), rows)
 
         return seed
+
+
+def tracked_lifecycle(url: str) -> None:
+    """Incremental reads of a users table that stamps its rows: changed accounts with all they
+    hold now, and groups that gained members reported whole."""
+    engine = create_engine(url)
+    metadata = MetaData()
+    old, new = datetime(2026, 5, 1, 8, 0), datetime(2026, 5, 2, 8, 0)
+    accounts = Table(
+        "accounts",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("login", String(200), unique=True, nullable=False),
+        Column("status", String(10), nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+    )
+    roles = Table(
+        "roles",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(100), unique=True, nullable=False),
+    )
+    grants = Table(
+        "account_roles",
+        metadata,
+        Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+        Column("role_id", Integer, ForeignKey("roles.id"), primary_key=True),
+        Column("granted_at", DateTime, nullable=False),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            roles.insert(), [{"id": 1, "name": "viewer"}, {"id": 2, "name": "editor"}]
+        )
+        connection.execute(
+            accounts.insert(),
+            [
+                {"id": 1, "login": "ann", "status": "active", "updated_at": old},
+                {"id": 2, "login": "bob", "status": "locked", "updated_at": new},
+                {"id": 3, "login": "cy", "status": "active", "updated_at": old},
+            ],
+        )
+        connection.execute(
+            grants.insert(),
+            [
+                {"account_id": 1, "role_id": 1, "granted_at": old},
+                {"account_id": 2, "role_id": 1, "granted_at": old},
+                {"account_id": 3, "role_id": 2, "granted_at": new},
+            ],
+        )
+    engine.dispose()
+    settings = {
+        "mode": "users-table",
+        "url": url,
+        "table": "accounts",
+        "user_name_column": "login",
+        "active_column": "status",
+        "active_value": "active",
+        "inactive_value": "locked",
+        "membership_table": "account_roles",
+        "membership_account_column": "account_id",
+        "membership_entitlement_column": "role_id",
+        "entitlement_name_column": "name",
+        "changed_column": "updated_at",
+        "membership_changed_column": "granted_at",
+    }
+    connector = open_sql_connector("app", settings)
+    try:
+        since = datetime(2026, 5, 2, 7, 0, tzinfo=UTC)
+        changed = list(connector.list_changed(since))  # type: ignore[attr-defined]
+        assert [(r.user_name, r.enabled, r.entitlements) for r in changed] == [
+            ("bob", False, frozenset({"viewer"}))
+        ]
+        assert connector.changed_memberships(since) == {  # type: ignore[attr-defined]
+            "editor": frozenset({"3"})
+        }
+        earlier = datetime(2026, 4, 1, tzinfo=UTC)
+        assert len(list(connector.list_changed(earlier))) == 3  # type: ignore[attr-defined]
+        assert connector.changed_memberships(earlier) == {  # type: ignore[attr-defined]
+            "viewer": frozenset({"1", "2"}),
+            "editor": frozenset({"3"}),
+        }
+    finally:
+        connector.close()
+        with create_engine(url).begin() as connection:
+            metadata.drop_all(connection)
+
+
+def test_users_table_incremental_reads_on_sqlite(tmp_path: Path) -> None:
+    tracked_lifecycle(f"sqlite:///{tmp_path / 'app.db'}")
+
+
+def test_users_table_incremental_reads_on_postgres(postgres_url: str) -> None:
+    tracked_lifecycle(postgres_url)
+
+
+def test_users_table_change_columns_are_checked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = create_engine(url)
+    app_schema(engine)
+    engine.dispose()
+    settings = table_settings(url) | {"membership_changed_column": "granted_at"}
+    with pytest.raises(PermanentError, match="also needs changed_column"):
+        open_sql_connector("app", settings)
+    connector = open_sql_connector("app", table_settings(url) | {"changed_column": "full_name"})
+    try:
+        with pytest.raises(PermanentError, match=r"changed_column: column accounts\.full_name"):
+            list(connector.list_changed(datetime(2026, 1, 1, tzinfo=UTC)))  # type: ignore[attr-defined]
+    finally:
+        connector.close()
