@@ -6,7 +6,10 @@ sample policy with five targets; start the live ones — a SCIM server, an OpenL
 slapd is installed, a payroll application's SQLite tables — and write the manual ones' user
 exports; then run the real engine services on them — import, provision, observe, a mover, two
 leavers (one with a live session), a future-dated leaver, a rehire — and print the plans, an
-explanation, what the leavers still hold in every application, and the audit verification.
+explanation; then change the SCIM application behind Provisor's back (a leaver enabled again,
+an extra group, an account made by hand) and show reconciliation finding and fixing it, the
+revocation debt before and after, each leaver's evidence bundle from a live read of every
+application, the coverage map and the audit verification.
 Does not: contain engine logic of its own; everything it shows is what the CLI commands do.
 """
 
@@ -22,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
@@ -30,13 +34,17 @@ from provisor.config.workspace import CONFIG_FILE
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.domain.policy import TargetClass
+from provisor.engine import debt
 from provisor.engine import lifecycle as lifecycle_service
+from provisor.engine.coverage import coverage
 from provisor.engine.imports import import_feed
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import state_from_row, sync_journal
+from provisor.engine.reconcile import reconcile_target
 from provisor.engine.runner import ApplyReport, Runner
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
+from provisor.evidence.bundle import LeaverVerifier
 from provisor.sandbox import ScimApp
 from provisor.store import db, models
 from provisor.testing.slapd import SLAPD, Slapd
@@ -70,6 +78,7 @@ DIRECTORY_MANUAL = """\
     on_leave: disable
 """
 PASSWORD_VARIABLE = "DEMO_DIRECTORY_PASSWORD"
+SHOWN = {"verified-removed": "removed", "still-present": "STILL THERE"}  # evidence states, short
 
 DEMO_POLICY = """\
 targets:
@@ -88,6 +97,7 @@ DIRECTORY
     grace_days: 7
     on_leave: disable
     connection: {url: "SCIM_URL", timeout: 5}
+    remediation: {orphan: ticket}
     entitlements:
       - {name: members}
       - {name: platform-admins}
@@ -596,53 +606,51 @@ def _applied(report: ApplyReport) -> str:
     )
 
 
-def _leaver_table(workspace: Workspace, identity: str, now: datetime) -> list[tuple[str, ...]]:
-    """Per target: what was read back live for the leaver, or why nothing could be."""
-    rows: list[tuple[str, ...]] = []
-    runner = Runner(workspace)
-    try:
-        with workspace.sessions() as session:
-            for name, target in sorted(workspace.compiled.targets.items()):
-                ops = session.execute(
-                    select(
-                        models.Operation.kind, models.Operation.status, models.Operation.account
-                    ).where(
-                        models.Operation.identity == identity,
-                        models.Operation.target == name,
-                        models.Operation.status != "cancelled",
-                    )
-                ).all()
-                if not ops:
-                    continue
-                statuses = ", ".join(f"{kind} {status}" for kind, status, _ in ops)
-                connector = runner.connector(name)
-                account = next((a for _, _, a in ops if a), None)
-                if connector is None:
-                    found = (
-                        f"manual: work items for {target.owner}; verified only by a second "
-                        "person's attestation or a later user export"
-                    )
-                elif account is None:
-                    found = "no account found"
-                else:
-                    record = connector.read(account)
-                    if record is None:
-                        found = "account deleted"
-                    else:
-                        sessions = (
-                            "not visible (the application has no session interface)"
-                            if record.sessions is None
-                            else str(record.sessions)
-                        )
-                        found = (
-                            f"account {'enabled' if record.enabled else 'disabled'}, "
-                            f"entitlements: {', '.join(sorted(record.entitlements)) or 'none'}; "
-                            f"sessions: {sessions}"
-                        )
-                rows.append((name, str(target.target_class), found, statuses))
-    finally:
-        runner.close()
-    return rows
+def _tamper(workspace: Workspace, scim_url: str) -> list[str]:
+    """Changes made in github directly, as an administrator would: a leaver's account enabled
+    again, an extra group for one engineer, and an account created by hand."""
+    with workspace.sessions() as session:
+        linked = dict(
+            session.execute(
+                select(models.ObservedAccount.identity, models.ObservedAccount.account).where(
+                    models.ObservedAccount.target == "github",
+                    models.ObservedAccount.identity.in_(["E1010", "E1001"]),
+                )
+            ).all()
+        )
+    patch = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+    with httpx2.Client(base_url=scim_url, timeout=10) as client:
+        client.patch(
+            f"/Users/{linked['E1010']}",
+            json={
+                "schemas": [patch],
+                "Operations": [{"op": "replace", "path": "active", "value": True}],
+            },
+        ).raise_for_status()
+        groups = client.get("/Groups", params={"filter": 'displayName eq "platform-admins"'})
+        group = groups.raise_for_status().json()["Resources"][0]["id"]
+        client.patch(
+            f"/Groups/{group}",
+            json={
+                "schemas": [patch],
+                "Operations": [
+                    {"op": "add", "path": "members", "value": [{"value": linked["E1001"]}]}
+                ],
+            },
+        ).raise_for_status()
+        client.post(
+            "/Users",
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "temp.admin@example.com",
+                "active": True,
+            },
+        ).raise_for_status()
+    return [
+        "leaver E1010's account enabled again",
+        "E1001 added to platform-admins",
+        "an account temp.admin@example.com created by hand",
+    ]
 
 
 def run_demo(directory: Path | None, console: Console | None, *, json_out: bool = False) -> None:
@@ -780,16 +788,99 @@ def _tour(
                 tour.say(f"    {line}")
     tour.summary["explain"] = [a.__dict__ for a in answers]
 
-    tour.heading("8. Where is the leavers' access now? (read live)")
-    for leaver in ("E1010", "E1134"):
-        table = _leaver_table(workspace, leaver, now)
-        tour.say(leaver)
-        tour.table(["target", "class", "found now", "operations"], table)
-        tour.summary.setdefault("leavers", {})[leaver] = [
-            dict(zip(["target", "class", "found", "operations"], r, strict=True)) for r in table
-        ]
+    later = now + timedelta(minutes=5)
+    tour.heading("8. Behind our back: reconciliation reads what github really holds")
+    planted = _tamper(workspace, scim_url)
+    tour.say(
+        "Changed directly in github, not through Provisor: "
+        + "; ".join(f"{what}" for what in planted)
+    )
+    found = reconcile_target(workspace, "github", now=later)
+    tour.say(
+        f"Reconciled github ({found.mode}): {found.read} accounts read, classes {found.classes}; "
+        f"{found.planned} fixes planned, {found.tickets} work items for the owner"
+    )
+    tour.table(
+        ["account", "identity", "class", "why", "remedy"],
+        [
+            (
+                str(f["user_name"]),
+                str(f["identity"] or "-"),
+                str(f["class"]),
+                str(f["detail"]),
+                str(f["remedy"]),
+            )
+            for f in found.findings
+        ],
+    )
+    with workspace.sessions() as session:
+        owed = debt.debt_items(workspace, session, later, target="github")
+    tour.say(f"Revocation debt in github: {len(owed)} items")
+    for item in owed:
+        tour.say(f"    {item.identity} {item.item}: {item.state}")
+    tour.say(_applied(_apply(workspace, later)))
+    again = reconcile_target(workspace, "github", now=later + timedelta(minutes=1))
+    with workspace.sessions() as session:
+        owed = debt.debt_items(workspace, session, later, target="github")
+    tour.say(
+        f"Reconciled again: classes {again.classes}; debt in github now {len(owed)} items "
+        "(the leaver's account waits for its delete after the grace period)"
+    )
+    tour.summary["reconcile"] = {"first": found.as_dict(), "again": again.as_dict()}
 
-    tour.heading("9. Audit")
+    tour.heading("9. Proof of removal: every application read live for each leaver")
+    verifier = LeaverVerifier(workspace, folder / "evidence")
+    try:
+        for leaver in ("E1010", "E1134"):
+            written = verifier.verify(leaver, lambda: later + timedelta(minutes=2))
+            rows: list[tuple[str, ...]] = []
+            for section in written.bundle["targets"]:
+                states = {layer["layer"]: layer for layer in section["layers"]}
+                notes = "; ".join(
+                    f"{name}: {layer['why']}"
+                    for name, layer in states.items()
+                    if layer["state"] != "verified-removed"
+                )
+                rows.append(
+                    (
+                        str(section["target"]),
+                        *(
+                            SHOWN.get(str(states[name]["state"]), str(states[name]["state"]))
+                            if name in states
+                            else "-"
+                            for name in ("account", "entitlements", "sessions")
+                        ),
+                        notes,
+                    )
+                )
+            tour.say(f"{leaver}: {written.outcome}")
+            tour.table(["target", "account", "entitlements", "sessions", "why not removed"], rows)
+            tour.say(f"    evidence: {written.json_path} and {written.html_path.name}")
+            tour.summary.setdefault("leavers", {})[leaver] = written.as_dict()
+    finally:
+        verifier.close()
+
+    tour.heading("10. Coverage: where removal can and cannot be verified")
+    mapped = coverage(workspace)
+    tour.table(
+        ["target", "category", "write", "read back", "sessions"],
+        [
+            (
+                c.target,
+                c.category,
+                ", ".join(c.write) or "-",
+                ", ".join(c.read_back) or "-",
+                "yes" if c.sessions else "no",
+            )
+            for c in mapped
+        ],
+    )
+    for c in mapped:
+        for spot in c.blind_spots:
+            tour.say(f"    blind spot: {spot.target} {spot.layer}: {spot.why}")
+    tour.summary["coverage"] = [c.as_dict() for c in mapped]
+
+    tour.heading("11. Audit")
     with workspace.sessions() as session:
         verified = audit.verify(session)
     tour.say(

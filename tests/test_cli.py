@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -77,6 +78,15 @@ def test_help_lists_verbs_and_every_command_has_an_example(cli: Any) -> None:
         ["audit", "verify"],
         ["audit", "export"],
         ["policy", "check"],
+        ["apply"],
+        ["run"],
+        ["tasks", "list"],
+        ["reconcile"],
+        ["cases", "list"],
+        ["marks", "set"],
+        ["debt"],
+        ["verify-leaver"],
+        ["coverage"],
     ):
         shown = cli(*command, "--help")
         assert shown.code == 0, command
@@ -318,3 +328,19 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 7
     assert result.stderr.startswith(f"error: no Provisor workspace database in {tmp_path}")
     assert "Traceback" not in result.stderr
+
+
+def test_demo_tour_reconciles_and_proves_removal(cli: Any, tmp_path: Path) -> None:
+    """The guided tour end to end: what was changed behind Provisor's back is found and fixed,
+    and each leaver's evidence is written from a live read."""
+    result = cli("demo", "--dir", str(tmp_path / "tour"), "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    first, again = summary["reconcile"]["first"], summary["reconcile"]["again"]
+    assert {"drift", "terminated-active", "orphan"} <= set(first["classes"])
+    assert set(again["classes"]) == {"ok", "orphan"}  # the orphan went to its owner as a ticket
+    assert first["tickets"] >= 1 and again["planned"] == 0
+    outcomes = {who: leaver["outcome"] for who, leaver in summary["leavers"].items()}
+    assert outcomes == {"E1010": "pass", "E1134": "fail"}  # a manual application still has E1134
+    assert Path(summary["leavers"]["E1010"]["html"]).exists()
+    assert summary["audit"]["ok"] is True
