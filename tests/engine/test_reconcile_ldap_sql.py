@@ -1,5 +1,5 @@
 """Reconciliation against a real slapd and real PostgreSQL roles: an extra group, a re-enabled
-leaver, an account made by hand and (PostgreSQL) a renamed role, planted with plain ldap3 and
+leaver, an account made by hand and a renamed user or role, planted with plain ldap3 and
 SQL behind Provisor's back, are found, classified, and fixed (auto) or reported (orphans)."""
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ targets:
 
 def test_ldap_planted_changes(directory: tuple[Workspace, Namespace]) -> None:
     ws, space = directory
-    people(ws, "E1", "E2")
+    people(ws, "E1", "E2", "E3")
     plan(ws)
     assert apply(ws).failed == 0
     event(ws, "E2", EventKind.TERMINATE)
     plan(ws)
     assert apply(ws).failed == 0
-    e1, e2 = (f"uid={u}@example.com,{space.people}" for u in ("e1", "e2"))
+    e1, e2, e3 = (f"uid={u}@example.com,{space.people}" for u in ("e1", "e2", "e3"))
     assert raw_entry(space.server, e1) is not None, "the connector names users otherwise"
     connection = admin(space.server)
     try:
@@ -95,6 +95,8 @@ def test_ldap_planted_changes(directory: tuple[Workspace, Namespace]) -> None:
             {"cn": "Hand Made", "sn": "Made", "mail": "handmade@example.com"},
         )
         assert connection.result["result"] == 0, connection.result
+        connection.modify_dn(e3, "uid=e3.renamed@example.com")  # renamed by hand
+        assert connection.result["result"] == 0, connection.result
     finally:
         connection.unbind()
     later = NOW + timedelta(hours=1)
@@ -104,7 +106,11 @@ def test_ldap_planted_changes(directory: tuple[Workspace, Namespace]) -> None:
     assert kinds["e1@example.com"][0] == "drift" and "extra ops" in kinds["e1@example.com"][2]
     assert kinds["e2@example.com"][:2] == ("terminated-active", "auto")
     assert kinds["handmade"][:2] == ("orphan", "report")
+    renamed = kinds["e3.renamed@example.com"]
+    assert renamed[:2] == ("drift", "auto") and "e3@example.com" in renamed[2]
     assert apply(ws, later).failed == 0
+    assert raw_entry(space.server, e3) is not None  # renamed back (modrdn)
+    assert raw_entry(space.server, f"uid=e3.renamed@example.com,{space.people}") is None
     members = raw_entry(space.server, f"cn=ops,{space.groups}", "member") or {}
     assert e1 not in members.get("member", [])
     locked = raw_entry(space.server, e2, "pwdAccountLockedTime") or {}
