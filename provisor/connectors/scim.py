@@ -5,8 +5,13 @@ Does: discover what the server supports from ``/ServiceProviderConfig``; create 
 ``active`` (or a PUT of the whole user where PATCH is not supported), manage group membership as
 entitlements (PATCH add / remove with a value filter, PUT fallback), read one user with its
 groups, list every user walking all pages, delete (404 means already gone); bearer or basic
-authentication over one keep-alive connection; map HTTP failures to retryable (5xx, 429 with
+authentication over keep-alive connections; map HTTP failures to retryable (5xx, 429 with
 ``Retry-After`` in seconds or as an HTTP date, timeouts, refused connections) or permanent.
+Listing is built for tens of thousands of users: pages as large as the server allows, only the
+attributes the account record needs, the next pages requested while the current one is read
+once ``totalResults`` is known, each group's members read once (not a search per user), and
+the listed JSON read directly into account records (attribute names compared without regard
+to case, as RFC 7643 §2.1 says) rather than validated into models first.
 Does not: decide what to change, retry, or know about identities beyond the account spec.
 Sessions are not part of SCIM: revoking them is unsupported here.
 """
@@ -17,7 +22,10 @@ import email.utils
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -41,7 +49,15 @@ from provisor.connectors.base import (
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 412, 425, 429, 500, 502, 503, 504})
-PAGE = 200
+PAGE = 1000  # resources asked for per page; a smaller maximum the server announces wins
+READ_AHEAD = 2  # list pages requested at once, once the first page tells the total
+# changed users above which their groups come from one read of every group's members rather
+# than a search per user (each such search makes the server scan every membership)
+MEMBERSHIP_SEARCHES = 50
+USER_ATTRIBUTES = ("userName", "externalId", "displayName", "emails", "active", "title")
+# how JSON booleans may arrive as strings, as pydantic reads them for the models
+TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
+FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -66,12 +82,112 @@ def _quoted(value: str) -> str:
     return json.dumps(value)
 
 
+def _folded(value: Any) -> dict[str, Any]:
+    """A JSON object with its keys in lower case (SCIM attribute names ignore case); anything
+    else as an empty object."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(key).lower(): item for key, item in value.items()}
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a multi-valued attribute, keys in lower case."""
+    return (
+        [_folded(item) for item in value if isinstance(item, dict)]
+        if isinstance(value, list)
+        else []
+    )
+
+
+def _flag(value: Any) -> bool | None:
+    """A SCIM boolean as JSON or as the strings some servers send; None when it is neither."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        folded = value.strip().lower()
+        if folded in TRUE:
+            return True
+        if folded in FALSE:
+            return False
+    return None
+
+
 def _patch(model: Any, op: str, path: str, value: Any = None) -> Any:
     """A one-operation PATCH request for ``model`` (the models are generic in the resource)."""
     operation_model: Any = PatchOperation[model]
     patch_model: Any = PatchOp[model]
     fields = {"op": op, "path": path} | ({"value": value} if value is not None else {})
     return patch_model(operations=[operation_model(**fields)])
+
+
+Page = tuple[list[dict[str, Any]], int | None]  # resources (keys in lower case), totalResults
+
+
+class _Pages:
+    """The pages of one listing, in order. The first page is requested at once; once it tells
+    ``totalResults``, up to ``READ_AHEAD`` pages are requested ahead of the one being read, by
+    ``startIndex`` at the server's own page size. A page that ends somewhere other than where
+    the next was planned (the listing moved while it was read) plans the rest again from where
+    it ended, as a walk page after page would; an empty page ends the listing. Without a total,
+    pages are read one after another until a short one."""
+
+    def __init__(
+        self, pool: ThreadPoolExecutor, fetch: Callable[[int, int], Page], size: int
+    ) -> None:
+        self._pool, self._fetch, self._size = pool, fetch, size
+        self._stride = size
+        self._next = 1
+        self._queue: deque[tuple[int, Future[Page]]] = deque()
+        self.total: int | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        self._queue.append((self._next, self._pool.submit(self._fetch, self._next, self._size)))
+        self._next += self._stride
+
+    def _drop(self) -> None:
+        for _, future in self._queue:
+            future.cancel()
+        self._queue.clear()
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        previous: Any = None
+        try:
+            while self._queue:
+                start, future = self._queue.popleft()
+                resources, total = future.result()
+                self.total = total
+                if not resources or resources[0].get("id", start) == previous:
+                    return  # the end, or a server without totals answering the same page again
+                previous = resources[0].get("id", start)
+                end = start + len(resources)
+                if start == 1:
+                    self._stride = len(resources)  # the server may answer fewer than asked
+                if (self._queue[0][0] if self._queue else self._next) != end:
+                    self._drop()
+                    self._next = end
+                last = len(resources) < self._stride if total is None else end - 1 >= total
+                if not last:
+                    ahead = READ_AHEAD if total is not None else 1
+                    while len(self._queue) < ahead and (total is None or self._next <= total):
+                        self._submit()
+                yield resources
+                if last:
+                    return
+        finally:
+            self._drop()
+
+
+@contextmanager
+def _reader() -> Iterator[ThreadPoolExecutor]:
+    """Threads for the pages requested ahead; queued requests are dropped on the way out."""
+    pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="scim-list")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ScimConnector:
@@ -114,6 +230,7 @@ class ScimConnector:
         if self._dialect not in ("rfc", "entra"):
             raise PermanentError(f"target {name}: connection.dialect must be rfc or entra")
         self._groups: dict[str, str] = {}
+        self._page_limit: int | None = None
         self._discovered = False
         self._setup = threading.Lock()
         # PUT of a group is read-modify-write: two workers changing one group at once would
@@ -241,9 +358,7 @@ class ScimConnector:
             }
         )
 
-    def _record(self, user: Any, groups: frozenset[str] | None = None) -> AccountRecord:
-        if groups is None:
-            groups = self._groups_of(user)
+    def _record(self, user: Any) -> AccountRecord:
         attributes: dict[str, Any] = {}
         if user.display_name:
             attributes["name"] = str(user.display_name)
@@ -256,7 +371,7 @@ class ScimConnector:
             account=str(user.id),
             user_name=str(user.user_name),
             enabled=user.active is not False,
-            entitlements=groups,
+            entitlements=self._groups_of(user),
             external_id=user.external_id,
             attributes=attributes,
         )
@@ -264,9 +379,11 @@ class ScimConnector:
     def _groups_of(self, user: Any) -> frozenset[str]:
         if self._membership == "user":
             return frozenset(g.display for g in (user.groups or []) if g.display)
-        found = self._search(
-            self._group, f"members.value eq {_quoted(str(user.id))}", ["displayName"]
-        )
+        return self._groups_holding(str(user.id))
+
+    def _groups_holding(self, account: str) -> frozenset[str]:
+        """The groups with ``account`` among their members: one search on the group side."""
+        found = self._search(self._group, f"members.value eq {_quoted(account)}", ["displayName"])
         return frozenset(str(g.display_name) for g in found)
 
     def _search(
@@ -308,14 +425,12 @@ class ScimConnector:
         return self._record(users[0])
 
     def list_accounts(self) -> Iterator[AccountRecord]:
-        members: dict[str, set[str]] = {}
-        if self._membership != "user":
-            for group in self._search(self._group, None, ["displayName", "members"]):
-                for member in group.members or []:
-                    members.setdefault(str(member.value), set()).add(str(group.display_name))
-        for user in self._search(self._user, None):
-            groups = None if self._membership == "user" else frozenset(members.get(user.id, ()))
-            yield self._record(user, groups)
+        with _reader() as pool:
+            users = self._listing(pool, "/Users", None, self._user_attributes())
+            members = None if self._membership == "user" else self._members(pool)
+            for page in users:
+                for user in page:
+                    yield self._listed(user, members)
 
     @staticmethod
     def _since(when: datetime) -> str:
@@ -324,23 +439,161 @@ class ScimConnector:
     def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
         """Users whose own resource changed at or after ``since`` (``meta.lastModified``),
         with their current groups. Group membership changes show in ``changed_memberships``."""
-        for user in self._search(self._user, f"meta.lastModified ge {self._since(since)}"):
-            yield self._record(user)
+        by_user = self._membership == "user"
+        with _reader() as pool:
+            filter_ = f"meta.lastModified ge {self._since(since)}"
+            users = self._listing(pool, "/Users", filter_, self._user_attributes())
+            members: dict[str, set[str]] | None = None
+            for page in users:
+                changed = users.total if users.total is not None else len(page)
+                if not by_user and members is None and changed > MEMBERSHIP_SEARCHES:
+                    members = self._members(pool)
+                for user in page:
+                    if by_user or members is not None:
+                        yield self._listed(user, members)
+                    else:
+                        yield self._listed(user, self._groups_holding(str(user.get("id"))))
 
     def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
         """For every group changed at or after ``since``: all its members now (account ids).
         Reading membership from the user side, changed users carry their groups instead."""
         if self._membership == "user":
             return {}
-        found = self._search(
-            self._group,
-            f"meta.lastModified ge {self._since(since)}",
-            ["displayName", "members"],
+        with _reader() as pool:
+            filter_ = f"meta.lastModified ge {self._since(since)}"
+            found: dict[str, set[str]] = {}
+            for page in self._listing(pool, "/Groups", filter_, ("displayName", "members")):
+                for group in page:
+                    name, ids = self._group_members(group)
+                    found.setdefault(name, set()).update(ids)
+        return {name: frozenset(ids) for name, ids in found.items()}
+
+    # --- listing --------------------------------------------------------------------------
+
+    def _user_attributes(self) -> tuple[str, ...]:
+        return USER_ATTRIBUTES + (("groups",) if self._membership == "user" else ())
+
+    def _get_json(self, what: str, path: str, params: Mapping[str, str | int]) -> dict[str, Any]:
+        """One GET answered with a JSON object, its keys in lower case; failures mapped."""
+        self._seen.response = None
+        try:
+            response = self._http.get(path, params=params)
+        except httpx2.TransportError as exc:
+            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 300:
+            try:
+                detail = str(_folded(response.json()).get("detail", ""))
+            except ValueError:
+                detail = response.text[:200]
+            raise self._status_error(what, response.status_code, detail)
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise PermanentError(
+                f"{self.name}: {what}: HTTP {response.status_code}: the answer is not JSON"
+            ) from exc
+        if not isinstance(document, dict):
+            raise PermanentError(
+                f"{self.name}: {what}: HTTP {response.status_code}: the answer is not an object"
+            )
+        return _folded(document)
+
+    def _page_size(self) -> int:
+        """``PAGE``, or less where ``/ServiceProviderConfig`` announces a smaller maximum
+        (``filter.maxResults``, ``pagination.maxPageSize``); read once, without the full
+        discovery that writing needs."""
+        if self._page_limit is None:
+            config = self._get_json("discovery", "/ServiceProviderConfig", {})
+            bounds = [PAGE]
+            for section, key in (("filter", "maxresults"), ("pagination", "maxpagesize")):
+                bound = _folded(config.get(section)).get(key)
+                if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
+                    bounds.append(bound)
+            self._page_limit = min(bounds)
+        return self._page_limit
+
+    def _page(
+        self, path: str, filter_: str | None, attributes: tuple[str, ...], start: int, count: int
+    ) -> Page:
+        """One page of a listing: its resources (keys in lower case) and ``totalResults``."""
+        params: dict[str, str | int] = {"startIndex": start, "count": count}
+        if filter_:
+            params["filter"] = filter_
+        if attributes:
+            params["attributes"] = ",".join(attributes)
+        document = self._get_json(f"search {path.strip('/')} {filter_ or 'all'}", path, params)
+        total = document.get("totalresults")
+        return (
+            _objects(document.get("resources")),
+            total if isinstance(total, int) and not isinstance(total, bool) else None,
         )
-        return {
-            str(group.display_name): frozenset(str(m.value) for m in group.members or [])
-            for group in found
+
+    def _listing(
+        self, pool: ThreadPoolExecutor, path: str, filter_: str | None, attributes: tuple[str, ...]
+    ) -> _Pages:
+        """Every resource at ``path`` matching ``filter_``, page by page; the first page is
+        requested at once."""
+        size = self._page_size()
+        return _Pages(
+            pool, lambda start, count: self._page(path, filter_, attributes, start, count), size
+        )
+
+    def _group_members(self, group: dict[str, Any]) -> tuple[str, set[str]]:
+        ids = {
+            str(m["value"]) for m in _objects(group.get("members")) if m.get("value") is not None
         }
+        return str(group.get("displayname")), ids
+
+    def _members(self, pool: ThreadPoolExecutor) -> dict[str, set[str]]:
+        """Account id -> the names of its groups, reading every group's members once."""
+        members: dict[str, set[str]] = {}
+        for page in self._listing(pool, "/Groups", None, ("displayName", "members")):
+            for group in page:
+                name, ids = self._group_members(group)
+                for account in ids:
+                    members.setdefault(account, set()).add(name)
+        return members
+
+    def _listed(
+        self, user: dict[str, Any], groups: Mapping[str, set[str]] | frozenset[str] | None
+    ) -> AccountRecord:
+        """An account record from a listed user (keys in lower case): ``groups`` is every
+        account's groups, or this user's, or None to read them from the user itself."""
+        account = user.get("id")
+        if account is None or account == "":
+            raise PermanentError(f"{self.name}: the server listed a user without an id")
+        account = str(account)
+        if groups is None:
+            entitlements = frozenset(
+                str(g["display"]) for g in _objects(user.get("groups")) if g.get("display")
+            )
+        elif isinstance(groups, frozenset):
+            entitlements = groups
+        else:
+            entitlements = frozenset(groups.get(account, ()))
+        active = user.get("active")
+        enabled = _flag(active) if active is not None else True
+        if enabled is None:
+            raise PermanentError(
+                f"{self.name}: user {account} has active={active!r}, not a boolean"
+            )
+        attributes: dict[str, Any] = {}
+        if user.get("displayname"):
+            attributes["name"] = str(user["displayname"])
+        email = next((e["value"] for e in _objects(user.get("emails")) if e.get("value")), None)
+        if email:
+            attributes["email"] = str(email)
+        if user.get("title"):
+            attributes["title"] = str(user["title"])
+        external_id = user.get("externalid")
+        return AccountRecord(
+            account=account,
+            user_name=str(user.get("username")),
+            enabled=enabled,
+            entitlements=entitlements,
+            external_id=None if external_id is None else str(external_id),
+            attributes=attributes,
+        )
 
     # --- writing --------------------------------------------------------------------------
 
