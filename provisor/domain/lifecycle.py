@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 
@@ -112,6 +113,18 @@ _STATE_AFTER: dict[EventKind, LifecycleState | None] = {
 DEFAULT_RESCIND_WINDOW = timedelta(days=30)
 
 
+@lru_cache(maxsize=4096)
+def _utc_text(value: datetime) -> str:
+    # Only ever given UTC datetimes: two equal instants in other zones would share an entry.
+    return value.isoformat()
+
+
+def utc_text(value: datetime) -> str:
+    """``utc(value).isoformat()``, remembered: events and audit entries spell the same few
+    instants (today, the hire dates of a feed) over and over."""
+    return _utc_text(utc(value))
+
+
 def utc(value: datetime | date) -> datetime:
     """Return ``value`` as an aware UTC datetime; a bare date means midnight UTC of that day."""
     if not isinstance(value, datetime):
@@ -128,11 +141,47 @@ _canonical = json.JSONEncoder(
 ).encode
 
 
+# canonical_json of a string: what the encoder above does with one, without its method call.
+_canonical_text = json.encoder.encode_basestring
+
+
 def canonical_json(value: Any) -> str:
     """The one JSON spelling of a value: sorted keys, no spaces, UTF-8 kept as is."""
     # None (an absent ref or state) is common in keys and audit entries, and the encoder only
     # short-cuts strings.
     return "null" if value is None else _canonical(value)
+
+
+def canonical_text(value: str | None) -> str:
+    """canonical_json of a string or None, for the many short ones keys and audit entries hold."""
+    if value is None:
+        return "null"
+    return _canonical_text(value) if type(value) is str else _canonical(value)
+
+
+def _mapping_encoder() -> Callable[[dict[str, Any]], str]:
+    """canonical_json of a dict through one C encoder made once, where the json module has
+    one: ``JSONEncoder.encode`` makes a new one for every call, which is a third of encoding
+    the attributes of an HR row. The same encoder (same settings) gives the same text; a test
+    compares the two."""
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _canonical
+    # No circular-reference check (markers=None): attributes are parsed JSON or feed values,
+    # and a cycle would still end in a RecursionError rather than in wrong output.
+    try:
+        encode = make(None, str, _canonical_text, None, ":", ",", True, False, True)
+    except TypeError:  # a json module whose C encoder takes other arguments
+        return _canonical
+
+    def canonical_mapping(value: dict[str, Any]) -> str:
+        return "".join(encode(value, 0))
+
+    return canonical_mapping
+
+
+canonical_mapping = _mapping_encoder()
+_KIND_JSON = {kind: canonical_json(str(kind)) for kind in EventKind}
 
 
 def event_key(
@@ -152,10 +201,11 @@ def _key(
     # The canonical JSON of {"identity", "kind", "effective", "attributes", "ref"}, spelled out
     # in sorted key order so that the attributes' JSON (which audit entries reuse) is encoded
     # once per event; a test checks it against canonical_json of the whole.
+    kind_json = _KIND_JSON.get(kind) or canonical_json(str(kind))
     body = (
-        f'{{"attributes":{attributes_json},"effective":"{utc(effective).isoformat()}",'
-        f'"identity":{canonical_json(identity)},"kind":{canonical_json(str(kind))},'
-        f'"ref":{canonical_json(ref)}}}'
+        f'{{"attributes":{attributes_json},"effective":"{utc_text(effective)}",'
+        f'"identity":{canonical_text(identity)},"kind":{kind_json},'
+        f'"ref":{canonical_text(ref)}}}'
     )
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
@@ -185,13 +235,46 @@ class LifecycleEvent:
         """The attributes as canonical JSON, as the key hashes them."""
         cached: str | None = self.__dict__.get("_attributes_json")
         if cached is None:
-            cached = canonical_json(dict(self.attributes))
+            cached = canonical_mapping(dict(self.attributes))
             # Kept beside the fields (not one of them: equality and repr ignore it).
             object.__setattr__(self, "_attributes_json", cached)
         return cached
 
     def sort_key(self) -> tuple[datetime, int, str]:
         return (self.effective, _KIND_ORDER[self.kind], self.key)
+
+
+def new_event(
+    identity: str,
+    kind: EventKind,
+    effective: datetime,
+    recorded: datetime,
+    attributes: Mapping[str, Any],
+    ref: str | None,
+    source: str,
+) -> LifecycleEvent:
+    """``LifecycleEvent(identity, kind, effective, recorded, attributes, ref, source)``, built
+    without the frozen-dataclass ``__init__`` (which sets each field through
+    ``object.__setattr__``): an import makes one per changed row, and that constructor is a
+    quarter of the cost of making an event. It must set every field the constructor sets, and
+    the same key (a test compares the two)."""
+    event = object.__new__(LifecycleEvent)
+    effective = utc(effective)
+    attributes_json = canonical_mapping(
+        attributes if type(attributes) is dict else dict(attributes)
+    )
+    event.__dict__.update(
+        identity=identity,
+        kind=kind,
+        effective=effective,
+        recorded=utc(recorded),
+        attributes=attributes,
+        ref=ref,
+        source=source,
+        key=_key(identity, kind, effective, attributes_json, ref),
+        _attributes_json=attributes_json,
+    )
+    return event
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState
+from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, new_event
 from provisor.engine.lifecycle import Outcome, chunks, record_events
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError
@@ -124,6 +125,23 @@ def _pending(session: Any, kind: EventKind, status: str, now: datetime) -> dict[
     return {identity: key for identity, key in session.execute(query)}
 
 
+# States and the hire, looked up once: reading a member from its enum class is slow, and these
+# are read for every row of a snapshot.
+_ACTIVE = LifecycleState.ACTIVE.value
+_TERMINATED = LifecycleState.TERMINATED.value
+_PRE_HIRE = LifecycleState.PRE_HIRE.value
+_HIRE = EventKind.HIRE
+# The events that take an identity from a state (first) to a snapshot row's status (second).
+_STEPS: dict[tuple[str, str], tuple[EventKind, ...]] = {
+    ("active", "leave"): (EventKind.LEAVE,),
+    ("active", "suspended"): (EventKind.SUSPEND,),
+    ("leave", "active"): (EventKind.RETURN,),
+    ("leave", "suspended"): (EventKind.SUSPEND,),
+    ("suspended", "active"): (EventKind.RESUME,),
+    ("suspended", "leave"): (EventKind.RESUME, EventKind.LEAVE),
+}
+
+
 def _snapshot_events(
     records: list[FeedRecord],
     known: dict[str, _Known],
@@ -147,37 +165,43 @@ def _snapshot_events(
         ref: str | None = None,
     ) -> None:
         events.append(
-            LifecycleEvent(r.identity, kind, when, now, attrs or {}, ref, f"{source}:{r.line}")
+            new_event(r.identity, kind, when, now, attrs or {}, ref, f"{source}:{r.line}")
         )
 
-    listed: set[str] = set()
     for r in records:
-        listed.add(r.identity)
-        status = r.status or "active"
-        have = known.get(r.identity)
+        identity = r.identity
+        status = r.status or _ACTIVE
+        have = known.get(identity)
         before = len(events)
         if have is None or have.state is None:
-            if status == LifecycleState.TERMINATED:
+            if status == _TERMINATED:
                 warnings.append(
-                    f"{source}:{r.line} {r.identity} is listed as terminated but was "
+                    f"{source}:{r.line} {identity} is listed as terminated but was "
                     "never imported; ignored"
                 )
                 continue
             start = r.effective or now
-            add(r, EventKind.HIRE, start, r.attributes)
-            _status_events(r, status, LifecycleState.ACTIVE.value, max(start, now), add)
-        elif have.state == LifecycleState.TERMINATED:
-            if status != LifecycleState.TERMINATED:
+            # The hire (nearly every row of a first import) is added here rather than by add().
+            events.append(
+                new_event(
+                    identity, _HIRE, start, now, r.attributes or {}, None, f"{source}:{r.line}"
+                )
+            )
+            if status != _ACTIVE:
+                _status_events(r, status, _ACTIVE, max(start, now), add)
+        elif have.state == _TERMINATED:
+            if status != _TERMINATED:
                 when = (
                     r.effective
                     if r.effective and have.terminated_at and r.effective > have.terminated_at
                     else now
                 )
                 add(r, EventKind.REHIRE, when, r.attributes)
-                _status_events(r, status, LifecycleState.ACTIVE.value, max(when, now), add)
+                if status != _ACTIVE:
+                    _status_events(r, status, _ACTIVE, max(when, now), add)
         else:
             when = now
-            if have.state == LifecycleState.PRE_HIRE and have.next_change_at is not None:
+            if have.state == _PRE_HIRE and have.next_change_at is not None:
                 when = max(now, have.next_change_at)
             changes = {k: v for k, v in r.attributes.items() if have.attributes.get(k) != v}
             converted = changes.pop("employment_type", None)
@@ -187,10 +211,10 @@ def _snapshot_events(
                 add(r, EventKind.MOVE, when, changes)
             _status_events(r, status, have.state, when, add)
         end = r.end
-        pending = future_terminations.get(r.identity)
-        if status != LifecycleState.TERMINATED and r.identity not in held_terminations:
+        pending = future_terminations.get(identity)
+        if status != _TERMINATED and identity not in held_terminations:
             if end is not None and end > now:
-                candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end, now)
+                candidate = LifecycleEvent(identity, EventKind.TERMINATE, end, now)
                 if pending != candidate.key:
                     if pending is not None:
                         add(r, EventKind.RESCIND, now, ref=pending)
@@ -207,7 +231,7 @@ def _snapshot_events(
             "from this snapshot is terminated; fix those rows and import again"
         )
         known = {}
-    listed |= rejected
+    listed = ({r.identity for r in records} | rejected) if known else rejected
     for identity, have in known.items():
         if (
             identity not in listed
@@ -238,18 +262,10 @@ def _status_events(
     add: Callable[..., None],
 ) -> None:
     """Events that move ``current`` to the row's ``status``."""
-    steps: dict[tuple[str, str], list[EventKind]] = {
-        ("active", "leave"): [EventKind.LEAVE],
-        ("active", "suspended"): [EventKind.SUSPEND],
-        ("leave", "active"): [EventKind.RETURN],
-        ("leave", "suspended"): [EventKind.SUSPEND],
-        ("suspended", "active"): [EventKind.RESUME],
-        ("suspended", "leave"): [EventKind.RESUME, EventKind.LEAVE],
-    }
     if status == LifecycleState.TERMINATED and current != LifecycleState.TERMINATED:
         add(r, EventKind.TERMINATE, r.end or when)
         return
-    for kind in steps.get((current, status), []):
+    for kind in _STEPS.get((current, status), ()):
         add(r, kind, when)
 
 
@@ -257,12 +273,17 @@ def _check_references(
     parsed: ParsedFeed, session: Any, file_ids: set[str], now: datetime
 ) -> tuple[list[FeedRecord], list[RowError], list[RowError], dict[str, list[str]]]:
     """Owners must be known humans (row refused otherwise); unknown managers are flagged."""
-    refs = {r.attributes.get("owner") for r in parsed.records} | {
-        r.attributes.get("manager") for r in parsed.records
-    }
+    owners = {r.attributes.get("owner") for r in parsed.records}
+    refs = owners | {r.attributes.get("manager") for r in parsed.records}
     wanted = sorted(str(v) for v in refs if v and v not in file_ids)
     stored = {k: v.kind for k, v in _known(session, wanted).items()}
-    kinds = {r.identity: str(r.attributes.get("kind") or "human") for r in parsed.records}
+    # The kind of each identity named as an owner: the stored one, else its row's in this file.
+    named = {str(v) for v in owners if v}
+    kinds = {
+        r.identity: str(r.attributes.get("kind") or "human")
+        for r in parsed.records
+        if r.identity in named
+    }
     kinds.update(stored)
     accepted: list[FeedRecord] = []
     errors: list[RowError] = []
@@ -282,7 +303,7 @@ def _check_references(
             )
             continue
         manager = r.attributes.get("manager")
-        if manager and manager not in kinds:
+        if manager and manager not in file_ids and manager not in stored:
             warnings.append(
                 RowError(
                     parsed.file,
@@ -343,14 +364,17 @@ def _import(
         say("checking")
         file_ids = {r.identity for r in parsed.records}
         records, ref_errors, ref_warnings, flags = _check_references(parsed, session, file_ids, now)
-        accepted_ids = {r.identity for r in records}
-        rejected = parsed.rejected_ids | (file_ids - accepted_ids)
+        rejected = parsed.rejected_ids
+        if ref_errors:
+            rejected = rejected | (file_ids - {r.identity for r in records})
         errors = [str(e) for e in (*parsed.errors, *ref_errors)]
         warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
         unchanged = missing = 0
+        stored: Container[str] | None = None
         if mapping.mode is FeedMode.SNAPSHOT:
             say("comparing")
             known = _known(session, None)
+            stored = known  # every identity that has a row
             events, unchanged, missing, diff_warnings = _snapshot_events(
                 records,
                 known,
@@ -386,10 +410,9 @@ def _import(
             now=now,
             import_id=record.id,
             flags=flags,
+            stored=stored,
         )
-        counts: dict[str, int] = {}
-        for event in events:
-            counts[event.kind.value] = counts.get(event.kind.value, 0) + 1
+        counts = {str(kind): n for kind, n in Counter(e.kind for e in events).items()}
         report = ImportReport(
             file=str(path),
             feed=feed_name,

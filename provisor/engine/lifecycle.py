@@ -11,7 +11,7 @@ commit.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -27,8 +27,9 @@ from provisor.domain.lifecycle import (
     IdentityState,
     LifecycleEvent,
     LifecycleState,
-    canonical_json,
+    canonical_text,
     fold,
+    utc_text,
 )
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
@@ -167,8 +168,8 @@ def _materialised(
 ) -> dict[str, Any]:
     """The identities columns that hold an identity's state as of ``now``."""
     return {
-        "kind": str(attrs.get("kind") or IdentityKind.HUMAN),
-        "state": state.value if state is not None else None,
+        "kind": str(attrs.get("kind") or _HUMAN),
+        "state": _STATE_VALUE[state],
         "name": attrs.get("name"),
         "email": attrs.get("email"),
         "manager": attrs.get("manager"),
@@ -184,6 +185,15 @@ def _materialised(
 
 # A status a new hire's snapshot row may put them in right away.
 _AWAY = {EventKind.LEAVE: LifecycleState.LEAVE, EventKind.SUSPEND: LifecycleState.SUSPENDED}
+# Members looked up once: reading one from its enum class is slow, and these are read per row.
+_HIRE, _TERMINATE = EventKind.HIRE, EventKind.TERMINATE
+_HUMAN = IdentityKind.HUMAN
+_PRE_HIRE, _ACTIVE = LifecycleState.PRE_HIRE, LifecycleState.ACTIVE
+_STATE_VALUE: dict[LifecycleState | None, str | None] = {s: s.value for s in LifecycleState}
+_STATE_VALUE[None] = None
+# What the events table stores as an event's kind, and the action of its audit entry.
+_KIND_VALUE = {kind: kind.value for kind in EventKind}
+_ACTION = {kind: f"lifecycle.{kind.value}" for kind in EventKind}
 
 
 def _hired(events: Sequence[LifecycleEvent], now: datetime) -> dict[str, Any] | None:
@@ -197,11 +207,12 @@ def _hired(events: Sequence[LifecycleEvent], now: datetime) -> dict[str, Any] | 
     """
     hire = status = end = None
     for event in events:
-        if event.kind is EventKind.HIRE and hire is None:
+        kind = event.kind
+        if kind is _HIRE and hire is None:
             hire = event
-        elif event.kind in _AWAY and status is None and not event.attributes:
+        elif kind in _AWAY and status is None and not event.attributes:
             status = event
-        elif event.kind is EventKind.TERMINATE and end is None and event.effective > now:
+        elif kind is _TERMINATE and end is None and event.effective > now:
             end = event
         else:
             return None
@@ -216,11 +227,11 @@ def _hired(events: Sequence[LifecycleEvent], now: datetime) -> dict[str, Any] | 
     upcoming = [e.effective for e in (hire, status, end) if e is not None and e.effective > now]
     next_change = min(upcoming, default=None)
     if start > now:
-        state, since, employed = LifecycleState.PRE_HIRE, None, None
+        state, since, employed = _PRE_HIRE, None, None
     elif status is not None and status.effective <= now:
         state, since, employed = _AWAY[status.kind], status.effective, start
     else:
-        state, since, employed = LifecycleState.ACTIVE, start, start
+        state, since, employed = _ACTIVE, start, start
     return _materialised(hire.attributes, state, employed, None, since, next_change, now)
 
 
@@ -230,10 +241,10 @@ def _audit_data(event: LifecycleEvent, status: str, before: str | None, after: s
     the event's key is the hash of its whole content, attributes included, so the chain
     commits to them through the key and ``audit verify`` re-hashes every stored event."""
     return (
-        f'{{"effective":"{event.effective.isoformat()}",'
-        f'"event":"{event.key}","ref":{canonical_json(event.ref)},'
-        f'"source":{canonical_json(event.source)},"state_after":{canonical_json(after)},'
-        f'"state_before":{canonical_json(before)},"status":"{status}"}}'
+        f'{{"effective":"{utc_text(event.effective)}",'
+        f'"event":"{event.key}","ref":{canonical_text(event.ref)},'
+        f'"source":{canonical_text(event.source)},"state_after":{canonical_text(after)},'
+        f'"state_before":{canonical_text(before)},"status":"{status}"}}'
     )
 
 
@@ -311,18 +322,24 @@ def record_events(
     strict: bool = False,
     import_id: int | None = None,
     flags: dict[str, list[str]] | None = None,
+    stored: Container[str] | None = None,
 ) -> Outcome:
     """Record ``events`` and bring the affected identities up to date as of ``now``.
 
     ``strict`` (one event typed by a person) refuses an event that would have no effect;
     otherwise (feeds, where events may arrive out of order) it is recorded with a warning.
-    A rescind outside its window is always refused.
+    A rescind outside its window is always refused. ``stored``, from a caller that has read
+    them already, holds the id of every identity that has a row, so only those are looked up.
     """
     outcome = Outcome()
     unique: dict[str, LifecycleEvent] = {}
     for event in events:
         unique.setdefault(event.key, event)
-    keys = list(unique)
+    named = sorted({event.identity for event in unique.values()})
+    rows = load_identities(session, named if stored is None else [i for i in named if i in stored])
+    # An event is only ever stored together with its identity's row (below), so only events of
+    # identities that have a row can be stored already: a first import looks none up.
+    keys = [key for key, event in unique.items() if event.identity in rows]
     for part in chunks(keys):
         for key in session.execute(
             select(IdentityEvent.key).where(IdentityEvent.key.in_(part))
@@ -332,8 +349,7 @@ def record_events(
     new_by_id: dict[str, list[LifecycleEvent]] = defaultdict(list)
     for event in unique.values():
         new_by_id[event.identity].append(event)
-    ids = sorted(new_by_id)
-    rows = load_identities(session, ids)
+    ids = [identity for identity in named if identity in new_by_id]
     history = load_history(session, [i for i in ids if i in rows])
     rescind_window = window(config)
 
@@ -414,6 +430,7 @@ def record_events(
     feed = origin_feed(origin)
     hold_id = hold.id if hold is not None else None
     no_flags = json_text([])
+    moves: dict[tuple[str | None, str | None], int] = {}
     # Written in slices so a large import never holds every row, event and audit entry at once.
     for part in chunks(ids, 2000):
         event_rows: list[tuple[Any, ...]] = []
@@ -435,7 +452,7 @@ def record_events(
                     (
                         event.key,
                         identity,
-                        event.kind.value,
+                        _KIND_VALUE[event.kind],
                         event.effective,
                         event.recorded,
                         attributes,
@@ -448,7 +465,7 @@ def record_events(
                 )
                 entries.append(
                     audit.Entry(
-                        f"lifecycle.{event.kind.value}",
+                        _ACTION[event.kind],
                         identity,
                         _audit_data(event, status, before, after),
                     )
@@ -484,11 +501,13 @@ def record_events(
                 row.needs_plan = True
                 row.updated_at = now
             if before != after:
-                outcome.transitions[_transition(before, after)] += 1
-            outcome.changed.append(identity)
+                moves[before, after] = moves.get((before, after), 0) + 1
+        outcome.changed.extend(part)
         bulk_insert(session, IdentityEvent, _EVENT_COLUMNS, event_rows)
         bulk_insert(session, Identity, _IDENTITY_COLUMNS, inserts)
         audit.append(session, entries, at=now)
+    for (before, after), count in moves.items():
+        outcome.transitions[_transition(before, after)] += count
     if hold is not None:
         audit.append(
             session,

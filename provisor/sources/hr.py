@@ -250,6 +250,9 @@ class _RowParser:
         self.mode = mapping.mode
         self.fields = _MODE_FIELDS[mapping.mode]
         self.required = _REQUIRED[mapping.mode]
+        self.required_set = frozenset(self.required)
+        # The length limits of the fields this mode reads.
+        self.limits = [(n, limit) for n, limit in _MAX_LENGTH.items() if n in self.fields]
         self.column = {name: mapping.columns.get(name, name) for name in _FIELDS}
         self.keep_extra = mapping.extra_attributes == "keep"
         self.delimiter = mapping.delimiter
@@ -328,15 +331,16 @@ class _RowParser:
         self, line: int, values: dict[str, Any], present: Container[str], errors: list[RowError]
     ) -> None:
         """Checks every mode shares: required values present; kind, email and owner valid."""
-        for name in self.required:
-            if name not in values:
-                column = self.column[name]
-                if any(e.column == column for e in errors):
-                    continue  # the reader already said what is wrong with it
-                if column in present:
-                    self._bad(errors, line, name, "required value is empty")
-                else:
-                    self._bad(errors, line, name, "required field is missing")
+        if not self.required_set <= values.keys():
+            for name in self.required:
+                if name not in values:
+                    column = self.column[name]
+                    if any(e.column == column for e in errors):
+                        continue  # the reader already said what is wrong with it
+                    if column in present:
+                        self._bad(errors, line, name, "required value is empty")
+                    else:
+                        self._bad(errors, line, name, "required field is missing")
         kind = values.get("kind")
         if kind is not None:
             if kind.lower() in _KINDS:
@@ -352,7 +356,7 @@ class _RowParser:
         if owner is not None and owner == values.get("id"):
             reason = f"owner {owner} is the identity itself; the owner must be someone else"
             self._bad(errors, line, "owner", reason)
-        for name, limit in _MAX_LENGTH.items():
+        for name, limit in self.limits:
             value = values.get(name)
             if isinstance(value, str) and len(value) > limit:
                 reason = f"{len(value)} characters; at most {limit} are kept"

@@ -44,6 +44,15 @@ def default_url(workspace: Path) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # 16 KiB pages rather than 4 KiB: an import writes hundreds of thousands of rows (events,
+    # identities, audit entries) in one transaction, and bigger pages cut its B-tree and WAL
+    # work by about a sixth, while a small change still writes only a few pages. It only takes
+    # effect when the database file is created (it must come before WAL mode is set); an
+    # existing workspace keeps its page size.
+    cursor.execute("PRAGMA page_size=16384")
+    # WAL with synchronous=NORMAL: a commit is durable against a crash of the process, and a
+    # power loss can at worst lose the last transactions, never corrupt the file; readers (the
+    # CLI, reports) never block the writer.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -107,12 +116,15 @@ def bulk_insert(
     connection = session.connection()
     dialect = connection.dialect
     mapped = table(model)
-    # Imports repeat the same few timestamps over and over: each is converted once (cached).
     stored_time = _sqlite_time if dialect.name == "sqlite" else _naive_utc
     columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
     for i, name in enumerate(names):
         if isinstance(mapped.c[name].type, UTCDateTime):
-            columns[i] = map(stored_time, columns[i])
+            # Imports repeat the same few timestamps over and over: each distinct one is
+            # converted once, and the column is mapped through a plain dict.
+            column = columns[i]
+            stored = {value: stored_time(value) for value in set(column)}
+            columns[i] = map(stored.__getitem__, column)
     params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
     into = f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
