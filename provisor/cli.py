@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from provisor.config.policy_files import load_policy
 from provisor.config.workspace import load_config, write_starter
 from provisor.domain.desired import desired_access, explain
-from provisor.domain.lifecycle import EventKind, LifecycleEvent, utc
+from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent, utc
 from provisor.engine import lifecycle as lifecycle_service
 from provisor.engine.imports import import_feed
 from provisor.engine.observed import import_observed
@@ -307,6 +307,11 @@ def event(
         if not sep or not name.strip():
             raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--set")
         changes[name.strip()] = value if value != "" else None
+    if identity.startswith(ORPHAN_PREFIX):
+        raise typer.BadParameter(
+            f"{identity!r}: ids starting {ORPHAN_PREFIX!r} name accounts linked to no identity",
+            param_hint="IDENTITY",
+        )
     now = _now()
     when = _parse_when(effective, "--effective") if effective else now
     workspace = _open()

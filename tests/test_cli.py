@@ -93,6 +93,11 @@ def test_help_lists_verbs_and_every_command_has_an_example(cli: Any) -> None:
         assert "Example:" in shown.out, command
 
 
+def test_event_refuses_ids_reserved_for_orphan_accounts(cli: Any, ws: Path) -> None:
+    result = cli("event", "hire", "orphan:x1")
+    assert result.code == 2 and "name accounts linked to no identity" in result.err
+
+
 def test_before_init_says_what_to_do(cli: Any, tmp_path: Path) -> None:
     result = cli("-w", str(tmp_path / "nowhere"), "identities")
     assert result.code == 7

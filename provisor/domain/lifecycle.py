@@ -111,6 +111,9 @@ _STATE_AFTER: dict[EventKind, LifecycleState | None] = {
 }
 
 DEFAULT_RESCIND_WINDOW = timedelta(days=30)
+# Identity ids never start with this: the operation journal names an orphan account's
+# operations (an account linked to no identity) "orphan:<account>".
+ORPHAN_PREFIX = "orphan:"
 
 
 @lru_cache(maxsize=4096)

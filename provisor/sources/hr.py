@@ -25,7 +25,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from provisor.domain.lifecycle import STANDARD_ATTRIBUTES, EventKind, IdentityKind, utc
+from provisor.domain.lifecycle import (
+    ORPHAN_PREFIX,
+    STANDARD_ATTRIBUTES,
+    EventKind,
+    IdentityKind,
+    utc,
+)
 from provisor.errors import FeedError
 
 
@@ -352,6 +358,13 @@ class _RowParser:
         if email is not None and _EMAIL.fullmatch(email) is None:
             reason = f"invalid email '{email}'; expected an address like name@example.com"
             self._bad(errors, line, "email", reason)
+        identity = values.get("id")
+        if identity is not None and identity.startswith(ORPHAN_PREFIX):
+            reason = (
+                f"id '{identity}' starts with '{ORPHAN_PREFIX}', which names accounts "
+                "linked to no identity"
+            )
+            self._bad(errors, line, "id", reason)
         owner = values.get("owner")
         if owner is not None and owner == values.get("id"):
             reason = f"owner {owner} is the identity itself; the owner must be someone else"

@@ -757,3 +757,17 @@ def test_values_longer_than_the_store_keeps_are_row_errors(tmp_path: Path) -> No
     assert [str(e) for e in parsed.errors] == [
         f"{feed}:3 name: 300 characters; at most 256 are kept"
     ]
+
+
+def test_ids_reserved_for_orphan_accounts_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "people.csv",
+        "id,name\norphan:x1,Mallory\nE1,Ann\n",
+    )
+    feed = parse_feed(path, SNAPSHOT, display_name="people.csv")
+    assert [r.identity for r in feed.records] == ["E1"]
+    assert messages(feed.errors) == [
+        "people.csv:2 id: id 'orphan:x1' starts with 'orphan:', which names accounts linked "
+        "to no identity"
+    ]
