@@ -17,12 +17,15 @@ bare SQL time, "peak_rss_mb": M}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text, update
 
@@ -57,102 +60,122 @@ def policy(targets: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _batches(
+    rows: Iterator[tuple[Any, ...]], size: int = 100_000
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows in lists of ``size``: the store is filled a batch at a time, so that the peak
+    memory this bench reports is that of the work it times, not of building its data."""
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+
+
 def fill(workspace: object, identities: int, targets: int, now: datetime) -> int:
     from provisor.engine.workspace import Workspace
 
     assert isinstance(workspace, Workspace)
-    grants = 0
     past = now - timedelta(days=400)
-    with workspace.sessions() as session, session.begin():
-        rows = []
+
+    def people() -> Iterator[tuple[Any, ...]]:
         for i in range(identities):
             terminated = i % 200 == 0
-            rows.append(
-                (
-                    f"E{i}",
-                    "human",
-                    "terminated" if terminated else "active",
-                    json.dumps({"department": f"d{i % 3}", "email": f"p{i}@example.com"}),
-                    "[]",
-                    past,
-                    now - timedelta(days=10) if terminated else None,
-                    past,
-                    False,
-                    now,
-                    now,
-                )
+            yield (
+                f"E{i}",
+                "human",
+                "terminated" if terminated else "active",
+                json.dumps({"department": f"d{i % 3}", "email": f"p{i}@example.com"}),
+                "[]",
+                past,
+                now - timedelta(days=10) if terminated else None,
+                past,
+                False,
+                now,
+                now,
             )
-        bulk_insert(
-            session,
-            models.Identity,
-            (
-                "external_id",
-                "kind",
-                "state",
-                "attributes",
-                "flags",
-                "employment_start",
-                "terminated_at",
-                "state_since",
-                "needs_plan",
-                "materialized_at",
-                "updated_at",
-            ),
-            rows,
-        )
-        accounts = []
+
+    def accounts() -> Iterator[tuple[Any, ...]]:
         n = 0
         for t in range(targets):
             for i in range(identities):
                 n += 1
-                accounts.append((n, f"app{t}", f"u{i}", f"E{i}", True, "{}", now, "bench"))
+                yield (n, f"app{t}", f"u{i}", f"E{i}", True, "{}", now, "bench")
             for o in range(1000 // targets):
                 n += 1
-                accounts.append((n, f"app{t}", f"hand{o}", None, True, "{}", now, "bench"))
-        bulk_insert(
-            session,
-            models.ObservedAccount,
-            (
-                "id",
-                "target",
-                "account",
-                "identity",
-                "enabled",
-                "attributes",
-                "observed_at",
-                "source",
-            ),
-            accounts,
-        )
-        ents = []
-        for row in accounts:
-            account_id, identity = row[0], row[3]
+                yield (n, f"app{t}", f"hand{o}", None, True, "{}", now, "bench")
+
+    def grants() -> Iterator[tuple[Any, ...]]:
+        for account_id, _, _, identity, *_ in accounts():
             if identity is None:
                 continue
             d = int(identity[1:]) % 3
             held = [f"g{(d + k) % ENTS}" for k in range(3)]
             if account_id % 100 == 0:
                 held.append(f"g{(d + 3) % ENTS}")  # drift: an extra entitlement
-            ents.extend((account_id, e, now) for e in held)
-        grants = len(ents)
-        bulk_insert(
-            session, models.ObservedEntitlement, ("account_id", "entitlement", "observed_at"), ents
-        )
+            yield from ((account_id, e, now) for e in held)
+
+    def desired() -> Iterator[tuple[Any, ...]]:
+        for i in range(identities):
+            if i % 200 != 0:
+                for t in range(targets):
+                    for k in range(3):
+                        yield (f"E{i}", f"app{t}", f"g{(i % 3 + k) % ENTS}")
+
+    count = 0
+    with workspace.sessions() as session, session.begin():
+        for batch in _batches(people()):
+            bulk_insert(
+                session,
+                models.Identity,
+                (
+                    "external_id",
+                    "kind",
+                    "state",
+                    "attributes",
+                    "flags",
+                    "employment_start",
+                    "terminated_at",
+                    "state_since",
+                    "needs_plan",
+                    "materialized_at",
+                    "updated_at",
+                ),
+                batch,
+            )
+        for batch in _batches(accounts()):
+            bulk_insert(
+                session,
+                models.ObservedAccount,
+                (
+                    "id",
+                    "target",
+                    "account",
+                    "identity",
+                    "enabled",
+                    "attributes",
+                    "observed_at",
+                    "source",
+                ),
+                batch,
+            )
+        for batch in _batches(grants()):
+            count += len(batch)
+            bulk_insert(
+                session,
+                models.ObservedEntitlement,
+                ("account_id", "entitlement", "observed_at"),
+                batch,
+            )
         session.execute(
             text("CREATE TABLE desired_grants (identity TEXT, target TEXT, entitlement TEXT)")
         )
-        desired = [
-            {"i": f"E{i}", "t": f"app{t}", "e": f"g{(i % 3 + k) % ENTS}"}
-            for i in range(identities)
-            if i % 200 != 0
-            for t in range(targets)
-            for k in range(3)
-        ]
-        session.execute(text("INSERT INTO desired_grants VALUES (:i, :t, :e)"), desired)
+        for batch in _batches(desired()):
+            session.execute(
+                text("INSERT INTO desired_grants VALUES (:i, :t, :e)"),
+                [{"i": i, "t": t, "e": e} for i, t, e in batch],
+            )
         session.execute(
             text("CREATE INDEX ix_desired ON desired_grants (identity, target, entitlement)")
         )
-    return grants
+    return count
 
 
 BARE = """

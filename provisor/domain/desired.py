@@ -18,7 +18,15 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState
-from provisor.domain.policy import AssignmentDef, ExceptionDef, Grant, Policy, RuleDef, TargetDef
+from provisor.domain.policy import (
+    AssignmentDef,
+    ExceptionDef,
+    Grant,
+    Matcher,
+    Policy,
+    RuleDef,
+    TargetDef,
+)
 
 ReasonKind = Literal["rule", "role", "assignment", "exception"]
 
@@ -78,6 +86,7 @@ class CompiledPolicy:
     rule_grants: tuple[_GrantList, ...]
     rule_kinds: tuple[frozenset[str], ...]
     rule_tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
+    rule_attributes: tuple[str, ...]  # every attribute some rule's matcher reads
     # per lifecycle state with access, per target: (account enabled, note)
     account_status: Mapping[LifecycleState, Mapping[str, tuple[bool, str]]]
     assignments: Mapping[str, tuple[AssignmentDef, ...]]
@@ -112,6 +121,13 @@ def _rule_grants(policy: Policy, rule: RuleDef) -> _GrantList:
     return tuple(grants)
 
 
+def _attributes_read(matcher: Matcher) -> set[str]:
+    found = {matcher.attr} if matcher.attr is not None else set()
+    for sub in (matcher.all or []) + (matcher.any or []) + ([matcher.not_] if matcher.not_ else []):
+        found |= _attributes_read(sub)
+    return found
+
+
 def compile_policy(policy: Policy) -> CompiledPolicy:
     """Prepare a validated policy for fast evaluation over many identities."""
     index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -142,6 +158,9 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         rule_grants=tuple(_rule_grants(policy, r) for r in policy.rules),
         rule_kinds=tuple(frozenset(r.kinds) for r in policy.rules),
         rule_tests=tuple(r.when.compile() for r in policy.rules),
+        rule_attributes=tuple(
+            sorted(set().union(*(_attributes_read(r.when) for r in policy.rules)))
+        ),
         account_status={
             state: {t.name: _account_enabled(t, state) for t in policy.targets}
             for state in (LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED)
@@ -202,14 +221,45 @@ _NO_ACCESS_NOTE = {
 }
 
 
-def desired_access(compiled: CompiledPolicy, state: IdentityState) -> DesiredAccess:
-    """The access ``state`` should have under ``compiled``; reasons kept for every item."""
+# Desired access shared by identities whose access comes out the same: keyed by lifecycle
+# state, kind and the text of every attribute a rule reads (see ``desired_access``).
+SharedAccess = dict[
+    tuple[LifecycleState, str, tuple[str | None, ...]],
+    tuple[dict[str, TargetAccess], list[SoDViolation]],
+]
+
+
+def desired_access(
+    compiled: CompiledPolicy, state: IdentityState, shared: SharedAccess | None = None
+) -> DesiredAccess:
+    """The access ``state`` should have under ``compiled``; reasons kept for every item.
+
+    With ``shared`` (a dict kept across calls over one policy), an identity that has no
+    assignment or exception of its own gets the same ``targets`` and ``sod`` objects as an
+    earlier one in the same lifecycle state, of the same kind and with the same text in every
+    attribute a rule reads (matchers see attributes as text): its access is a function of
+    those alone, so it is built once. The result is then to be read, not changed."""
     lifecycle = state.state
     if lifecycle in _NO_ACCESS_NOTE:
         return DesiredAccess(state.identity, lifecycle, {}, note=_NO_ACCESS_NOTE[lifecycle])
     assert lifecycle is not None
     attributes = state.attributes
     kind = state.kind
+    key: tuple[LifecycleState, str, tuple[str | None, ...]] | None = None
+    if shared is not None and not (
+        state.identity in compiled.assignments or state.identity in compiled.exceptions
+    ):
+        key = (
+            lifecycle,
+            kind,
+            tuple(
+                None if (value := attributes.get(name)) is None else str(value)
+                for name in compiled.rule_attributes
+            ),
+        )
+        known = shared.get(key)
+        if known is not None:
+            return DesiredAccess(state.identity, lifecycle, known[0], known[1])
     targets: dict[str, TargetAccess] = {}
     status = compiled.account_status[lifecycle]
 
@@ -267,6 +317,8 @@ def desired_access(compiled: CompiledPolicy, state: IdentityState) -> DesiredAcc
                         f"withheld: SoD constraint {constraint} forbids holding "
                         f"{' + '.join(items)} together unless an exception allows it"
                     )
+    if shared is not None and key is not None:
+        shared[key] = (targets, violations)
     return DesiredAccess(state.identity, lifecycle, targets, violations)
 
 

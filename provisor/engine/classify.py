@@ -17,8 +17,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from provisor.domain.desired import DesiredAccess
+from provisor.domain.desired import DesiredAccess, TargetAccess
 from provisor.domain.lifecycle import IdentityState, LifecycleState
 from provisor.domain.plan import (
     ObservedAccount,
@@ -48,6 +49,25 @@ def orphan_key(account: str) -> str:
 class Verdict:
     classification: str
     detail: str
+
+
+AS_DESIRED = Verdict("ok", "as desired")
+
+
+def as_desired(
+    want: TargetAccess, enabled: bool, entitlements: frozenset[str], attributes: Mapping[str, Any]
+) -> bool:
+    """Whether an account plainly holds what ``want`` asks of it: the enabled state wanted,
+    exactly the entitlements wanted and no managed attributes read to compare ("mapped").
+
+    For the account kept for a live (not terminated) identity, that makes it ``ok``, "as
+    desired"; checked before anything else, so most accounts are judged without building
+    a sentence."""
+    return (
+        want.enabled == enabled
+        and entitlements == want.entitlements.keys()
+        and "mapped" not in attributes
+    )
 
 
 def _names(items: Sequence[str] | frozenset[str] | set[str]) -> str:
@@ -119,6 +139,8 @@ def classify(
         return Verdict("ok", f"{who} is granted nothing here; account disabled, nothing held")
     if kept is not None and kept != observed.account:
         return Verdict("drift", f"second account for {who}; {kept} is kept")
+    if as_desired(want, observed.enabled, ents, observed.attributes):
+        return AS_DESIRED
     problems = []
     if want.enabled and not observed.enabled:
         problems.append("disabled, should be enabled")
@@ -139,7 +161,7 @@ def classify(
             problems.append(wrong)
     if problems:
         return Verdict("drift", "; ".join(problems))
-    return Verdict("ok", "as desired")
+    return AS_DESIRED
 
 
 def orphan_removal(

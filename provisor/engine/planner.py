@@ -6,23 +6,30 @@ the journal in line — new operations are added as pending, pending operations 
 wants are cancelled (never deleted), each change with an audit event; work already in flight,
 done but awaiting verification, parked as failed or handed to the owner as a ticket is matched,
 not planned again; nothing is planned for an account a person's mark holds (protected,
-decommission-later) — then clear the identities' "needs plan" mark.
+decommission-later) — then clear the identities' "needs plan" mark. Identities and observed
+accounts are read in bulk through the driver (also for assessment, ``provisor.engine.assess``):
+a full plan or assessment reads a million accounts.
 Does not: execute operations or talk to targets.
 """
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ClauseElement, ColumnElement, Dialect, Select, func, select, update
+from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import aggregate_strings
+from sqlalchemy.types import TypeEngine
 
-from provisor.domain.desired import CompiledPolicy, desired_access
+from provisor.domain.desired import CompiledPolicy, SharedAccess, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
 from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
 from provisor.engine.lifecycle import chunks, load_history, window
@@ -32,9 +39,24 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.db import bulk_insert
+
+SEP = "\x1f"  # joins entitlement names in one string; no name contains it
 
 
-def state_from_row(row: models.Identity, now: datetime) -> IdentityState:
+class IdentityRow(NamedTuple):
+    """The materialised columns an identity's current state is made of."""
+
+    external_id: str
+    state: str | None
+    attributes: dict[str, Any]
+    employment_start: datetime | None
+    terminated_at: datetime | None
+    state_since: datetime | None
+    next_change_at: datetime | None
+
+
+def state_from_row(row: models.Identity | IdentityRow, now: datetime) -> IdentityState:
     """The materialised state of ``row`` as an ``IdentityState`` (without its timeline)."""
     return IdentityState(
         identity=row.external_id,
@@ -50,41 +72,214 @@ def state_from_row(row: models.Identity, now: datetime) -> IdentityState:
     )
 
 
+# --- reading many rows ----------------------------------------------------------------------
+# Planning and assessment read hundreds of thousands of identities and accounts at a time; the
+# ORM's, and even Core's, per-row and per-value work would cost more than the rest of the job.
+# These read through the driver's cursor and convert only the columns that need it, each
+# distinct time once.
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for bulk work: it makes millions of objects,
+    none of them in a cycle, which the collector would otherwise walk again and again as
+    they pile up. At the end they go straight to the oldest generation (``gc.freeze`` then
+    ``gc.unfreeze``), where a collection of the young ones would put them after walking
+    them all once more; the next full collection sees them as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
+def driver_rows(session: Session, query: ClauseElement) -> Generator[tuple[Any, ...], None, None]:
+    """The rows of ``query`` as the driver returns them, without type processing (so its
+    bound values must be plain strings and numbers). Pending ORM changes are flushed first,
+    as a query through the session would."""
+    session.flush()
+    connection = session.connection()
+    compiled = cast(
+        SQLCompiler,
+        query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True}),
+    )
+    params = compiled.params
+    args: Any = (
+        tuple(params[name] for name in compiled.positiontup or ())
+        if compiled.positional
+        else params
+    )
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(compiled.string, args)
+        while batch := cursor.fetchmany(10000):
+            yield from batch
+    finally:
+        cursor.close()
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Converted(dict[K, V]):
+    """Raw driver values and what each converts to, converted on first lookup (``self[raw]``,
+    which costs a plain dict lookup after that): the rows of one read share few distinct
+    times and entitlement sets. Holds at most ``limit`` values; cleared when full."""
+
+    def __init__(self, convert: Callable[[K], V], limit: int = 65536) -> None:
+        super().__init__()
+        self._convert = convert
+        self._limit = limit
+
+    def __missing__(self, raw: K) -> V:
+        if len(self) >= self._limit:
+            self.clear()
+        value = self[raw] = self._convert(raw)
+        return value
+
+
+def time_reader(kind: TypeEngine[Any], dialect: Dialect) -> Converted[Any, Any]:
+    """Raw driver values of a time column to the aware datetimes the column type gives
+    (None stays None)."""
+    process = kind.dialect_impl(dialect).result_processor(dialect, None)
+    if process is None:
+        return Converted(lambda value: value)
+    return Converted(lambda value: None if value is None else process(value))
+
+
+def json_reader(kind: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], dict[str, Any]]:
+    """What turns a JSON object column's raw driver value into a dict (a new one each time)."""
+    process = kind.dialect_impl(dialect).result_processor(dialect, None)
+
+    def read(value: Any) -> dict[str, Any]:
+        if value is None or value == "{}":
+            return {}
+        found: dict[str, Any] | None = process(value) if process is not None else value
+        return found or {}
+
+    return read
+
+
+def accounts_query(
+    columns: Sequence[QueryableAttribute[Any]], *where: ColumnElement[bool]
+) -> Select[*tuple[Any, ...]]:
+    """``columns`` of the observed accounts matching ``where``, in id order, then the names
+    of the entitlements each holds joined by ``SEP`` (None when it holds none): one read,
+    cheaper than a join grouped by the database or a second read merged here."""
+    oa, oe = models.ObservedAccount, models.ObservedEntitlement
+    held = (
+        select(aggregate_strings(oe.entitlement, SEP))
+        .where(oe.account_id == oa.id)
+        .scalar_subquery()
+    )
+    return select(*columns, held).where(*where).order_by(oa.id)
+
+
+def names_reader() -> Converted[str | None, frozenset[str]]:
+    """Names joined by ``SEP`` (or None for none) to a frozenset; accounts that hold the same
+    names (most do) share one."""
+    empty: frozenset[str] = frozenset()
+    return Converted(lambda joined: empty if joined is None else frozenset(joined.split(SEP)))
+
+
+def identity_rows(
+    session: Session, *where: ColumnElement[bool], ids: Iterable[str] | None = None
+) -> list[IdentityRow]:
+    """The identities matching ``where`` (and among ``ids`` when given), in no set order."""
+    i = models.Identity
+    dialect = session.get_bind().dialect
+    when = time_reader(i.employment_start.type, dialect)
+    attributes = json_reader(i.attributes.type, dialect)
+    query = select(
+        i.external_id,
+        i.state,
+        i.attributes,
+        i.employment_start,
+        i.terminated_at,
+        i.state_since,
+        i.next_change_at,
+    ).where(*where)
+    wanted = None if ids is None else set(ids)
+    queries = [query]
+    if wanted is not None:
+        everyone = session.execute(select(func.count()).select_from(i)).scalar_one()
+        if 2 * len(wanted) < everyone:
+            queries = [query.where(i.external_id.in_(part)) for part in chunks(sorted(wanted))]
+            wanted = None
+        # else most of them: one scan costs less than looking each one up
+    return [
+        IdentityRow(who, state, attributes(attrs), when[start], when[end], when[since], when[nxt])
+        for q in queries
+        for who, state, attrs, start, end, since, nxt in driver_rows(session, q)
+        if wanted is None or who in wanted
+    ]
+
+
+def current_states(
+    workspace: Workspace, session: Session, rows: Sequence[IdentityRow], now: datetime
+) -> dict[str, IdentityState]:
+    """Each identity's state as of ``now``: its materialised columns, or its folded history
+    when the policy holds time-bound grants of its own (their validity needs the timeline)."""
+    compiled = workspace.compiled
+    detailed = [r.external_id for r in rows if _needs_timeline(compiled, r.external_id)]
+    history = load_history(session, detailed) if detailed else {}
+    rescind = window(workspace.config)
+    found: dict[str, IdentityState] = {}
+    for row in rows:
+        events = history.get(row.external_id)
+        found[row.external_id] = (
+            fold(row.external_id, events, as_of=now, rescind_window=rescind)
+            if events is not None
+            else state_from_row(row, now)
+        )
+    return found
+
+
 def observed_for(
     session: Session, identities: Sequence[str] | None, target: str | None = None
 ) -> dict[str, list[ObservedAccount]]:
     """Observed accounts linked to ``identities`` (all linked accounts when None)."""
-    found: dict[str, list[ObservedAccount]] = defaultdict(list)
-    queries = []
-    base = select(models.ObservedAccount).where(models.ObservedAccount.identity.is_not(None))
+    oa = models.ObservedAccount
+    dialect = session.get_bind().dialect
+    seen_at = time_reader(oa.observed_at.type, dialect)
+    attributes = json_reader(oa.attributes.type, dialect)
+    columns = (
+        oa.target,
+        oa.account,
+        oa.identity,
+        oa.enabled,
+        oa.sessions,
+        oa.attributes,
+        oa.observed_at,
+    )
+    where: list[ColumnElement[bool]] = [oa.identity.is_not(None)]
     if target is not None:
-        base = base.where(models.ObservedAccount.target == target)
-    if identities is None:
-        queries.append(base)
-    else:
-        queries = [base.where(models.ObservedAccount.identity.in_(p)) for p in chunks(identities)]
-    for query in queries:
-        accounts = list(session.execute(query).scalars())
-        ents: dict[int, set[str]] = defaultdict(set)
-        for part in chunks([a.id for a in accounts]):
-            for account_id, name in session.execute(
-                select(
-                    models.ObservedEntitlement.account_id, models.ObservedEntitlement.entitlement
-                ).where(models.ObservedEntitlement.account_id.in_(part))
-            ):
-                ents[account_id].add(name)
-        for a in accounts:
-            assert a.identity is not None
-            found[a.identity].append(
+        where.append(oa.target == target)
+    parts = (
+        [where]
+        if identities is None
+        else [[*where, oa.identity.in_(part)] for part in chunks(list(identities))]
+    )
+    names = names_reader()
+    found: dict[str, list[ObservedAccount]] = defaultdict(list)
+    for conditions in parts:
+        query = accounts_query(columns, *conditions)
+        for name, account, who, enabled, sessions, attrs, when, held in driver_rows(session, query):
+            found[who].append(
                 ObservedAccount(
-                    target=a.target,
-                    account=a.account,
-                    identity=a.identity,
-                    enabled=a.enabled,
-                    entitlements=frozenset(ents[a.id]),
-                    observed_at=a.observed_at,
-                    sessions=a.sessions,
-                    attributes=a.attributes or {},
+                    target=name,
+                    account=account,
+                    identity=who,
+                    enabled=bool(enabled),
+                    entitlements=names[held],
+                    observed_at=seen_at[when],
+                    sessions=sessions,
+                    attributes=attributes(attrs),
                 )
             )
     return found
@@ -94,6 +289,7 @@ def _needs_timeline(compiled: CompiledPolicy, identity: str) -> bool:
     return identity in compiled.assignments or identity in compiled.exceptions
 
 
+@collector_paused()
 def compute_plan(
     workspace: Workspace,
     session: Session,
@@ -113,44 +309,33 @@ def compute_plan(
         raise NotFoundError(
             f"no target {target!r} in the policy; targets: {', '.join(compiled.targets)}"
         )
-    query = select(models.Identity).order_by(models.Identity.external_id)
+    i = models.Identity
     if identity is not None:
-        query = query.where(models.Identity.external_id == identity)
-    if changed_only and identity is None:
-        timed = sorted(set(compiled.assignments) | set(compiled.exceptions))
-        found = {
-            r.external_id: r
-            for r in session.execute(query.where(models.Identity.needs_plan.is_(True))).scalars()
-        }
-        for part in chunks(timed):
-            for r in session.execute(query.where(models.Identity.external_id.in_(part))).scalars():
-                found[r.external_id] = r
-        rows = [found[i] for i in sorted(found)]
+        rows = identity_rows(session, i.external_id == identity)
+    elif changed_only:
+        timed = set(compiled.assignments) | set(compiled.exceptions)
+        found = {r.external_id: r for r in identity_rows(session, i.needs_plan.is_(True))}
+        for r in identity_rows(session, ids=timed) if timed else []:
+            found[r.external_id] = r
+        rows = list(found.values())
     else:
-        rows = list(session.execute(query).scalars())
+        rows = identity_rows(session)
+    rows.sort(key=lambda r: r.external_id)
     if identity is not None and not rows:
         raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
     ids = [r.external_id for r in rows]
     selection = [identity] if identity else (ids if changed_only else None)
     observed = observed_for(session, selection, target)
-    detailed = [i for i in ids if _needs_timeline(compiled, i)]
-    history = load_history(session, detailed) if detailed else {}
+    states = current_states(workspace, session, rows, now)
     targets = dict(compiled.targets)
     if target is not None:
         targets = {target: targets[target]}
+    shared: SharedAccess = {}
     ops: list[PlannedOperation] = []
-    for row in rows:
-        if row.external_id in history:
-            state = fold(
-                row.external_id,
-                history[row.external_id],
-                as_of=now,
-                rescind_window=window(workspace.config),
-            )
-        else:
-            state = state_from_row(row, now)
-        desired = desired_access(compiled, state)
-        ops.extend(plan_identity(state, desired, observed.get(row.external_id, []), targets))
+    for who in ids:
+        state = states[who]
+        desired = desired_access(compiled, state, shared)
+        ops.extend(plan_identity(state, desired, observed.get(who, []), targets))
     return ops, ids
 
 
@@ -194,6 +379,7 @@ def _take(rows: list[models.Operation], account: str | None) -> models.Operation
     return rows.pop(0) if rows and account is None else None
 
 
+@collector_paused()
 def sync_journal(
     workspace: Workspace,
     session: Session,
@@ -221,7 +407,7 @@ def sync_journal(
         open_rows.setdefault(key, []).append(row)
     result: list[tuple[PlannedOperation, str, int]] = []
     entries: list[audit.Entry] = []
-    new_rows: list[tuple[PlannedOperation, models.Operation]] = []
+    new_rows: list[tuple[PlannedOperation, str]] = []  # (op, journal key)
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
         if existing is not None and existing.status not in CANCELLABLE:
@@ -244,23 +430,10 @@ def sync_journal(
                 )
             result.append((op, "pending", existing.id))
             continue
-        row = models.Operation(
-            key=uuid.uuid4().hex,
-            identity=op.identity,
-            target=op.target,
-            account=op.account,
-            kind=op.kind.value,
-            entitlement=op.entitlement,
-            step=op.step,
-            reason=op.reason,
-            status="pending",
-            not_before=op.not_before,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(row)
-        new_rows.append((op, row))
-        entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, row.key)))
+        journal_key = uuid.uuid4().hex
+        new_rows.append((op, journal_key))
+        entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, journal_key)))
+    added = _add_pending(session, new_rows, now)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
     for stale in stale_rows:
         mark = held.get((stale.target, stale.account or ""))
@@ -286,7 +459,7 @@ def sync_journal(
         )
     session.flush()
     cancel_tasks(session, [stale.id for stale in stale_rows], now)
-    result.extend((op, "new", row.id) for op, row in new_rows)
+    result.extend((op, "new", added[journal_key]) for op, journal_key in new_rows)
     for part in chunks(ids):
         session.execute(
             update(models.Identity)
@@ -296,6 +469,58 @@ def sync_journal(
     audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     return JournalSync(result, len(stale_rows))
+
+
+def _add_pending(
+    session: Session, new_rows: Sequence[tuple[PlannedOperation, str]], now: datetime
+) -> dict[str, int]:
+    """Add the new operations to the journal as pending, each under its key; returns the id
+    of each key. One plain insert: a first plan of a large population adds hundreds of
+    thousands, and the ORM's per-object work would cost more than the rest of the plan."""
+    if not new_rows:
+        return {}
+    bulk_insert(
+        session,
+        models.Operation,
+        (
+            "key",
+            "identity",
+            "target",
+            "account",
+            "kind",
+            "entitlement",
+            "step",
+            "reason",
+            "status",
+            "not_before",
+            "attempts",
+            "created_at",
+            "updated_at",
+        ),
+        [
+            (
+                key,
+                op.identity,
+                op.target,
+                op.account,
+                op.kind.value,
+                op.entitlement,
+                op.step,
+                op.reason,
+                "pending",
+                op.not_before,
+                0,
+                now,
+                now,
+            )
+            for op, key in new_rows
+        ],
+    )
+    o = models.Operation
+    ids: dict[str, int] = {}
+    for part in chunks([key for _, key in new_rows]):
+        ids.update((k, i) for k, i in session.execute(select(o.key, o.id).where(o.key.in_(part))))
+    return ids
 
 
 def _op_data(op: PlannedOperation, key: str) -> dict[str, Any]:

@@ -756,6 +756,7 @@ def _finish(
             now,
             unreadable={target.name: unreadable} if unreadable else None,
             states=states,
+            rows=rows,
         )
         if remediate_now:
             remediate(workspace, session, target, findings, now, report, states)
