@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from provisor.domain.desired import DesiredAccess, TargetAccess
-from provisor.domain.lifecycle import IdentityState, LifecycleState
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState
 from provisor.domain.plan import (
     ObservedAccount,
     PlannedOperation,
@@ -31,7 +31,6 @@ from provisor.domain.plan import (
 from provisor.domain.policy import LeaverAction, TargetDef
 
 CLASSES = ("ok", "drift", "terminated-active", "orphan", "unlinked", "unverifiable")
-ORPHAN_PREFIX = "orphan:"  # the journal's identity key for an orphan account's operations
 
 
 def orphan_key(account: str) -> str:
