@@ -62,7 +62,7 @@ def debt_command(
         with workspace.sessions() as session:
             from sqlalchemy import select
 
-            from provisor.engine.classify import ORPHAN_PREFIX
+            from provisor.domain.lifecycle import ORPHAN_PREFIX
             from provisor.errors import NotFoundError
             from provisor.store import models
 

@@ -20,11 +20,10 @@ from sqlalchemy import ColumnElement, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
-from provisor.domain.lifecycle import IdentityState, LifecycleState
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState
 from provisor.domain.plan import ObservedAccount
 from provisor.engine.classify import (
     AS_DESIRED,
-    ORPHAN_PREFIX,
     Verdict,
     as_desired,
     classify,

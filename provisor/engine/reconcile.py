@@ -35,16 +35,12 @@ from sqlalchemy.sql.functions import aggregate_strings
 
 from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
 from provisor.domain.desired import DesiredAccess
-from provisor.domain.lifecycle import IdentityState
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState
 from provisor.domain.plan import PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
 from provisor.engine import debt
 from provisor.engine.assess import SEP, Finding, classify_accounts, identity_states, load_rows
-from provisor.engine.classify import (
-    ORPHAN_PREFIX,
-    orphan_key,
-    orphan_removal,
-)
+from provisor.engine.classify import orphan_key, orphan_removal
 from provisor.engine.correlate import Correlator, Match, open_case
 from provisor.engine.lifecycle import chunks
 from provisor.engine.marks import HOLDING_MARKS, active_marks

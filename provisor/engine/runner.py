@@ -43,9 +43,9 @@ from provisor.connectors.base import (
     PermanentError,
     RetryableError,
 )
+from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine.classify import ORPHAN_PREFIX
 from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet
 from provisor.engine.tasks import open_tasks
