@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -131,7 +132,8 @@ def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[An
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # values come from targets and feeds: shown as text, never read as markup
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     out.print(table)
 
 

@@ -16,6 +16,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from provisor.cli import JsonOption, _now, _open, _parse_when, _print_json, _table, err, out
+from provisor.errors import ProvisorError
 
 RECONCILE_FAILED = 14  # a target could not be read
 
@@ -44,6 +45,13 @@ def reconcile_command(
         typer.Option("--report-only", help="Classify and report; plan nothing, open no tickets."),
     ] = False,
     batch: Annotated[int, typer.Option(min=1, max=100000, help="Accounts per checkpoint.")] = 500,
+    accept_gone: Annotated[
+        bool,
+        typer.Option(
+            "--accept-gone",
+            help="Accept a full listing that misses more than half of the stored accounts.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Read targets, classify every account, and act per each target's remediation policy.
@@ -75,7 +83,17 @@ def reconcile_command(
                 manual = definition is not None and definition.target_class.value == "manual"
                 if target is None and manual:
                     continue  # reconciled from their exports
-                reports.append(_one(workspace, name, full, report_only, batch, json_out))
+                try:
+                    reports.append(
+                        _one(workspace, name, full, report_only, batch, accept_gone, json_out)
+                    )
+                except ProvisorError as exc:
+                    if target is not None:
+                        raise
+                    # a target whose connector cannot even be opened: the others still run
+                    failed = reconcile.ReconcileReport(name, 0, "full" if full else "incremental")
+                    failed.status, failed.error = "failed", str(exc)
+                    reports.append(failed)
     finally:
         workspace.close()
     if json_out:
@@ -93,12 +111,26 @@ def reconcile_command(
         raise typer.Exit(RECONCILE_FAILED)
 
 
-def _one(workspace: Any, name: str, full: bool, report_only: bool, batch: int, quiet: bool) -> Any:
+def _one(
+    workspace: Any,
+    name: str,
+    full: bool,
+    report_only: bool,
+    batch: int,
+    accept_gone: bool,
+    quiet: bool,
+) -> Any:
     from provisor.engine import reconcile
 
     if quiet or not err.is_terminal:
         return reconcile.reconcile_target(
-            workspace, name, now=_now(), full=full, remediate_now=not report_only, batch_size=batch
+            workspace,
+            name,
+            now=_now(),
+            full=full,
+            remediate_now=not report_only,
+            batch_size=batch,
+            accept_gone=accept_gone,
         )
     with Progress(
         SpinnerColumn(),
@@ -115,6 +147,7 @@ def _one(workspace: Any, name: str, full: bool, report_only: bool, batch: int, q
             full=full,
             remediate_now=not report_only,
             batch_size=batch,
+            accept_gone=accept_gone,
             progress=lambda done: progress.update(task, completed=done),
         )
 

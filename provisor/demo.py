@@ -28,6 +28,7 @@ from typing import Any
 import httpx2
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
 from provisor.config.workspace import CONFIG_FILE
@@ -550,7 +551,7 @@ class _Tour:
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         self.console.print(table)
 
     def plan_table(self, title: str, rows: list[tuple[str, ...]]) -> None:
@@ -563,7 +564,7 @@ class _Tour:
         for column in ("target", "operation", "entitlement", "not before", "reason"):
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         self.console.print(table)
 
 

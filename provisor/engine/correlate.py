@@ -109,18 +109,21 @@ class Correlator:
         linked: str | None,
     ) -> Match:
         """Link one account; ``linked`` is the identity the store links it to now."""
+        # While a person decides, an account keeps the link it had: a leaver's account whose
+        # email was given to a new hire stays the leaver's (in debt, in the leaver's plan)
+        # until someone says otherwise. Nothing new is linked on a guess.
+        previous = linked if linked in self.known else None
         if account in self.waiting:
-            return Match(None, "case open", open_case=self.waiting[account])
+            return Match(previous, "case open", open_case=self.waiting[account])
         if account in self.decided:
             case_id, identity = self.decided[account]
             if identity is None:
                 return Match(None, f"case {case_id} dismissed: linked to nobody")
             return Match(identity, f"case {case_id} resolved by a person")
-        previous = linked if linked in self.known else None
         if external_id and external_id in self.known:
             if previous is not None and previous != external_id:
                 return Match(
-                    None,
+                    previous,
                     "conflict",
                     f"the account carries identity id {external_id} but was linked to {previous}",
                     tuple(sorted({external_id, previous})),
@@ -142,7 +145,7 @@ class Correlator:
                 found = matches[0]
                 if previous is not None and previous != found:
                     return Match(
-                        None,
+                        previous,
                         "conflict",
                         f"{attr} {str(value)!r} matches {found} but the account was linked to "
                         f"{previous}",

@@ -91,14 +91,16 @@ def set_mark(
 
 
 def _cancel_held(session: Session, mark: models.AccountMark, now: datetime) -> None:
-    """Operations not yet started on an account a mark now holds are cancelled, with their
+    """Operations not yet started (or parked as failed) on an account a mark now holds are
+    cancelled, with their
     owners' work items: the mark wins over any plan made before it."""
     rows = list(
         session.execute(
             select(models.Operation).where(
                 models.Operation.target == mark.target,
                 models.Operation.account == mark.account,
-                models.Operation.status.in_(["pending", "ticket"]),
+                # parked failures too: a retry must not touch a held account either
+                models.Operation.status.in_(["pending", "ticket", "failed"]),
             )
         ).scalars()
     )

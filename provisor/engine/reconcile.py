@@ -29,13 +29,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import aggregate_strings
 
 from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
 from provisor.domain.desired import DesiredAccess
-from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, utc
 from provisor.domain.plan import PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
 from provisor.engine import debt
@@ -57,6 +57,7 @@ BATCH = 500  # accounts per transaction, and per checkpoint
 # journal statuses that already stand for a fix in hand
 IN_HAND = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 FULL_EVERY = timedelta(days=1)  # scheduled runs are full at least this often
+GONE_GUARD_MIN = 20  # more accounts than this, and over half the target, missing: refused
 
 
 @dataclass
@@ -200,11 +201,15 @@ def _open_run(
 
 
 def _last_completed(session: Session, target: str, mode: str | None = None) -> Any:
+    """The newest completed run that read the target itself (an imported export does not
+    say what changed in the target since)."""
     query = select(models.ReconcileRun).where(
         models.ReconcileRun.target == target, models.ReconcileRun.status == "completed"
     )
     if mode is not None:
         query = query.where(models.ReconcileRun.mode == mode)
+    else:
+        query = query.where(models.ReconcileRun.mode.in_(["full", "incremental"]))
     return session.execute(
         query.order_by(models.ReconcileRun.id.desc()).limit(1)
     ).scalar_one_or_none()
@@ -339,8 +344,9 @@ def _walk(
     report: ReconcileReport,
     batch_size: int,
     progress: Callable[[int], None] | None,
-) -> None:
-    """Correlate and store accounts batch by batch, checkpointing each batch."""
+) -> set[str]:
+    """Correlate and store accounts batch by batch, checkpointing each batch; the accounts
+    the listing returned."""
     with workspace.sessions() as session:
         correlator = Correlator.load(session, target)
     run_id = run.id
@@ -388,10 +394,12 @@ def _walk(
             continue
         previous = known.get(record.account)
         if report.resumed and previous is not None and previous.run == run_id:
+            # stored by the interrupted attempt: compared again (it may have changed since),
+            # written only where it did
             report.skipped += 1
-            continue
-        report.read += 1
-        done += 1
+        else:
+            report.read += 1
+            done += 1
         match = correlator.correlate(
             record.account,
             record.user_name,
@@ -401,7 +409,7 @@ def _walk(
         )
         if match.case_reason is not None:
             cases.append((record, match))
-            match = Match(None, match.how, open_case=-1)
+            match = Match(match.identity, match.how, open_case=-1)
         batch.append((record, match))
         if len(batch) >= batch_size:
             flush()
@@ -411,6 +419,7 @@ def _walk(
         flush()
     if progress is not None:
         progress(done)
+    return seen
 
 
 def _counts(report: ReconcileReport) -> dict[str, int]:
@@ -530,7 +539,7 @@ def _open_tickets(
             owner=target.owner,
             instructions=instructions(op, None) + " (found by reconciliation)",
             status="open",
-            due_at=now + timedelta(days=target.sla_days),
+            due_at=max(now, utc(op.not_before or now)) + timedelta(days=target.sla_days),
             created_at=now,
         )
         session.add(task)
@@ -589,8 +598,13 @@ def remediate(
     now: datetime,
     report: ReconcileReport,
     states: dict[str, tuple[IdentityState, DesiredAccess]],
+    *,
+    act: bool = True,
+    unreadable: bool = False,
 ) -> None:
-    """Apply the target's remediation policy and the account marks to the findings."""
+    """Report the findings with their marks and, when ``act``, apply the target's
+    remediation policy. When the target could not be read, nothing already in hand is
+    cancelled or confirmed on the strength of this run."""
     marks = active_marks(session, now)
     to_plan: set[str] = set()
     orphan_auto: list[PlannedOperation] = []
@@ -621,7 +635,7 @@ def remediate(
                 "remedy": "held by mark" if held else mode.value,
             }
         )
-        if held:
+        if held or not act:
             continue
         if mode is RemedyMode.AUTO:
             if verdict.classification == "orphan":
@@ -645,13 +659,15 @@ def remediate(
                     if op.account == r.account
                 )
     report.classes = dict(sorted(classes.items()))
+    if not act or unreadable:
+        return
     # orphans' removals planned before that no longer apply (linked since, marked, reported)
     stale = [
         row
         for row in session.execute(
             select(models.Operation).where(
                 models.Operation.target == target.name,
-                models.Operation.status == "pending",
+                models.Operation.status.in_(["pending", "ticket"]),
                 models.Operation.identity.startswith(ORPHAN_PREFIX, autoescape=True),
             )
         ).scalars()
@@ -701,24 +717,34 @@ def _finish(
     *,
     remediate_now: bool,
     unreadable: str | None = None,
-    gone_from_full: bool = False,
+    listed: set[str] | None = None,
+    accept_gone: bool = False,
 ) -> ReconcileReport:
     with workspace.sessions() as session, session.begin():
         run = session.get(models.ReconcileRun, run_id)
         assert run is not None
-        if gone_from_full:
-            oa = models.ObservedAccount
-            gone = [
-                (i, a)
-                for i, a in session.execute(
-                    select(oa.id, oa.account).where(
-                        oa.target == target.name,
-                        or_(oa.reconcile_run.is_(None), oa.reconcile_run != run_id),
-                        ~oa.source.startswith("export"),
-                        oa.source != "attestation",
-                    )
+        gone: list[tuple[int, str]] = []
+        oa = models.ObservedAccount
+        if listed is not None and unreadable is None:
+            stored = 0
+            for i, a, source, seen_at in session.execute(
+                select(oa.id, oa.account, oa.source, oa.observed_at).where(oa.target == target.name)
+            ):
+                stored += 1
+                if a in listed or source.startswith("export") or source == "attestation":
+                    continue
+                if source == "read-back" and utc(seen_at) >= utc(run.started_at):
+                    continue  # written by an apply while this run was listing
+                gone.append((i, a))
+            if not accept_gone and len(gone) > GONE_GUARD_MIN and len(gone) > stored / 2:
+                unreadable = (
+                    f"the listing returned {len(listed)} accounts but {len(gone)} of the "
+                    f"{stored} stored ones are missing from it: not taken as gone (check the "
+                    "connector's scope and credentials; 'provisor reconcile --accept-gone' "
+                    "accepts it)"
                 )
-            ]
+                gone = []
+        if gone:
             for part in chunks([i for i, _ in gone]):
                 session.execute(
                     delete(models.ObservedEntitlement).where(
@@ -754,15 +780,17 @@ def _finish(
             states=states,
             rows=rows,
         )
-        if remediate_now:
-            remediate(workspace, session, target, findings, now, report, states)
-        else:
-            report.classes = dict(
-                sorted(
-                    (c, sum(1 for f in findings if f.verdict.classification == c))
-                    for c in {f.verdict.classification for f in findings}
-                )
-            )
+        remediate(
+            workspace,
+            session,
+            target,
+            findings,
+            now,
+            report,
+            states,
+            act=remediate_now,
+            unreadable=unreadable is not None,
+        )
         report.status = "failed" if unreadable else "completed"
         report.error = unreadable
         run.status, run.finished_at, run.error = report.status, now, unreadable
@@ -800,8 +828,11 @@ def reconcile_target(
     progress: Callable[[int], None] | None = None,
     remediate_now: bool = True,
     batch_size: int = BATCH,
+    accept_gone: bool = False,
 ) -> ReconcileReport:
-    """Reconcile one target through its connector; see the module docstring."""
+    """Reconcile one target through its connector; see the module docstring. A full listing
+    missing more than half of the stored accounts (and more than ``GONE_GUARD_MIN``) fails
+    the run instead of taking them as gone, unless ``accept_gone``."""
     definition = _target(workspace, target)
     if definition.target_class is TargetClass.MANUAL:
         raise ProvisorError(
@@ -848,7 +879,9 @@ def reconcile_target(
                 records = connector.list_changed(since)  # type: ignore[attr-defined]
             else:
                 records = connector.list_accounts()
-            _walk(workspace, run, definition, records, known, now, report, batch_size, progress)
+            listed = _walk(
+                workspace, run, definition, records, known, now, report, batch_size, progress
+            )
             if mode == "incremental":
                 assert since is not None
                 changed = connector.changed_memberships(since)  # type: ignore[attr-defined]
@@ -874,7 +907,8 @@ def reconcile_target(
             now,
             report,
             remediate_now=remediate_now,
-            gone_from_full=mode == "full",
+            listed=listed if mode == "full" else None,
+            accept_gone=accept_gone,
         )
     finally:
         if own:
@@ -930,18 +964,34 @@ def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileRepor
                     models.ReconcileRun.status.in_(["running", "failed"]),
                 )
             ).first()
+            newest = session.execute(
+                select(models.ReconcileRun)
+                .where(
+                    models.ReconcileRun.target == name,
+                    models.ReconcileRun.mode.in_(["full", "incremental"]),
+                )
+                .order_by(models.ReconcileRun.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
         every = timedelta(minutes=target.reconcile_every)
         fresh = last is not None and last.finished_at is not None and now - last.finished_at < every
         if unfinished is None and fresh:
             continue
+        if (
+            newest is not None
+            and newest.status == "failed"
+            and newest.finished_at is not None
+            and now - newest.finished_at < every
+        ):
+            continue  # failed lately: tried again when reconcile_every comes round
         full = (
             unfinished is not None or last_full is None or now - last_full.started_at >= FULL_EVERY
         )
         try:
             reports.append(reconcile_target(workspace, name, now=now, full=full))
-        except ProvisorError as exc:
+        except Exception as exc:
             failed = ReconcileReport(name, 0, "full" if full else "incremental", "failed")
-            failed.error = str(exc)
+            failed.error = str(exc) if isinstance(exc, ProvisorError) else repr(exc)
             reports.append(failed)
     return reports
 

@@ -683,8 +683,11 @@ class Runner:
             .all()
         )
         if record is None:
+            # only the account this operation addressed is gone; the identity's other
+            # accounts in the target stay as last observed
             for gone in existing:
-                session.delete(gone)
+                if gone.account in (op.account, renamed_from):
+                    session.delete(gone)
             return
         kept = session.execute(
             select(models.ObservedAccount).where(
