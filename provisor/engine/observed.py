@@ -75,6 +75,16 @@ def import_observed(
                 value = external_id if attr == "id" else (attributes or {}).get(attr)
                 if value:
                     index[attr].setdefault(_norm(value), []).append(external_id)
+        decided: dict[str, str | None] = {}
+        for case in session.execute(
+            select(models.CorrelationCase)
+            .where(
+                models.CorrelationCase.target == target,
+                models.CorrelationCase.status != "open",
+            )
+            .order_by(models.CorrelationCase.id)
+        ).scalars():
+            decided[case.account] = case.resolved_identity  # the newest decision wins
         session.execute(
             delete(models.ObservedAccount).where(models.ObservedAccount.target == target)
         )
@@ -91,15 +101,18 @@ def import_observed(
             if account in seen:
                 report.errors.append(f"{path}:{line} account: {account} is listed twice")
                 continue
+            # A row that names an account but cannot be read whole is reported, and the
+            # account is kept as present (enabled): absent from the store would read as
+            # "removed" when nobody knows that.
+            doubt: str | None = None
             enabled_text = _norm(row.get("enabled") or "true")
             if enabled_text not in _TRUE | _FALSE:
                 shown = row.get("enabled")
-                report.errors.append(f"{path}:{line} enabled: {shown!r} is not a yes/no")
-                continue
+                doubt = f"{path}:{line} enabled: {shown!r} is not a yes/no"
             sessions_text = (row.get("sessions") or "").strip()
             if sessions_text and not sessions_text.isdigit():
-                report.errors.append(f"{path}:{line} sessions: {sessions_text!r} is not a count")
-                continue
+                doubt = doubt or f"{path}:{line} sessions: {sessions_text!r} is not a count"
+                sessions_text = ""
             seen.add(account)
             extra = {
                 k: v
@@ -107,7 +120,9 @@ def import_observed(
                 if k not in ("account", "identity", "enabled", "entitlements", "sessions") and v
             }
             identity = (row.get("identity") or "").strip() or None
-            if identity is None:
+            if identity is None and account in decided:
+                identity = decided[account]  # a person's decision on a correlation case
+            elif identity is None:
                 for attr in target_def.correlation:
                     value = account if attr == "account" else extra.get(attr)
                     matches = index.get(attr, {}).get(_norm(value)) if value else None
@@ -125,11 +140,15 @@ def import_observed(
             )
             too_long = [e for e in entitlements if len(e) > 256]
             if too_long:
-                report.errors.append(
+                doubt = doubt or (
                     f"{path}:{line} entitlements: {too_long[0][:40]}... is longer than 256 "
                     "characters"
                 )
-                continue
+                entitlements = [e for e in entitlements if len(e) <= 256]
+            if doubt is not None:
+                report.errors.append(doubt + f"; {account} kept as present")
+                enabled_text = "true"
+                extra["rejected"] = doubt
             result = session.execute(
                 insert(models.ObservedAccount).returning(models.ObservedAccount.id),
                 {

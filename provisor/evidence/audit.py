@@ -91,6 +91,12 @@ def _head(session: Session) -> AuditHead:
     return head
 
 
+def head_for_update(session: Session) -> AuditHead:
+    """The chain's head row, locked for the rest of the transaction (PostgreSQL), so an event
+    appended in the same transaction follows exactly the head that was read."""
+    return _head(session)
+
+
 def append(
     session: Session,
     entries: Iterable[Entry],

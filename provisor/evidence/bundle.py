@@ -146,7 +146,10 @@ def judge_record(
             if Capability.SESSIONS not in capabilities
             else "the target did not report sessions for this account"
         )
-        layers.append(Layer("sessions", UNVERIFIABLE, why, structural=True))
+        # only a target without a session interface is a blind spot of its own; one that has
+        # sessions but did not report them leaves the proof incomplete
+        structural = Capability.SESSIONS not in capabilities
+        layers.append(Layer("sessions", UNVERIFIABLE, why, structural=structural))
     elif record.sessions > 0:
         layers.append(Layer("sessions", PRESENT, f"{record.sessions} open sessions"))
     else:
@@ -589,8 +592,9 @@ class LeaverVerifier:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         json_path, html_path = self.out_dir / f"{base}.json", self.out_dir / f"{base}.html"
         with self.workspace.sessions() as session, session.begin():
-            head = session.get(models.AuditHead, 1)
-            head_seq, head_hash = (head.seq, head.hash) if head else (0, audit.GENESIS)
+            # the head locked (FOR UPDATE) until the evidence event below is appended after it
+            head = audit.head_for_update(session)
+            head_seq, head_hash = head.seq, head.hash
             bundle = {
                 "format": FORMAT,
                 "identity": who,

@@ -214,10 +214,13 @@ def test_manual_target_reconciles_from_its_export(ws: Workspace, tmp_path: Path)
     )
     report, errors = reconcile.reconcile_export(ws, "ledger", export, now=NOW + timedelta(hours=1))
     assert report.mode == "export" and report.status == "completed"
-    assert errors == [f"{export}:5 enabled: 'maybe' is not a yes/no"]
+    # a row that cannot be read whole is reported, and its account kept as present: it must
+    # not read as removed
+    assert errors == [f"{export}:5 enabled: 'maybe' is not a yes/no; bad kept as present"]
     found = {f["account"]: (f["class"], f["remedy"]) for f in report.findings}
     assert found["u2"] == ("terminated-active", "auto")
     assert found["ghost"] == ("orphan", "report")
+    assert found["bad"] == ("orphan", "report")
     assert "u1" not in found  # as desired
     # the leaver's removal goes to the owner as a work item through the journal
     pending = ops(ws, identity="E2", target="ledger", status="pending")
