@@ -136,7 +136,7 @@ class Correlator:
             matches = self.index.get(attr, {}).get(norm(value), [])
             if len(matches) > 1:
                 return Match(
-                    None,
+                    previous,
                     "ambiguous",
                     f"{attr} {str(value)!r} matches {len(matches)} identities",
                     tuple(sorted(matches)),
