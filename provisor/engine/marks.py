@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from provisor.engine.tasks import cancel_for
+from provisor.engine.tasks import cancel_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
@@ -104,26 +104,7 @@ def _cancel_held(session: Session, mark: models.AccountMark, now: datetime) -> N
             )
         ).scalars()
     )
-    why = f"account marked {mark.mark}: {mark.reason}"
-    entries = []
-    for row in rows:
-        row.status, row.updated_at, row.last_error = "cancelled", now, why
-        entries.append(
-            audit.Entry(
-                "operation.cancelled",
-                row.identity,
-                {
-                    "key": row.key,
-                    "target": row.target,
-                    "kind": row.kind,
-                    "entitlement": row.entitlement,
-                    "why": why,
-                },
-            )
-        )
-    session.flush()
-    cancel_for(session, [r.id for r in rows], now)
-    audit.append(session, entries, at=now)
+    cancel_operations(session, rows, f"account marked {mark.mark}: {mark.reason}", now)
 
 
 def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:

@@ -47,7 +47,12 @@ from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import open_connector
-from provisor.engine.tasks import confirm_from_observed, instructions
+from provisor.engine.tasks import (
+    cancel_operations,
+    confirm_from_observed,
+    instructions,
+    open_for,
+)
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError, ProvisorError
 from provisor.evidence import audit
@@ -530,64 +535,8 @@ def _add_ops(
 def _open_tickets(
     session: Session, target: TargetDef, ops: Sequence[models.Operation], now: datetime
 ) -> int:
-    entries = []
-    for op in ops:
-        task = models.Task(
-            operation_id=op.id,
-            target=op.target,
-            identity=op.identity,
-            owner=target.owner,
-            instructions=instructions(op, None) + " (found by reconciliation)",
-            status="open",
-            due_at=max(now, utc(op.not_before or now)) + timedelta(days=target.sla_days),
-            created_at=now,
-        )
-        session.add(task)
-        entries.append(
-            audit.Entry(
-                "task.opened",
-                op.identity,
-                {
-                    "target": op.target,
-                    "operation": op.key,
-                    "owner": target.owner,
-                    "due": task.due_at.isoformat(),
-                    "instructions": task.instructions,
-                },
-            )
-        )
-    session.flush()
-    audit.append(session, entries, at=now)
-    return len(ops)
-
-
-def _cancel(session: Session, rows: Sequence[models.Operation], why: str, now: datetime) -> int:
-    entries = []
-    for row in rows:
-        row.status, row.updated_at, row.last_error = "cancelled", now, why
-        entries.append(
-            audit.Entry(
-                "operation.cancelled",
-                row.identity,
-                {
-                    "key": row.key,
-                    "target": row.target,
-                    "kind": row.kind,
-                    "entitlement": row.entitlement,
-                    "why": why,
-                },
-            )
-        )
-    ids = [r.id for r in rows]
-    for part in chunks(ids):
-        session.execute(
-            update(models.Task)
-            .where(models.Task.operation_id.in_(part), models.Task.status == "open")
-            .values(status="cancelled", verified_at=now)
-        )
-    session.flush()
-    audit.append(session, entries, at=now)
-    return len(rows)
+    work = [(op, target, instructions(op, None) + " (found by reconciliation)") for op in ops]
+    return len(open_for(session, work, now))
 
 
 def remediate(
@@ -673,7 +622,7 @@ def remediate(
         ).scalars()
         if row.identity not in wanted_orphans
     ]
-    report.cancelled += _cancel(
+    report.cancelled += cancel_operations(
         session, stale, "superseded: the account is no orphan to remove", now
     )
     report.planned += len(_add_ops(session, orphan_auto, "pending", now))
@@ -702,7 +651,9 @@ def remediate(
         ).scalars()
         if op.account is None or op.account in settled or op.account not in present
     ]
-    report.cancelled += _cancel(session, moot, "no longer needed: reconciliation shows it", now)
+    report.cancelled += cancel_operations(
+        session, moot, "no longer needed: reconciliation shows it", now
+    )
 
 
 # --- the run ------------------------------------------------------------------------------

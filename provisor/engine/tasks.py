@@ -20,8 +20,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.connectors.base import AccountRecord
+from provisor.domain.lifecycle import utc
 from provisor.domain.plan import OpKind
-from provisor.domain.policy import TargetClass
+from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet
 from provisor.engine.workspace import Workspace
@@ -77,21 +78,37 @@ def open_tasks(
             models.Identity.external_id.in_(part)
         )
         names.update((i, n) for i, n in session.execute(query))
+    open_for(
+        session,
+        [(op, manual[op.target], instructions(op, names.get(op.identity))) for op in ops],
+        now,
+    )
+    return len(ops)
+
+
+def open_for(
+    session: Session,
+    work: Sequence[tuple[models.Operation, TargetDef, str]],
+    now: datetime,
+) -> list[models.Task]:
+    """A work item for each (operation, target, instructions), owned by the target's
+    revocation owner and due ``sla_days`` after the operation may start; audited."""
+    tasks: list[models.Task] = []
     entries = []
-    for op in ops:
-        target = manual[op.target]
-        start = max(now, op.not_before) if op.not_before else now
+    for op, target, text in work:
+        start = max(now, utc(op.not_before)) if op.not_before else now
         task = models.Task(
             operation_id=op.id,
             target=op.target,
             identity=op.identity,
             owner=target.owner,
-            instructions=instructions(op, names.get(op.identity)),
+            instructions=text,
             status="open",
             due_at=start + timedelta(days=target.sla_days),
             created_at=now,
         )
         session.add(task)
+        tasks.append(task)
         entries.append(
             audit.Entry(
                 "task.opened",
@@ -107,7 +124,33 @@ def open_tasks(
         )
     session.flush()
     audit.append(session, entries, at=now)
-    return len(ops)
+    return tasks
+
+
+def cancel_operations(
+    session: Session, rows: Sequence[models.Operation], why: str, now: datetime
+) -> int:
+    """Cancel journal rows (never delete them) and their open work items, audited."""
+    entries = []
+    for row in rows:
+        row.status, row.updated_at, row.last_error = "cancelled", now, why
+        entries.append(
+            audit.Entry(
+                "operation.cancelled",
+                row.identity,
+                {
+                    "key": row.key,
+                    "target": row.target,
+                    "kind": row.kind,
+                    "entitlement": row.entitlement,
+                    "why": why,
+                },
+            )
+        )
+    session.flush()
+    cancel_for(session, [r.id for r in rows], now)
+    audit.append(session, entries, at=now)
+    return len(rows)
 
 
 def _task(session: Session, task_id: int) -> tuple[models.Task, models.Operation]:
