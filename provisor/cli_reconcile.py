@@ -153,6 +153,10 @@ def _one(
 
 
 def _show(r: Any) -> None:
+    if r.run == 0:  # the target's connector could not even be opened
+        out.print(f"{r.target}: not reconciled")
+        err.print(f"  {r.target}: {r.error}", markup=False)
+        return
     resumed = f", resumed ({r.skipped} already done)" if r.resumed else ""
     out.print(
         f"{r.target}: {r.mode} run {r.run} {r.status}{resumed}: {r.read} read, {r.new} new, "
@@ -166,7 +170,9 @@ def _show(r: Any) -> None:
         f"  remediation: {r.planned} operations planned, {r.tickets} tickets opened, "
         f"{r.cancelled} cancelled, {r.confirmed} work items confirmed"
     )
-    if r.findings:
+    # every account of an unreadable target is unverifiable for the same reason: said once
+    shown = [f for f in r.findings if f["class"] != "unverifiable"]
+    if shown:
         _table(
             None,
             ["account", "user name", "identity", "class", "why", "mark", "remedy"],
@@ -180,11 +186,11 @@ def _show(r: Any) -> None:
                     f["mark"],
                     f["remedy"],
                 )
-                for f in r.findings[:200]
+                for f in shown[:200]
             ],
         )
-        if len(r.findings) > 200:
-            out.print(f"  ... and {len(r.findings) - 200} more (--json lists all)")
+        if len(shown) > 200:
+            out.print(f"  ... and {len(shown) - 200} more (--json lists all)")
     for line in r.errors:
         err.print(f"  {line}", markup=False)
 

@@ -564,10 +564,13 @@ class LeaverVerifier:
             for r, how in records
         ]
         if not records:
-            searched = ", ".join(known) or "none"
-            evidence.layers = _gone(
-                f"no account: known ids ({searched}) and the search by user name find none"
+            why = (
+                f"no account: the ids known for the leaver ({', '.join(known)}) and a search "
+                "by user name find nothing"
+                if known
+                else "no account: none is known for the leaver and a search by user name finds none"
             )
+            evidence.layers = _gone(why)
             return
         due = _delete_due(target, evidence.operations, ended)
         evidence.layers = _combine(
