@@ -670,6 +670,7 @@ def _finish(
     unreadable: str | None = None,
     listed: set[str] | None = None,
     accept_gone: bool = False,
+    record_debt: bool = True,
 ) -> ReconcileReport:
     with workspace.sessions() as session, session.begin():
         run = session.get(models.ReconcileRun, run_id)
@@ -765,7 +766,8 @@ def _finish(
             ],
             at=now,
         )
-        debt.record_snapshot(workspace, session, now=now, run_id=run_id)
+        if record_debt:
+            debt.record_snapshot(workspace, session, now=now, run_id=run_id)
     return report
 
 
@@ -780,6 +782,7 @@ def reconcile_target(
     remediate_now: bool = True,
     batch_size: int = BATCH,
     accept_gone: bool = False,
+    record_debt: bool = True,
 ) -> ReconcileReport:
     """Reconcile one target through its connector; see the module docstring. A full listing
     missing more than half of the stored accounts (and more than ``GONE_GUARD_MIN``) fails
@@ -822,6 +825,7 @@ def reconcile_target(
                 now,
                 report,
                 remediate_now=remediate_now,
+                record_debt=record_debt,
                 unreadable="the connector cannot list accounts",
             )
         try:
@@ -849,6 +853,7 @@ def reconcile_target(
                 now,
                 report,
                 remediate_now=remediate_now,
+                record_debt=record_debt,
                 unreadable=str(exc),
             )
         return _finish(
@@ -860,6 +865,7 @@ def reconcile_target(
             remediate_now=remediate_now,
             listed=listed if mode == "full" else None,
             accept_gone=accept_gone,
+            record_debt=record_debt,
         )
     finally:
         if own:
@@ -900,7 +906,7 @@ def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileRepor
     """Reconcile every target whose ``reconcile_every`` has passed since its last completed
     run: incrementally where the connector can, in full at least once a day. Manual targets
     are reconciled when their export is imported, never on a schedule. A target that fails
-    is reported with its error; the others still run."""
+    is reported with its error; the others still run. The debt is recorded once, after all."""
     reports: list[ReconcileReport] = []
     for name, target in sorted(workspace.compiled.targets.items()):
         if target.reconcile_every is None or target.target_class is TargetClass.MANUAL:
@@ -939,11 +945,16 @@ def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileRepor
             unfinished is not None or last_full is None or now - last_full.started_at >= FULL_EVERY
         )
         try:
-            reports.append(reconcile_target(workspace, name, now=now, full=full))
+            reports.append(reconcile_target(workspace, name, now=now, full=full, record_debt=False))
         except Exception as exc:
             failed = ReconcileReport(name, 0, "full" if full else "incremental", "failed")
             failed.error = str(exc) if isinstance(exc, ProvisorError) else repr(exc)
             reports.append(failed)
+    runs = [r.run for r in reports if r.run]
+    if runs:
+        # one debt snapshot for the cycle: each costs a pass over every observed account
+        with workspace.sessions() as session, session.begin():
+            debt.record_snapshot(workspace, session, now=now, run_id=max(runs))
     return reports
 
 

@@ -237,6 +237,9 @@ def test_schedule_runs_due_targets_incrementally_and_in_full_once_a_day(
         provisioned(ws, "E1")
         first = reconcile.reconcile_due(ws, now=NOW)
         assert [(r.target, r.mode, r.status) for r in first] == [("app", "full", "completed")]
+        with ws.sessions() as session:  # one debt snapshot for the cycle, with its run
+            shots = session.execute(select(models.DebtSnapshot.reconcile_run)).scalars().all()
+        assert shots == [first[0].run]
         assert reconcile.reconcile_due(ws, now=NOW + timedelta(minutes=30)) == []
         second = reconcile.reconcile_due(ws, now=NOW + timedelta(minutes=61))
         assert [(r.mode, r.status) for r in second] == [("incremental", "completed")]
