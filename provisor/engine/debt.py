@@ -19,7 +19,6 @@ reconciliation's report, not debt: debt is owed by an identity.
 
 from __future__ import annotations
 
-import gc
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan
 from provisor.domain.policy import TargetDef
 from provisor.engine.coverage import channel
 from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.planner import collector_paused
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import models
@@ -429,13 +429,8 @@ def debt_items(
     """Every debt item (of one identity or target when named): overdue first, oldest first."""
     # Desired access for the whole population stays in memory until the end, so the cyclic
     # collector would walk it again and again to free nothing: paused, as imports do.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _debt_items(workspace, session, now, identity, target)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _debt_items(

@@ -10,7 +10,6 @@ Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Container
@@ -23,6 +22,7 @@ from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, new_event
 from provisor.engine.lifecycle import Outcome, chunks, record_events
+from provisor.engine.planner import collector_paused
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError
 from provisor.evidence import audit
@@ -330,13 +330,8 @@ def import_feed(
     # none of them until it ends, so the cyclic collector would run again and again to find
     # nothing: it is paused (a third of the parsing time, a tenth of the whole on a large
     # feed) and restarted afterwards if it was running.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _import(workspace, path, feed, mode, now, progress)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _import(

@@ -15,6 +15,7 @@ Does not: execute operations or talk to targets.
 from __future__ import annotations
 
 import gc
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -79,22 +80,35 @@ def state_from_row(row: models.Identity | IdentityRow, now: datetime) -> Identit
 # distinct time once.
 
 
+_COLLECTOR = threading.Lock()
+_paused = 0  # bulk jobs under way that paused the collector (threads may overlap)
+_restart = False  # whether the collector ran before the first of them
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused for bulk work: it makes millions of objects,
     none of them in a cycle, which the collector would otherwise walk again and again as
-    they pile up. At the end they go straight to the oldest generation (``gc.freeze`` then
+    they pile up. When the last overlapping job ends the collector runs again if it ran
+    before, and the new objects go straight to the oldest generation (``gc.freeze`` then
     ``gc.unfreeze``), where a collection of the young ones would put them after walking
-    them all once more; the next full collection sees them as usual."""
-    enabled = gc.isenabled()
-    gc.disable()
+    them all once more — unless the host froze objects of its own, which stay frozen."""
+    global _paused, _restart
+    with _COLLECTOR:
+        if _paused == 0:
+            _restart = gc.isenabled()
+        _paused += 1
+        gc.disable()
     try:
         yield
     finally:
-        if enabled:
-            gc.freeze()
-            gc.unfreeze()
-            gc.enable()
+        with _COLLECTOR:
+            _paused -= 1
+            if _paused == 0 and _restart:
+                if gc.get_freeze_count() == 0:
+                    gc.freeze()
+                    gc.unfreeze()
+                gc.enable()
 
 
 def driver_rows(session: Session, query: ClauseElement) -> Generator[tuple[Any, ...], None, None]:
@@ -108,6 +122,9 @@ def driver_rows(session: Session, query: ClauseElement) -> Generator[tuple[Any, 
         query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True}),
     )
     params = compiled.params
+    unplain = [k for k, v in params.items() if not isinstance(v, str | int | float | None)]
+    if unplain:  # bool is an int, and every driver binds it alike
+        raise TypeError(f"driver_rows binds plain values only, not {', '.join(unplain)}")
     args: Any = (
         tuple(params[name] for name in compiled.positiontup or ())
         if compiled.positional
