@@ -3,7 +3,9 @@
 Does: read a target's user export (CSV: one account a row with enabled flag, entitlements and,
 when the application knows them, open sessions), correlate each account to an identity by the
 target's correlation attributes (case and whitespace insensitive; an ambiguous match links to
-nobody and is reported), and replace what is observed for that target, with an audit event.
+nobody and is reported; a person's decision on a correlation case wins), and replace what is
+observed for that target, with an audit event. A row that names an account but cannot be read
+whole is reported and its account kept as present and enabled, never dropped.
 Does not: talk to targets (connectors will write here after reading back) or decide what the
 differences mean (planning and reconciliation do).
 """

@@ -6,17 +6,21 @@ what changed since (``incremental``) — correlating each account to an identity
 (``provisor.engine.correlate``), writing the observed-state store in batches stamped with the
 run, and keeping a checkpoint (accounts done, the last one) with every batch so a run killed
 part way is resumed by the next reconciliation of the target; at the end of a full run, accounts
-the run did not see are gone from the store. A manual target is reconciled from an import of its
-own user export. Then every account of the target is classified (``provisor.engine.classify``)
+the listing did not return are gone from the store — unless that is more than half of them,
+which fails the run instead. A manual target is reconciled from an import of its own user
+export. Then every account of the target is classified (``provisor.engine.assess``)
 and the target's remediation policy applied per class — ``auto`` plans the fix in the operation
 journal, ``report`` only reports, ``ticket`` opens a work item for the target's owner — except
 where a person's mark says otherwise (protected: never touched; decommission-later: reported,
-left alone until the mark expires; ignore: not reported). Each run ends with the revocation
-debt totals recorded, and every change is audited in the transaction that makes it. Scheduled
-reconciliation runs targets whose ``reconcile_every`` has elapsed.
+left alone until the mark expires; ignore: not reported); a target that could not be read
+cancels and confirms nothing. Each run ends with the revocation debt totals recorded (a
+scheduled cycle records them once, after all its targets), and every change is audited in the
+transaction that makes it. Scheduled reconciliation runs targets whose ``reconcile_every`` has
+elapsed, backing off after a failure.
 Does not: write to targets (the runner executes what was planned), or resume inside a
 connector's listing: the connector protocol has no resumable cursor, so a resumed run lists
-again from the start and skips, cheaply, the accounts the interrupted run already stored.
+again from the start, comparing again (and writing only where they changed) the accounts the
+interrupted run already stored.
 """
 
 from __future__ import annotations

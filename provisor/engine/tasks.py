@@ -4,8 +4,10 @@ Does: open one task per pending operation of a ``manual`` target (due after the 
 ``sla_days``, with instructions and the reason), record it done (by whom, with evidence), and
 verify it — by a second person's attestation, or by a later import of the application's user
 list that shows the intent — moving the journal operation from ``pending`` to ``succeeded``
-(done, not yet verified) to ``verified``; cancel tasks whose operation a newer plan cancelled;
-list tasks, overdue first. Every step is an audit event.
+(done, not yet verified) to ``verified``; cancel tasks whose operation a newer plan cancelled,
+and cancel journal operations with their tasks for whoever decides it (reconciliation, marks);
+open work items for any journal operation handed to an owner (reconciliation's tickets use the
+same); list tasks, overdue first. Every step is an audit event.
 Does not: talk to applications; an unverified manual change is never reported as done.
 """
 
