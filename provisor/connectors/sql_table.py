@@ -22,7 +22,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Row, Table, delete, func, insert, or_, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    Row,
+    Table,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update as sql_update
 
@@ -429,13 +441,19 @@ class UsersTable:
         return records[0] if records else None
 
     def list_accounts(self) -> Iterator[AccountRecord]:
+        return self._pages(None, "list accounts")
+
+    def _pages(self, where: ColumnElement[bool] | None, what: str) -> Iterator[AccountRecord]:
+        """Accounts (those matching ``where``) in keyset pages of ``PAGE``, in key order."""
         s = self.schema
         after: Any = None
         while True:
             query = select(s.accounts).order_by(s.key).limit(PAGE)
+            if where is not None:
+                query = query.where(where)
             if after is not None:
                 query = query.where(s.key > after)
-            with self.db.connect("list accounts") as connection:
+            with self.db.connect(what) as connection:
                 rows = connection.execute(query).all()
                 records = self._records(connection, rows)
             yield from records
@@ -597,25 +615,8 @@ class ChangeTrackedUsersTable(UsersTable):
         return moment.replace(tzinfo=None)
 
     def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
-        s = self.schema
-        changed = self._stamp(s.accounts, "changed_column")
-        after: Any = None
-        while True:
-            query = (
-                select(s.accounts)
-                .where(changed >= self._since(changed, since))
-                .order_by(s.key)
-                .limit(PAGE)
-            )
-            if after is not None:
-                query = query.where(s.key > after)
-            with self.db.connect("list changed accounts") as connection:
-                rows = connection.execute(query).all()
-                records = self._records(connection, rows)
-            yield from records
-            if len(rows) < PAGE:
-                return
-            after = rows[-1]._mapping[s.key]
+        changed = self._stamp(self.schema.accounts, "changed_column")
+        return self._pages(changed >= self._since(changed, since), "list changed accounts")
 
     def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
         s = self.schema

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -821,17 +822,18 @@ def reconcile_target(
             assert loaded is not None
             session.expunge(loaded)
             run = loaded
+        finish = partial(
+            _finish,
+            workspace,
+            run_id,
+            definition,
+            now,
+            report,
+            remediate_now=remediate_now,
+            record_debt=record_debt,
+        )
         if Capability.LIST not in connector.capabilities():
-            return _finish(
-                workspace,
-                run_id,
-                definition,
-                now,
-                report,
-                remediate_now=remediate_now,
-                record_debt=record_debt,
-                unreadable="the connector cannot list accounts",
-            )
+            return finish(unreadable="the connector cannot list accounts")
         try:
             if mode == "incremental":
                 assert since is not None
@@ -850,27 +852,8 @@ def reconcile_target(
                             session, target, dict(changed), known, now
                         )
         except ConnectorError as exc:
-            return _finish(
-                workspace,
-                run_id,
-                definition,
-                now,
-                report,
-                remediate_now=remediate_now,
-                record_debt=record_debt,
-                unreadable=str(exc),
-            )
-        return _finish(
-            workspace,
-            run_id,
-            definition,
-            now,
-            report,
-            remediate_now=remediate_now,
-            listed=listed if mode == "full" else None,
-            accept_gone=accept_gone,
-            record_debt=record_debt,
-        )
+            return finish(unreadable=str(exc))
+        return finish(listed=listed if mode == "full" else None, accept_gone=accept_gone)
     finally:
         if own:
             connector.close()
