@@ -9,6 +9,7 @@ Does not: reconcile, correlate or classify itself (``provisor.engine.reconcile``
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,16 +123,18 @@ def _one(
 ) -> Any:
     from provisor.engine import reconcile
 
+    run = partial(
+        reconcile.reconcile_target,
+        workspace,
+        name,
+        now=_now(),
+        full=full,
+        remediate_now=not report_only,
+        batch_size=batch,
+        accept_gone=accept_gone,
+    )
     if quiet or not err.is_terminal:
-        return reconcile.reconcile_target(
-            workspace,
-            name,
-            now=_now(),
-            full=full,
-            remediate_now=not report_only,
-            batch_size=batch,
-            accept_gone=accept_gone,
-        )
+        return run()
     with Progress(
         SpinnerColumn(),
         TextColumn("reconciling {task.fields[target]}: {task.completed} accounts"),
@@ -140,16 +143,7 @@ def _one(
         transient=True,
     ) as progress:
         task = progress.add_task("reconcile", total=None, target=name)
-        return reconcile.reconcile_target(
-            workspace,
-            name,
-            now=_now(),
-            full=full,
-            remediate_now=not report_only,
-            batch_size=batch,
-            accept_gone=accept_gone,
-            progress=lambda done: progress.update(task, completed=done),
-        )
+        return run(progress=lambda done: progress.update(task, completed=done))
 
 
 def _show(r: Any) -> None:
