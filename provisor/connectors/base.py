@@ -10,7 +10,7 @@ account at a time and reads it back when asked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -53,6 +53,32 @@ class AccountRecord:
     sessions: int | None = None  # None: the target cannot tell
     # the attributes the connector maps, as read, keyed by the identity attribute they come from
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    # layers this read could not show, with why (``"entitlements"``: no membership read path
+    # has been shown to work on the target). What such a layer holds lists only what was
+    # seen; what it lacks proves nothing.
+    unread: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def entitlements_shown(self) -> bool:
+        """Whether ``entitlements`` is the account's whole membership, not just what was seen."""
+        return "entitlements" not in self.unread
+
+
+@dataclass(frozen=True)
+class ReadPath:
+    """Whether one way of reading a target has been shown to work there, and how we know.
+
+    ``trusted``: it has shown what it must (an unfiltered read has shown a membership; a
+    filter has returned an object known to match and left out one known not to);
+    ``untrusted``: it has been caught answering wrongly or refusing; ``untested``: nothing
+    has shown it either way yet. Only a trusted path's answers count as proof."""
+
+    path: str
+    status: str  # trusted | untrusted | untested
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "status": self.status, "detail": self.detail}
 
 
 class ConnectorError(ProvisorError):
@@ -124,6 +150,22 @@ class Connector(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ProbingConnector(Connector, Protocol):
+    """A connector that probes its read paths (see ``ReadPath``). Optional: the engine gives
+    it what earlier probes of the target showed, and is told whenever a probe changes that,
+    so what one process learned holds for the next."""
+
+    def read_paths(self) -> list[ReadPath]:
+        """Probe every read path now."""
+        ...
+
+    def remember(
+        self, earlier: list[ReadPath], record: Callable[[list[ReadPath]], None] | None
+    ) -> None:
+        """What earlier probes showed; ``record`` is called with the paths after each probe."""
+        ...
 
 
 class IncrementalConnector(Connector, Protocol):

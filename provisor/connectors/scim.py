@@ -33,7 +33,19 @@ import httpx2
 from scim2_client import SCIMClientException
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_client.errors import RequestNetworkException
-from scim2_models import PatchOp, PatchOperation, SCIMException, SearchRequest
+from scim2_models import (
+    Context,
+    Email,
+    Group,
+    Patch,
+    PatchOp,
+    PatchOperation,
+    ResourceType,
+    SCIMException,
+    ScimProvider,
+    ServiceProviderConfig,
+    User,
+)
 
 from provisor.connectors.base import (
     AccountRecord,
@@ -43,6 +55,7 @@ from provisor.connectors.base import (
     ConnectorError,
     NotFound,
     PermanentError,
+    ReadPath,
     RetryableError,
     Unsupported,
 )
@@ -55,6 +68,14 @@ READ_AHEAD = 2  # list pages requested at once, once the first page tells the to
 # than a search per user (each such search makes the server scan every membership)
 MEMBERSHIP_SEARCHES = 50
 USER_ATTRIBUTES = ("userName", "externalId", "displayName", "emails", "active", "title")
+GROUP_ATTRIBUTES = ("displayName", "members")
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+CONTENT_TYPE = "application/scim+json"
+# membership read paths, in the order a single account's read tries the trusted ones
+PATH_ORDER = ("user-groups", "member-filter", "group-listing", "group-read")
+GROUP_READ_PROBES = 5  # groups read one by one to see whether a lone read lists members
+USER_PROBE_PAGE = 50  # users read to see whether they list their groups, lacking a control
 # how JSON booleans may arrive as strings, as pydantic reads them for the models
 TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
 FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
@@ -190,15 +211,29 @@ def _reader() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _Refused(PermanentError):
+    """The server refused a request outright (400, 405, 501): maybe it does not do that."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+GroupRow = tuple[str, str, frozenset[str]]  # group id, displayName, member account ids
+
+
 class ScimConnector:
     """One SCIM target. Settings (``connection`` in the policy, secrets already resolved):
     ``url`` (base URL, e.g. https://host/scim/v2), ``token`` (bearer) or ``username`` and
     ``password`` (basic), ``timeout`` seconds (default 10), ``patch`` (auto, or false to
-    always PUT), ``membership`` (``group``: read members from groups, the default; ``user``:
-    read the user's ``groups`` attribute), ``dialect`` (``rfc``, the default, or ``entra``: PATCH
+    always PUT), ``membership`` (``group``, the default, or ``user``: which side to prefer when
+    both are shown to work), ``dialect`` (``rfc``, the default, or ``entra``: PATCH
     shaped the way Microsoft Entra provisioning sends it — capitalised ``Add``/``Replace``/
     ``Remove`` and members removed by a ``value`` list rather than a filter in the path — for
-    applications built to accept exactly that)."""
+    applications built to accept exactly that).
+
+    Group membership is read only through a path shown to work on this target (see
+    ``read_paths``); when none is, account records say so in ``unread``."""
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         url = settings.get("url")
@@ -214,14 +249,15 @@ class ScimConnector:
         # the last response seen by this thread, for status and Retry-After of a failure
         self._throttle: Callable[[], None] | None = None
         self._seen = threading.local()
+        self._base = str(url).rstrip("/")
         self._http = httpx2.Client(
-            base_url=str(url).rstrip("/"),
+            base_url=self._base,
             headers=headers,
             auth=auth,
             timeout=float(settings.get("timeout", 10)),
             event_hooks={"request": [self._pace], "response": [self._remember]},
         )
-        self._scim = SyncSCIMClient(self._http)
+        self._scim: SyncSCIMClient | None = None
         self._patch_setting = settings.get("patch", "auto")
         self._membership = str(settings.get("membership", "group"))
         self._dialect = str(settings.get("dialect", "rfc"))
@@ -229,13 +265,23 @@ class ScimConnector:
             raise PermanentError(f"target {name}: connection.membership must be group or user")
         if self._dialect not in ("rfc", "entra"):
             raise PermanentError(f"target {name}: connection.dialect must be rfc or entra")
-        self._groups: dict[str, str] = {}
-        self._page_limit: int | None = None
+        self._groups: dict[str, str] = {}  # displayName -> id
+        self._group_names: dict[str, str] = {}  # id -> displayName
+        self._page_limit = PAGE
+        self._users_path, self._groups_path = "/Users", "/Groups"
+        self._patch_works = True  # False once PATCH was refused and a PUT did the job
+        self._filter_supported = True
+        self._attributes_ok = True  # False once the server refused the attributes parameter
         self._discovered = False
         self._setup = threading.Lock()
         # PUT of a group is read-modify-write: two workers changing one group at once would
         # lose a change, so they take turns per group.
         self._group_locks: dict[str, threading.Lock] = {}
+        self._paths: dict[str, ReadPath] = {}
+        self._earlier: dict[str, ReadPath] = {}
+        self._record_paths: Callable[[list[ReadPath]], None] | None = None
+        self._checked = False
+        self._lookup_trusted: bool | None = None  # userName/externalId filters, once probed
 
     def set_throttle(self, acquire: Callable[[], None]) -> None:
         """Pace requests: ``acquire`` is called (and may wait) before each HTTP request."""
@@ -256,10 +302,10 @@ class ScimConnector:
     # --- plumbing -----------------------------------------------------------------------
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
-        """Run one SCIM request, turning every failure into a connector error."""
+        """Run one request through scim2-client, turning every failure into a connector error."""
         self._seen.response = None
         try:
-            return action()
+            result = action()
         except RequestNetworkException as exc:
             cause = exc.__cause__ or exc
             raise RetryableError(f"{self.name}: {what}: {type(cause).__name__}: {cause}") from exc
@@ -267,10 +313,20 @@ class ScimConnector:
             raise self._status_error(what, exc.status, str(exc)) from exc
         except SCIMClientException as exc:
             status = self._last.status_code if self._last is not None else None
-            raise self._status_error(what, status, str(exc)) from exc
+            detail = str(exc)
+            if self._last is not None and self._last.status_code >= 400:
+                detail = self._detail(self._last)
+            raise self._status_error(what, status, detail) from exc
+        last = self._last
+        if last is not None and last.status_code >= 400:
+            # answers are not validated (they are read leniently), so errors are caught here
+            raise self._status_error(what, last.status_code, self._detail(last))
+        return result
 
     def _status_error(self, what: str, status: int | None, detail: str) -> ConnectorError:
         message = f"{self.name}: {what}: HTTP {status or '?'}: {detail}"
+        if status in (400, 405, 501):
+            return _Refused(message, status)
         if status is None or status in RETRYABLE_STATUS or status >= 500:
             header = self._last.headers.get("Retry-After") if self._last is not None else None
             return RetryableError(message, retry_after(header))
@@ -280,67 +336,149 @@ class ScimConnector:
             return Conflict(message)
         return PermanentError(message)
 
+    @staticmethod
+    def _detail(response: httpx2.Response) -> str:
+        try:
+            return str(_folded(response.json()).get("detail", ""))
+        except ValueError:
+            return response.text[:200]
+
+    def _send(
+        self, what: str, method: str, path: str, body: Any = None, **kwargs: Any
+    ) -> httpx2.Response:
+        """One request sent exactly as given; failures mapped to connector errors."""
+        self._seen.response = None
+        try:
+            response = self._http.request(method, path, json=body, **kwargs)
+        except httpx2.TransportError as exc:
+            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 300:
+            raise self._status_error(what, response.status_code, self._detail(response))
+        return response
+
     def _raw_patch(self, what: str, path: str, operation: dict[str, Any]) -> None:
         """A PATCH sent exactly as given (for dialects the models would normalise away)."""
         body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"]}
         payload = body | {"Operations": [operation]}
-        self._seen.response = None
+        self._send(what, "PATCH", path, payload, headers={"Content-Type": CONTENT_TYPE})
+
+    def _document(self, what: str, path: str, params: Mapping[str, str | int]) -> Any:
+        """One GET answered with JSON, as sent; failures mapped."""
+        response = self._send(what, "GET", path, params=params)
         try:
-            response = self._http.patch(
-                path, json=payload, headers={"Content-Type": "application/scim+json"}
+            return response.json()
+        except ValueError as exc:
+            raise PermanentError(
+                f"{self.name}: {what}: GET {path} answered HTTP {response.status_code} with "
+                "something that is not JSON"
+            ) from exc
+
+    def _get_json(self, what: str, path: str, params: Mapping[str, str | int]) -> dict[str, Any]:
+        """One GET answered with a JSON object, its keys in lower case; failures mapped."""
+        document = self._document(what, path, params)
+        if not isinstance(document, dict):
+            raise PermanentError(
+                f"{self.name}: {what}: GET {path} answered with a JSON "
+                f"{type(document).__name__}, not an object"
             )
-        except httpx2.TransportError as exc:
-            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                detail = str(response.json().get("detail", ""))
-            except ValueError:
-                detail = response.text[:200]
-            raise self._status_error(what, response.status_code, detail)
+        return _folded(document)
+
+    def _endpoint(self, value: Any, default: str) -> str:
+        """A resource type's endpoint as a path under the base URL: ``/Users``, ``Users`` and
+        ``https://host/scim/v2/Users`` all name the same place. An absolute URL elsewhere (a
+        server behind a proxy often names its own address) keeps only its last segment, since
+        endpoints sit directly under the service's base."""
+        if not isinstance(value, str) or not value.strip():
+            return default
+        text = value.strip()
+        if "://" in text:
+            if text.startswith(self._base + "/"):
+                text = text[len(self._base) :]
+            else:
+                text = text.rstrip("/").rsplit("/", 1)[-1]
+        return "/" + text.strip("/")
 
     def _discover(self) -> None:
-        """Discover the server once, and build every model class the requests will need.
+        """Read ``/ServiceProviderConfig`` and ``/ResourceTypes`` once, leniently: what a
+        server leaves out (``totalResults``, a schema, a field) falls back to RFC 7644's
+        defaults; what it cannot answer at all is named. Writing uses scim2-models' own
+        User and Group models, whatever the server's ``/Schemas`` says, so requests stay
+        strict while answers are read tolerantly.
 
-        scim2-models creates pydantic classes on first use (resource models from the schemas,
-        list responses and PATCH requests per resource); creating classes parses source with
-        ``ast``, which CPython 3.11 does not allow from several threads at once. Doing it here,
-        under a lock, leaves the worker threads only cached classes to use.
-        """
+        scim2-models creates pydantic classes on first use; creating classes parses source
+        with ``ast``, which CPython 3.11 does not allow from several threads at once. Doing it
+        here, under a lock, leaves the worker threads only cached classes to use."""
         if self._discovered:
             return
         with self._setup:
             if self._discovered:
                 return
-            self._call("discovery", self._scim.discover)
-            user = self._scim.get_resource_model("User")
-            group = self._scim.get_resource_model("Group")
-            for model in (user, group):
-                self._probe(model)
-            _patch(user, "replace", "active", True)
-            _patch(group, "remove", "members")
+            config = self._get_json("discovery", "/ServiceProviderConfig", {})
+            bounds = [PAGE]
+            for section, key in (("filter", "maxresults"), ("pagination", "maxpagesize")):
+                bound = config.get(section)
+                value = _folded(bound).get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    bounds.append(value)
+            self._page_limit = min(bounds)
+            self._patch_supported = _flag(_folded(config.get("patch")).get("supported")) is True
+            filtering = _flag(_folded(config.get("filter")).get("supported"))
+            self._filter_supported = filtering is not False
+            self._resource_types()
+            user = ResourceType.from_resource(User).model_copy(
+                update={"endpoint": self._users_path}
+            )
+            group = ResourceType.from_resource(Group).model_copy(
+                update={"endpoint": self._groups_path}
+            )
+            provider = ScimProvider(
+                models=(User, Group),
+                resource_types=(user, group),
+                config=ServiceProviderConfig(patch=Patch(supported=self._patch_supported)),
+            )
+            self._scim = SyncSCIMClient(
+                self._http,
+                provider=provider,
+                check_response_payload=False,
+                check_response_content_type=False,
+            )
+            _patch(User, "replace", "active", True)
+            _patch(Group, "remove", "members")
+            _patch(Group, "add", "members", [{"value": "x"}])
             self._discovered = True
 
-    def _probe(self, model: Any) -> None:
-        probe: Any = SearchRequest(count=1)
-        self._call("list", lambda: self._scim.query(model, query_parameters=probe))
+    def _resource_types(self) -> None:
+        """Where users and groups live, from ``/ResourceTypes`` when the server has it."""
+        try:
+            document = self._document("discovery", "/ResourceTypes", {})
+        except (NotFound, _Refused):
+            return  # not published: RFC 7644's /Users and /Groups
+        if isinstance(document, dict):
+            types = _objects(_folded(document).get("resources"))
+            if not types and "endpoint" in _folded(document):
+                types = [_folded(document)]
+        else:
+            types = _objects(document)
+        for item in types:
+            name = str(item.get("name") or item.get("id") or "").lower()
+            schema = str(item.get("schema") or "")
+            if name == "user" or schema == USER_SCHEMA:
+                self._users_path = self._endpoint(item.get("endpoint"), "/Users")
+            elif name == "group" or schema == GROUP_SCHEMA:
+                self._groups_path = self._endpoint(item.get("endpoint"), "/Groups")
 
     @property
-    def _user(self) -> Any:
+    def _client(self) -> SyncSCIMClient:
         self._discover()
-        return self._scim.get_resource_model("User")
-
-    @property
-    def _group(self) -> Any:
-        self._discover()
-        return self._scim.get_resource_model("Group")
+        assert self._scim is not None
+        return self._scim
 
     @property
     def _can_patch(self) -> bool:
         if self._patch_setting is False or str(self._patch_setting).lower() == "false":
             return False
         self._discover()
-        config = self._scim.provider.config
-        return bool(config and config.patch and config.patch.supported)
+        return self._patch_supported and self._patch_works
 
     # --- reading --------------------------------------------------------------------------
 
@@ -358,79 +496,94 @@ class ScimConnector:
             }
         )
 
-    def _record(self, user: Any) -> AccountRecord:
-        attributes: dict[str, Any] = {}
-        if user.display_name:
-            attributes["name"] = str(user.display_name)
-        email = next((e.value for e in user.emails or [] if e.value), None)
-        if email:
-            attributes["email"] = str(email)
-        if user.title:
-            attributes["title"] = str(user.title)
-        return AccountRecord(
-            account=str(user.id),
-            user_name=str(user.user_name),
-            enabled=user.active is not False,
-            entitlements=self._groups_of(user),
-            external_id=user.external_id,
-            attributes=attributes,
-        )
-
-    def _groups_of(self, user: Any) -> frozenset[str]:
-        if self._membership == "user":
-            return frozenset(g.display for g in (user.groups or []) if g.display)
-        return self._groups_holding(str(user.id))
-
-    def _groups_holding(self, account: str) -> frozenset[str]:
-        """The groups with ``account`` among their members: one search on the group side."""
-        found = self._search(self._group, f"members.value eq {_quoted(account)}", ["displayName"])
-        return frozenset(str(g.display_name) for g in found)
-
-    def _search(
-        self, model: Any, filter_: str | None, attributes: list[str] | None = None
-    ) -> list[Any]:
-        """Every resource matching ``filter_``, walking all pages."""
-        found: list[Any] = []
-        start = 1
-        while True:
-            request: Any = SearchRequest(
-                filter=filter_, start_index=start, count=PAGE, attributes=attributes
-            )
-
-            def query(request: Any = request) -> Any:
-                return self._scim.query(model, query_parameters=request)
-
-            page = self._call(f"search {filter_ or 'all'}", query)
-            resources = list(page.resources or [])
-            found.extend(resources)
-            total = page.total_results or 0
-            if not resources or len(found) >= total:
-                return found
-            start += len(resources)
-
-    def read(self, account: str) -> AccountRecord | None:
+    def _user_document(self, account: str) -> dict[str, Any] | None:
+        self._discover()
         try:
-            user = self._call(f"read {account}", lambda: self._scim.query(self._user, account))
+            return self._get_json(f"read {account}", f"{self._users_path}/{account}", {})
         except NotFound:
             return None
-        return self._record(user)
+
+    def read(self, account: str) -> AccountRecord | None:
+        user = self._user_document(account)
+        if user is None:
+            return None
+        groups, unread = self._membership_of(account, user)
+        return self._listed(user, groups, unread)
+
+    def _all(
+        self, path: str, filter_: str | None, attributes: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Every resource at ``path`` matching ``filter_`` (keys in lower case)."""
+        with _reader() as pool:
+            return [r for page in self._listing(pool, path, filter_, attributes) for r in page]
 
     def find(self, spec: AccountSpec) -> AccountRecord | None:
-        """By externalId (the identity id) first, else by userName; one request."""
+        """By externalId (the identity id) first, else by userName. The filter's answer is
+        checked here, since a server may ignore a filter (answering every user) or answer one
+        it does not understand with nothing: a lookup that found nothing counts only once
+        the same filter has found a known user; otherwise every user is read."""
+        self._discover()
         identity, user_name = _quoted(spec.identity), _quoted(spec.user_name)
-        users = self._search(self._user, f"externalId eq {identity} or userName eq {user_name}")
+        filter_ = f"externalId eq {identity} or userName eq {user_name}"
+        users: list[dict[str, Any]] | None = None
+        if self._filter_supported and self._lookup_trusted is not False:
+            try:
+                answered = self._all(self._users_path, filter_, USER_ATTRIBUTES)
+            except _Refused:
+                self._lookup_trusted = False
+            else:
+                users = [u for u in answered if _matches(u, spec)]
+                if len(users) != len(answered):
+                    self._lookup_trusted = False  # it answered users that do not match
+                    users = None
+                elif not users and not self._lookup_works():
+                    users = None
+        if users is None:  # no trustworthy filter: read every user
+            users = [
+                u for u in self._all(self._users_path, None, USER_ATTRIBUTES) if _matches(u, spec)
+            ]
         if not users:
             return None
-        users.sort(key=lambda u: u.external_id != spec.identity)
-        return self._record(users[0])
+        users.sort(key=lambda u: str(u.get("externalid")) != spec.identity)
+        account = str(users[0].get("id"))
+        return self.read(account)
+
+    def _lookup_works(self) -> bool:
+        """Whether the userName filter finds a user known to exist (the first one listed)
+        and only that one; learned once."""
+        if self._lookup_trusted is None:
+            first, _ = self._page(self._users_path, None, ("userName",), 1, 2)
+            if len(first) < 2:
+                return False  # no two users to tell a working filter from an ignored one yet
+            known = str(first[0].get("username"))
+            try:
+                found, _ = self._page(
+                    self._users_path, f"userName eq {_quoted(known)}", ("userName",), 1, 2
+                )
+            except _Refused:
+                found = []
+            ids = [str(u.get("id")) for u in found]
+            self._lookup_trusted = ids == [str(first[0].get("id"))]
+        return self._lookup_trusted
 
     def list_accounts(self) -> Iterator[AccountRecord]:
+        """Every user. Group membership is checked afresh first (``read_paths``): the group
+        listing gives every account's groups when it is shown to list members; otherwise the
+        users' own ``groups`` attribute when shown to work; otherwise the records say their
+        membership could not be read."""
+        rows = self._group_rows()
+        self._check(rows)
+        members = self._by_account(rows) if self._trusted("group-listing") else None
+        by_user = members is None and self._trusted("user-groups")
+        unread = None if members is not None or by_user else self._blind()
+        attributes = self._user_attributes(groups=members is None)
         with _reader() as pool:
-            users = self._listing(pool, "/Users", None, self._user_attributes())
-            members = None if self._membership == "user" else self._members(pool)
-            for page in users:
+            for page in self._listing(pool, self._users_path, None, attributes):
                 for user in page:
-                    yield self._listed(user, members)
+                    mine = (
+                        None if members is None else frozenset(members.get(str(user.get("id")), ()))
+                    )
+                    yield self._listed(user, mine, unread)
 
     @staticmethod
     def _since(when: datetime) -> str:
@@ -439,78 +592,268 @@ class ScimConnector:
     def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
         """Users whose own resource changed at or after ``since`` (``meta.lastModified``),
         with their current groups. Group membership changes show in ``changed_memberships``."""
-        by_user = self._membership == "user"
+        self._ensure_checked()
+        by_user = self._trusted("user-groups") and (
+            self._membership == "user" or not self._trusted("group-listing")
+        )
         with _reader() as pool:
             filter_ = f"meta.lastModified ge {self._since(since)}"
-            users = self._listing(pool, "/Users", filter_, self._user_attributes())
+            attributes = self._user_attributes(groups=by_user)
+            users = self._listing(pool, self._users_path, filter_, attributes)
             members: dict[str, set[str]] | None = None
             for page in users:
                 changed = users.total if users.total is not None else len(page)
-                if not by_user and members is None and changed > MEMBERSHIP_SEARCHES:
-                    members = self._members(pool)
+                if (
+                    not by_user
+                    and members is None
+                    and changed > MEMBERSHIP_SEARCHES
+                    and self._trusted("group-listing")
+                ):
+                    members = self._by_account(self._group_rows())
                 for user in page:
-                    if by_user or members is not None:
-                        yield self._listed(user, members)
+                    if members is not None:
+                        mine = frozenset(members.get(str(user.get("id")), ()))
+                        yield self._listed(user, mine, None)
                     else:
-                        yield self._listed(user, self._groups_holding(str(user.get("id"))))
+                        groups, unread = self._membership_of(str(user.get("id")), user)
+                        yield self._listed(user, groups, unread)
 
     def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
         """For every group changed at or after ``since``: all its members now (account ids).
-        Reading membership from the user side, changed users carry their groups instead."""
-        if self._membership == "user":
+        Only where the group listing is shown to list members; otherwise changed users carry
+        their groups instead."""
+        self._ensure_checked()
+        if self._membership == "user" or not self._trusted("group-listing"):
             return {}
         with _reader() as pool:
             filter_ = f"meta.lastModified ge {self._since(since)}"
             found: dict[str, set[str]] = {}
-            for page in self._listing(pool, "/Groups", filter_, ("displayName", "members")):
+            for page in self._listing(pool, self._groups_path, filter_, GROUP_ATTRIBUTES):
                 for group in page:
-                    name, ids = self._group_members(group)
+                    _, name, ids = self._group_row(group)
                     found.setdefault(name, set()).update(ids)
         return {name: frozenset(ids) for name, ids in found.items()}
 
+    # --- membership read paths ------------------------------------------------------------
+
+    def read_paths(self) -> list[ReadPath]:
+        """Each way this connector can read group membership, probed now: the group listing
+        (``GET /Groups`` with members), each group read alone (``GET /Groups/{id}``), the
+        users' own ``groups`` attribute, and the ``members.value eq`` filter. An unfiltered
+        read is trusted once it has shown a membership (a server that leaves members out
+        shows none); a filter only after it has returned a group known to hold a control
+        account and left out one known not to. Both controls come from an unfiltered read."""
+        self._check(self._group_rows())
+        return [self._paths[p] for p in PATH_ORDER if p in self._paths]
+
+    def remember(
+        self, earlier: list[ReadPath], record: Callable[[list[ReadPath]], None] | None
+    ) -> None:
+        """What earlier probes of this target showed; ``record`` hears of every probe.
+
+        A path shown to work before stays trusted while nothing can show it either way now
+        (a group listing that has listed members, now that no group has any); a path caught
+        answering wrongly now is untrusted, whatever it did before."""
+        self._earlier = {p.path: p for p in earlier}
+        self._record_paths = record
+
+    def _merged(self, path: ReadPath) -> ReadPath:
+        before = self._earlier.get(path.path)
+        if path.status == "untested" and before is not None and before.status == "trusted":
+            detail = before.detail.removeprefix("shown before: ").split("; now ")[0]
+            return ReadPath(path.path, "trusted", f"shown before: {detail}; now {path.detail}")
+        return path
+
+    def _trusted(self, path: str) -> bool:
+        found = self._paths.get(path)
+        return found is not None and found.status == "trusted"
+
+    def _ensure_checked(self) -> None:
+        """Probe once; again while no path is trusted (memberships may have appeared since)."""
+        if not self._checked or not any(p.status == "trusted" for p in self._paths.values()):
+            self._check(self._group_rows())
+
+    def _group_row(self, group: dict[str, Any]) -> GroupRow:
+        ids = frozenset(
+            str(m["value"]) for m in _objects(group.get("members")) if m.get("value") is not None
+        )
+        group_id, name = str(group.get("id")), str(group.get("displayname"))
+        self._group_names[group_id] = name
+        self._groups.setdefault(name, group_id)
+        return group_id, name, ids
+
+    def _group_rows(self) -> list[GroupRow]:
+        """Every group with the members the listing shows (none, where it leaves them out)."""
+        self._discover()
+        return [self._group_row(g) for g in self._all(self._groups_path, None, GROUP_ATTRIBUTES)]
+
+    @staticmethod
+    def _by_account(rows: list[GroupRow]) -> dict[str, set[str]]:
+        members: dict[str, set[str]] = {}
+        for _, name, ids in rows:
+            for account in ids:
+                members.setdefault(account, set()).add(name)
+        return members
+
+    def _check(self, rows: list[GroupRow]) -> None:
+        """Probe every membership read path against what the unfiltered reads show."""
+        paths: dict[str, ReadPath] = {}
+        shown = [row for row in rows if row[2]]
+        truth = rows
+        if not rows:
+            paths["group-listing"] = ReadPath(
+                "group-listing", "trusted", "the target has no groups: nobody can hold one"
+            )
+        elif shown:
+            count = sum(len(r[2]) for r in shown)
+            paths["group-listing"] = ReadPath(
+                "group-listing", "trusted", f"lists {count} memberships across {len(shown)} groups"
+            )
+        else:
+            paths["group-listing"] = ReadPath(
+                "group-listing",
+                "untested",
+                f"none of {len(rows)} groups lists a member: an empty group cannot be told "
+                "from one whose members the server leaves out",
+            )
+            truth = [self._group_alone(row[0]) for row in rows[:GROUP_READ_PROBES]]
+            if any(r[2] for r in truth):
+                paths["group-read"] = ReadPath(
+                    "group-read", "trusted", "groups read one by one list their members"
+                )
+            else:
+                paths["group-read"] = ReadPath(
+                    "group-read",
+                    "untested",
+                    f"none of {len(truth)} groups read one by one lists a member",
+                )
+        control = _control(truth)
+        paths["user-groups"] = self._probe_user_side(control)
+        paths["member-filter"] = self._probe_filter(control)
+        merged = {name: self._merged(path) for name, path in paths.items()}
+        self._paths, self._checked = merged, True
+        self._earlier.update(merged)
+        if self._record_paths is not None:
+            self._record_paths(list(merged.values()))
+
+    def _group_alone(self, group_id: str) -> GroupRow:
+        try:
+            document = self._get_json(
+                f"read group {group_id}", f"{self._groups_path}/{group_id}", {}
+            )
+        except NotFound:
+            return group_id, self._group_names.get(group_id, group_id), frozenset()
+        return self._group_row(document)
+
+    def _user_groups(self, user: dict[str, Any]) -> frozenset[str] | None:
+        """The groups a user resource lists itself, by name; None when it carries none."""
+        listed = user.get("groups")
+        if not isinstance(listed, list) or not listed:
+            return None
+        names = set()
+        for item in _objects(listed):
+            name = item.get("display") or self._group_names.get(str(item.get("value")))
+            if name:
+                names.add(str(name))
+        return frozenset(names)
+
+    def _probe_user_side(self, control: tuple[str, str, str] | None) -> ReadPath:
+        path = "user-groups"
+        if control is not None:
+            account, held, other = control
+            user = self._user_document(account) or {}
+            groups = self._user_groups(user) or frozenset()
+            if held not in groups:
+                return ReadPath(
+                    path, "untrusted", f"user {account} does not list {held}, which it holds"
+                )
+            if other in groups:
+                return ReadPath(
+                    path, "untrusted", f"user {account} lists {other}, which does not hold it"
+                )
+            return ReadPath(path, "trusted", f"user {account} lists {held} and not {other}")
+        # no control from the group side: the users' own lists are all there is to go by
+        size = min(USER_PROBE_PAGE, self._page_limit)
+        first, _ = self._page(self._users_path, None, ("userName", "groups"), 1, size)
+        if any(self._user_groups(u) for u in first):
+            return ReadPath(path, "trusted", "users list their groups")
+        return ReadPath(path, "untested", "no user lists a group")
+
+    def _probe_filter(self, control: tuple[str, str, str] | None) -> ReadPath:
+        path = "member-filter"
+        if not self._filter_supported:
+            return ReadPath(path, "untrusted", "the server says it does not support filters")
+        if control is None:
+            return ReadPath(
+                path,
+                "untested",
+                "no control yet: it needs an account shown in one group and out of another "
+                "that lists members",
+            )
+        account, held, other = control
+        try:
+            names = self._filtered(account)
+        except _Refused as exc:
+            return ReadPath(path, "untrusted", f"refused: {exc}")
+        if held not in names:
+            return ReadPath(
+                path,
+                "untrusted",
+                f"members.value eq {account} left out {held}, which holds it (ignored or "
+                "unsupported filter)",
+            )
+        if other in names:
+            return ReadPath(
+                path,
+                "untrusted",
+                f"members.value eq {account} returned {other}, which does not hold it "
+                "(ignored filter)",
+            )
+        return ReadPath(path, "trusted", f"found {held} for {account} and left out {other}")
+
+    def _filtered(self, account: str) -> frozenset[str]:
+        found = self._all(
+            self._groups_path, f"members.value eq {_quoted(account)}", ("displayName",)
+        )
+        return frozenset(str(g.get("displayname")) for g in found)
+
+    def _blind(self) -> dict[str, str]:
+        reasons = "; ".join(
+            f"{p.path}: {p.detail}" for p in self._paths.values() if p.status != "trusted"
+        )
+        return {"entitlements": f"no membership read is shown to work on {self.name} ({reasons})"}
+
+    def _membership_of(
+        self, account: str, user: dict[str, Any]
+    ) -> tuple[frozenset[str], dict[str, str] | None]:
+        """The account's groups through the first trustworthy path, in the order: the user's
+        own ``groups`` (already read), the member filter, the group listing, each group read
+        alone; else what the user lists, marked unread."""
+        self._ensure_checked()
+        order = list(PATH_ORDER)
+        if self._membership == "user":
+            order.remove("user-groups")
+            order.insert(0, "user-groups")
+        for path in order:
+            if not self._trusted(path):
+                continue
+            if path == "user-groups":
+                return self._user_groups(user) or frozenset(), None
+            if path == "member-filter":
+                try:
+                    return self._filtered(account), None
+                except _Refused:
+                    continue
+            rows = self._group_rows()
+            if path == "group-read":
+                rows = [self._group_alone(row[0]) for row in rows]
+            return frozenset(name for _, name, ids in rows if account in ids), None
+        return self._user_groups(user) or frozenset(), self._blind()
+
     # --- listing --------------------------------------------------------------------------
 
-    def _user_attributes(self) -> tuple[str, ...]:
-        return USER_ATTRIBUTES + (("groups",) if self._membership == "user" else ())
-
-    def _get_json(self, what: str, path: str, params: Mapping[str, str | int]) -> dict[str, Any]:
-        """One GET answered with a JSON object, its keys in lower case; failures mapped."""
-        self._seen.response = None
-        try:
-            response = self._http.get(path, params=params)
-        except httpx2.TransportError as exc:
-            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 300:
-            try:
-                detail = str(_folded(response.json()).get("detail", ""))
-            except ValueError:
-                detail = response.text[:200]
-            raise self._status_error(what, response.status_code, detail)
-        try:
-            document = response.json()
-        except ValueError as exc:
-            raise PermanentError(
-                f"{self.name}: {what}: HTTP {response.status_code}: the answer is not JSON"
-            ) from exc
-        if not isinstance(document, dict):
-            raise PermanentError(
-                f"{self.name}: {what}: HTTP {response.status_code}: the answer is not an object"
-            )
-        return _folded(document)
-
-    def _page_size(self) -> int:
-        """``PAGE``, or less where ``/ServiceProviderConfig`` announces a smaller maximum
-        (``filter.maxResults``, ``pagination.maxPageSize``); read once, without the full
-        discovery that writing needs."""
-        if self._page_limit is None:
-            config = self._get_json("discovery", "/ServiceProviderConfig", {})
-            bounds = [PAGE]
-            for section, key in (("filter", "maxresults"), ("pagination", "maxpagesize")):
-                bound = _folded(config.get(section)).get(key)
-                if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
-                    bounds.append(bound)
-            self._page_limit = min(bounds)
-        return self._page_limit
+    def _user_attributes(self, *, groups: bool) -> tuple[str, ...]:
+        return USER_ATTRIBUTES + (("groups",) if groups else ())
 
     def _page(
         self, path: str, filter_: str | None, attributes: tuple[str, ...], start: int, count: int
@@ -519,12 +862,32 @@ class ScimConnector:
         params: dict[str, str | int] = {"startIndex": start, "count": count}
         if filter_:
             params["filter"] = filter_
-        if attributes:
+        if attributes and self._attributes_ok:
             params["attributes"] = ",".join(attributes)
-        document = self._get_json(f"search {path.strip('/')} {filter_ or 'all'}", path, params)
-        total = document.get("totalresults")
+        what = f"search {path.strip('/')} {filter_ or 'all'}"
+        try:
+            document = self._document(what, path, params)
+        except _Refused:
+            if "attributes" not in params:
+                raise
+            # a server that refuses the attributes parameter (RFC 7644 allows it): ask for
+            # whole resources from now on
+            self._attributes_ok = False
+            del params["attributes"]
+            document = self._document(what, path, params)
+        if isinstance(document, list):  # a bare array: every resource, no paging
+            return _objects(document), len(document)
+        if not isinstance(document, dict):
+            raise PermanentError(
+                f"{self.name}: {what}: the answer is a JSON {type(document).__name__}, "
+                "not a list response"
+            )
+        folded = _folded(document)
+        total = folded.get("totalresults")
+        if isinstance(total, str) and total.isdigit():
+            total = int(total)
         return (
-            _objects(document.get("resources")),
+            _objects(folded.get("resources")),
             total if isinstance(total, int) and not isinstance(total, bool) else None,
         )
 
@@ -533,44 +896,26 @@ class ScimConnector:
     ) -> _Pages:
         """Every resource at ``path`` matching ``filter_``, page by page; the first page is
         requested at once."""
-        size = self._page_size()
+        self._discover()
         return _Pages(
-            pool, lambda start, count: self._page(path, filter_, attributes, start, count), size
+            pool,
+            lambda start, count: self._page(path, filter_, attributes, start, count),
+            self._page_limit,
         )
 
-    def _group_members(self, group: dict[str, Any]) -> tuple[str, set[str]]:
-        ids = {
-            str(m["value"]) for m in _objects(group.get("members")) if m.get("value") is not None
-        }
-        return str(group.get("displayname")), ids
-
-    def _members(self, pool: ThreadPoolExecutor) -> dict[str, set[str]]:
-        """Account id -> the names of its groups, reading every group's members once."""
-        members: dict[str, set[str]] = {}
-        for page in self._listing(pool, "/Groups", None, ("displayName", "members")):
-            for group in page:
-                name, ids = self._group_members(group)
-                for account in ids:
-                    members.setdefault(account, set()).add(name)
-        return members
-
     def _listed(
-        self, user: dict[str, Any], groups: Mapping[str, set[str]] | frozenset[str] | None
+        self,
+        user: dict[str, Any],
+        groups: frozenset[str] | None,
+        unread: Mapping[str, str] | None,
     ) -> AccountRecord:
-        """An account record from a listed user (keys in lower case): ``groups`` is every
-        account's groups, or this user's, or None to read them from the user itself."""
+        """An account record from a user resource (keys in lower case): ``groups`` are its
+        groups, or None to take them from the user itself."""
         account = user.get("id")
         if account is None or account == "":
             raise PermanentError(f"{self.name}: the server listed a user without an id")
         account = str(account)
-        if groups is None:
-            entitlements = frozenset(
-                str(g["display"]) for g in _objects(user.get("groups")) if g.get("display")
-            )
-        elif isinstance(groups, frozenset):
-            entitlements = groups
-        else:
-            entitlements = frozenset(groups.get(account, ()))
+        entitlements = groups if groups is not None else (self._user_groups(user) or frozenset())
         active = user.get("active")
         enabled = _flag(active) if active is not None else True
         if enabled is None:
@@ -593,100 +938,178 @@ class ScimConnector:
             entitlements=entitlements,
             external_id=None if external_id is None else str(external_id),
             attributes=attributes,
+            unread=dict(unread or {}),
         )
 
     # --- writing --------------------------------------------------------------------------
 
-    def _fields(self, model: Any, spec: AccountSpec) -> dict[str, Any]:
+    def _fields(self, spec: AccountSpec) -> dict[str, Any]:
         """The user attributes Provisor manages, from the account spec."""
         attrs = spec.attributes
         fields: dict[str, Any] = {"user_name": spec.user_name, "external_id": spec.identity}
         if attrs.get("name"):
             fields["display_name"] = str(attrs["name"])
         if attrs.get("email"):
-            fields["emails"] = [model.Emails(value=str(attrs["email"]), primary=True)]
+            fields["emails"] = [Email(value=str(attrs["email"]), primary=True)]
         if attrs.get("title"):
             fields["title"] = str(attrs["title"])
         return fields
 
     def create(self, spec: AccountSpec) -> str:
-        model = self._user
-        fields = self._fields(model, spec) | {"active": spec.enabled}
-        user = self._call(f"create {spec.user_name}", lambda: self._scim.create(model(**fields)))
-        return str(user.id)
+        client = self._client
+        user: User[Any] = User(**(self._fields(spec) | {"active": spec.enabled}))
+        created = self._call(f"create {spec.user_name}", lambda: client.create(user))
+        found = _folded(created).get("id") if isinstance(created, dict) else None
+        if found is None or found == "":
+            raise PermanentError(
+                f"{self.name}: create {spec.user_name}: the server answered without the new "
+                "user's id"
+            )
+        return str(found)
+
+    def _replace(
+        self, what: str, path: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """Read-modify-write with PUT: the resource as read (attributes Provisor does not
+        manage sent back unchanged, whatever the server's schema declares), changed, sent
+        with ``If-Match`` when the server gave a version."""
+        response = self._send(f"read {path}", "GET", path)
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise PermanentError(f"{self.name}: {what}: GET {path} is not JSON") from exc
+        if not isinstance(document, dict):
+            raise PermanentError(f"{self.name}: {what}: GET {path} is not a JSON object")
+        meta = _folded(document.get("meta"))
+        version = response.headers.get("ETag") or meta.get("version")
+        body = change({k: v for k, v in document.items() if k.lower() != "meta"})
+        headers = {"Content-Type": CONTENT_TYPE} | ({"If-Match": str(version)} if version else {})
+        self._send(what, "PUT", path, body, headers=headers)
 
     def update(self, account: str, spec: AccountSpec) -> str:
         """Replace the managed attributes (userName included) on the user as read; the
         attributes Provisor does not manage, ``active`` among them, are sent back unchanged."""
-        model = self._user
-        user = self._call(f"read {account}", lambda: self._scim.query(model, account))
-        for key, value in self._fields(model, spec).items():
-            setattr(user, key, value)
-        self._call(f"update {account}", lambda: self._scim.replace(user))
+        self._discover()
+        managed = User(**self._fields(spec)).model_dump(
+            scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST, exclude={"schemas"}
+        )
+
+        def change(document: dict[str, Any]) -> dict[str, Any]:
+            names = {key.lower() for key in managed}
+            kept = {k: v for k, v in document.items() if k.lower() not in names}
+            return kept | managed
+
+        self._replace(f"update {account}", f"{self._users_path}/{account}", change)
         return account
 
     def set_enabled(self, account: str, enabled: bool) -> None:
-        model = self._user
+        what = f"set active={enabled} on {account}"
+        path = f"{self._users_path}/{account}"
         if self._can_patch and self._dialect == "entra":
             operation = {"op": "Replace", "path": "active", "value": enabled}
-            self._raw_patch(f"set active={enabled} on {account}", f"/Users/{account}", operation)
+            self._raw_patch(what, path, operation)
             return
         if self._can_patch:
-            patch = _patch(model, "replace", "active", enabled)
-            self._call(
-                f"set active={enabled} on {account}",
-                lambda: self._scim.modify(model, account, patch),
-            )
-            return
-        user = self._call(f"read {account}", lambda: self._scim.query(model, account))
-        user.active = enabled
-        self._call(f"replace {account}", lambda: self._scim.replace(user))
+            client = self._client
+            patch = _patch(User, "replace", "active", enabled)
+            try:
+                self._call(what, lambda: client.modify(User, account, patch))
+                return
+            except _Refused as refused:
+                self._learn_put(what, path, refused, lambda d: _with_active(d, enabled))
+                return
+
+        self._discover()
+        self._replace(what, path, lambda d: _with_active(d, enabled))
+
+    def _learn_put(
+        self,
+        what: str,
+        path: str,
+        refused: _Refused,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """PATCH was refused: do it with PUT instead, and keep to PUT on this target once
+        that worked."""
+        try:
+            self._replace(what, path, change)
+        except ConnectorError as exc:
+            raise PermanentError(
+                f"{refused} (PATCH refused; a PUT of the whole resource failed too: {exc})"
+            ) from exc
+        self._patch_works = False
 
     def _group_id(self, entitlement: str) -> str:
+        """The group's id by its displayName: a filter whose answer is checked, then the
+        whole group listing before the group is called missing (a server may answer a
+        filter it ignores or does not support with nothing)."""
         if entitlement not in self._groups:
-            found = self._search(
-                self._group, f"displayName eq {_quoted(entitlement)}", ["displayName"]
-            )
-            if not found:
+            found: list[dict[str, Any]] = []
+            if self._filter_supported:
+                try:
+                    found = self._all(
+                        self._groups_path,
+                        f"displayName eq {_quoted(entitlement)}",
+                        ("displayName",),
+                    )
+                except _Refused:
+                    found = []
+            for group in found:
+                self._group_row(group)
+            if entitlement not in self._groups:
+                self._group_rows()
+            if entitlement not in self._groups:
                 raise PermanentError(
-                    f"{self.name}: group {entitlement!r} does not exist in the target; create it "
-                    "there or remove it from the policy"
+                    f"{self.name}: group {entitlement!r} does not exist in the target (read "
+                    "from its whole group listing); create it there or remove it from the policy"
                 )
-            self._groups[entitlement] = str(found[0].id)
         return self._groups[entitlement]
 
     def _change_membership(self, account: str, entitlement: str, add: bool) -> None:
-        model = self._group
+        self._discover()
         group_id = self._group_id(entitlement)
+        path = f"{self._groups_path}/{group_id}"
         verb = "add" if add else "remove"
         what = f"{verb} {account} {'to' if add else 'from'} group {entitlement}"
+
+        def change(document: dict[str, Any]) -> dict[str, Any]:
+            key = next((k for k in document if k.lower() == "members"), "members")
+            members = document.get(key) if isinstance(document.get(key), list) else []
+            kept = [
+                m
+                for m in members or []
+                if not (isinstance(m, dict) and str(m.get("value")) == account)
+            ]
+            if add:
+                kept.append({"value": account})
+            return document | {key: kept}
+
         if self._can_patch and self._dialect == "entra":
             operation = {
                 "op": "Add" if add else "Remove",
                 "path": "members",
                 "value": [{"value": account}],
             }
-            self._raw_patch(what, f"/Groups/{group_id}", operation)
-            return
-        if self._can_patch:
-            patch = (
-                _patch(model, "add", "members", [{"value": account}])
-                if add
-                else _patch(model, "remove", f"members[value eq {_quoted(account)}]")
-            )
-            self._call(what, lambda: self._scim.modify(model, group_id, patch))
+            self._raw_patch(what, path, operation)
             return
         with self._setup:
             lock = self._group_locks.setdefault(group_id, threading.Lock())
-        with lock:
-            group = self._call(
-                f"read group {entitlement}", lambda: self._scim.query(model, group_id)
+        if self._can_patch:
+            client = self._client
+            patch = (
+                _patch(Group, "add", "members", [{"value": account}])
+                if add
+                else _patch(Group, "remove", f"members[value eq {_quoted(account)}]")
             )
-            members = [m for m in (group.members or []) if str(m.value) != account]
-            if add:
-                members.append(model.Members(value=account))
-            group.members = members
-            self._call(what, lambda: self._scim.replace(group))
+            try:
+                self._call(what, lambda: client.modify(Group, group_id, patch))
+                return
+            except _Refused as refused:
+                with lock:
+                    self._learn_put(what, path, refused, change)
+                return
+        with lock:
+            self._replace(what, path, change)
 
     def add_entitlement(self, account: str, entitlement: str) -> None:
         self._change_membership(account, entitlement, add=True)
@@ -698,10 +1121,36 @@ class ScimConnector:
         raise Unsupported(f"{self.name}: SCIM has no sessions to revoke")
 
     def delete(self, account: str) -> None:
+        self._discover()
         try:
-            self._call(f"delete {account}", lambda: self._scim.delete(self._user, account))
+            self._send(f"delete {account}", "DELETE", f"{self._users_path}/{account}")
         except NotFound:
             return
 
     def close(self) -> None:
         self._http.close()
+
+
+def _with_active(document: dict[str, Any], enabled: bool) -> dict[str, Any]:
+    kept = {k: v for k, v in document.items() if k.lower() != "active"}
+    return kept | {"active": enabled}
+
+
+def _matches(user: dict[str, Any], spec: AccountSpec) -> bool:
+    """Whether a user answered by a lookup filter really is the one asked for (userName
+    compares without regard to case, as RFC 7643 defines it)."""
+    if user.get("externalid") is not None and str(user.get("externalid")) == spec.identity:
+        return True
+    return str(user.get("username", "")).casefold() == spec.user_name.casefold()
+
+
+def _control(rows: list[GroupRow]) -> tuple[str, str, str] | None:
+    """An account shown in one group and a group shown with members that lacks it: the
+    controls a filter must get right before its answers count. Deterministic."""
+    listed = sorted((name, ids) for _, name, ids in rows if ids)
+    for name, ids in listed:
+        for account in sorted(ids):
+            other = next((n for n, members in listed if account not in members), None)
+            if other is not None:
+                return account, name, other
+    return None

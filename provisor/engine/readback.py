@@ -2,7 +2,8 @@
 
 Does: say why an account record does not show an operation of a given kind done, or that it
 does — the one rule the runner (live read-back), manual tasks (a later user-list import) and
-reconciliation share.
+reconciliation share — and why a record cannot show it either way (a layer the read could not
+see: an entitlement missing from a membership nobody has shown to be readable proves nothing).
 Does not: read anything itself.
 """
 
@@ -40,3 +41,15 @@ def unmet(
     if kind is OpKind.REMOVE_ENTITLEMENT:
         return None if entitlement not in record.entitlements else f"{entitlement} remains"
     return None if record.sessions == 0 else f"{record.sessions} sessions remain"
+
+
+def unshowable(kind: OpKind, entitlement: str | None, record: AccountRecord | None) -> str | None:
+    """Why ``record`` cannot show whether an operation of ``kind`` is done, or None when it can.
+
+    An entitlement that *was* seen shows an addition done (and a removal not done); only its
+    absence is unproven when the membership read is not trustworthy."""
+    if record is None or kind not in (OpKind.ADD_ENTITLEMENT, OpKind.REMOVE_ENTITLEMENT):
+        return None
+    if record.entitlements_shown or entitlement in record.entitlements:
+        return None
+    return record.unread["entitlements"]

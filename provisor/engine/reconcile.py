@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -249,6 +249,10 @@ def _write_batch(
     for record, match in batch:
         attrs = _attributes(record)
         seen = known.get(record.account)
+        if not record.entitlements_shown and seen is not None:
+            # a membership read nobody has shown to work: what it did not see stays as last
+            # observed, since its absence proves nothing
+            record = replace(record, entitlements=record.entitlements | seen.entitlements)
         if seen is None:
             new_rows.append(
                 {

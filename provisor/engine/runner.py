@@ -46,8 +46,9 @@ from provisor.connectors.base import (
 from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
+from provisor.engine import readpaths
 from provisor.engine.lifecycle import chunks
-from provisor.engine.readback import unmet
+from provisor.engine.readback import unmet, unshowable
 from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
@@ -72,7 +73,10 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
     settings = dict(resolve_connection(target.connection, secrets))
     if target.target_class is TargetClass.SQL:
         settings.setdefault("pool_size", target.concurrency)  # one connection per worker
-    return registry.open_connector(target.name, target.target_class, settings)
+    connector = registry.open_connector(target.name, target.target_class, settings)
+    if connector is not None:
+        readpaths.attach(workspace, target.name, connector)
+    return connector
 
 
 def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
@@ -167,7 +171,7 @@ def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
         "enabled": record.enabled,
         "entitlements": sorted(record.entitlements),
         "sessions": record.sessions,
-    }
+    } | ({"unread": dict(record.unread)} if record.unread else {})
 
 
 def _clash(job: Job, spec: AccountSpec, owner: str | None) -> str:
@@ -210,7 +214,9 @@ def execute(
         before = connector.read(account) if account else None
     if kind is OpKind.CREATE and adopt and account is not None:
         return _adopt(job, connector, spec, account)
-    if unmet(job.kind, job.entitlement, before, spec) is None:
+    if unshowable(kind, job.entitlement, before) is None and (
+        unmet(job.kind, job.entitlement, before, spec) is None
+    ):
         return Outcome(job, "verified", before, "already as intended; nothing written")
     if before is None and kind in REMOVALS:
         return Outcome(job, "verified", None, "the account no longer exists")
@@ -235,6 +241,10 @@ def execute(
     elif kind is OpKind.DELETE:
         connector.delete(account)
     after = connector.read(account)
+    blind = unshowable(kind, job.entitlement, after)
+    if blind is not None:
+        note = f"written, but the read-back cannot show it: {blind}"
+        return Outcome(job, "unverifiable", after, note, wrote=True)
     problem = unmet(job.kind, job.entitlement, after, spec)
     if problem is not None:
         raise _Mismatch(
@@ -721,12 +731,16 @@ class Runner:
         }
         row.source = "read-back"
         session.flush()
-        session.execute(
-            delete(models.ObservedEntitlement).where(
-                models.ObservedEntitlement.account_id == row.id
-            )
-        )
+        held = models.ObservedEntitlement.account_id == row.id
+        if record.entitlements_shown:
+            session.execute(delete(models.ObservedEntitlement).where(held))
+            fresh = record.entitlements
+        else:
+            # a membership read nobody has shown to work: what it saw is added, what it did
+            # not see stays as last observed (its absence proves nothing)
+            stored = session.execute(select(models.ObservedEntitlement.entitlement).where(held))
+            fresh = record.entitlements - set(stored.scalars())
         session.add_all(
             models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
-            for e in sorted(record.entitlements)
+            for e in sorted(fresh)
         )

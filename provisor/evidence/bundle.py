@@ -129,6 +129,9 @@ def judge_record(
     if record.entitlements:
         held = ", ".join(sorted(record.entitlements))
         layers.append(Layer("entitlements", PRESENT, f"still holds {held}"))
+    elif not record.entitlements_shown:
+        why = record.unread["entitlements"]
+        layers.append(Layer("entitlements", UNVERIFIABLE, f"membership cannot be read: {why}"))
     elif Capability.ENTITLEMENTS in capabilities or not target.entitlements:
         layers.append(Layer("entitlements", REMOVED, "holds no entitlement"))
     else:

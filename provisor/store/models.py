@@ -270,6 +270,20 @@ class DebtSnapshot(Base):
     totals: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class TargetReadPath(Base):
+    """What probes last showed about one way of reading a target (membership by filter, the
+    group listing, ...): trusted, untrusted or untested, with how it was shown. Kept so that
+    a path shown to work once is not taken as unknown by the next process."""
+
+    __tablename__ = "target_read_paths"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+    checked_at: Mapped[datetime]
+
+
 class ObservedEntitlement(Base):
     __tablename__ = "observed_entitlements"
 

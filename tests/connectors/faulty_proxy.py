@@ -3,7 +3,8 @@
 Requests are forwarded to ``upstream`` unchanged unless a fault is queued: an HTTP status with
 headers (e.g. 503, or 429 with Retry-After), a delay longer than the client's timeout, or a
 dropped connection. ``on_request`` and ``on_response`` hooks let a test imitate a vendor's quirks
-on top of the real server: rewrite or refuse a request, rewrite a response body.
+on top of the real server: rewrite, refuse or silently swallow a request, rewrite a response
+body.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class Refuse(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+class Swallow(Exception):
+    """Raised by a request hook: answer ``204 No Content`` without forwarding, as an
+    application that accepts a change and silently does not make it."""
 
 
 RequestHook = Callable[[str, str, bytes], bytes]
@@ -74,6 +80,11 @@ class FaultyProxy:
                         body = proxy.on_request(self.command, self.path, body)
                     except Refuse as refused:
                         self._answer(refused.status, refused.detail)
+                        return
+                    except Swallow:
+                        self.send_response(204)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
                 fault = proxy._take(self.command)
                 if fault is not None:

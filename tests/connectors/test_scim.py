@@ -6,6 +6,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import httpx2
 import pytest
@@ -131,12 +132,12 @@ def test_etag_conflict_is_retryable_and_the_retry_rereads(
     connector = ScimConnector("app", {"url": scim_url, "patch": False})
     try:
         account = connector.create(spec())
-        real_query = connector._scim.query
+        real_send = connector._send
         meddled = []
 
-        def query_then_meddle(*args: object, **kwargs: object) -> object:
-            found = real_query(*args, **kwargs)  # type: ignore[arg-type]
-            if not meddled and args[1:] == (account,):
+        def send_then_meddle(what: str, method: str, path: str, *args: Any, **kw: Any) -> Any:
+            found = real_send(what, method, path, *args, **kw)
+            if not meddled and method == "GET" and path.endswith(f"/Users/{account}"):
                 meddled.append(True)  # someone else edits the user right after our read
                 httpx2.patch(
                     f"{scim_url}/Users/{account}",
@@ -149,7 +150,7 @@ def test_etag_conflict_is_retryable_and_the_retry_rereads(
                 ).raise_for_status()
             return found
 
-        monkeypatch.setattr(connector._scim, "query", query_then_meddle)
+        monkeypatch.setattr(connector, "_send", send_then_meddle)
         with pytest.raises(RetryableError, match="HTTP 412"):
             connector.set_enabled(account, False)
         connector.set_enabled(account, False)

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import httpx2
 import pytest
 
-from provisor.connectors.base import AccountSpec, PermanentError
+from provisor.connectors.base import AccountSpec
 from provisor.connectors.scim import ScimConnector
 from tests.connectors.faulty_proxy import FaultyProxy, Refuse
 from tests.connectors.test_scim import make_group
@@ -57,8 +57,9 @@ def test_entra_dialect_sends_entra_shapes_and_is_verified(entra_app: FaultyProxy
     entra = ScimConnector("app", {"url": entra_app.url, "dialect": "entra"})
     try:
         account = entra.create(SPEC)
-        with pytest.raises(Exception, match="unsupported op"):
-            rfc.set_enabled(account, False)  # the RFC shape is refused by this application
+        rfc.set_enabled(account, False)  # the RFC shape is refused: a PUT does it instead
+        assert [m for m, _, _ in entra_app.requests[-3:]] == ["PATCH", "GET", "PUT"]
+        entra.set_enabled(account, True)
         entra.add_entitlement(account, "engineering")
         entra.set_enabled(account, False)
         record = entra.read(account)
@@ -72,8 +73,8 @@ def test_entra_dialect_sends_entra_shapes_and_is_verified(entra_app: FaultyProxy
         entra.close()
     patches = [json.loads(body) for method, _, body in entra_app.requests if method == "PATCH"]
     sent = [op for p in patches[1:] for op in p["Operations"]]  # [0] is the refused RFC one
-    assert [op["op"] for op in sent] == ["Add", "Replace", "Remove"]
-    assert sent[2] == {"op": "Remove", "path": "members", "value": [{"value": account}]}
+    assert [op["op"] for op in sent] == ["Replace", "Add", "Replace", "Remove"]
+    assert sent[3] == {"op": "Remove", "path": "members", "value": [{"value": account}]}
 
 
 def test_unknown_dialect_is_refused_with_the_setting_named() -> None:
@@ -130,9 +131,11 @@ def test_user_side_membership_dialect(scim_url: str) -> None:
         assert record is not None and record.entitlements == {"engineering"}
         listed = {r.account: r.entitlements for r in by_user.list_accounts()}
         assert listed == {account: frozenset({"engineering"})}
-        # reading membership from the group side cannot work on this server
-        with pytest.raises(PermanentError, match="filtering groups on members"):
-            by_group.read(account)
+        # preferring the group side changes nothing: only the user side is shown to work
+        record = by_group.read(account)
+        assert record is not None and record.entitlements == {"engineering"}
+        paths = {p.path: p.status for p in by_group.read_paths()}
+        assert paths["user-groups"] == "trusted" and paths["member-filter"] != "trusted"
     finally:
         by_group.close()
         by_user.close()

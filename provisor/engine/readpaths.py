@@ -1,0 +1,68 @@
+"""What probes showed about each way of reading a target, kept between processes.
+
+Does: load the read paths last recorded for a target and hand them to a connector that probes
+(``ProbingConnector``), and record what its probes show whenever that changes — so a path shown
+to work once (a group listing that has listed members) still counts when nothing on the target
+shows it again, and one caught answering wrongly is not trusted by the next process either.
+Does not: probe anything itself or judge a path; connectors do (``connectors/base.ReadPath``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+
+from provisor.connectors.base import Connector, ReadPath
+from provisor.engine.workspace import Workspace
+from provisor.store import models
+
+
+def load(workspace: Workspace, target: str) -> list[ReadPath]:
+    """The read paths last recorded for ``target``."""
+    with workspace.sessions() as session:
+        rows = session.execute(
+            select(models.TargetReadPath).where(models.TargetReadPath.target == target)
+        ).scalars()
+        return [ReadPath(r.path, r.status, r.detail) for r in rows]
+
+
+def recorder(workspace: Workspace, target: str) -> Callable[[list[ReadPath]], None]:
+    """A function that records ``target``'s read paths as probed, each time they change."""
+    last: list[list[ReadPath]] = [load(workspace, target)]
+
+    def record(paths: list[ReadPath]) -> None:
+        if sorted(paths, key=lambda p: p.path) == sorted(last[0], key=lambda p: p.path):
+            return
+        now = datetime.now(UTC)
+        with workspace.sessions() as session, session.begin():
+            table = models.TargetReadPath
+            session.execute(delete(table).where(table.target == target))
+            session.add_all(
+                table(target=target, path=p.path, status=p.status, detail=p.detail, checked_at=now)
+                for p in paths
+            )
+        last[0] = list(paths)
+
+    return record
+
+
+def attach(workspace: Workspace, target: str, connector: Connector) -> None:
+    """Give a probing connector what earlier probes of ``target`` showed, and a recorder."""
+    remember = getattr(connector, "remember", None)
+    if remember is not None:
+        remember(load(workspace, target), recorder(workspace, target))
+
+
+def recorded(workspace: Workspace) -> dict[str, list[ReadPath]]:
+    """Every target's recorded read paths."""
+    found: dict[str, list[ReadPath]] = {}
+    with workspace.sessions() as session:
+        for row in session.execute(
+            select(models.TargetReadPath).order_by(
+                models.TargetReadPath.target, models.TargetReadPath.path
+            )
+        ).scalars():
+            found.setdefault(row.target, []).append(ReadPath(row.path, row.status, row.detail))
+    return found
