@@ -1,0 +1,146 @@
+"""A leaver's groups on a SCIM application whose membership filter cannot be trusted: the
+application's real state against Provisor's claims in the journal, the debt and the evidence
+bundle. Where a trustworthy read exists the access is really removed and verified; where the
+application keeps it, nothing says verified, pass or no debt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from sqlalchemy import select
+
+from provisor.domain.lifecycle import EventKind
+from provisor.engine import readpaths
+from provisor.engine.debt import debt_items
+from provisor.engine.workspace import Workspace
+from provisor.evidence.bundle import verify_leaver
+from provisor.store import models
+from tests.connectors.faulty_proxy import FaultyProxy
+from tests.connectors.test_scim_proof import (
+    chain,
+    no_members,
+    server_groups,
+    silently_empty,
+    swallow_member_removals,
+)
+from tests.engine.test_runner import NOW, apply, event, people, plan, server_user
+
+LATER = NOW.replace(hour=13)
+
+
+@pytest.fixture
+def leaver(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> Iterator[tuple[Workspace, FaultyProxy, str, str]]:
+    """E1 and E2 provisioned with both groups (through the proxy, no deviation yet); E1 then
+    terminated. Yields the workspace, the proxy, the server's own URL and E1's account."""
+    ws, proxy, url = proxied
+    people(ws, "E1", "E2")
+    plan(ws)
+    apply(ws)
+    user = server_user(url, "e1@example.com")
+    assert user is not None and server_groups(url, user["id"]) == {"staff", "engineering"}
+    event(ws, "E1", EventKind.TERMINATE)
+    yield ws, proxy, url, user["id"]
+
+
+def removal_statuses(ws: Workspace) -> dict[str, str]:
+    with ws.sessions() as session:
+        rows = session.execute(
+            select(models.Operation).where(
+                models.Operation.identity == "E1", models.Operation.kind == "remove-entitlement"
+            )
+        ).scalars()
+        return {str(r.entitlement): r.status for r in rows}
+
+
+def entitlement_debt(ws: Workspace) -> set[str]:
+    with ws.sessions() as session:
+        items = debt_items(ws, session, LATER, identity="E1")
+    return {i.item for i in items if i.item.startswith("entitlement:")}
+
+
+def test_filter_silently_empty_the_groups_are_really_removed(
+    leaver: tuple[Workspace, FaultyProxy, str, str], tmp_path: Path
+) -> None:
+    ws, proxy, url, account = leaver
+    proxy.on_response = silently_empty
+    plan(ws)
+    apply(ws)
+    assert server_groups(url, account) == set()  # really removed, not skipped
+    assert removal_statuses(ws) == {"staff": "verified", "engineering": "verified"}
+    recorded = {p.path: p.status for p in readpaths.load(ws, "app")}
+    assert recorded["member-filter"] != "trusted"  # E1 and E2 share both groups: no control
+    assert recorded["group-listing"] == "trusted"
+
+
+def test_filter_silently_empty_and_the_app_keeps_the_groups(
+    leaver: tuple[Workspace, FaultyProxy, str, str], tmp_path: Path
+) -> None:
+    """The issue's case: the removals are accepted and not made, and the filter says the
+    person is in no group. Provisor must not call anything gone."""
+    ws, proxy, url, account = leaver
+    proxy.on_response = silently_empty
+    proxy.on_request = swallow_member_removals
+    plan(ws)
+    report = apply(ws)
+    assert server_groups(url, account) == {"staff", "engineering"}  # the application's truth
+    statuses = removal_statuses(ws)
+    assert "verified" not in statuses.values(), statuses
+    assert report.verified >= 1  # the disable is real and verified
+    assert entitlement_debt(ws) == {"entitlement:staff", "entitlement:engineering"}
+    written = verify_leaver(ws, "E1", now=lambda: LATER, out_dir=tmp_path / "out")
+    assert written.outcome == "fail"
+    layers = {
+        (t["target"], x["layer"]): x["state"]
+        for t in written.bundle["targets"]
+        for x in t["layers"]
+    }
+    assert layers[("app", "entitlements")] == "still-present"
+
+
+def test_no_membership_read_works_and_the_app_keeps_the_groups(
+    leaver: tuple[Workspace, FaultyProxy, str, str], tmp_path: Path
+) -> None:
+    """Nothing on this application shows membership now (groups without members, a filter
+    answering nothing) and it keeps the groups: unverifiable, never verified or pass. A new
+    process, which never saw a membership itself, must not call them gone either."""
+    ws, proxy, url, account = leaver
+    with ws.sessions() as session, session.begin():
+        session.query(models.TargetReadPath).delete()  # nothing learned before
+    proxy.on_response = chain(no_members, silently_empty)
+    proxy.on_request = swallow_member_removals
+    plan(ws)
+    apply(ws)
+    assert server_groups(url, account) == {"staff", "engineering"}
+    statuses = removal_statuses(ws)
+    assert set(statuses.values()) == {"unverifiable"}, statuses
+    assert entitlement_debt(ws) == {"entitlement:staff", "entitlement:engineering"}
+    written = verify_leaver(ws, "E1", now=lambda: LATER, out_dir=tmp_path / "out")
+    assert written.outcome != "pass"
+    layers = {(t["target"], x["layer"]): x for t in written.bundle["targets"] for x in t["layers"]}
+    assert layers[("app", "entitlements")]["state"] != "verified-removed"
+
+
+def test_a_listing_shown_to_work_before_still_counts_when_no_group_has_members(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """The only member of the only groups leaves: no group lists anyone now, but the group
+    listing was shown to list members when it did, so the removal is proven."""
+    ws, _, url = proxied
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    user = server_user(url, "e1@example.com")
+    assert user is not None
+    event(ws, "E1", EventKind.TERMINATE)
+    plan(ws)
+    apply(ws)
+    assert server_groups(url, user["id"]) == set()
+    assert removal_statuses(ws) == {"staff": "verified", "engineering": "verified"}
+    recorded = {p.path: p for p in readpaths.load(ws, "app")}
+    assert recorded["group-listing"].status == "trusted"
+    assert httpx2.get(f"{url}/Groups").json()["totalResults"] == 2
