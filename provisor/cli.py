@@ -609,7 +609,10 @@ def apply_command(
             out.print(f"  {where}: {count} operations wait: no connector for this target class")
         for line in report.errors:
             err.print(f"failed: {line}", markup=False)
-    if report.failed:
+    if report.failed or report.unopened:
+        if report.unopened and not json_out:
+            names = ", ".join(sorted(report.unopened))
+            err.print(f"targets that cannot be opened: {names}", markup=False)
         raise typer.Exit(11)
 
 
@@ -670,6 +673,8 @@ def run_command(
             }
             for failed in (r for r in reconciled if r.error):
                 err.print(f"reconcile {failed.target}: {failed.error}", markup=False)
+            for where, why in sorted(applied.unopened.items()):
+                err.print(f"apply {where}: the target cannot be opened: {why}", markup=False)
             if json_out:
                 out.print(json.dumps(cycle, default=str), markup=False, highlight=False)
             else:
@@ -686,6 +691,8 @@ def run_command(
                     )
                 )
             if once:
+                if applied.unopened:
+                    raise typer.Exit(11)
                 break
             time.sleep(interval)
     except KeyboardInterrupt:

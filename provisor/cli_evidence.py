@@ -1,7 +1,8 @@
 """CLI commands for evidence: revocation debt, proof of removal, the coverage map.
 
 Does: ``provisor debt`` (the ledger, grouped, or its trend), ``provisor verify-leaver`` (one
-leaver, or a random sample) and ``provisor coverage``; registered on the main application by
+leaver, or a random sample), ``provisor coverage`` and ``provisor targets check`` (read paths
+probed now); registered on the main application by
 ``provisor.cli``. Tables for people, ``--json`` for scripts.
 Does not: compute anything itself (``provisor.engine.debt``, ``provisor.evidence.bundle``,
 ``provisor.engine.coverage`` do).
@@ -305,8 +306,58 @@ def coverage_command(json_out: JsonOption = False) -> None:
         out.print("No blind spots: every layer of every target is read back.")
 
 
+targets_app = typer.Typer(help="Targets: probe how each can be read.", no_args_is_help=True)
+TARGET_UNPROVEN = 15  # a target could not be probed, or no membership read is shown to work
+
+
+@targets_app.command("check")
+def targets_check_command(
+    target: Annotated[str | None, typer.Argument(help="Only this target.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Probe every read path of each target now and print what each showed.
+
+    A read counts as proof only where it is shown to work on that target: an unfiltered read
+    (a group listing, a group read alone, a user's own groups) once it has shown a
+    membership; a filter once it has returned an object known to match and left out one
+    known not to. The result is recorded, and reads that are not trusted are not used as
+    proof. Exit code 15 when a target cannot be probed or none of its membership reads works.
+
+    Example:  provisor targets check github
+    """
+    from provisor.engine.connections import check
+
+    workspace = _open()
+    try:
+        targets = workspace.compiled.targets
+        if target is not None and target not in targets:
+            names = ", ".join(sorted(targets)) or "none"
+            raise typer.BadParameter(f"no target {target!r}; targets: {names}")
+        found = [check(workspace, targets[n]) for n in sorted(targets) if target in (None, n)]
+    finally:
+        workspace.close()
+    if json_out:
+        _print_json({"targets": [c.as_dict() for c in found]})
+    else:
+        rows = []
+        for c in found:
+            if c.error or not c.probes:
+                rows.append((c.target, "-", "-", c.error or "no probes: reads as declared"))
+            rows.extend((c.target, p.path, p.status, p.detail) for p in c.paths)
+        _table("Read paths", ["target", "path", "status", "how it was shown"], rows)
+    unproven = [
+        c.target
+        for c in found
+        if (c.error and c.probes) or (c.paths and not any(p.status == "trusted" for p in c.paths))
+    ]
+    if unproven:
+        err.print(f"not proven: {', '.join(unproven)}", markup=False)
+        raise typer.Exit(TARGET_UNPROVEN)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.add_typer(targets_app, name="targets")
     app.command("debt")(debt_command)
     app.command("verify-leaver")(verify_leaver_command)
     app.command("coverage")(coverage_command)

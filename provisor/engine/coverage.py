@@ -6,7 +6,9 @@ constructors only check settings; a credential that cannot be resolved on this m
 replaced by a placeholder, and said so) and read its capabilities — what it can write (create,
 update, disable, delete, entitlements), what it can read back (read, list, changes since) and
 whether it sees sessions — then list the blind spots: the layers (account, entitlements,
-sessions) whose removal cannot be verified there, with why.
+sessions) whose removal cannot be verified there, with why. Where the connector probes its
+read paths, the entitlements layer counts as read back only once a probe has shown a membership
+read to work there (as recorded by the last probe; ``provisor targets check`` probes now).
 Does not: connect to targets, or judge any identity's access (``debt`` and
 ``provisor.evidence.bundle`` do).
 """
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisor.connectors import registry
-from provisor.connectors.base import Capability, Connector
+from provisor.connectors.base import Capability, Connector, ReadPath
 from provisor.domain.policy import SecretRef, TargetClass, TargetDef
-from provisor.engine.runner import open_connector
+from provisor.engine import readpaths
+from provisor.engine.connections import open_connector
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError, SecretError
 
@@ -80,6 +83,8 @@ class TargetCoverage:
     blind_spots: list[BlindSpot] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    # what probes last showed of each read path (targets whose connector probes them)
+    read_paths: list[ReadPath] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,7 @@ class TargetCoverage:
             "read_back": self.read_back,
             "sessions": self.sessions,
             "layers": self.layers,
+            "read_paths": [p.as_dict() for p in self.read_paths],
             "blind_spots": [b.as_dict() for b in self.blind_spots],
             "notes": self.notes,
             "error": self.error,
@@ -148,6 +154,7 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
     try:
         capabilities = connector.capabilities()
         incremental = callable(getattr(connector, "list_changed", None))
+        probes = callable(getattr(connector, "read_paths", None))
     finally:
         connector.close()
     found.write = [c.value for c in WRITE if c in capabilities]
@@ -163,10 +170,23 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
         found.blind_spots.append(
             BlindSpot(name, "account", "the connector cannot read an account back")
         )
+    found.read_paths = readpaths.load(workspace, name) if probes else []
+    trusted = [p.path for p in found.read_paths if p.status == "trusted"]
     if not target.entitlements:
         found.layers["entitlements"] = "none defined"
-    elif readable and Capability.ENTITLEMENTS in capabilities:
+    elif readable and Capability.ENTITLEMENTS in capabilities and not probes:
         found.layers["entitlements"] = "read back"
+    elif readable and Capability.ENTITLEMENTS in capabilities and trusted:
+        found.layers["entitlements"] = f"read back ({trusted[0]})"
+    elif readable and Capability.ENTITLEMENTS in capabilities:
+        found.layers["entitlements"] = "not shown"
+        why = (
+            "no membership read is shown to work: "
+            + "; ".join(f"{p.path}: {p.detail}" for p in found.read_paths)
+            if found.read_paths
+            else "no membership read has been shown to work yet: run 'provisor targets check'"
+        )
+        found.blind_spots.append(BlindSpot(name, "entitlements", why))
     else:
         found.layers["entitlements"] = "blind"
         found.blind_spots.append(

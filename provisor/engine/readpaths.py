@@ -4,7 +4,7 @@ Does: load the read paths last recorded for a target and hand them to a connecto
 (``ProbingConnector``), and record what its probes show whenever that changes — so a path shown
 to work once (a group listing that has listed members) still counts when nothing on the target
 shows it again, and one caught answering wrongly is not trusted by the next process either.
-Does not: probe anything itself or judge a path; connectors do (``connectors/base.ReadPath``).
+Does not: judge a path; connectors do (``connectors/base.ReadPath``).
 """
 
 from __future__ import annotations

@@ -46,12 +46,12 @@ from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
 from provisor.engine import debt
 from provisor.engine.assess import SEP, Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import orphan_key, orphan_removal
+from provisor.engine.connections import open_connector
 from provisor.engine.correlate import Correlator, Match, open_case
 from provisor.engine.lifecycle import chunks
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
-from provisor.engine.runner import open_connector
 from provisor.engine.tasks import (
     cancel_operations,
     confirm_from_observed,

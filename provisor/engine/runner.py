@@ -31,8 +31,6 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from provisor.config.secrets import SecretsFile, key_from_env, resolve_connection
-from provisor.connectors import registry
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
@@ -46,7 +44,7 @@ from provisor.connectors.base import (
 from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine import readpaths
+from provisor.engine.connections import open_connector
 from provisor.engine.lifecycle import chunks
 from provisor.engine.readback import unmet, unshowable
 from provisor.engine.tasks import open_tasks
@@ -62,21 +60,6 @@ REMOVALS = frozenset(
 BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
 BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 200  # outcomes per journal transaction
-
-
-def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
-    """The connector for ``target`` with its secrets resolved, or None for a manual target."""
-    if target.target_class is TargetClass.MANUAL:
-        return None
-    secrets_path = workspace.path / workspace.config.secrets_file
-    secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
-    settings = dict(resolve_connection(target.connection, secrets))
-    if target.target_class is TargetClass.SQL:
-        settings.setdefault("pool_size", target.concurrency)  # one connection per worker
-    connector = registry.open_connector(target.name, target.target_class, settings)
-    if connector is not None:
-        readpaths.attach(workspace, target.name, connector)
-    return connector
 
 
 def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
@@ -152,6 +135,7 @@ class ApplyReport:
     waiting: int = 0  # not due yet, behind an earlier step, or with a person (manual task)
     tasks_opened: int = 0
     no_connector: dict[str, int] = field(default_factory=dict)
+    unopened: dict[str, str] = field(default_factory=dict)  # target -> why it cannot be opened
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -358,6 +342,7 @@ class Runner:
                 try:
                     connector = self.connector(where)
                 except ProvisorError as exc:
+                    report.unopened[where] = str(exc)
                     report.errors.append(f"{where}: cannot open the connector: {exc}")
                     report.waiting += count
                     done += count

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -144,3 +145,34 @@ def test_a_listing_shown_to_work_before_still_counts_when_no_group_has_members(
     recorded = {p.path: p for p in readpaths.load(ws, "app")}
     assert recorded["group-listing"].status == "trusted"
     assert httpx2.get(f"{url}/Groups").json()["totalResults"] == 2
+
+
+def test_targets_check_and_coverage_show_what_was_shown(
+    proxied: tuple[Workspace, FaultyProxy, str], cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, proxy, _ = proxied
+    monkeypatch.setenv("PROVISOR_WORKSPACE", str(ws.path))
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    proxy.on_response = chain(no_members, silently_empty)
+    remembered = cli("targets", "check", "app", "--json")
+    assert remembered.code == 0, remembered.err
+    paths = {p["path"]: p for p in remembered.json()["targets"][0]["paths"]}
+    # the group listing was shown to list members when provisioning read it back
+    assert paths["group-listing"]["status"] == "trusted"
+    assert paths["group-listing"]["detail"].startswith("shown before: ")
+    assert paths["member-filter"]["status"] != "trusted"
+    with ws.sessions() as session, session.begin():
+        session.query(models.TargetReadPath).delete()  # as if never shown
+    blind = cli("targets", "check", "app", "--json")
+    assert blind.code == 15, blind.err
+    assert "trusted" not in {p["status"] for p in blind.json()["targets"][0]["paths"]}
+    assert cli("coverage", "--json").json()["targets"][0]["layers"]["entitlements"] == "not shown"
+    proxy.on_response = None
+    table = cli("targets", "check")
+    assert table.code == 0 and "group-listing" in table.out and "trusted" in table.out
+    assert "Example:" in cli("targets", "check", "--help").out
+    covered = {t["target"]: t for t in cli("coverage", "--json").json()["targets"]}
+    assert covered["app"]["layers"]["entitlements"].startswith("read back (")
+    assert cli("targets", "check", "nope").code == 2

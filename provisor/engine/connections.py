@@ -1,0 +1,79 @@
+"""Opening a target's connector the one way every part of the engine does.
+
+Does: resolve the target's connection settings (secrets from the workspace's encrypted file or
+the environment), size a SQL pool to the target's concurrency, open the connector through the
+registry, and give a probing connector what earlier probes of the target showed
+(``readpaths``); ``check`` has a target probe every read path now (``provisor targets check``).
+Does not: pool connectors between callers or retry; the runner keeps one per target per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisor.config.secrets import SecretsFile, key_from_env, resolve_connection
+from provisor.connectors import registry
+from provisor.connectors.base import Connector, ReadPath
+from provisor.domain.policy import TargetClass, TargetDef
+from provisor.engine import readpaths
+from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError
+
+
+def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
+    """The connector for ``target`` with its secrets resolved, or None for a manual target."""
+    if target.target_class is TargetClass.MANUAL:
+        return None
+    secrets_path = workspace.path / workspace.config.secrets_file
+    secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
+    settings = dict(resolve_connection(target.connection, secrets))
+    if target.target_class is TargetClass.SQL:
+        settings.setdefault("pool_size", target.concurrency)  # one connection per worker
+    connector = registry.open_connector(target.name, target.target_class, settings)
+    if connector is not None:
+        readpaths.attach(workspace, target.name, connector)
+    return connector
+
+
+@dataclass
+class TargetCheck:
+    """What probing one target showed: its read paths, or why it could not be probed."""
+
+    target: str
+    paths: list[ReadPath] = field(default_factory=list)
+    error: str | None = None
+    probes: bool = True  # False: the connector has no probes; its reads are as declared
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "paths": [p.as_dict() for p in self.paths],
+            "error": self.error,
+            "probes": self.probes,
+        }
+
+
+def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
+    """Open ``target``'s connector and probe every read path now (recorded as it goes)."""
+    found = TargetCheck(target.name)
+    try:
+        connector = open_connector(workspace, target)
+    except ProvisorError as exc:
+        found.error = f"the connector cannot be opened: {exc}"
+        return found
+    if connector is None:
+        found.probes = False
+        found.error = "manual target: people remove access and attest it"
+        return found
+    try:
+        probe = getattr(connector, "read_paths", None)
+        if probe is None:
+            found.probes = False
+            return found
+        found.paths = list(probe())
+    except ProvisorError as exc:
+        found.error = f"probing failed: {exc}"
+    finally:
+        connector.close()
+    return found
