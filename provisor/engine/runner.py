@@ -1,7 +1,8 @@
 """The embedded runner: executing the operation journal against targets, verified by read-back.
 
 Does: take the journal's open operations account by account in step order (a later step waits
-while an earlier one of the same account is not done) and run them through the target's
+while an earlier one of the same account is not done, except that a removal never waits on an
+addition that failed or is not due) and run them through the target's
 connector — accounts in parallel up to the target's ``concurrency``, paced by its
 ``rate_limit`` (a token bucket) — reading each account before and after writing. An operation
 becomes ``verified`` only when the read-back shows its intent, and the read-back updates the
@@ -517,15 +518,23 @@ class Runner:
         now: Callable[[], datetime],
         bucket: TokenBucket | None,
     ) -> list[Outcome]:
-        """One account's open operations in step order; stops at the first that cannot run."""
+        """One account's open operations in step order. A removal that cannot run yet stops
+        the rest (leavers' removals keep their order); an addition that fails or is not due
+        holds back only the later additions — removals never wait on an addition."""
         outcomes: list[Outcome] = []
         account: str | None = None
         renamed_from: str | None = None  # an update renamed the account: its old id
         known: AccountRecord | None = None
+        held = False  # an addition failed or is not due yet: later additions wait
         for job in jobs:
+            if held and job.kind not in REMOVALS:
+                continue
             when = now()
             if not job.due(when):
-                break
+                if job.kind in REMOVALS or job.kind is OpKind.CREATE:
+                    break
+                held = True
+                continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
             if bucket is not None:
@@ -547,10 +556,14 @@ class Runner:
                 outcomes.append(failure)
                 known = None
                 # A removal that failed must not keep the leaver's other access in place;
-                # an addition waits, since later steps need what it would have made.
+                # later additions wait, since they may need what this one would have made;
+                # nothing goes on without the account a failed create would have made.
                 if job.kind in REMOVALS:
                     continue
-                break
+                if job.kind is OpKind.CREATE:
+                    break
+                held = True
+                continue
             outcome.at = when
             outcomes.append(outcome)
             known = outcome.record

@@ -19,7 +19,7 @@ from provisor.engine.debt import debt_items
 from provisor.engine.workspace import Workspace
 from provisor.evidence.bundle import verify_leaver
 from provisor.store import models
-from tests.connectors.faulty_proxy import FaultyProxy
+from tests.connectors.faulty_proxy import FaultyProxy, Refuse
 from tests.connectors.test_scim_proof import (
     chain,
     no_members,
@@ -176,3 +176,62 @@ def test_targets_check_and_coverage_show_what_was_shown(
     covered = {t["target"]: t for t in cli("coverage", "--json").json()["targets"]}
     assert covered["app"]["layers"]["entitlements"].startswith("read back (")
     assert cli("targets", "check", "nope").code == 2
+
+
+def test_a_mover_loses_the_old_group_when_the_new_one_fails(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """The addition of the new department's group keeps failing; the old department's group
+    is removed all the same, in the same run and in later ones."""
+    ws, proxy, url = proxied
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    user = server_user(url, "e1@example.com")
+    assert user is not None and server_groups(url, user["id"]) == {"staff", "engineering"}
+    with ws.sessions() as session, session.begin():
+        from provisor.domain.lifecycle import LifecycleEvent
+        from provisor.engine import lifecycle
+
+        lifecycle.record_events(
+            session,
+            ws.config,
+            [LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Sales"})],
+            origin="test",
+            now=NOW,
+        )
+    # the policy's staff rule stays; make the staff group's membership look missing so an
+    # addition is planned, and have the application refuse additions
+    with ws.sessions() as session, session.begin():
+        row = session.execute(
+            select(models.ObservedAccount).where(models.ObservedAccount.identity == "E1")
+        ).scalar_one()
+        session.query(models.ObservedEntitlement).filter(
+            models.ObservedEntitlement.account_id == row.id,
+            models.ObservedEntitlement.entitlement == "staff",
+        ).delete()
+    httpx2.patch(
+        f"{url}/Groups/{group_id(url, 'staff')}",
+        json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "remove", "path": f'members[value eq "{user["id"]}"]'}],
+        },
+    ).raise_for_status()
+
+    def refuse_additions(method: str, path: str, body: bytes) -> bytes:
+        if method == "PATCH" and b'"add"' in body:
+            raise Refuse(503, "additions are down")
+        return body
+
+    proxy.on_request = refuse_additions
+    kinds = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws).operations]
+    assert ("add-entitlement", "staff") in kinds and ("remove-entitlement", "engineering") in kinds
+    report = apply(ws)
+    assert report.retrying == 1
+    assert server_groups(url, user["id"]) == set()  # engineering removed regardless
+    assert removal_statuses(ws) == {"engineering": "verified"}
+
+
+def group_id(url: str, name: str) -> str:
+    found = httpx2.get(f"{url}/Groups", params={"filter": f'displayName eq "{name}"'}).json()
+    return str(found["Resources"][0]["id"])
