@@ -571,14 +571,19 @@ class ScimConnector:
         listing gives every account's groups when it is shown to list members; otherwise the
         users' own ``groups`` attribute when shown to work; otherwise the records say their
         membership could not be read."""
-        rows = self._group_rows()
-        self._check(rows)
-        members = self._by_account(rows) if self._trusted("group-listing") else None
-        by_user = members is None and self._trusted("user-groups")
-        unread = None if members is not None or by_user else self._blind()
-        attributes = self._user_attributes(groups=members is None)
         with _reader() as pool:
-            for page in self._listing(pool, self._users_path, None, attributes):
+            # the users' first page is asked for while the groups are read and probed
+            users = self._listing(pool, self._users_path, None, self._user_attributes(groups=False))
+            rows = self._group_rows()
+            self._check(rows)
+            members = self._by_account(rows) if self._trusted("group-listing") else None
+            by_user = members is None and self._trusted("user-groups")
+            unread = None if members is not None or by_user else self._blind()
+            if members is None:  # the users' own groups are needed after all
+                users = self._listing(
+                    pool, self._users_path, None, self._user_attributes(groups=True)
+                )
+            for page in users:
                 for user in page:
                     mine = (
                         None if members is None else frozenset(members.get(str(user.get("id")), ()))
