@@ -1,19 +1,27 @@
 """SCIM 2.0 connector (RFC 7643/7644), built on ``scim2-client`` over ``httpx2``.
 
-Does: discover what the server supports from ``/ServiceProviderConfig``; create users
-(userName, externalId, displayName, emails, active), disable and enable them with PATCH
-``active`` (or a PUT of the whole user where PATCH is not supported), manage group membership as
-entitlements (PATCH add / remove with a value filter, PUT fallback), read one user with its
+Does: discover what the server supports from ``/ServiceProviderConfig`` and where users and
+groups live from ``/ResourceTypes``, leniently; create users (userName, externalId,
+displayName, emails, active), disable and enable them with PATCH ``active``, manage group
+membership as entitlements (PATCH add / remove with a value filter), with a PUT of the whole
+resource where PATCH is not supported or is refused (learned once); read one user with its
 groups, list every user walking all pages, delete (404 means already gone); bearer or basic
 authentication over keep-alive connections; map HTTP failures to retryable (5xx, 429 with
 ``Retry-After`` in seconds or as an HTTP date, timeouts, refused connections) or permanent.
+Group membership is read only through a path shown to work on the target (``read_paths``:
+the users' own groups, the member filter, the group listing, each group read alone, each
+probed with controls); an account whose membership no trusted path can read says so in
+``AccountRecord.unread`` rather than reporting no groups. Lookups by userName/externalId and
+by group displayName check the server's answers and fall back to reading everything.
+Every answer is read as plain JSON, tolerantly (missing counts, undeclared attributes, string
+booleans, numeric ids, attribute names in any case as RFC 7643 §2.1 says); what is written is
+built from scim2-models' strict User and Group models.
 Listing is built for tens of thousands of users: pages as large as the server allows, only the
 attributes the account record needs, the next pages requested while the current one is read
-once ``totalResults`` is known, each group's members read once (not a search per user), and
-the listed JSON read directly into account records (attribute names compared without regard
-to case, as RFC 7643 §2.1 says) rather than validated into models first.
-Does not: decide what to change, retry, or know about identities beyond the account spec.
-Sessions are not part of SCIM: revoking them is unsupported here.
+once ``totalResults`` is known, and each group's members read once (not a search per user).
+Does not: decide what to change, retry, store what the probes showed (the engine does, through
+``remember``), or know about identities beyond the account spec. Sessions are not part of
+SCIM: revoking them is unsupported here.
 """
 
 from __future__ import annotations
@@ -269,6 +277,7 @@ class ScimConnector:
         self._group_names: dict[str, str] = {}  # id -> displayName
         self._page_limit = PAGE
         self._users_path, self._groups_path = "/Users", "/Groups"
+        self._patch_supported = False  # from /ServiceProviderConfig
         self._patch_works = True  # False once PATCH was refused and a PUT did the job
         self._filter_supported = True
         self._attributes_ok = True  # False once the server refused the attributes parameter
@@ -576,7 +585,10 @@ class ScimConnector:
             users = self._listing(pool, self._users_path, None, self._user_attributes(groups=False))
             rows = self._group_rows()
             self._check(rows)
-            members = self._by_account(rows) if self._trusted("group-listing") else None
+            if not self._trusted("group-listing") and self._trusted("group-read"):
+                rows = [self._group_alone(row[0]) for row in rows]
+            trusted = self._trusted("group-listing") or self._trusted("group-read")
+            members = self._by_account(rows) if trusted else None
             by_user = members is None and self._trusted("user-groups")
             unread = None if members is not None or by_user else self._blind()
             if members is None:  # the users' own groups are needed after all

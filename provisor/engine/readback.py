@@ -3,7 +3,8 @@
 Does: say why an account record does not show an operation of a given kind done, or that it
 does — the one rule the runner (live read-back), manual tasks (a later user-list import) and
 reconciliation share — and why a record cannot show it either way (a layer the read could not
-see: an entitlement missing from a membership nobody has shown to be readable proves nothing).
+see: an entitlement missing from a membership nobody has shown to be readable proves nothing),
+and which entitlements an observed account keeps after such a read.
 Does not: read anything itself.
 """
 
@@ -53,3 +54,11 @@ def unshowable(kind: OpKind, entitlement: str | None, record: AccountRecord | No
     if record.entitlements_shown or entitlement in record.entitlements:
         return None
     return record.unread["entitlements"]
+
+
+def kept_entitlements(record: AccountRecord, stored: frozenset[str]) -> frozenset[str]:
+    """The entitlements to keep as observed after reading ``record``, given those stored.
+
+    A membership read not shown to work adds what it saw; what it did not see stays as last
+    observed, since its absence proves nothing."""
+    return record.entitlements if record.entitlements_shown else record.entitlements | stored

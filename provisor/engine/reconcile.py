@@ -52,6 +52,7 @@ from provisor.engine.lifecycle import chunks
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
+from provisor.engine.readback import kept_entitlements
 from provisor.engine.tasks import (
     cancel_operations,
     confirm_from_observed,
@@ -249,10 +250,8 @@ def _write_batch(
     for record, match in batch:
         attrs = _attributes(record)
         seen = known.get(record.account)
-        if not record.entitlements_shown and seen is not None:
-            # a membership read nobody has shown to work: what it did not see stays as last
-            # observed, since its absence proves nothing
-            record = replace(record, entitlements=record.entitlements | seen.entitlements)
+        if seen is not None and not record.entitlements_shown:
+            record = replace(record, entitlements=kept_entitlements(record, seen.entitlements))
         if seen is None:
             new_rows.append(
                 {

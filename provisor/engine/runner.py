@@ -47,7 +47,7 @@ from provisor.domain.plan import OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.connections import open_connector
 from provisor.engine.lifecycle import chunks
-from provisor.engine.readback import unmet, unshowable
+from provisor.engine.readback import kept_entitlements, unmet, unshowable
 from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
@@ -730,15 +730,12 @@ class Runner:
         row.source = "read-back"
         session.flush()
         held = models.ObservedEntitlement.account_id == row.id
-        if record.entitlements_shown:
-            session.execute(delete(models.ObservedEntitlement).where(held))
-            fresh = record.entitlements
-        else:
-            # a membership read nobody has shown to work: what it saw is added, what it did
-            # not see stays as last observed (its absence proves nothing)
-            stored = session.execute(select(models.ObservedEntitlement.entitlement).where(held))
-            fresh = record.entitlements - set(stored.scalars())
+        stored: frozenset[str] = frozenset()
+        if not record.entitlements_shown:
+            query = select(models.ObservedEntitlement.entitlement).where(held)
+            stored = frozenset(session.execute(query).scalars())
+        session.execute(delete(models.ObservedEntitlement).where(held))
         session.add_all(
             models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
-            for e in sorted(fresh)
+            for e in sorted(kept_entitlements(record, stored))
         )

@@ -308,3 +308,29 @@ def test_user_lookup_filter_ignored_finds_the_right_user(seeded: tuple[str, list
         found = connector.find(spec(1))
         assert found is not None and found.account == bob
         assert connector.find(spec(7)) is None
+
+
+def test_members_left_out_of_listings_are_read_group_by_group(
+    seeded: tuple[str, list[str]],
+) -> None:
+    """Group listings carry no members (as some servers do for large groups) and the member
+    filter answers nothing; a group read alone lists its members, so that is what counts."""
+    url, (ann, bob) = seeded
+
+    def listing_without_members(method: str, path: str, status: int, content: bytes) -> bytes:
+        if method != "GET" or status != 200 or "/Groups" not in path:
+            return content
+        document = json.loads(content)
+        for resource in document.get("Resources", []):
+            resource.pop("members", None)
+        return json.dumps(document).encode()
+
+    for connector, _ in through(url, on_response=chain(listing_without_members, silently_empty)):
+        paths = {p.path: p.status for p in connector.read_paths()}
+        assert paths["group-listing"] == "untested" and paths["group-read"] == "trusted"
+        assert paths["member-filter"] == "untrusted"
+        record = connector.read(ann)
+        assert record is not None and record.entitlements_shown
+        assert record.entitlements == server_groups(url, ann) == {"engineering", "admins"}
+        listed = {r.account: r for r in connector.list_accounts()}
+        assert listed[bob].entitlements_shown and listed[bob].entitlements == {"staff"}
