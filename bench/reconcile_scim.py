@@ -4,7 +4,11 @@ Starts a local SCIM 2.0 application (scim2-server), creates --accounts users in 
 (each in one of two groups; a few with drift planted: an extra group, a disabled account, one
 made by hand), hires the matching identities, then times one full ``provisor`` reconciliation
 of the target: listing every account and group, correlating by email, writing the observed
-store, classifying every account and planning the fixes.
+store, classifying every account and planning the fixes. The reconciliation probes the
+target's membership read paths (``read_paths``); their cost alone is timed afterwards on a fresh
+connector (``probe_s``), and so are single-account reads (read-backs) through the trusted
+member filter (``read_per_s``) and through the group listing they fall back to when the filter
+is not trusted (``read_fallback_per_s``).
 Prints one JSON line: {"bench": "reconcile_scim", ..., "accounts_per_s": N, "peak_rss_mb": M}.
 """
 
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import httpx2
 
-import provisor.connectors.scim  # noqa: F401  (imported before the clock starts)
+from provisor.connectors.base import ReadPath
+from provisor.connectors.scim import ScimConnector  # imported before the clock starts
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import lifecycle
 from provisor.engine.reconcile import reconcile_target
@@ -79,9 +84,36 @@ def fill(url: str, accounts: int) -> None:
             client.post(f"{url}/Users", json=body).raise_for_status()
 
 
+def probes_and_reads(url: str, count: int) -> tuple[float, dict[str, float]]:
+    """Seconds the read-path probes take; single-account reads per second through the member
+    filter, and through the group listing when the filter is not trusted."""
+    connector = ScimConnector("app", {"url": url, "timeout": 120})
+    try:
+        started = time.perf_counter()
+        paths = {p.path: p.status for p in connector.read_paths()}
+        probe_s = time.perf_counter() - started
+        if paths.get("member-filter") != "trusted":
+            raise SystemExit(f"the member filter should be trusted here: {paths}")
+        accounts = [
+            r.account for r, _ in zip(connector.list_accounts(), range(count), strict=False)
+        ]
+        rates: dict[str, float] = {}
+        for label in ("read_per_s", "read_fallback_per_s"):
+            if label == "read_fallback_per_s":  # as if the filter had failed its probe
+                connector._paths["member-filter"] = ReadPath("member-filter", "untrusted", "bench")
+            started = time.perf_counter()
+            for account in accounts:
+                connector.read(account)
+            rates[label] = round(len(accounts) / (time.perf_counter() - started), 1)
+        return probe_s, rates
+    finally:
+        connector.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=20000)
+    parser.add_argument("--reads", type=int, default=100, help="single-account reads timed")
     args = parser.parse_args()
     now = datetime.now(UTC)
     with ScimApp(tenants=True) as app, tempfile.TemporaryDirectory(prefix="provisor-b-") as tmp:
@@ -108,6 +140,7 @@ def main() -> None:
         report = reconcile_target(workspace, "app", now=now)
         elapsed = time.perf_counter() - started
         workspace.close()
+        probe_s, reads = probes_and_reads(url, args.reads)
     total = report.read
     print(
         json.dumps(
@@ -118,6 +151,8 @@ def main() -> None:
                 "accounts_per_s": round(total / elapsed),
                 "classes": report.classes,
                 "planned": report.planned,
+                "probe_s": round(probe_s, 2),
+                **reads,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         )
