@@ -19,6 +19,7 @@ from provisor.cli import JsonOption, _now, _open, _parse_when, _print_json, _tab
 
 LEAVER_FAILED = 12  # something a leaver had is still present
 LEAVER_INCOMPLETE = 13  # nothing present, but some layer could not be verified
+DEBT_UNKNOWN = 16  # some leaver's access has not been read since the termination
 
 
 def debt_command(
@@ -42,7 +43,9 @@ def debt_command(
     One item per (identity, target, account, access item): an account enabled or not deleted
     when it must be, an entitlement held but not granted, sessions open or unknown on an
     account that must be disabled. Debt falls only when a read-back, a reconciliation, an
-    imported export or an attestation shows the access gone.
+    imported export or an attestation shows the access gone. A leaver's access in a target
+    nobody has read since the termination is an "access" item marked unknown; exit code 16
+    while any exists.
 
     Example:  provisor debt --by owner
     """
@@ -81,6 +84,7 @@ def debt_command(
         workspace.close()
     overdue = sum(1 for i in items if i.overdue)
     identities = len({i.identity for i in items})
+    unknown = sum(1 for i in items if not i.known)
     if by is not None:
         groups = debt.summarise(items, by)
         if json_out:
@@ -89,9 +93,11 @@ def debt_command(
                     "by": by,
                     "items": len(items),
                     "overdue": overdue,
+                    "unknown": unknown,
                     "groups": [g.as_dict() for g in groups],
                 }
             )
+            _exit_if_unknown(unknown)
             return
         _table(
             f"Revocation debt by {by}",
@@ -103,10 +109,12 @@ def debt_command(
             {
                 "items": len(items),
                 "overdue": overdue,
+                "unknown": unknown,
                 "identities": identities,
                 "debt": [i.as_dict() for i in items],
             }
         )
+        _exit_if_unknown(unknown)
         return
     elif items:
         _table(
@@ -132,6 +140,17 @@ def debt_command(
         out.print("No revocation debt: everything that must be gone is verified gone.")
         return
     out.print(f"{len(items)} items of debt ({overdue} overdue) across {identities} identities.")
+    if unknown:
+        out.print(
+            f"{unknown} of them unknown: access not read since the termination (neither debt "
+            "seen nor verified gone); reconcile those targets in full."
+        )
+    _exit_if_unknown(unknown)
+
+
+def _exit_if_unknown(unknown: int) -> None:
+    if unknown:
+        raise typer.Exit(DEBT_UNKNOWN)
 
 
 def _show_trend(shots: list[Any], json_out: bool) -> None:

@@ -11,6 +11,9 @@ removal the journal planned, else the observation), its channel and owner, the t
 whether it is overdue, and what the journal says about its removal (pending, failed, a manual
 task done but not verified). Totals by target class, target and owner are recorded as a
 snapshot (reconciliation does at every run) so a trend can be shown.
+Access Provisor knows a leaver had in a target that nobody has read since the termination (the
+target never read whole, unreadable, or read before it) is an ``access`` item marked unknown
+(``known`` false), counted apart: it is neither debt seen nor verified gone.
 Does not: change access or the journal. Debt falls only when observation changes — a read-back
 after an operation, a reconciliation, an imported user export or a second person's attestation
 — never because an operation was sent. Accounts linked to no identity (orphans, unlinked) are
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import aggregate_strings
 
@@ -73,6 +76,9 @@ class DebtItem:
     observed_at: datetime
     source: str  # where the observation came from: read-back, export FILE, attestation, ...
     work: str  # what the journal says about its removal
+    # False: nothing has read the target for this identity since its removal was due, so
+    # whether the access is there is unknown (counted apart from debt that was seen)
+    known: bool = True
 
     def key(self, by: GroupBy) -> str:
         return {"class": self.target_class, "target": self.target, "owner": self.owner}[by]
@@ -94,6 +100,7 @@ class DebtItem:
             "observed_at": self.observed_at.isoformat(),
             "source": self.source,
             "work": self.work,
+            "known": self.known,
         }
 
 
@@ -466,7 +473,134 @@ def _debt_items(
                 items.extend(
                     account_debt(state, leave_started, target_def, entry, ops, journal, now)
                 )
+    owed = {(i.identity, i.target) for i in items}
+    items.extend(
+        i
+        for i in _unknown(session, targets, states, now, identity)
+        if (i.identity, i.target) not in owed
+    )
     items.sort(key=lambda i: (not i.overdue, i.since, i.identity, i.target, i.item))
+    return items
+
+
+def _last_reads(session: Session, targets: Mapping[str, TargetDef]) -> dict[str, datetime]:
+    """When each target was last read whole: a full or export reconciliation that completed,
+    or (manual targets) an imported user export. Incremental runs do not count: a change
+    listing shows what changed, not that everything else is gone."""
+    run = models.ReconcileRun
+    found: dict[str, datetime] = {}
+    query = (
+        select(run.target, func.max(run.finished_at))
+        .where(run.status == "completed", run.mode.in_(("full", "export")))
+        .group_by(run.target)
+    )
+    for name, finished in session.execute(query):
+        if name in targets and finished is not None:
+            found[name] = finished
+    event = models.AuditEvent
+    imports = (
+        select(event.subject, func.max(event.at))
+        .where(event.action == "observed.imported")
+        .group_by(event.subject)
+    )
+    for name, at in session.execute(imports):
+        if name in targets and at is not None and (name not in found or at > found[name]):
+            found[name] = at
+    return found
+
+
+def _failures(session: Session, targets: Mapping[str, TargetDef]) -> dict[str, str]:
+    """The error of each target's latest reconciliation, where it failed."""
+    run = models.ReconcileRun
+    latest = select(run.target, func.max(run.id)).group_by(run.target).subquery()
+    query = select(run.target, run.error).join(latest, run.id == latest.c[1])
+    return {
+        name: error
+        for name, error in session.execute(query.where(run.status == "failed"))
+        if name in targets and error
+    }
+
+
+def _unknown(
+    session: Session,
+    targets: Mapping[str, TargetDef],
+    states: Mapping[str, tuple[IdentityState, datetime | None]],
+    now: datetime,
+    identity: str | None,
+) -> list[DebtItem]:
+    """Leavers whose access in a target nobody has read since their termination: neither a
+    whole read of the target (``_last_reads``), nor an observation of their account, nor a
+    removal of theirs verified by read-back, came after it. Only where Provisor knows of their
+    access there (an account observed, or any operation of theirs in the journal); accounts it
+    never knew of are reconciliation's orphans."""
+    last_read = _last_reads(session, targets)
+    oldest = min(
+        (last_read.get(t, datetime.min.replace(tzinfo=now.tzinfo)) for t in targets), default=None
+    )
+    leavers = {
+        who: state.terminated_at
+        for who, (state, _) in states.items()
+        if state.state is LifecycleState.TERMINATED
+        and state.terminated_at is not None
+        and state.terminated_at <= now
+        and (identity is None or who == identity)
+        and (oldest is None or state.terminated_at > oldest)
+    }
+    if not leavers:
+        return []
+    seen: dict[tuple[str, str], datetime | None] = {}
+    accounts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    oa, op = models.ObservedAccount, models.Operation
+    for part in chunks(sorted(leavers)):
+        for who, where, account, at in session.execute(
+            select(oa.identity, oa.target, oa.account, oa.observed_at).where(oa.identity.in_(part))
+        ):
+            key = (str(who), str(where))
+            accounts[key].append(str(account))
+            seen[key] = max(filter(None, (seen.get(key), at)), default=None)
+        for who, where, verified in session.execute(
+            select(op.identity, op.target, func.max(op.verified_at))
+            .where(op.identity.in_(part))
+            .group_by(op.identity, op.target)
+        ):
+            key = (str(who), str(where))
+            seen[key] = max(filter(None, (seen.get(key), verified)), default=None)
+    failures = _failures(session, targets)
+    items: list[DebtItem] = []
+    for (who, where), read_at in sorted(seen.items()):
+        target = targets.get(where)
+        due = leavers.get(who)
+        if target is None or due is None:
+            continue
+        whole = last_read.get(where)
+        if (whole is not None and whole >= due) or (read_at is not None and read_at >= due):
+            continue
+        if where in failures:
+            why = f"the target cannot be read: {failures[where]}"
+        elif whole is None:
+            why = "the target has never been read whole (no full reconciliation or export)"
+        else:
+            why = f"last read whole {whole.date().isoformat()}, before the termination"
+        items.append(
+            DebtItem(
+                identity=who,
+                target=where,
+                account=", ".join(sorted(accounts.get((who, where), []))) or "?",
+                item="access",
+                target_class=target.target_class.value,
+                channel=channel(target),
+                owner=target.owner,
+                since=due,
+                age_days=_age(due, now),
+                sla_days=target.sla_days,
+                overdue=now > due + timedelta(days=target.sla_days),
+                state=f"unknown: not read since the termination; {why}",
+                observed_at=read_at or due,
+                source="none since the termination",
+                work="'provisor reconcile --target " + where + " --full' reads it",
+                known=False,
+            )
+        )
     return items
 
 
@@ -506,7 +640,7 @@ def totals(items: Sequence[DebtItem]) -> dict[str, Any]:
     return {
         by: {g.key: {"items": g.items, "overdue": g.overdue} for g in summarise(items, by)}
         for by in GROUPINGS
-    }
+    } | {"unknown": sum(1 for i in items if not i.known)}
 
 
 def record_snapshot(

@@ -532,7 +532,7 @@ class LeaverVerifier:
         connector, error = self._connector(target)
         if connector is None:
             evidence.error = error or "no connector for this target class"
-            evidence.layers = [Layer(layer, UNVERIFIABLE, evidence.error) for layer in LAYERS]
+            evidence.layers = self._unreadable(target, identity, evidence.error, now)
             return
         known: list[str] = []
         with self.workspace.sessions() as session:
@@ -550,7 +550,7 @@ class LeaverVerifier:
             records, notes = _read_live(connector, target, identity, attributes, known)
         except Exception as exc:  # the target failed to answer: unverifiable, with the error
             evidence.error = f"reading the target failed: {exc}"
-            evidence.layers = [Layer(layer, UNVERIFIABLE, evidence.error) for layer in LAYERS]
+            evidence.layers = self._unreadable(target, identity, evidence.error, now)
             return
         evidence.notes = notes
         evidence.accounts = [
@@ -579,6 +579,49 @@ class LeaverVerifier:
         evidence.layers = _combine(
             [judge_record(target, r, capabilities, due, now) for r, _ in records]
         )
+
+    def _unreadable(
+        self, target: TargetDef, identity: str, error: str, now: datetime
+    ) -> list[Layer]:
+        """The layers of a target that cannot be read now: unverifiable, except what
+        Provisor's own store last observed still there — that is present (a fail), not
+        merely unknown."""
+        with self.workspace.sessions() as session:
+            oa, oe = models.ObservedAccount, models.ObservedEntitlement
+            rows = session.execute(
+                select(oa).where(oa.target == target.name, oa.identity == identity)
+            ).scalars()
+            stored = [
+                (
+                    AccountRecord(
+                        account=row.account,
+                        user_name=str((row.attributes or {}).get("user_name") or row.account),
+                        enabled=row.enabled,
+                        entitlements=frozenset(
+                            session.execute(
+                                select(oe.entitlement).where(oe.account_id == row.id)
+                            ).scalars()
+                        ),
+                        sessions=row.sessions,
+                    ),
+                    row.observed_at,
+                )
+                for row in rows
+            ]
+        layers = []
+        for index, name in enumerate(LAYERS):
+            present = [
+                f"{judged[index].why} (as last observed {_day(at)}; {error})"
+                for record, at in stored
+                if (judged := judge_record(target, record, frozenset(), None, now))[index].state
+                == PRESENT
+            ]
+            layers.append(
+                Layer(name, PRESENT, "; ".join(present))
+                if present
+                else Layer(name, UNVERIFIABLE, error)
+            )
+        return layers
 
     def _write(
         self, identity: str, who: dict[str, Any], found: list[TargetEvidence], at: datetime

@@ -226,7 +226,11 @@ def test_re_enabled_leaver_is_debt_until_fixed_and_verified(
         event(workspace, "E1", EventKind.TERMINATE)
         plan(workspace)
         apply(workspace)
-        assert [i.target for i in ledger(workspace, NOW, identity="E1")] == []
+        # the SCIM removals are read back; the manual target's are with people, unattested:
+        # nobody has read it since the termination, so that access is unknown, not gone
+        assert [(i.target, i.item, i.known) for i in ledger(workspace, NOW, identity="E1")] == [
+            ("paper", "access", False)
+        ]
         user = server_user(scim_url, "e1@example.com")
         assert user is not None
         httpx2.patch(
@@ -243,7 +247,7 @@ def test_re_enabled_leaver_is_debt_until_fixed_and_verified(
                 .values(enabled=True, source="reconcile", observed_at=NOW + timedelta(days=4))
             )
         later = NOW + timedelta(days=4)
-        items = ledger(workspace, later, identity="E1")
+        items = [i for i in ledger(workspace, later, identity="E1") if i.known]
         assert [(i.target, i.item, i.overdue) for i in items] == [
             ("app", "account", True),
             ("app", "sessions", True),
@@ -252,7 +256,56 @@ def test_re_enabled_leaver_is_debt_until_fixed_and_verified(
         plan(workspace, later)
         assert ledger(workspace, later, identity="E1")[0].work == "pending"
         apply(workspace, later)  # disabled again and read back
-        assert ledger(workspace, later, identity="E1") == []
+        assert [i.target for i in ledger(workspace, later, identity="E1")] == ["paper"]
         assert server_user(scim_url, "e1@example.com")["active"] is False  # type: ignore[index]
     finally:
         workspace.close()
+
+
+UNOPENABLE = """\
+targets:
+  - name: app
+    class: scim
+    owner: app-team
+    connection: {url: "http://127.0.0.1:9/v2", token: {env: PROVISOR_TEST_NO_SUCH_TOKEN}}
+    entitlements: [{name: staff}]
+rules:
+  - name: staff
+    when: {attr: employment_type, equals: employee}
+    grant: [{target: app, entitlements: [staff]}]
+"""
+
+
+def test_a_target_never_read_is_unknown_not_gone(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target's connector cannot even be opened: nothing was ever read there. A leaver's
+    access in it is unknown — counted, shown, and 'debt' exits 16 — never 'verified gone'."""
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PROVISOR_TEST_NO_SUCH_TOKEN", raising=False)
+    monkeypatch.setenv("PROVISOR_WORKSPACE", str(tmp_path))
+    workspace = scratch_workspace(tmp_path, UNOPENABLE)
+    try:
+        people(workspace, "E1", "E2")
+        plan(workspace)
+        assert cli("--now", NOW.isoformat(), "apply").code == 11  # names the target
+        event(workspace, "E1", EventKind.TERMINATE)
+        plan(workspace)
+    finally:
+        workspace.close()
+    later = (NOW + timedelta(days=1)).isoformat()
+    result = cli("--now", later, "debt", "--json")
+    assert result.code == 16, result.out + result.err
+    data = result.json()
+    assert data["unknown"] == 1
+    [item] = data["debt"]
+    assert (item["identity"], item["target"], item["item"], item["known"]) == (
+        "E1",
+        "app",
+        "access",
+        False,
+    )
+    assert "never been read whole" in item["state"]
+    table = cli("--now", later, "debt")
+    assert table.code == 16 and "1 of them unknown" in table.out
+    assert "No revocation debt" not in table.out

@@ -235,3 +235,19 @@ def test_a_mover_loses_the_old_group_when_the_new_one_fails(
 def group_id(url: str, name: str) -> str:
     found = httpx2.get(f"{url}/Groups", params={"filter": f'displayName eq "{name}"'}).json()
     return str(found["Resources"][0]["id"])
+
+
+def test_verify_leaver_fails_on_an_unreadable_target_the_store_shows_enabled(
+    leaver: tuple[Workspace, FaultyProxy, str, str], tmp_path: Path
+) -> None:
+    """The application cannot be read now, and the last read showed the leaver's account
+    enabled with both groups: that is a fail, not merely incomplete."""
+    ws, proxy, _, account = leaver
+    proxy.close()  # the target stops answering
+    written = verify_leaver(ws, "E1", now=lambda: LATER, out_dir=tmp_path / "out")
+    assert written.outcome == "fail"
+    layers = {(t["target"], x["layer"]): x for t in written.bundle["targets"] for x in t["layers"]}
+    assert layers[("app", "account")]["state"] == "still-present"
+    assert f"account {account} is enabled (as last observed" in layers[("app", "account")]["why"]
+    assert layers[("app", "entitlements")]["state"] == "still-present"
+    assert layers[("app", "sessions")]["state"] == "unverifiable"
