@@ -36,6 +36,12 @@ class OpKind(StrEnum):
 
 # Within one account, operations run in this order: sessions and credentials go first so a leaver
 # cannot act while the rest is removed; delete is last.
+# the kinds that take access away (a failed addition never holds them back)
+REMOVALS = frozenset(
+    {OpKind.REVOKE_SESSIONS, OpKind.DISABLE, OpKind.REMOVE_ENTITLEMENT, OpKind.DELETE}
+)
+REMOVAL_KINDS = tuple(sorted(k.value for k in REMOVALS))  # as the journal stores them
+
 STEP = {
     OpKind.REVOKE_SESSIONS: 0,
     OpKind.CREATE: 1,

@@ -157,6 +157,12 @@ class TargetDef(_Model):
     reconcile_every: int | None = Field(
         default=None, ge=1, le=525600, description="minutes between scheduled reconciliations"
     )
+    full_every: int = Field(
+        default=24,
+        ge=1,
+        le=8760,
+        description="hours within which a scheduled reconciliation reads the target in full",
+    )
 
     @field_validator("connection")
     @classmethod

@@ -160,7 +160,14 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
     found.write = [c.value for c in WRITE if c in capabilities]
     found.read_back = [c.value for c in (Capability.READ, Capability.LIST) if c in capabilities]
     if incremental:
-        found.read_back.append("changes-since")
+        with workspace.sessions() as session:
+            shown = readpaths.change_filter_shown(session, name)
+        found.read_back.append("changes-since" if shown else "changes-since (not shown yet)")
+        if not shown:
+            found.notes.append(
+                "incremental reads are not relied on until a run has listed every account "
+                "Provisor changed in its window; until then reconciliation reads in full"
+            )
     found.sessions = Capability.SESSIONS in capabilities
     readable = Capability.READ in capabilities
     if readable:

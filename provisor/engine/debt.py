@@ -34,7 +34,13 @@ from sqlalchemy.sql.functions import aggregate_strings
 
 from provisor.domain.desired import DesiredAccess, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
-from provisor.domain.plan import ObservedAccount, OpKind, PlannedOperation, plan_identity
+from provisor.domain.plan import (
+    REMOVAL_KINDS,
+    ObservedAccount,
+    OpKind,
+    PlannedOperation,
+    plan_identity,
+)
 from provisor.domain.policy import TargetDef
 from provisor.engine.coverage import channel
 from provisor.engine.lifecycle import chunks, load_history, window
@@ -45,12 +51,6 @@ from provisor.store import models
 
 GroupBy = Literal["class", "target", "owner"]
 GROUPINGS: tuple[GroupBy, ...] = ("class", "target", "owner")
-REMOVAL_KINDS = (
-    OpKind.REVOKE_SESSIONS.value,
-    OpKind.DISABLE.value,
-    OpKind.REMOVE_ENTITLEMENT.value,
-    OpKind.DELETE.value,
-)
 # journal rows that stand for a removal still in hand (not cancelled, not verified)
 OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 DAY = 86400.0

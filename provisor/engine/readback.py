@@ -4,7 +4,8 @@ Does: say why an account record does not show an operation of a given kind done,
 does — the one rule the runner (live read-back), manual tasks (a later user-list import) and
 reconciliation share — and why a record cannot show it either way (a layer the read could not
 see: an entitlement missing from a membership nobody has shown to be readable proves nothing),
-and which entitlements an observed account keeps after such a read.
+which entitlements an observed account keeps after such a read, and whether an existing
+account found by name alone may be taken over without a person deciding.
 Does not: read anything itself.
 """
 
@@ -62,3 +63,22 @@ def kept_entitlements(record: AccountRecord, stored: frozenset[str]) -> frozense
     A membership read not shown to work adds what it saw; what it did not see stays as last
     observed, since its absence proves nothing."""
     return record.entitlements if record.entitlements_shown else record.entitlements | stored
+
+
+def adoption_refusal(
+    record: AccountRecord, due: frozenset[str], want_enabled: bool = True
+) -> str | None:
+    """Why an existing account that matched an identity by name alone (it carries no identity
+    id) must not be taken over without a person deciding, or None when it may: it must be
+    enabled (unless the identity's own account is to be created disabled, as one Provisor made
+    before a crash would be), and hold nothing beyond ``due`` (what the identity is to have
+    there), as read."""
+    problems = []
+    if want_enabled and not record.enabled:
+        problems.append("it is disabled")
+    extra = sorted(record.entitlements - due)
+    if extra:
+        problems.append(f"it holds {', '.join(extra)}, which the identity is not due")
+    if not record.entitlements_shown:
+        problems.append(f"its memberships cannot be read ({record.unread['entitlements']})")
+    return "; ".join(problems) or None

@@ -4,7 +4,10 @@ Does: load the read paths last recorded for a target and hand them to a connecto
 (``ProbingConnector``), and record what its probes show whenever that changes — so a path shown
 to work once (a group listing that has listed members) still counts when nothing on the target
 shows it again, and one caught answering wrongly is not trusted by the next process either.
-Does not: judge a path; connectors do (``connectors/base.ReadPath``).
+Also says whether a target's change listing has ever been shown to work (an incremental
+reconciliation that listed every account Provisor had changed in its window).
+Does not: judge a path; connectors do (``connectors/base.ReadPath``), and reconciliation
+judges change listings.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from provisor.connectors.base import Connector, ReadPath
 from provisor.engine.workspace import Workspace
@@ -66,3 +70,15 @@ def recorded(workspace: Workspace) -> dict[str, list[ReadPath]]:
         ).scalars():
             found.setdefault(row.target, []).append(ReadPath(row.path, row.status, row.detail))
     return found
+
+
+def change_filter_shown(session: Session, target: str) -> bool:
+    """Whether an incremental run of ``target`` has ever listed every account Provisor had
+    changed in its window (its proof starts ``proven``)."""
+    run = models.ReconcileRun
+    rows = session.execute(
+        select(run.counts).where(
+            run.target == target, run.mode == "incremental", run.status == "completed"
+        )
+    ).scalars()
+    return any(str((counts or {}).get("proof", "")).startswith("proven") for counts in rows)

@@ -41,9 +41,9 @@ from sqlalchemy.sql.functions import aggregate_strings
 from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
 from provisor.domain.desired import DesiredAccess
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, utc
-from provisor.domain.plan import PlannedOperation, plan_identity
+from provisor.domain.plan import REMOVAL_KINDS, OpKind, PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
-from provisor.engine import debt
+from provisor.engine import debt, readpaths
 from provisor.engine.assess import SEP, Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import orphan_key, orphan_removal
 from provisor.engine.connections import open_connector
@@ -53,11 +53,13 @@ from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.readback import kept_entitlements
+from provisor.engine.runner import NOTHING_WRITTEN
 from provisor.engine.tasks import (
     cancel_operations,
     confirm_from_observed,
     instructions,
     open_for,
+    requeue_operations,
 )
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError, ProvisorError
@@ -67,7 +69,8 @@ from provisor.store import models
 BATCH = 500  # accounts per transaction, and per checkpoint
 # journal statuses that already stand for a fix in hand
 IN_HAND = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
-FULL_EVERY = timedelta(days=1)  # scheduled runs are full at least this often
+# user-level writes whose account a change listing of their window must show
+CANARY_KINDS = (OpKind.CREATE.value, OpKind.UPDATE.value, OpKind.ENABLE.value, OpKind.DISABLE.value)
 GONE_GUARD_MIN = 20  # more accounts than this, and over half the target, missing: refused
 
 
@@ -91,9 +94,13 @@ class ReconcileReport:
     tickets: int = 0  # work items opened for the owner
     cancelled: int = 0
     confirmed: int = 0  # owners' work items this observation verified
+    requeued: int = 0  # parked removals put back in line: the access is still there
     findings: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     error: str | None = None
+    # incremental runs: whether the change listing showed every account Provisor changed in
+    # its window ("proven: ..."), had none to check ("unproven: ..."), or missed some
+    proof: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -435,14 +442,31 @@ def _walk(
     return seen
 
 
-def _counts(report: ReconcileReport) -> dict[str, int]:
+def _counts(report: ReconcileReport) -> dict[str, Any]:
     return {
         "read": report.read,
         "skipped": report.skipped,
         "new": report.new,
         "changed": report.changed,
         "cases_opened": report.cases_opened,
-    }
+    } | ({"proof": report.proof} if report.proof else {})
+
+
+def _canaries(session: Session, target: str, since: datetime, until: datetime) -> set[str]:
+    """Accounts Provisor itself changed in ``target`` between ``since`` and ``until`` (a write
+    verified by read-back: created, updated, enabled or disabled): a change listing for that
+    window that leaves any of them out cannot be trusted."""
+    op = models.Operation
+    query = select(op.account).where(
+        op.target == target,
+        op.status == "verified",
+        op.kind.in_(CANARY_KINDS),
+        op.verified_at >= since,
+        op.verified_at < until,
+        op.account.is_not(None),
+        (op.last_error.is_(None)) | (op.last_error != NOTHING_WRITTEN),
+    )
+    return {str(a) for a in session.execute(query).scalars()}
 
 
 def _apply_memberships(
@@ -645,6 +669,23 @@ def remediate(
             )
         planned = sync_journal(workspace, session, now=now, changed_only=True)
         report.planned += planned.added
+        # removals parked after their last attempt are tried again: the access is still
+        # there, so giving up on it silently would leave it in place
+        parked = [
+            row
+            for part in chunks(sorted(to_plan))
+            for row in session.execute(
+                select(models.Operation).where(
+                    models.Operation.target == target.name,
+                    models.Operation.status == "failed",
+                    models.Operation.kind.in_(REMOVAL_KINDS),
+                    models.Operation.identity.in_(part),
+                )
+            ).scalars()
+        ]
+        report.requeued += requeue_operations(
+            session, parked, f"reconcile run {report.run} still finds the access", now
+        )
     source = f"reconcile run {report.run}"
     report.confirmed += confirm_from_observed(session, target.name, source, now)
     # owners' work items the observation shows no longer needed
@@ -848,6 +889,24 @@ def reconcile_target(
             )
             if mode == "incremental":
                 assert since is not None
+                doubt = _prove(workspace, report, target, since, run.started_at, listed)
+                if doubt is not None:
+                    finish(unreadable=doubt)
+                    full_report = reconcile_target(
+                        workspace,
+                        target,
+                        now=now,
+                        full=True,
+                        connector=connector,
+                        progress=progress,
+                        remediate_now=remediate_now,
+                        batch_size=batch_size,
+                        accept_gone=accept_gone,
+                        record_debt=record_debt,
+                    )
+                    full_report.proof = f"incremental run {run_id} not trusted: {doubt}"
+                    return full_report
+                assert since is not None
                 changed = connector.changed_memberships(since)  # type: ignore[attr-defined]
                 if changed:
                     with workspace.sessions() as session, session.begin():
@@ -860,6 +919,40 @@ def reconcile_target(
     finally:
         if own:
             connector.close()
+
+
+def _prove(
+    workspace: Workspace,
+    report: ReconcileReport,
+    target: str,
+    since: datetime,
+    started: datetime,
+    listed: set[str],
+) -> str | None:
+    """Judge an incremental listing by its canaries (``_canaries``); sets ``report.proof``.
+    Returns why the run cannot be trusted (it is then read in full), or None."""
+    with workspace.sessions() as session:
+        canaries = _canaries(session, target, since, started)
+        passed_before = readpaths.change_filter_shown(session, target)
+    window = f"since {since.isoformat(timespec='seconds')}"
+    missed = sorted(canaries - listed)
+    if missed:
+        report.proof = f"failed: missed {len(missed)} of {len(canaries)}"
+        return (
+            f"the change listing {window} left out {len(missed)} of the {len(canaries)} "
+            f"accounts Provisor changed in that window ({', '.join(missed[:3])}): its change "
+            "filter cannot be trusted here; read in full"
+        )
+    if canaries:
+        report.proof = f"proven: listed all {len(canaries)} accounts Provisor changed {window}"
+        return None
+    report.proof = f"unproven: Provisor changed no account {window} to check the listing with"
+    if not passed_before:
+        return (
+            "the change filter has never been shown to list an account Provisor changed; "
+            "read in full until it has"
+        )
+    return None
 
 
 def reconcile_export(
@@ -932,7 +1025,9 @@ def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileRepor
         ):
             continue  # failed lately: tried again when reconcile_every comes round
         full = (
-            unfinished is not None or last_full is None or now - last_full.started_at >= FULL_EVERY
+            unfinished is not None
+            or last_full is None
+            or now - last_full.started_at >= timedelta(hours=target.full_every)
         )
         try:
             reports.append(reconcile_target(workspace, name, now=now, full=full, record_debt=False))

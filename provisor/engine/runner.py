@@ -43,21 +43,20 @@ from provisor.connectors.base import (
     RetryableError,
 )
 from provisor.domain.lifecycle import ORPHAN_PREFIX
-from provisor.domain.plan import OpKind, account_spec
+from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.connections import open_connector
+from provisor.engine.correlate import Match, open_case
 from provisor.engine.lifecycle import chunks
-from provisor.engine.readback import kept_entitlements, unmet, unshowable
-from provisor.engine.tasks import open_tasks
+from provisor.engine.readback import adoption_refusal, kept_entitlements, unmet, unshowable
+from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
 
 MAX_ATTEMPTS = 5
-REMOVALS = frozenset(
-    {OpKind.REVOKE_SESSIONS, OpKind.DISABLE, OpKind.REMOVE_ENTITLEMENT, OpKind.DELETE}
-)
+NOTHING_WRITTEN = "already as intended; nothing written"  # an operation's note: no write made
 BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
 BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 200  # outcomes per journal transaction
@@ -124,6 +123,7 @@ class Outcome:
     wrote: bool = False
     retry_after: float | None = None
     at: datetime | None = None
+    refused: AccountRecord | None = None  # an account not adopted: a case to open for it
 
 
 @dataclass
@@ -147,6 +147,15 @@ class _Mismatch(PermanentError):
     """The write was accepted but the read-back does not show it."""
 
 
+class AdoptionRefused(PermanentError):
+    """An existing account matched by name alone may not be taken over without a person: a
+    correlation case is opened with what was found, and nothing is written to it."""
+
+    def __init__(self, message: str, record: AccountRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
@@ -167,12 +176,19 @@ def _clash(job: Job, spec: AccountSpec, owner: str | None) -> str:
 
 
 def execute(
-    job: Job, connector: Connector, spec: AccountSpec, known: AccountRecord | None = None
+    job: Job,
+    connector: Connector,
+    spec: AccountSpec,
+    known: AccountRecord | None = None,
+    due: frozenset[str] | None = None,
 ) -> Outcome:
     """Do one operation if the account does not show it yet; read back; judge.
 
     ``known`` is the account as the previous step of the same run read it back, which saves
-    reading it again before writing. Raises ``ConnectorError`` on failure."""
+    reading it again before writing; ``due`` the entitlements the identity is to have in the
+    target (an existing account matched by name alone holding more is not taken over; None:
+    taken over as found, for callers outside a plan).
+    Raises ``ConnectorError`` on failure."""
     kind = job.kind
     account = job.account
     if kind is OpKind.REVOKE_SESSIONS and Capability.SESSIONS not in connector.capabilities():
@@ -193,6 +209,8 @@ def execute(
             raise PermanentError(f"{job.target}: no account for {job.identity} to {kind.value}")
         account = found.account if found else None
         adopt = found is not None and found.external_id is None
+        if adopt and found is not None:
+            _may_adopt(job, spec, found, due)
     if known is not None and known.account == account:
         before: AccountRecord | None = known
     else:
@@ -202,11 +220,11 @@ def execute(
     if unshowable(kind, job.entitlement, before) is None and (
         unmet(job.kind, job.entitlement, before, spec) is None
     ):
-        return Outcome(job, "verified", before, "already as intended; nothing written")
+        return Outcome(job, "verified", before, NOTHING_WRITTEN)
     if before is None and kind in REMOVALS:
         return Outcome(job, "verified", None, "the account no longer exists")
     if kind is OpKind.CREATE:
-        account, adopt = _create(job, connector, spec)
+        account, adopt = _create(job, connector, spec, due)
         if adopt:
             return _adopt(job, connector, spec, account)
     elif account is None:
@@ -238,15 +256,37 @@ def execute(
     return Outcome(job, "verified", after, None, wrote=True)
 
 
-def _create(job: Job, connector: Connector, spec: AccountSpec) -> tuple[str, bool]:
+def _may_adopt(
+    job: Job, spec: AccountSpec, found: AccountRecord, due: frozenset[str] | None
+) -> None:
+    """Raise ``AdoptionRefused`` when an account matched by name alone may not be taken over."""
+    if due is None:
+        return
+    refusal = adoption_refusal(found, due, spec.enabled)
+    if refusal is not None:
+        raise AdoptionRefused(
+            f"{job.target}: an existing account {found.account} ({found.user_name}) matches "
+            f"{job.identity} by name only and is not taken over: {refusal}; a correlation case "
+            "is open for a person to decide ('provisor cases'), nothing is written to it",
+            found,
+        )
+
+
+def _create(
+    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
+) -> tuple[str, bool]:
     """Create the account; on a name already taken by the same person's account (or an
-    unclaimed one) use that one. Returns the account and whether it was taken over."""
+    unclaimed one that may be adopted) use that one. Returns the account and whether it was
+    taken over."""
     try:
         return connector.create(spec), False
     except Conflict:
         existing = connector.find(spec)
-        if existing is not None and existing.external_id in (None, job.identity):
-            return existing.account, existing.external_id is None
+        if existing is not None and existing.external_id == job.identity:
+            return existing.account, False
+        if existing is not None and existing.external_id is None:
+            _may_adopt(job, spec, existing, due)
+            return existing.account, True
         raise PermanentError(
             _clash(job, spec, existing.external_id if existing else None)
         ) from None
@@ -405,30 +445,7 @@ class Runner:
             if identity is not None:
                 query = query.where(op.identity == identity)
             rows = list(session.execute(query).scalars())
-            for row in rows:
-                row.status, row.attempts, row.next_attempt_at, row.updated_at = (
-                    "pending",
-                    0,
-                    None,
-                    now,
-                )
-            audit.append(
-                session,
-                [
-                    audit.Entry(
-                        "operation.requeued",
-                        row.identity,
-                        {
-                            "key": row.key,
-                            "target": row.target,
-                            "kind": row.kind,
-                            "last_error": row.last_error,
-                        },
-                    )
-                    for row in rows
-                ],
-                at=now,
-            )
+            requeue_operations(session, rows, "put back in line by hand", now)
         return len(rows)
 
     def _claim(self, ids: list[int]) -> set[int]:
@@ -526,6 +543,9 @@ class Runner:
         renamed_from: str | None = None  # an update renamed the account: its old id
         known: AccountRecord | None = None
         held = False  # an addition failed or is not due yet: later additions wait
+        due = frozenset(
+            j.entitlement for j in jobs if j.kind is OpKind.ADD_ENTITLEMENT and j.entitlement
+        )
         for job in jobs:
             if held and job.kind not in REMOVALS:
                 continue
@@ -544,9 +564,11 @@ class Runner:
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
                     # the plan wants the new account disabled: never let it exist enabled
                     spec = dataclasses.replace(spec, enabled=False)
-                outcome = execute(job, connector, spec, known)
+                outcome = execute(job, connector, spec, known, due)
             except Exception as exc:  # every failure is recorded; none may escape a worker
-                if isinstance(exc, RetryableError):
+                if isinstance(exc, AdoptionRefused):
+                    failure = Outcome(job, "failed", note=str(exc), refused=exc.record)
+                elif isinstance(exc, RetryableError):
                     failure = Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
                 elif isinstance(exc, ConnectorError):
                     failure = Outcome(job, "failed", note=str(exc))
@@ -628,6 +650,8 @@ class Runner:
             row.status, row.next_attempt_at = "failed", None
             report.failed += 1
             report.errors.append(f"{row.identity} {row.target} {row.kind}: {outcome.note}")
+            if outcome.refused is not None:
+                self._refer(session, row, outcome.refused, at)
         return audit.Entry(
             f"operation.{status}",
             row.identity,
@@ -643,6 +667,47 @@ class Runner:
                 "next_attempt": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
             },
         )
+
+    def _refer(
+        self, session: Session, op: models.Operation, found: AccountRecord, now: datetime
+    ) -> None:
+        """An account not taken over: stored as read, linked to nobody, with a correlation case
+        naming the identity it matched by name (one open case per account)."""
+        observed = models.ObservedAccount
+        row = session.execute(
+            select(observed).where(observed.target == op.target, observed.account == found.account)
+        ).scalar_one_or_none()
+        if row is None:
+            row = observed(
+                target=op.target,
+                account=found.account,
+                identity=None,
+                enabled=found.enabled,
+                sessions=found.sessions,
+                attributes={
+                    "user_name": found.user_name,
+                    "external_id": found.external_id,
+                    "mapped": dict(found.attributes),
+                },
+                observed_at=now,
+                source="read-back",
+            )
+            session.add(row)
+            session.flush()
+            session.add_all(
+                models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
+                for e in sorted(found.entitlements)
+            )
+        case = models.CorrelationCase
+        waiting = session.execute(
+            select(case.id).where(
+                case.target == op.target, case.account == found.account, case.status == "open"
+            )
+        ).first()
+        if waiting is None:
+            reason = str(op.last_error or "matched by name only")
+            match = Match(None, "user name", case_reason=reason, candidates=(op.identity,))
+            open_case(session, op.target, found.account, found.user_name, match, now)
 
     def _adopt_account(
         self, session: Session, row: models.Operation, renamed_from: str | None

@@ -5,7 +5,8 @@ Does: open one task per pending operation of a ``manual`` target (due after the 
 verify it — by a second person's attestation, or by a later import of the application's user
 list that shows the intent — moving the journal operation from ``pending`` to ``succeeded``
 (done, not yet verified) to ``verified``; cancel tasks whose operation a newer plan cancelled,
-and cancel journal operations with their tasks for whoever decides it (reconciliation, marks);
+cancel journal operations with their tasks for whoever decides it (reconciliation, marks) and
+put parked ones back in line (``provisor apply --retry-failed``, reconciliation);
 open work items for any journal operation handed to an owner (reconciliation's tickets use the
 same); list tasks, overdue first. Every step is an audit event.
 Does not: talk to applications; an unverified manual change is never reported as done.
@@ -152,6 +153,34 @@ def cancel_operations(
     session.flush()
     cancel_for(session, [r.id for r in rows], now)
     audit.append(session, entries, at=now)
+    return len(rows)
+
+
+def requeue_operations(
+    session: Session, rows: Sequence[models.Operation], why: str, now: datetime
+) -> int:
+    """Put parked (failed) journal rows back in line with a fresh set of attempts, audited;
+    the last error stays on the row until the next attempt replaces it."""
+    for row in rows:
+        row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, None, now
+    audit.append(
+        session,
+        [
+            audit.Entry(
+                "operation.requeued",
+                row.identity,
+                {
+                    "key": row.key,
+                    "target": row.target,
+                    "kind": row.kind,
+                    "last_error": row.last_error,
+                    "why": why,
+                },
+            )
+            for row in rows
+        ],
+        at=now,
+    )
     return len(rows)
 
 

@@ -5,21 +5,27 @@ application keeps it, nothing says verified, pass or no debt."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx2
 import pytest
 from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind
-from provisor.engine import readpaths
+from provisor.engine import readpaths, reconcile
+from provisor.engine.coverage import target_coverage
 from provisor.engine.debt import debt_items
 from provisor.engine.workspace import Workspace
 from provisor.evidence.bundle import verify_leaver
 from provisor.store import models
 from tests.connectors.faulty_proxy import FaultyProxy, Refuse
+from tests.connectors.test_scim import make_group
 from tests.connectors.test_scim_proof import (
     chain,
     no_members,
@@ -27,7 +33,8 @@ from tests.connectors.test_scim_proof import (
     silently_empty,
     swallow_member_removals,
 )
-from tests.engine.test_runner import NOW, apply, event, people, plan, server_user
+from tests.engine.test_reconcile import raw_patch, raw_user
+from tests.engine.test_runner import NOW, apply, event, people, plan, server_user, someone_in
 
 LATER = NOW.replace(hour=13)
 
@@ -251,3 +258,153 @@ def test_verify_leaver_fails_on_an_unreadable_target_the_store_shows_enabled(
     assert f"account {account} is enabled (as last observed" in layers[("app", "account")]["why"]
     assert layers[("app", "entitlements")]["state"] == "still-present"
     assert layers[("app", "sessions")]["state"] == "unverifiable"
+
+
+def no_changes(method: str, path: str, status: int, content: bytes) -> bytes:
+    """The application answers every ``meta.lastModified`` filter with nothing."""
+    if method == "GET" and "meta.lastModified" in unquote(path) and status == 200:
+        return silently_empty_list()
+    return content
+
+
+def silently_empty_list() -> bytes:
+    return json.dumps(
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+            "totalResults": 0,
+            "Resources": [],
+        }
+    ).encode()
+
+
+def test_an_ignored_change_filter_is_caught_by_its_canary_and_read_in_full(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """The issue's case: after a leaver is disabled by Provisor, someone enables them again
+    and makes an admin account by hand; the application answers the change listing with
+    nothing. The leaver's disable is a canary the listing must show: it does not, so the run
+    reads everything and finds both changes."""
+    ws, proxy, url = proxied
+    start = datetime.now(UTC)
+    people(ws, "E1", "E2", now=start)
+    plan(ws, start)
+    apply(ws, start)
+    assert reconcile.reconcile_target(ws, "app", now=datetime.now(UTC)).mode == "full"
+    time.sleep(2.2)
+    left = datetime.now(UTC)
+    event(ws, "E1", EventKind.TERMINATE, now=left)
+    plan(ws, left)
+    apply(ws, left)  # disabled and read back: a write of Provisor's in the next window
+    user = server_user(url, "e1@example.com")
+    assert user is not None and user["active"] is False
+    raw_patch(url, f"Users/{user['id']}", "replace", "active", True)
+    raw_user(url, "root-by-hand@example.com")
+    proxy.on_response = no_changes
+    report = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
+    assert report.mode == "full" and report.status == "completed"
+    assert report.proof is not None and "left out" in report.proof and "in full" in report.proof
+    assert report.classes.get("terminated-active") == 1 and report.classes.get("orphan") == 1
+    with ws.sessions() as session:
+        runs = session.execute(
+            select(models.ReconcileRun).order_by(models.ReconcileRun.id)
+        ).scalars()
+        assert [(r.mode, r.status) for r in runs][-2:] == [
+            ("incremental", "failed"),
+            ("full", "completed"),
+        ]
+        items = debt_items(ws, session, datetime.now(UTC), identity="E1")
+    assert ("account", "enabled") in {(i.item, i.state) for i in items}
+
+
+def test_a_change_filter_never_shown_to_work_is_not_relied_on(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """No write of Provisor's in the window, and no incremental run has ever passed: the run
+    reads in full rather than trusting a listing that answered nothing."""
+    ws, proxy, url = proxied
+    start = datetime.now(UTC)
+    people(ws, "E1", now=start)
+    plan(ws, start)
+    apply(ws, start)
+    time.sleep(2.2)  # the create falls before the next window
+    reconcile.reconcile_target(ws, "app", now=datetime.now(UTC))
+    time.sleep(2.2)
+    raw_user(url, "root-by-hand@example.com")
+    proxy.on_response = no_changes
+    report = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
+    assert report.mode == "full" and report.classes.get("orphan") == 1
+    assert report.proof is not None and "never been shown" in report.proof
+    covered = target_coverage(ws, ws.compiled.targets["app"])
+    assert "changes-since (not shown yet)" in covered.read_back
+
+
+def test_a_disabled_privileged_account_named_like_a_new_hire_is_not_adopted(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """An old, disabled account holding admins carries the new hire's login. Provisor must not
+    take it over (nor enable it, nor rename it): a case is opened and nothing is written."""
+    ws, _, url = proxied
+    make_group(url, "admins")
+    old = raw_user(url, "e3@example.com", active=False, displayName="Someone Else")
+    raw_patch(url, f"Groups/{group_id(url, 'admins')}", "add", "members", [{"value": old}])
+    people(ws, "E3")
+    plan(ws)
+    report = apply(ws)
+    assert report.failed >= 1 and "not taken over" in report.errors[0]
+    assert "it is disabled" in report.errors[0] and "admins" in report.errors[0]
+    user = httpx2.get(f"{url}/Users/{old}").json()
+    assert user["active"] is False and "externalId" not in user
+    assert user["displayName"] == "Someone Else"
+    assert server_groups(url, old) == {"admins"}
+    with ws.sessions() as session:
+        case = session.execute(select(models.CorrelationCase)).scalar_one()
+        assert (case.account, case.status, case.candidates) == (old, "open", ["E3"])
+    plan(ws)
+    apply(ws)  # later runs write nothing to it either, and open no second case
+    assert httpx2.get(f"{url}/Users/{old}").json()["active"] is False
+    assert server_groups(url, old) == {"admins"}
+    with ws.sessions() as session:
+        assert len(session.execute(select(models.CorrelationCase)).all()) == 1
+        row = session.execute(
+            select(models.ObservedAccount).where(models.ObservedAccount.account == old)
+        ).scalar_one()
+        assert row.identity is None  # stored as found, linked to nobody until decided
+
+
+def test_an_enabled_account_holding_nothing_extra_is_adopted(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    ws, _, url = proxied
+    someone_in(url, "staff")  # the group listing is seen to list members
+    existing = raw_user(url, "e4@example.com", displayName="Person E4")
+    people(ws, "E4")
+    plan(ws)
+    assert apply(ws).failed == 0
+    user = httpx2.get(f"{url}/Users/{existing}").json()
+    assert user["externalId"] == "E4" and server_groups(url, existing) == {"staff", "engineering"}
+
+
+def test_reconciliation_puts_parked_removals_back_in_line(
+    leaver: tuple[Workspace, FaultyProxy, str, str],
+) -> None:
+    """The leaver's disable was refused and parked; reconciliation still finds the account
+    active, so the removal goes back in line (not 'remedy auto' with nothing planned)."""
+    ws, proxy, url, account = leaver
+
+    def forbid(method: str, path: str, body: bytes) -> bytes:
+        if method in ("PATCH", "PUT"):
+            raise Refuse(403, "read-only token")
+        return body
+
+    proxy.on_request = forbid
+    plan(ws)
+    apply(ws)
+    assert removal_statuses(ws) == {"staff": "failed", "engineering": "failed"}
+    proxy.on_request = None
+    report = reconcile.reconcile_target(ws, "app", now=NOW + timedelta(hours=1))
+    assert report.classes.get("terminated-active") == 1
+    assert report.requeued >= 3  # the disable and both group removals
+    apply(ws, NOW + timedelta(hours=2))
+    assert server_groups(url, account) == set()
+    user = server_user(url, "e1@example.com")
+    assert user is not None and user["active"] is False

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import marks, reconcile
+from provisor.engine.coverage import target_coverage
 from provisor.engine.workspace import Workspace
 from provisor.sandbox import scratch_workspace
 from provisor.store import models
@@ -100,14 +101,16 @@ def test_incremental_run_reads_only_what_changed(ws: Workspace, scim_url: str, g
     full = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
     assert full.mode == "full" and full.read == 6  # the first run is always full
     time.sleep(1.1)
+    provisioned(ws, "E7", now=datetime.now(UTC))  # Provisor's own write: the run's canary
     e1, e2 = account_of(scim_url, "E1"), account_of(scim_url, "E2")
     raw_patch(scim_url, f"Groups/{groups}", "add", "members", [{"value": e1}])
     raw_patch(scim_url, f"Users/{e2}", "replace", "active", False)
     later = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
     assert later.mode == "incremental" and later.status == "completed"
-    # E2's user changed, E1 only by a group's membership: not every account is read again
-    # (a write the runner retried under load may have touched one more)
-    assert 1 <= later.read < 6
+    assert later.proof is not None and later.proof.startswith("proven: listed all 1 ")
+    # E2's and E7's users changed, E1 only by a group's membership: not every account is
+    # read again (a write the runner retried under load may have touched one more)
+    assert 2 <= later.read < 7
     assert later.gone == 0  # an incremental run never concludes that unseen accounts left
     found = {f["account"]: f["detail"] for f in later.findings}
     assert "extra contractors" in found[e1]
@@ -116,7 +119,9 @@ def test_incremental_run_reads_only_what_changed(ws: Workspace, scim_url: str, g
         count = session.execute(
             select(models.ObservedAccount).where(models.ObservedAccount.target == "app")
         ).all()
-    assert len(count) == 6
+    assert len(count) == 7
+    # the change listing has now been shown to work here
+    assert "changes-since" in target_coverage(ws, ws.compiled.targets["app"]).read_back
 
 
 def test_ticket_mode_hands_drift_to_the_owner_until_it_is_settled(

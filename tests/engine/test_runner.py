@@ -265,9 +265,28 @@ def test_changed_name_and_email_are_updated_and_renamed(ws: Workspace, scim_url:
     assert [op for op, _, _ in plan(ws, later).operations if op.target == "app"] == []
 
 
+def someone_in(url: str, group: str) -> None:
+    """Another person in ``group``, so the group listing shows it lists members: an account
+    found by name is taken over only when its memberships can be read."""
+    made = httpx2.post(
+        f"{url}/Users",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "x@x.org"},
+    ).json()["id"]
+    found = httpx2.get(f"{url}/Groups", params={"filter": f'displayName eq "{group}"'}).json()
+    group_id = found["Resources"][0]["id"]
+    httpx2.patch(
+        f"{url}/Groups/{group_id}",
+        json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": "members", "value": [{"value": made}]}],
+        },
+    ).raise_for_status()
+
+
 def test_account_adopted_by_name_is_stamped_with_the_identity_id(
     ws: Workspace, scim_url: str
 ) -> None:
+    someone_in(scim_url, "staff")
     response = httpx2.post(
         f"{scim_url}/Users",
         json={

@@ -18,7 +18,7 @@ from provisor.sandbox import scratch_workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import Fault, FaultyProxy
 from tests.connectors.test_scim import make_group
-from tests.engine.test_runner import NOW, apply, event, people, plan, setup_workspace
+from tests.engine.test_runner import NOW, apply, event, people, plan, setup_workspace, someone_in
 
 
 def ops_of(ws: Workspace, identity: str, target: str = "app") -> list[models.Operation]:
@@ -133,6 +133,7 @@ def test_account_known_unlinked_from_an_export_is_adopted(
     monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
     make_group(scim_url, "staff")
     make_group(scim_url, "engineering")
+    someone_in(scim_url, "staff")
     made = httpx2.post(
         f"{scim_url}/Users",
         json={
