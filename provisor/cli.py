@@ -512,6 +512,7 @@ def plan(
             "account": op.account,
             "reason": op.reason,
             "not_before": op.not_before.isoformat() if op.not_before else None,
+            "parked": synced.parked.get(journal_id),
         }
         for op, status, journal_id in synced.operations
     ]
@@ -530,19 +531,26 @@ def plan(
         return
     _table(
         "Plan",
-        ["identity", "target", "operation", "entitlement", "not before", "reason"],
+        ["identity", "target", "operation", "entitlement", "journal", "not before", "reason"],
         [
             (
                 r["identity"],
                 r["target"],
                 r["operation"],
                 r["entitlement"],
+                r["journal"] + (f": {r['parked']}" if r["parked"] else ""),
                 (r["not_before"] or "")[:10],
                 r["reason"],
             )
             for r in rows
         ],
     )
+    parked = sum(1 for r in rows if r["parked"])
+    if parked:
+        out.print(
+            f"{parked} of them parked with the reason shown: they run again after "
+            "'provisor apply --retry-failed', or when reconciliation still finds the access."
+        )
     out.print(
         f"{len(rows)} operations ({synced.added} new in the journal, "
         f"{synced.cancelled} superseded ones cancelled)."

@@ -20,7 +20,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -360,6 +360,9 @@ def compute_plan(
 class JournalSync:
     operations: list[tuple[PlannedOperation, str, int]]  # (op, "new" | "pending", journal id)
     cancelled: int
+    # journal id -> why, for planned work matched by a parked (failed) row: shown with the
+    # plan, since it will not run by itself
+    parked: dict[int, str] = field(default_factory=dict)
 
     @property
     def added(self) -> int:
@@ -423,12 +426,15 @@ def sync_journal(
         key = (row.identity, row.target, row.kind, row.entitlement or "")
         open_rows.setdefault(key, []).append(row)
     result: list[tuple[PlannedOperation, str, int]] = []
+    parked: dict[int, str] = {}
     entries: list[audit.Entry] = []
     new_rows: list[tuple[PlannedOperation, str]] = []  # (op, journal key)
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
         if existing is not None and existing.status not in CANCELLABLE:
             result.append((op, existing.status, existing.id))
+            if existing.status == "failed":
+                parked[existing.id] = existing.last_error or "no error recorded"
             continue
         if existing is not None and existing.status == "ticket":
             result.append((op, "ticket", existing.id))
@@ -485,7 +491,7 @@ def sync_journal(
         )
     audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
-    return JournalSync(result, len(stale_rows))
+    return JournalSync(result, len(stale_rows), parked)
 
 
 def _add_pending(

@@ -400,6 +400,8 @@ def test_reconciliation_puts_parked_removals_back_in_line(
     plan(ws)
     apply(ws)
     assert removal_statuses(ws) == {"staff": "failed", "engineering": "failed"}
+    parked = plan(ws).parked  # the plan shows parked work with its reason
+    assert len(parked) == 3 and all("read-only token" in why for why in parked.values())
     proxy.on_request = None
     report = reconcile.reconcile_target(ws, "app", now=NOW + timedelta(hours=1))
     assert report.classes.get("terminated-active") == 1
