@@ -34,6 +34,7 @@ from provisor.connectors.base import (
     Conflict,
     NotFound,
     PermanentError,
+    ReadPath,
     RetryableError,
     Unsupported,
 )
@@ -643,6 +644,10 @@ class LdapConnector:
         if self.membership == "memberof":
             read.append("memberOf")
         self._read_attrs = list(dict.fromkeys(read))
+        # memberOf (an overlay's, maintained by the server) counts only once shown: None until
+        # probed; with a verdict, why
+        self._memberof: tuple[bool, str] | None = None
+        self._record_paths: Callable[[list[ReadPath]], None] | None = None
 
         self._client: LdapClient = client or Ldap3Client(
             url,
@@ -790,10 +795,77 @@ class LdapConnector:
     def _group_name(self, group: Entry) -> str:
         return group.first("cn") or rdn_value(group.dn)
 
+    def _memberof_shown(self) -> bool:
+        """Whether users' ``memberOf`` is shown to work here: a member a group entry lists
+        (read directly, the control) has that group in its ``memberOf``. A directory without
+        the memberof overlay has no such values, and an empty ``memberOf`` would then pass for
+        "in no group": until shown, membership is read from the groups' own member attribute."""
+        if self.membership != "memberof" or not self.groups_dn:
+            return False
+        if self._memberof is None:
+            self._memberof = self._probe_memberof()
+            if self._record_paths is not None:
+                self._record_paths(self._known_paths())
+        return self._memberof[0]
+
+    def _probe_memberof(self) -> tuple[bool, str]:
+        base = self._groups_base("probe memberOf")
+        groups = self._call(
+            "probe memberOf",
+            lambda: list(
+                self._client.paged_search(
+                    base, self._group_filter(), ["cn", self.member_attr], self.page_size
+                )
+            ),
+        )
+        for group in groups:
+            for member in group.values(self.member_attr):
+                dn = member.split("#", 1)[0]
+                if not dn or (self.placeholder and norm_dn(dn) == norm_dn(self.placeholder)):
+                    continue
+
+                def read(dn: str = dn) -> list[Entry]:
+                    return self._client.search(dn, "(objectClass=*)", ["memberOf"], scope="base")
+
+                try:
+                    found = self._call(f"read {dn}", read)
+                except NotFound:
+                    continue
+                if not found:
+                    continue
+                listed = {norm_dn(v) for v in found[0].values("memberOf")}
+                if norm_dn(group.dn) in listed:
+                    return True, f"{dn} lists {group.dn} in memberOf"
+                return False, f"{dn} is a member of {group.dn} but its memberOf does not say so"
+        return False, "no group lists a member yet to check memberOf against"
+
+    def read_paths(self) -> list[ReadPath]:
+        """How membership is read here, probed now: the groups' own member attribute (read
+        directly, always trusted) and, with ``membership: memberof``, users' ``memberOf``."""
+        if self.membership == "memberof" and self.groups_dn:
+            self._memberof = self._probe_memberof()
+        return self._known_paths()
+
+    def _known_paths(self) -> list[ReadPath]:
+        paths = [ReadPath("group-members", "trusted", f"groups' {self.member_attr} read directly")]
+        if self._memberof is not None:
+            shown, why = self._memberof
+            paths.append(ReadPath("member-of", "trusted" if shown else "untrusted", why))
+        return paths
+
+    def remember(
+        self, earlier: list[ReadPath], record: Callable[[list[ReadPath]], None] | None
+    ) -> None:
+        """Earlier probes are not needed here (the group side is always there to fall back
+        to); what is known now is recorded, and again once memberOf is probed."""
+        self._record_paths = record
+        if record is not None:
+            record(self._known_paths())
+
     def _entitlements(self, entry: Entry) -> frozenset[str]:
         if not self.groups_dn:
             return frozenset()
-        if self.membership == "memberof":
+        if self._memberof_shown():
             return self._names_of(entry.values("memberOf"))
         value = self._member_value(entry.dn, rdn_value(entry.dn))
         groups = self._groups_holding(value, f"read groups of {entry.dn}")
@@ -813,7 +885,7 @@ class LdapConnector:
     def _load_groups(self) -> list[Entry]:
         """Every group under ``groups_dn`` with its members; refreshes the name cache."""
         base = self._groups_base("list groups")
-        attrs = ["cn"] if self.membership == "memberof" else ["cn", self.member_attr]
+        attrs = ["cn", self.member_attr]  # memberOf may yet prove untrustworthy here
         groups = self._call(
             "list groups",
             lambda: list(
@@ -921,7 +993,9 @@ class LdapConnector:
     def list_accounts(self) -> Iterator[AccountRecord]:
         """Every user under the user bases, page by page; group memberships read once."""
         members: dict[str, set[str]] = {}
-        if self.groups_dn and self.membership == "groups":
+        self._memberof = None  # checked afresh on every full listing
+        by_memberof = self._memberof_shown()
+        if self.groups_dn and not by_memberof:
             for group in self._load_groups():
                 name = self._group_name(group)
                 for value in group.values(self.member_attr):
@@ -949,7 +1023,7 @@ class LdapConnector:
                     break
                 if not self.groups_dn:
                     groups: frozenset[str] = frozenset()
-                elif self.membership == "memberof":
+                elif by_memberof:
                     groups = self._names_of(entry.values("memberOf"))
                 else:
                     key = norm_dn(entry.dn) if self.members_are_dns else rdn_value(entry.dn)

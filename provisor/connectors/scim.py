@@ -82,6 +82,7 @@ GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 CONTENT_TYPE = "application/scim+json"
 # membership read paths, in the order a single account's read tries the trusted ones
 PATH_ORDER = ("user-groups", "member-filter", "group-listing", "group-read")
+COMPUTED = "computed:"  # recorded with the read paths: an attribute the server computes
 GROUP_READ_PROBES = 5  # groups read one by one to see whether a lone read lists members
 USER_PROBE_PAGE = 50  # users read to see whether they list their groups, lacking a control
 # how JSON booleans may arrive as strings, as pydantic reads them for the models
@@ -279,6 +280,9 @@ class ScimConnector:
         self._users_path, self._groups_path = "/Users", "/Groups"
         self._patch_supported = False  # from /ServiceProviderConfig
         self._patch_works = True  # False once PATCH was refused and a PUT did the job
+        # members removed by a value list rather than a filter in the path: None until the
+        # first removal shows which form this server honours
+        self._remove_by_value: bool | None = None
         self._filter_supported = True
         self._attributes_ok = True  # False once the server refused the attributes parameter
         self._discovered = False
@@ -290,6 +294,7 @@ class ScimConnector:
         self._earlier: dict[str, ReadPath] = {}
         self._record_paths: Callable[[list[ReadPath]], None] | None = None
         self._checked = False
+        self._computed: dict[str, str] = {}  # attribute -> how it was found computed
         self._lookup_trusted: bool | None = None  # userName/externalId filters, once probed
 
     def set_throttle(self, acquire: Callable[[], None]) -> None:
@@ -393,10 +398,10 @@ class ScimConnector:
         return _folded(document)
 
     def _endpoint(self, value: Any, default: str) -> str:
-        """A resource type's endpoint as a path under the base URL: ``/Users``, ``Users`` and
-        ``https://host/scim/v2/Users`` all name the same place. An absolute URL elsewhere (a
-        server behind a proxy often names its own address) keeps only its last segment, since
-        endpoints sit directly under the service's base."""
+        """A resource type's endpoint as a path under the base URL: ``/Users``, ``Users``,
+        ``/scim/v2/Users`` and ``https://host/scim/v2/Users`` all name the same place. An
+        absolute URL elsewhere (a server behind a proxy often names its own address) keeps
+        only its last segment, since endpoints sit directly under the service's base."""
         if not isinstance(value, str) or not value.strip():
             return default
         text = value.strip()
@@ -405,6 +410,9 @@ class ScimConnector:
                 text = text[len(self._base) :]
             else:
                 text = text.rstrip("/").rsplit("/", 1)[-1]
+        base_path = "/" + self._base.split("://", 1)[-1].partition("/")[2].strip("/")
+        if base_path != "/" and text.startswith(base_path + "/"):
+            text = text[len(base_path) :]  # a path from the host's root (/scim/v2/Users)
         return "/" + text.strip("/")
 
     def _discover(self) -> None:
@@ -608,7 +616,14 @@ class ScimConnector:
 
     def list_changed(self, since: datetime) -> Iterator[AccountRecord]:
         """Users whose own resource changed at or after ``since`` (``meta.lastModified``),
-        with their current groups. Group membership changes show in ``changed_memberships``."""
+        with their current groups. Group membership changes show in ``changed_memberships``.
+        A server that says it does not support filters cannot list changes: ``Unsupported``."""
+        self._discover()
+        if not self._filter_supported:
+            raise Unsupported(
+                f"{self.name}: the server says it does not support filters, so it cannot list "
+                "what changed"
+            )
         self._ensure_checked()
         by_user = self._trusted("user-groups") and (
             self._membership == "user" or not self._trusted("group-listing")
@@ -661,7 +676,8 @@ class ScimConnector:
         shows none); a filter only after it has returned a group known to hold a control
         account and left out one known not to. Both controls come from an unfiltered read."""
         self._check(self._group_rows())
-        return [self._paths[p] for p in PATH_ORDER if p in self._paths]
+        computed = [ReadPath(COMPUTED + k, "computed", why) for k, why in self._computed.items()]
+        return [self._paths[p] for p in PATH_ORDER if p in self._paths] + computed
 
     def remember(
         self, earlier: list[ReadPath], record: Callable[[list[ReadPath]], None] | None
@@ -671,8 +687,19 @@ class ScimConnector:
         A path shown to work before stays trusted while nothing can show it either way now
         (a group listing that has listed members, now that no group has any); a path caught
         answering wrongly now is untrusted, whatever it did before."""
-        self._earlier = {p.path: p for p in earlier}
+        self._earlier = {p.path: p for p in earlier if not p.path.startswith(COMPUTED)}
+        self._computed = {
+            p.path.removeprefix(COMPUTED): p.detail for p in earlier if p.path.startswith(COMPUTED)
+        }
         self._record_paths = record
+
+    def _record(self) -> None:
+        """Tell the engine what the probes showed and which attributes the target computes."""
+        if self._record_paths is not None:
+            computed = [
+                ReadPath(COMPUTED + key, "computed", why) for key, why in self._computed.items()
+            ]
+            self._record_paths(list(self._paths.values()) + computed)
 
     def _merged(self, path: ReadPath) -> ReadPath:
         before = self._earlier.get(path.path)
@@ -750,8 +777,7 @@ class ScimConnector:
         merged = {name: self._merged(path) for name, path in paths.items()}
         self._paths, self._checked = merged, True
         self._earlier.update(merged)
-        if self._record_paths is not None:
-            self._record_paths(list(merged.values()))
+        self._record()
 
     def _group_alone(self, group_id: str) -> GroupRow:
         try:
@@ -925,6 +951,8 @@ class ScimConnector:
         user: dict[str, Any],
         groups: frozenset[str] | None,
         unread: Mapping[str, str] | None,
+        *,
+        keep_computed: bool = False,
     ) -> AccountRecord:
         """An account record from a user resource (keys in lower case): ``groups`` are its
         groups, or None to take them from the user itself."""
@@ -947,6 +975,9 @@ class ScimConnector:
             attributes["email"] = str(email)
         if user.get("title"):
             attributes["title"] = str(user["title"])
+        if not keep_computed:
+            for key in self._computed:
+                attributes.pop(key, None)  # the server's own, not Provisor's to manage
         external_id = user.get("externalid")
         return AccountRecord(
             account=account,
@@ -1017,7 +1048,27 @@ class ScimConnector:
             return kept | managed
 
         self._replace(f"update {account}", f"{self._users_path}/{account}", change)
+        self._learn_computed(account, spec)
         return account
+
+    def _learn_computed(self, account: str, spec: AccountSpec) -> None:
+        """After an update, the attributes the server shows otherwise than they were sent are
+        ones it computes itself (a displayName made from name parts, say): they are no longer
+        reported as read, so no update is planned for them again, and this is recorded."""
+        user = self._user_document(account)
+        if user is None:
+            return
+        shown = self._listed(user, frozenset(), None, keep_computed=True).attributes
+        learned = False
+        for key in ("name", "email", "title"):
+            sent = spec.attributes.get(key)
+            if sent and key in shown and str(shown[key]) != str(sent):
+                self._computed[key] = (
+                    f"sent {sent!r}, the target shows {shown[key]!r}: it computes this itself"
+                )
+                learned = True
+        if learned:
+            self._record()
 
     def set_enabled(self, account: str, enabled: bool) -> None:
         what = f"set active={enabled} on {account}"
@@ -1033,7 +1084,13 @@ class ScimConnector:
                 self._call(what, lambda: client.modify(User, account, patch))
                 return
             except _Refused as refused:
-                self._learn_put(what, path, refused, lambda d: _with_active(d, enabled))
+                self._learn_put(
+                    what,
+                    path,
+                    refused,
+                    lambda d: _with_active(d, enabled),
+                    lambda: self._shows_active(account, enabled),
+                )
                 return
 
         self._discover()
@@ -1045,16 +1102,19 @@ class ScimConnector:
         path: str,
         refused: _Refused,
         change: Callable[[dict[str, Any]], dict[str, Any]],
+        took: Callable[[], bool | None],
     ) -> None:
-        """PATCH was refused: do it with PUT instead, and keep to PUT on this target once
-        that worked."""
+        """PATCH was refused: do it with PUT instead, and keep to PUT on this target once a
+        read (``took``) shows the PUT did the job — some servers accept a PUT and ignore the
+        part they do not manage (members, say), and PATCH would then be lost for nothing."""
         try:
             self._replace(what, path, change)
         except ConnectorError as exc:
             raise PermanentError(
                 f"{refused} (PATCH refused; a PUT of the whole resource failed too: {exc})"
             ) from exc
-        self._patch_works = False
+        if took():
+            self._patch_works = False
 
     def _group_id(self, entitlement: str) -> str:
         """The group's id by its displayName: a filter whose answer is checked, then the
@@ -1111,6 +1171,10 @@ class ScimConnector:
             return
         with self._setup:
             lock = self._group_locks.setdefault(group_id, threading.Lock())
+        by_value = {"op": "remove", "path": "members", "value": [{"value": account}]}
+        if self._can_patch and not add and self._remove_by_value:
+            self._raw_patch(what, path, by_value)
+            return
         if self._can_patch:
             client = self._client
             patch = (
@@ -1120,13 +1184,61 @@ class ScimConnector:
             )
             try:
                 self._call(what, lambda: client.modify(Group, group_id, patch))
-                return
             except _Refused as refused:
+                # the refusal may be of the filter in the path only (a 400, or a 501 for an
+                # operation form the server has not implemented): try the value-list form
+                if not add and self._remove_by_value is None and refused.status != 405:
+                    try:
+                        self._raw_patch(what, path, by_value)
+                        self._remove_by_value = True
+                        return
+                    except _Refused:
+                        pass
                 with lock:
-                    self._learn_put(what, path, refused, change)
+                    self._learn_put(
+                        what,
+                        path,
+                        refused,
+                        change,
+                        lambda: self._still_member(account, entitlement) is add,
+                    )
                 return
+            if not add and self._remove_by_value is None:
+                self._learn_removal(what, path, account, entitlement, by_value)
+            return
         with lock:
             self._replace(what, path, change)
+
+    def _learn_removal(
+        self, what: str, path: str, account: str, entitlement: str, by_value: dict[str, Any]
+    ) -> None:
+        """The first removal on this target: some servers accept a removal by filter in the
+        path and do nothing. Read it back; if the member is still there, remove it the way
+        Microsoft Entra sends it (``members`` with a value list) and, once that works, keep
+        to that form here."""
+        still = self._still_member(account, entitlement)
+        if still is None:
+            return  # cannot tell here: learned at a later removal
+        if not still:
+            self._remove_by_value = False
+            return
+        self._raw_patch(what, path, by_value)
+        if self._still_member(account, entitlement) is False:
+            self._remove_by_value = True
+
+    def _shows_active(self, account: str, enabled: bool) -> bool:
+        user = self._user_document(account)
+        return user is not None and _flag(user.get("active", True)) is enabled
+
+    def _still_member(self, account: str, entitlement: str) -> bool | None:
+        """Whether ``account`` is shown in ``entitlement`` now; None when that cannot be read."""
+        user = self._user_document(account)
+        if user is None:
+            return False
+        groups, unread = self._membership_of(account, user)
+        if entitlement in groups:
+            return True
+        return None if unread else False
 
     def add_entitlement(self, account: str, entitlement: str) -> None:
         self._change_membership(account, entitlement, add=True)

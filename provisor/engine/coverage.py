@@ -117,6 +117,8 @@ def _open_offline(workspace: Workspace, target: TargetDef) -> tuple[Connector | 
         connector = registry.open_connector(
             target.name, target.target_class, _placeholders(dict(target.connection))
         )
+        if connector is not None:
+            readpaths.attach(workspace, target.name, connector)  # as the runner opens it
         return connector, [f"credentials not resolvable here ({exc}); capabilities read without"]
 
 

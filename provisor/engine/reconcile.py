@@ -38,7 +38,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import aggregate_strings
 
-from provisor.connectors.base import AccountRecord, Capability, Connector, ConnectorError
+from provisor.connectors.base import (
+    AccountRecord,
+    Capability,
+    Connector,
+    ConnectorError,
+    Unsupported,
+)
 from provisor.domain.desired import DesiredAccess
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, utc
 from provisor.domain.plan import REMOVAL_KINDS, OpKind, PlannedOperation, plan_identity
@@ -879,17 +885,24 @@ def reconcile_target(
         if Capability.LIST not in connector.capabilities():
             return finish(unreadable="the connector cannot list accounts")
         try:
+            doubt: str | None = None
             if mode == "incremental":
                 assert since is not None
                 records = connector.list_changed(since)  # type: ignore[attr-defined]
             else:
                 records = connector.list_accounts()
-            listed = _walk(
-                workspace, run, definition, records, known, now, report, batch_size, progress
-            )
+            try:
+                listed = _walk(
+                    workspace, run, definition, records, known, now, report, batch_size, progress
+                )
+            except Unsupported as exc:
+                if mode != "incremental":
+                    raise
+                doubt, listed = f"{exc}; read in full", set()
             if mode == "incremental":
                 assert since is not None
-                doubt = _prove(workspace, report, target, since, run.started_at, listed)
+                if doubt is None:
+                    doubt = _prove(workspace, report, target, since, run.started_at, listed)
                 if doubt is not None:
                     finish(unreadable=doubt)
                     full_report = reconcile_target(

@@ -57,8 +57,9 @@ def test_entra_dialect_sends_entra_shapes_and_is_verified(entra_app: FaultyProxy
     entra = ScimConnector("app", {"url": entra_app.url, "dialect": "entra"})
     try:
         account = entra.create(SPEC)
-        rfc.set_enabled(account, False)  # the RFC shape is refused: a PUT does it instead
-        assert [m for m, _, _ in entra_app.requests[-3:]] == ["PATCH", "GET", "PUT"]
+        rfc.set_enabled(account, False)
+        # the RFC shape is refused; a PUT does it, and a read shows it did
+        assert [m for m, _, _ in entra_app.requests[-4:]] == ["PATCH", "GET", "PUT", "GET"]
         entra.set_enabled(account, True)
         entra.add_entitlement(account, "engineering")
         entra.set_enabled(account, False)

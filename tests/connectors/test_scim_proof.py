@@ -270,7 +270,8 @@ def test_patch_refused_falls_back_to_put_once(seeded: tuple[str, list[str]]) -> 
         connector.add_entitlement(ann, "staff")
         assert server_groups(url, ann) == {"engineering", "staff"}
         patches = [m for m, _, _ in proxy.requests if m == "PATCH"]
-        assert len(patches) == 1  # learned after the first refusal
+        # the removal's filter form, then its value-list form, both refused; PUT from then on
+        assert len(patches) == 2
         record = connector.read(ann)
         assert record is not None and not record.enabled
 
