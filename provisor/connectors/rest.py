@@ -24,7 +24,7 @@ import secrets as token_source
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -39,6 +39,7 @@ from provisor.connectors.base import (
     ConnectorError,
     NotFound,
     PermanentError,
+    ReadPath,
     RetryableError,
     Unsupported,
 )
@@ -230,6 +231,10 @@ class RestConnector:
             verify=self._verify,
             limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
         )
+        # the per-account session read counts only once shown: untrusted after it showed
+        # none for an account the full session listing showed with sessions
+        self._sessions_path: ReadPath | None = None
+        self._record_paths: Callable[[list[ReadPath]], None] | None = None
         self._oauth: _OAuth2 | None = None
         if kind == "oauth2":
             assert self.api.auth.endpoint is not None
@@ -666,7 +671,12 @@ class RestConnector:
         account = _id(lookup(item, mapping.id))
         if entitlements is None:
             entitlements = self._entitlements_of(account, item)
-        if sessions is None and count_sessions and self.api.endpoints.list_sessions is not None:
+        if (
+            sessions is None
+            and count_sessions
+            and self.api.endpoints.list_sessions is not None
+            and not self._sessions_untrusted
+        ):
             sessions = self._count_sessions(account)
         external = lookup(item, mapping.external_id) if mapping.external_id else None
         return AccountRecord(
@@ -686,6 +696,57 @@ class RestConnector:
         assert request is not None
         call = self._context(account)
         return sum(1 for _ in self._list(f"list sessions of {account}", request, call))
+
+    @property
+    def _sessions_untrusted(self) -> bool:
+        return self._sessions_path is not None and self._sessions_path.status == "untrusted"
+
+    def _probe_sessions(self, grouped: Mapping[str, list[Any]]) -> None:
+        """Check the per-account session read against the full session listing: for an
+        account that listing shows with sessions (the control), the per-account read must
+        show some. Until it has, its zeros are not proof; once it fails, it is not used."""
+        if self.api.endpoints.list_sessions is None:
+            return
+        control = next((a for a, items in sorted(grouped.items()) if items), None)
+        if control is None:
+            if self._sessions_path is None:
+                self._sessions_path = ReadPath(
+                    "sessions", "untested", "no account has a session to check the read with"
+                )
+        else:
+            listed = len(grouped[control])
+            seen = self._count_sessions(control)
+            self._sessions_path = (
+                ReadPath(
+                    "sessions",
+                    "trusted",
+                    f"the per-account read shows {seen} for {control}, listed with {listed}",
+                )
+                if seen
+                else ReadPath(
+                    "sessions",
+                    "untrusted",
+                    f"the per-account read shows none for {control}, which the full session "
+                    f"listing shows with {listed}: session counts are unknown here",
+                )
+            )
+        if self._record_paths is not None:
+            self._record_paths([self._sessions_path])
+
+    def read_paths(self) -> list[ReadPath]:
+        """The per-account session read, probed now against the full session listing (where
+        the description has both)."""
+        all_sessions = self.api.endpoints.list_all_sessions
+        if all_sessions is not None:
+            self._probe_sessions(self._grouped("list sessions", all_sessions))
+        return [self._sessions_path] if self._sessions_path is not None else []
+
+    def remember(
+        self, earlier: list[ReadPath], record: Callable[[list[ReadPath]], None] | None
+    ) -> None:
+        """What earlier probes showed of the session read; ``record`` hears of every probe."""
+        self._sessions_path = next((p for p in earlier if p.path == "sessions"), None)
+        self._record_paths = record
 
     def read(self, account: str) -> AccountRecord | None:
         item = self._get(account)
@@ -732,6 +793,7 @@ class RestConnector:
         all_sessions = self.api.endpoints.list_all_sessions
         if all_sessions is not None:
             sessions = self._grouped("list sessions", all_sessions)
+            self._probe_sessions(sessions)
         for item in self._list("list accounts", self.api.endpoints.list, self._context()):
             account = _id(lookup(item, self.api.account.id))
             entitlements: frozenset[str] | None = None

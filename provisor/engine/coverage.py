@@ -156,7 +156,8 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
     try:
         capabilities = connector.capabilities()
         incremental = callable(getattr(connector, "list_changed", None))
-        probes = callable(getattr(connector, "read_paths", None))
+        # connectors that show their membership reads work before they count (SCIM, LDAP)
+        probes = bool(getattr(connector, "proves_membership", False))
     finally:
         connector.close()
     found.write = [c.value for c in WRITE if c in capabilities]
@@ -179,8 +180,13 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
         found.blind_spots.append(
             BlindSpot(name, "account", "the connector cannot read an account back")
         )
-    found.read_paths = readpaths.load(workspace, name) if probes else []
-    trusted = [p.path for p in found.read_paths if p.status == "trusted"]
+    found.read_paths = readpaths.load(workspace, name)
+    trusted = [
+        p.path
+        for p in found.read_paths
+        if p.status == "trusted" and p.path != "sessions" and not p.path.startswith("computed:")
+    ]
+    sessions_read = next((p for p in found.read_paths if p.path == "sessions"), None)
     if not target.entitlements:
         found.layers["entitlements"] = "none defined"
     elif readable and Capability.ENTITLEMENTS in capabilities and not probes:
@@ -201,7 +207,10 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
         found.blind_spots.append(
             BlindSpot(name, "entitlements", "the connector cannot read or change entitlements")
         )
-    if found.sessions:
+    if found.sessions and sessions_read is not None and sessions_read.status == "untrusted":
+        found.layers["sessions"] = "not shown"
+        found.blind_spots.append(BlindSpot(name, "sessions", sessions_read.detail))
+    elif found.sessions:
         found.layers["sessions"] = "read back"
     else:
         found.layers["sessions"] = "blind"

@@ -114,7 +114,13 @@ class FaultyProxy:
                     )
                 self.send_response(response.status_code)
                 for name, value in response.headers.items():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    # the body goes out as decoded here, so its encoding header does not
+                    if name.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
