@@ -40,6 +40,7 @@ from provisor.connectors.base import (
 )
 
 T = TypeVar("T")
+MEMBEROF_CHECKS = 3  # members of each group whose memberOf is checked against the group
 
 # LDAP result codes (RFC 4511 §4.1.9) the connector treats specially
 TIME_LIMIT_EXCEEDED = 3
@@ -821,8 +822,9 @@ class LdapConnector:
                 )
             ),
         )
-        for group in groups:
-            for member in group.values(self.member_attr):
+        checked = 0
+        for group in groups:  # a few members of every group: memberOf may be partial
+            for member in group.values(self.member_attr)[:MEMBEROF_CHECKS]:
                 dn = member.split("#", 1)[0]
                 if not dn or (self.placeholder and norm_dn(dn) == norm_dn(self.placeholder)):
                     continue
@@ -837,9 +839,11 @@ class LdapConnector:
                 if not found:
                     continue
                 listed = {norm_dn(v) for v in found[0].values("memberOf")}
-                if norm_dn(group.dn) in listed:
-                    return True, f"{dn} lists {group.dn} in memberOf"
-                return False, f"{dn} is a member of {group.dn} but its memberOf does not say so"
+                if norm_dn(group.dn) not in listed:
+                    return False, f"{dn} is a member of {group.dn} but its memberOf does not say so"
+                checked += 1
+        if checked:
+            return True, f"{checked} member(s) of the groups list them in memberOf"
         return False, "no group lists a member yet to check memberOf against"
 
     def read_paths(self) -> list[ReadPath]:

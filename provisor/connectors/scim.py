@@ -633,7 +633,7 @@ class ScimConnector:
         )
         with _reader() as pool:
             filter_ = f"meta.lastModified ge {self._since(since)}"
-            attributes = self._user_attributes(groups=by_user)
+            attributes = self._user_attributes(groups=self._trusted("user-groups"))
             users = self._listing(pool, self._users_path, filter_, attributes)
             members: dict[str, set[str]] | None = None
             for page in users:
@@ -679,7 +679,9 @@ class ScimConnector:
         shows none); a filter only after it has returned a group known to hold a control
         account and left out one known not to. Both controls come from an unfiltered read."""
         self._check(self._group_rows())
-        computed = [ReadPath(COMPUTED + k, "computed", why) for k, why in self._computed.items()]
+        computed = [
+            ReadPath(COMPUTED + k, "computed", why) for k, why in list(self._computed.items())
+        ]
         return [self._paths[p] for p in PATH_ORDER if p in self._paths] + computed
 
     def remember(
@@ -700,7 +702,8 @@ class ScimConnector:
         """Tell the engine what the probes showed and which attributes the target computes."""
         if self._record_paths is not None:
             computed = [
-                ReadPath(COMPUTED + key, "computed", why) for key, why in self._computed.items()
+                ReadPath(COMPUTED + key, "computed", why)
+                for key, why in list(self._computed.items())
             ]
             self._record_paths(list(self._paths.values()) + computed)
 
@@ -768,6 +771,13 @@ class ScimConnector:
                 paths["group-read"] = ReadPath(
                     "group-read", "trusted", "groups read one by one list their members"
                 )
+                alone = next(r for r in truth if r[2])
+                paths["group-listing"] = ReadPath(
+                    "group-listing",
+                    "untrusted",
+                    f"it lists {alone[1]} without members, but read alone it has "
+                    f"{len(alone[2])}: the listing leaves members out",
+                )
             else:
                 paths["group-read"] = ReadPath(
                     "group-read",
@@ -777,6 +787,13 @@ class ScimConnector:
         control = _control(truth)
         paths["user-groups"] = self._probe_user_side(control)
         paths["member-filter"] = self._probe_filter(control)
+        if not rows and paths["user-groups"].status == "trusted":
+            # a listing of no group while users list theirs: the listing cannot see them
+            paths["group-listing"] = ReadPath(
+                "group-listing",
+                "untrusted",
+                "it lists no group, but users list groups: the listing does not see them",
+            )
         merged = {name: self._merged(path) for name, path in paths.items()}
         self._paths, self._checked = merged, True
         self._earlier.update(merged)
@@ -884,6 +901,8 @@ class ScimConnector:
             if not self._trusted(path):
                 continue
             if path == "user-groups":
+                if not any(key == "groups" for key in user):
+                    continue  # read without its groups (a listing that did not ask for them)
                 return self._user_groups(user) or frozenset(), None
             if path == "member-filter":
                 try:
@@ -979,7 +998,7 @@ class ScimConnector:
         if user.get("title"):
             attributes["title"] = str(user["title"])
         if not keep_computed:
-            for key in self._computed:
+            for key in list(self._computed):
                 attributes.pop(key, None)  # the server's own, not Provisor's to manage
         external_id = user.get("externalid")
         return AccountRecord(

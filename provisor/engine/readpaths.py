@@ -4,8 +4,8 @@ Does: load the read paths last recorded for a target and hand them to a connecto
 (``ProbingConnector``), and record what its probes show whenever that changes — so a path shown
 to work once (a group listing that has listed members) still counts when nothing on the target
 shows it again, and one caught answering wrongly is not trusted by the next process either.
-Also says whether a target's change listing has ever been shown to work (an incremental
-reconciliation that listed every account Provisor had changed in its window).
+Also says whether a target's change listing is shown to work (the latest incremental
+reconciliation with canaries listed every account Provisor had changed in its window).
 Does not: judge a path; connectors do (``connectors/base.ReadPath``), and reconciliation
 judges change listings.
 """
@@ -73,12 +73,17 @@ def recorded(workspace: Workspace) -> dict[str, list[ReadPath]]:
 
 
 def change_filter_shown(session: Session, target: str) -> bool:
-    """Whether an incremental run of ``target`` has ever listed every account Provisor had
-    changed in its window (its proof starts ``proven``)."""
+    """Whether the latest incremental run of ``target`` that had canaries to check listed
+    every account Provisor had changed in its window (its proof starts ``proven``); a later
+    run that missed one (``failed: ...``) undoes an earlier pass."""
     run = models.ReconcileRun
     rows = session.execute(
-        select(run.counts).where(
-            run.target == target, run.mode == "incremental", run.status == "completed"
-        )
+        select(run.counts)
+        .where(run.target == target, run.mode == "incremental")
+        .order_by(run.id.desc())
     ).scalars()
-    return any(str((counts or {}).get("proof", "")).startswith("proven") for counts in rows)
+    for counts in rows:
+        proof = str((counts or {}).get("proof", ""))
+        if proof.startswith(("proven", "failed")):
+            return proof.startswith("proven")
+    return False

@@ -59,7 +59,6 @@ from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.readback import kept_entitlements
-from provisor.engine.runner import NOTHING_WRITTEN
 from provisor.engine.tasks import (
     cancel_operations,
     confirm_from_observed,
@@ -470,7 +469,8 @@ def _canaries(session: Session, target: str, since: datetime, until: datetime) -
         op.verified_at >= since,
         op.verified_at < until,
         op.account.is_not(None),
-        (op.last_error.is_(None)) | (op.last_error != NOTHING_WRITTEN),
+        # written: no note, or an adoption that stamped the account (other notes: no write)
+        op.last_error.is_(None) | op.last_error.contains("stamped"),
     )
     return {str(a) for a in session.execute(query).scalars()}
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx2
 import pytest
 
-from provisor.connectors.base import AccountSpec
+from provisor.connectors.base import AccountSpec, ReadPath
 from provisor.connectors.scim import ScimConnector
 from tests.connectors.faulty_proxy import FaultyProxy, Refuse, Swallow
 from tests.connectors.test_scim import make_group
@@ -327,11 +328,46 @@ def test_members_left_out_of_listings_are_read_group_by_group(
         return json.dumps(document).encode()
 
     for connector, _ in through(url, on_response=chain(listing_without_members, silently_empty)):
+        # even a listing shown to list members before is caught leaving them out now
+        connector.remember([ReadPath("group-listing", "trusted", "lists 3 memberships")], None)
         paths = {p.path: p.status for p in connector.read_paths()}
-        assert paths["group-listing"] == "untested" and paths["group-read"] == "trusted"
+        assert paths["group-listing"] == "untrusted" and paths["group-read"] == "trusted"
         assert paths["member-filter"] == "untrusted"
         record = connector.read(ann)
         assert record is not None and record.entitlements_shown
         assert record.entitlements == server_groups(url, ann) == {"engineering", "admins"}
         listed = {r.account: r for r in connector.list_accounts()}
         assert listed[bob].entitlements_shown and listed[bob].entitlements == {"staff"}
+
+
+def users_list_their_groups(upstream: str) -> Rewrite:
+    """Users carry their groups (read from the real server); groups keep their members."""
+
+    def rewrite(method: str, path: str, status: int, content: bytes) -> bytes:
+        if method != "GET" or status != 200 or not content or "/Users" not in path:
+            return content
+        document = json.loads(content)
+        for resource in document.get("Resources", [document]):
+            if ("id" in resource and "groups" in unquote(path)) or "/Users/" in path:
+                resource["groups"] = [
+                    {"value": "x", "display": name}
+                    for name in sorted(server_groups(upstream, resource["id"]))
+                ]
+        return json.dumps(document).encode()
+
+    return rewrite
+
+
+def test_changed_users_keep_their_groups_when_both_sides_work(
+    seeded: tuple[str, list[str]],
+) -> None:
+    """Both the users' own groups and the group listing are trusted: a change listing that did
+    not ask for users' groups must still report every changed user's groups."""
+    url, (ann, bob) = seeded
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    for connector, _ in through(url, on_response=users_list_their_groups(url)):
+        paths = {p.path: p.status for p in connector.read_paths()}
+        assert paths["user-groups"] == "trusted" and paths["group-listing"] == "trusted"
+        listed = {r.account: r.entitlements for r in connector.list_changed(since)}
+        assert listed[ann] == server_groups(url, ann) == {"engineering", "admins"}
+        assert listed[bob] == server_groups(url, bob) == {"staff"}
