@@ -704,7 +704,9 @@ class RestConnector:
     def _probe_sessions(self, grouped: Mapping[str, list[Any]]) -> None:
         """Check the per-account session read against the full session listing: for an
         account that listing shows with sessions (the control), the per-account read must
-        show some. Until it has, its zeros are not proof; once it fails, it is not used."""
+        show some. Once it fails, it is not used: session counts are unknown. With no session
+        anywhere to check with, it stays untested and is still used (it is a read of the
+        account's own session resource, not a filter)."""
         if self.api.endpoints.list_sessions is None:
             return
         control = next((a for a, items in sorted(grouped.items()) if items), None)

@@ -509,6 +509,22 @@ def _last_reads(session: Session, targets: Mapping[str, TargetDef]) -> dict[str,
     return found
 
 
+def _blind_membership(session: Session, targets: Mapping[str, TargetDef]) -> dict[str, str]:
+    """Targets with entitlements whose probed membership reads (``target_read_paths``) are
+    none of them trusted: reads there never show an entitlement gone. With why."""
+    paths: dict[str, list[models.TargetReadPath]] = defaultdict(list)
+    for row in session.execute(select(models.TargetReadPath)).scalars():
+        if row.path != "sessions" and not row.path.startswith("computed:"):
+            paths[row.target].append(row)
+    return {
+        name: "; ".join(f"{r.path}: {r.detail}" for r in rows)
+        for name, rows in paths.items()
+        if name in targets
+        and targets[name].entitlements
+        and not any(r.status == "trusted" for r in rows)
+    }
+
+
 def _failures(session: Session, targets: Mapping[str, TargetDef]) -> dict[str, str]:
     """The error of each target's latest reconciliation, where it failed."""
     run = models.ReconcileRun
@@ -548,7 +564,10 @@ def _unknown(
     }
     if not leavers:
         return []
-    seen: dict[tuple[str, str], datetime | None] = {}
+    # per (leaver, target): when the least recently read of their accounts was read; where
+    # no account is stored (deleted, or never seen), when a removal was last read back
+    observed: dict[tuple[str, str], datetime] = {}
+    verified: dict[tuple[str, str], datetime | None] = {}
     accounts: dict[tuple[str, str], list[str]] = defaultdict(list)
     oa, op = models.ObservedAccount, models.Operation
     for part in chunks(sorted(leavers)):
@@ -557,15 +576,16 @@ def _unknown(
         ):
             key = (str(who), str(where))
             accounts[key].append(str(account))
-            seen[key] = max(filter(None, (seen.get(key), at)), default=None)
-        for who, where, verified in session.execute(
+            observed[key] = min(at, observed.get(key, at))
+        for who, where, last in session.execute(
             select(op.identity, op.target, func.max(op.verified_at))
             .where(op.identity.in_(part))
             .group_by(op.identity, op.target)
         ):
-            key = (str(who), str(where))
-            seen[key] = max(filter(None, (seen.get(key), verified)), default=None)
+            verified[(str(who), str(where))] = last
+    seen = {key: observed.get(key, verified.get(key)) for key in verified.keys() | observed.keys()}
     failures = _failures(session, targets)
+    blind = _blind_membership(session, targets)
     items: list[DebtItem] = []
     for (who, where), read_at in sorted(seen.items()):
         target = targets.get(where)
@@ -573,9 +593,12 @@ def _unknown(
         if target is None or due is None:
             continue
         whole = last_read.get(where)
-        if (whole is not None and whole >= due) or (read_at is not None and read_at >= due):
+        read = (whole is not None and whole >= due) or (read_at is not None and read_at >= due)
+        if read and where not in blind:
             continue
-        if where in failures:
+        if read:
+            why = f"read since the termination, but its memberships cannot be read: {blind[where]}"
+        elif where in failures:
             why = f"the target cannot be read: {failures[where]}"
         elif whole is None:
             why = "the target has never been read whole (no full reconciliation or export)"
@@ -594,7 +617,9 @@ def _unknown(
                 age_days=_age(due, now),
                 sla_days=target.sla_days,
                 overdue=now > due + timedelta(days=target.sla_days),
-                state=f"unknown: not read since the termination; {why}",
+                state=f"unknown: {why}"
+                if read
+                else f"unknown: not read since the termination; {why}",
                 observed_at=read_at or due,
                 source="none since the termination",
                 work="'provisor reconcile --target " + where + " --full' reads it",
