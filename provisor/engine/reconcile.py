@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -475,6 +475,26 @@ def _canaries(session: Session, target: str, since: datetime, until: datetime) -
     return {str(a) for a in session.execute(query).scalars()}
 
 
+def _membership_canaries(
+    session: Session, target: str, since: datetime, until: datetime
+) -> set[tuple[str, str]]:
+    """Memberships Provisor itself added or removed in ``target`` between ``since`` and
+    ``until`` (verified by read-back): the change listing must show the account, or the group
+    among the groups changed."""
+    op = models.Operation
+    query = select(op.account, op.entitlement).where(
+        op.target == target,
+        op.status == "verified",
+        op.kind.in_((OpKind.ADD_ENTITLEMENT.value, OpKind.REMOVE_ENTITLEMENT.value)),
+        op.verified_at >= since,
+        op.verified_at < until,
+        op.account.is_not(None),
+        op.entitlement.is_not(None),
+        op.last_error.is_(None),
+    )
+    return {(str(a), str(e)) for a, e in session.execute(query)}
+
+
 def _apply_memberships(
     session: Session,
     target: str,
@@ -899,10 +919,14 @@ def reconcile_target(
                 if mode != "incremental":
                     raise
                 doubt, listed = f"{exc}; read in full", set()
+            changed: Mapping[str, frozenset[str]] = {}
             if mode == "incremental":
                 assert since is not None
                 if doubt is None:
-                    doubt = _prove(workspace, report, target, since, run.started_at, listed)
+                    changed = connector.changed_memberships(since)  # type: ignore[attr-defined]
+                    doubt = _prove(
+                        workspace, report, target, since, run.started_at, listed, set(changed)
+                    )
                 if doubt is not None:
                     finish(unreadable=doubt)
                     full_report = reconcile_target(
@@ -919,8 +943,6 @@ def reconcile_target(
                     )
                     full_report.proof = f"incremental run {run_id} not trusted: {doubt}"
                     return full_report
-                assert since is not None
-                changed = connector.changed_memberships(since)  # type: ignore[attr-defined]
                 if changed:
                     with workspace.sessions() as session, session.begin():
                         report.changed += _apply_memberships(
@@ -941,13 +963,24 @@ def _prove(
     since: datetime,
     started: datetime,
     listed: set[str],
+    groups: set[str],
 ) -> str | None:
-    """Judge an incremental listing by its canaries (``_canaries``); sets ``report.proof``.
-    Returns why the run cannot be trusted (it is then read in full), or None."""
+    """Judge an incremental listing by its canaries (``_canaries``, and the memberships of
+    ``_membership_canaries``, shown by the account or its group among ``groups`` changed);
+    sets ``report.proof``. Returns why the run cannot be trusted (it is then read in full)."""
     with workspace.sessions() as session:
         canaries = _canaries(session, target, since, started)
+        members = _membership_canaries(session, target, since, started)
         passed_before = readpaths.change_filter_shown(session, target)
     window = f"since {since.isoformat(timespec='seconds')}"
+    unseen = sorted(f"{e} of {a}" for a, e in members if a not in listed and e not in groups)
+    if unseen:
+        report.proof = f"failed: missed {len(unseen)} of {len(members)} memberships"
+        return (
+            f"the change listing {window} shows neither the account nor the group for "
+            f"{len(unseen)} of the {len(members)} memberships Provisor changed in that window "
+            f"({', '.join(unseen[:3])}): its change filters cannot be trusted here; read in full"
+        )
     missed = sorted(canaries - listed)
     if missed:
         report.proof = f"failed: missed {len(missed)} of {len(canaries)}"
@@ -956,8 +989,10 @@ def _prove(
             f"accounts Provisor changed in that window ({', '.join(missed[:3])}): its change "
             "filter cannot be trusted here; read in full"
         )
-    if canaries:
-        report.proof = f"proven: listed all {len(canaries)} accounts Provisor changed {window}"
+    if canaries or members:
+        report.proof = f"proven: listed all {len(canaries)} accounts Provisor changed {window}" + (
+            f" and showed all {len(members)} memberships it changed" if members else ""
+        )
         return None
     report.proof = f"unproven: Provisor changed no account {window} to check the listing with"
     if not passed_before:

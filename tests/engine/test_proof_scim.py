@@ -302,7 +302,7 @@ def test_an_ignored_change_filter_is_caught_by_its_canary_and_read_in_full(
     proxy.on_response = no_changes
     report = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
     assert report.mode == "full" and report.status == "completed"
-    assert report.proof is not None and "left out" in report.proof and "in full" in report.proof
+    assert report.proof is not None and "cannot be trusted here; read in full" in report.proof
     assert report.classes.get("terminated-active") == 1 and report.classes.get("orphan") == 1
     with ws.sessions() as session:
         runs = session.execute(
@@ -410,3 +410,50 @@ def test_reconciliation_puts_parked_removals_back_in_line(
     assert server_groups(url, account) == set()
     user = server_user(url, "e1@example.com")
     assert user is not None and user["active"] is False
+
+
+def no_group_changes(method: str, path: str, status: int, content: bytes) -> bytes:
+    """The groups' change filter answers nothing; the users' one works."""
+    if method == "GET" and "/Groups" in path and "meta.lastModified" in unquote(path):
+        return silently_empty_list()
+    return content
+
+
+def test_a_membership_change_the_group_listing_hides_is_caught(
+    proxied: tuple[Workspace, FaultyProxy, str],
+) -> None:
+    """Provisor moves a person out of engineering (a membership write only): the change
+    listing of groups answers nothing, so neither the account nor the group shows it. The
+    run is read in full, and finds what was changed by hand in the same window."""
+    ws, proxy, url = proxied
+    start = datetime.now(UTC)
+    people(ws, "E1", "E2", now=start)
+    plan(ws, start)
+    apply(ws, start)
+    time.sleep(2.2)
+    assert reconcile.reconcile_target(ws, "app", now=datetime.now(UTC)).mode == "full"
+    time.sleep(2.2)
+    moved = datetime.now(UTC)
+    with ws.sessions() as session, session.begin():
+        from provisor.domain.lifecycle import LifecycleEvent
+        from provisor.engine import lifecycle
+
+        lifecycle.record_events(
+            session,
+            ws.config,
+            [LifecycleEvent("E1", EventKind.MOVE, moved, moved, {"department": "Sales"})],
+            origin="test",
+            now=moved,
+        )
+    plan(ws, moved)
+    apply(ws, moved)
+    e2 = server_user(url, "e2@example.com")
+    assert e2 is not None
+    make_group(url, "admins")
+    raw_patch(url, f"Groups/{group_id(url, 'admins')}", "add", "members", [{"value": e2["id"]}])
+    proxy.on_response = no_group_changes
+    report = reconcile.reconcile_target(ws, "app", now=datetime.now(UTC), full=False)
+    assert report.mode == "full" and report.proof is not None
+    assert "memberships" in report.proof and "engineering of" in report.proof
+    found = {f["account"]: f["detail"] for f in report.findings}
+    assert "extra admins" in found[e2["id"]]
