@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle, readpaths, reconcile
+from provisor.domain.lifecycle import EventKind
+from provisor.engine import readpaths, reconcile
 from provisor.engine.workspace import Workspace
 from provisor.evidence.bundle import verify_leaver
 from provisor.sandbox import scratch_workspace
 from provisor.store import models
 from tests.connectors.django_scim_app.launch import DjangoScimApp
+from tests.engine.test_proof_scim import move
 from tests.engine.test_runner import apply, event, people, plan, statuses
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -77,17 +78,6 @@ def groups_of(app: DjangoScimApp, account: str) -> set[str]:
     listed = app.get("Groups")["Resources"]
     assert isinstance(listed, list)
     return {g["displayName"] for g in listed if account in {str(m["value"]) for m in g["members"]}}
-
-
-def move(ws: Workspace, identity: str, department: str, when: datetime) -> None:
-    with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
-            session,
-            ws.config,
-            [LifecycleEvent(identity, EventKind.MOVE, when, when, {"department": department})],
-            origin="test",
-            now=when,
-        )
 
 
 def test_joiner_mover_leaver_reconcile_and_evidence(

@@ -17,8 +17,8 @@ import httpx2
 import pytest
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind
-from provisor.engine import readpaths, reconcile
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import lifecycle, readpaths, reconcile
 from provisor.engine.coverage import target_coverage
 from provisor.engine.debt import debt_items
 from provisor.engine.workspace import Workspace
@@ -53,6 +53,18 @@ def leaver(
     assert user is not None and server_groups(url, user["id"]) == {"staff", "engineering"}
     event(ws, "E1", EventKind.TERMINATE)
     yield ws, proxy, url, user["id"]
+
+
+def move(ws: Workspace, identity: str, department: str, when: datetime) -> None:
+    """A mover to ``department``, effective ``when``."""
+    with ws.sessions() as session, session.begin():
+        lifecycle.record_events(
+            session,
+            ws.config,
+            [LifecycleEvent(identity, EventKind.MOVE, when, when, {"department": department})],
+            origin="test",
+            now=when,
+        )
 
 
 def removal_statuses(ws: Workspace) -> dict[str, str]:
@@ -196,17 +208,7 @@ def test_a_mover_loses_the_old_group_when_the_new_one_fails(
     apply(ws)
     user = server_user(url, "e1@example.com")
     assert user is not None and server_groups(url, user["id"]) == {"staff", "engineering"}
-    with ws.sessions() as session, session.begin():
-        from provisor.domain.lifecycle import LifecycleEvent
-        from provisor.engine import lifecycle
-
-        lifecycle.record_events(
-            session,
-            ws.config,
-            [LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Sales"})],
-            origin="test",
-            now=NOW,
-        )
+    move(ws, "E1", "Sales", NOW)
     # the policy's staff rule stays; make the staff group's membership look missing so an
     # addition is planned, and have the application refuse additions
     with ws.sessions() as session, session.begin():
@@ -434,17 +436,7 @@ def test_a_membership_change_the_group_listing_hides_is_caught(
     assert reconcile.reconcile_target(ws, "app", now=datetime.now(UTC)).mode == "full"
     time.sleep(2.2)
     moved = datetime.now(UTC)
-    with ws.sessions() as session, session.begin():
-        from provisor.domain.lifecycle import LifecycleEvent
-        from provisor.engine import lifecycle
-
-        lifecycle.record_events(
-            session,
-            ws.config,
-            [LifecycleEvent("E1", EventKind.MOVE, moved, moved, {"department": "Sales"})],
-            origin="test",
-            now=moved,
-        )
+    move(ws, "E1", "Sales", moved)
     plan(ws, moved)
     apply(ws, moved)
     e2 = server_user(url, "e2@example.com")
