@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
 from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
@@ -57,7 +57,7 @@ def main() -> None:
             began = time.perf_counter()
             now = datetime.now(UTC)
             with workspace.sessions() as session, session.begin():
-                lifecycle.record_events(
+                identities.record_events(
                     session,
                     workspace.config,
                     [LifecycleEvent(who, EventKind.TERMINATE, now, now)],

@@ -29,7 +29,7 @@ import httpx2
 from provisor.connectors.base import ReadPath
 from provisor.connectors.scim import ScimConnector  # imported before the clock starts
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.reconcile import reconcile_target
 from provisor.sandbox import ScimApp, scratch_workspace
 
@@ -135,7 +135,7 @@ def main() -> None:
             for i in range(args.accounts)
         ]
         with workspace.sessions() as session, session.begin():
-            lifecycle.record_events(session, workspace.config, events, origin="bench", now=now)
+            identities.record_events(session, workspace.config, events, origin="bench", now=now)
         started = time.perf_counter()
         report = reconcile_target(workspace, "app", now=now)
         elapsed = time.perf_counter() - started

@@ -36,7 +36,7 @@ from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.domain.policy import TargetClass
 from provisor.engine import debt
-from provisor.engine import lifecycle as lifecycle_service
+from provisor.engine import identities as lifecycle_service
 from provisor.engine.coverage import coverage
 from provisor.engine.imports import import_feed
 from provisor.engine.observed import import_observed

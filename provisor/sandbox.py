@@ -20,7 +20,7 @@ from types import TracebackType
 import httpx2
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
+from provisor.engine import identities as lifecycle
 from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError

@@ -29,7 +29,7 @@ from provisor.engine.classify import (
     classify,
     primary_account,
 )
-from provisor.engine.lifecycle import chunks
+from provisor.engine.identities import chunks
 from provisor.engine.planner import SEP as SEP
 from provisor.engine.planner import (
     accounts_query,

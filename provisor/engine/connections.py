@@ -18,7 +18,7 @@ from provisor.connectors.base import Connector, ReadPath
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine import readpaths
 from provisor.engine.workspace import Workspace
-from provisor.errors import ProvisorError
+from provisor.errors import NotFoundError, ProvisorError
 
 
 def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
@@ -53,6 +53,13 @@ class TargetCheck:
             "probes": self.probes,
         }
 
+    @property
+    def proven(self) -> bool:
+        """False when the target could not be probed, or none of its membership reads works."""
+        if self.error and self.probes:
+            return False
+        return not self.paths or any(p.status == "trusted" for p in self.paths)
+
 
 def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
     """Open ``target``'s connector and probe every read path now (recorded as it goes)."""
@@ -77,3 +84,12 @@ def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
     finally:
         connector.close()
     return found
+
+
+def check_targets(workspace: Workspace, target: str | None = None) -> list[TargetCheck]:
+    """``check`` every target of the policy by name, or only ``target``."""
+    targets = workspace.compiled.targets
+    if target is not None and target not in targets:
+        names = ", ".join(sorted(targets)) or "none"
+        raise NotFoundError(f"no target {target!r}; targets: {names}")
+    return [check(workspace, targets[n]) for n in sorted(targets) if target in (None, n)]

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import aggregate_strings
 
 from provisor.domain.desired import DesiredAccess, desired_access
-from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState, fold
 from provisor.domain.plan import (
     REMOVAL_KINDS,
     ObservedAccount,
@@ -43,9 +43,10 @@ from provisor.domain.plan import (
 )
 from provisor.domain.policy import TargetDef
 from provisor.engine.coverage import channel
-from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.identities import chunks, load_history, window
 from provisor.engine.planner import collector_paused
 from provisor.engine.workspace import Workspace
+from provisor.errors import NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
 
@@ -438,6 +439,59 @@ def debt_items(
     # collector would walk it again and again to free nothing: paused, as imports do.
     with collector_paused():
         return _debt_items(workspace, session, now, identity, target)
+
+
+@dataclass
+class Ledger:
+    """The debt items of one query, with the counts every presentation shows."""
+
+    items: list[DebtItem]
+
+    @property
+    def overdue(self) -> int:
+        return sum(1 for i in self.items if i.overdue)
+
+    @property
+    def unknown(self) -> int:
+        """Items whose access nobody has read since the termination."""
+        return sum(1 for i in self.items if not i.known)
+
+    @property
+    def identities(self) -> int:
+        return len({i.identity for i in self.items})
+
+    def as_dict(self, by: GroupBy | None = None) -> dict[str, Any]:
+        counts = {"items": len(self.items), "overdue": self.overdue, "unknown": self.unknown}
+        if by is not None:
+            groups = [g.as_dict() for g in summarise(self.items, by)]
+            return {"by": by, **counts, "groups": groups}
+        return {**counts, "identities": self.identities, "debt": [i.as_dict() for i in self.items]}
+
+
+def ledger(
+    workspace: Workspace,
+    now: datetime,
+    *,
+    identity: str | None = None,
+    target: str | None = None,
+    record: bool = False,
+) -> Ledger:
+    """The debt now, of one identity or target when named (``NotFoundError`` for a name the
+    workspace does not know); ``record`` also records the totals as a snapshot first."""
+    if record:
+        with workspace.sessions() as session, session.begin():
+            record_snapshot(workspace, session, now=now)
+    if target is not None and target not in workspace.compiled.targets:
+        names = ", ".join(workspace.compiled.targets)
+        raise NotFoundError(f"no target {target!r} in the policy; targets: {names}")
+    with workspace.sessions() as session:
+        if identity is not None and not identity.startswith(ORPHAN_PREFIX):
+            known = session.execute(
+                select(models.Identity.id).where(models.Identity.external_id == identity)
+            ).first()
+            if known is None:
+                raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
+        return Ledger(debt_items(workspace, session, now, identity=identity, target=target))
 
 
 def _debt_items(

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, new_event
-from provisor.engine.lifecycle import Outcome, chunks, record_events
+from provisor.engine.identities import Outcome, chunks, record_events
 from provisor.engine.planner import collector_paused
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError

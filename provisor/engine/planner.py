@@ -33,7 +33,7 @@ from sqlalchemy.types import TypeEngine
 from provisor.domain.desired import CompiledPolicy, SharedAccess, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
 from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
-from provisor.engine.lifecycle import chunks, load_history, window
+from provisor.engine.identities import chunks, load_history, window
 from provisor.engine.marks import held_accounts
 from provisor.engine.tasks import cancel_for as cancel_tasks
 from provisor.engine.workspace import Workspace
@@ -367,6 +367,25 @@ class JournalSync:
     @property
     def added(self) -> int:
         return sum(1 for _, status, _ in self.operations if status == "new")
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """The planned operations as JSON-ready rows, in plan order."""
+        return [
+            {
+                "id": journal_id,
+                "journal": status,
+                "identity": op.identity,
+                "target": op.target,
+                "step": op.step,
+                "operation": op.kind.value,
+                "entitlement": op.entitlement,
+                "account": op.account,
+                "reason": op.reason,
+                "not_before": op.not_before.isoformat() if op.not_before else None,
+                "parked": self.parked.get(journal_id),
+            }
+            for op, status, journal_id in self.operations
+        ]
 
 
 # Journal rows that stand for work already under way, parked, or handed to the target's owner

@@ -54,7 +54,7 @@ from provisor.engine.assess import SEP, Finding, classify_accounts, identity_sta
 from provisor.engine.classify import orphan_key, orphan_removal
 from provisor.engine.connections import open_connector
 from provisor.engine.correlate import Correlator, Match, open_case
-from provisor.engine.lifecycle import chunks
+from provisor.engine.identities import chunks
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
@@ -1031,6 +1031,49 @@ def reconcile_export(
                 report.cases_opened += 1
     _finish(workspace, run_id, definition, now, report, remediate_now=remediate_now)
     return report, imported.errors
+
+
+def reconcile_targets(
+    workspace: Workspace,
+    target: str | None,
+    *,
+    now: datetime,
+    full: bool = True,
+    remediate_now: bool = True,
+    batch_size: int = BATCH,
+    accept_gone: bool = False,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[ReconcileReport]:
+    """Reconcile ``target``, or every target that is not manual (those are reconciled from
+    their exports). Across all targets, one whose connector cannot be opened is reported as a
+    failed run and the others still run; a single named target raises instead."""
+    names = [target] if target else sorted(workspace.compiled.targets)
+    reports: list[ReconcileReport] = []
+    for name in names:
+        definition = workspace.compiled.targets.get(name)
+        manual = definition is not None and definition.target_class is TargetClass.MANUAL
+        if target is None and manual:
+            continue
+        try:
+            reports.append(
+                reconcile_target(
+                    workspace,
+                    name,
+                    now=now,
+                    full=full,
+                    remediate_now=remediate_now,
+                    batch_size=batch_size,
+                    accept_gone=accept_gone,
+                    progress=None if progress is None else partial(progress, name),
+                )
+            )
+        except ProvisorError as exc:
+            if target is not None:
+                raise
+            failed = ReconcileReport(name, 0, "full" if full else "incremental")
+            failed.status, failed.error = "failed", str(exc)
+            reports.append(failed)
+    return reports
 
 
 def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileReport]:

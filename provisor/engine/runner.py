@@ -47,7 +47,7 @@ from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.connections import open_connector
 from provisor.engine.correlate import Match, open_case
-from provisor.engine.lifecycle import chunks
+from provisor.engine.identities import chunks
 from provisor.engine.readback import adoption_refusal, kept_entitlements, unmet, unshowable
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace

@@ -1,8 +1,9 @@
 """A workspace: its folder, configuration, database and policy, opened together.
 
-Does: resolve the workspace folder, open its database (refusing an out-of-date schema unless
-asked to create or upgrade it), load and compile its policy on first use, and record each new
-policy version in the store and the audit log.
+Does: resolve the workspace folder, create or upgrade one (``init_workspace``), open its
+database (refusing an out-of-date schema unless asked to create or upgrade it), load and compile
+its policy on first use, summarise it (``check_policy``), and record each new policy version in
+the store and the audit log.
 Does not: implement any lifecycle, planning or import logic; services receive a ``Workspace``.
 """
 
@@ -13,12 +14,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.config.policy_files import LoadedPolicy, load_policy
-from provisor.config.workspace import WorkspaceConfig, load_config
+from provisor.config.workspace import WorkspaceConfig, load_config, write_starter
 from provisor.domain.desired import CompiledPolicy, compile_policy
 from provisor.domain.lifecycle import canonical_json
 from provisor.errors import WorkspaceError
@@ -139,3 +141,49 @@ def _item_name(item: object) -> str:
                 extra = item.get("role") or item.get("granted") or ""
                 return f"{item[key]}{'/' + str(extra) if extra and key == 'identity' else ''}"
     return str(item)
+
+
+def init_workspace(given: Path | None) -> dict[str, Any]:
+    """Create the workspace folder's config, starter policy and database, or upgrade its schema.
+
+    Returns the folder, the schema before (``None`` when new) and after, and the files written."""
+    folder = workspace_path(given).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_starter(folder)
+    workspace = Workspace.open(folder, check=False)
+    try:
+        before, after = db.upgrade(workspace.engine)
+        with workspace.sessions() as session, session.begin():
+            if before is None:
+                audit.record(session, "workspace.created", str(folder), {"schema": after})
+            elif before != after:
+                audit.record(
+                    session, "workspace.upgraded", str(folder), {"from": before, "to": after}
+                )
+    finally:
+        workspace.close()
+    return {
+        "workspace": str(folder),
+        "schema_before": before,
+        "schema": after,
+        "written": [str(p) for p in written],
+    }
+
+
+def check_policy(given: Path | None) -> dict[str, Any]:
+    """Load and validate the workspace's policy files (``PolicyError`` lists every problem) and
+    count what they define."""
+    folder = workspace_path(given).resolve()
+    config = load_config(folder)
+    loaded = load_policy([folder / p for p in config.policy])
+    policy = loaded.policy
+    return {
+        "digest": loaded.digest,
+        "files": [str(f) for f in loaded.files],
+        "targets": len(policy.targets),
+        "rules": len(policy.rules),
+        "roles": len(policy.roles),
+        "assignments": len(policy.assignments),
+        "exceptions": len(policy.exceptions),
+        "sod": len(policy.sod),
+    }

@@ -13,6 +13,7 @@ Does not: decide what is worth auditing (callers do), or commit.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import getpass
 import hashlib
 import io
@@ -144,6 +145,9 @@ class Verification:
     head_hash: str
     first_bad: int | None = None  # the first bad audit event; None when a lifecycle event is
     problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def verify(session: Session) -> Verification:

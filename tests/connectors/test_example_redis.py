@@ -35,7 +35,7 @@ from provisor.connectors.base import (
 from provisor.connectors.registry import open_connector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.domain.policy import TargetClass
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
@@ -388,7 +388,7 @@ rules:
 
 def record(ws: Workspace, kind: EventKind, at: datetime, **attributes: str) -> None:
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [LifecycleEvent("E1", kind, at, at, attributes)],

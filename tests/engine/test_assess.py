@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from provisor.domain.desired import desired_access
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.domain.plan import ObservedAccount
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.assess import Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import Verdict, classify, primary_account
 from provisor.engine.planner import identity_rows, observed_for, state_from_row, sync_journal
@@ -97,7 +97,7 @@ ACCOUNTS: list[tuple[str, str, str | None, bool, list[str], dict[str, object]]] 
 
 def fill(ws: Workspace) -> None:
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [

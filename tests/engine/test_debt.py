@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select, update
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import debt, lifecycle
+from provisor.engine import debt
+from provisor.engine import identities as lifecycle
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace

@@ -29,7 +29,7 @@ from provisor.domain.lifecycle import (
     utc,
     utc_text,
 )
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.imports import import_feed
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
@@ -203,7 +203,7 @@ def test_events_already_stored_are_duplicates(ws: Workspace, tmp_path: Path) -> 
     assert again.outcome.recorded == 1 and again.outcome.duplicates == 3
     assert counts(ws)[:2] == (3, 4)
     with ws.sessions() as session, session.begin():
-        repeat = lifecycle.record_events(
+        repeat = identities.record_events(
             session,
             ws.config,
             [LifecycleEvent("E3", EventKind.HIRE, datetime(2024, 3, 1, tzinfo=UTC), NOW, {})],

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle, readpaths, reconcile
+from provisor.engine import identities, readpaths, reconcile
 from provisor.engine.coverage import target_coverage
 from provisor.engine.debt import debt_items
 from provisor.engine.workspace import Workspace
@@ -58,7 +58,7 @@ def leaver(
 def move(ws: Workspace, identity: str, department: str, when: datetime) -> None:
     """A mover to ``department``, effective ``when``."""
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [LifecycleEvent(identity, EventKind.MOVE, when, when, {"department": department})],
@@ -194,7 +194,7 @@ def test_targets_check_and_coverage_show_what_was_shown(
     assert "Example:" in cli("targets", "check", "--help").out
     covered = {t["target"]: t for t in cli("coverage", "--json").json()["targets"]}
     assert covered["app"]["layers"]["entitlements"].startswith("read back (")
-    assert cli("targets", "check", "nope").code == 2
+    assert cli("targets", "check", "nope").code == 5  # not found, as everywhere else
 
 
 def test_a_mover_loses_the_old_group_when_the_new_one_fails(

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from provisor.connectors.base import AccountRecord, Connector
 from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle, marks, reconcile
+from provisor.engine import identities, marks, reconcile
 from provisor.engine.workspace import Workspace
 from provisor.sandbox import scratch_workspace
 from provisor.store import models
@@ -228,7 +228,7 @@ def test_report_policy_ambiguity_case_and_marks(
     try:
         people(ws, "E1")
         with ws.sessions() as session, session.begin():
-            lifecycle.record_events(
+            identities.record_events(
                 session,
                 ws.config,
                 [

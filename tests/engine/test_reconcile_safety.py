@@ -16,7 +16,7 @@ from sqlalchemy import select
 from provisor.connectors.base import AccountRecord, Connector
 from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import debt, lifecycle, reconcile
+from provisor.engine import debt, identities, reconcile
 from provisor.engine.workspace import Workspace
 from provisor.store import models
 from tests.engine.test_reconcile import raw_patch, raw_user, workspace_for
@@ -124,7 +124,7 @@ def test_an_account_in_doubt_stays_with_its_leaver(ws: Workspace, scim_url: str)
     a1 = account_of(scim_url, "E1")
     event(ws, "E1", EventKind.TERMINATE, NOW + timedelta(hours=1))
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [

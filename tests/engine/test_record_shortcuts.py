@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 
 from provisor.config.workspace import write_starter
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, canonical_json, fold
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import db, models
@@ -52,13 +52,13 @@ event = st.builds(
 
 
 def general(events: list[LifecycleEvent]) -> dict[str, Any]:
-    return lifecycle._columns(fold("E1", events, as_of=NOW), NOW)
+    return identities._columns(fold("E1", events, as_of=NOW), NOW)
 
 
 @settings(max_examples=600, deadline=None)
 @given(events=st.lists(event, min_size=1, max_size=4, unique_by=lambda e: e.key))
 def test_new_hire_shortcut_matches_the_fold(events: list[LifecycleEvent]) -> None:
-    hired = lifecycle._hired(events, NOW)
+    hired = identities._hired(events, NOW)
     if hired is not None:
         assert hired == general(events)
         assert list(hired) == list(general(events))
@@ -78,7 +78,7 @@ def test_every_new_snapshot_row_takes_the_shortcut(
         events.append(LifecycleEvent("E1", status, max(began, NOW), NOW))
     if end is not None and began < NOW + timedelta(days=end):
         events.append(LifecycleEvent("E1", EventKind.TERMINATE, NOW + timedelta(days=end), NOW))
-    hired = lifecycle._hired(events, NOW)
+    hired = identities._hired(events, NOW)
     assert hired is not None and hired == general(events)
     # The row holds the hire's own attributes mapping, so it is encoded once for both.
     assert hired["attributes"] is events[0].attributes
@@ -113,7 +113,7 @@ def test_audit_payload_is_canonical_json(
         "state_before": before,
         "state_after": after,
     }
-    assert lifecycle._audit_data(recorded, status, before, after) == canonical_json(payload)
+    assert identities._audit_data(recorded, status, before, after) == canonical_json(payload)
 
 
 def test_chain_hash_keeps_field_boundaries() -> None:

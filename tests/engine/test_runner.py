@@ -16,7 +16,7 @@ from sqlalchemy import select
 from provisor.connectors.base import AccountSpec
 from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner, backoff
 from provisor.engine.workspace import Workspace
@@ -80,12 +80,12 @@ def people(ws: Workspace, *ids: str, now: datetime = NOW) -> None:
         for i in ids
     ]
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(session, ws.config, events, origin="test", now=now)
+        identities.record_events(session, ws.config, events, origin="test", now=now)
 
 
 def event(ws: Workspace, identity: str, kind: EventKind, now: datetime = NOW) -> None:
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [LifecycleEvent(identity, kind, now, now)],
@@ -238,7 +238,7 @@ def test_changed_name_and_email_are_updated_and_renamed(ws: Workspace, scim_url:
     apply(ws)
     later = NOW + timedelta(days=1)
     with ws.sessions() as session, session.begin():
-        lifecycle.record_events(
+        identities.record_events(
             session,
             ws.config,
             [

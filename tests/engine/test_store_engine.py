@@ -11,7 +11,7 @@ from sqlalchemy import select, text, update
 
 from provisor.config.workspace import write_starter
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState
-from provisor.engine import lifecycle
+from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, WorkspaceError
@@ -47,9 +47,9 @@ def hire(identity: str, day: int = -100, **attrs: str) -> LifecycleEvent:
 
 def record(
     ws: Workspace, *events: LifecycleEvent, now: datetime = NOW, strict: bool = False
-) -> lifecycle.Outcome:
+) -> identities.Outcome:
     with ws.sessions() as session, session.begin():
-        return lifecycle.record_events(
+        return identities.record_events(
             session, ws.config, list(events), origin="test", now=now, strict=strict
         )
 
@@ -81,9 +81,9 @@ def test_future_termination_applies_at_tick(ws: Workspace) -> None:
     record(ws, LifecycleEvent("E1", EventKind.TERMINATE, leave_day, NOW))
     assert state_of(ws, "E1") == "active"
     with ws.sessions() as session, session.begin():
-        assert lifecycle.tick(session, ws.config, now=NOW + timedelta(days=5)).transitions == {}
+        assert identities.tick(session, ws.config, now=NOW + timedelta(days=5)).transitions == {}
     with ws.sessions() as session, session.begin():
-        outcome = lifecycle.tick(session, ws.config, now=leave_day + timedelta(hours=1))
+        outcome = identities.tick(session, ws.config, now=leave_day + timedelta(hours=1))
     assert outcome.transitions == {"active->terminated": 1}
     assert state_of(ws, "E1") == "terminated"
 
@@ -120,12 +120,12 @@ def test_mass_termination_is_held_and_released_in_part(ws: Workspace) -> None:
         ).scalar_one()
         assert row.attributes["department"] == "Sales"
     with ws.sessions() as session, session.begin():
-        lifecycle.decide_hold(
+        identities.decide_hold(
             session, ws.config, outcome.hold_id, approve=True, only=["E0", "E1"], now=NOW
         )
     assert state_of(ws, "E0") == "terminated" and state_of(ws, "E2") == "active"
     with ws.sessions() as session, session.begin():
-        lifecycle.decide_hold(
+        identities.decide_hold(
             session, ws.config, outcome.hold_id, approve=False, only=None, now=NOW
         )
         hold = session.get(models.Hold, outcome.hold_id)
@@ -138,10 +138,10 @@ def test_bitemporal_query(ws: Workspace) -> None:
     late = NOW + timedelta(days=3)
     record(ws, LifecycleEvent("E1", EventKind.TERMINATE, NOW, late), now=late)
     with ws.sessions() as session:
-        as_known_then = lifecycle.identity_state(
+        as_known_then = identities.identity_state(
             session, ws.config, "E1", as_of=NOW, known_at=NOW + timedelta(days=1)
         )
-        as_known_now = lifecycle.identity_state(session, ws.config, "E1", as_of=NOW)
+        as_known_now = identities.identity_state(session, ws.config, "E1", as_of=NOW)
     assert as_known_then.state is LifecycleState.ACTIVE
     assert as_known_now.state is LifecycleState.TERMINATED
 

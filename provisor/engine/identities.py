@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import WorkspaceConfig
-from provisor.domain.guard import hold_reason
 from provisor.domain.lifecycle import (
     EventKind,
     IdentityKind,
@@ -31,6 +30,7 @@ from provisor.domain.lifecycle import (
     fold,
     utc_text,
 )
+from provisor.engine import holds
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.store.db import bulk_insert, json_text
@@ -136,13 +136,6 @@ def identity_state(
 
 def window(config: WorkspaceConfig) -> timedelta:
     return timedelta(days=config.lifecycle.rescind_window_days)
-
-
-def active_population(session: Session) -> int:
-    states = [LifecycleState.ACTIVE.value, LifecycleState.LEAVE.value]
-    return session.execute(
-        select(func.count()).select_from(Identity).where(Identity.state.in_(states))
-    ).scalar_one()
 
 
 def _columns(state: IdentityState, now: datetime) -> dict[str, Any]:
@@ -283,13 +276,6 @@ def _is_deprovisioning(before: str | None, after: str | None) -> bool:
     return before is not None and before not in DEPROVISIONED and after in DEPROVISIONED
 
 
-def _open_hold(session: Session, origin: str, reason: str, now: datetime) -> Hold:
-    hold = Hold(created_at=now, origin=origin, reason=reason, status="open")
-    session.add(hold)
-    session.flush()
-    return hold
-
-
 def _guard(
     session: Session,
     config: WorkspaceConfig,
@@ -298,17 +284,9 @@ def _guard(
     now: datetime,
     outcome: Outcome,
 ) -> Hold | None:
-    reason = hold_reason(
-        len(candidates),
-        active_population(session),
-        max_share=config.guard.max_share,
-        max_count=config.guard.max_count,
-        min_count=config.guard.min_count,
-    )
-    if reason is None:
-        return None
-    hold = _open_hold(session, origin, reason, now)
-    outcome.hold_id, outcome.hold_reason = hold.id, reason
+    hold = holds.guard(session, config, len(candidates), origin, now)
+    if hold is not None:
+        outcome.hold_id, outcome.hold_reason = hold.id, hold.reason
     return hold
 
 
@@ -655,33 +633,11 @@ def decide_hold(
     actor: str | None = None,
 ) -> Outcome:
     """Approve (apply) or reject the held changes of ``hold_id``: all, or ``only`` some ids."""
-    hold = session.get(Hold, hold_id)
-    if hold is None:
-        raise NotFoundError(f"no hold {hold_id}; 'provisor holds' lists the open ones")
-    held_rows = list(
-        session.execute(
-            select(IdentityEvent).where(
-                IdentityEvent.hold_id == hold_id, IdentityEvent.status == "held"
-            )
-        ).scalars()
+    decided = holds.release(
+        session, hold_id, approve=approve, only=only, actor=actor or audit.current_actor(), now=now
     )
-    if not held_rows:
-        raise LifecycleError(f"hold {hold_id} has nothing waiting (status: {hold.status})")
-    if only:
-        unknown = sorted(set(only) - {r.identity for r in held_rows})
-        if unknown:
-            raise NotFoundError(f"hold {hold_id} holds nothing for: {', '.join(unknown)}")
-        chosen = [r for r in held_rows if r.identity in set(only)]
-    else:
-        chosen = held_rows
-    for row in chosen:
-        row.status = "accepted" if approve else "rejected"
-    remaining = len(held_rows) - len(chosen)
+    chosen, remaining = decided.chosen, decided.remaining
     verdict = "approved" if approve else "rejected"
-    hold.status = "partial" if remaining else verdict
-    hold.decided_by = actor or audit.current_actor()
-    hold.decided_at = now
-    session.flush()
     outcome = Outcome(recorded=len(chosen) if approve else 0)
     ids = sorted({r.identity for r in chosen})
     entries = [

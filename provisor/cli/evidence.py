@@ -1,11 +1,11 @@
-"""CLI commands for evidence: revocation debt, proof of removal, the coverage map.
+"""Commands for evidence: ``debt``, ``verify-leaver``, ``coverage`` and ``targets check``.
 
-Does: ``provisor debt`` (the ledger, grouped, or its trend), ``provisor verify-leaver`` (one
-leaver, or a random sample), ``provisor coverage`` and ``provisor targets check`` (read paths
-probed now); registered on the main application by
-``provisor.cli``. Tables for people, ``--json`` for scripts.
+Does: print the revocation-debt ledger (grouped, or its trend), write and summarise a leaver's
+evidence bundle (one leaver, or a random sample), print the coverage map and blind spots, and
+probe targets' read paths; end with the codes that say debt is unknown (16), a leaver's access
+is still present (12) or unverified (13), or a target is unproven (15).
 Does not: compute anything itself (``provisor.engine.debt``, ``provisor.evidence.bundle``,
-``provisor.engine.coverage`` do).
+``provisor.engine.coverage`` and ``provisor.engine.connections`` do).
 """
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ from typing import Annotated, Any
 
 import typer
 
-from provisor.cli import JsonOption, _now, _open, _parse_when, _print_json, _table, err, out
+from provisor.cli.options import JsonOption, now, opened, parse_when
+from provisor.cli.output import err, finish, out, print_json, table
+from provisor.engine import debt
+from provisor.engine.connections import check_targets
+from provisor.engine.coverage import coverage
+from provisor.errors import ExitCode
+from provisor.evidence.bundle import verify_leaver, verify_sample
 
-LEAVER_FAILED = 12  # something a leaver had is still present
-LEAVER_INCOMPLETE = 13  # nothing present, but some layer could not be verified
-DEBT_UNKNOWN = 16  # some leaver's access has not been read since the termination
+targets_app = typer.Typer(
+    help="Targets: probe how each can be read.\n\nExample:  provisor targets check github",
+    no_args_is_help=True,
+)
 
 
 def debt_command(
@@ -49,75 +56,37 @@ def debt_command(
 
     Example:  provisor debt --by owner
     """
-    from provisor.engine import debt
-
     if by is not None and by not in debt.GROUPINGS:
         raise typer.BadParameter(f"use one of {', '.join(debt.GROUPINGS)}", param_hint="--by")
-    workspace = _open()
-    try:
+    with opened() as workspace:
         if trend:
             with workspace.sessions() as session:
                 shots = debt.snapshots(session, limit=limit)
             _show_trend(shots, json_out)
             return
-        if record:
-            with workspace.sessions() as session, session.begin():
-                debt.record_snapshot(workspace, session, now=_now())
-        with workspace.sessions() as session:
-            from sqlalchemy import select
+        found = debt.ledger(workspace, now(), identity=identity, target=target, record=record)
+    grouping = by  # narrowed to a grouping by the check above
+    if json_out:
+        print_json(found.as_dict(grouping))
+    else:
+        _show_ledger(found, grouping, limit)
+    if found.unknown:
+        finish(ExitCode.DEBT_UNKNOWN)
 
-            from provisor.domain.lifecycle import ORPHAN_PREFIX
-            from provisor.errors import NotFoundError
-            from provisor.store import models
 
-            if target is not None and target not in workspace.compiled.targets:
-                names = ", ".join(workspace.compiled.targets)
-                raise NotFoundError(f"no target {target!r} in the policy; targets: {names}")
-            if identity is not None and not identity.startswith(ORPHAN_PREFIX):
-                known = session.execute(
-                    select(models.Identity.id).where(models.Identity.external_id == identity)
-                ).first()
-                if known is None:
-                    raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
-            items = debt.debt_items(workspace, session, _now(), identity=identity, target=target)
-    finally:
-        workspace.close()
-    overdue = sum(1 for i in items if i.overdue)
-    identities = len({i.identity for i in items})
-    unknown = sum(1 for i in items if not i.known)
+def _show_ledger(found: debt.Ledger, by: debt.GroupBy | None, limit: int) -> None:
+    items = found.items
     if by is not None:
-        groups = debt.summarise(items, by)
-        if json_out:
-            _print_json(
-                {
-                    "by": by,
-                    "items": len(items),
-                    "overdue": overdue,
-                    "unknown": unknown,
-                    "groups": [g.as_dict() for g in groups],
-                }
-            )
-            _exit_if_unknown(unknown)
-            return
-        _table(
+        table(
             f"Revocation debt by {by}",
             [by, "items", "overdue", "identities", "oldest (days)"],
-            [(g.key, g.items, g.overdue, g.identities, f"{g.oldest_days:.1f}") for g in groups],
+            [
+                (g.key, g.items, g.overdue, g.identities, f"{g.oldest_days:.1f}")
+                for g in debt.summarise(items, by)
+            ],
         )
-    elif json_out:
-        _print_json(
-            {
-                "items": len(items),
-                "overdue": overdue,
-                "unknown": unknown,
-                "identities": identities,
-                "debt": [i.as_dict() for i in items],
-            }
-        )
-        _exit_if_unknown(unknown)
-        return
     elif items:
-        _table(
+        table(
             "Revocation debt (overdue first)",
             ["identity", "target", "item", "state", "age (days)", "SLA", "owner", "work"],
             [
@@ -139,18 +108,15 @@ def debt_command(
     if not items:
         out.print("No revocation debt: everything that must be gone is verified gone.")
         return
-    out.print(f"{len(items)} items of debt ({overdue} overdue) across {identities} identities.")
-    if unknown:
+    out.print(
+        f"{len(items)} items of debt ({found.overdue} overdue) across "
+        f"{found.identities} identities."
+    )
+    if found.unknown:
         out.print(
-            f"{unknown} of them unknown: access not read since the termination (neither debt "
-            "seen nor verified gone); reconcile those targets in full."
+            f"{found.unknown} of them unknown: access not read since the termination (neither "
+            "debt seen nor verified gone); reconcile those targets in full."
         )
-    _exit_if_unknown(unknown)
-
-
-def _exit_if_unknown(unknown: int) -> None:
-    if unknown:
-        raise typer.Exit(DEBT_UNKNOWN)
 
 
 def _show_trend(shots: list[Any], json_out: bool) -> None:
@@ -165,7 +131,7 @@ def _show_trend(shots: list[Any], json_out: bool) -> None:
         for s in shots
     ]
     if json_out:
-        _print_json({"snapshots": rows})
+        print_json({"snapshots": rows})
         return
     if not rows:
         out.print("No debt snapshots yet: reconciliation (or 'provisor debt --record') adds them.")
@@ -180,7 +146,7 @@ def _show_trend(shots: list[Any], json_out: bool) -> None:
             (row["at"][:19], row["reconcile_run"], row["items"], change, row["overdue"], by_class)
         )
     columns = ["at", "run", "items", "change", "overdue", "by class"]
-    _table("Revocation debt over time", columns, lines)
+    table("Revocation debt over time", columns, lines)
 
 
 def verify_leaver_command(
@@ -209,53 +175,46 @@ def verify_leaver_command(
 
     Example:  provisor verify-leaver E1042 --out ./evidence
     """
-    from provisor.evidence.bundle import verify_leaver, verify_sample
-
     if (identity is None) == (sample is None):
         raise typer.BadParameter("give an identity id, or --sample N --since DATE")
     if sample is not None and since is None:
         raise typer.BadParameter("--sample needs --since DATE", param_hint="--since")
-    workspace = _open()
-    try:
+    with opened() as workspace:
         if identity is not None:
-            written = verify_leaver(workspace, identity, now=_now, out_dir=out_dir)
+            written = verify_leaver(workspace, identity, now=now, out_dir=out_dir)
             results = [written]
             if json_out:
-                _print_json({**written.as_dict(), "bundle": written.bundle})
+                print_json({**written.as_dict(), "bundle": written.bundle})
             else:
                 _show_bundle(written.bundle)
                 out.print(f"Outcome: {written.outcome}. Evidence: {written.json_path}")
                 out.print(f"  {written.html_path}  (SHA-256 {written.sha256[:16]}...)")
         else:
             assert sample is not None and since is not None
-            report = verify_sample(
-                workspace,
-                sample,
-                _parse_when(since, "--since"),
-                now=_now,
-                out_dir=out_dir,
-                seed=seed,
-            )
+            start = parse_when(since, "--since")
+            report = verify_sample(workspace, sample, start, now=now, out_dir=out_dir, seed=seed)
             results = report.results
             if json_out:
-                _print_json(report.as_dict())
+                print_json(report.as_dict())
             else:
-                out.print(
-                    f"Sampled {len(report.results)} of {report.population} leavers terminated "
-                    f"since {since}: {report.count('pass')} pass, "
-                    f"{report.count('incomplete')} incomplete, {report.count('fail')} fail."
-                )
-                for r in report.results:
-                    if r.outcome != "pass":
-                        out.print(f"  {r.identity} {r.outcome}: {r.json_path}")
-                        for line in r.failures:
-                            out.print(f"    {line}", markup=False)
-    finally:
-        workspace.close()
+                _show_sample(report, since)
     if any(r.outcome == "fail" for r in results):
-        raise typer.Exit(LEAVER_FAILED)
+        finish(ExitCode.LEAVER_FAILED)
     if any(r.outcome == "incomplete" for r in results):
-        raise typer.Exit(LEAVER_INCOMPLETE)
+        finish(ExitCode.LEAVER_INCOMPLETE)
+
+
+def _show_sample(report: Any, since: str) -> None:
+    out.print(
+        f"Sampled {len(report.results)} of {report.population} leavers terminated "
+        f"since {since}: {report.count('pass')} pass, "
+        f"{report.count('incomplete')} incomplete, {report.count('fail')} fail."
+    )
+    for r in report.results:
+        if r.outcome != "pass":
+            out.print(f"  {r.identity} {r.outcome}: {r.json_path}")
+            for line in r.failures:
+                out.print(f"    {line}", markup=False)
 
 
 def _show_bundle(bundle: dict[str, Any]) -> None:
@@ -264,7 +223,7 @@ def _show_bundle(bundle: dict[str, Any]) -> None:
         for layer in section["layers"]:
             rows.append((section["target"], layer["layer"], layer["state"], layer["why"]))
     who = bundle["identity"]
-    _table(
+    table(
         f"Leaver {who['id']}, terminated {who['terminated_at'][:10]}",
         ["target", "layer", "state", "why"],
         rows,
@@ -283,20 +242,15 @@ def coverage_command(json_out: JsonOption = False) -> None:
 
     Example:  provisor coverage --json
     """
-    from provisor.engine.coverage import coverage
-
-    workspace = _open()
-    try:
+    with opened() as workspace:
         found = coverage(workspace)
-    finally:
-        workspace.close()
     blind = [b for c in found for b in c.blind_spots]
     if json_out:
-        _print_json(
+        print_json(
             {"targets": [c.as_dict() for c in found], "blind_spots": [b.as_dict() for b in blind]}
         )
         return
-    _table(
+    table(
         "Coverage",
         ["target", "category", "channel", "write", "read back", "sessions", "owner"],
         [
@@ -316,17 +270,13 @@ def coverage_command(json_out: JsonOption = False) -> None:
         for note in c.notes:
             err.print(f"note: {c.target}: {note}", markup=False)
     if blind:
-        _table(
+        table(
             "Blind spots: removal cannot be verified",
             ["target", "layer", "why"],
             [(b.target, b.layer, b.why) for b in blind],
         )
     else:
         out.print("No blind spots: every layer of every target is read back.")
-
-
-targets_app = typer.Typer(help="Targets: probe how each can be read.", no_args_is_help=True)
-TARGET_UNPROVEN = 15  # a target could not be probed, or no membership read is shown to work
 
 
 @targets_app.command("check")
@@ -344,34 +294,21 @@ def targets_check_command(
 
     Example:  provisor targets check github
     """
-    from provisor.engine.connections import check
-
-    workspace = _open()
-    try:
-        targets = workspace.compiled.targets
-        if target is not None and target not in targets:
-            names = ", ".join(sorted(targets)) or "none"
-            raise typer.BadParameter(f"no target {target!r}; targets: {names}")
-        found = [check(workspace, targets[n]) for n in sorted(targets) if target in (None, n)]
-    finally:
-        workspace.close()
+    with opened() as workspace:
+        found = check_targets(workspace, target)
     if json_out:
-        _print_json({"targets": [c.as_dict() for c in found]})
+        print_json({"targets": [c.as_dict() for c in found]})
     else:
         rows = []
         for c in found:
             if c.error or not c.probes:
                 rows.append((c.target, "-", "-", c.error or "no probes: reads as declared"))
             rows.extend((c.target, p.path, p.status, p.detail) for p in c.paths)
-        _table("Read paths", ["target", "path", "status", "how it was shown"], rows)
-    unproven = [
-        c.target
-        for c in found
-        if (c.error and c.probes) or (c.paths and not any(p.status == "trusted" for p in c.paths))
-    ]
+        table("Read paths", ["target", "path", "status", "how it was shown"], rows)
+    unproven = [c.target for c in found if not c.proven]
     if unproven:
         err.print(f"not proven: {', '.join(unproven)}", markup=False)
-        raise typer.Exit(TARGET_UNPROVEN)
+        finish(ExitCode.TARGET_UNPROVEN)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,28 +1,32 @@
-"""CLI commands for reconciliation: ``reconcile``, ``cases`` and ``marks``.
+"""Commands for reconciliation: ``reconcile``, ``cases`` and ``marks``.
 
-Does: reconcile one target or all (live, or from a manual target's export) with progress,
-print what was found per class and what was done about it; list, resolve and dismiss
-correlation cases; list, set and clear account marks. Registered on the main application by
-``provisor.cli``. Tables for people, ``--json`` for scripts.
-Does not: reconcile, correlate or classify itself (``provisor.engine.reconcile`` does).
+Does: reconcile one target or all (live, or from a user export) with progress, print what was
+found per class and what was done about it; list, resolve and dismiss correlation cases; list,
+set and clear account marks. Tables for people, ``--json`` for scripts.
+Does not: reconcile, correlate or classify itself (``provisor.engine.reconcile``,
+``provisor.engine.correlate`` and ``provisor.engine.marks`` do).
 """
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from provisor.cli import JsonOption, _now, _open, _parse_when, _print_json, _table, err, out
-from provisor.errors import ProvisorError
+from provisor.cli.options import JsonOption, actor, maybe_when, now, opened
+from provisor.cli.output import err, finish, named_counter, out, print_json, table
+from provisor.engine import correlate, marks, reconcile
+from provisor.errors import ExitCode
 
-RECONCILE_FAILED = 14  # a target could not be read
-
-cases_app = typer.Typer(help="Correlation cases: accounts a person must link (or not).")
-marks_app = typer.Typer(help="Account marks: protected, decommission-later, ignore.")
+cases_app = typer.Typer(
+    help="Correlation cases: accounts a person must link (or not).\n\n"
+    "Example:  provisor cases resolve 4 --identity E1042"
+)
+marks_app = typer.Typer(
+    help="Account marks: protected, decommission-later, ignore.\n\n"
+    'Example:  provisor marks set github 8f2c --mark protected --reason "break-glass admin"'
+)
 
 
 def reconcile_command(
@@ -63,90 +67,42 @@ def reconcile_command(
 
     Example:  provisor reconcile --target github && provisor apply
     """
-    from provisor.engine import reconcile
-
     if export is not None and target is None:
         raise typer.BadParameter("--export needs --target", param_hint="--export")
-    workspace = _open()
-    reports: list[Any] = []
     rejected: list[str] = []
-    try:
-        if export is not None:
-            assert target is not None
+    with opened() as workspace:
+        if export is not None and target is not None:
             found, rejected = reconcile.reconcile_export(
-                workspace, target, export, now=_now(), remediate_now=not report_only
+                workspace, target, export, now=now(), remediate_now=not report_only
             )
-            reports.append(found)
+            reports = [found]
         else:
-            names = [target] if target else sorted(workspace.compiled.targets)
-            for name in names:
-                definition = workspace.compiled.targets.get(name)
-                manual = definition is not None and definition.target_class.value == "manual"
-                if target is None and manual:
-                    continue  # reconciled from their exports
-                try:
-                    reports.append(
-                        _one(workspace, name, full, report_only, batch, accept_gone, json_out)
-                    )
-                except ProvisorError as exc:
-                    if target is not None:
-                        raise
-                    # a target whose connector cannot even be opened: the others still run
-                    failed = reconcile.ReconcileReport(name, 0, "full" if full else "incremental")
-                    failed.status, failed.error = "failed", str(exc)
-                    reports.append(failed)
-    finally:
-        workspace.close()
+            with named_counter(not json_out) as progress:
+                reports = reconcile.reconcile_targets(
+                    workspace,
+                    target,
+                    now=now(),
+                    full=full,
+                    remediate_now=not report_only,
+                    batch_size=batch,
+                    accept_gone=accept_gone,
+                    progress=progress,
+                )
     if json_out:
-        _print_json(
-            {"reports": [r.as_dict() for r in reports], "rejected": rejected}
-            if export is not None
-            else {"reports": [r.as_dict() for r in reports]}
-        )
+        data: dict[str, Any] = {"reports": [r.as_dict() for r in reports]}
+        if export is not None:
+            data["rejected"] = rejected
+        print_json(data)
     else:
         for line in rejected:
             err.print(f"rejected {line}", markup=False)
         for r in reports:
             _show(r)
     if any(r.status != "completed" for r in reports):
-        raise typer.Exit(RECONCILE_FAILED)
+        finish(ExitCode.RECONCILE_FAILED)
 
 
-def _one(
-    workspace: Any,
-    name: str,
-    full: bool,
-    report_only: bool,
-    batch: int,
-    accept_gone: bool,
-    quiet: bool,
-) -> Any:
-    from provisor.engine import reconcile
-
-    run = partial(
-        reconcile.reconcile_target,
-        workspace,
-        name,
-        now=_now(),
-        full=full,
-        remediate_now=not report_only,
-        batch_size=batch,
-        accept_gone=accept_gone,
-    )
-    if quiet or not err.is_terminal:
-        return run()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("reconciling {task.fields[target]}: {task.completed} accounts"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("reconcile", total=None, target=name)
-        return run(progress=lambda done: progress.update(task, completed=done))
-
-
-def _show(r: Any) -> None:
+def _show(r: reconcile.ReconcileReport) -> None:
     if r.run == 0:  # the target's connector could not even be opened
         out.print(f"{r.target}: not reconciled")
         err.print(f"  {r.target}: {r.error}", markup=False)
@@ -167,21 +123,11 @@ def _show(r: Any) -> None:
     # every account of an unreadable target is unverifiable for the same reason: said once
     shown = [f for f in r.findings if f["class"] != "unverifiable"]
     if shown:
-        _table(
+        columns = ["account", "user_name", "identity", "class", "detail", "mark", "remedy"]
+        table(
             None,
             ["account", "user name", "identity", "class", "why", "mark", "remedy"],
-            [
-                (
-                    f["account"],
-                    f["user_name"],
-                    f["identity"],
-                    f["class"],
-                    f["detail"],
-                    f["mark"],
-                    f["remedy"],
-                )
-                for f in shown[:200]
-            ],
+            [tuple(f[c] for c in columns) for f in shown[:200]],
         )
         if len(shown) > 200:
             out.print(f"  ... and {len(shown) - 200} more (--json lists all)")
@@ -189,13 +135,10 @@ def _show(r: Any) -> None:
         err.print(f"  {line}", markup=False)
 
 
-# --- cases ----------------------------------------------------------------------------------
-
-
 @cases_app.callback(invoke_without_command=True)
-def cases_default(context: typer.Context) -> None:
+def cases_default(context: typer.Context, json_out: JsonOption = False) -> None:
     if context.invoked_subcommand is None:
-        cases_list(every=False, target=None, json_out=False)
+        cases_list(every=False, target=None, json_out=json_out)
 
 
 @cases_app.command("list")
@@ -208,21 +151,18 @@ def cases_list(
 
     Example:  provisor cases list --target github
     """
-    from provisor.engine.correlate import case_dict, list_cases
-
-    workspace = _open()
-    try:
-        with workspace.sessions() as session:
-            found = [case_dict(c) for c in list_cases(session, every=every, target=target)]
-    finally:
-        workspace.close()
+    with opened() as workspace, workspace.sessions() as session:
+        found = [
+            correlate.case_dict(c)
+            for c in correlate.list_cases(session, every=every, target=target)
+        ]
     if json_out:
-        _print_json(found)
+        print_json(found)
         return
     if not found:
         out.print("No correlation cases waiting.")
         return
-    _table(
+    table(
         "Correlation cases",
         ["case", "status", "target", "account", "user name", "candidates", "why", "resolved"],
         [
@@ -253,21 +193,13 @@ def cases_resolve(
 
     Example:  provisor cases resolve 4 --identity E1042 --note "checked with HR"
     """
-    from provisor.engine.correlate import case_dict, resolve_case
-    from provisor.evidence import audit
-
-    workspace = _open()
-    try:
-        with workspace.sessions() as session, session.begin():
-            found = case_dict(
-                resolve_case(
-                    session, case, identity, by=by or audit.current_actor(), now=_now(), note=note
-                )
-            )
-    finally:
-        workspace.close()
+    with opened() as workspace, workspace.sessions() as session, session.begin():
+        decided = correlate.resolve_case(
+            session, case, identity, by=actor(by), now=now(), note=note
+        )
+        found = correlate.case_dict(decided)
     if json_out:
-        _print_json(found)
+        print_json(found)
     else:
         out.print(f"Case {case}: {found['target']}:{found['account']} linked to {identity}.")
 
@@ -283,30 +215,19 @@ def cases_dismiss(
 
     Example:  provisor cases dismiss 4 --note "shared test account"
     """
-    from provisor.engine.correlate import case_dict, dismiss_case
-    from provisor.evidence import audit
-
-    workspace = _open()
-    try:
-        with workspace.sessions() as session, session.begin():
-            found = case_dict(
-                dismiss_case(session, case, by=by or audit.current_actor(), now=_now(), note=note)
-            )
-    finally:
-        workspace.close()
+    with opened() as workspace, workspace.sessions() as session, session.begin():
+        decided = correlate.dismiss_case(session, case, by=actor(by), now=now(), note=note)
+        found = correlate.case_dict(decided)
     if json_out:
-        _print_json(found)
+        print_json(found)
     else:
         out.print(f"Case {case}: {found['target']}:{found['account']} linked to nobody.")
 
 
-# --- marks ----------------------------------------------------------------------------------
-
-
 @marks_app.callback(invoke_without_command=True)
-def marks_default(context: typer.Context) -> None:
+def marks_default(context: typer.Context, json_out: JsonOption = False) -> None:
     if context.invoked_subcommand is None:
-        marks_list(target=None, json_out=False)
+        marks_list(target=None, json_out=json_out)
 
 
 @marks_app.command("list")
@@ -318,22 +239,16 @@ def marks_list(
 
     Example:  provisor marks list --target payroll-db
     """
-    from provisor.engine.marks import list_marks, mark_dict
-
-    workspace = _open()
-    now = _now()
-    try:
-        with workspace.sessions() as session:
-            found = [mark_dict(m, now) for m in list_marks(session, target=target)]
-    finally:
-        workspace.close()
+    at = now()
+    with opened() as workspace, workspace.sessions() as session:
+        found = [marks.mark_dict(m, at) for m in marks.list_marks(session, target=target)]
     if json_out:
-        _print_json(found)
+        print_json(found)
         return
     if not found:
         out.print("No account marks.")
         return
-    _table(
+    table(
         "Account marks",
         ["target", "account", "mark", "reason", "by", "expires"],
         [
@@ -367,32 +282,15 @@ def marks_set(
 
     Example:  provisor marks set github 8f2c --mark protected --reason "break-glass admin"
     """
-    from provisor.engine.marks import mark_dict, set_mark
-    from provisor.evidence import audit
-
-    when = _parse_when(expires, "--expires") if expires else None
-    workspace = _open()
-    now = _now()
-    try:
-        with workspace.sessions() as session, session.begin():
-            found = mark_dict(
-                set_mark(
-                    workspace,
-                    session,
-                    target,
-                    account,
-                    mark,
-                    reason,
-                    by=by or audit.current_actor(),
-                    now=now,
-                    expires=when,
-                ),
-                now,
-            )
-    finally:
-        workspace.close()
+    when = maybe_when(expires, "--expires")
+    at = now()
+    with opened() as workspace, workspace.sessions() as session, session.begin():
+        made = marks.set_mark(
+            workspace, session, target, account, mark, reason, by=actor(by), now=at, expires=when
+        )
+        found = marks.mark_dict(made, at)
     if json_out:
-        _print_json(found)
+        print_json(found)
     else:
         until = f" until {found['expires_at'][:10]}" if found["expires_at"] else ""
         out.print(f"{target}:{account} marked {mark}{until}.")
@@ -409,17 +307,10 @@ def marks_clear(
 
     Example:  provisor marks clear github 8f2c
     """
-    from provisor.engine.marks import clear_mark
-    from provisor.evidence import audit
-
-    workspace = _open()
-    try:
-        with workspace.sessions() as session, session.begin():
-            clear_mark(session, target, account, by=by or audit.current_actor())
-    finally:
-        workspace.close()
+    with opened() as workspace, workspace.sessions() as session, session.begin():
+        marks.clear_mark(session, target, account, by=actor(by))
     if json_out:
-        _print_json({"target": target, "account": account, "cleared": True})
+        print_json({"target": target, "account": account, "cleared": True})
     else:
         out.print(f"{target}:{account}: mark cleared.")
 

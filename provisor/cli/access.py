@@ -1,0 +1,227 @@
+"""Commands that bring access in line: ``plan``, ``apply``, ``run`` and ``observe``.
+
+Does: parse arguments, call the planner, the runner, the engine's cycle and the observed-access
+import, and print what they did — tables and progress for people, ``--json`` for scripts.
+Does not: plan, execute, verify or loop itself (``provisor.engine.planner``,
+``provisor.engine.runner``, ``provisor.engine.cycle``, ``provisor.engine.observed`` do).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provisor.cli.options import JsonOption, now, opened
+from provisor.cli.output import counter, err, finish, out, print_json, table
+from provisor.engine.cycle import CycleReport, Cycles
+from provisor.engine.observed import import_observed
+from provisor.engine.planner import sync_journal
+from provisor.engine.runner import ApplyReport, Runner
+from provisor.errors import ExitCode
+
+
+def plan(
+    identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Compute operations from desired vs observed access and bring the journal in line.
+
+    Leavers are ordered: revoke sessions, disable, remove entitlements, then delete after the
+    target's grace period. Each operation says why it exists.
+
+    Example:  provisor plan --identity E1042
+    """
+    with opened() as workspace, workspace.sessions() as session, session.begin():
+        synced = sync_journal(workspace, session, now=now(), identity=identity, target=target)
+    rows = synced.as_rows()
+    if json_out:
+        print_json({"operations": rows, "added": synced.added, "cancelled": synced.cancelled})
+        return
+    if not rows:
+        superseded = f" ({synced.cancelled} superseded operations cancelled.)"
+        out.print(
+            "Nothing to do: observed access matches desired access."
+            + (superseded if synced.cancelled else "")
+        )
+        return
+    table(
+        "Plan",
+        ["identity", "target", "operation", "entitlement", "journal", "not before", "reason"],
+        [
+            (
+                r["identity"],
+                r["target"],
+                r["operation"],
+                r["entitlement"],
+                r["journal"] + (f": {r['parked']}" if r["parked"] else ""),
+                (r["not_before"] or "")[:10],
+                r["reason"],
+            )
+            for r in rows
+        ],
+    )
+    parked = sum(1 for r in rows if r["parked"])
+    if parked:
+        out.print(
+            f"{parked} of them parked with the reason shown: they run again after "
+            "'provisor apply --retry-failed', or when reconciliation still finds the access."
+        )
+    out.print(
+        f"{len(rows)} operations ({synced.added} new in the journal, "
+        f"{synced.cancelled} superseded ones cancelled)."
+    )
+
+
+def apply_command(
+    target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
+    identity: Annotated[str | None, typer.Option(help="Only this identity.")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Put parked (failed) operations back in line.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the journal's pending operations now; each ends verified only after a read-back.
+
+    Failures are retried with backoff; after the last attempt an operation is parked as
+    failed and listed. Running it again writes nothing when targets already match.
+
+    Example:  provisor plan && provisor apply --target github
+    """
+    with opened() as workspace:
+        runner = Runner(workspace)
+        try:
+            if retry_failed:
+                requeued = runner.requeue_failed(now=now(), target=target, identity=identity)
+                err.print(f"{requeued} failed operations put back in line")
+            with counter("applying", not json_out) as progress:
+                report = runner.apply(now=now, target=target, identity=identity, progress=progress)
+        finally:
+            runner.close()
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        _print_applied(report)
+    if report.failed or report.unopened:
+        if report.unopened and not json_out:
+            names = ", ".join(sorted(report.unopened))
+            err.print(f"targets that cannot be opened: {names}", markup=False)
+        finish(ExitCode.APPLY_FAILED)
+
+
+def _print_applied(report: ApplyReport) -> None:
+    out.print(
+        f"Applied: {report.verified} verified, {report.unverifiable} unverifiable, "
+        f"{report.retrying} to retry, {report.failed} failed, {report.waiting} waiting "
+        f"({report.writes} writes)."
+    )
+    if report.tasks_opened:
+        out.print(f"  {report.tasks_opened} manual tasks opened; see 'provisor tasks'")
+    for where, count in sorted(report.no_connector.items()):
+        out.print(f"  {where}: {count} operations wait: no connector for this target class")
+    for line in report.errors:
+        err.print(f"failed: {line}", markup=False)
+
+
+def run_command(
+    interval: Annotated[float, typer.Option(help="Seconds between cycles.")] = 60.0,
+    once: Annotated[bool, typer.Option("--once", help="Run one cycle and stop.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Keep the engine running: every cycle ticks, reconciles the targets whose
+    ``reconcile_every`` has come round, plans and applies, retrying what is due.
+
+    The first cycle plans everyone; later ones plan the identities that changed (and those
+    with time-bound grants), and everyone again when the policy files change. Stop it with
+    Ctrl-C; the journal keeps everything for the next start.
+
+    Example:  provisor run --interval 30
+    """
+
+    def failed(started: datetime, exc: Exception) -> None:
+        err.print(f"{started:%Y-%m-%d %H:%M:%S} cycle failed: {exc}", markup=False)
+
+    with opened() as workspace:
+        cycles = Cycles(workspace, clock=now)
+        try:
+            last = cycles.run(
+                interval=interval,
+                once=once,
+                on_cycle=lambda report: _print_cycle(report, json_out),
+                on_failure=failed,
+            )
+        except KeyboardInterrupt:
+            out.print("stopped")
+            return
+        finally:
+            cycles.close()
+    if once and last is not None and last.applied.unopened:
+        finish(ExitCode.APPLY_FAILED)
+
+
+def _print_cycle(cycle: CycleReport, json_out: bool) -> None:
+    at = f"{cycle.at:%Y-%m-%d %H:%M:%S}"
+    if cycle.policy_changed:
+        err.print(f"{at} policy changed: planned everyone", markup=False)
+    for failed in (r for r in cycle.reconciled if r.error):
+        err.print(f"reconcile {failed.target}: {failed.error}", markup=False)
+    for where, why in sorted(cycle.applied.unopened.items()):
+        err.print(f"apply {where}: the target cannot be opened: {why}", markup=False)
+    if json_out:
+        out.print(json.dumps(cycle.as_dict(), default=str), markup=False, highlight=False)
+        return
+    applied = cycle.applied
+    reconciled = "".join(
+        f"; reconciled {r.target} ({r.mode}): {r.read} read, "
+        f"{sum(n for c, n in r.classes.items() if c != 'ok')} findings"
+        for r in cycle.reconciled
+        if not r.error
+    )
+    out.print(
+        f"{at} tick: {len(cycle.ticked.changed)} changed; plan: "
+        f"{cycle.planned.added} new, {cycle.planned.cancelled} cancelled; apply: "
+        f"{applied.verified} verified, {applied.retrying} retrying, "
+        f"{applied.failed} failed, {applied.waiting} waiting{reconciled}"
+    )
+
+
+def observe(
+    target: Annotated[str, typer.Argument(help="Target name from the policy.")],
+    file: Annotated[Path, typer.Argument(help="CSV export: account, enabled, entitlements, ...")],
+    json_out: JsonOption = False,
+) -> None:
+    """Load what a target really holds from its own user export (replaces earlier observations).
+
+    Columns: account (required), identity, enabled, entitlements (separated by ';'), sessions,
+    and any attribute used for correlation (e.g. email).
+
+    Example:  provisor observe payroll payroll-users.csv
+    """
+    with opened() as workspace:
+        report = import_observed(workspace, target, file, now=now())
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        for line in report.errors:
+            err.print(f"rejected {line}", markup=False)
+        for line in report.warnings:
+            err.print(f"warning {line}", markup=False)
+        out.print(
+            f"Observed {report.accounts} accounts in {target}: {report.linked} linked, "
+            f"{report.unlinked} unlinked, {report.entitlements} entitlements; "
+            f"{report.confirmed} manual tasks confirmed."
+        )
+    if report.errors:
+        finish(ExitCode.ROWS_REJECTED)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command()(plan)
+    app.command("apply")(apply_command)
+    app.command("run")(run_command)
+    app.command()(observe)

@@ -1,0 +1,82 @@
+"""Options every command shares: the workspace, the clock (``--now``), ``--json``, dates.
+
+Does: hold the global ``--workspace`` and ``--now`` given to ``provisor``, parse dates given on
+the command line (a usage error names the option), open the workspace, name the acting person.
+Does not: print or run any command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from provisor.domain.lifecycle import utc
+from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
+
+
+@dataclass
+class Globals:
+    workspace: Path | None = None
+    now: datetime | None = None
+
+
+given = Globals()
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="PROVISOR_WORKSPACE",
+        help="Workspace folder (default: the current folder).",
+    ),
+]
+NowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--now",
+        envvar="PROVISOR_NOW",
+        help="Act as if it were this date/time (ISO 8601), for rehearsals and what-if runs.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def now() -> datetime:
+    """The command's clock: ``--now`` when given, else the time now."""
+    return given.now or datetime.now(UTC)
+
+
+def parse_when(value: str, option: str) -> datetime:
+    try:
+        return utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date; use YYYY-MM-DD or an ISO 8601 date-time", param_hint=option
+        ) from None
+
+
+def maybe_when(value: str | None, option: str) -> datetime | None:
+    return parse_when(value, option) if value else None
+
+
+@contextmanager
+def opened() -> Iterator[Workspace]:
+    """The workspace given to ``provisor``, closed when the block ends."""
+    workspace = Workspace.open(given.workspace)
+    try:
+        yield workspace
+    finally:
+        workspace.close()
+
+
+def actor(by: str | None) -> str:
+    """Who acts: ``--by`` when given, else the operating-system user."""
+    return by or audit.current_actor()

@@ -1,0 +1,114 @@
+"""The engine's cycle: tick, reconcile what is due, plan, apply — the work ``provisor run`` and
+a service repeat.
+
+Does: run one cycle (``Cycles.cycle``): apply due lifecycle changes, reconcile the targets whose
+``reconcile_every`` has come round, plan (everyone on the first cycle and after a policy change,
+else the identities that changed) and apply what is pending; reopen connectors when the policy
+changes; repeat cycles at an interval (``Cycles.run``), reporting each cycle or failure to the
+caller, where one failed cycle never stops the next.
+Does not: print (callers get a ``CycleReport`` or the exception), or decide what a cycle's steps
+do (the identity service, reconciliation, planner and runner do).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from provisor.engine import identities
+from provisor.engine.planner import JournalSync, sync_journal
+from provisor.engine.reconcile import ReconcileReport, reconcile_due
+from provisor.engine.runner import ApplyReport, Runner
+from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did."""
+
+    at: datetime
+    policy_changed: bool
+    ticked: identities.Outcome
+    reconciled: list[ReconcileReport]
+    planned: JournalSync
+    applied: ApplyReport
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "changed": len(self.ticked.changed),
+            "held": self.ticked.held,
+            "planned": self.planned.added,
+            "cancelled": self.planned.cancelled,
+            "reconciled": {r.target: r.status for r in self.reconciled},
+            **self.applied.as_dict(),
+        }
+
+
+class Cycles:
+    """Repeated cycles over one open workspace, keeping connectors open between them."""
+
+    def __init__(self, workspace: Workspace, clock: Clock = system_clock) -> None:
+        self.workspace = workspace
+        self.clock = clock
+        self.runner = Runner(workspace)
+        self.full = True  # the first cycle, and any after the policy files change, plan everyone
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def cycle(self) -> CycleReport:
+        """One tick-reconcile-plan-apply cycle; errors propagate to the caller."""
+        workspace = self.workspace
+        started = self.clock()
+        changed = workspace.refresh_policy() and not self.full
+        if changed:
+            self.full = True
+            self.runner.close()
+            self.runner = Runner(workspace)  # connection settings may have changed
+        with workspace.sessions() as session, session.begin():
+            ticked = identities.tick(session, workspace.config, now=started)
+        reconciled = reconcile_due(workspace, now=started)
+        with workspace.sessions() as session, session.begin():
+            planned = sync_journal(workspace, session, now=started, changed_only=not self.full)
+        self.full = False
+        applied = self.runner.apply(now=self.clock)
+        return CycleReport(started, changed, ticked, reconciled, planned, applied)
+
+    def run(
+        self,
+        *,
+        interval: float,
+        once: bool,
+        on_cycle: Callable[[CycleReport], None],
+        on_failure: Callable[[datetime, Exception], None],
+    ) -> CycleReport | None:
+        """Cycle every ``interval`` seconds until interrupted (or once). A cycle that fails on a
+        Provisor or database error (a policy typo, a locked database) is reported and the next
+        one runs; with ``once`` the error is raised. Returns the last report."""
+        last: CycleReport | None = None
+        while True:
+            started = self.clock()
+            try:
+                last = self.cycle()
+            except (ProvisorError, SQLAlchemyError) as exc:
+                on_failure(started, exc)
+                if once:
+                    raise
+            else:
+                on_cycle(last)
+            if once:
+                return last
+            time.sleep(interval)

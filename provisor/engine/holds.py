@@ -1,0 +1,133 @@
+"""Holds: change sets the mass-change guard stopped for approval.
+
+Does: decide whether a batch of deprovisioning transitions trips the guard and open a hold for
+it (``guard``), list holds with the identities still waiting (``list_holds``), and mark a hold's
+events approved or rejected, wholly or for some identities (``release``).
+Does not: fold identity state or write audit entries for identity changes; the identity service
+(``provisor.engine.identities``) calls these and brings the released identities up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from provisor.config.workspace import WorkspaceConfig
+from provisor.domain.guard import hold_reason
+from provisor.domain.lifecycle import LifecycleState
+from provisor.errors import LifecycleError, NotFoundError
+from provisor.store.models import Hold, Identity, IdentityEvent
+
+WAITING = ("open", "partial")
+
+
+def active_population(session: Session) -> int:
+    """Identities active or on leave: the base the guard's share is taken of."""
+    states = [LifecycleState.ACTIVE.value, LifecycleState.LEAVE.value]
+    return session.execute(
+        select(func.count()).select_from(Identity).where(Identity.state.in_(states))
+    ).scalar_one()
+
+
+def guard(
+    session: Session, config: WorkspaceConfig, candidates: int, origin: str, now: datetime
+) -> Hold | None:
+    """A new open hold when ``candidates`` deprovisioning transitions trip the guard, else None."""
+    reason = hold_reason(
+        candidates,
+        active_population(session),
+        max_share=config.guard.max_share,
+        max_count=config.guard.max_count,
+        min_count=config.guard.min_count,
+    )
+    if reason is None:
+        return None
+    hold = Hold(created_at=now, origin=origin, reason=reason, status="open")
+    session.add(hold)
+    session.flush()
+    return hold
+
+
+def list_holds(session: Session, *, every: bool = False) -> list[dict[str, Any]]:
+    """Holds (waiting ones, or ``every`` one) with the identities whose events still wait."""
+    query = select(Hold).order_by(Hold.id)
+    if not every:
+        query = query.where(Hold.status.in_(WAITING))
+    holds = list(session.execute(query).scalars())
+    waiting: dict[int, list[str]] = {h.id: [] for h in holds}
+    if holds:
+        rows = session.execute(
+            select(IdentityEvent.hold_id, IdentityEvent.identity).where(
+                IdentityEvent.hold_id.in_(list(waiting)), IdentityEvent.status == "held"
+            )
+        )
+        for hold_id, identity in rows:
+            if hold_id is not None:
+                waiting[hold_id].append(identity)
+    return [
+        {
+            "hold": hold.id,
+            "status": hold.status,
+            "origin": hold.origin,
+            "created": hold.created_at.isoformat(),
+            "reason": hold.reason,
+            "waiting": len(waiting[hold.id]),
+            "identities": sorted(set(waiting[hold.id])),
+            "decided_by": hold.decided_by,
+        }
+        for hold in holds
+    ]
+
+
+@dataclass
+class Release:
+    """The events a decision released or rejected, and how many still wait."""
+
+    hold: Hold
+    chosen: list[IdentityEvent]
+    remaining: int
+
+
+def release(
+    session: Session,
+    hold_id: int,
+    *,
+    approve: bool,
+    only: Sequence[str] | None,
+    actor: str,
+    now: datetime,
+) -> Release:
+    """Mark the held events of ``hold_id`` (all, or ``only`` those identities') accepted or
+    rejected and record the decision on the hold."""
+    hold = session.get(Hold, hold_id)
+    if hold is None:
+        raise NotFoundError(f"no hold {hold_id}; 'provisor holds' lists the open ones")
+    held_rows = list(
+        session.execute(
+            select(IdentityEvent).where(
+                IdentityEvent.hold_id == hold_id, IdentityEvent.status == "held"
+            )
+        ).scalars()
+    )
+    if not held_rows:
+        raise LifecycleError(f"hold {hold_id} has nothing waiting (status: {hold.status})")
+    if only:
+        unknown = sorted(set(only) - {r.identity for r in held_rows})
+        if unknown:
+            raise NotFoundError(f"hold {hold_id} holds nothing for: {', '.join(unknown)}")
+        chosen = [r for r in held_rows if r.identity in set(only)]
+    else:
+        chosen = held_rows
+    for row in chosen:
+        row.status = "accepted" if approve else "rejected"
+    remaining = len(held_rows) - len(chosen)
+    hold.status = "partial" if remaining else ("approved" if approve else "rejected")
+    hold.decided_by = actor
+    hold.decided_at = now
+    session.flush()
+    return Release(hold, chosen, remaining)

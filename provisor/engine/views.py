@@ -1,0 +1,180 @@
+"""Read-side views of identities that the CLI and the API present the same way.
+
+Does: list identities with filters, show one identity's state, attributes and timeline on any
+date as known on any date, explain what an identity should hold and why, and record one event
+typed by a person — each as plain data (dicts of JSON-ready values).
+Does not: print, fold lifecycle history itself (``provisor.domain.lifecycle``), or compute
+desired access (``provisor.domain.desired``); this module only asks them and shapes the answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from provisor.domain.desired import desired_access, explain
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import identities
+from provisor.engine.workspace import Workspace
+from provisor.errors import LifecycleError, NotFoundError
+from provisor.store import models
+
+
+def record_event(
+    workspace: Workspace,
+    identity: str,
+    kind: EventKind,
+    *,
+    effective: datetime,
+    changes: dict[str, Any],
+    ref: str | None,
+    source: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Record one event typed by a person (strictly: an event with no effect is refused)."""
+    with workspace.sessions() as session, session.begin():
+        if kind is EventKind.RESCIND and ref is None:
+            ref = identities.latest_termination_key(session, identity)
+            if ref is None:
+                raise LifecycleError(f"{identity}: has no termination to rescind")
+        new = LifecycleEvent(identity, kind, effective, now, changes, ref, source)
+        outcome = identities.record_events(
+            session, workspace.config, [new], origin="event", now=now, strict=True
+        )
+        state = session.execute(
+            select(models.Identity.state).where(models.Identity.external_id == identity)
+        ).scalar_one_or_none()
+    return {
+        "event": new.key,
+        "identity": identity,
+        "kind": kind.value,
+        "effective": effective.isoformat(),
+        "state": state,
+        **outcome.as_dict(),
+    }
+
+
+def list_identities(
+    workspace: Workspace,
+    *,
+    state: str | None = None,
+    department: str | None = None,
+    kind: str | None = None,
+    limit: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """Identities by id with their state (the first ``limit``, 0: all) and how many match."""
+    with workspace.sessions() as session:
+        query = select(models.Identity).order_by(models.Identity.external_id)
+        if state:
+            query = query.where(models.Identity.state == state)
+        if kind:
+            query = query.where(models.Identity.kind == kind)
+        total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+        rows = [
+            {
+                "id": r.external_id,
+                "name": r.name,
+                "kind": r.kind,
+                "state": r.state,
+                "department": (r.attributes or {}).get("department"),
+                "email": r.email,
+                "owner": r.owner,
+                "flags": r.flags,
+                "next_change": r.next_change_at.isoformat() if r.next_change_at else None,
+            }
+            for r in session.execute(query).scalars()
+            if not department or (r.attributes or {}).get("department") == department
+        ]
+    if department:
+        total = len(rows)  # the department lives in the attributes, filtered here
+    return (rows[:limit] if limit else rows), total
+
+
+def show_identity(
+    workspace: Workspace, identity: str, *, as_of: datetime, known_at: datetime | None
+) -> dict[str, Any]:
+    """One identity's state, attributes, flags and timeline as of ``as_of``, as known at
+    ``known_at`` (default: everything recorded)."""
+    with workspace.sessions() as session:
+        state = identities.identity_state(
+            session, workspace.config, identity, as_of=as_of, known_at=known_at
+        )
+        flags = session.execute(
+            select(models.Identity.flags).where(models.Identity.external_id == identity)
+        ).scalar_one()
+    timeline: list[dict[str, Any]] = [
+        {
+            "effective": t.event.effective.isoformat(),
+            "recorded": t.event.recorded.isoformat(),
+            "event": t.event.kind.value,
+            "applied": t.applied,
+            "state": t.state_after.value if t.state_after else None,
+            "changes": {k: list(v) for k, v in t.changes.items()},
+            "note": t.note,
+            "source": t.event.source,
+            "key": t.event.key,
+        }
+        for t in state.timeline
+    ]
+    return {
+        "id": identity,
+        "state": state.state.value if state.state else None,
+        "as_of": as_of.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "attributes": dict(state.attributes),
+        "flags": flags,
+        "employment_start": state.employment_start,
+        "terminated_at": state.terminated_at,
+        "next_change": state.next_change,
+        "timeline": timeline,
+    }
+
+
+def explain_identity(
+    workspace: Workspace, identity: str, item: str | None, *, now: datetime
+) -> dict[str, Any]:
+    """Why ``identity`` has (or lacks) ``item`` (``TARGET`` or ``TARGET:ENTITLEMENT``); without
+    an item, everything it should hold and why."""
+    compiled = workspace.compiled
+    with workspace.sessions() as session:
+        state = identities.identity_state(session, workspace.config, identity, as_of=now)
+    if item is None:
+        desired = desired_access(compiled, state)
+        return {
+            "identity": identity,
+            "state": state.state.value if state.state else None,
+            "note": desired.note,
+            "targets": {
+                name: {
+                    "enabled": a.enabled,
+                    "note": a.note,
+                    "account": [str(r) for r in a.account_reasons],
+                    "entitlements": {e: [str(r) for r in rs] for e, rs in a.entitlements.items()},
+                    "withheld": a.withheld,
+                }
+                for name, a in sorted(desired.targets.items())
+            },
+            "sod": [
+                {
+                    "constraint": v.constraint,
+                    "entitlements": list(v.entitlements),
+                    "allowed_by": v.allowed_by,
+                }
+                for v in desired.sod
+            ],
+        }
+    target, _, entitlement = item.partition(":")
+    if target not in compiled.targets:
+        raise NotFoundError(f"no target {target!r}; targets: {', '.join(compiled.targets)}")
+    answer = explain(compiled, state, target, entitlement or None)
+    return {
+        "identity": identity,
+        "target": target,
+        "entitlement": answer.entitlement,
+        "granted": answer.granted,
+        "enabled": answer.enabled,
+        "reasons": list(answer.reasons),
+        "why_not": list(answer.why_not),
+    }
