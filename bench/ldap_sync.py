@@ -1,6 +1,6 @@
 """LDAP provisioning and read-back throughput of the LDAP connector, against a local slapd.
 
-Starts a throwaway OpenLDAP server (``provisor.testing.slapd``), creates --groups groups, then
+Starts a throwaway OpenLDAP server (``provisor.sandbox.slapd``), creates --groups groups, then
 provisions --users users through ``LdapConnector`` from a pool of --workers threads sharing
 one connector, as the runner does: per user a create (name check, add, id read back) and
 --memberships group memberships (each: find the entry by entryUUID, modify the group). Then
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from provisor.connectors.base import AccountSpec
 from provisor.connectors.ldap import LdapConnector
-from provisor.testing.slapd import Slapd
+from provisor.sandbox.slapd import Slapd
 
 
 def groups_of(i: int, groups: list[str], memberships: int) -> list[str]:

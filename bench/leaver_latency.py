@@ -23,7 +23,8 @@ from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
-from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
+from provisor.sandbox.scim import ScimApp
+from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
 
 POLICY = """\

@@ -31,7 +31,7 @@ from sqlalchemy import text, update
 
 from provisor.engine.assess import classify_accounts
 from provisor.engine.planner import sync_journal
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from provisor.store.db import bulk_insert
 

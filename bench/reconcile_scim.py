@@ -31,7 +31,8 @@ from provisor.connectors.scim import ScimConnector  # imported before the clock 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities
 from provisor.engine.reconcile import reconcile_target
-from provisor.sandbox import ScimApp, scratch_workspace
+from provisor.sandbox.scim import ScimApp
+from provisor.sandbox.workspaces import scratch_workspace
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx2
 
 from provisor.engine.runner import Runner
-from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
+from provisor.sandbox.scim import ScimApp
+from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 POLICY = """\

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import create_engine, text
 
 from provisor.connectors.base import AccountSpec
-from provisor.connectors.sql_roles import PostgresRoles
+from provisor.connectors.sql.roles import PostgresRoles
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -39,16 +39,16 @@ from provisor.engine import debt
 from provisor.engine import identities as lifecycle_service
 from provisor.engine.coverage import coverage
 from provisor.engine.imports import import_feed
+from provisor.engine.leavers import LeaverVerifier
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import state_from_row, sync_journal
 from provisor.engine.reconcile import reconcile_target
 from provisor.engine.runner import ApplyReport, Runner
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
-from provisor.evidence.bundle import LeaverVerifier
-from provisor.sandbox import ScimApp
+from provisor.sandbox.scim import ScimApp
+from provisor.sandbox.slapd import SLAPD, Slapd
 from provisor.store import db, models
-from provisor.testing.slapd import SLAPD, Slapd
 
 DEMO_CONFIG = """\
 policy: [policy]

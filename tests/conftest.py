@@ -24,7 +24,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from provisor.cli import main
-from provisor.sandbox import ScimApp, free_port
+from provisor.sandbox import free_port
+from provisor.sandbox.scim import ScimApp
 
 DATA = Path(__file__).parent / "data"
 

@@ -4,7 +4,7 @@ Does: print the revocation-debt ledger (grouped, or its trend), write and summar
 evidence bundle (one leaver, or a random sample), print the coverage map and blind spots, and
 probe targets' read paths; end with the codes that say debt is unknown (16), a leaver's access
 is still present (12) or unverified (13), or a target is unproven (15).
-Does not: compute anything itself (``provisor.engine.debt``, ``provisor.evidence.bundle``,
+Does not: compute anything itself (``provisor.engine.debt``, ``provisor.engine.leavers``,
 ``provisor.engine.coverage`` and ``provisor.engine.connections`` do).
 """
 
@@ -20,8 +20,8 @@ from provisor.cli.output import err, finish, out, print_json, table
 from provisor.engine import debt
 from provisor.engine.connections import check_targets
 from provisor.engine.coverage import coverage
+from provisor.engine.leavers import verify_leaver, verify_sample
 from provisor.errors import ExitCode
-from provisor.evidence.bundle import verify_leaver, verify_sample
 
 targets_app = typer.Typer(
     help="Targets: probe how each can be read.\n\nExample:  provisor targets check github",

@@ -2,7 +2,7 @@
 
 Does: define what every connector offers — its capabilities, finding, reading and listing
 accounts, creating them, enabling/disabling, adding and removing entitlements, revoking
-sessions, deleting — the plain records it returns, and the one error family the engine
+sessions, deleting — and the one error family the engine
 understands: retryable (try again later, maybe after ``retry_after`` seconds) or permanent.
 Does not: know about policy, identities' lifecycle or the journal; a connector changes one
 account at a time and reads it back when asked.
@@ -11,57 +11,28 @@ account at a time and reads it back when asked.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
+from provisor.domain.accounts import AccountRecord, AccountSpec, Capability
 from provisor.errors import ProvisorError
 
-
-class Capability(StrEnum):
-    CREATE = "create"
-    UPDATE = "update"
-    DISABLE = "disable"
-    DELETE = "delete"
-    ENTITLEMENTS = "entitlements"
-    SESSIONS = "sessions"
-    READ = "read"
-    LIST = "list"
-    EXTERNAL_ID = "external-id"  # the account can carry the identity id (read as external_id)
-
-
-@dataclass(frozen=True)
-class AccountSpec:
-    """What a new account should look like, from the identity's attributes."""
-
-    identity: str
-    user_name: str
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-    enabled: bool = True  # False: created locked (someone on leave, or not started yet)
-
-
-@dataclass(frozen=True)
-class AccountRecord:
-    """An account as read from the target, now."""
-
-    account: str  # the target's own id for the account
-    user_name: str
-    enabled: bool
-    entitlements: frozenset[str]
-    external_id: str | None = None
-    sessions: int | None = None  # None: the target cannot tell
-    # the attributes the connector maps, as read, keyed by the identity attribute they come from
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-    # layers this read could not show, with why (``"entitlements"``: no membership read path
-    # has been shown to work on the target). What such a layer holds lists only what was
-    # seen; what it lacks proves nothing.
-    unread: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def entitlements_shown(self) -> bool:
-        """Whether ``entitlements`` is the account's whole membership, not just what was seen."""
-        return "entitlements" not in self.unread
+__all__ = [
+    "AccountRecord",
+    "AccountSpec",
+    "Capability",
+    "Conflict",
+    "Connector",
+    "ConnectorError",
+    "IncrementalConnector",
+    "NotFound",
+    "PermanentError",
+    "ProbingConnector",
+    "ReadPath",
+    "RetryableError",
+    "Unsupported",
+]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from provisor.connectors.base import (
     RetryableError,
     Unsupported,
 )
+from provisor.connectors.http import retry_after
 from provisor.connectors.rest_spec import (
     EntitlementKind,
     GroupedList,
@@ -56,7 +57,6 @@ from provisor.connectors.rest_spec import (
     render_text,
     variables,
 )
-from provisor.connectors.scim import retry_after
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,8 @@ SCIM: revoking them is unsupported here.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +65,7 @@ from provisor.connectors.base import (
     RetryableError,
     Unsupported,
 )
+from provisor.connectors.http import retry_after
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 412, 425, 429, 500, 502, 503, 504})
@@ -88,23 +87,6 @@ USER_PROBE_PAGE = 50  # users read to see whether they list their groups, lackin
 # how JSON booleans may arrive as strings, as pydantic reads them for the models
 TRUE = frozenset({"true", "t", "yes", "y", "on", "1"})
 FALSE = frozenset({"false", "f", "no", "n", "off", "0"})
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else time.time()
-    return max(0.0, when.timestamp() - current)
 
 
 def _quoted(value: str) -> str:

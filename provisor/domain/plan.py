@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from provisor.connectors.base import AccountSpec
+from provisor.domain.accounts import AccountSpec
 from provisor.domain.desired import DesiredAccess, Reason
 from provisor.domain.lifecycle import IdentityState, LifecycleState
 from provisor.domain.policy import LeaverAction, TargetDef

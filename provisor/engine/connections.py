@@ -4,11 +4,14 @@ Does: resolve the target's connection settings (secrets from the workspace's enc
 the environment), size a SQL pool to the target's concurrency, open the connector through the
 registry, and give a probing connector what earlier probes of the target showed
 (``readpaths``); ``check`` has a target probe every read path now (``provisor targets check``).
-Does not: pool connectors between callers or retry; the runner keeps one per target per run.
+``Pool`` keeps one open connector per target for a caller that visits targets again and again
+(the runner, the leaver verifier).
+Does not: share connectors between callers or retry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,30 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
     if connector is not None:
         readpaths.attach(workspace, target.name, connector)
     return connector
+
+
+class Pool:
+    """Connectors opened on first use, one per target, closed together. ``given`` connectors
+    (by target name) are used as they are and closed with the others."""
+
+    def __init__(
+        self, workspace: Workspace, given: Mapping[str, Connector | None] | None = None
+    ) -> None:
+        self.workspace = workspace
+        self._open: dict[str, Connector | None] = dict(given or {})
+
+    def get(self, target: str) -> Connector | None:
+        """The target's connector (None: a manual target, or a name the policy lacks)."""
+        if target not in self._open:
+            definition = self.workspace.compiled.targets.get(target)
+            self._open[target] = open_connector(self.workspace, definition) if definition else None
+        return self._open[target]
+
+    def close(self) -> None:
+        for connector in self._open.values():
+            if connector is not None:
+                connector.close()
+        self._open.clear()
 
 
 @dataclass

@@ -10,7 +10,7 @@ sessions) whose removal cannot be verified there, with why. Where the connector 
 read paths, the entitlements layer counts as read back only once a probe has shown a membership
 read to work there (as recorded by the last probe; ``provisor targets check`` probes now).
 Does not: connect to targets, or judge any identity's access (``debt`` and
-``provisor.evidence.bundle`` do).
+``provisor.engine.leavers`` do).
 """
 
 from __future__ import annotations

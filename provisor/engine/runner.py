@@ -45,7 +45,7 @@ from provisor.connectors.base import (
 from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine.connections import open_connector
+from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
 from provisor.engine.identities import chunks
 from provisor.engine.readback import adoption_refusal, kept_entitlements, unmet, unshowable
@@ -320,7 +320,7 @@ class Runner:
     ) -> None:
         self.workspace = workspace
         self.max_attempts = max_attempts
-        self._connectors: dict[str, Connector | None] = dict(connectors or {})
+        self._connectors = Pool(workspace, connectors)
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
 
@@ -342,17 +342,10 @@ class Runner:
         return bucket
 
     def connector(self, target: str) -> Connector | None:
-        if target not in self._connectors:
-            definition = self.workspace.compiled.targets.get(target)
-            self._connectors[target] = (
-                open_connector(self.workspace, definition) if definition else None
-            )
-        return self._connectors[target]
+        return self._connectors.get(target)
 
     def close(self) -> None:
-        for connector in self._connectors.values():
-            if connector is not None:
-                connector.close()
+        self._connectors.close()
 
     def apply(
         self,

@@ -1,8 +1,8 @@
-"""Helpers for testing connectors against real servers.
+"""What connector authors need to test a connector against their real server.
 
-``provisor.testing.ConnectorContract`` is the contract suite every connector runs (it needs
-pytest); ``provisor.testing.slapd`` and ``provisor.testing.rabbitmq`` start throwaway servers
-and need no test framework, so the product's demo can use them too.
+``provisor.testing.ConnectorContract`` is the contract suite every connector runs (a mixin for a
+pytest class), with ``CountingConnector`` and ``contract_spec`` beside it. Throwaway servers to
+run it against live in ``provisor.sandbox``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ __all__ = ["ConnectorContract", "CountingConnector", "contract_spec"]
 
 
 def __getattr__(name: str) -> Any:
-    # imported on first use so that the server helpers work where pytest is not installed
+    # imported on first use, so that importing this package does not need pytest
     if name in __all__:
         from provisor.testing import contract
 

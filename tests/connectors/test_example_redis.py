@@ -39,7 +39,7 @@ from provisor.engine import identities
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from provisor.testing import ConnectorContract
 

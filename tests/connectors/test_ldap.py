@@ -31,9 +31,9 @@ from provisor.connectors.base import (
 )
 from provisor.connectors.ldap import Ldap3Client, LdapConnector
 from provisor.errors import ProvisorError
+from provisor.sandbox import slapd as slapd_module
+from provisor.sandbox.slapd import Slapd
 from provisor.testing import ConnectorContract
-from provisor.testing import slapd as slapd_module
-from provisor.testing.slapd import Slapd
 
 # 389-DS's and Active Directory's lock attributes, as those servers define them (Debian's
 # msuser.schema has userAccountControl too, but its memberOf clashes with the memberof overlay)

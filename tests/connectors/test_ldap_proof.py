@@ -11,7 +11,7 @@ import pytest
 
 from provisor.connectors.base import AccountSpec
 from provisor.errors import ProvisorError
-from provisor.testing.slapd import Slapd
+from provisor.sandbox.slapd import Slapd
 from tests.connectors.test_ldap import LOCK_SCHEMA, Namespace
 
 

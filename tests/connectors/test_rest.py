@@ -41,8 +41,8 @@ from provisor.connectors.base import (
 from provisor.connectors.rest import RestConnector
 from provisor.connectors.rest_spec import profile_names, render, render_text
 from provisor.errors import ProvisorError
+from provisor.sandbox.rabbitmq import RabbitNode
 from provisor.testing import ConnectorContract
-from provisor.testing.rabbitmq import RabbitNode
 from tests.connectors.rest_sample_app import SampleApp
 
 FULL = {"configure": ".*", "write": ".*", "read": ".*"}

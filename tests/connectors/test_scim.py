@@ -13,8 +13,9 @@ import pytest
 
 from provisor.connectors import scim as scim_module
 from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
-from provisor.connectors.scim import ScimConnector, retry_after
-from provisor.sandbox import GROUP_SCHEMA, ScimApp
+from provisor.connectors.http import retry_after
+from provisor.connectors.scim import ScimConnector
+from provisor.sandbox.scim import GROUP_SCHEMA, ScimApp
 from provisor.testing import ConnectorContract
 
 

@@ -49,8 +49,8 @@ from provisor.connectors.base import (
     Unsupported,
 )
 from provisor.connectors.sql import open_sql_connector
-from provisor.connectors.sql_roles import MysqlUsers, PostgresRoles
-from provisor.connectors.sql_table import UsersTable
+from provisor.connectors.sql.roles import MysqlUsers, PostgresRoles
+from provisor.connectors.sql.table import UsersTable
 from provisor.testing import ConnectorContract
 
 RUN = f"pvt{uuid.uuid4().hex[:6]}"  # this test process's names all start with it

@@ -20,7 +20,7 @@ from provisor.engine.assess import Finding, classify_accounts, identity_states, 
 from provisor.engine.classify import Verdict, classify, primary_account
 from provisor.engine.planner import identity_rows, observed_for, state_from_row, sync_journal
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

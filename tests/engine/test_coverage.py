@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from provisor.engine.coverage import channel, coverage
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 
 POLICY = """\
 targets:

@@ -18,7 +18,8 @@ import httpx2
 import pytest
 from sqlalchemy import func, select
 
-from provisor.sandbox import ScimApp, hire_employees, scratch_workspace
+from provisor.sandbox.scim import ScimApp
+from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
 
 PEOPLE = 500  # x (create + one group) = 1,000 operations

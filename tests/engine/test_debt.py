@@ -17,7 +17,8 @@ from provisor.engine import identities as lifecycle
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import free_port, scratch_workspace
+from provisor.sandbox import free_port
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from tests.connectors.test_scim import make_group
 from tests.engine.test_runner import NOW, apply, event, people, plan, server_user, setup_workspace

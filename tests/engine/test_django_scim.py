@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import readpaths, reconcile
+from provisor.engine.leavers import verify_leaver
 from provisor.engine.workspace import Workspace
-from provisor.evidence.bundle import verify_leaver
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from tests.connectors.django_scim_app.launch import DjangoScimApp
 from tests.engine.test_proof_scim import move

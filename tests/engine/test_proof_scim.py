@@ -21,8 +21,8 @@ from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities, readpaths, reconcile
 from provisor.engine.coverage import target_coverage
 from provisor.engine.debt import debt_items
+from provisor.engine.leavers import verify_leaver
 from provisor.engine.workspace import Workspace
-from provisor.evidence.bundle import verify_leaver
 from provisor.store import models
 from tests.connectors.faulty_proxy import FaultyProxy, Refuse
 from tests.connectors.test_scim import make_group

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import reconcile
 from provisor.engine.debt import debt_items
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from tests.connectors.test_sql import app_schema
 from tests.engine.test_runner import apply, event, people, plan
 

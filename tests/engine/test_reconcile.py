@@ -23,7 +23,7 @@ from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities, marks, reconcile
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from provisor.testing import CountingConnector
 from tests.connectors.test_scim import make_group

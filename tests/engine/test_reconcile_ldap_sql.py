@@ -16,9 +16,9 @@ from sqlalchemy import Engine, select, text
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import reconcile
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.slapd import Slapd
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
-from provisor.testing.slapd import Slapd
 from tests.connectors.test_ldap import Namespace, admin, raw_entry, slapd  # noqa: F401
 from tests.connectors.test_sql import (  # noqa: F401
     pg_admin,

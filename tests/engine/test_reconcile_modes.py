@@ -18,7 +18,7 @@ from provisor.domain.lifecycle import EventKind
 from provisor.engine import marks, reconcile
 from provisor.engine.coverage import target_coverage
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from tests.connectors.test_scim import make_group
 from tests.engine.test_reconcile import raw_patch, raw_user

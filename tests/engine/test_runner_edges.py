@@ -14,7 +14,7 @@ from sqlalchemy import select
 from provisor.domain.lifecycle import EventKind
 from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
-from provisor.sandbox import scratch_workspace
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import Fault, FaultyProxy
 from tests.connectors.test_scim import make_group

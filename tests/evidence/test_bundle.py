@@ -16,8 +16,8 @@ from sqlalchemy import select, text
 
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import tasks
+from provisor.engine.leavers import verify_leaver
 from provisor.engine.workspace import Workspace
-from provisor.evidence.bundle import verify_leaver
 from provisor.sandbox import free_port
 from provisor.store import models
 from tests.connectors.test_scim import make_group

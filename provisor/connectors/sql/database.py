@@ -1,8 +1,7 @@
-"""SQL database accounts: PostgreSQL roles, MariaDB/MySQL users, or an application's own table.
+"""What the SQL connectors share: the database, its quoting and its errors.
 
-Does: open the connector a target's ``connection.mode`` names — ``postgres-roles`` and
-``mysql-users`` (:mod:`provisor.connectors.sql_roles`) or ``users-table``
-(:mod:`provisor.connectors.sql_table`) — and give them what they share: one SQLAlchemy engine
+Does: give the SQL modes (:mod:`provisor.connectors.sql.roles`,
+:mod:`provisor.connectors.sql.table`) what they share: one SQLAlchemy engine
 per target from ``connection.url`` with a small connection pool, identifiers and string literals
 quoted by the database's own dialect (names come from people's user names: never trusted), and
 driver failures turned into the connector error family (lost connections, lock and deadlock
@@ -25,14 +24,11 @@ from sqlalchemy.sql.elements import TextClause
 
 from provisor.connectors.base import (
     Conflict,
-    Connector,
     ConnectorError,
     NotFound,
     PermanentError,
     RetryableError,
 )
-
-MODES = ("postgres-roles", "mysql-users", "users-table")
 
 # PostgreSQL SQLSTATE classes and codes worth another try: connection exceptions (08),
 # transaction rollbacks such as serialization failures and deadlocks (40), insufficient
@@ -285,31 +281,3 @@ def check_name(
     if max_chars and len(value) > max_chars:
         raise PermanentError(f"{target}: {what} {value!r} is longer than {max_chars} characters")
     return value
-
-
-def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
-    """The connector for an SQL target, chosen by ``connection.mode``."""
-    # The modes build on this module's Database, so they are imported here, not at the top.
-    from provisor.connectors.sql_roles import MysqlUsers, PostgresRoles
-    from provisor.connectors.sql_table import ChangeTrackedUsersTable, UsersTable
-
-    mode = settings.get("mode")
-    if mode == "postgres-roles":
-        return PostgresRoles(name, settings)
-    if mode == "mysql-users":
-        return MysqlUsers(name, settings)
-    if mode == "users-table":
-        if settings.get("changed_column"):
-            return ChangeTrackedUsersTable(name, settings)
-        if settings.get("membership_changed_column"):
-            raise PermanentError(
-                f"target {name}: connection.membership_changed_column also needs changed_column"
-            )
-        return UsersTable(name, settings)
-    raise PermanentError(
-        f"target {name}: connection.mode must be one of {', '.join(MODES)}"
-        + (f", not {mode!r}" if mode else "")
-    )
-
-
-__all__ = ["MODES", "Database", "check_name", "error_code", "open_sql_connector"]

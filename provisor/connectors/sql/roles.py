@@ -34,7 +34,7 @@ from provisor.connectors.base import (
     PermanentError,
     RetryableError,
 )
-from provisor.connectors.sql import Database, check_name, error_code
+from provisor.connectors.sql.database import Database, check_name, error_code
 
 PAGE = 500
 COMMENT_KEY = "provisor"
@@ -117,7 +117,7 @@ _PG_MANAGEABLE = (
 class PostgresRoles:
     """PostgreSQL roles as accounts (``connection.mode: postgres-roles``).
 
-    Settings besides those of :class:`~provisor.connectors.sql.Database`: ``role_prefix``
+    Settings besides those of :class:`~provisor.connectors.sql.database.Database`: ``role_prefix``
     (put before every user name to make the role name; only roles with it are listed or
     touched), ``comment_attributes`` (identity attributes kept in the role's comment beside the
     identity id, default ``[name]``), ``connection_limit``, ``on_delete`` (``drop``, the
@@ -459,7 +459,7 @@ class MysqlUsers:
     """MariaDB users as accounts (``connection.mode: mysql-users``), each ``user@host`` with
     one ``host`` for the target (setting ``host``, default ``%``).
 
-    Settings besides those of :class:`~provisor.connectors.sql.Database`: ``host``,
+    Settings besides those of :class:`~provisor.connectors.sql.database.Database`: ``host``,
     ``user_prefix`` (put before every user name; only users with it are listed or touched),
     ``auth_plugin`` (create users ``IDENTIFIED VIA`` this plugin, e.g. ``pam``; by default a
     user gets a random password hash nobody knows), ``session_wait`` (seconds, default 5)."""

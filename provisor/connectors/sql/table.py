@@ -47,7 +47,7 @@ from provisor.connectors.base import (
     PermanentError,
     Unsupported,
 )
-from provisor.connectors.sql import Database
+from provisor.connectors.sql.database import Database
 
 PAGE = 500
 
@@ -115,7 +115,7 @@ def _generated(table: Table, column: Column[Any]) -> bool:
 
 class UsersTable:
     """Accounts as rows of an application table. Settings besides those of
-    :class:`~provisor.connectors.sql.Database`:
+    :class:`~provisor.connectors.sql.database.Database`:
 
     ``table`` (required), ``schema``, ``key`` (the column that identifies a row; default the
     primary key), ``user_name_column`` (required), ``external_id_column``, ``columns``

@@ -1,16 +1,15 @@
-"""Proof of removal: read every target live for one leaver and keep what was found as evidence.
+"""Proof of removal, gathered: read every target live for one leaver and keep the evidence.
 
 Does: for a terminated identity, visit every target of the policy (none skipped): open the
-target's live connector, find the identity's accounts (the ids the observed store and the
-journal know, then a search by the account spec), read them now, and judge each layer —
-``account``, ``entitlements``, ``sessions`` — as ``verified-removed``, ``still-present``,
-``unverifiable`` (with why) or, for an account the leaver action deliberately keeps enabled,
-``kept-by-policy``; a manual target is judged from the observed store (an imported user export
-or a second person's attestation since the termination) and its tasks. Each target carries its
-operation history from the journal. The bundle holds the audit-chain head at that moment; it is
-written as JSON (its SHA-256 recorded in an ``evidence.leaver`` audit event, same transaction)
-and as an HTML page for people. ``verify_sample`` runs the same test over random leavers.
-Does not: change access or plan anything; a bundle only reports.
+target's live connector (``provisor.engine.connections``), find the identity's accounts (the ids
+the observed store and the journal know, then a search by the account spec), read them now and
+have each layer judged (``provisor.domain.proof``); a manual target is judged from the observed
+store (an imported user export or a second person's attestation since the termination) and its
+tasks. Each target carries its operation history from the journal. The bundle holds the
+audit-chain head at that moment; it is written as JSON (its SHA-256 recorded in an
+``evidence.leaver`` audit event, same transaction) and as an HTML page for people
+(``provisor.evidence.html``). ``verify_sample`` runs the same test over random leavers.
+Does not: judge layers itself, change access or plan anything; a bundle only reports.
 """
 
 from __future__ import annotations
@@ -21,158 +20,39 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisor.connectors.base import AccountRecord, Capability, Connector
+from provisor.connectors.base import AccountRecord, Connector
 from provisor.domain.lifecycle import LifecycleState
-from provisor.domain.plan import OpKind, account_spec
-from provisor.domain.policy import LeaverAction, TargetClass, TargetDef
+from provisor.domain.plan import account_spec
+from provisor.domain.policy import TargetClass, TargetDef
+from provisor.domain.proof import (
+    FORMAT,
+    RANK,
+    Layer,
+    Observation,
+    combine,
+    day,
+    delete_due,
+    failures,
+    gone,
+    judge_manual,
+    judge_record,
+    outcome,
+    unreadable,
+)
+from provisor.engine.connections import Pool
 from provisor.engine.coverage import CATEGORY, channel
-from provisor.engine.runner import Runner
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.evidence.html import render
 from provisor.store import models
-
-FORMAT = "provisor.leaver-evidence/1"
-REMOVED, PRESENT, UNVERIFIABLE, KEPT = (
-    "verified-removed",
-    "still-present",
-    "unverifiable",
-    "kept-by-policy",
-)
-LAYERS = ("account", "entitlements", "sessions")
-# worst first: the state a layer takes when several accounts disagree
-_RANK = {PRESENT: 0, UNVERIFIABLE: 1, KEPT: 2, REMOVED: 3}
-
-
-@dataclass
-class Layer:
-    layer: str
-    state: str
-    why: str
-    # a blind spot of the target itself (no session interface), not something to chase
-    structural: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _worst(layers: Sequence[Layer]) -> Layer:
-    return min(layers, key=lambda item: _RANK[item.state])
-
-
-def _day(when: datetime | None) -> str:
-    return when.astimezone(UTC).isoformat() if when is not None else ""
-
-
-def outcome(layers: Sequence[Layer]) -> str:
-    """``fail`` when something is still present; ``incomplete`` when a layer could not be
-    verified for a reason other than a blind spot of the target itself; else ``pass``."""
-    if any(item.state == PRESENT for item in layers):
-        return "fail"
-    if any(item.state == UNVERIFIABLE and not item.structural for item in layers):
-        return "incomplete"
-    return "pass"
-
-
-# --- live targets ---------------------------------------------------------------------------
-
-
-def judge_record(
-    target: TargetDef,
-    record: AccountRecord,
-    capabilities: frozenset[Capability],
-    delete_due: datetime | None,
-    now: datetime,
-) -> list[Layer]:
-    """The layers of one account that still exists, as read now.
-
-    The account layer: ``disable`` and ``delete`` want it disabled (``delete`` wants it gone
-    once the grace period has ended); ``remove-entitlements`` keeps it enabled on purpose."""
-    layers: list[Layer] = []
-    action = target.leaver_action
-    if record.enabled:
-        if action is LeaverAction.REMOVE_ENTITLEMENTS:
-            layers.append(
-                Layer(
-                    "account",
-                    KEPT,
-                    f"account {record.account} is enabled: the leaver action "
-                    "remove-entitlements keeps it; access is judged by its entitlements",
-                )
-            )
-        else:
-            layers.append(Layer("account", PRESENT, f"account {record.account} is enabled"))
-    elif action is LeaverAction.DELETE and delete_due is not None and delete_due <= now:
-        layers.append(
-            Layer(
-                "account",
-                PRESENT,
-                f"account {record.account} is disabled but still exists; deletion was due "
-                f"{delete_due.date().isoformat()}",
-            )
-        )
-    else:
-        due = (
-            f"; deletion due {delete_due.date().isoformat()}"
-            if action is LeaverAction.DELETE and delete_due is not None
-            else ""
-        )
-        layers.append(Layer("account", REMOVED, f"account {record.account} is disabled{due}"))
-    if record.entitlements:
-        held = ", ".join(sorted(record.entitlements))
-        layers.append(Layer("entitlements", PRESENT, f"still holds {held}"))
-    elif not record.entitlements_shown:
-        why = record.unread["entitlements"]
-        layers.append(Layer("entitlements", UNVERIFIABLE, f"membership cannot be read: {why}"))
-    elif Capability.ENTITLEMENTS in capabilities or not target.entitlements:
-        layers.append(Layer("entitlements", REMOVED, "holds no entitlement"))
-    else:
-        layers.append(
-            Layer(
-                "entitlements",
-                UNVERIFIABLE,
-                "the connector cannot read entitlements in this target",
-                structural=True,
-            )
-        )
-    if record.sessions is None:
-        why = (
-            "the target has no session interface: open sessions and tokens cannot be seen"
-            if Capability.SESSIONS not in capabilities
-            else "the target did not report sessions for this account"
-        )
-        # only a target without a session interface is a blind spot of its own; one that has
-        # sessions but did not report them leaves the proof incomplete
-        structural = Capability.SESSIONS not in capabilities
-        layers.append(Layer("sessions", UNVERIFIABLE, why, structural=structural))
-    elif record.sessions > 0:
-        layers.append(Layer("sessions", PRESENT, f"{record.sessions} open sessions"))
-    else:
-        layers.append(Layer("sessions", REMOVED, "no open session"))
-    return layers
-
-
-def _gone(why: str) -> list[Layer]:
-    return [Layer(layer, REMOVED, why) for layer in LAYERS]
-
-
-def _combine(per_account: Sequence[list[Layer]]) -> list[Layer]:
-    """One layer list for several accounts: the worst state of each layer, every reason."""
-    combined = []
-    for index, layer in enumerate(LAYERS):
-        found = [layers[index] for layers in per_account]
-        worst = _worst(found)
-        whys = [f.why for f in found if f.state == worst.state]
-        combined.append(Layer(layer, worst.state, "; ".join(whys), worst.structural))
-    return combined
 
 
 def _read_live(
@@ -206,9 +86,6 @@ def _read_live(
     return list(found.values()), notes
 
 
-# --- manual targets -------------------------------------------------------------------------
-
-
 def _task_dict(task: models.Task, kind: str, entitlement: str | None) -> dict[str, Any]:
     return {
         "task": task.id,
@@ -216,95 +93,14 @@ def _task_dict(task: models.Task, kind: str, entitlement: str | None) -> dict[st
         "entitlement": entitlement,
         "status": task.status,
         "owner": task.owner,
-        "due": _day(task.due_at),
+        "due": day(task.due_at),
         "done_by": task.done_by,
-        "done_at": _day(task.done_at),
+        "done_at": day(task.done_at),
         "evidence": task.evidence,
         "verified_by": task.verified_by,
-        "verified_at": _day(task.verified_at),
+        "verified_at": day(task.verified_at),
         "verification": task.verification,
     }
-
-
-def _attested(tasks: Sequence[dict[str, Any]], *kinds: OpKind) -> str:
-    """Who verified the removal tasks of these kinds, and how."""
-    wanted = {k.value for k in kinds}
-    done = [t for t in tasks if t["operation"] in wanted and t["status"] == "verified"]
-    return "; ".join(
-        f"task {t['task']} {t['operation']}{' ' + t['entitlement'] if t['entitlement'] else ''} "
-        f"verified by {t['verified_by']} ({t['verification']}) at {t['verified_at']}"
-        for t in done
-    )
-
-
-def judge_manual(
-    target: TargetDef,
-    rows: Sequence[tuple[models.ObservedAccount, frozenset[str]]],
-    tasks: Sequence[dict[str, Any]],
-    last_export: datetime | None,
-    ended: datetime,
-    delete_due: datetime | None = None,
-) -> list[Layer]:
-    """A manual target's layers from what people and exports showed since the termination."""
-    since = ended.date().isoformat()
-    if not rows:
-        if last_export is not None and last_export >= ended:
-            return _gone(f"absent from the user export imported {_day(last_export)}")
-        attested = _attested(tasks, OpKind.DELETE)
-        if attested:
-            return _gone(f"deletion attested: {attested}")
-        why = (
-            f"no user export imported since the termination ({since}) and no verified "
-            "deletion task; import the application's user export or verify the tasks"
-        )
-        return [Layer(layer, UNVERIFIABLE, why) for layer in LAYERS]
-    per_account = []
-    for row, entitlements in rows:
-        seen = f"{row.source} at {_day(row.observed_at)}"
-        if row.observed_at < ended:
-            why = (
-                f"account {row.account} last observed before the termination ({seen}); "
-                "import the application's user export or verify the removal tasks"
-            )
-            per_account.append([Layer(layer, UNVERIFIABLE, why) for layer in LAYERS])
-            continue
-        record = AccountRecord(row.account, row.account, row.enabled, entitlements, None, None)
-        # judged as of the observation: that is what it shows
-        layers = judge_record(
-            target, record, frozenset({Capability.ENTITLEMENTS}), delete_due, row.observed_at
-        )
-        for layer in layers:
-            if layer.state == REMOVED:
-                kinds = {
-                    "account": (OpKind.DISABLE, OpKind.DELETE),
-                    "entitlements": (OpKind.REMOVE_ENTITLEMENT,),
-                    "sessions": (OpKind.REVOKE_SESSIONS,),
-                }[layer.layer]
-                layer.why += f" (observed: {seen})"
-                attested = _attested(tasks, *kinds)
-                if attested:
-                    layer.why += f"; {attested}"
-        sessions = layers[2]
-        if row.sessions == 0:
-            sessions.state, sessions.structural = REMOVED, False
-            sessions.why = f"no open session (observed: {seen})"
-            attested = _attested(tasks, OpKind.REVOKE_SESSIONS)
-            if attested:
-                sessions.why += f"; {attested}"
-        elif row.sessions:
-            sessions.state, sessions.structural = PRESENT, False
-            sessions.why = f"{row.sessions} open sessions (observed: {seen})"
-        else:
-            sessions.structural = False
-            sessions.why = (
-                "no export or attestation shows the sessions: the revoke-sessions task is not "
-                "verified"
-            )
-        per_account.append(layers)
-    return _combine(per_account)
-
-
-# --- the bundle -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -371,10 +167,10 @@ def _history(session: Session, identity: str) -> dict[str, list[dict[str, Any]]]
                 "account": row.account,
                 "status": row.status,
                 "reason": row.reason,
-                "created_at": _day(row.created_at),
-                "updated_at": _day(row.updated_at),
-                "verified_at": _day(row.verified_at),
-                "not_before": _day(row.not_before),
+                "created_at": day(row.created_at),
+                "updated_at": day(row.updated_at),
+                "verified_at": day(row.verified_at),
+                "not_before": day(row.not_before),
                 "attempts": row.attempts,
                 "last_error": row.last_error,
                 "observed": row.observed,
@@ -383,28 +179,17 @@ def _history(session: Session, identity: str) -> dict[str, list[dict[str, Any]]]
     return found
 
 
-def _delete_due(
-    target: TargetDef, ops: Sequence[dict[str, Any]], ended: datetime
-) -> datetime | None:
-    if target.leaver_action is not LeaverAction.DELETE:
-        return None
-    planned = [o["not_before"] for o in ops if o["kind"] == "delete" and o["not_before"]]
-    if planned:
-        return min(datetime.fromisoformat(p) for p in planned)
-    return ended + timedelta(days=target.grace_days)
-
-
 class LeaverVerifier:
     """Verifies leavers one after another, each target's connector opened once."""
 
     def __init__(self, workspace: Workspace, out_dir: Path | None = None) -> None:
         self.workspace = workspace
         self.out_dir = out_dir or workspace.path / "evidence"
-        self.runner = Runner(workspace)
+        self.connectors = Pool(workspace)
         self._chain: audit.Verification | None = None
 
     def close(self) -> None:
-        self.runner.close()
+        self.connectors.close()
 
     def _chain_check(self) -> audit.Verification:
         if self._chain is None:
@@ -414,7 +199,7 @@ class LeaverVerifier:
 
     def _connector(self, target: TargetDef) -> tuple[Connector | None, str | None]:
         try:
-            return self.runner.connector(target.name), None
+            return self.connectors.get(target.name), None
         except Exception as exc:  # any failure to open is evidence, not a crash
             return None, f"cannot open the connector: {exc}"
 
@@ -439,7 +224,7 @@ class LeaverVerifier:
                 "email": person.email,
                 "kind": person.kind,
                 "state": person.state,
-                "terminated_at": _day(ended),
+                "terminated_at": day(ended),
             }
             history = _history(session, identity)
             manual = self._manual_inputs(session, identity)
@@ -455,14 +240,14 @@ class LeaverVerifier:
                     {
                         "account": row.account,
                         "enabled": row.enabled,
-                        "entitlements": sorted(ents),
+                        "entitlements": sorted(row.entitlements),
                         "sessions": row.sessions,
                         "source": row.source,
-                        "observed_at": _day(row.observed_at),
+                        "observed_at": day(row.observed_at),
                     }
-                    for row, ents in rows
+                    for row in rows
                 ]
-                due = _delete_due(target, evidence.operations, ended)
+                due = delete_due(target, evidence.operations, ended)
                 evidence.layers = judge_manual(target, rows, tasks, last_export, ended, due)
             else:
                 self._live(evidence, identity, attributes, ended, now())
@@ -474,7 +259,7 @@ class LeaverVerifier:
     ) -> dict[
         str,
         tuple[
-            list[tuple[models.ObservedAccount, frozenset[str]]],
+            list[Observation],
             list[dict[str, Any]],
             datetime | None,
         ],
@@ -498,7 +283,11 @@ class LeaverVerifier:
                         )
                     ).scalars()
                 )
-                rows.append((row, ents))
+                rows.append(
+                    Observation(
+                        row.account, row.enabled, ents, row.sessions, row.source, row.observed_at
+                    )
+                )
             tasks = [
                 _task_dict(task, op.kind, op.entitlement)
                 for task, op in session.execute(
@@ -562,7 +351,7 @@ class LeaverVerifier:
                 "entitlements": sorted(r.entitlements),
                 "sessions": r.sessions,
                 "found": how,
-                "read_at": _day(now),
+                "read_at": day(now),
             }
             for r, how in records
         ]
@@ -573,10 +362,10 @@ class LeaverVerifier:
                 if known
                 else "no account: none is known for the leaver and a search by user name finds none"
             )
-            evidence.layers = _gone(why)
+            evidence.layers = gone(why)
             return
-        due = _delete_due(target, evidence.operations, ended)
-        evidence.layers = _combine(
+        due = delete_due(target, evidence.operations, ended)
+        evidence.layers = combine(
             [judge_record(target, r, capabilities, due, now) for r, _ in records]
         )
 
@@ -608,34 +397,16 @@ class LeaverVerifier:
                 )
                 for row in rows
             ]
-        layers = []
-        for index, name in enumerate(LAYERS):
-            present = [
-                f"{judged[index].why} (as last observed {_day(at)}; {error})"
-                for record, at in stored
-                if (judged := judge_record(target, record, frozenset(), None, now))[index].state
-                == PRESENT
-            ]
-            layers.append(
-                Layer(name, PRESENT, "; ".join(present))
-                if present
-                else Layer(name, UNVERIFIABLE, error)
-            )
-        return layers
+        return unreadable(target, stored, error, now)
 
     def _write(
         self, identity: str, who: dict[str, Any], found: list[TargetEvidence], at: datetime
     ) -> Written:
         chain = self._chain_check()
         layers = [layer for t in found for layer in t.layers]
-        counts = {state: sum(1 for x in layers if x.state == state) for state in _RANK}
+        counts = {state: sum(1 for x in layers if x.state == state) for state in RANK}
         result = outcome(layers)
-        failures = [
-            f"{t.target.name} {x.layer}: {x.state}: {x.why}"
-            for t in found
-            for x in t.layers
-            if x.state == PRESENT or (x.state == UNVERIFIABLE and not x.structural)
-        ]
+        failed = failures([(t.target.name, t.layers) for t in found])
         stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         base = f"leaver-{re.sub(r'[^A-Za-z0-9._-]', '_', identity)}-{stamp}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -647,12 +418,12 @@ class LeaverVerifier:
             bundle = {
                 "format": FORMAT,
                 "identity": who,
-                "generated_at": _day(at),
+                "generated_at": day(at),
                 "generated_by": audit.current_actor(),
                 "policy_digest": self.workspace.policy.digest,
                 "outcome": result,
                 "counts": counts,
-                "failures": failures,
+                "failures": failed,
                 "targets": [t.as_dict() for t in found],
                 "audit": {
                     "head_seq": head_seq,
@@ -690,7 +461,7 @@ class LeaverVerifier:
                 json_path.unlink(missing_ok=True)
                 html_path.unlink(missing_ok=True)
                 raise
-        return Written(identity, result, json_path, html_path, digest, counts, failures, bundle)
+        return Written(identity, result, json_path, html_path, digest, counts, failed, bundle)
 
 
 def verify_leaver(

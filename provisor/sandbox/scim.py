@@ -1,10 +1,8 @@
-"""Throwaway workspaces and target applications on this machine, for the demo, tests and
-benchmarks.
+"""A throwaway SCIM 2.0 application: the ``scim2-server`` package, in memory, in a child process.
 
-Does: start a real SCIM 2.0 application — the ``scim2-server`` package, in memory — on a free
-loopback port, wait until it answers, create groups in it, and stop it; create a scratch
-workspace from a policy text; hire a batch of sample employees and plan their access.
-Does not: run anything in production; real targets are the customer's applications.
+Does: start it on a free loopback port (optionally with tenants created on first use, or a bearer
+token), wait until it answers, create groups in it, and stop it.
+Does not: keep anything: its storage lives and dies with the process.
 """
 
 from __future__ import annotations
@@ -13,26 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 
 import httpx2
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import identities as lifecycle
-from provisor.engine.planner import sync_journal
-from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
-from provisor.store import db
+from provisor.sandbox import free_port
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ScimApp:
@@ -112,31 +98,3 @@ class ScimApp:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def scratch_workspace(folder: Path, policy: str) -> Workspace:
-    """A workspace in ``folder`` whose only policy file holds ``policy``, database current."""
-    (folder / "policy").mkdir(parents=True, exist_ok=True)
-    (folder / "policy" / "policy.yaml").write_text(policy, encoding="utf-8")
-    engine = db.make_engine(db.database_url(folder))
-    db.upgrade(engine)
-    engine.dispose()
-    return Workspace.open(folder)
-
-
-def hire_employees(workspace: Workspace, count: int, now: datetime) -> None:
-    """Employees E0 … E{count-1} (email p{i}@example.com), hired yesterday, access planned."""
-    events = [
-        LifecycleEvent(
-            f"E{i}",
-            EventKind.HIRE,
-            now - timedelta(days=1),
-            now,
-            {"name": f"Person {i}", "email": f"p{i}@example.com", "employment_type": "employee"},
-        )
-        for i in range(count)
-    ]
-    with workspace.sessions() as session, session.begin():
-        lifecycle.record_events(session, workspace.config, events, origin="sandbox", now=now)
-    with workspace.sessions() as session, session.begin():
-        sync_journal(workspace, session, now=now)

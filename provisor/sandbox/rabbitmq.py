@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,15 +26,10 @@ from types import TracebackType
 import httpx2
 
 from provisor.errors import ProvisorError
+from provisor.sandbox import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 INSTALL_HINT = "apt-get install -y --no-install-recommends rabbitmq-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RabbitNode:
@@ -55,10 +49,10 @@ class RabbitNode:
         self.password = password or secrets.token_urlsafe(16)
         self.startup_timeout = startup_timeout
         self.server = server
-        self.amqp_port = _free_port()
-        self.management_port = _free_port()
-        self.dist_port = _free_port()
-        self.epmd_port = _free_port()
+        self.amqp_port = free_port()
+        self.management_port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
         self.url = f"http://127.0.0.1:{self.management_port}"
         self.node_name = f"provisor-{secrets.token_hex(4)}@localhost"
         self.root: Path | None = None

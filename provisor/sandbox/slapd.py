@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from provisor.errors import ProvisorError
+from provisor.sandbox import free_port
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
@@ -40,12 +41,6 @@ GROUP_STYLES = {
     "groupOfUniqueNames": ("groupOfUniqueNames", "uniqueMember", True),
     "posixGroup": ("posixGroup", "memberUid", False),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _module(name: str) -> bool:
@@ -79,7 +74,7 @@ class Slapd:
         self.base_dn = base_dn
         self.bind_dn = f"cn=admin,{base_dn}"
         self.password = password or secrets.token_urlsafe(16)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.people_dn = f"ou=people,{base_dn}"
         self.groups_dn = f"ou=groups,{base_dn}"
