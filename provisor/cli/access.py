@@ -213,6 +213,7 @@ def observe(
         out.print(
             f"Observed {report.accounts} accounts in {target}: {report.linked} linked, "
             f"{report.unlinked} unlinked, {report.entitlements} entitlements; "
+            f"{report.cases_opened} correlation cases opened; "
             f"{report.confirmed} manual tasks confirmed."
         )
     if report.errors:

@@ -29,20 +29,19 @@ from provisor.engine.classify import (
     classify,
     primary_account,
 )
-from provisor.engine.identities import chunks
-from provisor.engine.planner import SEP as SEP
-from provisor.engine.planner import (
+from provisor.engine.planner import current_states
+from provisor.engine.workspace import Workspace
+from provisor.store import models
+from provisor.store.bulk import (
     accounts_query,
+    chunks,
     collector_paused,
-    current_states,
     driver_rows,
     identity_rows,
     json_reader,
     names_reader,
     time_reader,
 )
-from provisor.engine.workspace import Workspace
-from provisor.store import models
 
 
 class AccountRow(NamedTuple):

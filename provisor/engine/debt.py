@@ -43,19 +43,18 @@ from provisor.domain.plan import (
 )
 from provisor.domain.policy import TargetDef
 from provisor.engine.coverage import channel
-from provisor.engine.identities import chunks, load_history, window
-from provisor.engine.planner import collector_paused
+from provisor.engine.identities import load_history, window
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.bulk import SEP, chunks, collector_paused
 
 GroupBy = Literal["class", "target", "owner"]
 GROUPINGS: tuple[GroupBy, ...] = ("class", "target", "owner")
 # journal rows that stand for a removal still in hand (not cancelled, not verified)
 OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 DAY = 86400.0
-SEP = "\x1f"  # joins entitlement names in one string; no name contains it
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ commit.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -33,11 +33,10 @@ from provisor.domain.lifecycle import (
 from provisor.engine import holds
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
+from provisor.store.bulk import chunks
 from provisor.store.db import bulk_insert, json_text
 from provisor.store.models import Hold, Identity, IdentityEvent
 
-# SQLite allows 32k bound parameters; stay well below for IN lists.
-CHUNK = 900
 DEPROVISIONED = frozenset({LifecycleState.TERMINATED.value, LifecycleState.SUSPENDED.value})
 T = TypeVar("T")
 # Columns of the rows record_events inserts, in the order of its row tuples.
@@ -73,11 +72,6 @@ _IDENTITY_COLUMNS = (
     "next_change_at",
     "materialized_at",
 )
-
-
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def to_event(row: IdentityEvent) -> LifecycleEvent:

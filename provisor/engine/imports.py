@@ -21,12 +21,12 @@ from typing import Any
 from sqlalchemy import select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, new_event
-from provisor.engine.identities import Outcome, chunks, record_events
-from provisor.engine.planner import collector_paused
+from provisor.engine.identities import Outcome, record_events
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError
 from provisor.evidence import audit
 from provisor.sources.hr import FeedMapping, FeedMode, FeedRecord, ParsedFeed, RowError, parse_feed
+from provisor.store.bulk import chunks, collector_paused
 from provisor.store.models import Identity, IdentityEvent, Import
 
 Progress = Callable[[str], None]

@@ -50,11 +50,10 @@ from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, utc
 from provisor.domain.plan import REMOVAL_KINDS, OpKind, PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
 from provisor.engine import debt, readpaths
-from provisor.engine.assess import SEP, Finding, classify_accounts, identity_states, load_rows
+from provisor.engine.assess import Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import orphan_key, orphan_removal
 from provisor.engine.connections import open_connector
 from provisor.engine.correlate import Correlator, Match, open_case
-from provisor.engine.identities import chunks
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
@@ -70,6 +69,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError, ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.bulk import SEP, chunks
 
 BATCH = 500  # accounts per transaction, and per checkpoint
 # journal statuses that already stand for a fix in hand
@@ -1007,8 +1007,8 @@ def reconcile_export(
     workspace: Workspace, target: str, path: Path, *, now: datetime, remediate_now: bool = True
 ) -> tuple[ReconcileReport, list[str]]:
     """Reconcile a target from its own user export (manual targets, or any target): import
-    the export, open cases for ambiguous accounts, classify and remediate. Returns the report
-    and the import's rejected rows."""
+    the export (which links accounts and opens cases as a live run does), classify and
+    remediate. Returns the report and the import's rejected rows."""
     definition = _target(workspace, target)
     imported = import_observed(workspace, target, path, now=now)
     with workspace.sessions() as session, session.begin():
@@ -1017,18 +1017,9 @@ def reconcile_export(
         report = ReconcileReport(target, run_id, "export")
         report.read = imported.accounts
         report.new = imported.accounts
-        correlator = Correlator.load(session, definition)
+        report.cases_opened = imported.cases_opened
         oa = models.ObservedAccount
-        rows = list(session.execute(select(oa).where(oa.target == target)).scalars())
-        for row in rows:
-            row.reconcile_run = run_id
-            if row.identity is not None:
-                continue
-            match = correlator.correlate(row.account, None, None, row.attributes or {}, None)
-            if match.case_reason is not None and row.account not in correlator.waiting:
-                case = open_case(session, target, row.account, None, match, now)
-                correlator.waiting[row.account] = case.id
-                report.cases_opened += 1
+        session.execute(update(oa).where(oa.target == target).values(reconcile_run=run_id))
     _finish(workspace, run_id, definition, now, report, remediate_now=remediate_now)
     return report, imported.errors
 

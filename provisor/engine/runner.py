@@ -47,13 +47,13 @@ from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
-from provisor.engine.identities import chunks
 from provisor.engine.readback import adoption_refusal, kept_entitlements, unmet, unshowable
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.bulk import chunks
 
 MAX_ATTEMPTS = 5
 NOTHING_WRITTEN = "already as intended; nothing written"  # an operation's note: no write made

@@ -26,12 +26,12 @@ from provisor.connectors.base import AccountRecord
 from provisor.domain.lifecycle import utc
 from provisor.domain.plan import OpKind
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine.identities import chunks
 from provisor.engine.readback import unmet
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.bulk import chunks
 
 _DO = {
     OpKind.CREATE: "Create an account for {who}",

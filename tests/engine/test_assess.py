@@ -18,10 +18,11 @@ from provisor.domain.plan import ObservedAccount
 from provisor.engine import identities
 from provisor.engine.assess import Finding, classify_accounts, identity_states, load_rows
 from provisor.engine.classify import Verdict, classify, primary_account
-from provisor.engine.planner import identity_rows, observed_for, state_from_row, sync_journal
+from provisor.engine.planner import observed_for, state_from_row, sync_journal
 from provisor.engine.workspace import Workspace
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
+from provisor.store.bulk import identity_rows
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 SEEN = NOW - timedelta(hours=3, microseconds=250)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from provisor.engine.planner import collector_paused
+from provisor.store.bulk import collector_paused
 
 
 def test_restored_after_nesting_and_errors() -> None:
