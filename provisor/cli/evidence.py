@@ -17,6 +17,7 @@ import typer
 
 from provisor.cli.options import JsonOption, now, opened, parse_when
 from provisor.cli.output import err, finish, out, print_json, table
+from provisor.domain.debt import GROUPINGS, GroupBy, summarise
 from provisor.engine import debt
 from provisor.engine.connections import check_targets
 from provisor.engine.coverage import coverage
@@ -56,8 +57,8 @@ def debt_command(
 
     Example:  provisor debt --by owner
     """
-    if by is not None and by not in debt.GROUPINGS:
-        raise typer.BadParameter(f"use one of {', '.join(debt.GROUPINGS)}", param_hint="--by")
+    if by is not None and by not in GROUPINGS:
+        raise typer.BadParameter(f"use one of {', '.join(GROUPINGS)}", param_hint="--by")
     with opened() as workspace:
         if trend:
             with workspace.sessions() as session:
@@ -74,7 +75,7 @@ def debt_command(
         finish(ExitCode.DEBT_UNKNOWN)
 
 
-def _show_ledger(found: debt.Ledger, by: debt.GroupBy | None, limit: int) -> None:
+def _show_ledger(found: debt.Ledger, by: GroupBy | None, limit: int) -> None:
     items = found.items
     if by is not None:
         table(
@@ -82,7 +83,7 @@ def _show_ledger(found: debt.Ledger, by: debt.GroupBy | None, limit: int) -> Non
             [by, "items", "overdue", "identities", "oldest (days)"],
             [
                 (g.key, g.items, g.overdue, g.identities, f"{g.oldest_days:.1f}")
-                for g in debt.summarise(items, by)
+                for g in summarise(items, by)
             ],
         )
     elif items:

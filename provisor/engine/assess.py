@@ -2,7 +2,7 @@
 
 Does: load the observed accounts of the chosen targets with their entitlements, the current
 state and desired access of the identities they are linked to, and judge each account with
-``provisor.engine.classify`` (the primary account of an identity holding several, open
+``provisor.domain.classify`` (the primary account of an identity holding several, open
 correlation cases and unreadable targets taken into account); store each account's class and
 why where it changed.
 Does not: read targets or act on what it finds (reconciliation applies the remediation policy).
@@ -19,16 +19,16 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
-from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
-from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState
-from provisor.domain.plan import ObservedAccount
-from provisor.engine.classify import (
+from provisor.domain.classify import (
     AS_DESIRED,
     Verdict,
     as_desired,
     classify,
     primary_account,
 )
+from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
+from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState
+from provisor.domain.plan import ObservedAccount
 from provisor.engine.planner import current_states
 from provisor.engine.workspace import Workspace
 from provisor.store import models

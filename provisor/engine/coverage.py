@@ -20,19 +20,13 @@ from typing import Any
 
 from provisor.connectors import registry
 from provisor.connectors.base import Capability, Connector, ReadPath
+from provisor.domain.channels import CATEGORY, channel
 from provisor.domain.policy import SecretRef, TargetClass, TargetDef
 from provisor.engine import readpaths
 from provisor.engine.connections import open_connector
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError, SecretError
 
-CATEGORY = {
-    TargetClass.SCIM: "SCIM-managed",
-    TargetClass.LDAP: "directory",
-    TargetClass.SQL: "database",
-    TargetClass.REST: "API-managed",
-    TargetClass.MANUAL: "manual",
-}
 WRITE = (
     Capability.CREATE,
     Capability.UPDATE,
@@ -41,20 +35,6 @@ WRITE = (
     Capability.ENTITLEMENTS,
 )
 LAYERS = ("account", "entitlements", "sessions")
-
-
-def channel(target: TargetDef) -> str:
-    """How removal reaches the target: its class, refined by the SQL mode, the REST profile,
-    or a connector of your own."""
-    settings = target.connection
-    custom = settings.get("connector")
-    if custom:
-        return f"custom:{custom}"
-    if target.target_class is TargetClass.SQL and settings.get("mode"):
-        return f"sql:{settings['mode']}"
-    if target.target_class is TargetClass.REST and settings.get("profile"):
-        return f"rest:{settings['profile']}"
-    return target.target_class.value
 
 
 @dataclass(frozen=True)

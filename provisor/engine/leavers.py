@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisor.connectors.base import AccountRecord, Connector
+from provisor.domain.channels import CATEGORY, channel
 from provisor.domain.lifecycle import LifecycleState
 from provisor.domain.plan import account_spec
 from provisor.domain.policy import TargetClass, TargetDef
@@ -47,7 +48,6 @@ from provisor.domain.proof import (
     unreadable,
 )
 from provisor.engine.connections import Pool
-from provisor.engine.coverage import CATEGORY, channel
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit

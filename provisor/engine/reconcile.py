@@ -45,19 +45,19 @@ from provisor.connectors.base import (
     ConnectorError,
     Unsupported,
 )
+from provisor.domain.classify import orphan_key, orphan_removal
 from provisor.domain.desired import DesiredAccess
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, utc
 from provisor.domain.plan import REMOVAL_KINDS, OpKind, PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetClass, TargetDef
+from provisor.domain.readback import kept_entitlements
 from provisor.engine import debt, readpaths
 from provisor.engine.assess import Finding, classify_accounts, identity_states, load_rows
-from provisor.engine.classify import orphan_key, orphan_removal
 from provisor.engine.connections import open_connector
 from provisor.engine.correlate import Correlator, Match, open_case
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
-from provisor.engine.readback import kept_entitlements
 from provisor.engine.tasks import (
     cancel_operations,
     confirm_from_observed,
@@ -1123,11 +1123,3 @@ def reconcile_due(workspace: Workspace, *, now: datetime) -> list[ReconcileRepor
         with workspace.sessions() as session, session.begin():
             debt.record_snapshot(workspace, session, now=now, run_id=max(runs))
     return reports
-
-
-def last_runs(session: Session, *, limit: int = 20) -> list[models.ReconcileRun]:
-    return list(
-        session.execute(
-            select(models.ReconcileRun).order_by(models.ReconcileRun.id.desc()).limit(limit)
-        ).scalars()
-    )

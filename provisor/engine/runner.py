@@ -45,9 +45,9 @@ from provisor.connectors.base import (
 from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
+from provisor.domain.readback import adoption_refusal, kept_entitlements, unmet, unshowable
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
-from provisor.engine.readback import adoption_refusal, kept_entitlements, unmet, unshowable
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError

@@ -26,7 +26,7 @@ from provisor.connectors.base import AccountRecord
 from provisor.domain.lifecycle import utc
 from provisor.domain.plan import OpKind
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine.readback import unmet
+from provisor.domain.readback import unmet
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit

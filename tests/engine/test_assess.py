@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from provisor.domain.classify import Verdict, classify, primary_account
 from provisor.domain.desired import desired_access
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.domain.plan import ObservedAccount
 from provisor.engine import identities
 from provisor.engine.assess import Finding, classify_accounts, identity_states, load_rows
-from provisor.engine.classify import Verdict, classify, primary_account
 from provisor.engine.planner import observed_for, state_from_row, sync_journal
 from provisor.engine.workspace import Workspace
 from provisor.sandbox.workspaces import scratch_workspace

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from provisor.engine.coverage import channel, coverage
+from provisor.domain.channels import channel
+from provisor.engine.coverage import coverage
 from provisor.sandbox.workspaces import scratch_workspace
 
 POLICY = """\

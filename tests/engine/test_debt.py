@@ -11,6 +11,7 @@ import httpx2
 import pytest
 from sqlalchemy import select, update
 
+from provisor.domain.debt import DebtItem, summarise
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import debt
 from provisor.engine import identities as lifecycle
@@ -109,7 +110,7 @@ def ws(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> An
     workspace.close()
 
 
-def ledger(ws: Workspace, now: datetime, **only: str) -> list[debt.DebtItem]:
+def ledger(ws: Workspace, now: datetime, **only: str) -> list[DebtItem]:
     with ws.sessions() as session:
         return debt.debt_items(ws, session, now, **only)
 
@@ -168,10 +169,10 @@ def test_journal_work_and_the_grace_period(ws: Workspace, tmp_path: Path) -> Non
 
 def test_summaries_snapshots_and_trend(ws: Workspace, tmp_path: Path) -> None:
     items = ledger(ws, DAY)
-    by_owner = {g.key: g for g in debt.summarise(items, "owner")}
+    by_owner = {g.key: g for g in summarise(items, "owner")}
     assert by_owner["sales-ops"].items == 5 and by_owner["sales-ops"].overdue == 3
     assert by_owner["finance-ops"].identities == 2 and by_owner["finance-ops"].oldest_days == 4
-    assert [g.key for g in debt.summarise(items, "class")] == ["scim", "manual"]
+    assert [g.key for g in summarise(items, "class")] == ["scim", "manual"]
     with ws.sessions() as session, session.begin():
         first = debt.record_snapshot(ws, session, now=DAY, run_id=7)
     observe(ws, tmp_path, "erp", "f1,f1@example.com,yes,erp-user,\n", at(7))

@@ -11,7 +11,7 @@ Does not: read anything itself.
 
 from __future__ import annotations
 
-from provisor.connectors.base import AccountRecord, AccountSpec
+from provisor.domain.accounts import AccountRecord, AccountSpec
 from provisor.domain.plan import OpKind, attribute_drift
 
 

@@ -30,8 +30,6 @@ from provisor.domain.plan import (
 )
 from provisor.domain.policy import LeaverAction, TargetDef
 
-CLASSES = ("ok", "drift", "terminated-active", "orphan", "unlinked", "unverifiable")
-
 
 def orphan_key(account: str) -> str:
     """The identity key under which the journal holds an orphan account's operations.
