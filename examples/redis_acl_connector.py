@@ -1,21 +1,11 @@
 """Redis ACL users as accounts: a complete connector written outside Provisor.
 
-Does: manage the ACL users of a Redis 7 server whose names start with a prefix — create them
-switched on or off, with no password anyone can use (``resetpass``: only a password an
-administrator sets later works), no commands and the configured key patterns; grant and
-withdraw ACL categories as entitlements (``+@category`` / ``-@category``); switch users on and
-off (switching off also closes the user's open connections, which Redis would otherwise leave
-working); count a user's live connections (``CLIENT LIST``) and close them (``CLIENT KILL
-USER``); read one user, list every user under the prefix, delete (a user already gone is
-fine); map refused connections and timeouts to retryable errors and refusals to permanent ones.
-Does not: touch the ``default`` user, the administrator it connects as, or any user outside its
-prefix; rename users (Redis cannot, so ``update`` only confirms the name); keep the identity id
-(an ACL user has nowhere to hold it); set passwords, pub/sub channels, selectors or single
-commands; untangle overlapping categories (``-@string`` also takes away the string commands
-``+@write`` gave): the read-back reports the categories as Redis describes the user.
-
-Plug it in with ``connection: {connector: "redis_acl_connector:RedisAclConnector", ...}``;
-see docs/connectors/writing-a-connector.md.
+Does: create, read, list, switch off (closing open connections, which Redis would leave
+working) and delete the ACL users whose names start with a prefix; grant and withdraw ACL
+categories as entitlements; count and close a user's connections.
+Does not: touch ``default``, the administrator or users outside the prefix; rename users or
+keep the identity id (an ACL user has nowhere to hold it); set passwords.
+Plug it in with ``connection: {connector: "redis_acl_connector:RedisAclConnector", ...}``.
 """
 
 from __future__ import annotations
@@ -27,21 +17,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis
+from pydantic import Field, SecretStr, field_validator
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    NoPermissionError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
+from redis.exceptions import AuthenticationError, NoPermissionError, ReadOnlyError, RedisError
 from redis.retry import Retry
 
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
+    BaseConnector,
     Capability,
     Conflict,
+    ConnectorSettings,
     NotFound,
     PermanentError,
     RetryableError,
@@ -49,137 +36,79 @@ from provisor.connectors.base import (
 )
 
 T = TypeVar("T")
-PAGE = 500  # users read per pipelined round trip when listing
 KILL_WAIT = 2.0  # seconds revoke_sessions keeps closing connections that reappear
-PROTECTED = frozenset({"default"})
-SETTINGS = frozenset(
-    {
-        "url",
-        "username",
-        "password",
-        "user_prefix",
-        "categories",
-        "keys",
-        "timeout",
-        "connector",  # read by the registry: which factory to call
-        "user_name_attribute",  # read by the engine: which identity attribute is the name
-    }
-)
 
 
-def _key_rules(target: str, value: Any) -> tuple[str, ...]:
-    """The ``keys`` setting as ACL key rules (``~pattern``, ``%R~pattern``, ``allkeys``)."""
-    rules = [value] if isinstance(value, str) else list(value or [])
-    for rule in rules:
-        if not isinstance(rule, str) or not (rule.startswith(("~", "%")) or rule == "allkeys"):
-            raise PermanentError(
-                f"target {target}: connection.keys: {rule!r} is not an ACL key rule "
-                "(write ~pattern, %R~pattern, %W~pattern or allkeys)"
-            )
-    return tuple(rules)
+class RedisSettings(ConnectorSettings):
+    url: str = Field(min_length=1, description="redis://host:port/db, without credentials")
+    username: str | None = None  # the administrator
+    password: SecretStr | None = None
+    user_prefix: str = ""  # only users whose name starts with it are listed and changed
+    # the categories the policy may grant: a list, or entitlement -> category; None: all
+    categories: dict[str, str] | None = None
+    keys: list[str] = Field(default_factory=lambda: ["~*"])  # key rules given to new users
+    timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("keys")
+    @classmethod
+    def _key_rules(cls, rules: list[str]) -> list[str]:
+        for rule in rules:
+            if not (rule.startswith(("~", "%")) or rule == "allkeys"):
+                raise ValueError(f"{rule!r} is not an ACL key rule (~pattern, %R~pattern, allkeys)")
+        return rules
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = {str(c).removeprefix("@"): c for c in value}
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be a list of ACL categories or entitlement -> category")
+        named = {str(k): str(v).removeprefix("@") for k, v in (value or {}).items()}
+        if len(set(named.values())) < len(named):  # the read-back could not tell them apart
+            raise ValueError("names one category for two entitlements")
+        return named or None
 
 
-def _category_map(target: str, value: Any) -> dict[str, str] | None:
-    """The ``categories`` setting as entitlement -> ACL category; None: every category."""
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        pairs = {str(k): str(v).removeprefix("@") for k, v in value.items()}
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        pairs = {str(v).removeprefix("@"): str(v).removeprefix("@") for v in value}
-    else:
-        raise PermanentError(
-            f"target {target}: connection.categories must be a list of ACL categories or a "
-            "mapping of entitlement name to ACL category"
-        )
-    repeated = [c for c, n in Counter(pairs.values()).items() if n > 1]
-    if repeated:
-        raise PermanentError(
-            f"target {target}: connection.categories names the category {repeated[0]!r} for "
-            "two entitlements; the read-back could not tell them apart"
-        )
-    return pairs
+class RedisAclConnector(BaseConnector):
+    """One Redis server; see ``RedisSettings``."""
 
-
-class RedisAclConnector:
-    """One Redis server. Settings (``connection`` in the policy, secrets already resolved):
-    ``url`` (``redis://host:port/db``, ``rediss://`` for TLS, without credentials),
-    ``username`` and ``password`` (the administrator; the password by reference),
-    ``user_prefix`` (only users whose name starts with it are listed and changed; the account
-    of a person is the prefix followed by their user name; default none), ``categories``
-    (the ACL categories the policy may grant: a list, or a mapping of entitlement name to
-    category; default every category the server knows), ``keys`` (key rules given to new
-    users, default ``["~*"]``), ``timeout`` (seconds per command, default 5)."""
+    Settings = RedisSettings
+    settings: RedisSettings
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:  # a typo must not go unnoticed
-            raise PermanentError(
-                f"target {name}: unknown connection setting(s) {', '.join(unknown)} for a Redis "
-                f"target; known: {', '.join(sorted(SETTINGS))}"
-            )
-        url = settings.get("url")
-        if not url:
-            raise PermanentError(f"target {name}: connection.url is required for a Redis target")
-        self.name = name
-        self._prefix = str(settings.get("user_prefix") or "")
-        self._keys = _key_rules(name, settings.get("keys", ["~*"]))
-        self._categories = _category_map(name, settings.get("categories"))
-        admin = settings.get("username")
-        self._protected = PROTECTED | ({str(admin)} if admin else set())
-        timeout = float(settings.get("timeout", 5))
-        try:
-            # The pool hands each worker thread its own connection; one quick retry replaces
-            # a pooled connection the server has closed. Everything else the engine retries.
+        super().__init__(name, settings)
+        given = self.settings
+        self._prefix = given.user_prefix
+        self._protected = {"default", given.username or "default"}
+        self._categories = dict(given.categories or {})  # entitlement -> category
+        password = given.password.get_secret_value() if given.password else None
+        try:  # a pooled connection per worker thread; one quick retry for a closed one
             self._redis = redis.Redis.from_url(
-                str(url),
-                username=str(admin) if admin else None,
-                password=str(settings["password"]) if settings.get("password") else None,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                decode_responses=True,
+                given.url, username=given.username, password=password, decode_responses=True,
+                socket_timeout=given.timeout, socket_connect_timeout=given.timeout,
                 retry=Retry(NoBackoff(), 1),
-            )
+            )  # fmt: skip
         except ValueError as exc:
             raise PermanentError(f"target {name}: connection.url: {exc}") from None
-        # ACL SETUSER creates and changes alike; this lock makes "is the name free? then
-        # create" one step for this connector's threads.
-        self._creating = threading.Lock()
-        self._discovering = threading.Lock()
-
-    # --- plumbing -----------------------------------------------------------------------
+        self._creating = threading.Lock()  # "is the name free? then create" as one step
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
-        """Run Redis commands, turning every failure into a connector error."""
         try:
             return action()
-        except AuthenticationError as exc:  # a ConnectionError subclass, but not transient
-            raise PermanentError(
-                f"{self.name}: {what}: the server refused the administrator's credentials "
-                "(connection.username / connection.password)"
-            ) from exc
+        except AuthenticationError as exc:  # a ConnectionError, but not a transient one
+            raise PermanentError(f"{self.name}: {what}: refused the administrator") from exc
         except (redis.ConnectionError, redis.TimeoutError, ReadOnlyError) as exc:
-            # refused, dropped, timed out, still loading, or a replica during a failover
             raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
         except NoPermissionError as exc:
-            raise PermanentError(
-                f"{self.name}: {what}: the administrator lacks a permission: {exc}"
-            ) from exc
-        except ResponseError as exc:
-            if str(exc).startswith("No such user"):
-                raise NotFound(f"{self.name}: {what}: {exc}") from exc
-            raise PermanentError(f"{self.name}: {what}: {exc}") from exc
+            raise PermanentError(f"{self.name}: {what}: not permitted: {exc}") from exc
         except RedisError as exc:
-            raise PermanentError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+            kind = NotFound if str(exc).startswith("No such user") else PermanentError
+            raise kind(f"{self.name}: {what}: {exc}") from exc
 
     def _managed(self, account: str) -> str:
-        """``account`` when this connector may touch it; refuses every other user."""
         if not account or not account.startswith(self._prefix) or account in self._protected:
-            raise PermanentError(
-                f"{self.name}: {account!r} is not a user this target manages "
-                f"(connection.user_prefix is {self._prefix!r}; 'default' and the "
-                "administrator are never touched)"
-            )
+            raise PermanentError(f"{self.name}: {account!r} is not a user this target manages")
         return account
 
     def _user(self, account: str) -> dict[str, Any] | None:
@@ -187,200 +116,105 @@ class RedisAclConnector:
         return cast("dict[str, Any] | None", found)
 
     def _sessions(self) -> Counter[str]:
-        """Open connections per ACL user."""
         clients = cast("list[dict[str, Any]]", self._call("list clients", self._redis.client_list))
         return Counter(str(c.get("user", "")) for c in clients)
 
-    def _setuser(self, what: str, account: str, rules: Sequence[str]) -> None:
-        # acl_setuser() spells rules as keyword arguments; the raw command says what it sends
-        send: Callable[..., Any] = self._redis.execute_command
-        self._call(what, lambda: send("ACL", "SETUSER", account, *rules))
-
-    def _change(self, what: str, account: str, rules: Sequence[str]) -> None:
-        """Apply ``rules`` to an existing user (ACL SETUSER alone would create a missing one)."""
-        if self._user(self._managed(account)) is None:
+    def _change(self, what: str, account: str, rules: Sequence[str], *, new: bool = False) -> None:
+        if not new and self._user(self._managed(account)) is None:
             raise NotFound(f"{self.name}: no ACL user {account} to {what}")
-        self._setuser(f"{what} {account}", account, rules)
+        send: Callable[..., Any] = self._redis.execute_command  # the rules, as sent
+        self._call(f"{what} {account}", lambda: send("ACL", "SETUSER", account, *rules))
 
-    def _entitlements(self) -> dict[str, str]:
-        """Entitlement name -> ACL category, from the settings or asked of the server once."""
-        if self._categories is None:
-            with self._discovering:
-                if self._categories is None:
-                    known = cast("list[str]", self._call("list categories", self._redis.acl_cat))
-                    self._categories = {str(c): str(c) for c in known}
+    def _known(self) -> dict[str, str]:
+        """Entitlement -> category: from the settings, else every category the server knows."""
+        if not self._categories:
+            known = cast("list[str]", self._call("categories", self._redis.acl_cat))
+            self._categories = {c: c for c in known}
         return self._categories
 
     def _category(self, entitlement: str) -> str:
-        category = self._entitlements().get(entitlement)
-        if category is None:
-            raise PermanentError(
-                f"{self.name}: entitlement {entitlement!r} is not an ACL category this target "
-                f"grants (known: {', '.join(sorted(self._entitlements()))}); fix the policy or "
-                "connection.categories"
-            )
-        return category
+        if entitlement not in self._known():
+            raise PermanentError(f"{self.name}: {entitlement!r} is not an ACL category it grants")
+        return self._known()[entitlement]
 
     def _held(self, rules: Sequence[str]) -> frozenset[str]:
-        """The entitlements a user's category rules grant, the last rule for a category
-        winning (``+@all`` grants every category, ``-@all`` takes every one away)."""
-        entitlements = self._entitlements()
+        """The categories a user holds, the last rule for a category winning."""
         held: set[str] = set()
         for rule in rules:
             sign, category = rule[:2], rule[2:]
-            if sign not in ("+@", "-@"):
-                continue
-            if category == "all":
-                held = set(entitlements.values()) if sign == "+@" else set()
-            elif sign == "+@":
-                held.add(category)
-            else:
-                held.discard(category)
-        return frozenset(e for e, category in entitlements.items() if category in held)
+            if category == "all" and sign in ("+@", "-@"):
+                held = set(self._known().values()) if sign == "+@" else set()
+            elif sign in ("+@", "-@"):
+                (held.add if sign == "+@" else held.discard)(category)
+        return frozenset(e for e, category in self._known().items() if category in held)
 
     def _record(self, account: str, user: Mapping[str, Any], sessions: int) -> AccountRecord:
-        return AccountRecord(
-            account=account,
-            user_name=account.removeprefix(self._prefix),
-            enabled="on" in user["flags"],
-            entitlements=self._held(user["categories"]),
-            external_id=None,
-            sessions=sessions,
-        )
-
-    def _close_connections(self, account: str) -> None:
-        """Close the user's connections until ``CLIENT LIST`` shows none, so that the
-        read-back straight after sees none; a client reconnecting faster than that is
-        reported as retryable."""
-        deadline = time.monotonic() + KILL_WAIT
-        while True:
-            self._call(
-                f"close connections of {account}",
-                lambda: self._redis.client_kill_filter(user=account),
-            )
-            left = self._sessions()[account]
-            if left == 0:
-                return
-            if time.monotonic() >= deadline:
-                raise RetryableError(
-                    f"{self.name}: {left} connections of {account} reopened as fast as they "
-                    "were closed"
-                )
-            time.sleep(0.05)
-
-    # --- reading --------------------------------------------------------------------------
-
-    def capabilities(self) -> frozenset[Capability]:
-        # No UPDATE (Redis cannot rename a user and there are no attributes to keep in line)
-        # and no EXTERNAL_ID (an ACL user cannot hold the identity id).
-        return frozenset(
-            {
-                Capability.CREATE,
-                Capability.DISABLE,
-                Capability.DELETE,
-                Capability.ENTITLEMENTS,
-                Capability.SESSIONS,
-                Capability.READ,
-                Capability.LIST,
-            }
-        )
+        name, enabled = account.removeprefix(self._prefix), "on" in user["flags"]
+        return AccountRecord(account, name, enabled, self._held(user["categories"]), None, sessions)
 
     def read(self, account: str) -> AccountRecord | None:
-        self._managed(account)
-
-        def user_and_clients() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.acl_getuser(account)
-            pipe.client_list()
-            return pipe.execute()
-
-        user, clients = self._call(f"read {account}", user_and_clients)
-        if user is None:
-            return None
-        sessions = sum(1 for c in clients if c.get("user") == account)
-        return self._record(account, user, sessions)
+        user = self._user(self._managed(account))
+        return None if user is None else self._record(account, user, self._sessions()[account])
 
     def find(self, spec: AccountSpec) -> AccountRecord | None:
-        """By name: the prefix followed by the spec's user name."""
         return self.read(self._prefix + spec.user_name)
 
     def list_accounts(self) -> Iterator[AccountRecord]:
-        """Every user under the prefix, in name order, read ``PAGE`` users per round trip."""
-        everyone = cast("list[str]", self._call("list users", self._redis.acl_users))
-        names = sorted(
-            n for n in everyone if n.startswith(self._prefix) and n not in self._protected
-        )
+        names = cast("list[str]", self._call("list users", self._redis.acl_users))
         sessions = self._sessions()
-        for start in range(0, len(names), PAGE):
-            page = names[start : start + PAGE]
+        for account in sorted(n for n in names if n.startswith(self._prefix)):
+            user = None if account in self._protected else self._user(account)
+            if user is not None:  # deleted since the list was taken
+                yield self._record(account, user, sessions[account])
 
-            def read_page(page: list[str] = page) -> list[Any]:
-                pipe = self._redis.pipeline(transaction=False)
-                for account in page:
-                    pipe.acl_getuser(account)
-                return pipe.execute()
-
-            users = self._call(f"read users {page[0]}…{page[-1]}", read_page)
-            for account, user in zip(page, users, strict=True):
-                if user is not None:  # deleted since the list was taken
-                    yield self._record(account, user, sessions[account])
-
-    # --- writing --------------------------------------------------------------------------
-
-    def create(self, spec: AccountSpec) -> str:
-        if not spec.user_name:
-            raise PermanentError(f"{self.name}: {spec.identity} has an empty user name")
-        account = self._managed(self._prefix + spec.user_name)
-        rules = [
-            "resetpass",  # no password at all, and not nopass: nobody can sign in yet
-            "resetkeys",
-            "resetchannels",
-            "-@all",
-            *self._keys,
-            "on" if spec.enabled else "off",
-        ]
-        with self._creating:
-            if self._user(account) is not None:
-                raise Conflict(f"{self.name}: an ACL user named {account} already exists")
-            self._setuser(f"create {account}", account, rules)
-        return account
+    def unavailable(self) -> frozenset[Capability]:
+        return frozenset({Capability.UPDATE})  # ``update`` only confirms the name
 
     def update(self, account: str, spec: AccountSpec) -> str:
         """Confirm the name: there is nothing else to update, and Redis cannot rename."""
-        wanted = self._prefix + spec.user_name
-        if wanted != account:
-            raise Unsupported(
-                f"{self.name}: Redis cannot rename the ACL user {account} to {wanted}; base "
-                "user names on an attribute that does not change (user_name_attribute)"
-            )
+        if self._prefix + spec.user_name != account:
+            raise Unsupported(f"{self.name}: Redis cannot rename the ACL user {account}")
         if self._user(self._managed(account)) is None:
             raise NotFound(f"{self.name}: no ACL user {account}")
+        return account
+
+    def create(self, spec: AccountSpec) -> str:
+        account = self._managed(self._prefix + spec.user_name)
+        rules = ["resetpass", "resetkeys", "resetchannels", "-@all", *self.settings.keys]
+        with self._creating:
+            if self._user(account) is not None:
+                raise Conflict(f"{self.name}: an ACL user named {account} already exists")
+            self._change("create", account, [*rules, "on" if spec.enabled else "off"], new=True)
         return account
 
     def set_enabled(self, account: str, enabled: bool) -> None:
         flag = "on" if enabled else "off"
         self._change(f"switch {flag}", account, [flag])
-        if not enabled:
-            # "off" only stops new sign-ins: connections already open keep working.
-            self._close_connections(account)
+        if not enabled:  # "off" only stops new sign-ins: open connections keep working
+            self.revoke_sessions(account)
 
     def add_entitlement(self, account: str, entitlement: str) -> None:
-        category = self._category(entitlement)
-        self._change(f"grant @{category} to", account, [f"+@{category}"])
+        self._change("grant", account, [f"+@{self._category(entitlement)}"])
 
     def remove_entitlement(self, account: str, entitlement: str) -> None:
-        category = self._category(entitlement)
-        self._change(f"withdraw @{category} from", account, [f"-@{category}"])
+        self._change("withdraw", account, [f"-@{self._category(entitlement)}"])
 
     def revoke_sessions(self, account: str) -> None:
+        """Close the user's connections until none is left, so a read-back sees none."""
         if self._user(self._managed(account)) is None:
             raise NotFound(f"{self.name}: no ACL user {account}")
-        self._close_connections(account)
+        deadline = time.monotonic() + KILL_WAIT
+        while (
+            self._call("close", lambda: self._redis.client_kill_filter(user=account))
+            or (self._sessions()[account])
+        ):
+            if time.monotonic() >= deadline:
+                raise RetryableError(f"{self.name}: connections of {account} keep reopening")
+            time.sleep(0.05)
 
     def delete(self, account: str) -> None:
-        """``ACL DELUSER``; Redis also closes the user's connections. Gone already is fine."""
-        self._managed(account)
-        self._call(f"delete {account}", lambda: self._redis.acl_deluser(account))
+        """``ACL DELUSER`` (Redis closes the user's connections); gone already is fine."""
+        self._call(f"delete {account}", lambda: self._redis.acl_deluser(self._managed(account)))
 
     def close(self) -> None:
         self._redis.close()

@@ -12,7 +12,7 @@ anything about identities or access.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from pydantic_core import ErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from provisor.domain.lifecycle import canonical_json
-from provisor.domain.policy import Policy
+from provisor.domain.policy import Policy, TargetDef
 from provisor.errors import PolicyError
 
 Location = tuple[str | int, ...]
@@ -50,8 +50,14 @@ class LoadedPolicy:
         return f"{found[0]}:{found[1]}" if found else ""
 
 
-def load_policy(paths: Sequence[Path]) -> LoadedPolicy:
-    """Read, merge and validate policy files; raise ``PolicyError`` listing every problem."""
+TargetCheck = Callable[[TargetDef], list[tuple[Location, str]]]
+
+
+def load_policy(paths: Sequence[Path], check_target: TargetCheck | None = None) -> LoadedPolicy:
+    """Read, merge and validate policy files; raise ``PolicyError`` listing every problem.
+
+    ``check_target`` finds what the policy model cannot (a target's connection settings, which
+    depend on its connector): each problem is reported under the target, with file and line."""
     reader = _Reader()
     files = reader.expand(paths)
     for file in files:
@@ -65,6 +71,9 @@ def load_policy(paths: Sequence[Path]) -> LoadedPolicy:
     if policy is not None and not reader.incomplete:
         for location, message in policy.problems():
             reader.report(location, message)
+        for index, target in enumerate(policy.targets):
+            for location, message in check_target(target) if check_target else []:
+                reader.report(("targets", index, *location), message)
     if reader.problems or policy is None:
         problems = [text for _, _, text in sorted(reader.problems, key=lambda p: p[:2])]
         raise PolicyError(f"policy is invalid: {len(problems)} problem(s)", problems=problems)

@@ -1,19 +1,27 @@
 """The connector protocol: the one seam between Provisor and a target application.
 
-Does: define what every connector offers — its capabilities, finding, reading and listing
-accounts, creating them, enabling/disabling, adding and removing entitlements, revoking
-sessions, deleting — and the one error family the engine
-understands: retryable (try again later, maybe after ``retry_after`` seconds) or permanent.
+Does: define what every connector offers — checking its connection and credentials, finding,
+reading and listing accounts, creating them, enabling/disabling, adding and removing
+entitlements, revoking sessions, deleting — and the one error family the engine understands:
+retryable (try again later, maybe after ``retry_after`` seconds) or permanent. Give connector
+authors a base class (``BaseConnector``) whose writes are ``Unsupported`` until implemented and
+whose capabilities follow from the methods it implements, and typed settings
+(``ConnectorSettings``: unknown keys refused, naming the nearest known one; credentials as
+secret types).
 Does not: know about policy, identities' lifecycle or the journal; a connector changes one
-account at a time and reads it back when asked.
+account at a time and reads it back when asked. Whether a read path is trusted on a target is
+shown by probes (``ProbingConnector``), not declared.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, ClassVar, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from provisor.domain.accounts import AccountRecord, AccountSpec, Capability
 from provisor.errors import ProvisorError
@@ -21,10 +29,12 @@ from provisor.errors import ProvisorError
 __all__ = [
     "AccountRecord",
     "AccountSpec",
+    "BaseConnector",
     "Capability",
     "Conflict",
     "Connector",
     "ConnectorError",
+    "ConnectorSettings",
     "IncrementalConnector",
     "NotFound",
     "PermanentError",
@@ -84,6 +94,10 @@ class Connector(Protocol):
     """What the engine needs from a target. Methods raise ``ConnectorError`` subclasses."""
 
     def capabilities(self) -> frozenset[Capability]: ...
+
+    def check(self) -> None:
+        """Reach the target with the configured credentials; raise when it cannot be done."""
+        ...
 
     def find(self, spec: AccountSpec) -> AccountRecord | None:
         """The existing account that correlates with ``spec`` (by user name or external id)."""
@@ -152,3 +166,153 @@ class IncrementalConnector(Connector, Protocol):
         """For each entitlement (group) changed at or after ``since``: every account holding
         it now. Removals show as accounts missing from the set."""
         ...
+
+
+Problem = tuple[tuple[str | int, ...], str]  # where under ``connection``, and what is wrong
+
+
+class ConnectorSettings(BaseModel):
+    """A connector's ``connection`` settings, typed: unknown keys are refused (naming the
+    nearest known one), values are checked, credentials are secret types (never shown).
+
+    ``connector`` (a connector of your own, ``package.module:Factory``) and
+    ``user_name_attribute`` (the identity attribute account user names come from; default
+    ``email``) are the engine's and every target may set them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connector: str | None = None
+    user_name_attribute: str = "email"
+
+    @classmethod
+    def problems(cls, settings: Mapping[str, Any], *, complete: bool = True) -> list[Problem]:
+        """What is wrong with ``settings`` (empty when nothing is), each with where. Not
+        ``complete``: settings still to be filled in (a required one missing) pass."""
+        try:
+            cls.model_validate(dict(settings))
+        except ValidationError as exc:
+            return [
+                _problem(cls, error["loc"], error["type"], error["msg"])
+                for error in exc.errors()
+                if complete or error["type"] != "missing"
+            ]
+        return []
+
+    @classmethod
+    def parse(cls, target: str, settings: Mapping[str, Any]) -> Self:
+        """``settings`` validated; ``PermanentError`` naming the target and every problem."""
+        try:
+            return cls.model_validate(dict(settings))
+        except ValidationError:
+            listed = "; ".join(_said(where, why) for where, why in cls.problems(settings))
+            raise PermanentError(f"target {target}: {listed}") from None
+
+
+def _said(where: tuple[str | int, ...], why: str) -> str:
+    setting = ".".join(str(part) for part in where)
+    if why == "required":
+        return f"connection.{setting} is required"
+    if why.startswith("unknown setting"):
+        return f"unknown connection setting {setting}{why.removeprefix('unknown setting')}"
+    return f"connection.{setting}: {why}" if setting else why
+
+
+def _problem(model: type[BaseModel], where: tuple[Any, ...], kind: str, message: str) -> Problem:
+    if kind == "extra_forbidden" and len(where) == 1:
+        known = sorted(field.alias or name for name, field in model.model_fields.items())
+        near = difflib.get_close_matches(str(where[0]), known, n=1)
+        hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(known)}"
+        return where, f"unknown setting ({hint})"
+    if kind == "missing":
+        return where, "required"
+    return where, message.removeprefix("Value error, ")
+
+
+# which methods a capability needs implemented (read falls back on list_accounts)
+_NEEDS: dict[Capability, tuple[str, ...]] = {
+    Capability.CREATE: ("create",),
+    Capability.UPDATE: ("update",),
+    Capability.DISABLE: ("set_enabled",),
+    Capability.DELETE: ("delete",),
+    Capability.ENTITLEMENTS: ("add_entitlement", "remove_entitlement"),
+    Capability.SESSIONS: ("revoke_sessions",),
+    Capability.LIST: ("list_accounts",),
+}
+
+
+class BaseConnector:
+    """A base for connectors: settings parsed into ``Settings`` (``self.settings``), every write
+    ``Unsupported`` until the subclass implements it, ``read`` and ``find`` by walking
+    ``list_accounts`` until it implements them, and capabilities that follow from what it
+    implements. A subclass that reads (but cannot write) memberships sets
+    ``reads_entitlements``; one whose accounts carry the identity id sets
+    ``carries_identity``; ``unavailable`` names what its settings switch off."""
+
+    Settings: ClassVar[type[ConnectorSettings]] = ConnectorSettings
+    reads_entitlements: bool = False
+    carries_identity: bool = False
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        self.name = name
+        self.settings = self.Settings.parse(name, settings)
+
+    def _implements(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(BaseConnector, method)
+
+    def capabilities(self) -> frozenset[Capability]:
+        found = {cap for cap, methods in _NEEDS.items() if all(map(self._implements, methods))}
+        if found & {Capability.LIST} or self._implements("read"):
+            found.add(Capability.READ)
+        if self.reads_entitlements:
+            found.add(Capability.ENTITLEMENTS)
+        if self.carries_identity:
+            found.add(Capability.EXTERNAL_ID)
+        return frozenset(found - self.unavailable())
+
+    def unavailable(self) -> frozenset[Capability]:
+        """Capabilities the methods offer that this target's settings switch off."""
+        return frozenset()
+
+    def check(self) -> None:
+        """Reach the target and read one account (or learn there is none)."""
+        next(iter(self.list_accounts()), None)
+
+    def list_accounts(self) -> Iterator[AccountRecord]:
+        raise Unsupported(f"{self.name}: accounts cannot be listed")
+
+    def read(self, account: str) -> AccountRecord | None:
+        return next((r for r in self.list_accounts() if r.account == account), None)
+
+    def find(self, spec: AccountSpec) -> AccountRecord | None:
+        """The account carrying the identity id, else the one with the spec's user name."""
+        by_name = None
+        for record in self.list_accounts():
+            if record.external_id == spec.identity:
+                return record
+            if by_name is None and record.user_name == spec.user_name:
+                by_name = record
+        return by_name
+
+    def create(self, spec: AccountSpec) -> str:
+        raise Unsupported(f"{self.name}: accounts cannot be created here")
+
+    def update(self, account: str, spec: AccountSpec) -> str:
+        raise Unsupported(f"{self.name}: accounts cannot be changed here")
+
+    def set_enabled(self, account: str, enabled: bool) -> None:
+        raise Unsupported(f"{self.name}: accounts cannot be enabled or disabled here")
+
+    def add_entitlement(self, account: str, entitlement: str) -> None:
+        raise Unsupported(f"{self.name}: entitlements cannot be granted here")
+
+    def remove_entitlement(self, account: str, entitlement: str) -> None:
+        raise Unsupported(f"{self.name}: entitlements cannot be removed here")
+
+    def revoke_sessions(self, account: str) -> None:
+        raise Unsupported(f"{self.name}: sessions cannot be revoked here")
+
+    def delete(self, account: str) -> None:
+        raise Unsupported(f"{self.name}: accounts cannot be deleted here")
+
+    def close(self) -> None:
+        """Release connections; nothing to release by default."""

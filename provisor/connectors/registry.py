@@ -3,6 +3,9 @@
 Does: turn a target's class (``scim``, ``ldap``, ``sql``, ``rest``) and its resolved connection
 settings into a connector instance; ``connection.connector: "package.module:Factory"`` plugs in a
 connector written outside Provisor (any callable taking the target name and settings).
+Names the settings model each connector checks its ``connection`` against (``settings_model``)
+and checks a target's settings against it (``settings_problems``: secret references stand for
+themselves), for the policy loader to report with file and line.
 Does not: resolve secrets (the caller passes settings with references already resolved) or
 open connections itself; a manual target has no connector.
 """
@@ -13,8 +16,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from provisor.connectors.base import Connector, PermanentError
-from provisor.domain.policy import TargetClass
+from provisor.connectors.base import Connector, ConnectorSettings, PermanentError
+from provisor.domain.policy import SecretRef, TargetClass, TargetDef
 
 Factory = Callable[[str, Mapping[str, Any]], Connector]
 
@@ -55,3 +58,47 @@ def open_connector(
     if path is None:
         return None
     return load_factory(path, name)(name, settings)
+
+
+def settings_model(
+    target: str, target_class: TargetClass, settings: Mapping[str, Any]
+) -> type[ConnectorSettings] | None:
+    """The model ``settings`` must satisfy: the connector's ``Settings`` (a connector of your own
+    may declare none: then its settings are its own business), or None for a manual target."""
+    custom = settings.get("connector")
+    if target_class is TargetClass.SQL and not custom:
+        from provisor.connectors.sql import settings_model as sql_model
+
+        return sql_model(settings)
+    path = str(custom) if custom else BUILT_IN.get(target_class)
+    if path is None:
+        return None
+    model = getattr(load_factory(path, target), "Settings", None)
+    return model if isinstance(model, type) and issubclass(model, ConnectorSettings) else None
+
+
+def _placeholders(value: Any) -> Any:
+    """``value`` with every secret reference replaced by a stand-in text."""
+    if isinstance(value, SecretRef):
+        return "<secret>"
+    if isinstance(value, dict):
+        return {k: _placeholders(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_placeholders(v) for v in value]
+    return value
+
+
+def settings_problems(target: TargetDef) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with ``target``'s connection settings, each with where under the target:
+    unknown settings and wrong values (a required one still missing is said when the
+    connector opens)."""
+    try:
+        model = settings_model(target.name, target.target_class, target.connection)
+    except PermanentError:
+        return []  # a connector that cannot be loaded here says so when it is opened
+    if model is None:
+        return []
+    settings = _placeholders(target.connection)
+    # a setting not filled in yet is said when the connector opens; a wrong one, now
+    found = model.problems(settings, complete=False)
+    return [(("connection", *where), why) for where, why in found]

@@ -30,13 +30,16 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx2
+from pydantic import Field, SecretStr
 
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
+    BaseConnector,
     Capability,
     Conflict,
     ConnectorError,
+    ConnectorSettings,
     NotFound,
     PermanentError,
     ReadPath,
@@ -60,25 +63,34 @@ from provisor.connectors.rest_spec import (
 
 log = logging.getLogger(__name__)
 
-SETTINGS = frozenset(
-    {
-        "profile",
-        "api",
-        "api_file",
-        "url",
-        "username",
-        "password",
-        "token",
-        "client_id",
-        "client_secret",
-        "scope",
-        "timeout",
-        "verify",
-        "entitlements",
-        "connector",
-    }
-)
-SECRET_SETTINGS = ("password", "token", "client_secret")
+
+class RestSettings(ConnectorSettings):
+    """A REST target's ``connection`` settings; see ``RestConnector``."""
+
+    profile: str | None = None
+    api: dict[str, Any] | None = None
+    api_file: str | None = None
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    verify: bool | str = True
+    entitlements: dict[str, Any] | None = None
+
+    def secrets(self) -> list[str]:
+        """The credentials given, to keep out of error messages."""
+        given = (self.password, self.token, self.client_secret)
+        return [s.get_secret_value() for s in given if s is not None and s.get_secret_value()]
+
+
+def _revealed(secret: SecretStr | None) -> str:
+    return secret.get_secret_value() if secret is not None else ""
+
+
 LOCKS = 64  # accounts share a fixed set of locks: bounded memory, rare false sharing
 DETAIL = 300  # characters of a server's error message kept in an error
 
@@ -115,20 +127,20 @@ class _OAuth2:
     """Client-credentials tokens, fetched when missing or expired, shared by every thread."""
 
     def __init__(
-        self, connector: RestConnector, url: str, settings: Mapping[str, Any], client: httpx2.Client
+        self, connector: RestConnector, url: str, settings: RestSettings, client: httpx2.Client
     ) -> None:
         auth = connector.api.auth
         self.connector = connector
         self.url = url
         self.client = client  # its own: the token endpoint may be another server
-        self.client_id = str(settings.get("client_id") or "")
-        self.client_secret = str(settings.get("client_secret") or "")
+        self.client_id = settings.client_id or ""
+        self.client_secret = _revealed(settings.client_secret)
         if not self.client_id or not self.client_secret:
             raise PermanentError(
                 f"target {connector.name}: OAuth2 needs connection.client_id and "
                 "connection.client_secret"
             )
-        self.scope = settings.get("scope") or auth.scope
+        self.scope = settings.scope or auth.scope
         self.client_auth = auth.client_auth
         self.lock = threading.Lock()
         self.token: str | None = None
@@ -188,7 +200,7 @@ class _OAuth2:
         return token, lifetime
 
 
-class RestConnector:
+class RestConnector(BaseConnector):
     """One REST target. Settings (``connection`` in the policy, secrets already resolved):
     the description (``profile``, ``api_file`` and/or ``api``), ``url`` (overrides the
     description's), credentials for its ``auth`` type (``username``/``password``, ``token``,
@@ -196,38 +208,37 @@ class RestConnector:
     (TLS certificate check: true, false or a CA bundle path) and ``entitlements`` (policy name
     -> value, laid over the description's names)."""
 
+    Settings = RestSettings
+    settings: RestSettings
+    carries_identity = True  # when the description maps an external id (see ``unavailable``)
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        self.name = name
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise PermanentError(
-                f"target {name}: unknown connection setting(s) {', '.join(unknown)} for a REST "
-                f"target; known: {', '.join(sorted(SETTINGS))}"
-            )
-        self.api, self.source = load_description(name, settings)
-        url = settings.get("url") or self.api.url
+        super().__init__(name, settings)
+        given = self.settings
+        self.api, self.source = load_description(name, given.model_dump(exclude_none=True))
+        url = given.url or self.api.url
         if not url:
             raise PermanentError(f"target {name}: connection.url is required ({self.source})")
         self.url = str(url).rstrip("/")
-        self._secrets = [str(settings[k]) for k in SECRET_SETTINGS if settings.get(k)]
+        self._secrets = given.secrets()
         auth: httpx2.BasicAuth | None = None
         headers = dict(self.api.headers)
         kind = self.api.auth.type
         if kind == "basic":
-            if not settings.get("username"):
+            if not given.username:
                 raise PermanentError(f"target {name}: connection.username is required ({kind})")
-            auth = httpx2.BasicAuth(str(settings["username"]), str(settings.get("password", "")))
+            auth = httpx2.BasicAuth(given.username, _revealed(given.password))
         elif kind == "bearer":
-            if not settings.get("token"):
+            if given.token is None:
                 raise PermanentError(f"target {name}: connection.token is required ({kind})")
-            headers[self.api.auth.header] = f"{self.api.auth.scheme} {settings['token']}".strip()
-        verify = settings.get("verify", True)
-        self._verify: bool | str = verify if isinstance(verify, bool) else str(verify)
+            token = given.token.get_secret_value()
+            headers[self.api.auth.header] = f"{self.api.auth.scheme} {token}".strip()
+        self._verify: bool | str = given.verify
         self._http = httpx2.Client(
             base_url=self.url,
             headers=headers,
             auth=auth,
-            timeout=float(settings.get("timeout") or self.api.timeout),
+            timeout=given.timeout or self.api.timeout,
             verify=self._verify,
             limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
         )
@@ -242,10 +253,10 @@ class RestConnector:
             if "://" in self.api.auth.endpoint:
                 token_url = self.api.auth.endpoint
             token_client = httpx2.Client(timeout=self._http.timeout, verify=self._verify)
-            self._oauth = _OAuth2(self, token_url, settings, token_client)
+            self._oauth = _OAuth2(self, token_url, given, token_client)
         self._locks = [threading.Lock() for _ in range(LOCKS)]
         self._known: set[tuple[str, str]] = set()  # entitlement targets seen to exist
-        self._names = self._entitlement_names(settings.get("entitlements"))
+        self._names = self._entitlement_names(given.entitlements)
 
     def __repr__(self) -> str:
         return f"RestConnector({self.name!r}, url={self.url!r}, {self.source})"
@@ -639,25 +650,20 @@ class RestConnector:
 
     # --- reading --------------------------------------------------------------------------
 
-    def capabilities(self) -> frozenset[Capability]:
-        endpoints = self.api.endpoints
-        found = {Capability.READ, Capability.LIST}
-        if endpoints.create is not None:
-            found.add(Capability.CREATE)
-        account = self.api.account
-        if endpoints.update is not None and (account.attributes or account.rename):
-            found.add(Capability.UPDATE)
-        if endpoints.disable is not None and account.enabled is not None:
-            found.add(Capability.DISABLE)
-        if endpoints.delete is not None:
-            found.add(Capability.DELETE)
-        if self.api.entitlements.kinds:
-            found.add(Capability.ENTITLEMENTS)
-        if endpoints.list_sessions is not None and endpoints.revoke_sessions is not None:
-            found.add(Capability.SESSIONS)
-        if account.external_id:
-            found.add(Capability.EXTERNAL_ID)
-        return frozenset(found)
+    def unavailable(self) -> frozenset[Capability]:
+        """What the API description leaves out."""
+        endpoints, account = self.api.endpoints, self.api.account
+        off = {
+            Capability.CREATE: endpoints.create is None,
+            Capability.UPDATE: endpoints.update is None
+            or not (account.attributes or account.rename),
+            Capability.DISABLE: endpoints.disable is None or account.enabled is None,
+            Capability.DELETE: endpoints.delete is None,
+            Capability.ENTITLEMENTS: not self.api.entitlements.kinds,
+            Capability.SESSIONS: endpoints.list_sessions is None
+            or endpoints.revoke_sessions is None,
+        }
+        return frozenset(capability for capability, missing in off.items() if missing)
 
     def _record(
         self,

@@ -33,9 +33,10 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx2
+from pydantic import Field, SecretStr
 from scim2_client import SCIMClientException
 from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_client.errors import RequestNetworkException
@@ -56,9 +57,10 @@ from scim2_models import (
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
-    Capability,
+    BaseConnector,
     Conflict,
     ConnectorError,
+    ConnectorSettings,
     NotFound,
     PermanentError,
     ReadPath,
@@ -213,7 +215,22 @@ class _Refused(PermanentError):
 GroupRow = tuple[str, str, frozenset[str]]  # group id, displayName, member account ids
 
 
-class ScimConnector:
+class ScimSettings(ConnectorSettings):
+    """A SCIM target's ``connection`` settings."""
+
+    url: str = Field(min_length=1, description="base URL, e.g. https://host/scim/v2")
+    token: SecretStr | None = Field(default=None, description="bearer token")
+    username: str | None = Field(default=None, description="basic authentication")
+    password: SecretStr | None = None
+    timeout: float = Field(default=10.0, gt=0, description="seconds to connect and per request")
+    patch: bool | Literal["auto"] = Field(
+        default="auto", description="auto (from ServiceProviderConfig), or false to always PUT"
+    )
+    membership: Literal["group", "user"] = "group"
+    dialect: Literal["rfc", "entra"] = "rfc"
+
+
+class ScimConnector(BaseConnector):
     """One SCIM target. Settings (``connection`` in the policy, secrets already resolved):
     ``url`` (base URL, e.g. https://host/scim/v2), ``token`` (bearer) or ``username`` and
     ``password`` (basic), ``timeout`` seconds (default 10), ``patch`` (auto, or false to
@@ -229,36 +246,35 @@ class ScimConnector:
     # membership reads count only once shown to work (coverage asks)
     proves_membership = True
 
+    Settings = ScimSettings
+    settings: ScimSettings
+    carries_identity = True  # externalId
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        url = settings.get("url")
-        if not url:
-            raise PermanentError(f"target {name}: connection.url is required for a SCIM target")
-        self.name = name
+        super().__init__(name, settings)
+        given = self.settings
         headers = {"Accept": "application/scim+json"}
         auth: httpx2.BasicAuth | None = None
-        if settings.get("token"):
-            headers["Authorization"] = f"Bearer {settings['token']}"
-        elif settings.get("username"):
-            auth = httpx2.BasicAuth(str(settings["username"]), str(settings.get("password", "")))
+        if given.token is not None:
+            headers["Authorization"] = f"Bearer {given.token.get_secret_value()}"
+        elif given.username:
+            password = given.password.get_secret_value() if given.password else ""
+            auth = httpx2.BasicAuth(given.username, password)
         # the last response seen by this thread, for status and Retry-After of a failure
         self._throttle: Callable[[], None] | None = None
         self._seen = threading.local()
-        self._base = str(url).rstrip("/")
+        self._base = given.url.rstrip("/")
         self._http = httpx2.Client(
             base_url=self._base,
             headers=headers,
             auth=auth,
-            timeout=float(settings.get("timeout", 10)),
+            timeout=given.timeout,
             event_hooks={"request": [self._pace], "response": [self._remember]},
         )
         self._scim: SyncSCIMClient | None = None
-        self._patch_setting = settings.get("patch", "auto")
-        self._membership = str(settings.get("membership", "group"))
-        self._dialect = str(settings.get("dialect", "rfc"))
-        if self._membership not in ("group", "user"):
-            raise PermanentError(f"target {name}: connection.membership must be group or user")
-        if self._dialect not in ("rfc", "entra"):
-            raise PermanentError(f"target {name}: connection.dialect must be rfc or entra")
+        self._patch_setting = given.patch
+        self._membership = given.membership
+        self._dialect = given.dialect
         self._groups: dict[str, str] = {}  # displayName -> id
         self._group_names: dict[str, str] = {}  # id -> displayName
         self._page_limit = PAGE
@@ -477,26 +493,12 @@ class ScimConnector:
 
     @property
     def _can_patch(self) -> bool:
-        if self._patch_setting is False or str(self._patch_setting).lower() == "false":
+        if self._patch_setting is False:
             return False
         self._discover()
         return self._patch_supported and self._patch_works
 
     # --- reading --------------------------------------------------------------------------
-
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset(
-            {
-                Capability.CREATE,
-                Capability.UPDATE,
-                Capability.DISABLE,
-                Capability.DELETE,
-                Capability.ENTITLEMENTS,
-                Capability.READ,
-                Capability.LIST,
-                Capability.EXTERNAL_ID,
-            }
-        )
 
     def _user_document(self, account: str) -> dict[str, Any] | None:
         self._discover()
@@ -652,6 +654,11 @@ class ScimConnector:
         return {name: frozenset(ids) for name, ids in found.items()}
 
     # --- membership read paths ------------------------------------------------------------
+
+    def check(self) -> None:
+        """Read the service's configuration and one page of one user, with the credentials."""
+        self._discover()
+        self._get_json("check", self._users_path, {"count": 1})
 
     def read_paths(self) -> list[ReadPath]:
         """Each way this connector can read group membership, probed now: the group listing
@@ -1249,9 +1256,6 @@ class ScimConnector:
 
     def remove_entitlement(self, account: str, entitlement: str) -> None:
         self._change_membership(account, entitlement, add=False)
-
-    def revoke_sessions(self, account: str) -> None:
-        raise Unsupported(f"{self.name}: SCIM has no sessions to revoke")
 
     def delete(self, account: str) -> None:
         self._discover()

@@ -89,7 +89,8 @@ class TargetCheck:
 
 
 def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
-    """Open ``target``'s connector and probe every read path now (recorded as it goes)."""
+    """Open ``target``'s connector, reach the target with its credentials (the connector's
+    ``check``), then probe every read path now (recorded as it goes)."""
     found = TargetCheck(target.name)
     try:
         connector = open_connector(workspace, target)
@@ -101,6 +102,13 @@ def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
         found.error = "manual target: people remove access and attest it"
         return found
     try:
+        reach = getattr(connector, "check", None)  # connectors written before it may lack it
+        if reach is not None:
+            try:
+                reach()
+            except ProvisorError as exc:
+                found.error = f"the target cannot be reached with these settings: {exc}"
+                return found
         probe = getattr(connector, "read_paths", None)
         if probe is None:
             found.probes = False

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.config.policy_files import LoadedPolicy, load_policy
 from provisor.config.workspace import WorkspaceConfig, load_config, write_starter
+from provisor.connectors.registry import settings_problems
 from provisor.domain.desired import CompiledPolicy, compile_policy
 from provisor.domain.lifecycle import canonical_json
 from provisor.errors import WorkspaceError
@@ -65,10 +66,15 @@ class Workspace:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _load(self) -> LoadedPolicy:
+        return load_policy([self.path / p for p in self.config.policy], settings_problems)
+
     @property
     def policy(self) -> LoadedPolicy:
         if self._policy is None:
-            self._policy = load_policy([self.path / p for p in self.config.policy])
+            self._policy = load_policy(
+                [self.path / p for p in self.config.policy], settings_problems
+            )
         return self._policy
 
     @property
@@ -81,7 +87,7 @@ class Workspace:
         """Load the policy files again; True when they changed (the new version is in use).
 
         A policy that no longer loads raises ``PolicyError`` and the version in use stays."""
-        loaded = load_policy([self.path / p for p in self.config.policy])
+        loaded = self._load()
         changed = self._policy is not None and loaded.digest != self._policy.digest
         if self._policy is None or changed:
             self._policy, self._compiled = loaded, None
@@ -175,7 +181,7 @@ def check_policy(given: Path | None) -> dict[str, Any]:
     count what they define."""
     folder = workspace_path(given).resolve()
     config = load_config(folder)
-    loaded = load_policy([folder / p for p in config.policy])
+    loaded = load_policy([folder / p for p in config.policy], settings_problems)
     policy = loaded.policy
     return {
         "digest": loaded.digest,

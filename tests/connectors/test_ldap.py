@@ -579,10 +579,15 @@ def test_settings_are_checked() -> None:
             LdapConnector("t", {k: v for k, v in good.items() if k != missing})
     with pytest.raises(PermanentError, match="disabled_dn is required"):
         LdapConnector("t", {**good, "disable": "ou"})
-    with pytest.raises(PermanentError, match="group_style 'roles'"):
+    with pytest.raises(PermanentError, match="group_style: Input should be 'groupOfNames'"):
         LdapConnector("t", {**good, "group_style": "roles"})
-    with pytest.raises(PermanentError, match="disable 'nologin'"):
+    with pytest.raises(PermanentError, match=r"connection\.disable: Input should be 'ppolicy'"):
         LdapConnector("t", {**good, "disable": "nologin"})
+    typo = r"unknown connection setting grops_dn \(did you mean groups_dn\?\)"
+    with pytest.raises(PermanentError, match=typo):
+        LdapConnector("t", {**good, "grops_dn": "ou=groups,dc=x"})
+    with pytest.raises(PermanentError, match="page_size: Input should be greater than"):
+        LdapConnector("t", {**good, "page_size": 0})
     with pytest.raises(PermanentError, match="memberof"):
         LdapConnector("t", {**good, "group_style": "posixGroup", "membership": "memberof"})
     no_groups = LdapConnector("t", good)

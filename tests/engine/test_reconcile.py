@@ -71,7 +71,8 @@ class SlowScim:
 
 
 def slow_scim(name: str, settings: Mapping[str, Any]) -> Connector:
-    connector: Any = SlowScim(ScimConnector(name, settings), float(settings.get("delay", 0)))
+    own = {k: v for k, v in settings.items() if k != "delay"}  # the wrapper's own setting
+    connector: Any = SlowScim(ScimConnector(name, own), float(settings.get("delay", 0)))
     return connector  # type: ignore[no-any-return]
 
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from provisor.connectors.base import Connector, PermanentError
+from provisor.connectors.base import Connector, ConnectorSettings, PermanentError
 from provisor.connectors.sql.roles import MysqlUsers, PostgresRoles
+from provisor.connectors.sql.settings import MODELS, SqlSettings
 from provisor.connectors.sql.table import ChangeTrackedUsersTable, UsersTable
 
-MODES = ("postgres-roles", "mysql-users", "users-table")
+MODES = tuple(MODELS)
+
+
+def settings_model(settings: Mapping[str, Any]) -> type[ConnectorSettings]:
+    """The settings model of the mode ``settings`` name (the shared one when none is named)."""
+    return MODELS.get(str(settings.get("mode")), SqlSettings)
 
 
 def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
@@ -28,10 +34,6 @@ def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
     if mode == "users-table":
         if settings.get("changed_column"):
             return ChangeTrackedUsersTable(name, settings)
-        if settings.get("membership_changed_column"):
-            raise PermanentError(
-                f"target {name}: connection.membership_changed_column also needs changed_column"
-            )
         return UsersTable(name, settings)
     raise PermanentError(
         f"target {name}: connection.mode must be one of {', '.join(MODES)}"

@@ -13,7 +13,7 @@ Does not: decide what to change, retry, or hold any state beyond the engine and 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from provisor.connectors.base import (
     PermanentError,
     RetryableError,
 )
+from provisor.connectors.sql.settings import SqlSettings
 
 # PostgreSQL SQLSTATE classes and codes worth another try: connection exceptions (08),
 # transaction rollbacks such as serialization failures and deadlocks (40), insufficient
@@ -87,13 +88,10 @@ class Database:
     target's default concurrency), ``timeout`` (seconds to connect, default 10) and
     ``statement_timeout`` (seconds one statement may run, default 60)."""
 
-    def __init__(self, name: str, settings: Mapping[str, Any], *, autocommit: bool) -> None:
+    def __init__(self, name: str, settings: SqlSettings, *, autocommit: bool) -> None:
         self.name = name
-        raw = settings.get("url")
-        if not raw:
-            raise PermanentError(f"target {name}: connection.url is required for an SQL target")
         try:
-            url = make_url(str(raw))
+            url = make_url(settings.url)
         except sa_exc.ArgumentError:
             # the URL may carry a password: do not repeat it
             raise PermanentError(
@@ -101,8 +99,8 @@ class Database:
                 "(for example postgresql+psycopg://host/db, mysql+pymysql://host/, "
                 "sqlite:///file.db)"
             ) from None
-        if settings.get("password"):
-            url = url.set(password=str(settings["password"]))
+        if settings.password is not None:
+            url = url.set(password=settings.password.get_secret_value())
         self.url: URL = url
         self.backend = url.get_backend_name()
         if self.backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
@@ -112,9 +110,9 @@ class Database:
             )
         self.kind = "mysql" if self.backend == "mariadb" else self.backend
         self._autocommit = autocommit
-        self.pool_size = _positive(name, settings, "pool_size", 4)
-        self.timeout = _positive(name, settings, "timeout", 10)
-        self.statement_timeout = _positive(name, settings, "statement_timeout", 60)
+        self.pool_size = settings.pool_size
+        self.timeout = settings.timeout
+        self.statement_timeout = settings.statement_timeout
         self.engine = self._engine(url, self.pool_size)
         self._others: dict[str, Engine] = {}
 
@@ -251,17 +249,6 @@ class Database:
 def _escape_colons(statement_part: str) -> str:
     # ``text()`` reads ``:word`` as a bind parameter; a quoted name may contain one.
     return statement_part.replace(":", "\\:")
-
-
-def _positive(name: str, settings: Mapping[str, Any], key: str, default: int) -> int:
-    value = settings.get(key, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise PermanentError(f"target {name}: connection.{key} must be a positive whole number")
-    return number
 
 
 def check_name(

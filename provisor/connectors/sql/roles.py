@@ -28,13 +28,14 @@ from sqlalchemy import exc as sa_exc
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
-    Capability,
+    BaseConnector,
     Conflict,
     NotFound,
     PermanentError,
     RetryableError,
 )
 from provisor.connectors.sql.database import Database, check_name, error_code
+from provisor.connectors.sql.settings import MysqlUsersSettings, PostgresRolesSettings
 
 PAGE = 500
 COMMENT_KEY = "provisor"
@@ -58,32 +59,6 @@ def _wait(seconds: float, check: Callable[[], bool]) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-
-
-def _number(name: str, key: str, value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PermanentError(f"target {name}: connection.{key} must be a whole number") from None
-
-
-def _seconds(name: str, key: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if seconds < 0:
-        raise PermanentError(f"target {name}: connection.{key} must be a number of seconds")
-    return seconds
-
-
-def _setting_list(name: str, settings: Mapping[str, Any], key: str) -> list[str] | None:
-    value = settings.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise PermanentError(f"target {name}: connection.{key} must be a list")
-    return [str(v) for v in value]
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -114,7 +89,7 @@ _PG_MANAGEABLE = (
 )
 
 
-class PostgresRoles:
+class PostgresRoles(BaseConnector):
     """PostgreSQL roles as accounts (``connection.mode: postgres-roles``).
 
     Settings besides those of :class:`~provisor.connectors.sql.database.Database`: ``role_prefix``
@@ -125,35 +100,27 @@ class PostgresRoles:
     owned), ``databases`` (where to reassign; default the connected database), and
     ``session_wait`` (seconds to wait for ended sessions to vanish, default 5)."""
 
+    Settings = PostgresRolesSettings
+    settings: PostgresRolesSettings
+    carries_identity = True  # in the role's comment
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        self.name = name
-        self.db = Database(name, settings, autocommit=False)
+        super().__init__(name, settings)
+        given = self.settings
+        self.db = Database(name, given, autocommit=False)
         if self.db.kind != "postgresql":
             raise PermanentError(
                 f"target {name}: mode postgres-roles needs a postgresql+psycopg:// URL"
             )
-        self.prefix = str(settings.get("role_prefix") or "")
+        self.prefix = given.role_prefix
         if self.prefix:
             check_name(name, "role_prefix", self.prefix, max_bytes=PG_NAME_BYTES - 1)
-        kept = _setting_list(name, settings, "comment_attributes")
-        self.comment_attributes = tuple(["name"] if kept is None else kept)
-        limit = settings.get("connection_limit")
-        self.connection_limit = None if limit is None else _number(name, "connection_limit", limit)
-        self.on_delete = str(settings.get("on_delete", "drop"))
-        if self.on_delete not in ("drop", "reassign"):
-            raise PermanentError(
-                f"target {name}: connection.on_delete must be drop or reassign, "
-                f"not {self.on_delete!r}"
-            )
-        self.reassign_to = str(settings.get("reassign_to") or "")
-        if self.on_delete == "reassign" and not self.reassign_to:
-            raise PermanentError(
-                f"target {name}: connection.on_delete: reassign needs connection.reassign_to "
-                "(the role that takes over what a deleted role owned)"
-            )
-        databases = _setting_list(name, settings, "databases")
-        self.databases = databases or [str(self.db.url.database or "postgres")]
-        self.session_wait = _seconds(name, "session_wait", settings.get("session_wait", 5))
+        self.comment_attributes = tuple(given.comment_attributes)
+        self.connection_limit = given.connection_limit
+        self.on_delete = given.on_delete
+        self.reassign_to = given.reassign_to
+        self.databases = given.databases or [str(self.db.url.database or "postgres")]
+        self.session_wait = given.session_wait
 
     # --- names and records ------------------------------------------------------------------
 
@@ -226,9 +193,6 @@ class PostgresRoles:
             )
 
     # --- reading -----------------------------------------------------------------------------
-
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset(Capability)
 
     def read(self, account: str) -> AccountRecord | None:
         with self.db.connect(f"read role {account}") as connection:
@@ -455,7 +419,7 @@ _MY_MANAGEABLE = (
 )
 
 
-class MysqlUsers:
+class MysqlUsers(BaseConnector):
     """MariaDB users as accounts (``connection.mode: mysql-users``), each ``user@host`` with
     one ``host`` for the target (setting ``host``, default ``%``).
 
@@ -464,18 +428,19 @@ class MysqlUsers:
     ``auth_plugin`` (create users ``IDENTIFIED VIA`` this plugin, e.g. ``pam``; by default a
     user gets a random password hash nobody knows), ``session_wait`` (seconds, default 5)."""
 
+    Settings = MysqlUsersSettings
+    settings: MysqlUsersSettings
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        self.name = name
-        self.db = Database(name, settings, autocommit=True)
+        super().__init__(name, settings)
+        given = self.settings
+        self.db = Database(name, given, autocommit=True)
         if self.db.kind != "mysql":
             raise PermanentError(f"target {name}: mode mysql-users needs a mysql+pymysql:// URL")
-        self.host = check_name(name, "host", str(settings.get("host", "%")), max_chars=255)
-        self.prefix = str(settings.get("user_prefix") or "")
-        plugin = settings.get("auth_plugin")
-        if plugin is not None and not str(plugin).replace("_", "").isalnum():
-            raise PermanentError(f"target {name}: connection.auth_plugin must be a plugin name")
-        self.auth_plugin = str(plugin) if plugin else None
-        self.session_wait = _seconds(name, "session_wait", settings.get("session_wait", 5))
+        self.host = check_name(name, "host", given.host, max_chars=255)
+        self.prefix = given.user_prefix
+        self.auth_plugin = given.auth_plugin
+        self.session_wait = given.session_wait
         self._checked = False
 
     def _check_server(self, connection: Connection) -> None:
@@ -588,9 +553,6 @@ class MysqlUsers:
         return row is not None
 
     # --- reading -----------------------------------------------------------------------------
-
-    def capabilities(self) -> frozenset[Capability]:
-        return frozenset(Capability) - {Capability.EXTERNAL_ID}
 
     def read(self, account: str) -> AccountRecord | None:
         with self.db.connect(f"read user {account}") as connection:

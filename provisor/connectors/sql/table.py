@@ -41,6 +41,7 @@ from sqlalchemy import update as sql_update
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
+    BaseConnector,
     Capability,
     Conflict,
     NotFound,
@@ -48,6 +49,7 @@ from provisor.connectors.base import (
     Unsupported,
 )
 from provisor.connectors.sql.database import Database
+from provisor.connectors.sql.settings import UsersTableSettings
 
 PAGE = 500
 
@@ -113,7 +115,7 @@ def _generated(table: Table, column: Column[Any]) -> bool:
     return bool(column.autoincrement == "auto" and single_key and _python_type(column) is int)
 
 
-class UsersTable:
+class UsersTable(BaseConnector):
     """Accounts as rows of an application table. Settings besides those of
     :class:`~provisor.connectors.sql.database.Database`:
 
@@ -127,35 +129,18 @@ class UsersTable:
     given), ``sessions_table`` with ``sessions_account_column``; ``changed_column`` and
     ``membership_changed_column`` for incremental reads (:class:`ChangeTrackedUsersTable`)."""
 
+    Settings = UsersTableSettings
+    settings: UsersTableSettings
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
-        self.name = name
-        self.settings = settings
-        for required in ("table", "user_name_column"):
-            if not settings.get(required):
-                raise PermanentError(
-                    f"target {name}: connection.{required} is required for mode users-table"
-                )
-        for group in (
-            ("membership_table", "membership_account_column", "membership_entitlement_column"),
-            ("sessions_table", "sessions_account_column"),
-            ("active_column",),
-        ):
-            given = [key for key in group if settings.get(key)]
-            if given and len(given) != len(group):
-                missing = ", ".join(key for key in group if key not in given)
-                raise PermanentError(f"target {name}: connection.{group[0]} also needs {missing}")
-        columns = settings.get("columns") or {}
-        defaults = settings.get("defaults") or {}
-        if not isinstance(columns, Mapping) or not isinstance(defaults, Mapping):
-            raise PermanentError(
-                f"target {name}: connection.columns and connection.defaults are mappings "
-                "of column name to identity attribute / value"
-            )
-        self.columns: dict[str, str] = {str(k): str(v) for k, v in columns.items()}
-        self.defaults: dict[str, Any] = {str(k): v for k, v in defaults.items()}
-        self.active_value = settings.get("active_value", True)
-        self.inactive_value = settings.get("inactive_value", False)
-        self.db = Database(name, settings, autocommit=False)
+        super().__init__(name, settings)
+        given = self.settings
+        self.columns: dict[str, str] = dict(given.columns)
+        self.defaults: dict[str, Any] = dict(given.defaults)
+        self.active_value = given.active_value
+        self.inactive_value = given.inactive_value
+        self.carries_identity = given.external_id_column is not None
+        self.db = Database(name, given, autocommit=False)
         self._schema_cache: _Schema | None = None
         self._setup = threading.Lock()
         # SQLite has one writer at a time and fails (rather than waits) when two transactions
@@ -174,13 +159,13 @@ class UsersTable:
         return self._schema_cache
 
     def _table(self, metadata: MetaData, setting: str) -> Table:
-        name = str(self.settings[setting])
+        name = str(self.settings.value(setting))
         try:
             return Table(
                 name,
                 metadata,
                 autoload_with=self.db.engine,
-                schema=self.settings.get("schema"),
+                schema=self.settings.schema_name,
             )
         except sa_exc.NoSuchTableError:
             raise PermanentError(
@@ -188,7 +173,7 @@ class UsersTable:
             ) from None
 
     def _column(self, table: Table, setting: str, name: str | None = None) -> Column[Any]:
-        column_name = str(name if name is not None else self.settings[setting])
+        column_name = str(name if name is not None else self.settings.value(setting))
         if column_name not in table.c:
             raise PermanentError(
                 f"{self.name}: connection.{setting}: table {table.name} has no column "
@@ -198,12 +183,12 @@ class UsersTable:
         return column
 
     def _optional(self, table: Table, setting: str) -> Column[Any] | None:
-        return self._column(table, setting) if self.settings.get(setting) else None
+        return self._column(table, setting) if self.settings.value(setting) else None
 
     def _reflect(self) -> _Schema:
         metadata = MetaData()
         accounts = self._table(metadata, "table")
-        if self.settings.get("key"):
+        if self.settings.key:
             key = self._column(accounts, "key")
         elif len(accounts.primary_key.columns) == 1:
             key = next(iter(accounts.primary_key.columns))
@@ -227,7 +212,7 @@ class UsersTable:
             )
         membership = member_account = member_entitlement = None
         entitlements = entitlement_key = entitlement_name = None
-        if self.settings.get("membership_table"):
+        if self.settings.membership_table:
             membership = self._table(metadata, "membership_table")
             member_account = self._column(membership, "membership_account_column")
             member_entitlement = self._column(membership, "membership_entitlement_column")
@@ -235,7 +220,7 @@ class UsersTable:
                 metadata, member_entitlement
             )
         sessions = session_account = None
-        if self.settings.get("sessions_table"):
+        if self.settings.sessions_table:
             sessions = self._table(metadata, "sessions_table")
             session_account = self._column(sessions, "sessions_account_column")
         return _Schema(
@@ -261,9 +246,9 @@ class UsersTable:
     ) -> tuple[Table | None, Column[Any] | None, Column[Any] | None]:
         """The table that defines entitlements: named in the settings, or the one the
         membership column refers to; none when entitlements are free text."""
-        if self.settings.get("entitlement_table"):
+        if self.settings.entitlement_table:
             table = self._table(metadata, "entitlement_table")
-            if not self.settings.get("entitlement_name_column"):
+            if not self.settings.entitlement_name_column:
                 raise PermanentError(
                     f"{self.name}: connection.entitlement_table also needs entitlement_name_column"
                 )
@@ -278,7 +263,7 @@ class UsersTable:
         assert isinstance(table, Table)
         name = (
             self._column(table, "entitlement_name_column")
-            if self.settings.get("entitlement_name_column")
+            if self.settings.entitlement_name_column
             else referred
         )
         return table, referred, name
@@ -401,24 +386,16 @@ class UsersTable:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def capabilities(self) -> frozenset[Capability]:
+    def unavailable(self) -> frozenset[Capability]:
+        """What the table's own definition leaves out (found on first use)."""
         s = self.schema
-        found = {
-            Capability.READ,
-            Capability.LIST,
-            Capability.CREATE,
-            Capability.UPDATE,
-            Capability.DELETE,
+        off = {
+            Capability.DISABLE: s.active is None,
+            Capability.ENTITLEMENTS: s.membership is None,
+            Capability.SESSIONS: s.sessions is None,
+            Capability.EXTERNAL_ID: s.external_id is None,
         }
-        if s.active is not None:
-            found.add(Capability.DISABLE)
-        if s.membership is not None:
-            found.add(Capability.ENTITLEMENTS)
-        if s.sessions is not None:
-            found.add(Capability.SESSIONS)
-        if s.external_id is not None:
-            found.add(Capability.EXTERNAL_ID)
-        return frozenset(found)
+        return frozenset(capability for capability, missing in off.items() if missing)
 
     def read(self, account: str) -> AccountRecord | None:
         key = self._key(account)
@@ -620,7 +597,7 @@ class ChangeTrackedUsersTable(UsersTable):
 
     def changed_memberships(self, since: datetime) -> dict[str, frozenset[str]]:
         s = self.schema
-        if not self.settings.get("membership_changed_column") or s.membership is None:
+        if not self.settings.membership_changed_column or s.membership is None:
             return {}
         assert s.member_account is not None and s.member_entitlement is not None
         stamp = self._stamp(s.membership, "membership_changed_column")

@@ -1,4 +1,4 @@
-"""LDAP connector (RFC 4511): OpenLDAP, 389 Directory Server and Active Directory, over ``ldap3``.
+"""The LDAP connector itself: users, groups and their membership in one directory.
 
 Does: create user entries (``rdn_attribute`` = the user name, the identity id in
 ``external_id_attribute``, mapped attributes, created locked when asked), read them by a stable
@@ -18,493 +18,51 @@ change. LDAP has no sessions: revoking them is unsupported, and ``sessions`` rea
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
+    BaseConnector,
     Capability,
     Conflict,
     NotFound,
     PermanentError,
     ReadPath,
     RetryableError,
-    Unsupported,
 )
+from provisor.connectors.ldap.client import (
+    ATTRIBUTE_OR_VALUE_EXISTS,
+    NO_SUCH_ATTRIBUTE,
+    OBJECT_CLASS_VIOLATION,
+    Change,
+    Entry,
+    Ldap3Client,
+    LdapClient,
+    LdapEntryExists,
+    LdapError,
+    LdapNoSuchObject,
+)
+from provisor.connectors.ldap.dn import (
+    escape_filter,
+    escape_rdn_value,
+    norm_dn,
+    parent_dn,
+    rdn_value,
+    split_dn,
+    under,
+)
+from provisor.connectors.ldap.settings import DISABLE_ATTRIBUTE, GROUP_STYLES, LdapSettings
 
 T = TypeVar("T")
 MEMBEROF_CHECKS = 3  # members of each group whose memberOf is checked against the group
-
-# LDAP result codes (RFC 4511 §4.1.9) the connector treats specially
-TIME_LIMIT_EXCEEDED = 3
-NO_SUCH_ATTRIBUTE = 16
-ATTRIBUTE_OR_VALUE_EXISTS = 20
-NO_SUCH_OBJECT = 32
-BUSY = 51
-UNAVAILABLE = 52
-OBJECT_CLASS_VIOLATION = 65
-ENTRY_ALREADY_EXISTS = 68
-RETRYABLE_CODES = frozenset({TIME_LIMIT_EXCEEDED, BUSY, UNAVAILABLE})
-
-PAGED_RESULTS = "1.2.840.113556.1.4.319"
 LOCKED_FOREVER = "000001010000Z"  # ppolicy: locked until an administrator unlocks
 AD_ACCOUNTDISABLE = 0x2
 AD_NORMAL_ACCOUNT = 0x200
-
-DEFAULT_OBJECT_CLASSES = ("inetOrgPerson", "organizationalPerson", "person", "top")
-# target attribute -> identity attribute, or a list of them (the first with a value wins);
-# "user_name" stands for the account's user name
-DEFAULT_ATTRIBUTES: dict[str, str | list[str]] = {
-    "cn": ["name", "user_name"],
-    "sn": ["family_name", "name", "user_name"],
-    "givenName": "given_name",
-    "mail": "email",
-    "ou": "department",
-    "title": "title",
-    "employeeType": "employment_type",
-}
-GROUP_STYLES = {
-    # group_style -> (group object class, member attribute, whether members are DNs)
-    "groupOfNames": ("groupOfNames", "member", True),
-    "groupOfUniqueNames": ("groupOfUniqueNames", "uniqueMember", True),
-    "posixGroup": ("posixGroup", "memberUid", False),
-}
-DISABLE_FLAVOURS = ("ppolicy", "ou", "nsaccountlock", "ad")
-DISABLE_ATTRIBUTE = {
-    "ppolicy": "pwdAccountLockedTime",
-    "nsaccountlock": "nsAccountLock",
-    "ad": "userAccountControl",
-}
-
-# --- plain values and DN helpers ---------------------------------------------------------------
-
-_HEX_PAIR = re.compile(r"\\([0-9A-Fa-f]{2})")
-
-
-def escape_filter(value: str) -> str:
-    """An assertion value for a search filter (RFC 4515 §3)."""
-    out = []
-    for char in value:
-        if char in "*()\\\x00":
-            out.append(f"\\{ord(char):02x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def escape_rdn_value(value: str) -> str:
-    """An attribute value for a DN (RFC 4514 §2.4)."""
-    out = []
-    for i, char in enumerate(value):
-        if (
-            char in ',+"\\<>;='
-            or (char == "#" and i == 0)
-            or (char == " " and i in (0, len(value) - 1))
-        ):
-            out.append("\\" + char)
-        elif char == "\x00":
-            out.append("\\00")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def _strip(text: str) -> str:
-    """``text`` without surrounding spaces, keeping an escaped trailing space (``\\ ``)."""
-    text = text.lstrip()
-    while text.endswith(" "):
-        body = text[:-1]
-        if (len(body) - len(body.rstrip("\\"))) % 2:
-            break  # an odd run of backslashes escapes the space
-        text = body
-    return text
-
-
-def split_dn(dn: str) -> list[str]:
-    """The RDNs of ``dn``, split at unescaped commas, each stripped."""
-    parts, current, escaped = [], [], False
-    for char in dn:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            current.append(char)
-            escaped = True
-        elif char == ",":
-            parts.append(_strip("".join(current)))
-            current = []
-        else:
-            current.append(char)
-    if current or parts:
-        parts.append(_strip("".join(current)))
-    return parts
-
-
-def _unescape(value: str) -> str:
-    """An RDN value as text: ``\\,`` and ``\\2C`` both become ``,``."""
-    raw = bytearray()
-    i = 0
-    while i < len(value):
-        char = value[i]
-        if char == "\\" and i + 1 < len(value):
-            pair = _HEX_PAIR.match(value, i)
-            if pair:
-                raw.append(int(pair.group(1), 16))
-                i += 3
-                continue
-            raw.extend(value[i + 1].encode())
-            i += 2
-            continue
-        raw.extend(char.encode())
-        i += 1
-    return raw.decode("utf-8", errors="replace")
-
-
-def rdn_value(dn: str) -> str:
-    """The value of the first RDN of ``dn``, unescaped (``uid=a\\,b,ou=x`` -> ``a,b``)."""
-    first = split_dn(dn)[0]
-    return _unescape(_strip(first.split("=", 1)[1])) if "=" in first else ""
-
-
-def parent_dn(dn: str) -> str:
-    return ",".join(split_dn(dn)[1:])
-
-
-def norm_dn(dn: str) -> str:
-    """A DN for comparing: RDNs stripped, spaces around ``=`` dropped, lower case."""
-    rdns = []
-    for rdn in split_dn(dn):
-        name, _, value = rdn.partition("=")
-        rdns.append(f"{name.strip()}={_strip(value)}")
-    return ",".join(rdns).lower()
-
-
-def under(dn: str, container: str) -> bool:
-    """Whether ``dn`` is ``container`` or below it."""
-    entry, base = norm_dn(dn), norm_dn(container)
-    return entry == base or entry.endswith("," + base)
-
-
-# --- the client seam -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A directory entry as read: its DN and raw values, attribute names in lower case."""
-
-    dn: str
-    raw: Mapping[str, Sequence[bytes]]
-
-    def values(self, name: str) -> list[str]:
-        return [v.decode("utf-8", errors="replace") for v in self.raw.get(name.lower(), ())]
-
-    def first(self, name: str) -> str | None:
-        values = self.raw.get(name.lower())
-        return values[0].decode("utf-8", errors="replace") if values else None
-
-
-class LdapError(PermanentError):
-    """An LDAP result code other than success that trying again will not change."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def again(self, message: str) -> LdapError:
-        return type(self)(self.code, message)
-
-
-class LdapEntryExists(LdapError, Conflict):
-    """entryAlreadyExists (68)."""
-
-
-class LdapNoSuchObject(LdapError, NotFound):
-    """noSuchObject (32)."""
-
-
-def result_error(code: int, description: str, detail: str = "") -> LdapError:
-    message = f"{description or 'LDAP error'} ({code})" + (f": {detail}" if detail else "")
-    if code == ENTRY_ALREADY_EXISTS:
-        return LdapEntryExists(code, message)
-    if code == NO_SUCH_OBJECT:
-        return LdapNoSuchObject(code, message)
-    return LdapError(code, message)
-
-
-class _TransportError(RetryableError):
-    """The connection failed (refused, dropped, timed out); it has been closed."""
-
-
-# one modification of an attribute: ("add" | "delete" | "replace", values)
-Change = tuple[str, list[str]]
-
-
-class LdapClient(Protocol):
-    """What the connector needs from an LDAP client library. Failures raise ``RetryableError``
-    (transport, timeouts, busy servers) or ``LdapError`` (any other result code)."""
-
-    def search(
-        self, base: str, filter_: str, attributes: Sequence[str], *, scope: str = "sub"
-    ) -> list[Entry]: ...
-
-    def paged_search(
-        self, base: str, filter_: str, attributes: Sequence[str], page_size: int
-    ) -> Iterator[Entry]: ...
-
-    def add(self, dn: str, attributes: Mapping[str, list[str]]) -> None: ...
-
-    def modify(self, dn: str, changes: Mapping[str, list[Change]]) -> None: ...
-
-    def rename(self, dn: str, new_rdn: str, new_parent: str | None = None) -> None: ...
-
-    def delete(self, dn: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Ldap3Client:
-    """``LdapClient`` over ``ldap3``: one bound SYNC connection per thread, opened on first use,
-    closed once its thread has ended, and opened again after a transport failure (a request on
-    a connection that had been idle is sent once more on a new one: servers and firewalls close
-    idle connections). A paged search gets a connection of its own, since its cookie belongs to
-    one connection and a generator may be resumed in any thread."""
-
-    def __init__(
-        self,
-        url: str,
-        bind_dn: str,
-        password: str,
-        *,
-        timeout: float = 10.0,
-        start_tls: bool = False,
-        tls_verify: bool = True,
-        ca_file: str | None = None,
-    ) -> None:
-        import ldap3  # type: ignore[import-untyped]  # only targets of class ldap need it
-
-        self._ldap3 = ldap3
-        self.url = url
-        self.bind_dn = bind_dn
-        self._password = password
-        self.timeout = timeout
-        self.start_tls = start_tls
-        self._tls: Any = None
-        if url.lower().startswith("ldaps://") or start_tls:
-            import ssl
-
-            self._tls = ldap3.Tls(
-                validate=ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE,
-                ca_certs_file=ca_file,
-            )
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        # every connection open, with the thread it serves (None: a paged search's own)
-        self._open: dict[Any, threading.Thread | None] = {}
-        self._scopes = {"sub": ldap3.SUBTREE, "one": ldap3.LEVEL, "base": ldap3.BASE}
-        self._ops = {
-            "add": ldap3.MODIFY_ADD,
-            "delete": ldap3.MODIFY_DELETE,
-            "replace": ldap3.MODIFY_REPLACE,
-        }
-
-    # connections
-
-    def _connect(self) -> Any:
-        ldap3 = self._ldap3
-        # a fresh Server object each time: one that saw a refused connection waits before
-        # trying the address again
-        server = ldap3.Server(
-            self.url, get_info=ldap3.NONE, connect_timeout=self.timeout, tls=self._tls
-        )
-        connection = ldap3.Connection(
-            server,
-            user=self.bind_dn,
-            password=self._password,
-            client_strategy=ldap3.SYNC,
-            raise_exceptions=True,
-            receive_timeout=max(1, math.ceil(self.timeout)),  # whole seconds (SO_RCVTIMEO)
-            auto_referrals=False,
-            auto_escape=False,
-            return_empty_attributes=False,
-        )
-        try:
-            self._guard(connection, lambda: self._bind(connection))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                connection.unbind()
-            raise
-        with self._lock:
-            self._open[connection] = None
-        return connection
-
-    def _bind(self, connection: Any) -> None:
-        connection.open()
-        if self.start_tls:
-            connection.start_tls()
-        connection.bind()
-
-    def _connection(self) -> tuple[Any, bool]:
-        """This thread's connection, and whether it was opened just now."""
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and not connection.closed:
-            return connection, False
-        with self._lock:  # the runner starts new worker threads for every pass
-            ended = [c for c, t in self._open.items() if t is not None and not t.is_alive()]
-            for stale in ended:
-                del self._open[stale]
-        for stale in ended:
-            with contextlib.suppress(Exception):
-                stale.unbind()
-        connection = self._local.connection = self._connect()
-        with self._lock:
-            self._open[connection] = threading.current_thread()
-        return connection, True
-
-    def _drop(self, connection: Any) -> None:
-        with self._lock:
-            self._open.pop(connection, None)
-        if getattr(self._local, "connection", None) is connection:
-            self._local.connection = None
-        with contextlib.suppress(Exception):
-            connection.unbind()
-
-    def _guard(self, connection: Any, action: Callable[[], T]) -> T:
-        """Run ``action`` on ``connection``, turning ldap3's failures into ours."""
-        exceptions = self._ldap3.core.exceptions
-        try:
-            return action()
-        except exceptions.LDAPOperationResult as exc:
-            code = int(exc.result or 0)
-            if code in RETRYABLE_CODES:
-                raise RetryableError(f"{exc.description} ({code}): {exc.message or ''}") from exc
-            raise result_error(code, str(exc.description or ""), str(exc.message or "")) from exc
-        except (
-            exceptions.LDAPCommunicationError,
-            exceptions.LDAPResponseTimeoutError,
-            exceptions.LDAPMaximumRetriesError,
-            exceptions.LDAPStartTLSError,
-            OSError,
-        ) as exc:
-            self._drop(connection)
-            raise _TransportError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-        except exceptions.LDAPBindError as exc:
-            self._drop(connection)
-            raise LdapError(49, f"bind as {self.bind_dn} refused: {exc}") from exc
-
-    def _run(self, action: Callable[[Any], T]) -> T:
-        connection, fresh = self._connection()
-        try:
-            return self._guard(connection, lambda: action(connection))
-        except _TransportError:
-            if fresh:
-                raise
-        # the connection had been idle and is gone: once more on a new one (every request
-        # the connector sends is safe to repeat: a repeated add answers entryAlreadyExists)
-        connection, _ = self._connection()
-        return self._guard(connection, lambda: action(connection))
-
-    # operations
-
-    def _entries(self, response: Any) -> list[Entry]:
-        return [
-            Entry(item["dn"], {k.lower(): v for k, v in item["raw_attributes"].items()})
-            for item in response
-            if item.get("type") == "searchResEntry"
-        ]
-
-    def search(
-        self, base: str, filter_: str, attributes: Sequence[str], *, scope: str = "sub"
-    ) -> list[Entry]:
-        def action(connection: Any) -> list[Entry]:
-            connection.search(base, filter_, self._scopes[scope], attributes=list(attributes))
-            return self._entries(connection.response)
-
-        return self._run(action)
-
-    def paged_search(
-        self, base: str, filter_: str, attributes: Sequence[str], page_size: int
-    ) -> Iterator[Entry]:
-        connection = self._connect()
-        try:
-            cookie: bytes | None = None
-            while True:
-
-                def page(cookie: bytes | None = cookie) -> tuple[list[Entry], bytes | None]:
-                    connection.search(
-                        base,
-                        filter_,
-                        self._ldap3.SUBTREE,
-                        attributes=list(attributes),
-                        paged_size=page_size,
-                        paged_cookie=cookie,
-                    )
-                    control = (connection.result.get("controls") or {}).get(PAGED_RESULTS)
-                    next_cookie = control["value"]["cookie"] if control else None
-                    return self._entries(connection.response), next_cookie or None
-
-                entries, cookie = self._guard(connection, page)
-                yield from entries
-                if not cookie:
-                    return
-        finally:
-            self._drop(connection)
-
-    def add(self, dn: str, attributes: Mapping[str, list[str]]) -> None:
-        self._run(lambda c: c.add(dn, attributes=dict(attributes)))
-
-    def modify(self, dn: str, changes: Mapping[str, list[Change]]) -> None:
-        ldap_changes = {
-            name: [(self._ops[op], values) for op, values in ops] for name, ops in changes.items()
-        }
-        self._run(lambda c: c.modify(dn, ldap_changes))
-
-    def rename(self, dn: str, new_rdn: str, new_parent: str | None = None) -> None:
-        self._run(lambda c: c.modify_dn(dn, new_rdn, delete_old_dn=True, new_superior=new_parent))
-
-    def delete(self, dn: str) -> None:
-        self._run(lambda c: c.delete(dn))
-
-    def close(self) -> None:
-        with self._lock:
-            connections, self._open = list(self._open), {}
-        for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.unbind()
-        self._local = threading.local()
-
-
-# --- the connector -------------------------------------------------------------------------
-
-
-def _mapping(value: Any, name: str) -> dict[str, list[str]]:
-    """The ``attributes`` setting merged over the defaults; a null value drops a default."""
-    merged: dict[str, str | list[str] | None] = dict(DEFAULT_ATTRIBUTES)
-    if value is not None:
-        if not isinstance(value, Mapping):
-            raise PermanentError(
-                f"target {name}: connection.attributes must map LDAP attributes to identity "
-                f"attributes, not {type(value).__name__}"
-            )
-        merged.update(value)
-    out: dict[str, list[str]] = {}
-    for target, source in merged.items():
-        if source is None or source == "" or source == []:
-            continue
-        sources = [source] if isinstance(source, str) else list(source)
-        if not all(isinstance(s, str) and s for s in sources):
-            raise PermanentError(
-                f"target {name}: connection.attributes.{target} must name an identity attribute "
-                "or a list of them"
-            )
-        out[str(target)] = sources
-    return out
 
 
 def _text(value: Any) -> str | None:
@@ -519,7 +77,7 @@ def _generalized(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")
 
 
-class LdapConnector:
+class LdapConnector(BaseConnector):
     """One LDAP directory. Settings (``connection`` in the policy, secrets already resolved):
 
     - ``url``: ``ldap://host:389`` or ``ldaps://host:636`` (required);
@@ -560,86 +118,55 @@ class LdapConnector:
     # membership reads count only once shown to work (coverage asks)
     proves_membership = True
 
+    Settings = LdapSettings
+    settings: LdapSettings
+
     def __init__(
         self, name: str, settings: Mapping[str, Any], client: LdapClient | None = None
     ) -> None:
-        self.name = name
-
-        def setting(key: str, default: Any = None, *, required: bool = False) -> Any:
-            value = settings.get(key, default)
-            if required and (value is None or value == ""):
-                raise PermanentError(
-                    f"target {name}: connection.{key} is required for an LDAP target"
-                )
-            return value
-
-        url = str(setting("url", required=True))
-        bind_dn = str(setting("bind_dn", required=True))
-        password = setting("password", required=True)
-        self.base_dn = str(setting("base_dn", required=True))
-        groups_dn = setting("groups_dn")
-        self.groups_dn: str | None = str(groups_dn) if groups_dn else None
-        classes = setting("user_object_classes", list(DEFAULT_OBJECT_CLASSES))
-        if isinstance(classes, str) or not classes:
-            raise PermanentError(
-                f"target {name}: connection.user_object_classes must be a list of object classes"
-            )
-        self.object_classes = [str(c) for c in classes]
-        self.user_filter = str(setting("user_filter", f"(objectClass={self.object_classes[0]})"))
-        if not (self.user_filter.startswith("(") and self.user_filter.endswith(")")):
-            raise PermanentError(
-                f"target {name}: connection.user_filter must be an LDAP filter in parentheses"
-            )
-        self.rdn = str(setting("rdn_attribute", "uid"))
-        mapping = _mapping(setting("attributes"), name)
-        mapping = {k: v for k, v in mapping.items() if k.lower() != self.rdn.lower()}
-        self.mapping = mapping
-        external = setting("external_id_attribute", "employeeNumber")
-        self.external_attr: str | None = str(external) if external else None
-        self.id_attr = str(setting("id_attribute", "entryUUID"))
+        super().__init__(name, settings)
+        given = self.settings
+        self.base_dn = given.base_dn
+        self.groups_dn: str | None = given.groups_dn or None
+        self.object_classes = list(given.user_object_classes)
+        self.user_filter = given.user_filter or f"(objectClass={self.object_classes[0]})"
+        self.rdn = given.rdn_attribute
+        self.mapping = given.mapping()
+        self.external_attr: str | None = given.external_id_attribute or None
+        self.carries_identity = self.external_attr is not None
+        self.id_attr = given.id_attribute
         self._binary_id = self.id_attr.lower() == "objectguid"
-
-        style = str(setting("group_style", "groupOfNames"))
-        if style not in GROUP_STYLES:
-            raise PermanentError(
-                f"target {name}: connection.group_style {style!r} is not one of "
-                f"{', '.join(GROUP_STYLES)}"
-            )
-        object_class, member, by_dn = GROUP_STYLES[style]
-        self.group_class = str(setting("group_object_class", object_class))
-        self.member_attr = str(setting("member_attribute", member))
+        object_class, member, by_dn = GROUP_STYLES[given.group_style]
+        self.group_class = given.group_object_class or object_class
+        self.member_attr = given.member_attribute or member
         self.members_are_dns = by_dn
-        self.membership = str(setting("membership", "groups")).lower()
-        if self.membership not in ("groups", "memberof"):
-            raise PermanentError(
-                f"target {name}: connection.membership must be 'groups' or 'memberof'"
-            )
-        if self.membership == "memberof" and not by_dn:
-            raise PermanentError(
-                f"target {name}: connection.membership 'memberof' needs DN members; "
-                f"group_style {style} keeps user names"
-            )
-        self.placeholder = str(setting("placeholder_member", ""))
-
-        self.disable = str(setting("disable", "ppolicy")).lower()
-        if self.disable not in DISABLE_FLAVOURS:
-            raise PermanentError(
-                f"target {name}: connection.disable {self.disable!r} is not one of "
-                f"{', '.join(DISABLE_FLAVOURS)}"
-            )
-        disabled_dn = setting("disabled_dn")
-        if self.disable == "ou" and not disabled_dn:
-            raise PermanentError(
-                f"target {name}: connection.disabled_dn is required with disable: ou"
-            )
-        self.disabled_dn: str | None = str(disabled_dn) if disabled_dn else None
-        self.page_size = int(setting("page_size", 500))
-        if self.page_size < 1:
-            raise PermanentError(f"target {name}: connection.page_size must be at least 1")
-
+        self.membership = given.membership
+        self.placeholder = given.placeholder_member
+        self.disable = given.disable
+        self.disabled_dn: str | None = given.disabled_dn or None
+        self.page_size = given.page_size
         self.bases = [self.base_dn]
         if self.disable == "ou" and self.disabled_dn and not under(self.disabled_dn, self.base_dn):
             self.bases.append(self.disabled_dn)
+        self._read_attrs = self._attributes_read()
+        # memberOf (an overlay's, maintained by the server) counts only once shown: None until
+        # probed; with a verdict, why
+        self._memberof: tuple[bool, str] | None = None
+        self._record_paths: Callable[[list[ReadPath]], None] | None = None
+        self._client: LdapClient = client or Ldap3Client(
+            given.url,
+            given.bind_dn,
+            given.password.get_secret_value(),
+            timeout=given.timeout,
+            start_tls=given.start_tls,
+            tls_verify=given.tls_verify,
+            ca_file=given.ca_file,
+        )
+        self._groups: dict[str, str] = {}  # entitlement -> group DN
+        self._group_names: dict[str, str] = {}  # normalised group DN -> entitlement
+        self._groups_lock = threading.Lock()
+
+    def _attributes_read(self) -> list[str]:
         read = [self.rdn, self.id_attr, *self.mapping]
         if self.external_attr:
             read.append(self.external_attr)
@@ -647,24 +174,14 @@ class LdapConnector:
             read.append(DISABLE_ATTRIBUTE[self.disable])
         if self.membership == "memberof":
             read.append("memberOf")
-        self._read_attrs = list(dict.fromkeys(read))
-        # memberOf (an overlay's, maintained by the server) counts only once shown: None until
-        # probed; with a verdict, why
-        self._memberof: tuple[bool, str] | None = None
-        self._record_paths: Callable[[list[ReadPath]], None] | None = None
+        return list(dict.fromkeys(read))
 
-        self._client: LdapClient = client or Ldap3Client(
-            url,
-            bind_dn,
-            str(password),
-            timeout=float(setting("timeout", 10)),
-            start_tls=bool(setting("start_tls", False)),
-            tls_verify=bool(setting("tls_verify", True)),
-            ca_file=setting("ca_file"),
-        )
-        self._groups: dict[str, str] = {}  # entitlement -> group DN
-        self._group_names: dict[str, str] = {}  # normalised group DN -> entitlement
-        self._groups_lock = threading.Lock()
+    def unavailable(self) -> frozenset[Capability]:
+        return frozenset() if self.groups_dn else frozenset({Capability.ENTITLEMENTS})
+
+    def check(self) -> None:
+        """Bind with the configured credentials and read the base entry."""
+        self._client.search(self.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -963,21 +480,6 @@ class LdapConnector:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def capabilities(self) -> frozenset[Capability]:
-        capabilities = {
-            Capability.CREATE,
-            Capability.UPDATE,
-            Capability.DISABLE,
-            Capability.DELETE,
-            Capability.READ,
-            Capability.LIST,
-        }
-        if self.groups_dn:
-            capabilities.add(Capability.ENTITLEMENTS)
-        if self.external_attr:
-            capabilities.add(Capability.EXTERNAL_ID)
-        return frozenset(capabilities)
-
     def read(self, account: str) -> AccountRecord | None:
         entry = self._lookup(account)
         return None if entry is None else self._record(entry, self._entitlements(entry))
@@ -1195,11 +697,6 @@ class LdapConnector:
 
     def remove_entitlement(self, account: str, entitlement: str) -> None:
         self._membership(account, entitlement, add=False)
-
-    def revoke_sessions(self, account: str) -> None:
-        raise Unsupported(
-            f"{self.name}: LDAP directories keep no sessions; binds end when the client closes"
-        )
 
     def _leave_groups(self, entry: Entry) -> None:
         value = self._member_value(entry.dn, rdn_value(entry.dn))
