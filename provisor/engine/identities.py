@@ -284,6 +284,21 @@ def _guard(
     return hold
 
 
+@dataclass
+class _Recording:
+    """The events of one ``record_events`` call as they are sorted out: new ones by identity,
+    the identities' rows and accepted history, the columns each identity gets, and the keys
+    of the events a hold keeps back."""
+
+    unique: dict[str, LifecycleEvent]
+    rows: dict[str, Identity]
+    new_by_id: dict[str, list[LifecycleEvent]]
+    ids: list[str]
+    history: dict[str, list[LifecycleEvent]]
+    columns_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held_keys: set[str] = field(default_factory=set)
+
+
 def record_events(
     session: Session,
     config: WorkspaceConfig,
@@ -304,6 +319,42 @@ def record_events(
     them already, holds the id of every identity that has a row, so only those are looked up.
     """
     outcome = Outcome()
+    rec = _new_events(session, events, stored, outcome)
+    rescind_window = window(config)
+    for identity in rec.ids:
+        rec.columns_by_id[identity] = _fold_new(rec, identity, now, rescind_window, strict, outcome)
+    _drop_ownerless(session, rec, strict, outcome)
+    candidates = [
+        i
+        for i in rec.ids
+        if _is_deprovisioning(
+            rec.rows[i].state if i in rec.rows else None, rec.columns_by_id[i]["state"]
+        )
+    ]
+    hold = _guard(session, config, candidates, origin, now, outcome) if candidates else None
+    if hold is not None:
+        _hold_back(rec, candidates, now, rescind_window, outcome)
+    outcome.recorded = len(rec.unique) - len(rec.held_keys)
+    _write(session, rec, origin, now, hold, import_id, flags, outcome)
+    if hold is not None:
+        data = {
+            "origin": origin,
+            "reason": hold.reason,
+            "identities": candidates,
+            "events": sorted(rec.held_keys),
+        }
+        audit.append(session, [audit.Entry("hold.created", f"hold {hold.id}", data)], at=now)
+    session.flush()
+    return outcome
+
+
+def _new_events(
+    session: Session,
+    events: Sequence[LifecycleEvent],
+    stored: Container[str] | None,
+    outcome: Outcome,
+) -> _Recording:
+    """The events not stored yet (duplicates by key dropped), with what they need."""
     unique: dict[str, LifecycleEvent] = {}
     for event in events:
         unique.setdefault(event.key, event)
@@ -323,151 +374,118 @@ def record_events(
         new_by_id[event.identity].append(event)
     ids = [identity for identity in named if identity in new_by_id]
     history = load_history(session, [i for i in ids if i in rows])
-    rescind_window = window(config)
+    return _Recording(unique, rows, new_by_id, ids, history)
 
-    columns_by_id: dict[str, dict[str, Any]] = {}
-    for identity in ids:
-        new = new_by_id[identity]
-        if identity not in rows:
-            hired = _hired(new, now)
-            if hired is not None:
-                columns_by_id[identity] = hired
-                continue
-        state = fold(
-            identity, [*history.get(identity, ()), *new], as_of=now, rescind_window=rescind_window
-        )
-        notes = {t.event.key: t.note for t in state.timeline if not t.applied}
-        if notes:
-            refused = [e for e in new if e.key in notes and (strict or e.kind is EventKind.RESCIND)]
-            if refused and strict:
-                detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
-                raise LifecycleError(f"{identity}: {detail}")
-            for event in refused:
-                outcome.warnings.append(
-                    f"{identity}: {event.kind.value} refused: {notes[event.key]}"
-                )
-                del unique[event.key]
-            if refused:
-                new_by_id[identity] = new = [e for e in new if e not in refused]
-                state = fold(
-                    identity,
-                    [*history.get(identity, ()), *new],
-                    as_of=now,
-                    rescind_window=rescind_window,
-                )
-            for event in new:
-                if event.key in notes and event.kind is not EventKind.RESCIND:
-                    outcome.warnings.append(
-                        f"{identity}: {event.kind.value} effective "
-                        f"{event.effective.date().isoformat()} recorded but has no effect: "
-                        f"{notes[event.key]}"
-                    )
-        columns_by_id[identity] = _columns(state, now)
 
-    for identity, why in _ownerless(session, columns_by_id).items():
+def _fold_new(
+    rec: _Recording,
+    identity: str,
+    now: datetime,
+    rescind_window: timedelta,
+    strict: bool,
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """The columns ``identity`` gets with its new events; events without effect are refused
+    (``strict``, and rescinds always) or recorded with a warning."""
+    new = rec.new_by_id[identity]
+    if identity not in rec.rows:
+        hired = _hired(new, now)
+        if hired is not None:
+            return hired
+    earlier = rec.history.get(identity, ())
+    state = fold(identity, [*earlier, *new], as_of=now, rescind_window=rescind_window)
+    notes = {t.event.key: t.note for t in state.timeline if not t.applied}
+    if not notes:
+        return _columns(state, now)
+    refused = [e for e in new if e.key in notes and (strict or e.kind is EventKind.RESCIND)]
+    if refused and strict:
+        detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
+        raise LifecycleError(f"{identity}: {detail}")
+    for event in refused:
+        outcome.warnings.append(f"{identity}: {event.kind.value} refused: {notes[event.key]}")
+        del rec.unique[event.key]
+    if refused:
+        rec.new_by_id[identity] = new = [e for e in new if e not in refused]
+        state = fold(identity, [*earlier, *new], as_of=now, rescind_window=rescind_window)
+    for event in new:
+        if event.key in notes and event.kind is not EventKind.RESCIND:
+            outcome.warnings.append(
+                f"{identity}: {event.kind.value} effective "
+                f"{event.effective.date().isoformat()} recorded but has no effect: "
+                f"{notes[event.key]}"
+            )
+    return _columns(state, now)
+
+
+def _drop_ownerless(session: Session, rec: _Recording, strict: bool, outcome: Outcome) -> None:
+    """Refuse the events of non-human identities left without an accountable owner."""
+    for identity, why in _ownerless(session, rec.columns_by_id).items():
         if strict:
             raise LifecycleError(f"{identity}: {why}")
         outcome.warnings.append(f"{identity}: refused: {why}")
-        for event in new_by_id.pop(identity):
-            del unique[event.key]
-        del columns_by_id[identity]
-        ids.remove(identity)
+        for event in rec.new_by_id.pop(identity):
+            del rec.unique[event.key]
+        del rec.columns_by_id[identity]
+        rec.ids.remove(identity)
 
-    candidates = [
-        i
-        for i in ids
-        if _is_deprovisioning(rows[i].state if i in rows else None, columns_by_id[i]["state"])
-    ]
-    held_keys: set[str] = set()
-    hold = _guard(session, config, candidates, origin, now, outcome) if candidates else None
-    if hold is not None:
-        for identity in candidates:
-            for event in new_by_id[identity]:
-                if (
-                    event.kind in (EventKind.TERMINATE, EventKind.SUSPEND)
-                    and event.effective <= now
-                ):
-                    held_keys.add(event.key)
-            accepted = [e for e in new_by_id[identity] if e.key not in held_keys]
-            state = fold(
-                identity,
-                [*history.get(identity, ()), *accepted],
-                as_of=now,
-                rescind_window=rescind_window,
-            )
-            columns_by_id[identity] = _columns(state, now)
-        outcome.held = len(held_keys)
-    outcome.recorded = len(unique) - len(held_keys)
 
+def _hold_back(
+    rec: _Recording,
+    candidates: list[str],
+    now: datetime,
+    rescind_window: timedelta,
+    outcome: Outcome,
+) -> None:
+    """Keep the due terminations and suspensions of ``candidates`` back for the hold, and
+    fold the candidates again without them."""
+    for identity in candidates:
+        for event in rec.new_by_id[identity]:
+            if event.kind in (EventKind.TERMINATE, EventKind.SUSPEND) and event.effective <= now:
+                rec.held_keys.add(event.key)
+        accepted = [e for e in rec.new_by_id[identity] if e.key not in rec.held_keys]
+        earlier = rec.history.get(identity, ())
+        state = fold(identity, [*earlier, *accepted], as_of=now, rescind_window=rescind_window)
+        rec.columns_by_id[identity] = _columns(state, now)
+    outcome.held = len(rec.held_keys)
+
+
+@dataclass
+class _Slice:
+    """The rows one slice of identities writes."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    entries: list[audit.Entry] = field(default_factory=list)
+
+
+def _write(
+    session: Session,
+    rec: _Recording,
+    origin: str,
+    now: datetime,
+    hold: Hold | None,
+    import_id: int | None,
+    flags: dict[str, list[str]] | None,
+    outcome: Outcome,
+) -> None:
+    """Store the events, insert new identities and update known ones, with audit entries —
+    in slices, so a large import never holds every row, event and entry at once."""
     feed = origin_feed(origin)
     hold_id = hold.id if hold is not None else None
-    no_flags = json_text([])
     moves: dict[tuple[str | None, str | None], int] = {}
-    # Written in slices so a large import never holds every row, event and audit entry at once.
-    for part in chunks(ids, 2000):
-        event_rows: list[tuple[Any, ...]] = []
-        inserts: list[tuple[Any, ...]] = []
-        entries: list[audit.Entry] = []
+    for part in chunks(rec.ids, 2000):
+        batch = _Slice()
         for identity in part:
-            columns = columns_by_id.pop(identity)
-            row = rows.get(identity)
-            before = row.state if row is not None else None
-            after = columns["state"]
-            # A new hire's row carries its hire's attributes mapping: encoded once for both.
-            encoded: dict[int, str] = {}
-            for event in new_by_id[identity]:
-                held = event.key in held_keys
-                status = "held" if held else "accepted"
-                # the canonical JSON the event's key was hashed from is valid JSON to store
-                attributes = encoded[id(event.attributes)] = event.attributes_json
-                event_rows.append(
-                    (
-                        event.key,
-                        identity,
-                        _KIND_VALUE[event.kind],
-                        event.effective,
-                        event.recorded,
-                        attributes,
-                        event.ref,
-                        event.source,
-                        status,
-                        hold_id if held else None,
-                        import_id,
-                    )
-                )
-                entries.append(
-                    audit.Entry(
-                        _ACTION[event.kind],
-                        identity,
-                        _audit_data(event, status, before, after),
-                    )
-                )
+            columns = rec.columns_by_id.pop(identity)
+            row = rec.rows.get(identity)
+            before, after = (row.state if row is not None else None), columns["state"]
+            encoded = _stage_events(batch, rec, identity, before, after, hold_id, import_id)
+            own_flags = flags.get(identity) if flags else None
             if row is None:
-                attrs = columns["attributes"]
-                inserts.append(
-                    (
-                        identity,
-                        feed,
-                        True,
-                        now,
-                        json_text(flags[identity]) if flags and identity in flags else no_flags,
-                        columns["kind"],
-                        after,
-                        columns["name"],
-                        columns["email"],
-                        columns["manager"],
-                        columns["owner"],
-                        encoded.get(id(attrs)) or json_text(attrs),
-                        columns["employment_start"],
-                        columns["terminated_at"],
-                        columns["state_since"],
-                        columns["next_change_at"],
-                        now,
-                    )
-                )
+                batch.inserts.append(_new_row(identity, feed, columns, encoded, own_flags, now))
             else:
-                if flags and identity in flags:
-                    columns["flags"] = flags[identity]
+                if own_flags is not None:
+                    columns["flags"] = own_flags
                 for name, value in columns.items():
                     setattr(row, name, value)
                 row.needs_plan = True
@@ -475,30 +493,82 @@ def record_events(
             if before != after:
                 moves[before, after] = moves.get((before, after), 0) + 1
         outcome.changed.extend(part)
-        bulk_insert(session, IdentityEvent, _EVENT_COLUMNS, event_rows)
-        bulk_insert(session, Identity, _IDENTITY_COLUMNS, inserts)
-        audit.append(session, entries, at=now)
+        bulk_insert(session, IdentityEvent, _EVENT_COLUMNS, batch.events)
+        bulk_insert(session, Identity, _IDENTITY_COLUMNS, batch.inserts)
+        audit.append(session, batch.entries, at=now)
     for (before, after), count in moves.items():
         outcome.transitions[_transition(before, after)] += count
-    if hold is not None:
-        audit.append(
-            session,
-            [
-                audit.Entry(
-                    "hold.created",
-                    f"hold {hold.id}",
-                    {
-                        "origin": origin,
-                        "reason": hold.reason,
-                        "identities": candidates,
-                        "events": sorted(held_keys),
-                    },
-                )
-            ],
-            at=now,
+
+
+def _stage_events(
+    batch: _Slice,
+    rec: _Recording,
+    identity: str,
+    before: str | None,
+    after: str | None,
+    hold_id: int | None,
+    import_id: int | None,
+) -> dict[int, str]:
+    """Add ``identity``'s new events and their audit entries to ``batch``; returns each
+    attributes mapping's JSON by id (a new hire's row reuses its hire's)."""
+    encoded: dict[int, str] = {}
+    for event in rec.new_by_id[identity]:
+        held = event.key in rec.held_keys
+        status = "held" if held else "accepted"
+        # the canonical JSON the event's key was hashed from is valid JSON to store
+        attributes = encoded[id(event.attributes)] = event.attributes_json
+        batch.events.append(
+            (
+                event.key,
+                identity,
+                _KIND_VALUE[event.kind],
+                event.effective,
+                event.recorded,
+                attributes,
+                event.ref,
+                event.source,
+                status,
+                hold_id if held else None,
+                import_id,
+            )
         )
-    session.flush()
-    return outcome
+        data = _audit_data(event, status, before, after)
+        batch.entries.append(audit.Entry(_ACTION[event.kind], identity, data))
+    return encoded
+
+
+_NO_FLAGS = json_text([])
+
+
+def _new_row(
+    identity: str,
+    feed: str | None,
+    columns: dict[str, Any],
+    encoded: dict[int, str],
+    flags: list[str] | None,
+    now: datetime,
+) -> tuple[Any, ...]:
+    """The insert row of an identity seen for the first time (``_IDENTITY_COLUMNS`` order)."""
+    attrs = columns["attributes"]
+    return (
+        identity,
+        feed,
+        True,
+        now,
+        json_text(flags) if flags is not None else _NO_FLAGS,
+        columns["kind"],
+        columns["state"],
+        columns["name"],
+        columns["email"],
+        columns["manager"],
+        columns["owner"],
+        encoded.get(id(attrs)) or json_text(attrs),
+        columns["employment_start"],
+        columns["terminated_at"],
+        columns["state_since"],
+        columns["next_change_at"],
+        now,
+    )
 
 
 def _ownerless(session: Session, columns_by_id: dict[str, dict[str, Any]]) -> dict[str, str]:

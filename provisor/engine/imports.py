@@ -142,6 +142,28 @@ _STEPS: dict[tuple[str, str], tuple[EventKind, ...]] = {
 }
 
 
+@dataclass
+class _Events:
+    """The events a snapshot yields, and what it warns about."""
+
+    source: str
+    now: datetime
+    events: list[LifecycleEvent] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        r: FeedRecord,
+        kind: EventKind,
+        when: datetime,
+        attrs: dict[str, Any] | None = None,
+        ref: str | None = None,
+    ) -> None:
+        self.events.append(
+            new_event(r.identity, kind, when, self.now, attrs or {}, ref, f"{self.source}:{r.line}")
+        )
+
+
 def _snapshot_events(
     records: list[FeedRecord],
     known: dict[str, _Known],
@@ -153,85 +175,26 @@ def _snapshot_events(
     rejected: frozenset[str],
     unidentified: int,
 ) -> tuple[list[LifecycleEvent], int, int, list[str]]:
-    events: list[LifecycleEvent] = []
-    warnings: list[str] = []
+    found = _Events(source, now)
     unchanged = 0
-
-    def add(
-        r: FeedRecord,
-        kind: EventKind,
-        when: datetime,
-        attrs: dict[str, Any] | None = None,
-        ref: str | None = None,
-    ) -> None:
-        events.append(
-            new_event(r.identity, kind, when, now, attrs or {}, ref, f"{source}:{r.line}")
-        )
-
     for r in records:
-        identity = r.identity
+        before = len(found.events)
         status = r.status or _ACTIVE
-        have = known.get(identity)
-        before = len(events)
-        if have is None or have.state is None:
-            if status == _TERMINATED:
-                warnings.append(
-                    f"{source}:{r.line} {identity} is listed as terminated but was "
-                    "never imported; ignored"
-                )
-                continue
-            start = r.effective or now
-            # The hire (nearly every row of a first import) is added here rather than by add().
-            events.append(
-                new_event(
-                    identity, _HIRE, start, now, r.attributes or {}, None, f"{source}:{r.line}"
-                )
-            )
-            if status != _ACTIVE:
-                _status_events(r, status, _ACTIVE, max(start, now), add)
-        elif have.state == _TERMINATED:
-            if status != _TERMINATED:
-                when = (
-                    r.effective
-                    if r.effective and have.terminated_at and r.effective > have.terminated_at
-                    else now
-                )
-                add(r, EventKind.REHIRE, when, r.attributes)
-                if status != _ACTIVE:
-                    _status_events(r, status, _ACTIVE, max(when, now), add)
-        else:
-            when = now
-            if have.state == _PRE_HIRE and have.next_change_at is not None:
-                when = max(now, have.next_change_at)
-            changes = {k: v for k, v in r.attributes.items() if have.attributes.get(k) != v}
-            converted = changes.pop("employment_type", None)
-            if converted is not None:
-                add(r, EventKind.CONVERT, when, {"employment_type": converted})
-            if changes:
-                add(r, EventKind.MOVE, when, changes)
-            _status_events(r, status, have.state, when, add)
-        end = r.end
-        pending = future_terminations.get(identity)
-        if status != _TERMINATED and identity not in held_terminations:
-            if end is not None and end > now:
-                candidate = LifecycleEvent(identity, EventKind.TERMINATE, end, now)
-                if pending != candidate.key:
-                    if pending is not None:
-                        add(r, EventKind.RESCIND, now, ref=pending)
-                    add(r, EventKind.TERMINATE, end)
-            elif end is None and pending is not None:
-                add(r, EventKind.RESCIND, now, ref=pending)
-        if len(events) == before:
+        if not _state_events(found, r, status, known.get(r.identity)):
+            continue
+        if status != _TERMINATED and r.identity not in held_terminations:
+            _end_events(found, r, future_terminations.get(r.identity))
+        if len(found.events) == before:
             unchanged += 1
-    missing = 0
     if unidentified:
         # A rejected row whose id could not be read may be anyone: nobody is taken for a leaver.
-        warnings.append(
+        found.warnings.append(
             f"{source}: {unidentified} rejected rows have no readable id, so nobody missing "
             "from this snapshot is terminated; fix those rows and import again"
         )
         known = {}
     listed = ({r.identity for r in records} | rejected) if known else rejected
+    missing = 0
     for identity, have in known.items():
         if (
             identity not in listed
@@ -240,18 +203,65 @@ def _snapshot_events(
             and identity not in held_terminations
         ):
             missing += 1
-            events.append(
-                LifecycleEvent(
-                    identity,
-                    EventKind.TERMINATE,
-                    now,
-                    now,
-                    {},
-                    None,
-                    f"{source}: missing from snapshot",
-                )
+            where = f"{source}: missing from snapshot"
+            found.events.append(
+                LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None, where)
             )
-    return events, unchanged, missing, warnings
+    return found.events, unchanged, missing, found.warnings
+
+
+def _state_events(found: _Events, r: FeedRecord, status: str, have: _Known | None) -> bool:
+    """The events that bring the stored state to the row's; False when the row is ignored
+    (a leaver who was never imported)."""
+    now = found.now
+    if have is None or have.state is None:
+        if status == _TERMINATED:
+            found.warnings.append(
+                f"{found.source}:{r.line} {r.identity} is listed as terminated but was "
+                "never imported; ignored"
+            )
+            return False
+        start = r.effective or now
+        # The hire (nearly every row of a first import) is added here rather than by add().
+        where = f"{found.source}:{r.line}"
+        found.events.append(
+            new_event(r.identity, _HIRE, start, now, r.attributes or {}, None, where)
+        )
+        if status != _ACTIVE:
+            _status_events(r, status, _ACTIVE, max(start, now), found.add)
+    elif have.state == _TERMINATED:
+        if status != _TERMINATED:
+            later = r.effective and have.terminated_at and r.effective > have.terminated_at
+            when = r.effective if later and r.effective else now
+            found.add(r, EventKind.REHIRE, when, r.attributes)
+            if status != _ACTIVE:
+                _status_events(r, status, _ACTIVE, max(when, now), found.add)
+    else:
+        when = now
+        if have.state == _PRE_HIRE and have.next_change_at is not None:
+            when = max(now, have.next_change_at)
+        changes = {k: v for k, v in r.attributes.items() if have.attributes.get(k) != v}
+        converted = changes.pop("employment_type", None)
+        if converted is not None:
+            found.add(r, EventKind.CONVERT, when, {"employment_type": converted})
+        if changes:
+            found.add(r, EventKind.MOVE, when, changes)
+        _status_events(r, status, have.state, when, found.add)
+    return True
+
+
+def _end_events(found: _Events, r: FeedRecord, pending: str | None) -> None:
+    """A future end date becomes a future termination (rescinding a different one pending);
+    an end date taken away rescinds the pending one."""
+    end = r.end
+    if end is not None and end > found.now:
+        candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end, found.now)
+        if pending != candidate.key:
+            if pending is not None:
+                found.add(r, EventKind.RESCIND, found.now, ref=pending)
+            found.add(r, EventKind.TERMINATE, end)
+    elif end is None and pending is not None:
+        found.add(r, EventKind.RESCIND, found.now, ref=pending)
 
 
 def _status_events(
@@ -317,6 +327,57 @@ def _check_references(
     return accepted, errors, warnings, flags
 
 
+@dataclass
+class _FeedEvents:
+    """A feed's events, with the rows that changed nothing, the people missing from a
+    snapshot, the identities known to have a row (None: not read) and warnings."""
+
+    events: list[LifecycleEvent]
+    unchanged: int = 0
+    missing: int = 0
+    stored: Container[str] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _feed_events(
+    session: Any,
+    mode: FeedMode,
+    records: list[FeedRecord],
+    feed_name: str,
+    path: Path,
+    now: datetime,
+    parsed: ParsedFeed,
+    rejected: frozenset[str],
+) -> _FeedEvents:
+    """The lifecycle events a feed's accepted rows stand for: a snapshot compared with what is
+    stored, or an events file taken as written."""
+    if mode is FeedMode.SNAPSHOT:
+        known = _known(session, None)
+        events, unchanged, missing, warnings = _snapshot_events(
+            records,
+            known,
+            feed_name,
+            f"{feed_name}:{path.name}",
+            now,
+            _pending(session, EventKind.TERMINATE, "accepted", now),
+            _pending(session, EventKind.TERMINATE, "held", now),
+            rejected,
+            parsed.unidentified_rejects,
+        )
+        # every identity that has a row is known: the recording looks up no other
+        return _FeedEvents(events, unchanged, missing, known, warnings)
+    else:
+        where = f"{feed_name}:{path.name}"
+        events = [
+            LifecycleEvent(
+                r.identity, r.event, r.effective, now, r.attributes, r.ref, f"{where}:{r.line}"
+            )
+            for r in records
+            if r.event is not None and r.effective is not None
+        ]
+    return _FeedEvents(events)
+
+
 def import_feed(
     workspace: Workspace,
     path: Path,
@@ -364,38 +425,10 @@ def _import(
             rejected = rejected | (file_ids - {r.identity for r in records})
         errors = [str(e) for e in (*parsed.errors, *ref_errors)]
         warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
-        unchanged = missing = 0
-        stored: Container[str] | None = None
-        if mapping.mode is FeedMode.SNAPSHOT:
-            say("comparing")
-            known = _known(session, None)
-            stored = known  # every identity that has a row
-            events, unchanged, missing, diff_warnings = _snapshot_events(
-                records,
-                known,
-                feed_name,
-                f"{feed_name}:{path.name}",
-                now,
-                _pending(session, EventKind.TERMINATE, "accepted", now),
-                _pending(session, EventKind.TERMINATE, "held", now),
-                rejected,
-                parsed.unidentified_rejects,
-            )
-            warnings += diff_warnings
-        else:
-            events = [
-                LifecycleEvent(
-                    r.identity,
-                    r.event,
-                    r.effective,
-                    now,
-                    r.attributes,
-                    r.ref,
-                    f"{feed_name}:{path.name}:{r.line}",
-                )
-                for r in records
-                if r.event is not None and r.effective is not None
-            ]
+        say("comparing")
+        found = _feed_events(session, mapping.mode, records, feed_name, path, now, parsed, rejected)
+        events, unchanged, missing = found.events, found.unchanged, found.missing
+        warnings += found.warnings
         say("recording")
         outcome = record_events(
             session,
@@ -405,7 +438,7 @@ def _import(
             now=now,
             import_id=record.id,
             flags=flags,
-            stored=stored,
+            stored=found.stored,
         )
         counts = {str(kind): n for kind, n in Counter(e.kind for e in events).items()}
         report = ImportReport(
