@@ -38,7 +38,8 @@ def _lines(target: str, path: str) -> list[str]:
         raise PermanentError(f"{target}: {path} does not exist") from None
     except OSError as exc:  # unreadable now (a share not mounted, a file being replaced)
         raise RetryableError(f"{target}: cannot read {path}: {exc.strerror}") from exc
-    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 class HtpasswdConnector(BaseConnector):

@@ -106,7 +106,7 @@ def check(workspace: Workspace, target: TargetDef) -> TargetCheck:
         if reach is not None:
             try:
                 reach()
-            except ProvisorError as exc:
+            except Exception as exc:  # a connector of one's own may raise anything
                 found.error = f"the target cannot be reached with these settings: {exc}"
                 return found
         probe = getattr(connector, "read_paths", None)

@@ -102,6 +102,14 @@ def _open_offline(workspace: Workspace, target: TargetDef) -> tuple[Connector | 
         return connector, [f"credentials not resolvable here ({exc}); capabilities read without"]
 
 
+def _blind(found: TargetCoverage, why: str) -> TargetCoverage:
+    """``found`` with every layer a blind spot for ``why``."""
+    found.error = found.error or why
+    found.layers = dict.fromkeys(LAYERS, "blind")
+    found.blind_spots = [BlindSpot(found.target, layer, why) for layer in LAYERS]
+    return found
+
+
 def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
     """What Provisor can do in ``target`` and where removal there cannot be verified."""
     found = TargetCoverage(
@@ -123,16 +131,10 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
     try:
         connector, notes = _open_offline(workspace, target)
     except (ProvisorError, ImportError, ValueError, TypeError) as exc:
-        found.error = f"the connector cannot be loaded: {exc}"
-        found.layers = dict.fromkeys(LAYERS, "blind")
-        found.blind_spots = [BlindSpot(name, layer, found.error) for layer in LAYERS]
-        return found
+        return _blind(found, f"the connector cannot be loaded: {exc}")
     found.notes.extend(notes)
     if connector is None:  # a non-manual class without a built-in connector
-        found.error = "no connector for this target class"
-        found.layers = dict.fromkeys(LAYERS, "blind")
-        found.blind_spots = [BlindSpot(name, layer, found.error) for layer in LAYERS]
-        return found
+        return _blind(found, "no connector for this target class")
     try:
         capabilities = connector.capabilities()
         incremental = callable(getattr(connector, "list_changed", None))
@@ -161,19 +163,29 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
             BlindSpot(name, "account", "the connector cannot read an account back")
         )
     found.read_paths = readpaths.load(workspace, name)
+    entitlements = readable and Capability.ENTITLEMENTS in capabilities
+    _entitlements_layer(found, target, entitlements, probes)
+    _sessions_layer(found)
+    return found
+
+
+def _entitlements_layer(
+    found: TargetCoverage, target: TargetDef, readable: bool, probes: bool
+) -> None:
+    """Entitlements are read back where the connector reads them and, when it shows its
+    membership reads first, one has been shown to work."""
     trusted = [
         p.path
         for p in found.read_paths
         if p.status == "trusted" and p.path != "sessions" and not p.path.startswith("computed:")
     ]
-    sessions_read = next((p for p in found.read_paths if p.path == "sessions"), None)
     if not target.entitlements:
         found.layers["entitlements"] = "none defined"
-    elif readable and Capability.ENTITLEMENTS in capabilities and not probes:
+    elif readable and not probes:
         found.layers["entitlements"] = "read back"
-    elif readable and Capability.ENTITLEMENTS in capabilities and trusted:
+    elif readable and trusted:
         found.layers["entitlements"] = f"read back ({trusted[0]})"
-    elif readable and Capability.ENTITLEMENTS in capabilities:
+    elif readable:
         found.layers["entitlements"] = "not shown"
         why = (
             "no membership read is shown to work: "
@@ -181,28 +193,33 @@ def target_coverage(workspace: Workspace, target: TargetDef) -> TargetCoverage:
             if found.read_paths
             else "no membership read has been shown to work yet: run 'provisor targets check'"
         )
-        found.blind_spots.append(BlindSpot(name, "entitlements", why))
+        found.blind_spots.append(BlindSpot(found.target, "entitlements", why))
     else:
         found.layers["entitlements"] = "blind"
         found.blind_spots.append(
-            BlindSpot(name, "entitlements", "the connector cannot read or change entitlements")
+            BlindSpot(
+                found.target, "entitlements", "the connector cannot read or change entitlements"
+            )
         )
+
+
+def _sessions_layer(found: TargetCoverage) -> None:
+    sessions_read = next((p for p in found.read_paths if p.path == "sessions"), None)
     if found.sessions and sessions_read is not None and sessions_read.status == "untrusted":
         found.layers["sessions"] = "not shown"
-        found.blind_spots.append(BlindSpot(name, "sessions", sessions_read.detail))
+        found.blind_spots.append(BlindSpot(found.target, "sessions", sessions_read.detail))
     elif found.sessions:
         found.layers["sessions"] = "read back"
     else:
         found.layers["sessions"] = "blind"
         found.blind_spots.append(
             BlindSpot(
-                name,
+                found.target,
                 "sessions",
                 "no session interface: open sessions and tokens can be neither seen nor revoked "
                 "from here; disabling or deleting the account is the only control",
             )
         )
-    return found
 
 
 def coverage(workspace: Workspace) -> list[TargetCoverage]:

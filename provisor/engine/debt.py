@@ -434,26 +434,7 @@ def _unknown(
     }
     if not leavers:
         return []
-    # per (leaver, target): when the least recently read of their accounts was read; where
-    # no account is stored (deleted, or never seen), when a removal was last read back
-    observed: dict[tuple[str, str], datetime] = {}
-    verified: dict[tuple[str, str], datetime | None] = {}
-    accounts: dict[tuple[str, str], list[str]] = defaultdict(list)
-    oa, op = models.ObservedAccount, models.Operation
-    for part in chunks(sorted(leavers)):
-        for who, where, account, at in session.execute(
-            select(oa.identity, oa.target, oa.account, oa.observed_at).where(oa.identity.in_(part))
-        ):
-            key = (str(who), str(where))
-            accounts[key].append(str(account))
-            observed[key] = min(at, observed.get(key, at))
-        for who, where, last in session.execute(
-            select(op.identity, op.target, func.max(op.verified_at))
-            .where(op.identity.in_(part))
-            .group_by(op.identity, op.target)
-        ):
-            verified[(str(who), str(where))] = last
-    seen = {key: observed.get(key, verified.get(key)) for key in verified.keys() | observed.keys()}
+    seen, accounts = _last_seen(session, sorted(leavers))
     failures = _failures(session, targets)
     blind = _blind_membership(session, targets)
     items: list[DebtItem] = []
@@ -474,29 +455,66 @@ def _unknown(
             why = "the target has never been read whole (no full reconciliation or export)"
         else:
             why = f"last read whole {whole.date().isoformat()}, before the termination"
-        items.append(
-            DebtItem(
-                identity=who,
-                target=where,
-                account=", ".join(sorted(accounts.get((who, where), []))) or "?",
-                item="access",
-                target_class=target.target_class.value,
-                channel=channel(target),
-                owner=target.owner,
-                since=due,
-                age_days=days_since(due, now),
-                sla_days=target.sla_days,
-                overdue=now > due + timedelta(days=target.sla_days),
-                state=f"unknown: {why}"
-                if read
-                else f"unknown: not read since the termination; {why}",
-                observed_at=read_at or due,
-                source="none since the termination",
-                work="'provisor reconcile --target " + where + " --full' reads it",
-                known=False,
-            )
-        )
+        state = f"unknown: {why}" if read else f"unknown: not read since the termination; {why}"
+        held = ", ".join(sorted(accounts.get((who, where), []))) or "?"
+        items.append(_unknown_item(who, target, held, due, state, read_at, now))
     return items
+
+
+def _last_seen(
+    session: Session, leavers: Sequence[str]
+) -> tuple[dict[tuple[str, str], datetime | None], dict[tuple[str, str], list[str]]]:
+    """Per (leaver, target): when the least recently read of their accounts was read, or where
+    no account is stored (deleted, or never seen) when a removal was last read back; and the
+    accounts stored."""
+    observed: dict[tuple[str, str], datetime] = {}
+    verified: dict[tuple[str, str], datetime | None] = {}
+    accounts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    oa, op = models.ObservedAccount, models.Operation
+    for part in chunks(leavers):
+        for who, where, account, at in session.execute(
+            select(oa.identity, oa.target, oa.account, oa.observed_at).where(oa.identity.in_(part))
+        ):
+            key = (str(who), str(where))
+            accounts[key].append(str(account))
+            observed[key] = min(at, observed.get(key, at))
+        for who, where, last in session.execute(
+            select(op.identity, op.target, func.max(op.verified_at))
+            .where(op.identity.in_(part))
+            .group_by(op.identity, op.target)
+        ):
+            verified[(str(who), str(where))] = last
+    seen = {key: observed.get(key, verified.get(key)) for key in verified.keys() | observed.keys()}
+    return seen, accounts
+
+
+def _unknown_item(
+    who: str,
+    target: TargetDef,
+    account: str,
+    due: datetime,
+    state: str,
+    read_at: datetime | None,
+    now: datetime,
+) -> DebtItem:
+    return DebtItem(
+        identity=who,
+        target=target.name,
+        account=account,
+        item="access",
+        target_class=target.target_class.value,
+        channel=channel(target),
+        owner=target.owner,
+        since=due,
+        age_days=days_since(due, now),
+        sla_days=target.sla_days,
+        overdue=now > due + timedelta(days=target.sla_days),
+        state=state,
+        observed_at=read_at or due,
+        source="none since the termination",
+        work=f"'provisor reconcile --target {target.name} --full' reads it",
+        known=False,
+    )
 
 
 def record_snapshot(

@@ -181,7 +181,9 @@ class LdapConnector(BaseConnector):
 
     def check(self) -> None:
         """Bind with the configured credentials and read the base entry."""
-        self._client.search(self.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
+        base = self.base_dn
+        read = self._client.search
+        self._call("check", lambda: read(base, "(objectClass=*)", ["objectClass"], scope="base"))
 
     # --- plumbing ---------------------------------------------------------------------------
 

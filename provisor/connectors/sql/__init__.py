@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ConfigDict
+
 from provisor.connectors.base import Connector, ConnectorSettings, PermanentError
 from provisor.connectors.sql.roles import MysqlUsers, PostgresRoles
 from provisor.connectors.sql.settings import MODELS, SqlSettings
@@ -19,9 +21,15 @@ from provisor.connectors.sql.table import ChangeTrackedUsersTable, UsersTable
 MODES = tuple(MODELS)
 
 
+class _AnyMode(SqlSettings):
+    """Settings naming no known mode: only the mode is reported, not every other setting."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 def settings_model(settings: Mapping[str, Any]) -> type[ConnectorSettings]:
-    """The settings model of the mode ``settings`` name (the shared one when none is named)."""
-    return MODELS.get(str(settings.get("mode")), SqlSettings)
+    """The settings model of the mode ``settings`` name."""
+    return MODELS.get(str(settings.get("mode")), _AnyMode)
 
 
 def open_sql_connector(name: str, settings: Mapping[str, Any]) -> Connector:
