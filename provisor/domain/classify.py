@@ -138,6 +138,15 @@ def classify(
         return Verdict("drift", f"second account for {who}; {kept} is kept")
     if as_desired(want, observed.enabled, ents, observed.attributes):
         return AS_DESIRED
+    problems = _drift(target, observed, state, want)
+    return Verdict("drift", "; ".join(problems)) if problems else AS_DESIRED
+
+
+def _drift(
+    target: TargetDef, observed: ObservedAccount, state: IdentityState, want: TargetAccess
+) -> list[str]:
+    """How an account of an identity that should have one differs from what it should be."""
+    ents = observed.entitlements
     problems = []
     if want.enabled and not observed.enabled:
         problems.append("disabled, should be enabled")
@@ -151,14 +160,12 @@ def classify(
         problems.append(f"extra {_names(extra)}")
     mapped = observed.attributes.get("mapped")
     if isinstance(mapped, Mapping):
-        spec = account_spec(target, who, state.attributes)
+        spec = account_spec(target, state.identity, state.attributes)
         seen_name = observed.attributes.get("user_name")
         wrong = attribute_drift(spec, str(seen_name) if seen_name else None, mapped)
         if wrong:
             problems.append(wrong)
-    if problems:
-        return Verdict("drift", "; ".join(problems))
-    return AS_DESIRED
+    return problems
 
 
 def orphan_removal(

@@ -229,6 +229,41 @@ SharedAccess = dict[
 ]
 
 
+def _share_key(
+    compiled: CompiledPolicy, state: IdentityState, lifecycle: LifecycleState
+) -> tuple[LifecycleState, str, tuple[str | None, ...]] | None:
+    """What an identity's access depends on when it has no assignment or exception of its
+    own: its state, kind and the text of every attribute a rule reads; None when it has."""
+    if state.identity in compiled.assignments or state.identity in compiled.exceptions:
+        return None
+    texts = tuple(
+        None if (value := state.attributes.get(name)) is None else str(value)
+        for name in compiled.rule_attributes
+    )
+    return (lifecycle, state.kind, texts)
+
+
+def _separate_duties(
+    compiled: CompiledPolicy, targets: dict[str, TargetAccess], allowed_sod: dict[str, str]
+) -> list[SoDViolation]:
+    """Every SoD constraint the access breaks; unless an exception allows it, the conflicting
+    entitlements are withheld (and said so)."""
+    violations: list[SoDViolation] = []
+    for constraint, conflicts in compiled.sod:
+        if all(t in targets and e in targets[t].entitlements for t, e in conflicts):
+            allowed = allowed_sod.get(constraint)
+            items = tuple(f"{t}:{e}" for t, e in conflicts)
+            violations.append(SoDViolation(constraint, items, allowed))
+            if allowed is None:
+                for t, e in conflicts:
+                    targets[t].entitlements.pop(e, None)
+                    targets[t].withheld[e] = (
+                        f"withheld: SoD constraint {constraint} forbids holding "
+                        f"{' + '.join(items)} together unless an exception allows it"
+                    )
+    return violations
+
+
 def desired_access(
     compiled: CompiledPolicy, state: IdentityState, shared: SharedAccess | None = None
 ) -> DesiredAccess:
@@ -245,18 +280,8 @@ def desired_access(
     assert lifecycle is not None
     attributes = state.attributes
     kind = state.kind
-    key: tuple[LifecycleState, str, tuple[str | None, ...]] | None = None
-    if shared is not None and not (
-        state.identity in compiled.assignments or state.identity in compiled.exceptions
-    ):
-        key = (
-            lifecycle,
-            kind,
-            tuple(
-                None if (value := attributes.get(name)) is None else str(value)
-                for name in compiled.rule_attributes
-            ),
-        )
+    key = _share_key(compiled, state, lifecycle) if shared is not None else None
+    if shared is not None and key is not None:
         known = shared.get(key)
         if known is not None:
             return DesiredAccess(state.identity, lifecycle, known[0], known[1])
@@ -304,19 +329,7 @@ def desired_access(
         for constraint in exc.allow_sod:
             allowed_sod.setdefault(constraint, name)
 
-    violations: list[SoDViolation] = []
-    for constraint, conflicts in compiled.sod:
-        if all(t in targets and e in targets[t].entitlements for t, e in conflicts):
-            allowed = allowed_sod.get(constraint)
-            items = tuple(f"{t}:{e}" for t, e in conflicts)
-            violations.append(SoDViolation(constraint, items, allowed))
-            if allowed is None:
-                for t, e in conflicts:
-                    targets[t].entitlements.pop(e, None)
-                    targets[t].withheld[e] = (
-                        f"withheld: SoD constraint {constraint} forbids holding "
-                        f"{' + '.join(items)} together unless an exception allows it"
-                    )
+    violations = _separate_duties(compiled, targets, allowed_sod)
     if shared is not None and key is not None:
         shared[key] = (targets, violations)
     return DesiredAccess(state.identity, lifecycle, targets, violations)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -369,6 +369,43 @@ def _voided_terminations(
     return voided, notes
 
 
+def _known_events(
+    identity: str, events: Iterable[LifecycleEvent], known: datetime | None
+) -> list[LifecycleEvent]:
+    """The identity's events recorded by ``known`` (all when None), each key once (the first
+    recording of a change twice recorded), in effective order."""
+    unique: dict[str, LifecycleEvent] = {}
+    for event in events:
+        if event.identity != identity:
+            raise ValueError(f"event {event.key} belongs to {event.identity}, not {identity}")
+        if known is not None and event.recorded > known:
+            continue
+        seen = unique.get(event.key)
+        if seen is None or event.recorded < seen.recorded:
+            unique[event.key] = event
+    return sorted(unique.values(), key=LifecycleEvent.sort_key)
+
+
+def _refusal(
+    event: LifecycleEvent,
+    before: LifecycleState | None,
+    voided: Container[str],
+    ordered: Sequence[LifecycleEvent],
+) -> str | None:
+    """Why ``event`` does not take effect from state ``before``, or None when it does."""
+    if event.key in voided:
+        return "rescinded: never took effect"
+    withdrawn_offer = (
+        event.kind is EventKind.TERMINATE
+        and before is None
+        and any(e.kind is EventKind.HIRE and e.effective > event.effective for e in ordered)
+    )
+    if before not in _ALLOWED_FROM[event.kind] and not withdrawn_offer:
+        shown = before.value if before is not None else "unknown (no hire recorded)"
+        return f"{event.kind.value} is not possible from state {shown}"
+    return None
+
+
 def fold(
     identity: str,
     events: Iterable[LifecycleEvent],
@@ -381,17 +418,7 @@ def fold(
     at or before ``known_at`` (all events when ``None``). Duplicates (same key) count once."""
     as_of = utc(as_of)
     known = utc(known_at) if known_at is not None else None
-    unique: dict[str, LifecycleEvent] = {}
-    for event in events:
-        if event.identity != identity:
-            raise ValueError(f"event {event.key} belongs to {event.identity}, not {identity}")
-        if known is not None and event.recorded > known:
-            continue
-        # The same change recorded twice keeps its first recording time.
-        seen = unique.get(event.key)
-        if seen is None or event.recorded < seen.recorded:
-            unique[event.key] = event
-    ordered = sorted(unique.values(), key=LifecycleEvent.sort_key)
+    ordered = _known_events(identity, events, known)
     voided, rescind_notes = _voided_terminations(ordered, rescind_window)
 
     state: LifecycleState | None = None
@@ -416,20 +443,9 @@ def fold(
             note = rescind_notes.get(event.key, "")
             timeline.append(TimelineEntry(event, not note, before, before, {}, note))
             continue
-        if event.key in voided:
-            timeline.append(
-                TimelineEntry(event, False, before, before, {}, "rescinded: never took effect")
-            )
-            continue
-        withdrawn_offer = (
-            event.kind is EventKind.TERMINATE
-            and before is None
-            and any(e.kind is EventKind.HIRE and e.effective > event.effective for e in ordered)
-        )
-        if before not in _ALLOWED_FROM[event.kind] and not withdrawn_offer:
-            shown = before.value if before is not None else "unknown (no hire recorded)"
-            note = f"{event.kind.value} is not possible from state {shown}"
-            timeline.append(TimelineEntry(event, False, before, before, {}, note))
+        refused = _refusal(event, before, voided, ordered)
+        if refused is not None:
+            timeline.append(TimelineEntry(event, False, before, before, {}, refused))
             continue
         changes = _merge(attributes, event.attributes)
         after = _STATE_AFTER[event.kind] or before

@@ -201,17 +201,8 @@ def classify_accounts(
     if rows is None:
         rows = load_rows(session, targets)
     if states is None:
-        everyone = session.execute(select(func.count()).select_from(models.Identity)).scalar_one()
-        # with an account per identity or more, reading them all costs less than sorting
-        # out which are linked
-        linked = None if len(rows) >= everyone else {r.identity for r in rows if r.identity}
-        states = identity_states(workspace, session, linked, now)
-    waiting: dict[tuple[str, str], int] = {
-        (c.target, c.account): c.id
-        for c in session.execute(
-            select(models.CorrelationCase).where(models.CorrelationCase.status == "open")
-        ).scalars()
-    }
+        states = _linked_states(workspace, session, rows, now)
+    waiting = _open_cases(session)
     kept = _kept_accounts(rows, states)
     unread = unreadable or {}
     defined = compiled.targets
@@ -263,6 +254,25 @@ def classify_accounts(
                 changed.setdefault((verdict.classification, verdict.detail), []).append(account_id)
     _store_classes(session, changed, now)
     return findings
+
+
+def _linked_states(
+    workspace: Workspace, session: Session, rows: list[AccountRow], now: datetime
+) -> dict[str, tuple[IdentityState, DesiredAccess]]:
+    everyone = session.execute(select(func.count()).select_from(models.Identity)).scalar_one()
+    # with an account per identity or more, reading them all costs less than sorting out
+    # which are linked
+    linked = None if len(rows) >= everyone else {r.identity for r in rows if r.identity}
+    return identity_states(workspace, session, linked, now)
+
+
+def _open_cases(session: Session) -> dict[tuple[str, str], int]:
+    """(target, account) -> the correlation case waiting for a person."""
+    case = models.CorrelationCase
+    return {
+        (c.target, c.account): c.id
+        for c in session.execute(select(case).where(case.status == "open")).scalars()
+    }
 
 
 def _store_classes(

@@ -277,55 +277,18 @@ def sync_journal(
     new_rows: list[tuple[PlannedOperation, str]] = []  # (op, journal key)
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
-        if existing is not None and existing.status not in CANCELLABLE:
-            result.append((op, existing.status, existing.id))
-            if existing.status == "failed":
-                parked[existing.id] = existing.last_error or "no error recorded"
+        if existing is None:
+            journal_key = uuid.uuid4().hex
+            new_rows.append((op, journal_key))
+            data = _op_data(op, journal_key)
+            entries.append(audit.Entry("operation.planned", op.identity, data))
             continue
-        if existing is not None and existing.status == "ticket":
-            result.append((op, "ticket", existing.id))
-            continue
-        if existing is not None:
-            # A grace period counted from "now" started when the removal was first planned;
-            # one counted from a termination date follows that date if HR corrects it.
-            not_before = op.not_before
-            if op.grace_from_now and existing.not_before is not None:
-                not_before = existing.not_before
-            if existing.not_before != not_before or existing.reason != op.reason:
-                existing.not_before, existing.reason, existing.updated_at = (
-                    not_before,
-                    op.reason,
-                    now,
-                )
-            result.append((op, "pending", existing.id))
-            continue
-        journal_key = uuid.uuid4().hex
-        new_rows.append((op, journal_key))
-        entries.append(audit.Entry("operation.planned", op.identity, _op_data(op, journal_key)))
+        result.append((op, _matched(op, existing, now), existing.id))
+        if existing.status == "failed":
+            parked[existing.id] = existing.last_error or "no error recorded"
     added = _add_pending(session, new_rows, now)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
-    for stale in stale_rows:
-        mark = held.get((stale.target, stale.account or ""))
-        stale.status = "cancelled"
-        stale.updated_at = now
-        stale.last_error = (
-            f"account marked {mark.mark}: {mark.reason}"
-            if mark is not None
-            else "superseded: the current plan no longer needs it"
-        )
-        entries.append(
-            audit.Entry(
-                "operation.cancelled",
-                stale.identity,
-                {
-                    "key": stale.key,
-                    "target": stale.target,
-                    "kind": stale.kind,
-                    "entitlement": stale.entitlement,
-                    "why": stale.last_error,
-                },
-            )
-        )
+    entries.extend(_cancel_stale(stale_rows, held, now))
     session.flush()
     cancel_tasks(session, [stale.id for stale in stale_rows], now)
     result.extend((op, "new", added[journal_key]) for op, journal_key in new_rows)
@@ -338,6 +301,48 @@ def sync_journal(
     audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     return JournalSync(result, len(stale_rows), parked)
+
+
+def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) -> str:
+    """How the journal already holds ``op``: work in hand, parked or ticketed keeps its status;
+    a pending row takes the plan's reason and date."""
+    if existing.status not in CANCELLABLE or existing.status == "ticket":
+        return existing.status
+    # A grace period counted from "now" started when the removal was first planned; one
+    # counted from a termination date follows that date if HR corrects it.
+    not_before = op.not_before
+    if op.grace_from_now and existing.not_before is not None:
+        not_before = existing.not_before
+    if existing.not_before != not_before or existing.reason != op.reason:
+        existing.not_before, existing.reason, existing.updated_at = not_before, op.reason, now
+    return "pending"
+
+
+def _cancel_stale(
+    stale_rows: list[models.Operation],
+    held: dict[tuple[str, str], models.AccountMark],
+    now: datetime,
+) -> list[audit.Entry]:
+    """Cancel pending work the plan no longer wants (or a mark now holds)."""
+    entries = []
+    for stale in stale_rows:
+        mark = held.get((stale.target, stale.account or ""))
+        stale.status = "cancelled"
+        stale.updated_at = now
+        stale.last_error = (
+            f"account marked {mark.mark}: {mark.reason}"
+            if mark is not None
+            else "superseded: the current plan no longer needs it"
+        )
+        data = {
+            "key": stale.key,
+            "target": stale.target,
+            "kind": stale.kind,
+            "entitlement": stale.entitlement,
+            "why": stale.last_error,
+        }
+        entries.append(audit.Entry("operation.cancelled", stale.identity, data))
+    return entries
 
 
 def _add_pending(

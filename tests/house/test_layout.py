@@ -1,6 +1,7 @@
 """The house rules, checked by walking the code: the import graph reads top to bottom (the layers
 of docs/architecture.md) with no cycle between modules or packages, and ``domain/`` imports
-nothing of the rest of Provisor."""
+nothing of the rest of Provisor, and no function in ``provisor/`` (migrations excepted) is
+longer than 80 lines."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "provisor"
+MAX_FUNCTION_LINES = 80
 
 # Which packages each package may import (besides itself and ``provisor.errors``): the layers
 # of docs/architecture.md, top to bottom.
@@ -136,3 +138,14 @@ def test_imports_follow_the_layers(module: str) -> None:
         if _package(other) not in {mine, "errors"} and _package(other) not in ALLOWED[mine]
     )
     assert wrong == [], f"{module} ({mine}) must not import {wrong}"
+
+
+def test_no_function_longer_than_80_lines() -> None:
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
