@@ -123,6 +123,51 @@ class _Entitlement:
     parts: Mapping[str, Any]
 
 
+def _complete(paging: Any, data: Any, items: list[Any], seen: int) -> bool:
+    """Whether the list is whole after this page, by what the answer says."""
+    if paging.style == "none" or not items:
+        return True
+    if paging.total is not None:
+        total = lookup(data, paging.total)
+        if isinstance(total, int) and seen >= total:
+            return True
+    return paging.style in ("page", "offset") and len(items) < paging.size
+
+
+@dataclass
+class _Position:
+    """Where a paged list is: the page number, the offset, the cursor, or the next link."""
+
+    page: int
+    offset: int = 0
+    cursor: Any = None
+    next_url: str | None = None
+
+    def query(self, paging: Any, base: dict[str, Any]) -> dict[str, Any]:
+        query = dict(base)
+        if paging.style == "page":
+            query[paging.page_param] = self.page
+        elif paging.style == "offset":
+            query[paging.offset_param] = self.offset
+        elif paging.style == "cursor" and self.cursor is not None:
+            query[paging.cursor_param] = self.cursor
+        return query
+
+    def advance(self, paging: Any, data: Any, items: list[Any], link: str | None) -> bool:
+        """Move to the next page; False when there is none."""
+        if paging.style == "page":
+            self.page += 1
+        elif paging.style == "offset":
+            self.offset += len(items)
+        elif paging.style == "cursor":
+            self.cursor = lookup(data, paging.next_cursor)
+            return self.cursor not in (None, "")
+        elif paging.style == "link":
+            self.next_url = link
+            return bool(link)
+        return True
+
+
 class _OAuth2:
     """Client-credentials tokens, fetched when missing or expired, shared by every thread."""
 
@@ -426,21 +471,14 @@ class RestConnector(BaseConnector):
         size_name = paging.size_name
         if size_name and paging.style != "none":
             base_query[size_name] = paging.size
-        page, offset, cursor = paging.first_page, 0, None
+        position = _Position(paging.first_page)
         previous: list[Any] | None = None
         seen = 0
-        next_url: str | None = None
         for _ in range(paging.max_pages):
-            query = dict(base_query)
-            if paging.style == "page":
-                query[paging.page_param] = page
-            elif paging.style == "offset":
-                query[paging.offset_param] = offset
-            elif paging.style == "cursor" and cursor is not None:
-                query[paging.cursor_param] = cursor
-            if next_url is not None:
-                response = self._send(what, request.method, next_url, call=call)
+            if position.next_url is not None:
+                response = self._send(what, request.method, position.next_url, call=call)
             else:
+                query = position.query(paging, base_query)
                 response = self._send(what, request.method, path, query=query, call=call)
             data = self._json(what, response)
             items = lookup(data, request.items)
@@ -457,27 +495,15 @@ class RestConnector(BaseConnector):
             yield from items
             seen += len(items)
             previous = items
-            if paging.style == "none" or not items:
+            if _complete(paging, data, items, seen):
                 return
-            if paging.total is not None:
-                total = lookup(data, paging.total)
-                if isinstance(total, int) and seen >= total:
-                    return
-            if paging.style in ("page", "offset") and len(items) < paging.size:
+            link = response.links.get("next", {}).get("url")
+            if not position.advance(paging, data, items, link):
                 return
-            if paging.style == "page":
-                page += 1
-            elif paging.style == "offset":
-                offset += len(items)
-            elif paging.style == "cursor":
-                cursor = lookup(data, paging.next_cursor)
-                if cursor in (None, ""):
-                    return
-            elif paging.style == "link":
-                link = response.links.get("next", {}).get("url")
-                if not link:
-                    return
-                next_url = self._same_origin(what, urljoin(str(response.url), link))
+            if position.next_url is not None:
+                position.next_url = self._same_origin(
+                    what, urljoin(str(response.url), position.next_url)
+                )
         raise PermanentError(
             f"{self.name}: {what}: still more pages after {paging.max_pages}; raise "
             "paging.max_pages if the list is really that long"

@@ -229,6 +229,56 @@ SharedAccess = dict[
 ]
 
 
+class _Grants:
+    """Access being gathered: per target, the account and each entitlement with every reason."""
+
+    def __init__(self, status: Mapping[str, tuple[bool, str]]) -> None:
+        self.status = status
+        self.targets: dict[str, TargetAccess] = {}
+
+    def add(self, target_name: str, entitlements: Iterable[str], reason: Reason) -> None:
+        access = self.targets.get(target_name)
+        if access is None:
+            enabled, note = self.status[target_name]
+            access = self.targets[target_name] = TargetAccess(
+                target_name, enabled, [reason], {}, {}, note
+            )
+        elif access.account_reasons[-1] is not reason:
+            # One grant list never repeats a reason except back to back, so checking the last
+            # reason is enough to keep reasons unique without comparing whole lists.
+            access.account_reasons.append(reason)
+        granted = access.entitlements
+        for ent in entitlements:
+            reasons = granted.get(ent)
+            if reasons is None:
+                granted[ent] = [reason]
+            elif reasons[-1] is not reason:
+                reasons.append(reason)
+
+
+def _direct_grants(
+    compiled: CompiledPolicy, state: IdentityState, grants: _Grants
+) -> dict[str, str]:
+    """Add the identity's own assignments and exceptions valid today; returns the SoD
+    constraints its exceptions allow, with the exception that allows each."""
+    today = state.as_of.date()
+    for assignment in compiled.assignments.get(state.identity, ()):
+        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
+            via = f"assignment approved by {assignment.approver}"
+            for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
+                grants.add(target_name, ents, Reason("assignment", reason.name, reason.via))
+    allowed_sod: dict[str, str] = {}
+    for index, exc in enumerate(compiled.exceptions.get(state.identity, ())):
+        if direct_grant_status(exc.granted, exc.expires, state, today) is not None:
+            continue
+        name = f"{state.identity}#{index + 1} approved by {exc.approver}"
+        for grant in exc.grant:
+            grants.add(grant.target, grant.entitlements, Reason("exception", name))
+        for constraint in exc.allow_sod:
+            allowed_sod.setdefault(constraint, name)
+    return allowed_sod
+
+
 def _share_key(
     compiled: CompiledPolicy, state: IdentityState, lifecycle: LifecycleState
 ) -> tuple[LifecycleState, str, tuple[str | None, ...]] | None:
@@ -285,50 +335,14 @@ def desired_access(
         known = shared.get(key)
         if known is not None:
             return DesiredAccess(state.identity, lifecycle, known[0], known[1])
-    targets: dict[str, TargetAccess] = {}
-    status = compiled.account_status[lifecycle]
-
-    def add(target_name: str, entitlements: Iterable[str], reason: Reason) -> None:
-        access = targets.get(target_name)
-        if access is None:
-            enabled, note = status[target_name]
-            access = targets[target_name] = TargetAccess(
-                target_name, enabled, [reason], {}, {}, note
-            )
-        elif access.account_reasons[-1] is not reason:
-            # One grant list never repeats a reason except back to back, so checking the last
-            # reason is enough to keep reasons unique without comparing whole lists.
-            access.account_reasons.append(reason)
-        granted = access.entitlements
-        for ent in entitlements:
-            reasons = granted.get(ent)
-            if reasons is None:
-                granted[ent] = [reason]
-            elif reasons[-1] is not reason:
-                reasons.append(reason)
-
+    grants = _Grants(compiled.account_status[lifecycle])
     tests, kinds = compiled.rule_tests, compiled.rule_kinds
     for i in compiled.candidates(attributes):
         if kind in kinds[i] and tests[i](attributes):
             for target_name, ents, reason in compiled.rule_grants[i]:
-                add(target_name, ents, reason)
-
-    today = state.as_of.date()
-    for assignment in compiled.assignments.get(state.identity, ()):
-        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
-            via = f"assignment approved by {assignment.approver}"
-            for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
-                add(target_name, ents, Reason("assignment", reason.name, reason.via))
-    allowed_sod: dict[str, str] = {}
-    for index, exc in enumerate(compiled.exceptions.get(state.identity, ())):
-        if direct_grant_status(exc.granted, exc.expires, state, today) is not None:
-            continue
-        name = f"{state.identity}#{index + 1} approved by {exc.approver}"
-        for grant in exc.grant:
-            add(grant.target, grant.entitlements, Reason("exception", name))
-        for constraint in exc.allow_sod:
-            allowed_sod.setdefault(constraint, name)
-
+                grants.add(target_name, ents, reason)
+    allowed_sod = _direct_grants(compiled, state, grants)
+    targets = grants.targets
     violations = _separate_duties(compiled, targets, allowed_sod)
     if shared is not None and key is not None:
         shared[key] = (targets, violations)

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from provisor.domain.accounts import AccountSpec
-from provisor.domain.desired import DesiredAccess, Reason
+from provisor.domain.desired import DesiredAccess, Reason, TargetAccess
 from provisor.domain.lifecycle import IdentityState, LifecycleState
 from provisor.domain.policy import LeaverAction, TargetDef
 
@@ -161,6 +161,57 @@ def _removal(
     return ops
 
 
+def _take_away(
+    state: IdentityState, desired: DesiredAccess, target: TargetDef, have: list[ObservedAccount]
+) -> list[PlannedOperation]:
+    """Removals for every account in a target where the identity is to have nothing: from the
+    termination for a leaver, from now otherwise."""
+    from_now = state.state is not LifecycleState.TERMINATED or state.terminated_at is None
+    if not from_now and state.terminated_at is not None:
+        when = state.terminated_at
+        why = f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"
+    else:
+        when = state.as_of
+        why = f"no longer granted ({desired.note or 'no rule, role or exception'})"
+    ops: list[PlannedOperation] = []
+    for leftover in have:
+        ops.extend(_removal(target, leftover, state.identity, why, when, from_now))
+    return ops
+
+
+def _bring_in_line(
+    state: IdentityState,
+    target: TargetDef,
+    want: TargetAccess,
+    primary: ObservedAccount,
+    granted: str,
+) -> list[PlannedOperation]:
+    """The changes that make the account kept what it should be."""
+    who, name, kept = state.identity, target.name, primary.account
+    ops: list[PlannedOperation] = []
+    # Only a live read tells which attributes the connector manages ("mapped").
+    mapped = primary.attributes.get("mapped")
+    if isinstance(mapped, Mapping):
+        spec = account_spec(target, who, state.attributes)
+        seen_name = primary.attributes.get("user_name")
+        drift = attribute_drift(spec, str(seen_name) if seen_name else None, mapped)
+        if drift is not None:
+            ops.append(PlannedOperation(who, name, kept, OpKind.UPDATE, None, drift))
+    if want.enabled and not primary.enabled:
+        ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
+    elif not want.enabled and primary.enabled:
+        ops.append(PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note))
+        ops.append(PlannedOperation(who, name, kept, OpKind.DISABLE, None, want.note))
+    for ent, reasons in sorted(want.entitlements.items()):
+        if ent not in primary.entitlements:
+            add = PlannedOperation(who, name, kept, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons))
+            ops.append(add)
+    for ent in sorted(primary.entitlements - want.entitlements.keys()):
+        why = want.withheld.get(ent) or "not granted by any rule, role or exception"
+        ops.append(PlannedOperation(who, name, kept, OpKind.REMOVE_ENTITLEMENT, ent, why))
+    return ops
+
+
 def plan_identity(
     state: IdentityState,
     desired: DesiredAccess,
@@ -178,27 +229,16 @@ def plan_identity(
         want = desired.targets.get(name)
         have = by_target.get(name, [])
         if want is None:
-            from_now = state.state is not LifecycleState.TERMINATED or state.terminated_at is None
-            if not from_now and state.terminated_at is not None:
-                when = state.terminated_at
-                why = (
-                    f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"
-                )
-            else:
-                when = state.as_of
-                why = f"no longer granted ({desired.note or 'no rule, role or exception'})"
-            for leftover in have:
-                ops.extend(_removal(target, leftover, who, why, when, from_now))
+            ops.extend(_take_away(state, desired, target, have))
             continue
         granted = _reasons(want.account_reasons)
         if not have:
             ops.append(PlannedOperation(who, name, None, OpKind.CREATE, None, granted))
             for ent, reasons in sorted(want.entitlements.items()):
-                ops.append(
-                    PlannedOperation(
-                        who, name, None, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
-                    )
+                add = PlannedOperation(
+                    who, name, None, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
                 )
+                ops.append(add)
             if not want.enabled:
                 ops.append(PlannedOperation(who, name, None, OpKind.DISABLE, None, want.note))
             continue
@@ -209,29 +249,6 @@ def plan_identity(
         for duplicate in extra:
             why = f"second account for {who} in {name}; {primary.account} is kept"
             ops.extend(_removal(target, duplicate, who, why, state.as_of, True))
-        kept = primary.account
-        # Only a live read tells which attributes the connector manages ("mapped").
-        mapped = primary.attributes.get("mapped")
-        if isinstance(mapped, Mapping):
-            spec = account_spec(target, who, state.attributes)
-            seen_name = primary.attributes.get("user_name")
-            drift = attribute_drift(spec, str(seen_name) if seen_name else None, mapped)
-            if drift is not None:
-                ops.append(PlannedOperation(who, name, kept, OpKind.UPDATE, None, drift))
-        if want.enabled and not primary.enabled:
-            ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
-        elif not want.enabled and primary.enabled:
-            ops.append(PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note))
-            ops.append(PlannedOperation(who, name, kept, OpKind.DISABLE, None, want.note))
-        for ent, reasons in sorted(want.entitlements.items()):
-            if ent not in primary.entitlements:
-                ops.append(
-                    PlannedOperation(
-                        who, name, kept, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons)
-                    )
-                )
-        for ent in sorted(primary.entitlements - want.entitlements.keys()):
-            why = want.withheld.get(ent) or "not granted by any rule, role or exception"
-            ops.append(PlannedOperation(who, name, kept, OpKind.REMOVE_ENTITLEMENT, ent, why))
+        ops.extend(_bring_in_line(state, target, want, primary, granted))
     ops.sort(key=lambda op: (op.target, op.step))
     return ops

@@ -31,6 +31,9 @@ SECRET_SETTING = re.compile(
 _URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@:\s]+:[^/@\s]+@", re.I)
 
 
+IDENTITY_KINDS = frozenset({"human", "service_account", "api_key", "bot"})
+
+
 class TargetClass(StrEnum):
     SCIM = "scim"
     LDAP = "ldap"
@@ -423,65 +426,33 @@ class Policy(_Model):
 
     def problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Every dangling or duplicated name, as ``(location path, message)``."""
-        found: list[tuple[tuple[str | int, ...], str]] = []
-
-        def unique(section: str, names: list[str]) -> None:
-            seen: set[str] = set()
-            for i, name in enumerate(names):
-                if name in seen:
-                    found.append(((section, i, "name"), f"duplicate name {name!r}"))
-                seen.add(name)
-
-        unique("targets", [t.name for t in self.targets])
-        unique("rules", [r.name for r in self.rules])
-        unique("roles", [r.name for r in self.roles])
-        unique("sod", [s.name for s in self.sod])
-        for ti, target in enumerate(self.targets):
-            unique_ents: set[str] = set()
-            for ei, ent in enumerate(target.entitlements):
-                if ent.name in unique_ents:
-                    found.append(
-                        (("targets", ti, "entitlements", ei, "name"), f"duplicate {ent.name!r}")
-                    )
-                unique_ents.add(ent.name)
-
-        def grants(path: tuple[str | int, ...], items: list[Grant]) -> None:
-            for gi, grant in enumerate(items):
-                target = self.target_map.get(grant.target)
-                if target is None:
-                    found.append(((*path, gi, "target"), f"unknown target {grant.target!r}"))
-                    continue
-                for ei, ent in enumerate(grant.entitlements):
-                    if ent not in target.entitlement_names:
-                        found.append(
-                            (
-                                (*path, gi, "entitlements", ei),
-                                f"target {target.name!r} has no entitlement {ent!r}",
-                            )
-                        )
-
-        kinds = {"human", "service_account", "api_key", "bot"}
+        found = self._duplicates()
         for ri, rule in enumerate(self.rules):
-            grants(("rules", ri, "grant"), rule.grant)
+            found += self._grant_problems(("rules", ri, "grant"), rule.grant)
             for pi, role in enumerate(rule.roles):
                 if role not in self.role_map:
                     found.append((("rules", ri, "roles", pi), f"unknown role {role!r}"))
             for ki, kind in enumerate(rule.kinds):
-                if kind not in kinds:
+                if kind not in IDENTITY_KINDS:
                     found.append((("rules", ri, "kinds", ki), f"unknown identity kind {kind!r}"))
         for ri, role_def in enumerate(self.roles):
-            grants(("roles", ri, "grants"), role_def.grants)
+            found += self._grant_problems(("roles", ri, "grants"), role_def.grants)
         for ai, assignment in enumerate(self.assignments):
             if assignment.role not in self.role_map:
                 found.append((("assignments", ai, "role"), f"unknown role {assignment.role!r}"))
         sod_names = {s.name for s in self.sod}
         for xi, exc in enumerate(self.exceptions):
-            grants(("exceptions", xi, "grant"), exc.grant)
+            found += self._grant_problems(("exceptions", xi, "grant"), exc.grant)
             for si, name in enumerate(exc.allow_sod):
                 if name not in sod_names:
                     found.append(
                         (("exceptions", xi, "allow_sod", si), f"unknown SoD constraint {name!r}")
                     )
+        return found + self._conflict_problems()
+
+    def _conflict_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """SoD conflicts naming a target or entitlement the policy lacks."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
         for si, sod in enumerate(self.sod):
             for ci, item in enumerate(sod.conflicts):
                 target_name, _, ent_name = item.partition(":")
@@ -489,10 +460,46 @@ class Policy(_Model):
                 if target_def is None:
                     found.append((("sod", si, "conflicts", ci), f"unknown target {target_name!r}"))
                 elif ent_name not in target_def.entitlement_names:
-                    found.append(
-                        (
-                            ("sod", si, "conflicts", ci),
-                            f"target {target_name!r} has no entitlement {ent_name!r}",
-                        )
-                    )
+                    why = f"target {target_name!r} has no entitlement {ent_name!r}"
+                    found.append((("sod", si, "conflicts", ci), why))
+        return found
+
+    def _duplicates(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Names used twice: targets, rules, roles, SoD constraints, a target's entitlements."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        sections = {
+            "targets": [t.name for t in self.targets],
+            "rules": [r.name for r in self.rules],
+            "roles": [r.name for r in self.roles],
+            "sod": [s.name for s in self.sod],
+        }
+        for section, names in sections.items():
+            seen: set[str] = set()
+            for i, name in enumerate(names):
+                if name in seen:
+                    found.append(((section, i, "name"), f"duplicate name {name!r}"))
+                seen.add(name)
+        for ti, target in enumerate(self.targets):
+            unique_ents: set[str] = set()
+            for ei, ent in enumerate(target.entitlements):
+                if ent.name in unique_ents:
+                    where: tuple[str | int, ...] = ("targets", ti, "entitlements", ei, "name")
+                    found.append((where, f"duplicate {ent.name!r}"))
+                unique_ents.add(ent.name)
+        return found
+
+    def _grant_problems(
+        self, path: tuple[str | int, ...], items: list[Grant]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Grants naming a target the policy lacks, or an entitlement the target lacks."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        for gi, grant in enumerate(items):
+            target = self.target_map.get(grant.target)
+            if target is None:
+                found.append(((*path, gi, "target"), f"unknown target {grant.target!r}"))
+                continue
+            for ei, ent in enumerate(grant.entitlements):
+                if ent not in target.entitlement_names:
+                    why = f"target {target.name!r} has no entitlement {ent!r}"
+                    found.append(((*path, gi, "entitlements", ei), why))
         return found

@@ -200,17 +200,10 @@ def execute(
         return Outcome(job, "unverifiable", record, note)
     adopt = False  # an account found by name alone, not yet stamped with the identity id
     if account is None:
-        found = connector.find(spec)
-        if found is not None and found.external_id not in (None, job.identity):
-            raise PermanentError(_clash(job, spec, found.external_id))
-        if found is None and kind is not OpKind.CREATE:
-            if kind is OpKind.DELETE:
-                return Outcome(job, "verified", None, "no such account: nothing to delete")
-            raise PermanentError(f"{job.target}: no account for {job.identity} to {kind.value}")
-        account = found.account if found else None
-        adopt = found is not None and found.external_id is None
-        if adopt and found is not None:
-            _may_adopt(job, spec, found, due)
+        located = _locate(job, connector, spec, due)
+        if isinstance(located, Outcome):
+            return located
+        account, adopt = located
     if known is not None and known.account == account:
         before: AccountRecord | None = known
     else:
@@ -229,9 +222,36 @@ def execute(
             return _adopt(job, connector, spec, account)
     elif account is None:
         raise PermanentError(f"{job.target}: no account for {job.identity}")
-    elif kind is OpKind.UPDATE:
-        account = connector.update(account, spec)  # a new id when the target renamed it
-    elif kind in (OpKind.ENABLE, OpKind.DISABLE):
+    else:
+        account = _write(job, connector, spec, account)
+    return _read_back(job, connector, spec, account)
+
+
+def _locate(
+    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
+) -> tuple[str | None, bool] | Outcome:
+    """The account a job without one is about, and whether it would be taken over (found by
+    name alone); or the outcome when there is nothing to do."""
+    found = connector.find(spec)
+    if found is not None and found.external_id not in (None, job.identity):
+        raise PermanentError(_clash(job, spec, found.external_id))
+    if found is None and job.kind is not OpKind.CREATE:
+        if job.kind is OpKind.DELETE:
+            return Outcome(job, "verified", None, "no such account: nothing to delete")
+        raise PermanentError(f"{job.target}: no account for {job.identity} to {job.kind.value}")
+    adopt = found is not None and found.external_id is None
+    if adopt and found is not None:
+        _may_adopt(job, spec, found, due)
+    return (found.account if found else None), adopt
+
+
+def _write(job: Job, connector: Connector, spec: AccountSpec, account: str) -> str:
+    """Make the change on an existing account; returns its id afterwards (a rename may
+    change it)."""
+    kind = job.kind
+    if kind is OpKind.UPDATE:
+        return connector.update(account, spec)  # a new id when the target renamed it
+    if kind in (OpKind.ENABLE, OpKind.DISABLE):
         connector.set_enabled(account, kind is OpKind.ENABLE)
     elif kind is OpKind.ADD_ENTITLEMENT:
         assert job.entitlement is not None
@@ -243,17 +263,33 @@ def execute(
         connector.revoke_sessions(account)
     elif kind is OpKind.DELETE:
         connector.delete(account)
+    return account
+
+
+def _read_back(job: Job, connector: Connector, spec: AccountSpec, account: str) -> Outcome:
+    """Read the account after a write and judge it: verified only when the read shows it."""
     after = connector.read(account)
-    blind = unshowable(kind, job.entitlement, after)
+    blind = unshowable(job.kind, job.entitlement, after)
     if blind is not None:
         note = f"written, but the read-back cannot show it: {blind}"
         return Outcome(job, "unverifiable", after, note, wrote=True)
     problem = unmet(job.kind, job.entitlement, after, spec)
     if problem is not None:
         raise _Mismatch(
-            f"{job.target}: {kind.value} was accepted but the read-back disagrees: {problem}"
+            f"{job.target}: {job.kind.value} was accepted but the read-back disagrees: {problem}"
         )
     return Outcome(job, "verified", after, None, wrote=True)
+
+
+def _failure(job: Job, exc: Exception) -> Outcome:
+    """What a failed operation records: retried later when the target said so."""
+    if isinstance(exc, AdoptionRefused):
+        return Outcome(job, "failed", note=str(exc), refused=exc.record)
+    if isinstance(exc, RetryableError):
+        return Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, ConnectorError):
+        return Outcome(job, "failed", note=str(exc))
+    return Outcome(job, "failed", note=f"{type(exc).__name__}: {exc}")
 
 
 def _may_adopt(
@@ -559,14 +595,7 @@ class Runner:
                     spec = dataclasses.replace(spec, enabled=False)
                 outcome = execute(job, connector, spec, known, due)
             except Exception as exc:  # every failure is recorded; none may escape a worker
-                if isinstance(exc, AdoptionRefused):
-                    failure = Outcome(job, "failed", note=str(exc), refused=exc.record)
-                elif isinstance(exc, RetryableError):
-                    failure = Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
-                elif isinstance(exc, ConnectorError):
-                    failure = Outcome(job, "failed", note=str(exc))
-                else:
-                    failure = Outcome(job, "failed", note=f"{type(exc).__name__}: {exc}")
+                failure = _failure(job, exc)
                 failure.at = when
                 outcomes.append(failure)
                 known = None

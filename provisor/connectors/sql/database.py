@@ -208,22 +208,8 @@ class Database:
         if exc.connection_invalidated:
             return RetryableError(message)
         code = error_code(exc)
-        if isinstance(code, str):
-            if code in _PG_CONFLICT:
-                return Conflict(message)
-            if code in _PG_NOT_FOUND:
-                return NotFound(message)
-            if code.startswith(_PG_RETRY_CLASSES) or code in _PG_RETRY_CODES:
-                return RetryableError(message)
-            if code == "XX000" and "concurrently" in message:  # "tuple concurrently updated"
-                return RetryableError(message)
-            return PermanentError(message)
-        if isinstance(code, int):
-            if code in _MYSQL_RETRY:
-                return RetryableError(message)
-            if code in _MYSQL_CONFLICT:
-                return Conflict(message)
-            return PermanentError(message)
+        if code is not None:
+            return _by_code(code, message)
         if isinstance(exc, sa_exc.IntegrityError):
             if "UNIQUE" in message.upper():
                 return Conflict(message)
@@ -244,6 +230,25 @@ class Database:
             engine.dispose()
         self._others.clear()
         self.engine.dispose()
+
+
+def _by_code(code: str | int, message: str) -> ConnectorError:
+    """The error a database's own code means: a PostgreSQL SQLSTATE or a MariaDB number."""
+    if isinstance(code, str):
+        if code in _PG_CONFLICT:
+            return Conflict(message)
+        if code in _PG_NOT_FOUND:
+            return NotFound(message)
+        if code.startswith(_PG_RETRY_CLASSES) or code in _PG_RETRY_CODES:
+            return RetryableError(message)
+        if code == "XX000" and "concurrently" in message:  # "tuple concurrently updated"
+            return RetryableError(message)
+        return PermanentError(message)
+    if code in _MYSQL_RETRY:
+        return RetryableError(message)
+    if code in _MYSQL_CONFLICT:
+        return Conflict(message)
+    return PermanentError(message)
 
 
 def _escape_colons(statement_part: str) -> str:
