@@ -285,6 +285,25 @@ def test_identities_show_bitemporal(cli: Any, ws: Path) -> None:
     assert "Timeline" in text.out and "terminate" in text.out
 
 
+def test_a_future_now_is_seen_alike_by_every_command(cli: Any, ws: Path) -> None:
+    """A change recorded with ``--now`` in the future: list, show, explain and plan without
+    ``--now`` all see the identity as of that moment, until it has passed."""
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    assert cli("--now", "2099-01-02", "event", "terminate", "E2").code == 0
+    listed = {r["id"]: r["state"] for r in cli("identities", "list", "--json").json()}
+    shown = cli("identities", "show", "E2", "--json").json()
+    explained = cli("explain", "E2", "--json").json()
+    assert listed["E2"] == shown["state"] == explained["state"] == "terminated"
+    assert shown["as_of"].startswith("2099-01-02")
+    assert explained["targets"] == {}  # a leaver should hold nothing
+    # an explicit --as-of still answers for that moment
+    assert cli("identities", "show", "E2", "--as-of", "2098-12-31", "--json").json()["state"] == (
+        "active"
+    )
+    # others are shown as of now
+    assert cli("identities", "show", "E1", "--json").json()["as_of"] < "2099"
+
+
 def test_audit_verify_tamper_and_export(cli: Any, ws: Path, tmp_path: Path) -> None:
     cli("import", str(write(ws / "people.csv", PEOPLE)))
     ok = cli("audit", "verify", "--json").json()

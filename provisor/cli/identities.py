@@ -9,6 +9,7 @@ Does not: record, fold, guard or explain anything itself (``provisor.engine.iden
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -285,10 +286,12 @@ def identities_show(
 
     Example:  provisor identities show E1042 --as-of 2026-03-01 --known-at 2026-02-15
     """
-    valid = maybe_when(as_of, "--as-of") or now()
     known = maybe_when(known_at, "--known-at")
     with opened() as workspace:
-        data = views.show_identity(workspace, identity, as_of=valid, known_at=known)
+        data = views.show_identity(
+            workspace, identity, as_of=maybe_when(as_of, "--as-of"), known_at=known, now=now()
+        )
+    valid = datetime.fromisoformat(data["as_of"])
     if json_out:
         print_json(data)
         return

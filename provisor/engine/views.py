@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from provisor.domain.desired import desired_access, explain
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.domain.lifecycle import EventKind, LifecycleEvent, utc
 from provisor.engine import identities
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -92,12 +93,28 @@ def list_identities(
     return (rows[:limit] if limit else rows), total
 
 
+def _as_stored(session: Session, identity: str, now: datetime) -> datetime:
+    """``now``, or the later moment the identity's stored state was brought up to (a command
+    run with ``--now`` in the future): what ``identities list`` and ``plan`` see, shown alike."""
+    materialized = session.execute(
+        select(models.Identity.materialized_at).where(models.Identity.external_id == identity)
+    ).scalar_one_or_none()
+    return max(now, utc(materialized)) if materialized is not None else now
+
+
 def show_identity(
-    workspace: Workspace, identity: str, *, as_of: datetime, known_at: datetime | None
+    workspace: Workspace,
+    identity: str,
+    *,
+    as_of: datetime | None,
+    known_at: datetime | None,
+    now: datetime,
 ) -> dict[str, Any]:
-    """One identity's state, attributes, flags and timeline as of ``as_of``, as known at
-    ``known_at`` (default: everything recorded)."""
+    """One identity's state, attributes, flags and timeline as of ``as_of`` (default: now, or
+    the later moment its stored state was brought up to), as known at ``known_at`` (default:
+    everything recorded)."""
     with workspace.sessions() as session:
+        as_of = as_of or _as_stored(session, identity, now)
         state = identities.identity_state(
             session, workspace.config, identity, as_of=as_of, known_at=known_at
         )
@@ -136,10 +153,12 @@ def explain_identity(
     workspace: Workspace, identity: str, item: str | None, *, now: datetime
 ) -> dict[str, Any]:
     """Why ``identity`` has (or lacks) ``item`` (``TARGET`` or ``TARGET:ENTITLEMENT``); without
-    an item, everything it should hold and why."""
+    an item, everything it should hold and why — as of ``now``, or the later moment its stored
+    state was brought up to."""
     compiled = workspace.compiled
     with workspace.sessions() as session:
-        state = identities.identity_state(session, workspace.config, identity, as_of=now)
+        as_of = _as_stored(session, identity, now)
+        state = identities.identity_state(session, workspace.config, identity, as_of=as_of)
     if item is None:
         desired = desired_access(compiled, state)
         return {
