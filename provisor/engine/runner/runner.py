@@ -1,28 +1,16 @@
-"""The embedded runner: executing the operation journal against targets, verified by read-back.
+"""The runner: the journal's open operations, account by account, through each target's connector.
 
-Does: take the journal's open operations account by account in step order (a later step waits
-while an earlier one of the same account is not done, except that a removal never waits on an
-addition that failed or is not due) and run them through the target's
-connector — accounts in parallel up to the target's ``concurrency``, paced by its
-``rate_limit`` (a token bucket) — reading each account before and after writing. An operation
-becomes ``verified`` only when the read-back shows its intent, and the read-back updates the
-observed-state store; when the account already shows the intent nothing is written, so running
-again makes no writes. Retryable failures are retried with exponential backoff and jitter
-(``Retry-After`` wins when given); after the last attempt, or on a permanent failure, the
-operation is parked as ``failed`` with its error — visible, never dropped. Connector calls run
-in worker threads; the journal, the observed store and the audit log are written by one thread
-in batches, so the database is never the bottleneck. A crash loses at most the unwritten batch:
-those operations are still open and run again, harmlessly, because every run reads first.
-Does not: plan (``planner``), or decide policy; targets without a connector keep their
-operations pending.
+Does: claim open operations, group them by account in step order, run accounts in parallel up
+to each target's concurrency (paced by its rate limit), write outcomes to the journal, the
+observed store and the audit log in batches from one thread, open manual work items, refer
+accounts that may not be taken over to a person, and put parked operations back in line.
+Does not: decide what an operation does to an account (``execution``) or plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,19 +23,16 @@ from sqlalchemy.orm import Session
 from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
-    Capability,
-    Conflict,
     Connector,
-    ConnectorError,
-    PermanentError,
-    RetryableError,
 )
 from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.domain.readback import adoption_refusal, kept_entitlements, unmet, unshowable
+from provisor.domain.readback import kept_entitlements
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
+from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
+from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
@@ -56,74 +41,7 @@ from provisor.store import models
 from provisor.store.bulk import chunks
 
 MAX_ATTEMPTS = 5
-NOTHING_WRITTEN = "already as intended; nothing written"  # an operation's note: no write made
-BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
-BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 200  # outcomes per journal transaction
-
-
-def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
-    """Seconds before the next attempt: the server's ``Retry-After`` when it gave one."""
-    if retry_after is not None:
-        return min(retry_after, BACKOFF_CAP)
-    delay = min(BACKOFF_BASE * 2.0 ** max(attempts - 1, 0), BACKOFF_CAP)
-    return float(delay * (0.5 + rng.random()))  # jitter around the exponential step
-
-
-class TokenBucket:
-    """At most ``rate`` operations a second on average, bursts up to ``burst``; thread-safe."""
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self.lock:
-                current = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (current - self.stamp) * self.rate)
-                self.stamp = current
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                wait = (1 - self.tokens) / self.rate
-            time.sleep(wait)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One open operation, detached from the database session for a worker thread."""
-
-    id: int
-    key: str
-    identity: str
-    target: str
-    account: str | None
-    kind: OpKind
-    entitlement: str | None
-    not_before: datetime | None
-    next_attempt_at: datetime | None
-    attempts: int
-
-    def due(self, now: datetime) -> bool:
-        return (self.not_before is None or self.not_before <= now) and (
-            self.next_attempt_at is None or self.next_attempt_at <= now
-        )
-
-
-@dataclass
-class Outcome:
-    job: Job
-    status: str  # verified | unverifiable | retry | failed
-    record: AccountRecord | None = None
-    note: str | None = None
-    wrote: bool = False
-    retry_after: float | None = None
-    at: datetime | None = None
-    refused: AccountRecord | None = None  # an account not adopted: a case to open for it
 
 
 @dataclass
@@ -143,19 +61,6 @@ class ApplyReport:
         return dict(self.__dict__)
 
 
-class _Mismatch(PermanentError):
-    """The write was accepted but the read-back does not show it."""
-
-
-class AdoptionRefused(PermanentError):
-    """An existing account matched by name alone may not be taken over without a person: a
-    correlation case is opened with what was found, and nothing is written to it."""
-
-    def __init__(self, message: str, record: AccountRecord) -> None:
-        super().__init__(message)
-        self.record = record
-
-
 def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
     if record is None:
         return None
@@ -166,181 +71,6 @@ def _snapshot(record: AccountRecord | None) -> dict[str, Any] | None:
         "entitlements": sorted(record.entitlements),
         "sessions": record.sessions,
     } | ({"unread": dict(record.unread)} if record.unread else {})
-
-
-def _clash(job: Job, spec: AccountSpec, owner: str | None) -> str:
-    return (
-        f"{job.target}: an account named {spec.user_name} already exists and belongs to "
-        f"{owner or 'someone unknown'}, not {job.identity}; resolve the clash in the target"
-    )
-
-
-def execute(
-    job: Job,
-    connector: Connector,
-    spec: AccountSpec,
-    known: AccountRecord | None = None,
-    due: frozenset[str] | None = None,
-) -> Outcome:
-    """Do one operation if the account does not show it yet; read back; judge.
-
-    ``known`` is the account as the previous step of the same run read it back, which saves
-    reading it again before writing; ``due`` the entitlements the identity is to have in the
-    target (an existing account matched by name alone holding more is not taken over; None:
-    taken over as found, for callers outside a plan).
-    Raises ``ConnectorError`` on failure."""
-    kind = job.kind
-    account = job.account
-    if kind is OpKind.REVOKE_SESSIONS and Capability.SESSIONS not in connector.capabilities():
-        record = connector.read(account) if account else None
-        note = (
-            f"{job.target} has no session interface: open sessions cannot be revoked or seen "
-            "from here"
-        )
-        return Outcome(job, "unverifiable", record, note)
-    adopt = False  # an account found by name alone, not yet stamped with the identity id
-    if account is None:
-        located = _locate(job, connector, spec, due)
-        if isinstance(located, Outcome):
-            return located
-        account, adopt = located
-    if known is not None and known.account == account:
-        before: AccountRecord | None = known
-    else:
-        before = connector.read(account) if account else None
-    if kind is OpKind.CREATE and adopt and account is not None:
-        return _adopt(job, connector, spec, account)
-    if unshowable(kind, job.entitlement, before) is None and (
-        unmet(job.kind, job.entitlement, before, spec) is None
-    ):
-        return Outcome(job, "verified", before, NOTHING_WRITTEN)
-    if before is None and kind in REMOVALS:
-        return Outcome(job, "verified", None, "the account no longer exists")
-    if kind is OpKind.CREATE:
-        account, adopt = _create(job, connector, spec, due)
-        if adopt:
-            return _adopt(job, connector, spec, account)
-    elif account is None:
-        raise PermanentError(f"{job.target}: no account for {job.identity}")
-    else:
-        account = _write(job, connector, spec, account)
-    return _read_back(job, connector, spec, account)
-
-
-def _locate(
-    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
-) -> tuple[str | None, bool] | Outcome:
-    """The account a job without one is about, and whether it would be taken over (found by
-    name alone); or the outcome when there is nothing to do."""
-    found = connector.find(spec)
-    if found is not None and found.external_id not in (None, job.identity):
-        raise PermanentError(_clash(job, spec, found.external_id))
-    if found is None and job.kind is not OpKind.CREATE:
-        if job.kind is OpKind.DELETE:
-            return Outcome(job, "verified", None, "no such account: nothing to delete")
-        raise PermanentError(f"{job.target}: no account for {job.identity} to {job.kind.value}")
-    adopt = found is not None and found.external_id is None
-    if adopt and found is not None:
-        _may_adopt(job, spec, found, due)
-    return (found.account if found else None), adopt
-
-
-def _write(job: Job, connector: Connector, spec: AccountSpec, account: str) -> str:
-    """Make the change on an existing account; returns its id afterwards (a rename may
-    change it)."""
-    kind = job.kind
-    if kind is OpKind.UPDATE:
-        return connector.update(account, spec)  # a new id when the target renamed it
-    if kind in (OpKind.ENABLE, OpKind.DISABLE):
-        connector.set_enabled(account, kind is OpKind.ENABLE)
-    elif kind is OpKind.ADD_ENTITLEMENT:
-        assert job.entitlement is not None
-        connector.add_entitlement(account, job.entitlement)
-    elif kind is OpKind.REMOVE_ENTITLEMENT:
-        assert job.entitlement is not None
-        connector.remove_entitlement(account, job.entitlement)
-    elif kind is OpKind.REVOKE_SESSIONS:
-        connector.revoke_sessions(account)
-    elif kind is OpKind.DELETE:
-        connector.delete(account)
-    return account
-
-
-def _read_back(job: Job, connector: Connector, spec: AccountSpec, account: str) -> Outcome:
-    """Read the account after a write and judge it: verified only when the read shows it."""
-    after = connector.read(account)
-    blind = unshowable(job.kind, job.entitlement, after)
-    if blind is not None:
-        note = f"written, but the read-back cannot show it: {blind}"
-        return Outcome(job, "unverifiable", after, note, wrote=True)
-    problem = unmet(job.kind, job.entitlement, after, spec)
-    if problem is not None:
-        raise _Mismatch(
-            f"{job.target}: {job.kind.value} was accepted but the read-back disagrees: {problem}"
-        )
-    return Outcome(job, "verified", after, None, wrote=True)
-
-
-def _failure(job: Job, exc: Exception) -> Outcome:
-    """What a failed operation records: retried later when the target said so."""
-    if isinstance(exc, AdoptionRefused):
-        return Outcome(job, "failed", note=str(exc), refused=exc.record)
-    if isinstance(exc, RetryableError):
-        return Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
-    if isinstance(exc, ConnectorError):
-        return Outcome(job, "failed", note=str(exc))
-    return Outcome(job, "failed", note=f"{type(exc).__name__}: {exc}")
-
-
-def _may_adopt(
-    job: Job, spec: AccountSpec, found: AccountRecord, due: frozenset[str] | None
-) -> None:
-    """Raise ``AdoptionRefused`` when an account matched by name alone may not be taken over."""
-    if due is None:
-        return
-    refusal = adoption_refusal(found, due, spec.enabled)
-    if refusal is not None:
-        raise AdoptionRefused(
-            f"{job.target}: an existing account {found.account} ({found.user_name}) matches "
-            f"{job.identity} by name only and is not taken over: {refusal}; a correlation case "
-            "is open for a person to decide ('provisor cases'), nothing is written to it",
-            found,
-        )
-
-
-def _create(
-    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
-) -> tuple[str, bool]:
-    """Create the account; on a name already taken by the same person's account (or an
-    unclaimed one that may be adopted) use that one. Returns the account and whether it was
-    taken over."""
-    try:
-        return connector.create(spec), False
-    except Conflict:
-        existing = connector.find(spec)
-        if existing is not None and existing.external_id == job.identity:
-            return existing.account, False
-        if existing is not None and existing.external_id is None:
-            _may_adopt(job, spec, existing, due)
-            return existing.account, True
-        raise PermanentError(
-            _clash(job, spec, existing.external_id if existing else None)
-        ) from None
-
-
-def _adopt(job: Job, connector: Connector, spec: AccountSpec, account: str) -> Outcome:
-    """Take over an account that matched by name only: stamp it with the identity id (where
-    the target can hold one) so later matches are certain, and read it back."""
-    note = "adopted an existing account that matched by user name"
-    wrote = False
-    if {Capability.UPDATE, Capability.EXTERNAL_ID} <= connector.capabilities():
-        account = connector.update(account, spec)
-        wrote = True
-        note += "; stamped it with the identity id"
-    after = connector.read(account)
-    if after is None:
-        raise _Mismatch(f"{job.target}: the adopted account {account} is gone")
-    return Outcome(job, "verified", after, note, wrote=wrote)
 
 
 class Runner:
@@ -595,7 +325,7 @@ class Runner:
                     spec = dataclasses.replace(spec, enabled=False)
                 outcome = execute(job, connector, spec, known, due)
             except Exception as exc:  # every failure is recorded; none may escape a worker
-                failure = _failure(job, exc)
+                failure = failure_of(job, exc)
                 failure.at = when
                 outcomes.append(failure)
                 known = None
