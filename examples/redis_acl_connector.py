@@ -75,6 +75,8 @@ class RedisAclConnector(BaseConnector):
 
     Settings = RedisSettings
     settings: RedisSettings
+    reads_entitlements = True  # a user's categories, as Redis describes them
+    reads_sessions = True  # CLIENT LIST
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)

@@ -166,7 +166,7 @@ def run_command(
 def _print_cycle(cycle: CycleReport, json_out: bool) -> None:
     at = f"{cycle.at:%Y-%m-%d %H:%M:%S}"
     if cycle.policy_changed:
-        err.print(f"{at} policy changed: planned everyone", markup=False)
+        out.print(f"{at} policy changed: planned everyone", markup=False)
     for failed in (r for r in cycle.reconciled if r.error):
         err.print(f"reconcile {failed.target}: {failed.error}", markup=False)
     for where, why in sorted(cycle.applied.unopened.items()):

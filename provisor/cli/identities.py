@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provisor.cli.options import JsonOption, maybe_when, now, opened, parse_when
+from provisor.cli.options import JsonOption, given, maybe_when, now, opened, parse_when
 from provisor.cli.output import err, finish, out, print_json, stages, table
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind
 from provisor.engine import holds as holds_service
@@ -288,9 +288,9 @@ def identities_show(
     """
     known = maybe_when(known_at, "--known-at")
     with opened() as workspace:
-        data = views.show_identity(
-            workspace, identity, as_of=maybe_when(as_of, "--as-of"), known_at=known, now=now()
-        )
+        # a date asked for (--as-of, else --now) is answered; by default, as stored
+        asked = maybe_when(as_of, "--as-of") or given.now
+        data = views.show_identity(workspace, identity, as_of=asked, known_at=known, now=now())
     valid = datetime.fromisoformat(data["as_of"])
     if json_out:
         print_json(data)
@@ -335,7 +335,7 @@ def explain_command(
     Example:  provisor explain E1042 github:admins
     """
     with opened() as workspace:
-        data = views.explain_identity(workspace, identity, item, now=now())
+        data = views.explain_identity(workspace, identity, item, now=now(), as_of=given.now)
     if json_out:
         print_json(data)
     elif item is None:

@@ -31,8 +31,9 @@ from rich.text import Text
 
 from provisor.errors import ExitCode
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# values from targets and feeds are printed as they are: no markup, no :emoji: codes
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def finish(code: ExitCode) -> NoReturn:

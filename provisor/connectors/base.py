@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 from provisor.domain.accounts import AccountRecord, AccountSpec, Capability
 from provisor.errors import ProvisorError
@@ -184,6 +184,13 @@ class ConnectorSettings(BaseModel):
     connector: str | None = None
     user_name_attribute: str = "email"
 
+    @field_validator("*")
+    @classmethod
+    def _no_empty_secret(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr) and not value.get_secret_value():
+            raise ValueError("an empty credential is not a credential; leave the setting out")
+        return value
+
     @classmethod
     def problems(cls, settings: Mapping[str, Any], *, complete: bool = True) -> list[Problem]:
         """What is wrong with ``settings`` (empty when nothing is), each with where. Not
@@ -244,12 +251,15 @@ class BaseConnector:
     """A base for connectors: settings parsed into ``Settings`` (``self.settings``), every write
     ``Unsupported`` until the subclass implements it, ``read`` and ``find`` by walking
     ``list_accounts`` until it implements them, and capabilities that follow from what it
-    implements. A subclass that reads (but cannot write) memberships sets
-    ``reads_entitlements``; one whose accounts carry the identity id sets
-    ``carries_identity``; ``unavailable`` names what its settings switch off."""
+    implements — and, for memberships and sessions, from what its reads show: ENTITLEMENTS is
+    claimed only with ``reads_entitlements`` (records hold the whole membership; with it a
+    read-only connector claims ENTITLEMENTS too) and SESSIONS only with ``revoke_sessions``
+    and ``reads_sessions`` (records count open sessions). One whose accounts carry the identity
+    id sets ``carries_identity``; ``unavailable`` names what its settings switch off."""
 
     Settings: ClassVar[type[ConnectorSettings]] = ConnectorSettings
-    reads_entitlements: bool = False
+    reads_entitlements: bool = False  # records hold the account's whole membership
+    reads_sessions: bool = False  # records count the account's open sessions
     carries_identity: bool = False
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
@@ -263,8 +273,13 @@ class BaseConnector:
         found = {cap for cap, methods in _NEEDS.items() if all(map(self._implements, methods))}
         if found & {Capability.LIST} or self._implements("read"):
             found.add(Capability.READ)
-        if self.reads_entitlements:
+        # writing is not reading: a layer counts only where the records show it whole
+        if not self.reads_entitlements:
+            found.discard(Capability.ENTITLEMENTS)
+        elif self._implements("list_accounts") or self._implements("read"):
             found.add(Capability.ENTITLEMENTS)
+        if not self.reads_sessions:
+            found.discard(Capability.SESSIONS)
         if self.carries_identity:
             found.add(Capability.EXTERNAL_ID)
         return frozenset(found - self.unavailable())

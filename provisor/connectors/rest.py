@@ -256,6 +256,8 @@ class RestConnector(BaseConnector):
     Settings = RestSettings
     settings: RestSettings
     carries_identity = True  # when the description maps an external id (see ``unavailable``)
+    reads_entitlements = True  # as the description reads them (see ``unavailable``)
+    reads_sessions = True  # the description's session listing (see ``unavailable``)
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -688,6 +690,7 @@ class RestConnector(BaseConnector):
             Capability.ENTITLEMENTS: not self.api.entitlements.kinds,
             Capability.SESSIONS: endpoints.list_sessions is None
             or endpoints.revoke_sessions is None,
+            Capability.EXTERNAL_ID: not account.external_id,
         }
         return frozenset(capability for capability, missing in off.items() if missing)
 

@@ -249,6 +249,7 @@ class ScimConnector(BaseConnector):
     Settings = ScimSettings
     settings: ScimSettings
     carries_identity = True  # externalId
+    reads_entitlements = True  # through the read paths shown to work (``unread`` otherwise)
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)

@@ -31,7 +31,7 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
     secrets_path = workspace.path / workspace.config.secrets_file
     secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
     settings = dict(resolve_connection(target.connection, secrets))
-    if target.target_class is TargetClass.SQL:
+    if target.target_class is TargetClass.SQL and not settings.get("connector"):
         settings.setdefault("pool_size", target.concurrency)  # one connection per worker
     connector = registry.open_connector(target.name, target.target_class, settings)
     if connector is not None:

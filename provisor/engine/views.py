@@ -150,14 +150,19 @@ def show_identity(
 
 
 def explain_identity(
-    workspace: Workspace, identity: str, item: str | None, *, now: datetime
+    workspace: Workspace,
+    identity: str,
+    item: str | None,
+    *,
+    now: datetime,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
     """Why ``identity`` has (or lacks) ``item`` (``TARGET`` or ``TARGET:ENTITLEMENT``); without
-    an item, everything it should hold and why — as of ``now``, or the later moment its stored
-    state was brought up to."""
+    an item, everything it should hold and why — as of ``as_of`` when given, else ``now`` or
+    the later moment its stored state was brought up to."""
     compiled = workspace.compiled
     with workspace.sessions() as session:
-        as_of = _as_stored(session, identity, now)
+        as_of = as_of or _as_stored(session, identity, now)
         state = identities.identity_state(session, workspace.config, identity, as_of=as_of)
     if item is None:
         desired = desired_access(compiled, state)

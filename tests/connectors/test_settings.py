@@ -66,6 +66,13 @@ def test_policy_names_each_mistyped_setting_with_file_and_line(workspace: Path, 
     assert any("targets[2].connection.user_colum: unknown setting" in line for line in lines)
     # the same policy stops every command that loads it, before anything is written
     assert cli("plan").code == 3
+    # a value given by reference is judged once resolved, when the connector opens
+    policy = workspace / "policy" / "policy.yaml"
+    policy.write_text(
+        "targets:\n  - name: app\n    class: scim\n    owner: o\n"
+        '    connection: {url: "http://127.0.0.1:1/v2", timeout: {env: APP_TIMEOUT}}\n'
+    )
+    assert cli("policy", "check").code == 0
 
 
 def test_connectors_refuse_unknown_settings_and_hide_credentials() -> None:
@@ -120,6 +127,8 @@ class Listing(BaseConnector):
 
 
 class Writer(Listing):
+    reads_entitlements = True  # its records show each account's whole membership
+
     def create(self, spec: AccountSpec) -> str:
         return spec.user_name
 
@@ -158,6 +167,48 @@ def test_capabilities_follow_from_what_a_connector_implements() -> None:
     }
     with pytest.raises(PermanentError, match="unknown connection setting url"):
         Listing("t", {"url": "x"}, [])
+
+
+class BlindWriter(Listing):
+    """Grants and revokes, but its records do not show memberships or sessions."""
+
+    def add_entitlement(self, account: str, entitlement: str) -> None: ...
+
+    def remove_entitlement(self, account: str, entitlement: str) -> None: ...
+
+    def revoke_sessions(self, account: str) -> None: ...
+
+
+def test_writing_a_layer_is_no_claim_to_read_it() -> None:
+    """A connector that can remove entitlements and sessions but whose records show neither
+    claims neither: a leaver's account read back without entitlements is then unverifiable,
+    never "removed"."""
+    from provisor.domain.policy import TargetDef
+    from provisor.domain.proof import REMOVED, UNVERIFIABLE, judge_record
+
+    blind = BlindWriter("t", {}, [])
+    assert blind.capabilities() == {Capability.LIST, Capability.READ}
+    target = TargetDef.model_validate(
+        {"name": "t", "class": "rest", "owner": "o", "entitlements": [{"name": "dev"}]}
+    )
+    record = AccountRecord("a1", "alice", False, frozenset())
+    layers = {
+        layer.layer: layer.state
+        for layer in judge_record(target, record, blind.capabilities(), None, record_now())
+    }
+    assert layers["entitlements"] == UNVERIFIABLE and layers["sessions"] == UNVERIFIABLE
+    assert layers["account"] == REMOVED  # disabled, as read
+
+
+def record_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def test_an_empty_credential_is_refused() -> None:
+    with pytest.raises(PermanentError, match="token: an empty credential"):
+        ScimConnector("t", {"url": "http://127.0.0.1:1/v2", "token": ""})
 
 
 def test_settings_models_report_problems_without_raising() -> None:

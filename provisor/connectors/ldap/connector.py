@@ -120,6 +120,7 @@ class LdapConnector(BaseConnector):
 
     Settings = LdapSettings
     settings: LdapSettings
+    reads_entitlements = True  # from the groups, or memberOf once shown (``unread`` otherwise)
 
     def __init__(
         self, name: str, settings: Mapping[str, Any], client: LdapClient | None = None

@@ -102,6 +102,8 @@ class PostgresRoles(BaseConnector):
 
     Settings = PostgresRolesSettings
     settings: PostgresRolesSettings
+    reads_entitlements = True  # role memberships / granted roles
+    reads_sessions = True  # the server's own session list
     carries_identity = True  # in the role's comment
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
@@ -430,6 +432,8 @@ class MysqlUsers(BaseConnector):
 
     Settings = MysqlUsersSettings
     settings: MysqlUsersSettings
+    reads_entitlements = True  # role memberships / granted roles
+    reads_sessions = True  # the server's own session list
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)

@@ -131,6 +131,8 @@ class UsersTable(BaseConnector):
 
     Settings = UsersTableSettings
     settings: UsersTableSettings
+    reads_entitlements = True  # the membership table, when configured (see ``unavailable``)
+    reads_sessions = True  # the sessions table, when configured
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
