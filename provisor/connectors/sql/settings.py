@@ -30,8 +30,8 @@ class SqlSettings(ConnectorSettings):
     url: str = Field(min_length=1)
     password: SecretStr | None = None
     pool_size: int = Field(default=4, ge=1)
-    timeout: float = Field(default=10, gt=0)
-    statement_timeout: float = Field(default=60, gt=0)
+    timeout: int = Field(default=10, ge=1)  # whole seconds, as the drivers take them
+    statement_timeout: int = Field(default=60, ge=1)
 
 
 class PostgresRolesSettings(SqlSettings):
