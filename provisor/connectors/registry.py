@@ -77,14 +77,14 @@ def settings_model(
     return model if isinstance(model, type) and issubclass(model, ConnectorSettings) else None
 
 
-def _placeholders(value: Any) -> Any:
+def placeholders(value: Any) -> Any:
     """``value`` with every secret reference replaced by a stand-in text."""
     if isinstance(value, SecretRef):
-        return "<secret>"
+        return "<unresolved secret>"
     if isinstance(value, dict):
-        return {k: _placeholders(v) for k, v in value.items()}
+        return {k: placeholders(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_placeholders(v) for v in value]
+        return [placeholders(v) for v in value]
     return value
 
 
@@ -98,7 +98,7 @@ def settings_problems(target: TargetDef) -> list[tuple[tuple[str | int, ...], st
         return []
     if model is None:
         return []
-    settings = _placeholders(target.connection)
+    settings = placeholders(target.connection)
     # a setting not filled in yet is said when the connector opens; a wrong one, now. A
     # reference (to a secret or the environment) is judged once resolved, when it opens.
     referenced = {key for key, value in target.connection.items() if isinstance(value, SecretRef)}

@@ -21,7 +21,7 @@ from typing import Any
 from provisor.connectors import registry
 from provisor.connectors.base import Capability, Connector, ReadPath
 from provisor.domain.channels import CATEGORY, channel
-from provisor.domain.policy import SecretRef, TargetClass, TargetDef
+from provisor.domain.policy import TargetClass, TargetDef
 from provisor.engine import readpaths
 from provisor.engine.connections import open_connector
 from provisor.engine.workspace import Workspace
@@ -84,10 +84,6 @@ class TargetCoverage:
         }
 
 
-def _placeholders(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: "unresolved" if isinstance(v, SecretRef) else v for k, v in settings.items()}
-
-
 def _open_offline(workspace: Workspace, target: TargetDef) -> tuple[Connector | None, list[str]]:
     """The target's connector, opened the way the runner opens it; when its credentials cannot
     be resolved here, opened with placeholders (capabilities never depend on them)."""
@@ -95,7 +91,7 @@ def _open_offline(workspace: Workspace, target: TargetDef) -> tuple[Connector | 
         return open_connector(workspace, target), []
     except SecretError as exc:
         connector = registry.open_connector(
-            target.name, target.target_class, _placeholders(dict(target.connection))
+            target.name, target.target_class, registry.placeholders(dict(target.connection))
         )
         if connector is not None:
             readpaths.attach(workspace, target.name, connector)  # as the runner opens it
