@@ -15,8 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
-from provisor.cli.options import JsonOption, given, maybe_when, now, opened, parse_when
-from provisor.cli.output import err, finish, out, print_json, stages, table
+from provisor.cli.options import (
+    JsonOption,
+    given,
+    lists_by_default,
+    maybe_when,
+    now,
+    opened,
+    parse_when,
+)
+from provisor.cli.output import err, finish, listing, out, print_json, stages, table
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind
 from provisor.engine import holds as holds_service
 from provisor.engine import identities as identity_service
@@ -225,12 +233,6 @@ def approve(
     )
 
 
-@identities_app.callback(invoke_without_command=True)
-def identities_default(context: typer.Context, json_out: JsonOption = False) -> None:
-    if context.invoked_subcommand is None:
-        identities_list(state=None, department=None, kind=None, limit=50, json_out=json_out)
-
-
 @identities_app.command("list")
 def identities_list(
     state: Annotated[str | None, typer.Option(help="Only this lifecycle state.")] = None,
@@ -249,28 +251,28 @@ def identities_list(
         shown, total = views.list_identities(
             workspace, state=state, department=department, kind=kind, limit=limit
         )
-    if json_out:
-        print_json(shown)
-        return
-    table(
-        None,
-        ["id", "name", "kind", "state", "department", "owner", "next change", "flags"],
-        [
-            (
-                r["id"],
-                r["name"],
-                r["kind"],
-                r["state"],
-                r["department"],
-                r["owner"],
-                (r["next_change"] or "")[:10],
-                "; ".join(r["flags"] or []),
-            )
-            for r in shown
-        ],
+    listing(
+        shown,
+        json_out=json_out,
+        empty="No identities match.",
+        title=None,
+        columns=["id", "name", "kind", "state", "department", "owner", "next change", "flags"],
+        row=lambda r: (
+            r["id"],
+            r["name"],
+            r["kind"],
+            r["state"],
+            r["department"],
+            r["owner"],
+            (r["next_change"] or "")[:10],
+            "; ".join(r["flags"] or []),
+        ),
     )
-    if len(shown) < total:
+    if len(shown) < total and not json_out:
         out.print(f"{len(shown)} of {total} shown; use --limit 0 for all.")
+
+
+lists_by_default(identities_app, identities_list)
 
 
 @identities_app.command("show")

@@ -1,18 +1,19 @@
 """Options every command shares: the workspace, the clock (``--now``), ``--json``, dates.
 
 Does: hold the global ``--workspace`` and ``--now`` given to ``provisor``, parse dates given on
-the command line (a usage error names the option), open the workspace, name the acting person.
-Does not: print or run any command.
+the command line (a usage error names the option), open the workspace, name the acting person,
+run a group's listing when no subcommand is given.
+Does not: print, or decide what a command does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,3 +81,13 @@ def opened() -> Iterator[Workspace]:
 def actor(by: str | None) -> str:
     """Who acts: ``--by`` when given, else the operating-system user."""
     return by or audit.current_actor()
+
+
+def lists_by_default(group: typer.Typer, listing: Callable[..., Any]) -> None:
+    """``provisor GROUP [--json]`` without a subcommand runs the group's ``listing`` with its
+    defaults."""
+
+    @group.callback(invoke_without_command=True)
+    def default(context: typer.Context, json_out: JsonOption = False) -> None:
+        if context.invoked_subcommand is None:
+            listing(json_out=json_out)

@@ -65,6 +65,26 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     out.print(shown)
 
 
+def listing(
+    found: Sequence[Any],
+    *,
+    json_out: bool,
+    empty: str,
+    title: str | None,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+    as_json: Callable[[Any], Any] = lambda item: item,
+) -> None:
+    """What a ``list`` command prints: ``found`` as JSON, ``empty`` when there is nothing, or a
+    table with one ``row`` per item."""
+    if json_out:
+        print_json([as_json(item) for item in found])
+    elif not found:
+        out.print(empty)
+    else:
+        table(title, columns, [row(item) for item in found])
+
+
 @contextmanager
 def stages(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
     """A progress bar over the named stages of a long operation (stderr, people only)."""

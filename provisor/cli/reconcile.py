@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provisor.cli.options import JsonOption, actor, maybe_when, now, opened
-from provisor.cli.output import err, finish, named_counter, out, print_json, table
+from provisor.cli.options import JsonOption, actor, lists_by_default, maybe_when, now, opened
+from provisor.cli.output import err, finish, listing, named_counter, out, print_json, table
 from provisor.engine import correlate, marks, reconcile
 from provisor.errors import ExitCode
 
@@ -135,12 +135,6 @@ def _show(r: reconcile.ReconcileReport) -> None:
         err.print(f"  {line}", markup=False)
 
 
-@cases_app.callback(invoke_without_command=True)
-def cases_default(context: typer.Context, json_out: JsonOption = False) -> None:
-    if context.invoked_subcommand is None:
-        cases_list(every=False, target=None, json_out=json_out)
-
-
 @cases_app.command("list")
 def cases_list(
     every: Annotated[bool, typer.Option("--all", help="Include resolved and dismissed.")] = False,
@@ -156,29 +150,35 @@ def cases_list(
             correlate.case_dict(c)
             for c in correlate.list_cases(session, every=every, target=target)
         ]
-    if json_out:
-        print_json(found)
-        return
-    if not found:
-        out.print("No correlation cases waiting.")
-        return
-    table(
-        "Correlation cases",
-        ["case", "status", "target", "account", "user name", "candidates", "why", "resolved"],
-        [
-            (
-                c["id"],
-                c["status"],
-                c["target"],
-                c["account"],
-                c["user_name"],
-                ", ".join(c["candidates"]),
-                c["reason"],
-                c["resolved_identity"] or "",
-            )
-            for c in found
+    listing(
+        found,
+        json_out=json_out,
+        empty="No correlation cases waiting.",
+        title="Correlation cases",
+        columns=[
+            "case",
+            "status",
+            "target",
+            "account",
+            "user name",
+            "candidates",
+            "why",
+            "resolved",
         ],
+        row=lambda c: (
+            c["id"],
+            c["status"],
+            c["target"],
+            c["account"],
+            c["user_name"],
+            ", ".join(c["candidates"]),
+            c["reason"],
+            c["resolved_identity"] or "",
+        ),
     )
+
+
+lists_by_default(cases_app, cases_list)
 
 
 @cases_app.command("resolve")
@@ -224,12 +224,6 @@ def cases_dismiss(
         out.print(f"Case {case}: {found['target']}:{found['account']} linked to nobody.")
 
 
-@marks_app.callback(invoke_without_command=True)
-def marks_default(context: typer.Context, json_out: JsonOption = False) -> None:
-    if context.invoked_subcommand is None:
-        marks_list(target=None, json_out=json_out)
-
-
 @marks_app.command("list")
 def marks_list(
     target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
@@ -242,27 +236,24 @@ def marks_list(
     at = now()
     with opened() as workspace, workspace.sessions() as session:
         found = [marks.mark_dict(m, at) for m in marks.list_marks(session, target=target)]
-    if json_out:
-        print_json(found)
-        return
-    if not found:
-        out.print("No account marks.")
-        return
-    table(
-        "Account marks",
-        ["target", "account", "mark", "reason", "by", "expires"],
-        [
-            (
-                m["target"],
-                m["account"],
-                m["mark"],
-                m["reason"],
-                m["marked_by"],
-                (m["expires_at"] or "never")[:10] + (" (expired)" if m["expired"] else ""),
-            )
-            for m in found
-        ],
+    listing(
+        found,
+        json_out=json_out,
+        empty="No account marks.",
+        title="Account marks",
+        columns=["target", "account", "mark", "reason", "by", "expires"],
+        row=lambda m: (
+            m["target"],
+            m["account"],
+            m["mark"],
+            m["reason"],
+            m["marked_by"],
+            (m["expires_at"] or "never")[:10] + (" (expired)" if m["expired"] else ""),
+        ),
     )
+
+
+lists_by_default(marks_app, marks_list)
 
 
 @marks_app.command("set")

@@ -11,20 +11,14 @@ from typing import Annotated
 
 import typer
 
-from provisor.cli.options import JsonOption, actor, now, opened
-from provisor.cli.output import out, print_json, table
+from provisor.cli.options import JsonOption, actor, lists_by_default, now, opened
+from provisor.cli.output import listing, out, print_json
 from provisor.engine import tasks
 
 tasks_app = typer.Typer(
     help="Work items for manual targets: list, mark done, verify.\n\n"
     "Example:  provisor tasks list --owner finance-ops@example.com"
 )
-
-
-@tasks_app.callback(invoke_without_command=True)
-def tasks_default(context: typer.Context, json_out: JsonOption = False) -> None:
-    if context.invoked_subcommand is None:
-        tasks_list(every=False, owner=None, json_out=json_out)
 
 
 @tasks_app.command("list")
@@ -39,28 +33,26 @@ def tasks_list(
     """
     with opened() as workspace, workspace.sessions() as session:
         found = tasks.list_tasks(session, now(), every=every, owner=owner)
-    if json_out:
-        print_json([v.as_dict() for v in found])
-        return
-    if not found:
-        out.print("No tasks waiting.")
-        return
-    table(
-        "Tasks",
-        ["task", "status", "due", "owner", "target", "identity", "what"],
-        [
-            (
-                v.id,
-                v.status + (" OVERDUE" if v.overdue else ""),
-                v.due.date(),
-                v.owner,
-                v.target,
-                v.identity,
-                v.instructions,
-            )
-            for v in found
-        ],
+    listing(
+        found,
+        json_out=json_out,
+        as_json=lambda v: v.as_dict(),
+        empty="No tasks waiting.",
+        title="Tasks",
+        columns=["task", "status", "due", "owner", "target", "identity", "what"],
+        row=lambda v: (
+            v.id,
+            v.status + (" OVERDUE" if v.overdue else ""),
+            v.due.date(),
+            v.owner,
+            v.target,
+            v.identity,
+            v.instructions,
+        ),
     )
+
+
+lists_by_default(tasks_app, tasks_list)
 
 
 @tasks_app.command("done")

@@ -5,38 +5,16 @@ while a case is open."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import correlate, identities
+from provisor.engine import correlate
 from provisor.engine.observed import import_observed
 from provisor.engine.workspace import Workspace
 from provisor.store import models
-from tests.engine.test_reconcile import NOW, workspace_for
+from tests.engine.test_reconcile import NOW, hire_twins, workspace_for
 from tests.engine.test_runner import people
-
-
-def _hire_twins(ws: Workspace) -> None:
-    with ws.sessions() as session, session.begin():
-        identities.record_events(
-            session,
-            ws.config,
-            [
-                LifecycleEvent(
-                    i,
-                    EventKind.HIRE,
-                    NOW - timedelta(days=3),
-                    NOW,
-                    {"email": "Shared@Example.com ", "employment_type": "contractor"},
-                )
-                for i in ("C1", "C2")
-            ],
-            origin="test",
-            now=NOW,
-        )
 
 
 def _links(ws: Workspace) -> dict[str, str | None]:
@@ -56,7 +34,7 @@ def test_export_links_like_reconciliation_and_opens_cases(tmp_path: Path, scim_u
     ws = workspace_for(tmp_path, scim_url)
     try:
         people(ws, "E1")
-        _hire_twins(ws)
+        hire_twins(ws)
         export = _export(
             tmp_path / "app.csv",
             "a-shared,,shared@example.com,staff",

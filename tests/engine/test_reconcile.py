@@ -218,6 +218,27 @@ def test_planted_changes_are_found_classified_and_fixed(ws: Workspace, scim_url:
     assert {"reconcile.started", "reconcile.finished", "account.marked"} <= audit_actions
 
 
+def hire_twins(ws: Workspace) -> None:
+    """Two contractors, C1 and C2, sharing one email (in another case, with a trailing space)."""
+    with ws.sessions() as session, session.begin():
+        identities.record_events(
+            session,
+            ws.config,
+            [
+                LifecycleEvent(
+                    i,
+                    EventKind.HIRE,
+                    NOW - timedelta(days=3),
+                    NOW,
+                    {"email": "Shared@Example.com ", "employment_type": "contractor"},
+                )
+                for i in ("C1", "C2")
+            ],
+            origin="test",
+            now=NOW,
+        )
+
+
 def test_report_policy_ambiguity_case_and_marks(
     tmp_path: Path, scim_url: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,23 +249,7 @@ def test_report_policy_ambiguity_case_and_marks(
     ws = workspace_for(tmp_path, scim_url, orphan="report")
     try:
         people(ws, "E1")
-        with ws.sessions() as session, session.begin():
-            identities.record_events(
-                session,
-                ws.config,
-                [
-                    LifecycleEvent(
-                        i,
-                        EventKind.HIRE,
-                        NOW - timedelta(days=3),
-                        NOW,
-                        {"email": "Shared@Example.com ", "employment_type": "contractor"},
-                    )
-                    for i in ("C1", "C2")
-                ],
-                origin="test",
-                now=NOW,
-            )
+        hire_twins(ws)
         shared = raw_user(scim_url, "shared@example.com")
         loner = raw_user(scim_url, "loner@example.com")
         quiet = raw_user(scim_url, "quiet@example.com")
