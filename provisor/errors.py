@@ -3,12 +3,15 @@
 Does: give each failure a class, a message that names the input at fault (file, line, row, field,
 identity) and says what to do next; hold the one table of exit codes the CLI returns, for errors
 and for outcomes that are not errors (rows rejected, a leaver's access still present).
-Does not: log, print or catch anything; callers decide how to present an error.
+Does not: log, print or catch anything; callers decide how to present an error. A message
+never carries a credential: it is redacted (``provisor.redaction``) when the error is made.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from provisor.redaction import redact
 
 
 class ExitCode(IntEnum):
@@ -38,8 +41,12 @@ class ProvisorError(Exception):
     """Base of every error Provisor raises on purpose. ``exit_code`` is what the CLI returns."""
 
     exit_code: int = ExitCode.ERROR
+    # whether credential-shaped text is masked too, besides every known credential
+    masks_shapes = True
 
     def __init__(self, message: str) -> None:
+        # targets' answers quoted in errors may echo credentials
+        message = redact(message, shapes=self.masks_shapes)
         super().__init__(message)
         self.message = message
 
@@ -57,6 +64,9 @@ class PolicyError(ProvisorError):
     """A policy file is invalid. ``problems`` lists every ``file:line field: reason`` found."""
 
     exit_code = ExitCode.POLICY
+    # its lines name settings ("api.headers.Authorization: ..."), never a value (a credential
+    # written in policy is refused without being quoted); known credentials are still masked
+    masks_shapes = False
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = problems or []

@@ -3,7 +3,8 @@
 Does: assemble the commands (one module per command group: ``workspace``, ``identities``,
 ``access``, ``tasks``, ``reconcile``, ``evidence``, ``audit``), take the global options, and
 turn every error a user can meet into one line on stderr and its exit code
-(``provisor.errors.ExitCode``), never a traceback.
+(``provisor.errors.ExitCode``), never a traceback; redact credentials from all it prints
+and logs.
 Does not: query the store, hold a loop or decide anything; every command calls the engine
 functions that the API and workers call the same way (see ``output`` for presentation).
 """
@@ -20,6 +21,7 @@ from provisor.cli import access, audit, evidence, identities, reconcile, tasks, 
 from provisor.cli.options import NowOption, WorkspaceOption, given, parse_when
 from provisor.cli.output import err
 from provisor.errors import ExitCode, ProvisorError
+from provisor.redaction import install, wrapped
 
 app = typer.Typer(
     name="provisor",
@@ -37,6 +39,9 @@ app = typer.Typer(
 
 @app.callback()
 def _main(workspace: WorkspaceOption = None, now: NowOption = None) -> None:
+    # nothing a command prints or logs carries a credential, whatever a target answered
+    sys.stdout, sys.stderr = wrapped(sys.stdout), wrapped(sys.stderr)
+    install()
     given.workspace = workspace
     given.now = parse_when(now, "--now") if now else None
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from provisor.cli.options import JsonOption, given
-from provisor.cli.output import out, print_json
+from provisor.cli.output import err, out, print_json
 from provisor.engine.workspace import check_policy, init_workspace
 
 policy_app = typer.Typer(help="Check policy files.\n\nExample:  provisor policy check")
@@ -45,6 +45,8 @@ def policy_check(json_out: JsonOption = False) -> None:
     if json_out:
         print_json(data)
         return
+    for warning in data["warnings"]:
+        err.print(f"warning: {warning}", markup=False)
     out.print(
         f"Policy OK: {data['targets']} targets, {data['rules']} rules, {data['roles']} roles, "
         f"{data['assignments']} assignments, {data['exceptions']} exceptions, "

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from provisor.domain import yaml_limits
 from provisor.domain.lifecycle import canonical_json
 from provisor.domain.policy import Policy, TargetDef
 from provisor.errors import PolicyError
@@ -112,7 +113,7 @@ class _Reader:
         self._order.setdefault(self._file, len(self._order))
         self._open.clear()
         try:
-            root = yaml.compose(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+            root = yaml_limits.compose(file.read_text(encoding="utf-8"))
             if root is not None:
                 self._sections(root)
         except yaml.MarkedYAMLError as exc:
@@ -137,6 +138,9 @@ class _Reader:
             location, rest = _split_location(self.merged, error["loc"], error["type"] == "missing")
             if rest:
                 unions.setdefault(location, []).append(str(rest[0]))
+            elif error["type"] == "inline_credential":
+                at = tuple(error.get("ctx", {}).get("at", ()))
+                self.report((*location, *at), error["msg"])
             elif error["type"] == "value_error":
                 self.report(location, str(error.get("ctx", {}).get("error", error["msg"])))
             elif error["type"] == "extra_forbidden":

@@ -21,6 +21,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from provisor.domain.policy import SecretRef
 from provisor.errors import SecretError
+from provisor.redaction import remember_connection
 
 KEY_VARIABLE = "PROVISOR_SECRETS_KEY"
 
@@ -137,8 +138,20 @@ def resolve_secret(ref: SecretRef, secrets: SecretsFile | None) -> str:
 
 
 def resolve_connection(settings: Mapping[str, Any], secrets: SecretsFile | None) -> dict[str, Any]:
-    """Connection settings with every secret reference replaced by the credential it names."""
-    return {
-        key: resolve_secret(value, secrets) if isinstance(value, SecretRef) else value
-        for key, value in settings.items()
-    }
+    """Connection settings with every secret reference replaced by the credential it names;
+    each credential is remembered for redaction (``provisor.redaction``) from then on."""
+    found: list[str] = []
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, SecretRef):
+            found.append(resolve_secret(value, secrets))
+            return found[-1]
+        if isinstance(value, Mapping):
+            return {key: resolved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [resolved(item) for item in value]
+        return value
+
+    result = {key: resolved(value) for key, value in settings.items()}
+    remember_connection(result, found)
+    return result

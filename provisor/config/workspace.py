@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from provisor.domain import yaml_limits
 from provisor.errors import ConfigError
 from provisor.sources.hr import FeedMapping
 
@@ -46,6 +47,9 @@ class WorkspaceConfig(BaseModel):
     guard: GuardSettings = Field(default_factory=GuardSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     secrets_file: str = "secrets.enc"
+    # a credential that would cross the network unencrypted (plain http://, ldap:// without
+    # StartTLS) is a warning; with require_tls, an error that keeps the target closed
+    require_tls: bool = False
 
 
 def load_config(workspace: Path) -> WorkspaceConfig:
@@ -54,7 +58,7 @@ def load_config(workspace: Path) -> WorkspaceConfig:
     if not path.exists():
         return WorkspaceConfig()
     try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw: Any = yaml_limits.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -74,6 +78,7 @@ STARTER_CONFIG = """\
 # Provisor workspace settings. Every key is optional; these are the defaults.
 policy: [policy]            # files or folders of policy YAML, relative to this file
 secrets_file: secrets.enc   # encrypted with PROVISOR_SECRETS_KEY; see docs/policy.md
+require_tls: false          # true: refuse credentials over plain http:// or ldap:// without TLS
 
 feeds:
   hr:                       # provisor import FILE --feed hr

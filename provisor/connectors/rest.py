@@ -60,6 +60,7 @@ from provisor.connectors.rest_spec import (
     render_text,
     variables,
 )
+from provisor.redaction import remember
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,7 @@ class _OAuth2:
             raise PermanentError(
                 f"{name}: the OAuth2 token endpoint's answer has no access_token"
             ) from None
+        remember(token)
         return token, lifetime
 
 

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provisor.connectors.base import PermanentError
+from provisor.domain import yaml_limits
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 Outcome = Literal["retryable", "permanent", "not_found", "conflict"]
@@ -516,7 +517,7 @@ def profile_names() -> list[str]:
 
 def _read_yaml(text: str, source: str, target: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml_limits.safe_load(text)
     except yaml.YAMLError as exc:
         raise PermanentError(f"target {target}: {source} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -17,18 +17,27 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 Scalar = str | int | float | bool
 
-# Connection settings whose value is a credential. They must be references, never plain text.
+# Connection settings (and request headers) whose value is a credential. They must be
+# references, never plain text.
 SECRET_SETTING = re.compile(
-    r"(password|passwd|secret|token|api_?key|private_?key|credential|bearer)", re.I
+    r"(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credential"
+    r"|bearer|authori[sz]ation|cookie)|^pass$",
+    re.I,
 )
-
-
-_URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@:\s]+:[^/@\s]+@", re.I)
+# A password in a URL (also with no user name: ``https://:pw@host``), or a credential given
+# as a query parameter (``?password=``, ``&token=``, ``?api_key=``).
+_URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@:\s]*:[^/@\s]+@", re.I)
+_URL_WITH_CREDENTIAL = re.compile(
+    r"[?&;](password|passwd|pwd|pass|token|access_token|api[_-]?key|apikey|secret"
+    r"|client_secret|auth)=(?!\{[\w.\-]+\}(&|$))[^&#]+",
+    re.I,
+)
 
 
 IDENTITY_KINDS = frozenset({"human", "service_account", "api_key", "bot"})
@@ -102,36 +111,60 @@ class SecretRef(_Model):
 _PLACEHOLDER = re.compile(r"\{[\w.\-]+\}")
 
 
-def _references_only(value: Any, where: str) -> Any:
+def _inline_credential(at: tuple[str | int, ...], message: str) -> PydanticCustomError:
+    """The refusal of a credential written in policy; ``at`` (the setting's path under
+    ``connection``) lets the policy reader name the exact file and line."""
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at).lstrip(".")
+    return PydanticCustomError(
+        "inline_credential",
+        "connection setting '{setting}' " + message,
+        {"setting": shown, "at": at},
+    )
+
+
+def _plain_value(item: Any, parent: str | int | None) -> bool:
+    """A value written out (not a reference, a placeholder or empty), outside ``entitlements``
+    (whose keys are entitlement names, not settings)."""
+    return (
+        not isinstance(item, Mapping | None | bool)
+        and item != ""
+        and not (isinstance(item, str) and _PLACEHOLDER.fullmatch(item))
+        and parent != "entitlements"
+    )
+
+
+def _references_only(value: Any, at: tuple[str | int, ...] = ()) -> Any:
     """Turn ``{env: X}`` / ``{secret: X}`` into ``SecretRef`` at any depth; refuse a credential
-    setting written in plain text. Under ``entitlements`` the keys are entitlement names, not
-    settings, and are not judged by their names."""
+    written in plain text: under a credential's name (``password``, ``pwd``, ``token``, a header
+    such as ``Authorization`` or ``X-Api-Key``, ...), or inside a URL."""
     if isinstance(value, Mapping):
         if value and set(value) <= {"env", "secret"}:
             return SecretRef.model_validate(value)
+        parent = at[-1] if at else None
         checked: dict[str, Any] = {}
         for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            plain = (
-                not isinstance(item, Mapping | None | bool)
-                and item != ""
-                and not (isinstance(item, str) and _PLACEHOLDER.fullmatch(item))
-                and where.rsplit(".", 1)[-1] != "entitlements"
-            )
-            if isinstance(item, str) and _URL_WITH_PASSWORD.match(item):
-                raise ValueError(
-                    f"connection setting '{path}' carries a password in the URL; put the "
-                    "credential in its own setting as {env: VARIABLE} or {secret: NAME}"
+            if _plain_value(item, parent) and SECRET_SETTING.search(str(key)):
+                raise _inline_credential(
+                    (*at, key),
+                    "is a credential written in plain text; use {env: VARIABLE} or "
+                    "{secret: NAME} instead",
                 )
-            if plain and SECRET_SETTING.search(str(key)):
-                raise ValueError(
-                    f"connection setting '{path}' is a credential written in plain text; "
-                    f"use {{env: VARIABLE}} or {{secret: NAME}} instead"
-                )
-            checked[key] = _references_only(item, path)
+            checked[key] = _references_only(item, (*at, key))
         return checked
     if isinstance(value, list):
-        return [_references_only(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_references_only(item, (*at, i)) for i, item in enumerate(value)]
+    if isinstance(value, str) and _URL_WITH_PASSWORD.match(value):
+        raise _inline_credential(
+            at,
+            "carries a password in the URL; put the credential in its own setting as "
+            "{env: VARIABLE} or {secret: NAME}",
+        )
+    if isinstance(value, str) and _URL_WITH_CREDENTIAL.search(value):
+        raise _inline_credential(
+            at,
+            "carries a credential in the URL's query; put it in its own setting as "
+            "{env: VARIABLE} or {secret: NAME}",
+        )
     return value
 
 
@@ -170,7 +203,7 @@ class TargetDef(_Model):
     @field_validator("connection")
     @classmethod
     def _no_inline_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        checked: dict[str, Any] = _references_only(value, "")
+        checked: dict[str, Any] = _references_only(value)
         return checked
 
     @cached_property

@@ -1,16 +1,18 @@
 """Opening a target's connector the one way every part of the engine does.
 
 Does: resolve the target's connection settings (secrets from the workspace's encrypted file or
-the environment), size a SQL pool to the target's concurrency, open the connector through the
-registry, and give a probing connector what earlier probes of the target showed
-(``readpaths``); ``check`` has a target probe every read path now (``provisor targets check``).
-``Pool`` keeps one open connector per target for a caller that visits targets again and again
-(the runner, the leaver verifier).
+the environment), warn of credentials that would cross the network unencrypted (refuse them
+when the workspace sets ``require_tls``), size a SQL pool to the target's concurrency, open
+the connector through the registry, and give a probing connector what earlier probes of the
+target showed (``readpaths``); ``check`` has a target probe every read path now (``provisor
+targets check``). ``Pool`` keeps one open connector per target for a caller that visits
+targets again and again (the runner, the leaver verifier).
 Does not: share connectors between callers or retry.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +21,13 @@ from provisor.config.secrets import SecretsFile, key_from_env, resolve_connectio
 from provisor.connectors import registry
 from provisor.connectors.base import Connector, ReadPath
 from provisor.domain.policy import TargetClass, TargetDef
+from provisor.domain.transport import cleartext_credentials
 from provisor.engine import readpaths
 from provisor.engine.workspace import Workspace
-from provisor.errors import NotFoundError, ProvisorError
+from provisor.errors import NotFoundError, PolicyError, ProvisorError
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # targets whose credentials in clear were warned of, once a process
 
 
 def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
@@ -31,6 +37,12 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
     secrets_path = workspace.path / workspace.config.secrets_file
     secrets = SecretsFile(secrets_path, key_from_env()) if secrets_path.exists() else None
     settings = dict(resolve_connection(target.connection, secrets))
+    cleartext = cleartext_credentials(settings)
+    if cleartext and workspace.config.require_tls:
+        raise PolicyError(f"target {target.name}: {cleartext} (require_tls is set)")
+    if cleartext and target.name not in _warned:
+        _warned.add(target.name)
+        log.warning("target %s: %s", target.name, cleartext)
     if target.target_class is TargetClass.SQL and not settings.get("connector"):
         settings.setdefault("pool_size", target.concurrency)  # one connection per worker
     connector = registry.open_connector(target.name, target.target_class, settings)

@@ -282,11 +282,13 @@ def _status_events(
 def _check_references(
     parsed: ParsedFeed, session: Any, file_ids: set[str], now: datetime
 ) -> tuple[list[FeedRecord], list[RowError], list[RowError], dict[str, list[str]]]:
-    """Owners must be known humans (row refused otherwise); unknown managers are flagged."""
+    """Owners must be known humans (row refused otherwise); unknown managers, people who are
+    their own manager and chains of managers that come back round are flagged."""
     owners = {r.attributes.get("owner") for r in parsed.records}
     refs = owners | {r.attributes.get("manager") for r in parsed.records}
     wanted = sorted(str(v) for v in refs if v and v not in file_ids)
-    stored = {k: v.kind for k, v in _known(session, wanted).items()}
+    referenced = _known(session, wanted)
+    stored = {k: v.kind for k, v in referenced.items()}
     # The kind of each identity named as an owner: the stored one, else its row's in this file.
     named = {str(v) for v in owners if v}
     kinds = {
@@ -324,7 +326,57 @@ def _check_references(
             )
             flags[r.identity] = [f"unknown manager {manager}"]
         accepted.append(r)
+    loops = _manager_loops(session, accepted, referenced)
+    for r in accepted:
+        loop = loops.get(r.identity)
+        if loop is None:
+            continue
+        why = (
+            "is their own manager"
+            if len(loop) == 1
+            else "is in a loop of managers: " + " -> ".join([*loop, loop[0]])
+        )
+        warnings.append(RowError(parsed.file, r.line, "manager", f"{r.identity} {why}; flagged"))
+        flags.setdefault(r.identity, []).append(
+            "own manager" if len(loop) == 1 else "manager loop " + " -> ".join(loop)
+        )
     return accepted, errors, warnings, flags
+
+
+def _manager_loops(
+    session: Any, records: list[FeedRecord], referenced: dict[str, _Known]
+) -> dict[str, list[str]]:
+    """Identities of ``records`` whose chain of managers comes back to them, each with its
+    loop. The chain follows this file's rows, then the store (one query per level of people
+    only the store knows)."""
+    boss = {r.identity: str(m) for r in records if (m := r.attributes.get("manager"))}
+    level, asked = referenced, set(referenced)
+    while level:
+        wanted: set[str] = set()
+        for identity, known in level.items():
+            manager = (known.attributes or {}).get("manager")
+            if manager and identity not in boss:
+                boss[identity] = str(manager)
+                if manager not in boss and manager not in asked:
+                    wanted.add(str(manager))
+        asked |= wanted
+        level = _known(session, sorted(wanted)) if wanted else {}
+    loops: dict[str, list[str]] = {}
+    done: set[str] = set()
+    for start in boss:
+        path: list[str] = []
+        on_path: set[str] = set()
+        at: str | None = start
+        while at is not None and at not in done and at not in on_path:
+            path.append(at)
+            on_path.add(at)
+            at = boss.get(at)
+        if at is not None and at in on_path:
+            loop = path[path.index(at) :]
+            for member in loop:
+                loops[member] = loop[loop.index(member) :] + loop[: loop.index(member)]
+        done |= on_path
+    return loops
 
 
 @dataclass

@@ -8,14 +8,18 @@ store (an imported user export or a second person's attestation since the termin
 tasks. Each target carries its operation history from the journal. The bundle holds the
 audit-chain head at that moment; it is written as JSON (its SHA-256 recorded in an
 ``evidence.leaver`` audit event, same transaction) and as an HTML page for people
-(``provisor.evidence.html``). ``verify_sample`` runs the same test over random leavers.
+(``provisor.evidence.html``), both new files readable by the owner only, named per identity
+and time so that no bundle is ever overwritten. ``verify_sample`` runs the same test over
+random leavers.
 Does not: judge layers itself, change access or plan anything; a bundle only reports.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -52,6 +56,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.evidence.html import render
+from provisor.redaction import redact_data
 from provisor.store import models
 
 
@@ -407,10 +412,7 @@ class LeaverVerifier:
         counts = {state: sum(1 for x in layers if x.state == state) for state in RANK}
         result = outcome(layers)
         failed = failures([(t.target.name, t.layers) for t in found])
-        stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        base = f"leaver-{re.sub(r'[^A-Za-z0-9._-]', '_', identity)}-{stamp}"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        json_path, html_path = self.out_dir / f"{base}.json", self.out_dir / f"{base}.html"
+        json_path, html_path = _new_files(self.out_dir, _file_base(identity, at))
         with self.workspace.sessions() as session, session.begin():
             # the head locked (FOR UPDATE) until the evidence event below is appended after it
             head = audit.head_for_update(session)
@@ -433,10 +435,11 @@ class LeaverVerifier:
                     "chain_problem": chain.problem or None,
                 },
             }
+            bundle = redact_data(bundle)  # targets' errors may echo credentials
             data = (json.dumps(bundle, indent=2, ensure_ascii=False) + "\n").encode()
             digest = hashlib.sha256(data).hexdigest()
-            json_path.write_bytes(data)
             try:
+                json_path.write_bytes(data)
                 html_path.write_text(render(bundle, digest, json_path.name), encoding="utf-8")
                 audit.append(
                     session,
@@ -462,6 +465,33 @@ class LeaverVerifier:
                 html_path.unlink(missing_ok=True)
                 raise
         return Written(identity, result, json_path, html_path, digest, counts, failed, bundle)
+
+
+def _file_base(identity: str, at: datetime) -> str:
+    """``leaver-ID-TIME-HASH``: readable, and distinct for ids that read alike once made safe
+    for a file name (``X/1`` and ``X_1``), by a hash of the id itself."""
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return f"leaver-{re.sub(r'[^A-Za-z0-9._-]', '_', identity)}-{stamp}-{tag}"
+
+
+def _new_files(folder: Path, base: str) -> tuple[Path, Path]:
+    """Two files ``BASE.json`` and ``BASE.html`` (``BASE-2`` ... when taken), created here, empty,
+    readable by the owner only: an earlier bundle is never overwritten."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        stem = base if n == 1 else f"{base}-{n}"
+        made: list[Path] = []
+        try:
+            for path in (folder / f"{stem}.json", folder / f"{stem}.html"):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                made.append(path)
+        except FileExistsError:
+            for path in made:
+                path.unlink()
+            continue
+        return made[0], made[1]
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def verify_leaver(

@@ -24,7 +24,8 @@ from provisor.config.workspace import WorkspaceConfig, load_config, write_starte
 from provisor.connectors.registry import settings_problems
 from provisor.domain.desired import CompiledPolicy, compile_policy
 from provisor.domain.lifecycle import canonical_json
-from provisor.errors import WorkspaceError
+from provisor.domain.transport import cleartext_credentials
+from provisor.errors import PolicyError, WorkspaceError
 from provisor.evidence import audit
 from provisor.store import db
 from provisor.store.models import PolicyVersion
@@ -183,7 +184,19 @@ def check_policy(given: Path | None) -> dict[str, Any]:
     config = load_config(folder)
     loaded = load_policy([folder / p for p in config.policy], settings_problems)
     policy = loaded.policy
+    cleartext = []
+    for index, target in enumerate(policy.targets):
+        why = cleartext_credentials(target.connection)
+        if why:
+            where = loaded.source_of(("targets", index, "connection", "url"))
+            cleartext.append(f"{where} targets[{index}] {target.name}: {why}")
+    if cleartext and config.require_tls:
+        raise PolicyError(
+            f"policy is invalid: {len(cleartext)} problem(s) (require_tls is set)",
+            problems=cleartext,
+        )
     return {
+        "warnings": cleartext,
         "digest": loaded.digest,
         "files": [str(f) for f in loaded.files],
         "targets": len(policy.targets),

@@ -1,12 +1,13 @@
 """Tamper-evident audit log: an append-only chain of events, each holding the previous one's hash.
 
-Does: append audit events (one or many in a batch) inside the caller's transaction, chaining
+Does: append audit events (one or many in a batch) inside the caller's transaction, credentials
+redacted from their subject and payload before they are hashed, chaining
 each to the one before with SHA-256 over its length-prefixed fields (payloads stored as
 canonical JSON); keep the chain head in its own row so a deleted tail is noticed; verify the
 whole chain and name the first event that was edited, deleted or reordered; re-hash every
 recorded lifecycle event against the key its audit entry committed to (an audit entry names the
 event by that content hash rather than repeating its attributes); export a time range as JSON
-Lines or CSV.
+Lines or CSV (cells a spreadsheet would run as formulas neutralised).
 Does not: decide what is worth auditing (callers do), or commit.
 """
 
@@ -28,6 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisor.domain.lifecycle import EventKind, canonical_json, event_key
+from provisor.domain.spreadsheet import safe_row
+from provisor.redaction import redact, redact_data
 from provisor.store.db import bulk_insert
 from provisor.store.models import AuditEvent, AuditHead, IdentityEvent
 
@@ -114,9 +117,14 @@ def append(
     rows: list[tuple[Any, ...]] = []
     for entry in entries:
         seq += 1
-        data = entry.data if isinstance(entry.data, str) else canonical_json(dict(entry.data))
-        digest = _link(stamp, seq, entry.action, entry.subject, data, prev)
-        rows.append((seq, when, who, entry.action, entry.subject, data, prev, digest))
+        data = (
+            redact(entry.data)
+            if isinstance(entry.data, str)
+            else canonical_json(redact_data(dict(entry.data)))
+        )
+        subject = redact(entry.subject)
+        digest = _link(stamp, seq, entry.action, subject, data, prev)
+        rows.append((seq, when, who, entry.action, subject, data, prev, digest))
         prev = digest
     if rows:
         bulk_insert(session, AuditEvent, EXPORT_FIELDS, rows)
@@ -254,7 +262,8 @@ def export(
     if until is not None:
         query = query.where(AuditEvent.at < until)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180 line ends: a value holding a carriage return is quoted, not split
+    writer = csv.writer(buffer, lineterminator="\r\n")
     if fmt == "csv":
         writer.writerow(EXPORT_FIELDS)
         yield buffer.getvalue()
@@ -274,5 +283,5 @@ def export(
         else:
             buffer.seek(0)
             buffer.truncate()
-            writer.writerow(values[f] for f in EXPORT_FIELDS)
+            writer.writerow(safe_row(values[f] for f in EXPORT_FIELDS))
             yield buffer.getvalue()

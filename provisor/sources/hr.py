@@ -1,10 +1,12 @@
 """HR feed files (snapshot or events, CSV or JSON Lines) parsed into records, row by row.
 
 Does: read a feed file as UTF-8 (with or without BOM), map its columns to Provisor fields,
-normalise values (trimmed, NFC, dates as aware UTC datetimes) and validate each row on its own,
-so a bad row is reported by file, line and column and skipped while the other rows still come
-through. A whole file is refused (``FeedError``) only when it cannot be read, lacks required
-columns, or is a snapshot that names nobody.
+normalise values (trimmed, NFC, dates as aware UTC datetimes) and validate each row on its own
+(required fields, the mapping's declared ones included; no control character in any value;
+lengths within the store's and the mapping's limits), so a bad row is reported by file, line
+and column and skipped while the other rows still come through. A whole file is refused
+(``FeedError``) only when it cannot be read, lacks required columns, or is a snapshot that
+names nobody.
 Does not: read or write storage, compare records with stored identities, or check that a
 manager or owner exists; the engine does all of that with the records this module returns.
 """
@@ -52,6 +54,9 @@ _REQUIRED: dict[FeedMode, tuple[str, ...]] = {
 }
 # Lengths the store keeps for these fields (identities and events tables).
 _MAX_LENGTH = {"id": 128, "name": 256, "email": 320, "manager": 128, "owner": 128, "ref": 64}
+# Control characters (NUL and the like; tab and line breaks are text) are refused in values:
+# no field means them, and some databases refuse them (PostgreSQL's JSON: NUL).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STATUSES = ("active", "leave", "suspended", "terminated")
 _KINDS = tuple(k.value for k in IdentityKind)
 _NON_HUMAN = frozenset(_KINDS) - {IdentityKind.HUMAN.value}
@@ -79,6 +84,20 @@ class FeedMapping(BaseModel):
     delimiter: str = ","
     # Columns that are no Provisor field become free-form attributes ("keep") or are dropped.
     extra_attributes: Literal["keep", "ignore"] = "keep"
+    # Fields or columns a row must have besides the mode's own (e.g. the attributes targets
+    # correlate on: [email]); in an events feed, hires and rehires must.
+    required: list[str] = Field(default_factory=list)
+    # The longest value kept, in characters: per field or column, and for every other value.
+    max_length: dict[str, int] = Field(default_factory=dict)
+    max_value_length: int = Field(default=1024, ge=1)
+
+    @field_validator("max_length")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(name for name, limit in value.items() if limit < 1)
+        if bad:
+            raise ValueError(f"a length limit is at least 1 (see {', '.join(bad)})")
+        return value
 
     @field_validator("columns")
     @classmethod
@@ -175,6 +194,7 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
         fmt = "csv" if found == "csv" else "jsonl"
     text = _read_text(path, file)
     parser = _RowParser(file, mapping)
+    parser.inspect(text)
     if fmt == "csv":
         _parse_csv(text, parser)
     else:
@@ -189,6 +209,21 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _control_in(value: Any) -> str | None:
+    """The first control character in a value (text, or text inside a list or object)."""
+    if isinstance(value, str):
+        found = _CONTROL.search(value)
+        return found.group() if found else None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        for item in value:
+            found_in = _control_in(item)
+            if found_in is not None:
+                return found_in
+    return None
 
 
 def _nfc(value: str) -> str:
@@ -255,11 +290,23 @@ class _RowParser:
         self.file = file
         self.mode = mapping.mode
         self.fields = _MODE_FIELDS[mapping.mode]
-        self.required = _REQUIRED[mapping.mode]
+        self.column = {name: mapping.columns.get(name, name) for name in _FIELDS}
+        declared = tuple(n for n in mapping.required if n not in _REQUIRED[mapping.mode])
+        for name in declared:
+            self.column.setdefault(name, name)
+        # a snapshot row always needs the declared fields; an events row, on a hire or rehire
+        snapshot = mapping.mode is FeedMode.SNAPSHOT
+        self.required = _REQUIRED[mapping.mode] + (declared if snapshot else ())
+        self.declared = () if snapshot else declared
         self.required_set = frozenset(self.required)
         # The length limits of the fields this mode reads.
         self.limits = [(n, limit) for n, limit in _MAX_LENGTH.items() if n in self.fields]
-        self.column = {name: mapping.columns.get(name, name) for name in _FIELDS}
+        self.value_limits = dict(mapping.max_length)
+        self.max_value_length = mapping.max_value_length
+        # Set by ``inspect``: whether any value may hold a control character or be too long
+        # (most files have neither, and their rows are then not scanned value by value).
+        self.controls = False
+        self.long_values = False
         self.keep_extra = mapping.extra_attributes == "keep"
         self.delimiter = mapping.delimiter
         self.date_format = mapping.date_format
@@ -296,6 +343,14 @@ class _RowParser:
         if column in _FIELDS:
             return f"column '{column}' is ignored: {column} is read from '{self.column[column]}'"
         return None
+
+    def inspect(self, text: str) -> None:
+        """Look over the whole text once: must values be scanned for control characters or
+        lengths? (A JSON escape such as ``\\u0000`` counts: it decodes to one.)"""
+        escaped = "\\u00" in text or "\\u007f" in text or "\\u007F" in text
+        self.controls = escaped or _CONTROL.search(text) is not None
+        shortest = min([self.max_value_length, *self.value_limits.values()])
+        self.long_values = max(map(len, text.split("\n")), default=0) > shortest
 
     def missing_columns(self, columns: Container[str]) -> list[str]:
         return [self.column[name] for name in self.required if self.column[name] not in columns]
@@ -374,6 +429,33 @@ class _RowParser:
             if isinstance(value, str) and len(value) > limit:
                 reason = f"{len(value)} characters; at most {limit} are kept"
                 self._bad(errors, line, name, reason)
+        if self.controls or self.long_values:
+            self._scan(line, values, errors)
+
+    def _scan(self, line: int, values: dict[str, Any], errors: list[RowError]) -> None:
+        """Every value of a row: no control character, no longer than its limit."""
+        said = {e.column for e in errors}
+        for key, value in values.items():
+            column = self.column.get(key, key)
+            if column in said:
+                continue
+            found = _control_in(value) if self.controls else None
+            if found is not None:
+                reason = (
+                    f"control character U+{ord(found):04X} in the value; "
+                    "only printable text is accepted"
+                )
+                errors.append(RowError(self.file, line, column, reason))
+                continue
+            if self.long_values and isinstance(value, str):
+                limit = self.value_limits.get(key) or self.value_limits.get(column)
+                limit = limit or self.max_value_length
+                if len(value) > limit:
+                    reason = (
+                        f"{len(value)} characters; at most {limit} are accepted "
+                        "(max_length in the feed mapping)"
+                    )
+                    errors.append(RowError(self.file, line, column, reason))
 
     def _needs_owner(self, errors: list[RowError], line: int, values: dict[str, Any]) -> None:
         kind = values.get("kind")
@@ -430,6 +512,10 @@ class _RowParser:
                 self._bad(errors, line, "event", reason)
             elif event is EventKind.HIRE or event is EventKind.REHIRE:
                 self._needs_owner(errors, line, values)
+                for name in self.declared:
+                    if name not in values:
+                        reason = f"a {event} needs {name} (required in the feed mapping)"
+                        self._bad(errors, line, name, reason)
                 if event is EventKind.HIRE and "name" not in values:
                     self._bad(errors, line, "name", "a hire needs a name")
             elif event is EventKind.CONVERT and "employment_type" not in values:

@@ -1,7 +1,8 @@
 """Database connection and schema management for a workspace.
 
 Does: build the SQLAlchemy engine for the workspace's database (an SQLite file by default,
-``PROVISOR_DATABASE_URL`` to use PostgreSQL), tune SQLite for a single busy writer, run the Alembic
+``PROVISOR_DATABASE_URL`` to use PostgreSQL; the SQLite file readable by its owner only), tune
+SQLite for a single busy writer, run the Alembic
 migrations (``upgrade``), and refuse to work on a database whose schema is not current.
 Does not: define tables (``models``) or hold any query logic.
 """
@@ -21,10 +22,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.errors import WorkspaceError
-from provisor.store.models import UTCDateTime
+from provisor.redaction import redact
+from provisor.store.models import RedactedText, UTCDateTime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DATABASE_FILE = "provisor.db"
@@ -64,8 +67,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
+def _owner_only(url: str) -> None:
+    """An SQLite database file (and its WAL and shared-memory files, which SQLite creates with
+    the file's own mode) readable and writable by its owner only, created so if new."""
+    name = make_url(url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    try:
+        if not path.exists() and path.parent.is_dir():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for file in (path, Path(f"{name}-wal"), Path(f"{name}-shm")):
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+    except FileExistsError:
+        pass  # another process made it at the same moment, with the same mode
+    except PermissionError:
+        pass  # another user's database: its mode is theirs to set
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        _owner_only(url)
         engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_json)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -124,6 +147,8 @@ def bulk_insert(
             column = columns[i]
             stored = {value: stored_time(value) for value in set(column)}
             columns[i] = map(stored.__getitem__, column)
+        elif isinstance(mapped.c[name].type, RedactedText):
+            columns[i] = [redact(value) if value else value for value in columns[i]]
     params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
     into = f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)})"

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from provisor.redaction import redact
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in Python, naive UTC in the database (SQLite has no time zones)."""
@@ -45,6 +47,17 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class RedactedText(TypeDecorator[str]):
+    """Text that may quote a target or a person (errors, reasons, notes): every known
+    credential and credential-shaped value is masked before it is stored."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return redact(value) if value else value
 
 
 NAMING = {
@@ -119,7 +132,7 @@ class Hold(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime]
     origin: Mapped[str] = mapped_column(String(512))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(RedactedText)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     decided_by: Mapped[str | None] = mapped_column(String(256))
     decided_at: Mapped[datetime | None]
@@ -149,7 +162,7 @@ class PolicyVersion(Base):
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     loaded_at: Mapped[datetime]
     files: Mapped[list[Any]] = mapped_column(default=list)
-    document: Mapped[str] = mapped_column(Text)
+    document: Mapped[str] = mapped_column(RedactedText)
 
 
 class AuditEvent(Base):
@@ -196,7 +209,7 @@ class ObservedAccount(Base):
     reconcile_run: Mapped[int | None] = mapped_column(Integer, index=True)
     # ok | drift | orphan | terminated-active | unlinked | unverifiable, with why
     classification: Mapped[str | None] = mapped_column(String(32), index=True)
-    classified_detail: Mapped[str | None] = mapped_column(Text)
+    classified_detail: Mapped[str | None] = mapped_column(RedactedText)
     classified_at: Mapped[datetime | None]
 
 
@@ -217,7 +230,7 @@ class ReconcileRun(Base):
     finished_at: Mapped[datetime | None]
     checkpoint: Mapped[dict[str, Any]] = mapped_column(default=dict)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(RedactedText)
 
 
 class CorrelationCase(Base):
@@ -231,13 +244,13 @@ class CorrelationCase(Base):
     account: Mapped[str] = mapped_column(String(512))
     user_name: Mapped[str | None] = mapped_column(String(512))
     candidates: Mapped[list[Any]] = mapped_column(default=list)
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(RedactedText)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     created_at: Mapped[datetime]
     resolved_identity: Mapped[str | None] = mapped_column(String(128))
     resolved_by: Mapped[str | None] = mapped_column(String(256))
     resolved_at: Mapped[datetime | None]
-    note: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(RedactedText)
 
 
 class AccountMark(Base):
@@ -251,7 +264,7 @@ class AccountMark(Base):
     target: Mapped[str] = mapped_column(String(128))
     account: Mapped[str] = mapped_column(String(512))
     mark: Mapped[str] = mapped_column(String(32))
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(RedactedText)
     marked_by: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
@@ -280,7 +293,7 @@ class TargetReadPath(Base):
     target: Mapped[str] = mapped_column(String(128), primary_key=True)
     path: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(RedactedText)
     checked_at: Mapped[datetime]
 
 
@@ -316,7 +329,7 @@ class Operation(Base):
     not_before: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(RedactedText)
     # what the read-back found when the operation was checked
     observed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     verified_at: Mapped[datetime | None]
@@ -339,13 +352,13 @@ class Task(Base):
     target: Mapped[str] = mapped_column(String(128), index=True)
     identity: Mapped[str] = mapped_column(String(128), index=True)
     owner: Mapped[str] = mapped_column(String(256), index=True)
-    instructions: Mapped[str] = mapped_column(Text)
+    instructions: Mapped[str] = mapped_column(RedactedText)
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     due_at: Mapped[datetime]
     created_at: Mapped[datetime]
     done_by: Mapped[str | None] = mapped_column(String(256))
     done_at: Mapped[datetime | None]
-    evidence: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[str | None] = mapped_column(RedactedText)
     verified_by: Mapped[str | None] = mapped_column(String(256))
     verified_at: Mapped[datetime | None]
     verification: Mapped[str | None] = mapped_column(String(32))

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from provisor.connectors.base import Connector
 from provisor.connectors.registry import load_factory
+from provisor.domain import yaml_limits
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,7 +57,7 @@ def contract_connector(request: pytest.FixtureRequest) -> Iterator[Connector]:
     file = request.config.getoption("--connector-settings")
     settings: dict[str, Any] = {}
     if file:
-        loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+        loaded = yaml_limits.safe_load(Path(file).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise pytest.UsageError(f"{file}: the settings must be a mapping")
         settings = _resolved(loaded, file)

@@ -211,7 +211,9 @@ def test_plaintext_password_in_connection(tmp_path: Path) -> None:
 
     [problem] = problems_of(path)
 
-    assert problem.startswith(f"targets.yaml:{line_of(text, 'connection:')} targets[0].connection:")
+    # the line of the setting itself, not of its connection
+    line = line_of(text, "password:")
+    assert problem.startswith(f"targets.yaml:{line} targets[0].connection.password:")
     assert "{env: VARIABLE}" in problem
     assert "hunter2" not in problem
 
@@ -265,3 +267,59 @@ def test_nested_credentials_refused_but_placeholders_and_entitlement_names_pass(
     )
     loaded = load_policy([write(tmp_path, "allowed.yaml", allowed)])
     assert loaded.policy.targets[0].connection["verify_token"] is True
+
+
+@pytest.mark.parametrize(
+    ("connection", "field", "reason"),
+    [
+        ("url: 'https://h/scim?password=hunter2'", "url", "credential in the URL's query"),
+        ("url: 'https://h/v2?x=1&api_key=zz9'", "url", "credential in the URL's query"),
+        ("url: 'https://:hunter2@h/scim'", "url", "password in the URL"),
+        ("url: 'https://u:hunter2@h/scim'", "url", "password in the URL"),
+        ("pwd: hunter2", "pwd", "credential written in plain text"),
+        ("pass: hunter2", "pass", "credential written in plain text"),
+        (
+            "api:\n        headers:\n          Authorization: Bearer abc",
+            "api.headers.Authorization",
+            "credential written in plain text",
+        ),
+        (
+            "api:\n        headers:\n          X-Api-Key: k123",
+            "api.headers.X-Api-Key",
+            "credential written in plain text",
+        ),
+    ],
+)
+def test_inline_credentials_in_every_shape_are_refused_with_file_and_line(
+    tmp_path: Path, connection: str, field: str, reason: str
+) -> None:
+    text = (
+        "targets:\n  - name: app\n    class: scim\n    owner: team\n    connection:\n"
+        f"      {connection}\n"
+    )
+    key = field.rsplit(".", 1)[-1]
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.strip().startswith(key))
+    [problem] = problems_of(write(tmp_path, "p.yaml", text))
+    assert problem.startswith(f"p.yaml:{line} targets[0].connection.{field}:"), problem
+    assert reason in problem
+    assert "hunter2" not in problem  # the message names the place, never the value
+
+
+def test_query_placeholders_and_references_pass(tmp_path: Path) -> None:
+    text = (
+        "targets:\n  - name: app\n    class: scim\n    owner: team\n    connection:\n"
+        "      url: 'https://h/scim?token={token}'\n"
+        "      api:\n        headers:\n          Authorization: {env: APP_AUTH}\n"
+    )
+    assert load_policy([write(tmp_path, "p.yaml", text)]).policy.targets[0].name == "app"
+
+
+def test_an_alias_bomb_is_refused_with_its_line(tmp_path: Path) -> None:
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    text = "\n".join(rows) + "\ntargets: *i\n"
+    [problem] = problems_of(write(tmp_path, "bomb.yaml", text))
+    assert "alias bomb" in problem and problem.startswith("bomb.yaml:")

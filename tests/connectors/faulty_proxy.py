@@ -1,10 +1,10 @@
 """A small HTTP proxy that injects faults in front of a real server, for tests.
 
 Requests are forwarded to ``upstream`` unchanged unless a fault is queued: an HTTP status with
-headers (e.g. 503, or 429 with Retry-After), a delay longer than the client's timeout, or a
-dropped connection. ``on_request`` and ``on_response`` hooks let a test imitate a vendor's quirks
-on top of the real server: rewrite, refuse or silently swallow a request, rewrite a response
-body.
+headers (e.g. 503, or 429 with Retry-After; its body may echo the request's headers), a delay
+longer than the client's timeout, or a dropped connection. ``on_request`` and ``on_response``
+hooks let a test imitate a vendor's quirks on top of the real server: rewrite, refuse or
+silently swallow a request, rewrite a response body.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    echo: bool = False  # the answer quotes the request's URL and headers, as some servers do
     methods: frozenset[str] = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -96,7 +97,11 @@ class FaultyProxy:
                         self.connection.close()
                         return
                     if fault.status is not None:
-                        self._answer(fault.status, "injected", fault.headers)
+                        detail = "injected"
+                        if fault.echo:
+                            sent = dict(sorted(self.headers.items()))  # Authorization early
+                            detail += f" for {self.command} {self.path} with headers {sent}"
+                        self._answer(fault.status, detail, fault.headers)
                         return
                 headers = {
                     k: v

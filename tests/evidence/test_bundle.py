@@ -199,8 +199,8 @@ def test_sampled_termination_tests_are_repeatable(ws: Workspace, cli: Any, tmp_p
     every = cli(*args[:-4], "--sample", "5", "--since", "2026-05-01", "--out", str(out))
     assert every.code == 0, every.err
     assert "Sampled 2 of 2 leavers" in every.out and "2 pass, 0 incomplete, 0 fail" in every.out
-    assert len(list(out.glob("leaver-*.json"))) == 2  # same second: the file is rewritten
-    assert len(list(out.glob("leaver-*.html"))) == 2
+    assert len(list(out.glob("leaver-*.json"))) == 4  # same second: new files, none rewritten
+    assert len(list(out.glob("leaver-*.html"))) == 4
     none = cli(*args[:-4], "--sample", "3", "--since", "2026-07-01", "--json").json()
     assert none["population"] == 0 and none["sampled"] == 0
     assert cli(*args[:-4], "--sample", "3").code == 2  # --since is required
@@ -212,3 +212,17 @@ def test_a_leaver_still_active_is_refused(ws: Workspace, tmp_path: Path) -> None
 
     with pytest.raises(LifecycleError, match="E1 is active, not terminated"):
         verify_leaver(ws, "E1", now=lambda: LATER, out_dir=tmp_path)
+
+
+def test_bundle_files_are_private_and_never_overwritten(tmp_path: Path) -> None:
+    """Ids that read alike as file names (``X/1``, ``X_1``) and bundles of the same second get
+    files of their own, readable by the owner only."""
+    from provisor.engine.leavers import _file_base, _new_files
+
+    out = tmp_path / "evidence"
+    made = [_new_files(out, _file_base(i, NOW)) for i in ("X/1", "X_1", "X_1")]
+    paths = [p for pair in made for p in pair]
+    assert len(set(paths)) == 6 and all(p.exists() for p in paths)
+    assert made[2][0].name.endswith("-2.json")  # same identity, same second
+    assert {p.stat().st_mode & 0o777 for p in paths} == {0o600}
+    assert out.stat().st_mode & 0o777 == 0o700
