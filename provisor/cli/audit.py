@@ -1,8 +1,11 @@
-"""Commands for the audit log: ``audit verify`` and ``audit export``.
+"""Commands for the audit log: ``audit verify``, ``audit export`` and ``evidence verify``.
 
-Does: check the hash chain and say where it breaks (exit code 8), and write the events for
-auditors as JSON lines or CSV to stdout or a file.
-Does not: hash, verify or format events itself (``provisor.evidence.audit`` does).
+Does: check the hash chain against its signed checkpoints and say where it breaks (exit code
+8) and how much of it no checkpoint covers yet; write the events for auditors as JSON lines or
+CSV to stdout or a file; check an evidence bundle against the log offline (exit code 8 when it
+does not hold).
+Does not: hash, verify or format events itself (``provisor.evidence.audit`` and
+``provisor.engine.audit_log`` do).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import typer
 
 from provisor.cli.options import JsonOption, maybe_when, opened
 from provisor.cli.output import err, finish, out, print_json
+from provisor.engine.audit_log import verify_bundle, verify_log
 from provisor.errors import ExitCode
 from provisor.evidence import audit
 
@@ -23,18 +27,36 @@ audit_app = typer.Typer(
 )
 
 
+evidence_app = typer.Typer(
+    help="Check evidence bundles against the audit log.\n\n"
+    "Example:  provisor evidence verify evidence/leaver-E1042-20261204T101500Z-1a2b3c4d.json",
+    no_args_is_help=True,
+)
+
+
 @audit_app.command("verify")
 def audit_verify(json_out: JsonOption = False) -> None:
-    """Check the audit chain; names the first edited, deleted or reordered event.
+    """Check the audit chain against its signed checkpoints; names the first edited, deleted
+    or reordered event, and says how many events no checkpoint covers yet.
 
     Example:  provisor audit verify
     """
-    with opened() as workspace, workspace.sessions() as session:
-        result = audit.verify(session)
+    with opened() as workspace:
+        result = verify_log(workspace)
     if json_out:
         print_json(result.as_dict())
     elif result.ok:
         out.print(f"Audit log intact: {result.events} events, head {result.head_hash[:16]}.")
+        if result.checkpoints:
+            out.print(
+                f"Held to {result.checkpoints} signed checkpoints; protected through event "
+                f"{result.protected_through}, {result.unprotected} event(s) after it unprotected."
+            )
+        else:
+            out.print(
+                "No signed checkpoint yet: the chain is consistent with itself only, and a "
+                "rewrite of the whole log would not show."
+            )
     else:
         where = f" at event {result.first_bad}" if result.first_bad is not None else ""
         err.print(f"Audit log TAMPERED{where}: {result.problem}", markup=False)
@@ -68,6 +90,34 @@ def audit_export(
                 handle.writelines(lines)
 
 
+@evidence_app.command("verify")
+def evidence_verify(
+    bundle: Annotated[Path, typer.Argument(help="The bundle's JSON file.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Check an evidence bundle offline: its hash recorded in the audit log, the chain head it
+    names present, and a signed checkpoint covering it.
+
+    Example:  provisor evidence verify evidence/leaver-E1042-20261204T101500Z-1a2b3c4d.json
+    """
+    with opened() as workspace:
+        check = verify_bundle(workspace, bundle)
+    if json_out:
+        print_json(check.as_dict())
+    elif check.ok:
+        out.print(
+            f"Evidence intact: {bundle.name} ({check.identity}) recorded by audit event "
+            f"{check.event_seq}, covered by the signed checkpoint of event {check.checkpoint_seq}."
+        )
+    else:
+        err.print(f"Evidence NOT verified: {bundle.name}", markup=False)
+        for problem in check.problems:
+            err.print(f"  {problem}", markup=False)
+    if not check.ok:
+        finish(ExitCode.AUDIT_TAMPERED)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.add_typer(audit_app, name="audit")
+    app.add_typer(evidence_app, name="evidence")

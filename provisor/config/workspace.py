@@ -39,6 +39,23 @@ class LifecycleSettings(BaseModel):
     rescind_window_days: int = Field(default=30, ge=0, le=365)
 
 
+class AuditSettings(BaseModel):
+    """Signed checkpoints of the audit chain (``provisor.evidence.checkpoints``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: bool = True
+    # the Ed25519 private key that signs checkpoints, kept outside the database: a file
+    # (relative to the workspace, made with mode 0600 when missing) unless PROVISOR_AUDIT_KEY
+    # holds the key itself (base64 of its 32 bytes)
+    signing_key: str = "audit-signing.key"
+    # every checkpoint is appended here (relative to the workspace), the copy verification trusts
+    checkpoint_file: str = "audit-checkpoints.jsonl"
+    syslog: str | None = None  # also send each checkpoint to syslog: /dev/log or HOST:PORT (UDP)
+    http: str | None = None  # also POST each checkpoint as JSON to this URL
+    every_seconds: int = Field(default=60, ge=1, le=3600)
+
+
 class WorkspaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +67,7 @@ class WorkspaceConfig(BaseModel):
     # a credential that would cross the network unencrypted (plain http://, ldap:// without
     # StartTLS) is a warning; with require_tls, an error that keeps the target closed
     require_tls: bool = False
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
 
 def load_config(workspace: Path) -> WorkspaceConfig:
@@ -105,6 +123,14 @@ guard:                      # mass-change guard for imports and ticks
 
 lifecycle:
   rescind_window_days: 30   # a termination can be rescinded this long after it took effect
+
+audit:                      # signed checkpoints of the audit chain; see docs/evidence.md
+  checkpoints: true
+  signing_key: audit-signing.key          # or PROVISOR_AUDIT_KEY; kept out of the database
+  checkpoint_file: audit-checkpoints.jsonl  # append-only copy outside the database
+  syslog: null              # also to syslog: /dev/log or HOST:PORT
+  http: null                # also POST each checkpoint to this URL
+  every_seconds: 60         # provisor run makes one at least this often
 """
 
 STARTER_POLICY = """\

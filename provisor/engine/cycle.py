@@ -5,7 +5,8 @@ Does: run one cycle (``Cycles.cycle``): apply due lifecycle changes, reconcile t
 ``reconcile_every`` has come round, plan (everyone on the first cycle and after a policy change,
 else the identities that changed) and apply what is pending; reopen connectors when the policy
 changes; repeat cycles at an interval (``Cycles.run``), reporting each cycle or failure to the
-caller, where one failed cycle never stops the next.
+caller, where one failed cycle never stops the next; sign the audit chain's head after each
+cycle and, while waiting, at least every ``audit.every_seconds``.
 Does not: print (callers get a ``CycleReport`` or the exception), or decide what a cycle's steps
 do (the identity service, reconciliation, planner and runner do).
 """
@@ -109,6 +110,26 @@ class Cycles:
                     raise
             else:
                 on_cycle(last)
+            self._checkpoint(on_failure)
             if once:
                 return last
-            time.sleep(interval)
+            self._wait(interval, on_failure)
+
+    def _checkpoint(self, on_failure: Callable[[datetime, Exception], None]) -> None:
+        """Sign the audit chain's head if the cycle appended events; a failure is reported."""
+        try:
+            self.workspace.checkpoint(self.clock())
+        except (ProvisorError, SQLAlchemyError, OSError) as exc:
+            on_failure(self.clock(), exc)
+
+    def _wait(self, interval: float, on_failure: Callable[[datetime, Exception], None]) -> None:
+        """Sleep until the next cycle, making a checkpoint at least every
+        ``audit.every_seconds`` meanwhile (another process may append events)."""
+        every = self.workspace.config.audit.every_seconds
+        left = interval
+        while left > 0:
+            step = min(left, every)
+            time.sleep(step)
+            left -= step
+            if left > 0:
+                self._checkpoint(on_failure)

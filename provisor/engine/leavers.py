@@ -51,6 +51,7 @@ from provisor.domain.proof import (
     outcome,
     unreadable,
 )
+from provisor.engine.audit_log import verify_log
 from provisor.engine.connections import Pool
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -198,8 +199,7 @@ class LeaverVerifier:
 
     def _chain_check(self) -> audit.Verification:
         if self._chain is None:
-            with self.workspace.sessions() as session:
-                self._chain = audit.verify(session)
+            self._chain = verify_log(self.workspace)  # held to the signed checkpoints
         return self._chain
 
     def _connector(self, target: TargetDef) -> tuple[Connector | None, str | None]:
@@ -433,6 +433,8 @@ class LeaverVerifier:
                     "chain_verified": chain.ok,
                     "chain_verified_through": chain.head_seq,
                     "chain_problem": chain.problem or None,
+                    "signed_checkpoints": chain.checkpoints,
+                    "protected_through": chain.protected_through,
                 },
             }
             bundle = redact_data(bundle)  # targets' errors may echo credentials

@@ -2,14 +2,16 @@
 
 Does: resolve the workspace folder, create or upgrade one (``init_workspace``), open its
 database (refusing an out-of-date schema unless asked to create or upgrade it), load and compile
-its policy on first use, summarise it (``check_policy``), and record each new policy version in
-the store and the audit log.
+its policy on first use, summarise it (``check_policy``), record each new policy version in
+the store and the audit log, and sign the audit chain's head when events were appended
+(``checkpoint``; done on ``close``, so after every command).
 Does not: implement any lifecycle, planning or import logic; services receive a ``Workspace``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.config.policy_files import LoadedPolicy, load_policy
@@ -26,11 +29,13 @@ from provisor.domain.desired import CompiledPolicy, compile_policy
 from provisor.domain.lifecycle import canonical_json
 from provisor.domain.transport import cleartext_credentials
 from provisor.errors import PolicyError, WorkspaceError
-from provisor.evidence import audit
+from provisor.evidence import audit, checkpoints
 from provisor.store import db
 from provisor.store.models import PolicyVersion
 
 WORKSPACE_ENV = "PROVISOR_WORKSPACE"
+
+log = logging.getLogger(__name__)
 
 
 def workspace_path(given: Path | None) -> Path:
@@ -49,6 +54,8 @@ class Workspace:
     sessions: sessionmaker[Session]
     _policy: LoadedPolicy | None = field(default=None, repr=False)
     _compiled: CompiledPolicy | None = field(default=None, repr=False)
+    # the schema was found current when opened: the audit chain can be checkpointed
+    current: bool = field(default=False, repr=False)
 
     @classmethod
     def open(cls, path: Path | None = None, *, check: bool = True) -> Workspace:
@@ -62,10 +69,41 @@ class Workspace:
         engine = db.make_engine(url)
         if check:
             db.check_schema(engine)
-        return cls(folder, config, engine, db.session_factory(engine))
+        return cls(folder, config, engine, db.session_factory(engine), current=check)
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Sign the audit chain's head if events were appended (a failure to is logged, and
+        ``audit verify`` then reports the unprotected tail), and release the database."""
+        try:
+            if self.current:
+                self.checkpoint()
+        except Exception as exc:  # never hide the error a command is ending with
+            log.warning("audit checkpoint not made: %s", exc)
+        finally:
+            self.engine.dispose()
+
+    def signer(self, *, create: bool = True) -> checkpoints.Signer:
+        """The key that signs audit checkpoints (``audit.signing_key`` or PROVISOR_AUDIT_KEY)."""
+        return checkpoints.Signer.load(self.path / self.config.audit.signing_key, create=create)
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / self.config.audit.checkpoint_file
+
+    def checkpoint(self, now: datetime | None = None) -> checkpoints.Checkpoint | None:
+        """Sign the audit chain's head when events were appended since the last checkpoint,
+        writing it outside the database and in it; None when nothing was due (or checkpoints
+        are switched off)."""
+        settings = self.config.audit
+        if not settings.checkpoints:
+            return None
+        sinks = checkpoints.Sinks(self.checkpoint_file, settings.syslog, settings.http)
+        signer = self.signer()
+        try:
+            with self.sessions() as session, session.begin():
+                return checkpoints.checkpoint(session, signer, sinks, now or datetime.now(UTC))
+        except IntegrityError:
+            return None  # another process signed the same head first
 
     def _load(self) -> LoadedPolicy:
         return load_policy([self.path / p for p in self.config.policy], settings_problems)
@@ -167,6 +205,7 @@ def init_workspace(given: Path | None) -> dict[str, Any]:
                 audit.record(
                     session, "workspace.upgraded", str(folder), {"from": before, "to": after}
                 )
+        workspace.current = True  # the schema is current now: its first events get signed
     finally:
         workspace.close()
     return {

@@ -153,82 +153,97 @@ class Verification:
     head_hash: str
     first_bad: int | None = None  # the first bad audit event; None when a lifecycle event is
     problem: str = ""
+    checkpoints: int = 0  # signed checkpoints the chain was held to
+    protected_through: int = 0  # the newest event a signed checkpoint covers
+    unprotected: int = 0  # events after it: the tail no signature covers yet
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def verify(session: Session) -> Verification:
-    """Walk the whole chain; the first inconsistency is reported with its sequence number."""
+def verify(session: Session, signed: Mapping[int, str] | None = None) -> Verification:
+    """Walk the whole chain; the first inconsistency is reported with its sequence number.
+
+    ``signed`` (sequence number -> hash, from signed checkpoints) holds the chain to what was
+    signed: a history rewritten and re-chained, or a tail deleted along with the head, no
+    longer matches it."""
+    signed = signed or {}
     expected_seq, prev = 1, GENESIS
     count = 0
     rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
     for event in rows.yield_per(5000):
         count += 1
-        if event.seq != expected_seq:
-            return Verification(
-                False,
-                count,
-                expected_seq - 1,
-                prev,
-                expected_seq,
-                f"event {expected_seq} is missing (next event found is {event.seq}): deleted",
-            )
-        if event.prev_hash != prev:
-            return Verification(
-                False,
-                count,
-                event.seq - 1,
-                prev,
-                event.seq,
-                f"event {event.seq} does not follow event {event.seq - 1}: "
-                "an earlier event was edited, removed or reordered",
-            )
-        digest = chain_hash(
-            event.seq, event.at, event.actor, event.action, event.subject, event.data, prev
-        )
-        if digest != event.hash:
-            return Verification(
-                False,
-                count,
-                event.seq - 1,
-                prev,
-                event.seq,
-                f"event {event.seq} ({event.action} {event.subject}) was edited: "
-                "its content no longer matches its hash",
-            )
+        problem = _link_problem(event, expected_seq, prev, signed)
+        if problem is not None:
+            bad = min(event.seq, expected_seq)
+            return Verification(False, count, bad - 1, prev, bad, problem)
         prev = event.hash
         expected_seq += 1
     last = expected_seq - 1
+    beyond = [seq for seq in signed if seq > last]
     head = session.get(AuditHead, 1)
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
-    if (head_seq, head_hash) != (last, prev):
-        return Verification(
-            False,
-            count,
-            last,
-            prev,
-            last + 1,
-            f"the chain head says event {head_seq} is the newest but the log ends at {last}: "
-            "events at the end were deleted or replaced",
+    problem = None
+    if beyond:
+        problem = (
+            f"the log ends at event {last} but a signed checkpoint covers event "
+            f"{max(beyond)}: events at the end were deleted"
         )
+    elif (head_seq, head_hash) != (last, prev):
+        problem = (
+            f"the chain head says event {head_seq} is the newest but the log ends at {last}: "
+            "events at the end were deleted or replaced"
+        )
+    if problem is not None:
+        return Verification(False, count, last, prev, last + 1, problem)
     problem = _check_events(session)
     if problem is not None:
         return Verification(False, count, last, prev, None, problem)
-    return Verification(True, count, last, prev)
+    covered = max(signed, default=0)
+    return Verification(True, count, last, prev, None, "", len(signed), covered, last - covered)
+
+
+def _link_problem(
+    event: AuditEvent, expected_seq: int, prev: str, signed: Mapping[int, str]
+) -> str | None:
+    """What is wrong with one link of the chain, or None."""
+    if event.seq != expected_seq:
+        return f"event {expected_seq} is missing (next event found is {event.seq}): deleted"
+    if event.prev_hash != prev:
+        return (
+            f"event {event.seq} does not follow event {event.seq - 1}: "
+            "an earlier event was edited, removed or reordered"
+        )
+    digest = chain_hash(
+        event.seq, event.at, event.actor, event.action, event.subject, event.data, prev
+    )
+    if digest != event.hash:
+        return (
+            f"event {event.seq} ({event.action} {event.subject}) was edited: "
+            "its content no longer matches its hash"
+        )
+    if event.seq in signed and signed[event.seq] != event.hash:
+        return (
+            f"event {event.seq} is not the one a signed checkpoint recorded: the history up "
+            "to it was rewritten"
+        )
+    return None
 
 
 def _check_events(session: Session) -> str | None:
-    """Every stored lifecycle event still hashes to its key, and the chain records exactly the
-    stored events: none edited, deleted, or slipped in without an audit entry."""
-    audited: set[str] = set()
-    query = select(AuditEvent.data).where(AuditEvent.action.like("lifecycle.%"))
-    for (data,) in session.execute(query).yield_per(5000):
-        key = json.loads(data).get("event")
-        if key:
-            audited.add(key)
+    """Every stored lifecycle event still hashes to its key and has the status the chain last
+    gave it (recorded accepted or held; approved or rejected with its hold), and the chain
+    records exactly the stored events: none edited, deleted, or slipped in without an audit
+    entry."""
+    status = _statuses(session)
+    audited = set(status)
     rows = session.execute(select(IdentityEvent).order_by(IdentityEvent.id)).scalars()
     for row in rows.yield_per(5000):
+        if row.key in status and row.status != status[row.key]:
+            return (
+                f"lifecycle event {row.key} of {row.identity} is {row.status!r} but the audit "
+                f"log made it {status[row.key]!r}: its status was edited outside Provisor"
+            )
         content = event_key(
             row.identity, EventKind(row.kind), row.effective_at, row.attributes or {}, row.ref
         )
@@ -246,6 +261,27 @@ def _check_events(session: Session) -> str | None:
     if audited:
         return f"lifecycle event {sorted(audited)[0]} is in the audit log but was deleted"
     return None
+
+
+_DECIDED = {"hold.approved": "accepted", "hold.rejected": "rejected"}
+
+
+def _statuses(session: Session) -> dict[str, str]:
+    """Each lifecycle event's status as the chain last set it, by event key."""
+    status: dict[str, str] = {}
+    query = (
+        select(AuditEvent.action, AuditEvent.data)
+        .where(AuditEvent.action.like("lifecycle.%") | AuditEvent.action.in_(list(_DECIDED)))
+        .order_by(AuditEvent.seq)
+    )
+    for action, data in session.execute(query).yield_per(5000):
+        payload = json.loads(data)
+        if action in _DECIDED:
+            for key in payload.get("events") or []:
+                status[key] = _DECIDED[action]
+        elif payload.get("event"):
+            status[payload["event"]] = payload.get("status") or "accepted"
+    return status
 
 
 def export(

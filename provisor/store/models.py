@@ -190,6 +190,19 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditCheckpoint(Base):
+    """A signed audit chain head (``provisor.evidence.checkpoints``). The same record is also
+    written outside the database, which is the copy ``audit verify`` trusts."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
 class ObservedAccount(Base):
     """An account as last observed in a target: read back, or imported from its export."""
 
