@@ -77,7 +77,8 @@ def _link(stamp: str, seq: int, action: str, subject: str, data: str, prev: str)
 @dataclass(frozen=True)
 class Entry:
     """An audit event to append; ``data`` is the payload, or its ``canonical_json`` text when
-    the caller has built that already."""
+    the caller has built that already (then only of structured values: credential shapes are
+    not looked for in it, known credentials still are)."""
 
     action: str
     subject: str
@@ -117,12 +118,15 @@ def append(
     rows: list[tuple[Any, ...]] = []
     for entry in entries:
         seq += 1
-        data = (
-            redact(entry.data)
-            if isinstance(entry.data, str)
-            else canonical_json(redact_data(dict(entry.data)))
-        )
-        subject = redact(entry.subject)
+        if isinstance(entry.data, str):
+            # prebuilt canonical JSON: the lifecycle service's own fields (event keys, dates,
+            # states, the feed's file and line), written for every event of an import, where
+            # only a credential the process knows could appear
+            data = redact(entry.data, shapes=False)
+            subject = redact(entry.subject, shapes=False)
+        else:
+            data = canonical_json(redact_data(dict(entry.data)))
+            subject = redact(entry.subject)
         digest = _link(stamp, seq, entry.action, subject, data, prev)
         rows.append((seq, when, who, entry.action, subject, data, prev, digest))
         prev = digest
