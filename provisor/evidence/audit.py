@@ -6,7 +6,9 @@ each to the one before with SHA-256 over its length-prefixed fields (payloads st
 canonical JSON); keep the chain head in its own row so a deleted tail is noticed; verify the
 whole chain and name the first event that was edited, deleted or reordered; re-hash every
 recorded lifecycle event against the key its audit entry committed to (an audit entry names the
-event by that content hash rather than repeating its attributes); export a time range as JSON
+event by that content hash rather than repeating its attributes) and its status against the
+chain, and have the stored decisions (marks, cases, holds, policy versions) checked against it
+(``decisions``); export a time range as JSON
 Lines or CSV (cells a spreadsheet would run as formulas neutralised).
 Does not: decide what is worth auditing (callers do), or commit.
 """
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from provisor.domain.lifecycle import EventKind, canonical_json, event_key
 from provisor.domain.spreadsheet import safe_row
+from provisor.evidence import decisions
 from provisor.redaction import redact, redact_data
 from provisor.store.db import bulk_insert
 from provisor.store.models import AuditEvent, AuditHead, IdentityEvent
@@ -200,7 +203,7 @@ def verify(session: Session, signed: Mapping[int, str] | None = None) -> Verific
         )
     if problem is not None:
         return Verification(False, count, last, prev, last + 1, problem)
-    problem = _check_events(session)
+    problem = _check_events(session) or decisions.problem(session)
     if problem is not None:
         return Verification(False, count, last, prev, None, problem)
     covered = max(signed, default=0)

@@ -162,7 +162,8 @@ class PolicyVersion(Base):
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     loaded_at: Mapped[datetime]
     files: Mapped[list[Any]] = mapped_column(default=list)
-    document: Mapped[str] = mapped_column(RedactedText)
+    # checked for credentials before it is stored, and hashed: kept exactly as written
+    document: Mapped[str] = mapped_column(Text)
 
 
 class AuditEvent(Base):
@@ -348,6 +349,10 @@ class Operation(Base):
     verified_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # set (and committed) by a run just before it writes, cleared with the outcome: a row still
+    # ``running`` with an intent was being written by a run that died
+    intent_run: Mapped[str | None] = mapped_column(String(32))
+    intent_at: Mapped[datetime | None]
 
 
 class Task(Base):

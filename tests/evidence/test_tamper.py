@@ -14,14 +14,23 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import identities
+from provisor.engine import correlate, identities, marks
 from provisor.engine.audit_log import verify_bundle, verify_log
+from provisor.engine.correlate import Match
 from provisor.engine.leavers import verify_leaver
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.evidence.audit import GENESIS, chain_hash
 from provisor.sandbox.workspaces import scratch_workspace
-from provisor.store.models import AuditEvent, AuditHead, IdentityEvent
+from provisor.store.models import (
+    AccountMark,
+    AuditEvent,
+    AuditHead,
+    CorrelationCase,
+    Hold,
+    IdentityEvent,
+    PolicyVersion,
+)
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 POLICY = """\
@@ -207,3 +216,64 @@ def test_the_tail_since_the_last_checkpoint_is_reported(signed: tuple[Path, Path
         assert ws.checkpoint() is not None and verify_log(ws).unprotected == 0
     finally:
         ws.close()
+
+
+def decided(folder: Path) -> None:
+    """A mark, a correlation case resolved by a person, a hold on a mass leaving, and the
+    policy version in use: the decisions the next test edits one at a time."""
+    ws = opened(folder)
+    hired = NOW - timedelta(days=30)
+    attributes = {"name": "P", "email": "p@example.com", "employment_type": "employee"}
+    record(
+        ws, *[LifecycleEvent(f"M{i}", EventKind.HIRE, hired, hired, attributes) for i in range(9)]
+    )
+    record(ws, *[LifecycleEvent(f"M{i}", EventKind.TERMINATE, NOW, NOW) for i in range(6)])
+    with ws.sessions() as session, session.begin():
+        marks.set_mark(ws, session, "paper", "acct-1", "protected", "INC-1", by="t", now=NOW)
+        case = correlate.open_case(
+            session,
+            "paper",
+            "acct-2",
+            "x",
+            Match(None, "ambiguous", "matches 2 identities", ("B", "C")),
+            NOW,
+        )
+        correlate.resolve_case(session, case.id, "B", by="t", now=NOW)
+        ws.note_policy_version(session)
+    ws.close()
+    assert problem_of_ok(folder) is None
+
+
+def problem_of_ok(folder: Path) -> str | None:
+    ws = opened(folder)
+    try:
+        result = verify_log(ws)
+    finally:
+        ws.close()
+    return None if result.ok else result.problem
+
+
+@pytest.mark.parametrize(
+    ("edit", "found"),
+    [
+        (update(AccountMark).values(mark="ignore"), "the mark on paper:acct-1 is 'ignore'"),
+        (delete(AccountMark), "the mark on paper:acct-1 was removed outside Provisor"),
+        (update(CorrelationCase).values(resolved_identity="C"), "correlation case 1 is resolved"),
+        (update(Hold).values(status="approved"), "hold 1 is approved but the audit log made"),
+        (
+            update(PolicyVersion).values(document=PolicyVersion.document + " "),
+            "no longer hashes to its digest",
+        ),
+    ],
+)
+def test_an_edit_of_each_decision_is_caught(
+    signed: tuple[Path, Path], edit: Any, found: str
+) -> None:
+    folder, _ = signed
+    decided(folder)
+    ws = opened(folder)
+    ws.config.audit.checkpoints = False
+    with ws.sessions() as session, session.begin():
+        session.execute(edit)
+    ws.close()
+    assert found in problem_of(folder)

@@ -1,9 +1,12 @@
 """The runner: the journal's open operations, account by account, through each target's connector.
 
-Does: claim open operations, group them by account in step order, run accounts in parallel up
-to each target's concurrency (paced by its rate limit), write outcomes to the journal, the
-observed store and the audit log in batches from one thread, open manual work items, refer
-accounts that may not be taken over to a person, and put parked operations back in line.
+Does: claim open operations, recording in the journal (committed, before any is written)
+which run intends to write them; group them by account in step order, run accounts in
+parallel up to each target's concurrency (paced by its rate limit), write outcomes to the
+journal, the observed store and the audit log in batches from one thread (at least every
+second); have an operation whose intent a run that died had recorded resolved by this run's
+read-back, and say so in the audit log; open manual work items, refer accounts that may not be
+taken over to a person, and put parked operations back in line.
 Does not: decide what an operation does to an account (``execution``) or plan.
 """
 
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -41,7 +46,13 @@ from provisor.store import models
 from provisor.store.bulk import chunks
 
 MAX_ATTEMPTS = 5
-FLUSH_EVERY = 200  # outcomes per journal transaction
+FLUSH_EVERY = 200  # outcomes per journal transaction at most
+FLUSH_SECONDS = 1.0  # and outcomes are never kept longer than this before being written
+# what an operation an interrupted run had announced is recorded as, once read back: the
+# read-back shows the change made (by that run, or it was so already: it cannot tell which),
+# or shows it not made (that run never wrote it), and this run made it
+INTERRUPTED_VERIFIED = "intended by an interrupted run; found done on read-back"
+INTERRUPTED_REDONE = "intended by an interrupted run that had not made it; made now"
 
 
 @dataclass
@@ -89,6 +100,9 @@ class Runner:
         self._connectors = Pool(workspace, connectors)
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
+        self.run_id = uuid.uuid4().hex  # a new one for every apply
+        # operations an earlier run intended to write and never recorded: op id -> (run, when)
+        self._interrupted: dict[int, tuple[str, datetime | None]] = {}
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -122,6 +136,7 @@ class Runner:
         progress: Callable[[int, int], None] | None = None,
     ) -> ApplyReport:
         report = ApplyReport()
+        self.run_id = uuid.uuid4().hex
         groups = self._groups(target, identity)
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
@@ -158,7 +173,7 @@ class Runner:
                         report.no_connector[where] = count
                     done += count
                     continue
-                mine = self._claim([job.id for jobs in accounts for job in jobs])
+                mine = self._claim([job.id for jobs in accounts for job in jobs], now())
                 claimed |= mine
                 report.waiting += count - len(mine)
                 done += count - len(mine)
@@ -173,24 +188,45 @@ class Runner:
                             self._run_account, taken, connector, specs, now, bucket
                         )
                         futures[future] = len(taken)
-            for future in as_completed(futures):
-                size = futures[future]
-                outcomes = future.result()
-                report.waiting += size - len(outcomes)
-                pending.extend(outcomes)
-                finished.update(o.job.id for o in outcomes)
-                done += size
-                if len(pending) >= FLUSH_EVERY:
-                    self._flush(pending, report)
-                    pending = []
-                if progress is not None:
-                    progress(done, total)
+            self._collect(futures, report, pending, finished, (done, total), progress)
         finally:
             for pool in pools:
                 pool.shutdown(wait=True)
             self._flush(pending, report)
             self._release(claimed - finished)
         return report
+
+    def _collect(
+        self,
+        futures: Mapping[Future[list[Outcome]], int],
+        report: ApplyReport,
+        pending: list[Outcome],
+        finished: set[int],
+        count: tuple[int, int],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Take the accounts' outcomes as they come (``pending``, ids into ``finished``) and
+        write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on."""
+        done, total = count
+        waiting_for = set(futures)
+        flushed = time.monotonic()
+        while waiting_for:
+            ready, waiting_for = wait(waiting_for, FLUSH_SECONDS, FIRST_COMPLETED)
+            for future in ready:
+                size = futures[future]
+                outcomes = future.result()
+                report.waiting += size - len(outcomes)
+                pending.extend(outcomes)
+                finished.update(o.job.id for o in outcomes)
+                done += size
+            if pending and (
+                len(pending) >= FLUSH_EVERY or time.monotonic() - flushed >= FLUSH_SECONDS
+            ):
+                self._flush(pending, report)
+                pending.clear()
+                flushed = time.monotonic()
+            if ready and progress is not None:
+                progress(done, total)
 
     def requeue_failed(
         self, *, now: datetime, target: str | None = None, identity: str | None = None
@@ -207,16 +243,28 @@ class Runner:
             requeue_operations(session, rows, "put back in line by hand", now)
         return len(rows)
 
-    def _claim(self, ids: list[int]) -> set[int]:
-        """Mark open operations ``running`` so a plan made meanwhile leaves them alone; a row
-        left ``running`` by a crash is claimed again."""
+    def _claim(self, ids: list[int], at: datetime | None = None) -> set[int]:
+        """Mark open operations ``running`` so a plan made meanwhile leaves them alone, and
+        record (committed, before any of them is written) that this run intends to write them.
+        A row left ``running`` by a crash is claimed again; one whose intent a run that died
+        had recorded is remembered, to be resolved by this run's read-back."""
         op = models.Operation
         with self.workspace.sessions() as session, session.begin():
+            for part in chunks(ids):
+                left = select(op.id, op.intent_run, op.intent_at).where(
+                    op.id.in_(part), op.status == "running", op.intent_run.is_not(None)
+                )
+                for op_id, run, when in session.execute(left):
+                    self._interrupted[op_id] = (str(run), when)
             for part in chunks(ids):
                 session.execute(
                     update(op)
                     .where(op.id.in_(part), op.status.in_(["pending", "running"]))
-                    .values(status="running")
+                    .values(
+                        status="running",
+                        intent_run=self.run_id,
+                        intent_at=at or datetime.now(UTC),
+                    )
                 )
             mine: set[int] = set()
             for part in chunks(ids):
@@ -232,7 +280,7 @@ class Runner:
                 session.execute(
                     update(op)
                     .where(op.id.in_(part), op.status == "running")
-                    .values(status="pending")
+                    .values(status="pending", intent_run=None, intent_at=None)
                 )
 
     def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
@@ -375,6 +423,11 @@ class Runner:
             )
         row.attempts += 1
         row.updated_at = at
+        row.intent_run = row.intent_at = None
+        interrupted = self._interrupted.pop(row.id, None)
+        if interrupted is not None and outcome.status in ("verified", "unverifiable"):
+            said = INTERRUPTED_REDONE if outcome.wrote else INTERRUPTED_VERIFIED
+            outcome.note = said + (f" ({outcome.note})" if outcome.note else "")
         row.last_error = outcome.note
         status = outcome.status
         if status == "retry" and row.attempts >= self.max_attempts:
@@ -417,7 +470,15 @@ class Runner:
                 "observed": row.observed if status in ("verified", "unverifiable") else None,
                 "note": outcome.note,
                 "next_attempt": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
-            },
+            }
+            | (
+                {}
+                if interrupted is None
+                else {
+                    "interrupted_run": interrupted[0],
+                    "intended_at": interrupted[1].isoformat() if interrupted[1] else None,
+                }
+            ),
         )
 
     def _refer(
