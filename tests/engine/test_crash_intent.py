@@ -27,25 +27,15 @@ from provisor.engine.runner.runner import INTERRUPTED_REDONE, INTERRUPTED_VERIFI
 from provisor.sandbox.scim import ScimApp
 from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
+from tests.engine.test_crash_safety import POLICY as CRASH_POLICY
 
 PEOPLE = 100
 KILLS = 20
 
-POLICY = """\
-targets:
-  - name: app
-    class: scim
-    owner: app-team
-    leaver_action: delete
-    grace_days: 0
-    concurrency: 8
-    connection: {{url: "{url}", timeout: 10}}
-    entitlements: [{{name: staff}}]
-rules:
-  - name: staff
-    when: {{attr: employment_type, equals: employee}}
-    grant: [{{target: app, entitlements: [staff]}}]
-"""
+# the crash-safety test's target, with leavers deleted at once
+POLICY = CRASH_POLICY.replace(
+    "    concurrency: 8\n", "    leaver_action: delete\n    grace_days: 0\n    concurrency: 8\n"
+)
 
 
 def test_kill_nine_during_deletes_leaves_every_write_in_the_audit_log(
