@@ -210,22 +210,38 @@ def approve(
     only: Annotated[
         str | None, typer.Option(help="Comma-separated identity ids to release; others stay held.")
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated targets (a held plan batch): release only their part."),
+    ] = None,
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Release (or reject) a held change set, all of it or only some identities.
+    """Release (or reject) a held change set, all of it or only some identities or targets.
 
     Example:  provisor approve 3 --only E1001,E1002
+    Example:  provisor approve 4 --target github --reject
     """
     chosen = [i.strip() for i in only.split(",") if i.strip()] if only else None
+    targets = [t.strip() for t in target.split(",") if t.strip()] if target else None
     with opened() as workspace, workspace.sessions() as session, session.begin():
         outcome = identity_service.decide_hold(
-            session, workspace.config, hold, approve=not reject, only=chosen, now=now()
+            session,
+            workspace.config,
+            hold,
+            approve=not reject,
+            only=chosen,
+            targets=targets,
+            now=now(),
         )
     if json_out:
         print_json({**outcome.as_dict(), "hold": hold, "approved": not reject})
         return
     verb = "Rejected" if reject else "Approved"
+    if outcome.operations:
+        done = "cancelled" if reject else "put in line"
+        out.print(f"{verb} hold {hold}: {outcome.operations} operations {done}.")
+        return
     out.print(
         f"{verb} hold {hold}"
         + (f" for {', '.join(chosen)}" if chosen else "")

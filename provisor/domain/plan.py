@@ -41,6 +41,8 @@ REMOVALS = frozenset(
     {OpKind.REVOKE_SESSIONS, OpKind.DISABLE, OpKind.REMOVE_ENTITLEMENT, OpKind.DELETE}
 )
 REMOVAL_KINDS = tuple(sorted(k.value for k in REMOVALS))  # as the journal stores them
+# journal statuses of work not finished or given up: matched by a new plan, never planned twice
+OPEN_STATUSES = ("ticket", "pending", "held", "running", "succeeded", "failed", "unverifiable")
 
 STEP = {
     OpKind.REVOKE_SESSIONS: 0,

@@ -174,6 +174,14 @@ class EntitlementDef(_Model):
     kind: Literal["group", "role", "permission"] = "group"
 
 
+class TargetGuard(_Model):
+    """This target's limits for the removal guard; unset ones come from provisor.yaml."""
+
+    max_share: float | None = Field(default=None, gt=0, le=1)
+    max_count: int | None = Field(default=None, ge=1)
+    min_count: int | None = Field(default=None, ge=1)
+
+
 class TargetDef(_Model):
     name: Name
     target_class: TargetClass = Field(alias="class")
@@ -193,6 +201,7 @@ class TargetDef(_Model):
     reconcile_every: int | None = Field(
         default=None, ge=1, le=525600, description="minutes between scheduled reconciliations"
     )
+    guard: TargetGuard = Field(default_factory=TargetGuard)
     full_every: int = Field(
         default=24,
         ge=1,

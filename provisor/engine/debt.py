@@ -48,6 +48,7 @@ from provisor.domain.debt import (
 from provisor.domain.desired import DesiredAccess, desired_access
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState, fold
 from provisor.domain.plan import (
+    OPEN_STATUSES,
     REMOVAL_KINDS,
     ObservedAccount,
     PlannedOperation,
@@ -62,7 +63,6 @@ from provisor.store import models
 from provisor.store.bulk import SEP, chunks, collector_paused
 
 # journal rows that stand for a removal still in hand (not cancelled, not verified)
-OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
 
 
 def _journal(session: Session, identity: str | None, target: str | None) -> Journal:

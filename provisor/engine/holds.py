@@ -1,8 +1,9 @@
 """Holds: change sets the mass-change guard stopped for approval.
 
 Does: decide whether a batch of deprovisioning transitions trips the guard and open a hold for
-it (``guard``), list holds with the identities still waiting (``list_holds``), and mark a hold's
-events approved or rejected, wholly or for some identities (``release``).
+it (``guard``), list holds of both kinds (lifecycle events; plan batches the removal guard,
+``provisor.engine.removal_guard``, stopped) with what still waits (``list_holds``), and mark a
+hold's events approved or rejected, wholly or for some identities (``release``).
 Does not: fold identity state or write audit entries for identity changes; the identity service
 (``provisor.engine.identities``) calls these and brings the released identities up to date.
 """
@@ -21,7 +22,7 @@ from provisor.config.workspace import WorkspaceConfig
 from provisor.domain.guard import hold_reason
 from provisor.domain.lifecycle import LifecycleState
 from provisor.errors import LifecycleError, NotFoundError
-from provisor.store.models import Hold, Identity, IdentityEvent
+from provisor.store.models import Hold, Identity, IdentityEvent, Operation
 
 WAITING = ("open", "partial")
 
@@ -61,17 +62,19 @@ def list_holds(session: Session, *, every: bool = False) -> list[dict[str, Any]]
     holds = list(session.execute(query).scalars())
     waiting: dict[int, list[str]] = {h.id: [] for h in holds}
     if holds:
-        rows = session.execute(
-            select(IdentityEvent.hold_id, IdentityEvent.identity).where(
-                IdentityEvent.hold_id.in_(list(waiting)), IdentityEvent.status == "held"
-            )
+        events = select(IdentityEvent.hold_id, IdentityEvent.identity).where(
+            IdentityEvent.hold_id.in_(list(waiting)), IdentityEvent.status == "held"
         )
-        for hold_id, identity in rows:
+        operations = select(Operation.hold_id, Operation.identity).where(
+            Operation.hold_id.in_(list(waiting)), Operation.status == "held"
+        )
+        for hold_id, identity in [*session.execute(events), *session.execute(operations)]:
             if hold_id is not None:
                 waiting[hold_id].append(identity)
     return [
         {
             "hold": hold.id,
+            "kind": hold.kind,
             "status": hold.status,
             "origin": hold.origin,
             "created": hold.created_at.isoformat(),
@@ -79,6 +82,7 @@ def list_holds(session: Session, *, every: bool = False) -> list[dict[str, Any]]
             "waiting": len(waiting[hold.id]),
             "identities": sorted(set(waiting[hold.id])),
             "decided_by": hold.decided_by,
+            "details": hold.details,
         }
         for hold in holds
     ]

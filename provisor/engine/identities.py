@@ -30,7 +30,7 @@ from provisor.domain.lifecycle import (
     fold,
     utc_text,
 )
-from provisor.engine import holds
+from provisor.engine import holds, removal_guard
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.store.bulk import chunks
@@ -247,9 +247,11 @@ class Outcome:
     changed: list[str] = field(default_factory=list)
     transitions: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    operations: int = 0  # operations a decision on an operations hold put in line or cancelled
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "operations": self.operations,
             "recorded": self.recorded,
             "duplicates": self.duplicates,
             "held": self.held,
@@ -693,10 +695,17 @@ def decide_hold(
     *,
     approve: bool,
     only: Sequence[str] | None,
+    targets: Sequence[str] | None = None,
     now: datetime,
     actor: str | None = None,
 ) -> Outcome:
-    """Approve (apply) or reject the held changes of ``hold_id``: all, or ``only`` some ids."""
+    """Approve (apply) or reject the held changes of ``hold_id``: all, or ``only`` some ids
+    (and, for a plan batch the removal guard held, only some ``targets``)."""
+    held = session.get(Hold, hold_id)
+    if held is not None and held.kind == "operations":
+        return _decide_operations(session, held, approve, only, targets, now, actor)
+    if targets:
+        raise LifecycleError(f"hold {hold_id} holds lifecycle events: --target does not apply")
     decided = holds.release(
         session, hold_id, approve=approve, only=only, actor=actor or audit.current_actor(), now=now
     )
@@ -716,6 +725,34 @@ def decide_hold(
         entries += _refresh(session, config, rows, now, outcome, "identity.state-changed")
     audit.append(session, entries, actor=actor, at=now)
     return outcome
+
+
+def _decide_operations(
+    session: Session,
+    hold: Hold,
+    approve: bool,
+    only: Sequence[str] | None,
+    targets: Sequence[str] | None,
+    now: datetime,
+    actor: str | None,
+) -> Outcome:
+    """Put a held plan batch (or part of it) in line, or cancel it; audited."""
+    who = actor or audit.current_actor()
+    released = removal_guard.release(
+        session, hold, approve=approve, identities=only, targets=targets, actor=who, now=now
+    )
+    verdict = "approved" if approve else "rejected"
+    data = {
+        "kind": "operations",
+        "operations": sorted(r.key for r in released.chosen),
+        "identities": sorted({r.identity for r in released.chosen}),
+        "targets": sorted({r.target for r in released.chosen}),
+        "remaining": released.remaining,
+    }
+    audit.append(
+        session, [audit.Entry(f"hold.{verdict}", f"hold {hold.id}", data)], actor=who, at=now
+    )
+    return Outcome(operations=len(released.chosen))
 
 
 def latest_termination_key(session: Session, identity: str) -> str | None:

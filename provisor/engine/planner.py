@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from provisor.domain.desired import CompiledPolicy, SharedAccess, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
-from provisor.domain.plan import ObservedAccount, PlannedOperation, plan_identity
+from provisor.domain.plan import OPEN_STATUSES, ObservedAccount, PlannedOperation, plan_identity
+from provisor.engine import removal_guard
 from provisor.engine.identities import load_history, window
 from provisor.engine.marks import held_accounts
 from provisor.engine.tasks import cancel_for as cancel_tasks
@@ -218,8 +219,7 @@ class JournalSync:
 # Journal rows that stand for work already under way, parked, or handed to the target's owner
 # as a ticket: a plan that needs the same work again matches them instead of adding a
 # duplicate. Only "pending" and "ticket" ones can be cancelled.
-OPEN_STATUSES = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
-CANCELLABLE = ("pending", "ticket")
+CANCELLABLE = ("pending", "ticket", "held")
 
 
 def _open_ops(
@@ -259,7 +259,8 @@ def sync_journal(
 
     With ``changed_only`` (the long-running service, between full plans) only identities that
     need it are planned; see ``compute_plan``. A new policy version always plans everyone."""
-    if workspace.note_policy_version(session):
+    new_policy = workspace.note_policy_version(session)
+    if new_policy:
         changed_only = False
     ops, ids = compute_plan(
         workspace, session, now=now, identity=identity, target=target, changed_only=changed_only
@@ -286,7 +287,20 @@ def sync_journal(
         result.append((op, _matched(op, existing, now), existing.id))
         if existing.status == "failed":
             parked[existing.id] = existing.last_error or "no error recorded"
-    added = _add_pending(session, new_rows, now)
+    hold = removal_guard.check(
+        session,
+        workspace.config,
+        workspace.compiled.targets,
+        [op for op, _ in new_rows],
+        policy_change=workspace.policy_change if new_policy else None,
+        now=now,
+    )
+    if hold is not None:
+        for entry in entries:
+            if entry.action == "operation.planned" and isinstance(entry.data, dict):
+                entry.data["held"] = hold.id
+        entries.append(_hold_entry(hold))
+    added = _add_pending(session, new_rows, now, hold)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
     entries.extend(_cancel_stale(stale_rows, held, now))
     session.flush()
@@ -306,7 +320,7 @@ def sync_journal(
 def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) -> str:
     """How the journal already holds ``op``: work in hand, parked or ticketed keeps its status;
     a pending row takes the plan's reason and date."""
-    if existing.status not in CANCELLABLE or existing.status == "ticket":
+    if existing.status != "pending":  # in hand, parked, ticketed or held: as it is
         return existing.status
     # A grace period counted from "now" started when the removal was first planned; one
     # counted from a termination date follows that date if HR corrects it.
@@ -345,12 +359,24 @@ def _cancel_stale(
     return entries
 
 
+def _hold_entry(hold: models.Hold) -> audit.Entry:
+    return audit.Entry(
+        "hold.created",
+        f"hold {hold.id}",
+        {"kind": "operations", "reason": hold.reason, **(hold.details or {})},
+    )
+
+
 def _add_pending(
-    session: Session, new_rows: Sequence[tuple[PlannedOperation, str]], now: datetime
+    session: Session,
+    new_rows: Sequence[tuple[PlannedOperation, str]],
+    now: datetime,
+    hold: models.Hold | None = None,
 ) -> dict[str, int]:
-    """Add the new operations to the journal as pending, each under its key; returns the id
-    of each key. One plain insert: a first plan of a large population adds hundreds of
-    thousands, and the ORM's per-object work would cost more than the rest of the plan."""
+    """Add the new operations to the journal as pending (``held`` with their hold when the
+    removal guard stopped the batch), each under its key; returns the id of each key. One plain
+    insert: a first plan of a large population adds hundreds of thousands, and the ORM's
+    per-object work would cost more than the rest of the plan."""
     if not new_rows:
         return {}
     bulk_insert(
@@ -370,6 +396,7 @@ def _add_pending(
             "attempts",
             "created_at",
             "updated_at",
+            "hold_id",
         ),
         [
             (
@@ -381,11 +408,12 @@ def _add_pending(
                 op.entitlement,
                 op.step,
                 op.reason,
-                "pending",
+                "pending" if hold is None else "held",
                 op.not_before,
                 0,
                 now,
                 now,
+                None if hold is None else hold.id,
             )
             for op, key in new_rows
         ],

@@ -56,6 +56,8 @@ class Workspace:
     _compiled: CompiledPolicy | None = field(default=None, repr=False)
     # the schema was found current when opened: the audit chain can be checkpointed
     current: bool = field(default=False, repr=False)
+    # the newest policy version this workspace recorded, with its diff (``note_policy_version``)
+    policy_change: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: Path | None = None, *, check: bool = True) -> Workspace:
@@ -154,6 +156,11 @@ class Workspace:
             )
         )
         changes: dict[str, dict[str, list[str]]] = {}
+        self.policy_change = {
+            "digest": loaded.digest,
+            "previous": previous.digest if previous else None,
+            "changes": changes,  # filled in below
+        }
         old: dict[str, list[dict[str, object]]] = (
             {} if previous is None else json.loads(previous.document)
         )
@@ -169,12 +176,7 @@ class Workspace:
             session,
             "policy.changed",
             loaded.digest,
-            {
-                "digest": loaded.digest,
-                "previous": previous.digest if previous else None,
-                "files": files,
-                "changes": changes,
-            },
+            self.policy_change | {"files": files},
         )
         return True
 

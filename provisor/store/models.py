@@ -136,6 +136,10 @@ class Hold(Base):
     status: Mapped[str] = mapped_column(String(16), default="open", index=True)
     decided_by: Mapped[str | None] = mapped_column(String(256))
     decided_at: Mapped[datetime | None]
+    # events: lifecycle events held (terminations, suspensions); operations: a plan batch held
+    # by the removal guard, with what it would do by target and by cause in ``details``
+    kind: Mapped[str] = mapped_column(String(16), default="events", server_default="events")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Import(Base):
@@ -353,6 +357,8 @@ class Operation(Base):
     # ``running`` with an intent was being written by a run that died
     intent_run: Mapped[str | None] = mapped_column(String(32))
     intent_at: Mapped[datetime | None]
+    # held: written by a plan batch the removal guard stopped; runs once its hold is approved
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
 
 
 class Task(Base):

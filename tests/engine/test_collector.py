@@ -59,6 +59,8 @@ def test_objects_the_host_froze_stay_frozen() -> None:
         frozen = gc.get_freeze_count()
         with collector_paused():
             [object() for _ in range(10)]
-        assert gc.get_freeze_count() == frozen
+        # other threads of the test process (servers) may free a few frozen objects meanwhile;
+        # an unfreeze would have emptied the permanent generation
+        assert gc.get_freeze_count() > frozen * 0.9
     finally:
         gc.unfreeze()

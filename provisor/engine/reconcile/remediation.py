@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from provisor.domain.classify import orphan_key, orphan_removal
 from provisor.domain.desired import DesiredAccess
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState
-from provisor.domain.plan import REMOVAL_KINDS, PlannedOperation, plan_identity
+from provisor.domain.plan import OPEN_STATUSES, REMOVAL_KINDS, PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetDef
 from provisor.engine.assess import Finding
 from provisor.engine.marks import HOLDING_MARKS, active_marks
@@ -40,7 +40,7 @@ from provisor.store import models
 from provisor.store.bulk import chunks
 
 # journal statuses that already stand for a fix in hand
-IN_HAND = ("ticket", "pending", "running", "succeeded", "failed", "unverifiable")
+IN_HAND = OPEN_STATUSES
 
 
 def add_ops(
