@@ -34,6 +34,7 @@ class ExitCode(IntEnum):
     RECONCILE_FAILED = 14  # a target could not be read
     TARGET_UNPROVEN = 15  # a target could not be probed, or no membership read works
     DEBT_UNKNOWN = 16  # some leaver's access has not been read since the termination
+    AUDIT_UNCHECKED = 17  # the audit log's signed checkpoints cannot be checked (no key)
     ABORTED = 130  # interrupted by the user
 
 

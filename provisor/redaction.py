@@ -24,9 +24,10 @@ from typing import Any, TextIO
 from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
-# Values shorter than this are not hidden by value (they would blank out ordinary words); the
-# patterns below still hide them where they appear as a header, token or URL password.
-MIN_LENGTH = 4
+# Values shorter than this are not hidden by value: they would blank out ordinary words and
+# parts of ids, keys and dates (a 4-digit PIN inside a hash); the patterns below still hide them
+# where they appear as a header, token or URL password.
+MIN_LENGTH = 8
 
 _HEADER = re.compile(
     r"""(?ix)

@@ -49,19 +49,22 @@ def audit_verify(json_out: JsonOption = False) -> None:
         out.print(f"Audit log intact: {result.events} events, head {result.head_hash[:16]}.")
         if result.checkpoints:
             out.print(
-                f"Held to {result.checkpoints} signed checkpoints; protected through event "
-                f"{result.protected_through}, {result.unprotected} event(s) after it unprotected."
+                f"Held to {result.checkpoints} signed checkpoints: shown intact through event "
+                f"{result.protected_through}; {result.unprotected} event(s) after it are "
+                "consistent with the chain only, until the next checkpoint."
             )
         else:
             out.print(
                 "No signed checkpoint yet: the chain is consistent with itself only, and a "
                 "rewrite of the whole log would not show."
             )
+    elif not result.checkable:
+        err.print(f"Audit log cannot be checked: {result.problem}", markup=False)
     else:
         where = f" at event {result.first_bad}" if result.first_bad is not None else ""
         err.print(f"Audit log TAMPERED{where}: {result.problem}", markup=False)
     if not result.ok:
-        finish(ExitCode.AUDIT_TAMPERED)
+        finish(ExitCode.AUDIT_TAMPERED if result.checkable else ExitCode.AUDIT_UNCHECKED)
 
 
 @audit_app.command("export")

@@ -30,23 +30,49 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
-def _credentials(connection: Mapping[str, Any]) -> list[str]:
-    """The names of the credential settings that are set."""
-    return sorted(
-        key
-        for key, value in connection.items()
-        if SECRET_SETTING.search(str(key))
-        and value not in (None, "")
-        and not isinstance(value, bool)
-    )
+def _credentials(connection: Mapping[str, Any], where: str = "") -> list[str]:
+    """The credential settings that are set, at any depth (a REST header's, an OAuth2 client
+    secret under ``auth``), by their path."""
+    found: list[str] = []
+    for key, value in connection.items():
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(value, Mapping):
+            found += _credentials(value, path)
+        elif (
+            SECRET_SETTING.search(str(key))
+            and value not in (None, "")
+            and not isinstance(value, bool)
+        ):
+            found.append(path)
+    return sorted(found)
+
+
+def _urls(connection: Mapping[str, Any]) -> list[str]:
+    """The connection's URL and any nested ``url``/``endpoint`` given as a full URL."""
+    found = [connection["url"]] if isinstance(connection.get("url"), str) else []
+    for value in connection.values():
+        if isinstance(value, Mapping):
+            found += [
+                v
+                for k, v in value.items()
+                if isinstance(v, str) and "://" in v and str(k).endswith(("url", "endpoint"))
+            ]
+    return found
 
 
 def cleartext_credentials(connection: Mapping[str, Any]) -> str | None:
     """Why this connection would send a credential unencrypted, or None when it would not."""
-    url = connection.get("url")
     sent = _credentials(connection)
-    if not isinstance(url, str) or not sent:
+    if not sent:
         return None
+    for url in _urls(connection):
+        why = _cleartext(url, sent, connection)
+        if why:
+            return why
+    return None
+
+
+def _cleartext(url: str, sent: list[str], connection: Mapping[str, Any]) -> str | None:
     try:
         parts = urlsplit(url)
         host = parts.hostname

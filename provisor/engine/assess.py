@@ -31,6 +31,7 @@ from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleSta
 from provisor.domain.plan import ObservedAccount
 from provisor.engine.planner import current_states
 from provisor.engine.workspace import Workspace
+from provisor.redaction import redact
 from provisor.store import models
 from provisor.store.bulk import (
     accounts_query,
@@ -301,7 +302,9 @@ def _store_classes(
         f"WHERE {quote('id')}"
     )
     single: list[tuple[str, str, int]] = []
-    for (classification, detail), ids in changed.items():
+    for (classification, told), ids in changed.items():
+        # written past the column type: its redaction done here (errors were masked when made)
+        detail = redact(told, shapes=False) if told else told
         if len(ids) < 16:
             single.extend((classification, detail, i) for i in ids)
             continue

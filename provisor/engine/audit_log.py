@@ -41,16 +41,22 @@ def _trusted(workspace: Workspace, session: Session) -> checkpoints.Trusted:
                     f"the audit signing key ({key_file} or {checkpoints.KEY_VARIABLE}) is "
                     "missing: the signed checkpoints cannot be checked"
                 ],
+                unkeyed=True,
             )
         return checkpoints.Trusted([], [])
     return checkpoints.trusted(session, workspace.signer(create=False), workspace.checkpoint_file)
 
 
 def verify_log(workspace: Workspace) -> audit.Verification:
-    """The whole chain, held to every trusted signed checkpoint."""
+    """The whole chain, held to every trusted signed checkpoint. Without the key to check them
+    the result is not ok and not checkable: neither intact nor tampered is shown."""
     with workspace.sessions() as session:
         trust = _trusted(workspace, session)
         result = audit.verify(session, trust.signed)
+    if trust.unkeyed and result.ok:
+        return dataclasses.replace(
+            result, ok=False, checkable=False, problem="; ".join(trust.problems)
+        )
     if trust.problems and result.ok:
         return dataclasses.replace(result, ok=False, problem="; ".join(trust.problems))
     return result

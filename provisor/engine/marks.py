@@ -91,16 +91,17 @@ def set_mark(
 
 
 def _cancel_held(session: Session, mark: models.AccountMark, now: datetime) -> None:
-    """Operations not yet started (or parked as failed) on an account a mark now holds are
-    cancelled, with their
-    owners' work items: the mark wins over any plan made before it."""
+    """Operations not yet started (or parked as failed, or held by the removal guard) on an
+    account a mark now holds are cancelled, with their owners' work items: the mark wins over
+    any plan made before it."""
     rows = list(
         session.execute(
             select(models.Operation).where(
                 models.Operation.target == mark.target,
                 models.Operation.account == mark.account,
-                # parked failures too: a retry must not touch a held account either
-                models.Operation.status.in_(["pending", "ticket", "failed"]),
+                # parked failures and held batches too: neither a retry nor an approval may
+                # touch a held account
+                models.Operation.status.in_(["pending", "ticket", "failed", "held"]),
             )
         ).scalars()
     )

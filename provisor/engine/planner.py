@@ -287,7 +287,7 @@ def sync_journal(
         result.append((op, _matched(op, existing, now), existing.id))
         if existing.status == "failed":
             parked[existing.id] = existing.last_error or "no error recorded"
-    hold = removal_guard.check(
+    hold, leaving = removal_guard.check(
         session,
         workspace.config,
         workspace.compiled.targets,
@@ -297,13 +297,18 @@ def sync_journal(
     )
     if hold is not None:
         for entry in entries:
-            if entry.action == "operation.planned" and isinstance(entry.data, dict):
+            if (
+                entry.action == "operation.planned"
+                and isinstance(entry.data, dict)
+                and entry.subject not in leaving
+            ):
                 entry.data["held"] = hold.id
         entries.append(_hold_entry(hold))
-    added = _add_pending(session, new_rows, now, hold)
+    added = _add_pending(session, new_rows, now, hold, leaving)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
     entries.extend(_cancel_stale(stale_rows, held, now))
     session.flush()
+    entries.extend(removal_guard.close_emptied(session, {r.hold_id for r in stale_rows}, now))
     cancel_tasks(session, [stale.id for stale in stale_rows], now)
     result.extend((op, "new", added[journal_key]) for op, journal_key in new_rows)
     for part in chunks(ids):
@@ -319,8 +324,8 @@ def sync_journal(
 
 def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) -> str:
     """How the journal already holds ``op``: work in hand, parked or ticketed keeps its status;
-    a pending row takes the plan's reason and date."""
-    if existing.status != "pending":  # in hand, parked, ticketed or held: as it is
+    a pending or held row takes the plan's reason and date (and stays held)."""
+    if existing.status not in ("pending", "held"):  # in hand, parked or ticketed: as it is
         return existing.status
     # A grace period counted from "now" started when the removal was first planned; one
     # counted from a termination date follows that date if HR corrects it.
@@ -329,7 +334,7 @@ def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) ->
         not_before = existing.not_before
     if existing.not_before != not_before or existing.reason != op.reason:
         existing.not_before, existing.reason, existing.updated_at = not_before, op.reason, now
-    return "pending"
+    return existing.status
 
 
 def _cancel_stale(
@@ -372,11 +377,12 @@ def _add_pending(
     new_rows: Sequence[tuple[PlannedOperation, str]],
     now: datetime,
     hold: models.Hold | None = None,
+    leaving: frozenset[str] = frozenset(),
 ) -> dict[str, int]:
     """Add the new operations to the journal as pending (``held`` with their hold when the
-    removal guard stopped the batch), each under its key; returns the id of each key. One plain
-    insert: a first plan of a large population adds hundreds of thousands, and the ORM's
-    per-object work would cost more than the rest of the plan."""
+    removal guard stopped the batch, but for identities ``leaving``), each under its key;
+    returns the id of each key. One plain insert: a first plan of a large population adds
+    hundreds of thousands, and the ORM's per-object work would cost more than the rest."""
     if not new_rows:
         return {}
     bulk_insert(
@@ -408,12 +414,12 @@ def _add_pending(
                 op.entitlement,
                 op.step,
                 op.reason,
-                "pending" if hold is None else "held",
+                "pending" if hold is None or op.identity in leaving else "held",
                 op.not_before,
                 0,
                 now,
                 now,
-                None if hold is None else hold.id,
+                None if hold is None or op.identity in leaving else hold.id,
             )
             for op, key in new_rows
         ],

@@ -5,7 +5,8 @@ deletes, entitlement removals) per target and overall against the accounts Provi
 there; over the limits (the target's own ``guard``, else ``provisor.yaml``'s ``guard``) open an
 operations hold that says what would happen, by target and by cause (the policy change with its
 diff, the identities' states, the plan's reasons) — the planner then writes the whole batch as
-``held``. Release a held batch whole or in part (by identity, by target), or reject it.
+``held`` (all but the operations of identities being terminated or suspended). Release a held
+batch whole or in part (by identity, by target), or reject it.
 Does not: count removals of identities being terminated or suspended (the lifecycle guard,
 ``provisor.engine.holds``, holds those transitions before they reach a plan, so one change is
 never held twice), plan, or run operations.
@@ -28,6 +29,7 @@ from provisor.domain.lifecycle import LifecycleState
 from provisor.domain.plan import REMOVALS, PlannedOperation
 from provisor.domain.policy import TargetDef
 from provisor.errors import LifecycleError, NotFoundError
+from provisor.evidence import audit
 from provisor.store import models
 from provisor.store.bulk import chunks
 
@@ -74,16 +76,15 @@ def check(
     *,
     policy_change: dict[str, Any] | None,
     now: datetime,
-) -> models.Hold | None:
+) -> tuple[models.Hold | None, frozenset[str]]:
     """An open operations hold when ``ops`` (a batch about to be written) removes too much,
-    else None."""
-    removals = [op for op in ops if op.kind in REMOVALS]
-    if not removals:
-        return None
-    states = _states(session, {op.identity for op in removals})
-    counted = [op for op in removals if states.get(op.identity) not in GUARDED_BY_LIFECYCLE]
+    else None; and the identities being terminated or suspended, whose operations were the
+    lifecycle guard's to hold and go ahead even in a held batch."""
+    states = _states(session, {op.identity for op in ops})
+    leaving = frozenset(i for i, state in states.items() if state in GUARDED_BY_LIFECYCLE)
+    counted = [op for op in ops if op.kind in REMOVALS and op.identity not in leaving]
     if not counted:
-        return None
+        return None, leaving
     per_target = Counter(op.target for op in counted)
     managed = _managed(session)
     reasons = [
@@ -104,7 +105,7 @@ def check(
     if overall and len(per_target) > 1:
         reasons.append(overall)
     if not reasons:
-        return None
+        return None, leaving
     details = {
         "targets": {
             target: {"removals": count, "managed": managed.get(target, 0)}
@@ -123,7 +124,7 @@ def check(
     )
     session.add(hold)
     session.flush()
-    return hold
+    return hold, leaving
 
 
 def _causes(
@@ -139,6 +140,25 @@ def _causes(
         "identity_states": dict(Counter(str(states.get(op.identity)) for op in ops)),
         "reasons": [{"reason": reason, "removals": count} for reason, count in reasons],
     }
+
+
+def close_emptied(session: Session, hold_ids: set[int | None], now: datetime) -> list[audit.Entry]:
+    """Holds among ``hold_ids`` whose held operations a newer plan has all cancelled (the
+    change was undone) are closed as superseded; returns their audit entries."""
+
+    entries = []
+    op = models.Operation
+    for hold_id in sorted(i for i in hold_ids if i is not None):
+        waiting = session.execute(
+            select(func.count()).where(op.hold_id == hold_id, op.status == "held")
+        ).scalar_one()
+        hold = session.get(models.Hold, hold_id)
+        if waiting or hold is None or hold.status not in ("open", "partial"):
+            continue
+        hold.status, hold.decided_at, hold.decided_by = "superseded", now, "plan"
+        data = {"kind": "operations", "why": "the plan no longer wants what it held"}
+        entries.append(audit.Entry("hold.superseded", f"hold {hold_id}", data))
+    return entries
 
 
 @dataclass

@@ -31,7 +31,7 @@ from provisor.domain.transport import cleartext_credentials
 from provisor.errors import PolicyError, WorkspaceError
 from provisor.evidence import audit, checkpoints
 from provisor.store import db
-from provisor.store.models import PolicyVersion
+from provisor.store.models import AuditCheckpoint, PolicyVersion
 
 WORKSPACE_ENV = "PROVISOR_WORKSPACE"
 
@@ -88,6 +88,12 @@ class Workspace:
         """The key that signs audit checkpoints (``audit.signing_key`` or PROVISOR_AUDIT_KEY)."""
         return checkpoints.Signer.load(self.path / self.config.audit.signing_key, create=create)
 
+    def _signed_before(self) -> bool:
+        if self.checkpoint_file.exists():
+            return True
+        with self.sessions() as session:
+            return session.execute(select(AuditCheckpoint.seq).limit(1)).first() is not None
+
     @property
     def checkpoint_file(self) -> Path:
         return self.path / self.config.audit.checkpoint_file
@@ -100,7 +106,9 @@ class Workspace:
         if not settings.checkpoints:
             return None
         sinks = checkpoints.Sinks(self.checkpoint_file, settings.syslog, settings.http)
-        signer = self.signer()
+        # a key is made only for the first checkpoint ever: once one is signed, a missing key
+        # (a shell without PROVISOR_AUDIT_KEY) is an error, never a new key
+        signer = self.signer(create=not self._signed_before())
         try:
             with self.sessions() as session, session.begin():
                 return checkpoints.checkpoint(session, signer, sinks, now or datetime.now(UTC))

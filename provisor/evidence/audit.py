@@ -80,8 +80,8 @@ def _link(stamp: str, seq: int, action: str, subject: str, data: str, prev: str)
 @dataclass(frozen=True)
 class Entry:
     """An audit event to append; ``data`` is the payload, or its ``canonical_json`` text when
-    the caller has built that already (then only of structured values: credential shapes are
-    not looked for in it, known credentials still are)."""
+    the caller has built that already (then only of Provisor's own structured values: ids,
+    keys, dates, states; it is stored as given, while a mapping's text is redacted)."""
 
     action: str
     subject: str
@@ -123,10 +123,9 @@ def append(
         seq += 1
         if isinstance(entry.data, str):
             # prebuilt canonical JSON: the lifecycle service's own fields (event keys, dates,
-            # states, the feed's file and line), written for every event of an import, where
-            # only a credential the process knows could appear
-            data = redact(entry.data, shapes=False)
-            subject = redact(entry.subject, shapes=False)
+            # states, the feed's file and line), written for every event of an import; stored
+            # as given, so that no key or date it holds is ever altered
+            data, subject = entry.data, entry.subject
         else:
             data = canonical_json(redact_data(dict(entry.data)))
             subject = redact(entry.subject)
@@ -163,6 +162,9 @@ class Verification:
     checkpoints: int = 0  # signed checkpoints the chain was held to
     protected_through: int = 0  # the newest event a signed checkpoint covers
     unprotected: int = 0  # events after it: the tail no signature covers yet
+    # False when the signed checkpoints could not be read or checked at all (no key): the log
+    # is then neither shown intact nor shown tampered
+    checkable: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,11 +272,12 @@ def _check_events(session: Session) -> str | None:
     return None
 
 
-_DECIDED = {"hold.approved": "accepted", "hold.rejected": "rejected"}
+_DECIDED = {"hold.created": "held", "hold.approved": "accepted", "hold.rejected": "rejected"}
 
 
 def _statuses(session: Session) -> dict[str, str]:
-    """Each lifecycle event's status as the chain last set it, by event key."""
+    """Each lifecycle event's status as the chain last set it, by event key: as recorded
+    (accepted or held), held by a hold opened later (a tick's), approved or rejected."""
     status: dict[str, str] = {}
     query = (
         select(AuditEvent.action, AuditEvent.data)

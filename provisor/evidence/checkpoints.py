@@ -100,7 +100,7 @@ class Signer:
             if not create:
                 raise ConfigError(
                     f"no audit signing key at {path} and {KEY_VARIABLE} is not set: "
-                    "checkpoints cannot be verified"
+                    "checkpoints can be neither made nor checked"
                 )
             raw = base64.b64encode(Ed25519PrivateKey.generate().private_bytes_raw()).decode()
             try:
@@ -214,6 +214,7 @@ class Trusted:
 
     checkpoints: list[Checkpoint]
     problems: list[str]
+    unkeyed: bool = False  # no key to check them with: nothing could be checked
 
     @property
     def signed(self) -> dict[int, str]:

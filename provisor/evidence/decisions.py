@@ -3,7 +3,8 @@ as the database stores them must be what the chain last recorded of them.
 
 Does: replay the audit entries that record each such decision (``account.marked`` and
 ``account.unmarked``; ``case.opened``, ``case.resolved`` and ``case.dismissed``;
-``hold.created``, ``hold.approved`` and ``hold.rejected``; ``policy.changed``) and compare the
+``hold.created``, ``hold.approved``, ``hold.rejected`` and ``hold.superseded``;
+``policy.changed``) and compare the
 stored rows with the outcome, naming the first row edited, added or removed in the database
 without its audit entry; check that each stored policy version still hashes to its digest.
 Does not: walk or check the chain itself, or lifecycle events (``provisor.evidence.audit``).
@@ -31,6 +32,7 @@ ACTIONS = (
     "hold.created",
     "hold.approved",
     "hold.rejected",
+    "hold.superseded",
     "policy.changed",
 )
 
@@ -59,6 +61,8 @@ class _Replay:
             self.cases[int(data["case"])] = ("dismissed", None)
         elif action == "hold.created":
             self.holds[_hold_id(subject)] = "open"
+        elif action == "hold.superseded":
+            self.holds[_hold_id(subject)] = "superseded"
         elif action in ("hold.approved", "hold.rejected"):
             verdict = "approved" if action == "hold.approved" else "rejected"
             self.holds[_hold_id(subject)] = "partial" if data.get("remaining") else verdict

@@ -307,6 +307,9 @@ class _RowParser:
         # (most files have neither, and their rows are then not scanned value by value).
         self.controls = False
         self.long_values = False
+        # the row being handled spans several lines (a quoted value with line breaks): its
+        # values may be long although no line is
+        self.spans_lines = False
         self.keep_extra = mapping.extra_attributes == "keep"
         self.delimiter = mapping.delimiter
         self.date_format = mapping.date_format
@@ -429,7 +432,7 @@ class _RowParser:
             if isinstance(value, str) and len(value) > limit:
                 reason = f"{len(value)} characters; at most {limit} are kept"
                 self._bad(errors, line, name, reason)
-        if self.controls or self.long_values:
+        if self.controls or self.long_values or self.spans_lines:
             self._scan(line, values, errors)
 
     def _scan(self, line: int, values: dict[str, Any], errors: list[RowError]) -> None:
@@ -447,7 +450,7 @@ class _RowParser:
                 )
                 errors.append(RowError(self.file, line, column, reason))
                 continue
-            if self.long_values and isinstance(value, str):
+            if (self.long_values or self.spans_lines) and isinstance(value, str):
                 limit = self.value_limits.get(key) or self.value_limits.get(column)
                 limit = limit or self.max_value_length
                 if len(value) > limit:
@@ -612,6 +615,7 @@ def _parse_csv(text: str, parser: _RowParser) -> None:
         if not values and not any(cell.strip() for cell in row):
             continue  # a row of empty cells
         parser.rows_read += 1
+        parser.spans_lines = end > start
         handle(start, values, present, [])
 
 

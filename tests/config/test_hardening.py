@@ -61,3 +61,14 @@ def test_policy_check_warns_and_require_tls_refuses(workspace: Path, cli: Any) -
 
 def test_the_workspace_database_is_the_owners_alone(workspace: Path) -> None:
     assert (workspace / DATABASE_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_nested_credentials_and_token_endpoints_count() -> None:
+    headers = {"url": "http://api.example.com", "api": {"headers": {"Authorization": "x"}}}
+    assert "api.headers.Authorization" in (cleartext_credentials(headers) or "")
+    oauth = {
+        "url": "https://api.example.com",
+        "client_secret": "s",
+        "auth": {"endpoint": "http://login.example.com/token"},
+    }
+    assert "login.example.com" in (cleartext_credentials(oauth) or "")

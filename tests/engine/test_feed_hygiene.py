@@ -164,3 +164,15 @@ def test_a_leaver_never_imported_is_reported(ws: Workspace, tmp_path: Path) -> N
 
 def test_the_starter_configuration_still_reads() -> None:
     assert WorkspaceConfig().feeds["hr"].max_value_length == 1024
+
+
+def test_a_long_value_spread_over_lines_is_measured_whole(tmp_path: Path) -> None:
+    long = "\n".join(["x" * 100] * 20)  # 2,019 characters, no line over 100
+    path = tmp_path / "hr.csv"
+    path.write_text(HEADER + f'E1,Ann,ann@example.com,"{long}",,active\n', encoding="utf-8")
+    parsed = parse_feed(path, FeedMapping(), display_name="hr.csv")
+    assert parsed.records == []
+    assert [str(e) for e in parsed.errors] == [
+        "hr.csv:2 department: 2019 characters; at most 1024 are accepted "
+        "(max_length in the feed mapping)"
+    ]

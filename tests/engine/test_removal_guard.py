@@ -18,9 +18,10 @@ from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities
 from provisor.engine.holds import list_holds
 from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
 from provisor.store import models
 from tests.connectors.test_scim import make_group
-from tests.engine.test_runner import NOW, apply, people, plan, setup_workspace
+from tests.engine.test_runner import NOW, apply, event, people, plan, setup_workspace
 
 STAFF = [f"E{i}" for i in range(20)]
 LATER = NOW + timedelta(hours=1)
@@ -101,6 +102,27 @@ def test_a_policy_edit_undone_before_approval_cancels_what_it_held(ws: Workspace
     ws.refresh_policy()
     synced = plan(ws, LATER)
     assert held(ws) == {} and synced.cancelled == 20
+    [closed] = list_holds(ws.sessions(), every=True)
+    assert closed["status"] == "superseded" and list_holds(ws.sessions()) == []
+    with ws.sessions() as session:
+        assert audit.verify(session).ok
+
+
+def test_a_leaver_in_a_held_batch_goes_ahead(ws: Workspace) -> None:
+    policy = ws.path / "policy" / "policy.yaml"
+    policy.write_text(policy.read_text().split("  - name: engineering\n")[0])
+    ws.refresh_policy()
+    event(ws, "E19", EventKind.TERMINATE, LATER)
+    plan(ws, LATER)
+    with ws.sessions() as session:
+        rows = session.execute(
+            select(models.Operation.kind, models.Operation.status).where(
+                models.Operation.identity == "E19", models.Operation.kind == "disable"
+            )
+        )
+        leaver = {kind: status for kind, status in rows}
+    assert leaver == {"disable": "pending"}  # the lifecycle guard's, not held again
+    assert held(ws) == {"remove-entitlement": 19}
 
 
 def test_everyone_on_leave_is_held_and_approved_in_part(

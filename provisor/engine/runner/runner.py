@@ -48,11 +48,13 @@ from provisor.store.bulk import chunks
 MAX_ATTEMPTS = 5
 FLUSH_EVERY = 200  # outcomes per journal transaction at most
 FLUSH_SECONDS = 1.0  # and outcomes are never kept longer than this before being written
-# what an operation an interrupted run had announced is recorded as, once read back: the
-# read-back shows the change made (by that run, or it was so already: it cannot tell which),
-# or shows it not made (that run never wrote it), and this run made it
+# what an operation an interrupted run had announced is recorded as, once this run has read
+# it back: the read shows the change made (by that run, or it was so already: a read cannot
+# tell which); or this run wrote it (again, perhaps) and read it back; or the target cannot
+# show it either way
 INTERRUPTED_VERIFIED = "intended by an interrupted run; found done on read-back"
-INTERRUPTED_REDONE = "intended by an interrupted run that had not made it; made now"
+INTERRUPTED_REDONE = "intended by an interrupted run; written (again) by this run, then read back"
+INTERRUPTED_UNSHOWN = "intended by an interrupted run; the target cannot show whether it was done"
 
 
 @dataclass
@@ -426,7 +428,13 @@ class Runner:
         row.intent_run = row.intent_at = None
         interrupted = self._interrupted.pop(row.id, None)
         if interrupted is not None and outcome.status in ("verified", "unverifiable"):
-            said = INTERRUPTED_REDONE if outcome.wrote else INTERRUPTED_VERIFIED
+            said = (
+                INTERRUPTED_UNSHOWN
+                if outcome.status == "unverifiable"
+                else INTERRUPTED_REDONE
+                if outcome.wrote
+                else INTERRUPTED_VERIFIED
+            )
             outcome.note = said + (f" ({outcome.note})" if outcome.note else "")
         row.last_error = outcome.note
         status = outcome.status
