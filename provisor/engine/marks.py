@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from provisor.engine import removal_guard
 from provisor.engine.tasks import cancel_operations
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -106,6 +107,10 @@ def _cancel_held(session: Session, mark: models.AccountMark, now: datetime) -> N
         ).scalars()
     )
     cancel_operations(session, rows, f"account marked {mark.mark}: {mark.reason}", now)
+    session.flush()
+    closed = removal_guard.close_emptied(session, {row.hold_id for row in rows}, now)
+    if closed:
+        audit.append(session, closed, at=now)
 
 
 def clear_mark(session: Session, target: str, account: str, *, by: str) -> None:

@@ -303,7 +303,7 @@ def sync_journal(
                 and entry.subject not in leaving
             ):
                 entry.data["held"] = hold.id
-        entries.append(_hold_entry(hold))
+        entries.append(removal_guard.created_entry(hold))
     added = _add_pending(session, new_rows, now, hold, leaving)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
     entries.extend(_cancel_stale(stale_rows, held, now))
@@ -362,14 +362,6 @@ def _cancel_stale(
         }
         entries.append(audit.Entry("operation.cancelled", stale.identity, data))
     return entries
-
-
-def _hold_entry(hold: models.Hold) -> audit.Entry:
-    return audit.Entry(
-        "hold.created",
-        f"hold {hold.id}",
-        {"kind": "operations", "reason": hold.reason, **(hold.details or {})},
-    )
 
 
 def _add_pending(

@@ -1,6 +1,7 @@
 """The removal guard: a plan batch that would remove too much access at once is held whole.
 
-Does: before the planner writes a batch of new operations, count its removals (disables,
+Does: before the planner (or reconciliation, for orphan accounts) writes a batch of new
+operations, count its removals (disables,
 deletes, entitlement removals) per target and overall against the accounts Provisor manages
 there; over the limits (the target's own ``guard``, else ``provisor.yaml``'s ``guard``) open an
 operations hold that says what would happen, by target and by cause (the policy change with its
@@ -76,6 +77,7 @@ def check(
     *,
     policy_change: dict[str, Any] | None,
     now: datetime,
+    origin: str = "plan",
 ) -> tuple[models.Hold | None, frozenset[str]]:
     """An open operations hold when ``ops`` (a batch about to be written) removes too much,
     else None; and the identities being terminated or suspended, whose operations were the
@@ -116,7 +118,7 @@ def check(
     }
     hold = models.Hold(
         created_at=now,
-        origin="plan",
+        origin=origin,
         reason="; ".join(reasons),
         status="open",
         kind="operations",
@@ -140,6 +142,15 @@ def _causes(
         "identity_states": dict(Counter(str(states.get(op.identity)) for op in ops)),
         "reasons": [{"reason": reason, "removals": count} for reason, count in reasons],
     }
+
+
+def created_entry(hold: models.Hold) -> audit.Entry:
+    """The audit entry of a new operations hold: what it holds and why."""
+    return audit.Entry(
+        "hold.created",
+        f"hold {hold.id}",
+        {"kind": "operations", "reason": hold.reason, **(hold.details or {})},
+    )
 
 
 def close_emptied(session: Session, hold_ids: set[int | None], now: datetime) -> list[audit.Entry]:

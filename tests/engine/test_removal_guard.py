@@ -15,12 +15,13 @@ import pytest
 from sqlalchemy import func, select
 
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
-from provisor.engine import identities
+from provisor.engine import identities, reconcile
 from provisor.engine.holds import list_holds
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import models
 from tests.connectors.test_scim import make_group
+from tests.engine.test_reconcile import raw_user, workspace_for
 from tests.engine.test_runner import NOW, apply, event, people, plan, setup_workspace
 
 STAFF = [f"E{i}" for i in range(20)]
@@ -196,3 +197,32 @@ def test_a_target_sets_its_own_limits(ws: Workspace) -> None:
     move(ws, STAFF, department="Sales")
     plan(ws, LATER)
     assert held(ws) == {}
+
+
+def test_a_wave_of_orphans_found_by_reconciliation_is_held(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch, cli: Any
+) -> None:
+    """Twelve accounts nobody matches (a correlation gone wrong looks the same): reconciliation
+    with ``orphan: auto`` plans their removal, and the guard holds it like any batch."""
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    monkeypatch.setenv("PROVISOR_WORKSPACE", str(tmp_path))
+    make_group(scim_url, "staff")
+    make_group(scim_url, "engineering")
+    ws = workspace_for(tmp_path, scim_url, orphan="auto")
+    try:
+        people(ws, *STAFF[:5])
+        plan(ws)
+        apply(ws)
+        strays = [raw_user(scim_url, f"stray{i}@example.com") for i in range(12)]
+        reconcile.reconcile_target(ws, "app", now=LATER)
+        [hold] = list_holds(ws.sessions())
+        assert hold["origin"] == "reconciliation" and len(hold["identities"]) == 12
+        reconcile.reconcile_target(ws, "app", now=LATER + timedelta(hours=1))
+        assert len(list_holds(ws.sessions())) == 1  # in hand: not held a second time
+        apply(ws, LATER)
+        assert all(httpx2.get(f"{scim_url}/Users/{s}").json()["active"] for s in strays)
+        assert cli("approve", str(hold["hold"])).code == 0
+        apply(ws, LATER)  # disabled now; deleted once the grace period is over
+        assert not any(httpx2.get(f"{scim_url}/Users/{s}").json()["active"] for s in strays)
+    finally:
+        ws.close()

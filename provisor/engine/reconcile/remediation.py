@@ -1,8 +1,8 @@
 """Remediation: what a reconciliation does about each finding, per the target's policy.
 
 Does: report every finding with its mark; where the target's remediation is ``auto``, plan the
-fix in the journal (orphans' removals directly, identities through the planner, putting their
-parked removals back in line); where it is ``ticket``, open a work item for the owner; cancel
+fix in the journal (orphans' removals directly, through the removal guard like any plan
+batch; identities through the planner, putting their parked removals back in line); where it is ``ticket``, open a work item for the owner; cancel
 orphans' removals and owners' work items the observation shows are no longer needed.
 Does not: classify (``provisor.engine.assess``) or execute anything.
 """
@@ -23,6 +23,7 @@ from provisor.domain.desired import DesiredAccess
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState
 from provisor.domain.plan import OPEN_STATUSES, REMOVAL_KINDS, PlannedOperation, plan_identity
 from provisor.domain.policy import RemedyMode, TargetDef
+from provisor.engine import removal_guard
 from provisor.engine.assess import Finding
 from provisor.engine.marks import HOLDING_MARKS, active_marks
 from provisor.engine.planner import sync_journal
@@ -43,17 +44,10 @@ from provisor.store.bulk import chunks
 IN_HAND = OPEN_STATUSES
 
 
-def add_ops(
-    session: Session,
-    ops: Sequence[PlannedOperation],
-    status: str,
-    now: datetime,
-) -> list[models.Operation]:
-    """Journal rows for ``ops`` unless the same work (same account) is already in hand."""
-    added: list[models.Operation] = []
-    entries: list[audit.Entry] = []
-    for op in ops:
-        existing = session.execute(
+def _in_hand(session: Session, op: PlannedOperation) -> bool:
+    """The same work (same identity, target, kind and entitlement) is already in the journal."""
+    return (
+        session.execute(
             select(models.Operation.id).where(
                 models.Operation.identity == op.identity,
                 models.Operation.target == op.target,
@@ -64,7 +58,43 @@ def add_ops(
                 models.Operation.status.in_(IN_HAND),
             )
         ).first()
-        if existing is not None:
+        is not None
+    )
+
+
+def add_guarded(
+    workspace: Workspace, session: Session, ops: Sequence[PlannedOperation], now: datetime
+) -> list[models.Operation]:
+    """Journal rows for the removals reconciliation decided (orphans), through the removal
+    guard like any plan batch: too many at once are written ``held`` under a hold."""
+    fresh = [op for op in ops if not _in_hand(session, op)]
+    hold, _ = removal_guard.check(
+        session,
+        workspace.config,
+        workspace.compiled.targets,
+        fresh,
+        policy_change=None,
+        now=now,
+        origin="reconciliation",
+    )
+    if hold is None:
+        return add_ops(session, fresh, "pending", now)
+    audit.append(session, [removal_guard.created_entry(hold)], at=now)
+    return add_ops(session, fresh, "held", now, hold)
+
+
+def add_ops(
+    session: Session,
+    ops: Sequence[PlannedOperation],
+    status: str,
+    now: datetime,
+    hold: models.Hold | None = None,
+) -> list[models.Operation]:
+    """Journal rows for ``ops`` unless the same work (same account) is already in hand."""
+    added: list[models.Operation] = []
+    entries: list[audit.Entry] = []
+    for op in ops:
+        if _in_hand(session, op):
             continue
         row = models.Operation(
             key=uuid.uuid4().hex,
@@ -79,6 +109,7 @@ def add_ops(
             not_before=op.not_before,
             created_at=now,
             updated_at=now,
+            hold_id=hold.id if hold is not None else None,
         )
         session.add(row)
         added.append(row)
@@ -129,7 +160,7 @@ def remediate(
     if not act or unreadable:
         return
     _cancel_stale_orphans(session, target, wanted.orphans, now, report)
-    report.planned += len(add_ops(session, wanted.orphan_auto, "pending", now))
+    report.planned += len(add_guarded(workspace, session, wanted.orphan_auto, now))
     tickets = add_ops(session, wanted.tickets, "ticket", now)
     report.tickets += open_tickets(session, target, tickets, now)
     if wanted.to_plan:
@@ -248,7 +279,7 @@ def _cancel_stale_orphans(
         for row in session.execute(
             select(models.Operation).where(
                 models.Operation.target == target.name,
-                models.Operation.status.in_(["pending", "ticket"]),
+                models.Operation.status.in_(["pending", "ticket", "held"]),
                 models.Operation.identity.startswith(ORPHAN_PREFIX, autoescape=True),
             )
         ).scalars()
@@ -257,6 +288,10 @@ def _cancel_stale_orphans(
     report.cancelled += cancel_operations(
         session, stale, "superseded: the account is no orphan to remove", now
     )
+    session.flush()
+    closed = removal_guard.close_emptied(session, {row.hold_id for row in stale}, now)
+    if closed:
+        audit.append(session, closed, at=now)
 
 
 def _plan(
