@@ -226,3 +226,25 @@ def test_a_wave_of_orphans_found_by_reconciliation_is_held(
         assert not any(httpx2.get(f"{scim_url}/Users/{s}").json()["active"] for s in strays)
     finally:
         ws.close()
+
+
+def test_exceptions_expiring_together_are_held(ws: Workspace) -> None:
+    """Twenty people's engineering access rests on exceptions that end on the same day."""
+    policy = ws.path / "policy" / "policy.yaml"
+    rules = policy.read_text().split("  - name: engineering\n")[0]
+    grant = "[{target: app, entitlements: [engineering]}]"
+    exceptions = "".join(
+        f"  - identity: {i}\n    grant: {grant}\n    approver: E99\n"
+        "    justification: migration project\n    granted: 2026-05-01\n    expires: 2026-06-10\n"
+        for i in STAFF
+    )
+    policy.write_text(rules + "exceptions:\n" + exceptions)
+    ws.refresh_policy()
+    plan(ws, LATER)  # the exceptions still hold: nothing to remove
+    assert held(ws) == {}
+    ended = NOW + timedelta(days=15)
+    plan(ws, ended)
+    assert held(ws) == {"remove-entitlement": 20}
+    [hold] = list_holds(ws.sessions())
+    causes = hold["details"]["causes"]
+    assert causes["policy_change"] is None and causes["identity_states"] == {"active": 20}
