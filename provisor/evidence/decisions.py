@@ -1,12 +1,14 @@
-"""Decisions held to the audit log: account marks, correlation cases, holds and policy versions
-as the database stores them must be what the chain last recorded of them.
+"""Decisions held to the audit log: account marks, correlation cases, holds, policy versions and
+the journal's finished operations as the database stores them must be what the chain last
+recorded of them.
 
 Does: replay the audit entries that record each such decision (``account.marked`` and
 ``account.unmarked``; ``case.opened``, ``case.resolved`` and ``case.dismissed``;
 ``hold.created``, ``hold.approved``, ``hold.rejected`` and ``hold.superseded``;
-``policy.changed``) and compare the
-stored rows with the outcome, naming the first row edited, added or removed in the database
-without its audit entry; check that each stored policy version still hashes to its digest.
+``policy.changed``; ``operation.verified``, ``operation.unverifiable`` and
+``task.verified``) and compare the stored rows with the outcome, naming the first row edited,
+added or removed in the database without its audit entry; check that each stored policy
+version still hashes to its digest.
 Does not: walk or check the chain itself, or lifecycle events (``provisor.evidence.audit``).
 """
 
@@ -21,7 +23,22 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisor.store.models import AccountMark, AuditEvent, CorrelationCase, Hold, PolicyVersion
+from provisor.store.models import (
+    AccountMark,
+    AuditEvent,
+    CorrelationCase,
+    Hold,
+    Operation,
+    PolicyVersion,
+)
+
+# the journal's finished statuses and the entries that record them (the runner's outcome, or a
+# second person's attestation of a manual task); nothing changes such a row afterwards
+FINISHED = {
+    "operation.verified": "verified",
+    "operation.unverifiable": "unverifiable",
+    "task.verified": "verified",
+}
 
 ACTIONS = (
     "account.marked",
@@ -34,6 +51,7 @@ ACTIONS = (
     "hold.rejected",
     "hold.superseded",
     "policy.changed",
+    *FINISHED,
 )
 
 
@@ -45,6 +63,7 @@ class _Replay:
         self.cases: dict[int, tuple[str, str | None]] = {}  # id -> (status, identity)
         self.holds: dict[int, str] = {}  # id -> status
         self.policies: set[str] = set()  # digests
+        self.finished: dict[str, str] = {}  # operation key -> verified | unverifiable
 
     def take(self, action: str, subject: str, data: dict[str, Any]) -> None:
         if action == "account.marked":
@@ -68,6 +87,10 @@ class _Replay:
             self.holds[_hold_id(subject)] = "partial" if data.get("remaining") else verdict
         elif action == "policy.changed":
             self.policies.add(str(data.get("digest")))
+        elif action in FINISHED:
+            key = data.get("operation" if action == "task.verified" else "key")
+            if key:
+                self.finished[str(key)] = FINISHED[action]
 
 
 def _hold_id(subject: str) -> int:
@@ -97,6 +120,7 @@ def _problems(session: Session, replay: _Replay) -> Iterator[str]:
     yield from _cases(session, replay)
     yield from _holds(session, replay)
     yield from _policies(session, replay)
+    yield from _operations(session, replay)
 
 
 def _marks(session: Session, replay: _Replay) -> Iterator[str]:
@@ -136,6 +160,28 @@ def _holds(session: Session, replay: _Replay) -> Iterator[str]:
             yield (
                 f"hold {hold.id} is {hold.status} but the audit log made it {expected}: "
                 "edited outside Provisor"
+            )
+
+
+def _operations(session: Session, replay: _Replay) -> Iterator[str]:
+    """A journal row is verified (or unverifiable) exactly when the chain recorded it so: a
+    failed removal made to look verified, or a verified one made to run again, is named."""
+    op = Operation
+    query = select(op.key, op.status).where(op.status.in_(set(FINISHED.values())))
+    stored = {key: status for key, status in session.execute(query)}
+    for key, status in stored.items():
+        said = replay.finished.get(key)
+        if said != status:
+            yield (
+                f"operation {key} is {status} but the audit log "
+                + (f"made it {said}" if said else "never recorded that")
+                + ": edited outside Provisor"
+            )
+    for key, said in replay.finished.items():
+        if key not in stored:
+            yield (
+                f"operation {key} was recorded {said} in the audit log but the journal no "
+                "longer says so: edited or removed outside Provisor"
             )
 
 

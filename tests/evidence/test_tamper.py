@@ -277,3 +277,36 @@ def test_an_edit_of_each_decision_is_caught(
         session.execute(edit)
     ws.close()
     assert found in problem_of(folder)
+
+
+def test_a_journal_outcome_edited_in_the_database_is_caught(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal the application refused, made to look verified in the journal; and a verified
+    one set back to run again: both are named."""
+    from provisor.sandbox.scim import ScimApp
+    from provisor.store.models import Operation
+    from tests.engine.test_runner import apply, people, plan, setup_workspace
+
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    ScimApp.create_groups(scim_url, "staff", "engineering")
+    ws = setup_workspace(tmp_path / "ws", scim_url)
+    try:
+        people(ws, "E1", "E2")
+        plan(ws)
+        apply(ws)
+        assert verify_log(ws).ok
+        with ws.sessions() as session, session.begin():
+            first, second = session.scalars(
+                select(Operation).where(Operation.status == "verified").order_by(Operation.id)
+            ).all()[:2]
+            first.status = "pending"
+            second.status = "failed"
+        problem = verify_log(ws).problem
+        assert f"operation {first.key} was recorded verified" in problem, problem
+        with ws.sessions() as session, session.begin():
+            session.execute(update(Operation).values(status="verified"))
+        assert "never recorded that: edited outside Provisor" in verify_log(ws).problem
+    finally:
+        ws.config.audit.checkpoints = False
+        ws.close()

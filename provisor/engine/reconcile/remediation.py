@@ -2,8 +2,9 @@
 
 Does: report every finding with its mark; where the target's remediation is ``auto``, plan the
 fix in the journal (orphans' removals directly, through the removal guard like any plan
-batch; identities through the planner, putting their parked removals back in line); where it is ``ticket``, open a work item for the owner; cancel
-orphans' removals and owners' work items the observation shows are no longer needed.
+batch; identities through the planner, putting their parked removals back in line); where it
+is ``ticket``, open a work item for the owner; cancel orphans' removals and owners' work items
+the observation shows are no longer needed.
 Does not: classify (``provisor.engine.assess``) or execute anything.
 """
 
