@@ -5,8 +5,8 @@ recorded of them.
 Does: replay the audit entries that record each such decision (``account.marked`` and
 ``account.unmarked``; ``case.opened``, ``case.resolved`` and ``case.dismissed``;
 ``hold.created``, ``hold.approved``, ``hold.rejected`` and ``hold.superseded``;
-``policy.changed``; ``operation.verified``, ``operation.unverifiable`` and
-``task.verified``) and compare the stored rows with the outcome, naming the first row edited,
+``policy.changed``; ``operation.verified``, ``operation.unverifiable``, ``operation.cancelled``
+and ``task.verified``) and compare the stored rows with the outcome, naming the first row edited,
 added or removed in the database without its audit entry; check that each stored policy
 version still hashes to its digest.
 Does not: walk or check the chain itself, or lifecycle events (``provisor.evidence.audit``).
@@ -32,11 +32,13 @@ from provisor.store.models import (
     PolicyVersion,
 )
 
-# the journal's finished statuses and the entries that record them (the runner's outcome, or a
-# second person's attestation of a manual task); nothing changes such a row afterwards
+# the journal's finished statuses and the entries that record them (the runner's outcome, a
+# second person's attestation of a manual task, a cancellation by a plan, a mark or a person;
+# a rejected hold lists its operations); nothing changes such a row afterwards
 FINISHED = {
     "operation.verified": "verified",
     "operation.unverifiable": "unverifiable",
+    "operation.cancelled": "cancelled",
     "task.verified": "verified",
 }
 
@@ -85,6 +87,9 @@ class _Replay:
         elif action in ("hold.approved", "hold.rejected"):
             verdict = "approved" if action == "hold.approved" else "rejected"
             self.holds[_hold_id(subject)] = "partial" if data.get("remaining") else verdict
+            if action == "hold.rejected":
+                for key in data.get("operations") or []:
+                    self.finished[str(key)] = "cancelled"
         elif action == "policy.changed":
             self.policies.add(str(data.get("digest")))
         elif action in FINISHED:
@@ -164,8 +169,9 @@ def _holds(session: Session, replay: _Replay) -> Iterator[str]:
 
 
 def _operations(session: Session, replay: _Replay) -> Iterator[str]:
-    """A journal row is verified (or unverifiable) exactly when the chain recorded it so: a
-    failed removal made to look verified, or a verified one made to run again, is named."""
+    """A journal row is verified, unverifiable or cancelled exactly when the chain recorded it
+    so: a failed removal made to look verified, a leaver's pending removal cancelled by hand, or
+    a verified one made to run again, is named."""
     op = Operation
     query = select(op.key, op.status).where(op.status.in_(set(FINISHED.values())))
     stored = {key: status for key, status in session.execute(query)}

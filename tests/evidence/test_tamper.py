@@ -307,6 +307,9 @@ def test_a_journal_outcome_edited_in_the_database_is_caught(
         with ws.sessions() as session, session.begin():
             session.execute(update(Operation).values(status="verified"))
         assert "never recorded that: edited outside Provisor" in verify_log(ws).problem
+        with ws.sessions() as session, session.begin():  # a pending removal stopped by hand
+            session.execute(update(Operation).values(status="cancelled"))
+        assert "is cancelled but the audit log" in verify_log(ws).problem
     finally:
         ws.config.audit.checkpoints = False
         ws.close()
