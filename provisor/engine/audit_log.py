@@ -47,10 +47,22 @@ def _trusted(workspace: Workspace, session: Session) -> checkpoints.Trusted:
     return checkpoints.trusted(session, workspace.signer(create=False), workspace.checkpoint_file)
 
 
+def _one_moment(session: Session) -> None:
+    """Make every read of ``session`` see the database at one moment, so that a plan or a run
+    committing meanwhile (``provisor run`` beside the check) cannot pass for tampering: a
+    repeatable-read transaction on PostgreSQL, one read transaction on SQLite."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    elif dialect == "sqlite":
+        session.connection().exec_driver_sql("BEGIN")
+
+
 def verify_log(workspace: Workspace) -> audit.Verification:
     """The whole chain, held to every trusted signed checkpoint. Without the key to check them
     the result is not ok and not checkable: neither intact nor tampered is shown."""
     with workspace.sessions() as session:
+        _one_moment(session)
         trust = _trusted(workspace, session)
         result = audit.verify(session, trust.signed)
     if trust.unkeyed and result.ok:

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from provisor.store.bulk import chunks
 from provisor.store.models import (
     AccountMark,
     AuditEvent,
@@ -66,9 +67,13 @@ class _Replay:
         self.holds: dict[int, str] = {}  # id -> status
         self.policies: set[str] = set()  # digests
         self.finished: dict[str, str] = {}  # operation key -> verified | unverifiable
+        self.held: set[str] = set()  # operation keys written held by the removal guard
+        self.released: set[str] = set()  # ... and those an approval or rejection released
 
     def take(self, action: str, subject: str, data: dict[str, Any]) -> None:
-        if action == "account.marked":
+        if action.startswith("hold."):
+            self._hold(action, subject, data)
+        elif action == "account.marked":
             expires = data.get("expires")
             when = datetime.fromisoformat(expires) if expires else None
             self.marks[(data["target"], data["account"])] = (data["mark"], when)
@@ -80,22 +85,29 @@ class _Replay:
             self.cases[int(data["case"])] = ("resolved", data.get("identity"))
         elif action == "case.dismissed":
             self.cases[int(data["case"])] = ("dismissed", None)
-        elif action == "hold.created":
-            self.holds[_hold_id(subject)] = "open"
-        elif action == "hold.superseded":
-            self.holds[_hold_id(subject)] = "superseded"
-        elif action in ("hold.approved", "hold.rejected"):
-            verdict = "approved" if action == "hold.approved" else "rejected"
-            self.holds[_hold_id(subject)] = "partial" if data.get("remaining") else verdict
-            if action == "hold.rejected":
-                for key in data.get("operations") or []:
-                    self.finished[str(key)] = "cancelled"
         elif action == "policy.changed":
             self.policies.add(str(data.get("digest")))
+        elif action == "operation.planned":
+            if data.get("held") or data.get("status") == "held":
+                self.held.add(str(data.get("key")))
         elif action in FINISHED:
             key = data.get("operation" if action == "task.verified" else "key")
             if key:
                 self.finished[str(key)] = FINISHED[action]
+
+    def _hold(self, action: str, subject: str, data: dict[str, Any]) -> None:
+        hold = _hold_id(subject)
+        if action == "hold.created":
+            self.holds[hold] = "open"
+        elif action == "hold.superseded":
+            self.holds[hold] = "superseded"
+        elif action in ("hold.approved", "hold.rejected"):
+            verdict = "approved" if action == "hold.approved" else "rejected"
+            self.holds[hold] = "partial" if data.get("remaining") else verdict
+            self.released.update(str(key) for key in data.get("operations") or [])
+            if action == "hold.rejected":
+                for key in data.get("operations") or []:
+                    self.finished[str(key)] = "cancelled"
 
 
 def _hold_id(subject: str) -> int:
@@ -110,6 +122,12 @@ def _replayed(session: Session) -> _Replay:
         .order_by(AuditEvent.seq)
     )
     for action, subject, data in session.execute(query).yield_per(5000):
+        replay.take(action, subject, json.loads(data))
+    # of the planned operations, only those written held matter here (their entry says so)
+    planned = select(AuditEvent.action, AuditEvent.subject, AuditEvent.data).where(
+        AuditEvent.action == "operation.planned", AuditEvent.data.contains('"held"')
+    )
+    for action, subject, data in session.execute(planned).yield_per(5000):
         replay.take(action, subject, json.loads(data))
     return replay
 
@@ -183,12 +201,32 @@ def _operations(session: Session, replay: _Replay) -> Iterator[str]:
                 + (f"made it {said}" if said else "never recorded that")
                 + ": edited outside Provisor"
             )
+    yield from _left_hold(session, replay)
     for key, said in replay.finished.items():
         if key not in stored:
             yield (
                 f"operation {key} was recorded {said} in the audit log but the journal no "
                 "longer says so: edited or removed outside Provisor"
             )
+
+
+def _left_hold(session: Session, replay: _Replay) -> Iterator[str]:
+    """An operation written held leaves its hold only by a person's decision or by a plan
+    cancelling it: one set going (or its hold cleared) by hand is named."""
+    waiting = (
+        replay.held
+        - replay.released
+        - {key for key, said in replay.finished.items() if said == "cancelled"}
+    )
+    op = Operation
+    for part in chunks(sorted(waiting)):
+        query = select(op.key, op.status, op.hold_id).where(op.key.in_(part))
+        for key, status, hold_id in session.execute(query):
+            if status != "held" or hold_id is None:
+                yield (
+                    f"operation {key} was written held but is {status} with no decision on "
+                    "its hold in the audit log: released outside Provisor"
+                )
 
 
 def _policies(session: Session, replay: _Replay) -> Iterator[str]:

@@ -313,3 +313,37 @@ def test_a_journal_outcome_edited_in_the_database_is_caught(
     finally:
         ws.config.audit.checkpoints = False
         ws.close()
+
+
+def test_a_held_batch_released_by_hand_is_caught(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the removal guard held, set going in the database instead of approved."""
+    from provisor.store.models import Operation
+    from tests.connectors.test_scim import make_group
+    from tests.engine.test_removal_guard import STAFF
+    from tests.engine.test_runner import apply, people, plan, setup_workspace
+
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    make_group(scim_url, "staff")
+    make_group(scim_url, "engineering")
+    ws = setup_workspace(tmp_path / "ws", scim_url)
+    try:
+        people(ws, *STAFF)
+        plan(ws)
+        apply(ws)
+        policy = ws.path / "policy" / "policy.yaml"
+        policy.write_text(policy.read_text().split("  - name: engineering\n")[0])
+        ws.refresh_policy()
+        plan(ws, NOW + timedelta(hours=1))
+        assert verify_log(ws).ok
+        with ws.sessions() as session, session.begin():
+            session.execute(
+                update(Operation)
+                .where(Operation.status == "held")
+                .values(status="pending", hold_id=None)
+            )
+        assert "released outside Provisor" in verify_log(ws).problem
+    finally:
+        ws.config.audit.checkpoints = False
+        ws.close()
