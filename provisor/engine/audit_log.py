@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit, checkpoints
-from provisor.store.models import AuditCheckpoint, AuditEvent
+from provisor.store.models import AuditEvent
 
 
 def _trusted(workspace: Workspace, session: Session) -> checkpoints.Trusted:
@@ -33,8 +33,7 @@ def _trusted(workspace: Workspace, session: Session) -> checkpoints.Trusted:
     key_file = workspace.path / workspace.config.audit.signing_key
     has_key = key_file.exists() or bool(os.environ.get(checkpoints.KEY_VARIABLE))
     if not has_key:
-        made = session.execute(select(AuditCheckpoint.seq).limit(1)).first() is not None
-        if made or workspace.checkpoint_file.exists():
+        if workspace.signed_before(session):
             return checkpoints.Trusted(
                 [],
                 [

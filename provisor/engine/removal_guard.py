@@ -82,9 +82,12 @@ def check(
     """An open operations hold when ``ops`` (a batch about to be written) removes too much,
     else None; and the identities being terminated or suspended, whose operations were the
     lifecycle guard's to hold and go ahead even in a held batch."""
-    states = _states(session, {op.identity for op in ops})
+    removals = [op for op in ops if op.kind in REMOVALS]
+    if not removals:  # most batches (a first plan of everyone): no state to look up
+        return None, frozenset()
+    states = _states(session, {op.identity for op in removals})
     leaving = frozenset(i for i, state in states.items() if state in GUARDED_BY_LIFECYCLE)
-    counted = [op for op in ops if op.kind in REMOVALS and op.identity not in leaving]
+    counted = [op for op in removals if op.identity not in leaving]
     if not counted:
         return None, leaving
     per_target = Counter(op.target for op in counted)

@@ -88,11 +88,15 @@ class Workspace:
         """The key that signs audit checkpoints (``audit.signing_key`` or PROVISOR_AUDIT_KEY)."""
         return checkpoints.Signer.load(self.path / self.config.audit.signing_key, create=create)
 
-    def _signed_before(self) -> bool:
+    def signed_before(self, session: Session | None = None) -> bool:
+        """Whether any audit checkpoint was ever made here (the file outside the database, or
+        the database's copy; read in ``session`` when given)."""
         if self.checkpoint_file.exists():
             return True
-        with self.sessions() as session:
+        if session is not None:
             return session.execute(select(AuditCheckpoint.seq).limit(1)).first() is not None
+        with self.sessions() as own:
+            return own.execute(select(AuditCheckpoint.seq).limit(1)).first() is not None
 
     @property
     def checkpoint_file(self) -> Path:
@@ -108,7 +112,7 @@ class Workspace:
         sinks = checkpoints.Sinks(self.checkpoint_file, settings.syslog, settings.http)
         # a key is made only for the first checkpoint ever: once one is signed, a missing key
         # (a shell without PROVISOR_AUDIT_KEY) is an error, never a new key
-        signer = self.signer(create=not self._signed_before())
+        signer = self.signer(create=not self.signed_before())
         try:
             with self.sessions() as session, session.begin():
                 return checkpoints.checkpoint(session, signer, sinks, now or datetime.now(UTC))

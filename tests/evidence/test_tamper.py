@@ -19,6 +19,7 @@ from provisor.engine.audit_log import verify_bundle, verify_log
 from provisor.engine.correlate import Match
 from provisor.engine.leavers import verify_leaver
 from provisor.engine.workspace import Workspace
+from provisor.errors import ConfigError
 from provisor.evidence import audit
 from provisor.evidence.audit import GENESIS, chain_hash
 from provisor.sandbox.workspaces import scratch_workspace
@@ -347,3 +348,25 @@ def test_a_held_batch_released_by_hand_is_caught(
     finally:
         ws.config.audit.checkpoints = False
         ws.close()
+
+
+def test_without_the_key_the_log_is_neither_intact_nor_tampered(
+    signed: tuple[Path, Path], cli: Any
+) -> None:
+    folder, _ = signed
+    key = folder / "audit-signing.key"
+    kept = key.read_text()
+    key.unlink()
+    ws = opened(folder)
+    try:
+        result = verify_log(ws)
+        assert not result.ok and not result.checkable and "key" in result.problem
+        with pytest.raises(ConfigError, match="signing key"):
+            ws.checkpoint()  # never a new key once checkpoints exist
+    finally:
+        ws.config.audit.checkpoints = False
+        ws.close()
+    assert not key.exists()
+    shown = cli("--workspace", str(folder), "audit", "verify")
+    assert shown.code == 17 and "cannot be checked" in shown.err and "TAMPERED" not in shown.err
+    key.write_text(kept)
