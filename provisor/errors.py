@@ -35,6 +35,7 @@ class ExitCode(IntEnum):
     TARGET_UNPROVEN = 15  # a target could not be probed, or no membership read works
     DEBT_UNKNOWN = 16  # some leaver's access has not been read since the termination
     AUDIT_UNCHECKED = 17  # the audit log's signed checkpoints cannot be checked (no key)
+    DENIED = 18  # the acting person may not do this: a role, a scope or a four-eyes rule
     ABORTED = 130  # interrupted by the user
 
 
@@ -104,3 +105,16 @@ class WorkspaceError(ProvisorError):
     """The workspace database is missing, or its schema is not at the version this code needs."""
 
     exit_code = ExitCode.WORKSPACE
+
+
+class DeniedError(ProvisorError):
+    """The acting person may not do this: their roles or their token's scopes do not allow it,
+    or a four-eyes rule refuses it (verifying one's own task, approving one's own hold)."""
+
+    exit_code = ExitCode.DENIED
+
+
+class CredentialsError(ProvisorError):
+    """A name and password, or a token, that do not sign anyone in (never says which part)."""
+
+    exit_code = ExitCode.DENIED

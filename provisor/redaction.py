@@ -45,6 +45,9 @@ _QUERY_CREDENTIAL = re.compile(
     r"(?i)([?&;](?:password|passwd|pwd|pass|token|access_token|refresh_token|api_?key|apikey"
     r"|secret|client_secret|auth|signature|sig)=)[^&\s'\"#]+"
 )
+# a Provisor API or sign-in token (``provisor.engine.operators`` makes them with this prefix)
+TOKEN_PREFIX = "pvt_"
+_PROVISOR_TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]{16,}")
 # Every shape above contains one of these (in lower case): text with none of them is left as it
 # is without running the patterns, which keeps redaction cheap on the hot paths (an import
 # writes an audit entry per event).
@@ -67,6 +70,7 @@ _TRIGGERS = (
     "auth=",
     "sig=",
     "signature=",
+    TOKEN_PREFIX,
 )
 # The names of settings that hold a user name a password goes with (for Basic forms).
 USER_SETTINGS = ("user", "username", "user_name", "login", "bind_dn", "client_id")
@@ -167,6 +171,7 @@ def redact(text: str, *, shapes: bool = True) -> str:
     text = _HEADER.sub(lambda m: m["name"] + m["sep"] + MASK, text)
     text = _SCHEME_TOKEN.sub(lambda m: m[1] + m[2] + MASK, text)
     text = _URL_PASSWORD.sub(lambda m: m[1] + MASK + "@", text)
+    text = _PROVISOR_TOKEN.sub(MASK, text)
     return _QUERY_CREDENTIAL.sub(lambda m: m[1] + MASK, text)
 
 

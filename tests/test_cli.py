@@ -95,7 +95,7 @@ def test_help_lists_verbs_and_every_command_has_an_example(cli: Any) -> None:
 
 def test_event_refuses_ids_reserved_for_orphan_accounts(cli: Any, ws: Path) -> None:
     result = cli("event", "hire", "orphan:x1")
-    assert result.code == 2 and "name accounts linked to no identity" in result.err
+    assert result.code == 6 and "name accounts linked to no identity" in result.err
 
 
 def test_before_init_says_what_to_do(cli: Any, tmp_path: Path) -> None:

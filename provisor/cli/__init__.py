@@ -1,7 +1,8 @@
 """The ``provisor`` command line: a thin layer over the engine's services.
 
 Does: assemble the commands (one module per command group: ``workspace``, ``identities``,
-``access``, ``tasks``, ``reconcile``, ``evidence``, ``audit``), take the global options, and
+``access``, ``tasks``, ``reconcile``, ``evidence``, ``audit``, ``service``),
+take the global options, and
 turn every error a user can meet into one line on stderr and its exit code
 (``provisor.errors.ExitCode``), never a traceback; redact credentials from all it prints
 and logs.
@@ -17,7 +18,16 @@ from collections.abc import Sequence
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisor.cli import access, audit, evidence, identities, reconcile, tasks, workspace
+from provisor.cli import (
+    access,
+    audit,
+    evidence,
+    identities,
+    reconcile,
+    service,
+    tasks,
+    workspace,
+)
 from provisor.cli.options import NowOption, WorkspaceOption, given, parse_when
 from provisor.cli.output import err
 from provisor.errors import ExitCode, ProvisorError
@@ -46,7 +56,7 @@ def _main(workspace: WorkspaceOption = None, now: NowOption = None) -> None:
     given.now = parse_when(now, "--now") if now else None
 
 
-for _group in (workspace, identities, access, tasks, reconcile, evidence, audit):
+for _group in (workspace, identities, access, tasks, reconcile, evidence, audit, service):
     _group.register(app)
 
 

@@ -25,7 +25,7 @@ from provisor.cli.options import (
     parse_when,
 )
 from provisor.cli.output import err, finish, listing, out, print_json, stages, table
-from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind
+from provisor.domain.lifecycle import EventKind
 from provisor.engine import holds as holds_service
 from provisor.engine import identities as identity_service
 from provisor.engine import views
@@ -122,11 +122,6 @@ def event(
     Example:  provisor event move E1042 --set department=Sales --set title="Account Executive"
     """
     changes = _changes(attribute)
-    if identity.startswith(ORPHAN_PREFIX):
-        raise typer.BadParameter(
-            f"{identity!r}: ids starting {ORPHAN_PREFIX!r} name accounts linked to no identity",
-            param_hint="IDENTITY",
-        )
     at = now()
     when = parse_when(effective, "--effective") if effective else at
     with opened() as workspace:

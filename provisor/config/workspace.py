@@ -56,6 +56,50 @@ class AuditSettings(BaseModel):
     every_seconds: int = Field(default=60, ge=1, le=3600)
 
 
+class OidcSettings(BaseModel):
+    """Sign-in through an OpenID Connect provider (authorization code flow with PKCE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str  # the provider's issuer URL; its discovery document is read from there
+    client_id: str
+    # the client secret is never written here: PROVISOR_OIDC_CLIENT_SECRET, or a secret
+    # reference resolved like a connection's (``secret:NAME``)
+    client_secret: str | None = None
+    redirect_url: str  # this service's callback, as registered with the provider
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+
+
+class ScimInboundSettings(BaseModel):
+    """The inbound SCIM 2.0 server at /scim/v2 (``docs/scim-inbound.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feed: str = "scim"  # the source name its events carry, and its mapping's name
+    # strict: refuse what the SCIM interoperability profile forbids instead of accepting the
+    # shapes identity providers are known to send (capitalised ops, "True"/"False" strings)
+    strict: bool = False
+    page_size: int = Field(default=100, ge=1, le=1000)  # the most a list returns at once
+
+
+class ServiceSettings(BaseModel):
+    """``provisor serve``: the REST API, inbound SCIM and the background runner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8400, ge=1, le=65535)
+    session_hours: float = Field(default=12, gt=0, le=24 * 7)  # sign-in tokens live this long
+    # requests per second one token may make (a burst of twice as many is allowed), and how
+    # many requests may be in flight at once over all tokens; beyond either: 429 Retry-After
+    rate_per_token: float = Field(default=1000, gt=0)
+    max_in_flight: int = Field(default=64, ge=1)
+    cycle_seconds: float = Field(default=30, gt=0)  # the background runner's interval
+    max_upload_mb: int = Field(default=512, ge=1)
+    oidc: OidcSettings | None = None
+    scim: ScimInboundSettings = Field(default_factory=ScimInboundSettings)
+
+
 class WorkspaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +112,7 @@ class WorkspaceConfig(BaseModel):
     # StartTLS) is a warning; with require_tls, an error that keeps the target closed
     require_tls: bool = False
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
 
 def load_config(workspace: Path) -> WorkspaceConfig:

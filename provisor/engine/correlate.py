@@ -265,6 +265,11 @@ def _relink(session: Session, case: models.CorrelationCase, identity: str | None
         )
 
 
+def case_target(session: Session, case_id: int) -> str:
+    """The target of a correlation case (who may decide it depends on it)."""
+    return _case(session, case_id).target
+
+
 def list_cases(
     session: Session, *, every: bool = False, target: str | None = None
 ) -> list[models.CorrelationCase]:

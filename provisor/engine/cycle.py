@@ -5,15 +5,16 @@ Does: run one cycle (``Cycles.cycle``): apply due lifecycle changes, reconcile t
 ``reconcile_every`` has come round, plan (everyone on the first cycle and after a policy change,
 else the identities that changed) and apply what is pending; reopen connectors when the policy
 changes; repeat cycles at an interval (``Cycles.run``), reporting each cycle or failure to the
-caller, where one failed cycle never stops the next; sign the audit chain's head after each
-cycle and, while waiting, at least every ``audit.every_seconds``.
+caller, where one failed cycle never stops the next; run the jobs the service queued (imports,
+reconciliations) first in each cycle; sign the audit chain's head after each cycle and, while
+waiting, at least every ``audit.every_seconds``; stop or start the next cycle early when told.
 Does not: print (callers get a ``CycleReport`` or the exception), or decide what a cycle's steps
 do (the identity service, reconciliation, planner and runner do).
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisor.engine import identities
+from provisor.engine import identities, jobs
 from provisor.engine.planner import JournalSync, sync_journal
 from provisor.engine.reconcile import ReconcileReport, reconcile_due
 from provisor.engine.runner import ApplyReport, Runner
@@ -79,6 +80,7 @@ class Cycles:
             self.full = True
             self.runner.close()
             self.runner = Runner(workspace)  # connection settings may have changed
+        jobs.run_queued(workspace, self.clock)  # imports and reconciliations asked for
         with workspace.sessions() as session, session.begin():
             ticked = identities.tick(session, workspace.config, now=started)
         reconciled = reconcile_due(workspace, now=started)
@@ -95,12 +97,18 @@ class Cycles:
         once: bool,
         on_cycle: Callable[[CycleReport], None],
         on_failure: Callable[[datetime, Exception], None],
+        stop: threading.Event | None = None,
+        wake: threading.Event | None = None,
     ) -> CycleReport | None:
-        """Cycle every ``interval`` seconds until interrupted (or once). A cycle that fails on a
-        Provisor or database error (a policy typo, a locked database) is reported and the next
-        one runs; with ``once`` the error is raised. Returns the last report."""
+        """Cycle every ``interval`` seconds until interrupted or ``stop`` is set (or once). A
+        cycle that fails on a Provisor or database error (a policy typo, a locked database) is
+        reported and the next one runs; with ``once`` the error is raised. Setting ``wake``
+        starts the next cycle at once (the service does when it queues a job). Returns the last
+        report."""
         last: CycleReport | None = None
-        while True:
+        stop = stop or threading.Event()
+        wake = wake or threading.Event()
+        while not stop.is_set():
             started = self.clock()
             try:
                 last = self.cycle()
@@ -113,7 +121,8 @@ class Cycles:
             self._checkpoint(on_failure)
             if once:
                 return last
-            self._wait(interval, on_failure)
+            self._wait(interval, on_failure, stop, wake)
+        return last
 
     def _checkpoint(self, on_failure: Callable[[datetime, Exception], None]) -> None:
         """Sign the audit chain's head if the cycle appended events; a failure is reported."""
@@ -122,14 +131,22 @@ class Cycles:
         except (ProvisorError, SQLAlchemyError, OSError) as exc:
             on_failure(self.clock(), exc)
 
-    def _wait(self, interval: float, on_failure: Callable[[datetime, Exception], None]) -> None:
-        """Sleep until the next cycle, making a checkpoint at least every
-        ``audit.every_seconds`` meanwhile (another process may append events)."""
+    def _wait(
+        self,
+        interval: float,
+        on_failure: Callable[[datetime, Exception], None],
+        stop: threading.Event,
+        wake: threading.Event,
+    ) -> None:
+        """Sleep until the next cycle (or until woken or stopped), making a checkpoint at least
+        every ``audit.every_seconds`` meanwhile (another process may append events)."""
         every = self.workspace.config.audit.every_seconds
         left = interval
-        while left > 0:
+        while left > 0 and not stop.is_set():
             step = min(left, every)
-            time.sleep(step)
+            if wake.wait(step):
+                wake.clear()
+                return
             left -= step
             if left > 0:
                 self._checkpoint(on_failure)

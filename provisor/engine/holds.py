@@ -22,6 +22,7 @@ from provisor.config.workspace import WorkspaceConfig
 from provisor.domain.guard import hold_reason
 from provisor.domain.lifecycle import LifecycleState
 from provisor.errors import LifecycleError, NotFoundError
+from provisor.evidence import audit
 from provisor.store.models import Hold, Identity, IdentityEvent, Operation
 
 WAITING = ("open", "partial")
@@ -48,7 +49,13 @@ def guard(
     )
     if reason is None:
         return None
-    hold = Hold(created_at=now, origin=origin, reason=reason, status="open")
+    hold = Hold(
+        created_at=now,
+        origin=origin,
+        reason=reason,
+        status="open",
+        created_by=audit.current_actor(),
+    )
     session.add(hold)
     session.flush()
     return hold

@@ -30,8 +30,9 @@ from provisor.domain.lifecycle import (
     fold,
     utc_text,
 )
+from provisor.domain.roles import second_person
 from provisor.engine import holds, removal_guard
-from provisor.errors import LifecycleError, NotFoundError
+from provisor.errors import DeniedError, LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.store.bulk import chunks
 from provisor.store.db import bulk_insert, json_text
@@ -698,10 +699,17 @@ def decide_hold(
     targets: Sequence[str] | None = None,
     now: datetime,
     actor: str | None = None,
+    four_eyes: bool = False,
 ) -> Outcome:
     """Approve (apply) or reject the held changes of ``hold_id``: all, or ``only`` some ids
-    (and, for a plan batch the removal guard held, only some ``targets``)."""
+    (and, for a plan batch the removal guard held, only some ``targets``). With ``four_eyes``
+    (an authenticated decision through the service) the person who caused the hold may not
+    decide it."""
     held = session.get(Hold, hold_id)
+    if four_eyes and held is not None:
+        who = actor or audit.current_actor()
+        if not second_person(held.created_by, who):
+            raise DeniedError(f"hold {hold_id} was caused by {who}; another person decides it")
     if held is not None and held.kind == "operations":
         return _decide_operations(session, held, approve, only, targets, now, actor)
     if targets:

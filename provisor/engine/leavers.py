@@ -190,7 +190,7 @@ class LeaverVerifier:
 
     def __init__(self, workspace: Workspace, out_dir: Path | None = None) -> None:
         self.workspace = workspace
-        self.out_dir = out_dir or workspace.path / "evidence"
+        self.out_dir = out_dir or evidence_folder(workspace)
         self.connectors = Pool(workspace)
         self._chain: audit.Verification | None = None
 
@@ -574,3 +574,26 @@ def verify_sample(
             at=now(),
         )
     return report
+
+
+def evidence_folder(workspace: Workspace) -> Path:
+    """Where leaver evidence bundles are written by default."""
+    return workspace.path / "evidence"
+
+
+def list_bundles(workspace: Workspace) -> list[dict[str, Any]]:
+    """The evidence bundles in the workspace's evidence folder, newest first."""
+    folder = evidence_folder(workspace)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".html")]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [{"name": p.name, "bytes": p.stat().st_size} for p in found]
+
+
+def bundle_path(workspace: Workspace, name: str) -> Path:
+    """The bundle file ``name`` in the evidence folder (never a path outside it)."""
+    folder = evidence_folder(workspace)
+    if name not in {b["name"] for b in list_bundles(workspace)}:
+        raise NotFoundError(f"no evidence bundle {name!r}")
+    return folder / name

@@ -126,6 +126,7 @@ def check(
         status="open",
         kind="operations",
         details=details,
+        created_by=audit.current_actor(),
     )
     session.add(hold)
     session.flush()

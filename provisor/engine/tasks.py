@@ -27,8 +27,9 @@ from provisor.domain.lifecycle import utc
 from provisor.domain.plan import OpKind
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.domain.readback import unmet
+from provisor.domain.roles import second_person
 from provisor.engine.workspace import Workspace
-from provisor.errors import LifecycleError, NotFoundError
+from provisor.errors import DeniedError, LifecycleError, NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
 from provisor.store.bulk import chunks
@@ -184,6 +185,12 @@ def requeue_operations(
     return len(rows)
 
 
+def task_scope(session: Session, task_id: int) -> tuple[str, str]:
+    """The target and revocation owner of a task (who may work on it depends on them)."""
+    task, _ = _task(session, task_id)
+    return task.target, task.owner
+
+
 def _task(session: Session, task_id: int) -> tuple[models.Task, models.Operation]:
     task = session.get(models.Task, task_id)
     if task is None:
@@ -263,8 +270,8 @@ def verify(session: Session, task_id: int, *, by: str, now: datetime) -> None:
     task, op = _task(session, task_id)
     if task.status != "done":
         raise LifecycleError(f"task {task_id} is {task.status}; only a done task is verified")
-    if by == task.done_by:
-        raise LifecycleError(f"task {task_id} was done by {by}; a second person must verify it")
+    if not second_person(task.done_by, by):
+        raise DeniedError(f"task {task_id} was done by {by}; a second person must verify it")
     _verified(session, task, op, by=by, how="attestation", now=now)
     _observe_intent(session, op, now)
 

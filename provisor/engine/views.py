@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from provisor.domain.desired import desired_access, explain
-from provisor.domain.lifecycle import EventKind, LifecycleEvent, utc
+from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent, utc
 from provisor.engine import identities
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -35,6 +35,10 @@ def record_event(
     now: datetime,
 ) -> dict[str, Any]:
     """Record one event typed by a person (strictly: an event with no effect is refused)."""
+    if identity.startswith(ORPHAN_PREFIX):
+        raise LifecycleError(
+            f"{identity!r}: ids starting {ORPHAN_PREFIX!r} name accounts linked to no identity"
+        )
     with workspace.sessions() as session, session.begin():
         if kind is EventKind.RESCIND and ref is None:
             ref = identities.latest_termination_key(session, identity)

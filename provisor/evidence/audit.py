@@ -23,6 +23,8 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -42,8 +44,27 @@ GENESIS = "0" * 64
 EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "data", "prev_hash", "hash")
 
 
+# the person the service signed in for the work running now (``acting_as``)
+_signed_in: ContextVar[str | None] = ContextVar("provisor_signed_in", default=None)
+
+
+@contextmanager
+def acting_as(name: str) -> Iterator[None]:
+    """Within the block, ``current_actor()`` is ``name``: the service binds the authenticated
+    operator around each request, so every audit entry the engine writes names them."""
+    token = _signed_in.set(name)
+    try:
+        yield
+    finally:
+        _signed_in.reset(token)
+
+
 def current_actor() -> str:
-    """Who is acting: ``PROVISOR_ACTOR`` when set (services, automation), else the OS user."""
+    """Who is acting: the signed-in operator inside ``acting_as``, else ``PROVISOR_ACTOR`` when
+    set (services, automation), else the OS user."""
+    signed_in = _signed_in.get()
+    if signed_in:
+        return signed_in
     configured = os.environ.get("PROVISOR_ACTOR")
     if configured:
         return configured

@@ -140,6 +140,9 @@ class Hold(Base):
     # by the removal guard, with what it would do by target and by cause in ``details``
     kind: Mapped[str] = mapped_column(String(16), default="events", server_default="events")
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # who caused it (the actor of the run that was stopped): they may not approve it through
+    # the service
+    created_by: Mapped[str | None] = mapped_column(String(256))
 
 
 class Import(Base):
@@ -386,3 +389,61 @@ class Task(Base):
     verified_by: Mapped[str | None] = mapped_column(String(256))
     verified_at: Mapped[datetime | None]
     verification: Mapped[str | None] = mapped_column(String(32))
+
+
+class Operator(Base):
+    """A person (or a client such as an identity provider) who signs in to the service, with
+    roles; a target owner names the targets they answer for. No password: tokens only."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    email: Mapped[str | None] = mapped_column(String(256))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    roles: Mapped[list[Any]] = mapped_column(default=list)
+    targets: Mapped[list[Any]] = mapped_column(default=list)
+    oidc_subject: Mapped[str | None] = mapped_column(String(256), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+class ApiToken(Base):
+    """A bearer token of an operator: only its SHA-256 is kept; shown once when made.
+
+    kind ``api``: made on purpose, with scopes and an expiry; ``session``: made by a sign-in.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="api")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(256))
+
+
+class Job(Base):
+    """Long work asked for through the API (a feed import, a reconciliation), run in the
+    background by the runner's cycle: queued -> running -> succeeded | failed."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    requested_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(RedactedText)

@@ -29,7 +29,7 @@ interrupted run already stored.
 from __future__ import annotations
 
 from provisor.engine.reconcile.remediation import remediate
-from provisor.engine.reconcile.runs import BATCH, GONE_GUARD_MIN, ReconcileReport
+from provisor.engine.reconcile.runs import BATCH, GONE_GUARD_MIN, ReconcileReport, list_runs
 from provisor.engine.reconcile.target import (
     reconcile_due,
     reconcile_export,
@@ -41,6 +41,7 @@ __all__ = [
     "BATCH",
     "GONE_GUARD_MIN",
     "ReconcileReport",
+    "list_runs",
     "reconcile_due",
     "reconcile_export",
     "reconcile_target",

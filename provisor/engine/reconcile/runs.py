@@ -405,3 +405,37 @@ def remove_gone(
     report.gone = len(gone)
     data = {"run": run_id, "accounts": len(gone), "first": sorted(a for _, a in gone)[:100]}
     audit.append(session, [audit.Entry("observed.gone", target, data)], at=now)
+
+
+def list_runs(
+    session: Session,
+    *,
+    target: str | None = None,
+    targets: Sequence[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Reconciliation runs, newest first (of one target, or of ``targets`` when given)."""
+    query = select(models.ReconcileRun).order_by(models.ReconcileRun.id.desc())
+    if target:
+        query = query.where(models.ReconcileRun.target == target)
+    if targets is not None:
+        query = query.where(models.ReconcileRun.target.in_(list(targets)))
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return [
+        {
+            "id": run.id,
+            "target": run.target,
+            "mode": run.mode,
+            "status": run.status,
+            "since": when(run.since),
+            "started_at": when(run.started_at),
+            "finished_at": when(run.finished_at),
+            "counts": run.counts,
+            "error": run.error,
+        }
+        for run in session.execute(query.limit(limit).offset(offset)).scalars()
+    ]

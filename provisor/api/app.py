@@ -1,0 +1,116 @@
+"""The service application: the REST API and the inbound SCIM server on one workspace, with
+the background runner beside them.
+
+Does: build the FastAPI application (``create_app``) over an open workspace — routes,
+problem-details errors, the in-flight limit, per-token rates — with the OpenAPI document at
+``/openapi.json`` behind sign-in like every other route; run the engine's cycle (tick, queued
+jobs, reconciliations due, plan, apply) in a background thread for the application's
+lifetime, woken early when a request queues work, and stopped cleanly on shutdown.
+Does not: listen on a socket (``provisor.api.server``) or hold any rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+
+from provisor.api import problems
+from provisor.api.routes import identities, journal, people, reports, work
+from provisor.api.security import Anyone, Buckets, InFlight
+from provisor.engine import jobs
+from provisor.engine.cycle import CycleReport, Cycles
+from provisor.engine.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+ROUTERS = (people, identities, journal, work, reports)
+
+
+class Background:
+    """The engine's cycle in a thread: started with the application, stopped with it."""
+
+    def __init__(self, workspace: Workspace, interval: float) -> None:
+        self.workspace, self.interval = workspace, interval
+        self.stop, self.wake = threading.Event(), threading.Event()
+        self.thread: threading.Thread | None = None
+        self.cycles = 0
+
+    def start(self) -> None:
+        with self.workspace.sessions() as session, session.begin():
+            jobs.recover(session, _now())
+        self.thread = threading.Thread(target=self._run, name="provisor-runner", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        cycles = Cycles(self.workspace)
+        try:
+            cycles.run(
+                interval=self.interval,
+                once=False,
+                on_cycle=self._done,
+                on_failure=lambda at, exc: log.warning("cycle at %s failed: %s", at, exc),
+                stop=self.stop,
+                wake=self.wake,
+            )
+        finally:
+            cycles.close()
+
+    def _done(self, report: CycleReport) -> None:
+        self.cycles += 1
+        log.info("cycle: %s", report.as_dict())
+
+    def close(self, timeout: float = 30) -> None:
+        self.stop.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
+    """The service over ``workspace``; with ``runner``, the background cycle runs beside it."""
+    settings = workspace.config.service
+    background = Background(workspace, settings.cycle_seconds) if runner else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.close()
+
+    app = FastAPI(
+        title="Provisor",
+        summary="Identity lifecycle engine: REST API and inbound SCIM 2.0",
+        version="1",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.workspace = workspace
+    app.state.buckets = Buckets(settings.rate_per_token)
+    app.state.wake = background.wake if background is not None else threading.Event()
+    app.state.background = background
+    problems.install(app)
+    for module in ROUTERS:
+        app.include_router(module.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(who: Anyone) -> dict[str, Any]:
+        return app.openapi()
+
+    app.add_middleware(InFlight, limit=settings.max_in_flight)
+    return app

@@ -1,0 +1,161 @@
+"""Routes for identities and what changes them: timelines, explain, events, feeds, jobs.
+
+Does: list identities, show one with its timeline (as of a date, as known at a date), explain
+what it should hold and why, record a lifecycle event, accept an HR feed upload (kept in the
+workspace before 202 is answered, imported in the background), and show background jobs.
+Does not: fold, validate or import anything itself (``provisor.engine.views``,
+``provisor.engine.jobs``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from provisor.api.problems import Problem
+from provisor.api.security import EventWriter, Reader, Space, acting
+from provisor.domain.lifecycle import EventKind, utc
+from provisor.engine import jobs, views
+from provisor.sources.hr import FeedMode
+
+router = APIRouter(prefix="/api/v1", tags=["identities"])
+
+
+@router.get("/identities", summary="Identities with their state")
+def list_identities(
+    who: Reader,
+    workspace: Space,
+    state: str | None = None,
+    department: str | None = None,
+    kind: str | None = None,
+    limit: int = Query(100, ge=1, le=10_000),
+) -> dict[str, Any]:
+    rows, total = views.list_identities(
+        workspace, state=state, department=department, kind=kind, limit=limit
+    )
+    return {"total": total, "identities": rows}
+
+
+def _when(value: datetime | None) -> datetime | None:
+    return utc(value) if value is not None else None
+
+
+@router.get("/identities/{identity}", summary="One identity: state, attributes, timeline")
+def show_identity(
+    identity: str,
+    who: Reader,
+    workspace: Space,
+    as_of: datetime | None = None,
+    known_at: datetime | None = None,
+) -> dict[str, Any]:
+    return views.show_identity(
+        workspace,
+        identity,
+        as_of=_when(as_of),
+        known_at=_when(known_at),
+        now=datetime.now(UTC),
+    )
+
+
+@router.get("/identities/{identity}/explain", summary="What it should hold and why")
+def explain_identity(
+    identity: str,
+    who: Reader,
+    workspace: Space,
+    item: str | None = Query(None, description="TARGET or TARGET:ENTITLEMENT"),
+    as_of: datetime | None = None,
+) -> dict[str, Any]:
+    return views.explain_identity(
+        workspace, identity, item, now=datetime.now(UTC), as_of=_when(as_of)
+    )
+
+
+class NewEvent(BaseModel):
+    identity: str = Field(min_length=1, max_length=128)
+    kind: EventKind
+    effective: datetime | None = Field(default=None, description="Default: now.")
+    changes: dict[str, str | None] = Field(default_factory=dict, description="Attributes.")
+    ref: str | None = Field(default=None, description="Rescind: the termination's key.")
+
+
+@router.post("/events", status_code=201, summary="Record one lifecycle event")
+def record_event(body: NewEvent, who: EventWriter, workspace: Space) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    with acting(who):
+        return views.record_event(
+            workspace,
+            body.identity,
+            body.kind,
+            effective=utc(body.effective) if body.effective else now,
+            changes=dict(body.changes),
+            ref=body.ref,
+            source=f"api:{who.name}",
+            now=now,
+        )
+
+
+@router.post(
+    "/feeds",
+    status_code=202,
+    summary="Upload an HR feed (CSV body); imported in the background",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def upload_feed(
+    request: Request,
+    who: EventWriter,
+    workspace: Space,
+    feed: str | None = Query(None, description="The feed mapping (default: the first)."),
+    mode: FeedMode | None = None,
+    name: str = Query("feed.csv", max_length=200, description="The file's name, as recorded."),
+) -> dict[str, Any]:
+    limit = workspace.config.service.max_upload_mb * 1024 * 1024
+    content = bytearray()
+    async for chunk in request.stream():
+        content += chunk
+        if len(content) > limit:
+            raise Problem(413, f"a feed may have at most {limit // (1024 * 1024)} MB")
+    if not content:
+        raise Problem(422, "the feed is empty: send the CSV file as the request body")
+
+    def keep() -> Any:
+        with acting(who):
+            return jobs.queue_import(
+                workspace,
+                name,
+                bytes(content),
+                feed=feed,
+                mode=mode,
+                by=who.name,
+                now=datetime.now(UTC),
+            )
+
+    job = await run_in_threadpool(keep)  # the file is written and queued before 202
+    request.app.state.wake.set()
+    return {"job": job.id, "status": job.status, "href": f"/api/v1/jobs/{job.id}"}
+
+
+@router.get("/jobs", summary="Background jobs, newest first")
+def list_jobs(
+    who: Reader,
+    workspace: Space,
+    status: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[dict[str, Any]]:
+    with workspace.sessions() as session:
+        return jobs.list_jobs(session, status=status, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", summary="One background job: status, result or error")
+def get_job(job_id: int, who: Reader, workspace: Space) -> dict[str, Any]:
+    with workspace.sessions() as session:
+        return jobs.get_job(session, job_id)

@@ -1,0 +1,150 @@
+"""Who is calling, and whether they may: bearer tokens, permissions per route, rate limits.
+
+Does: read the bearer token of a request, sign its operator in through the engine (a token
+that is unknown, revoked, expired or whose operator is disabled gets 401, never saying which),
+refuse a route whose permission the operator's roles and the token's scopes do not grant
+(403), and hold each token to a request rate and the whole service to a number of requests in
+flight (429 with Retry-After beyond either). Every route declares its permission with
+``allow(...)``, so a test can enumerate them.
+Does not: decide what a permission allows (``provisor.domain.roles``) or store tokens
+(``provisor.engine.operators``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.requests import Request as PlainRequest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from provisor.api.problems import Problem, respond
+from provisor.domain.roles import Permission, Reach
+from provisor.engine import operators
+from provisor.engine.operators import Principal
+from provisor.engine.workspace import Workspace
+from provisor.errors import DeniedError
+from provisor.evidence import audit
+
+
+class Buckets:
+    """A token bucket per key: ``rate`` a second, bursts of twice as many."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.burst = rate, max(1.0, 2 * rate)
+        self._state: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        with self._lock:
+            now = time.monotonic()
+            level, last = self._state.get(key, (self.burst, now))
+            level = min(self.burst, level + (now - last) * self.rate)
+            if level >= 1:
+                self._state[key] = (level - 1, now)
+                if len(self._state) > 10_000:  # forget idle keys now and then
+                    self._state = {k: v for k, v in self._state.items() if now - v[1] < 60}
+                return 0.0
+            self._state[key] = (level, now)
+            return (1 - level) / self.rate
+
+
+def too_many(seconds: float, why: str) -> Problem:
+    wait = str(max(1, math.ceil(seconds)))
+    return Problem(429, why, title="too many requests", headers={"Retry-After": wait})
+
+
+class InFlight:
+    """ASGI middleware: at most ``limit`` requests in flight; beyond, 429 with Retry-After."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.count = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.count >= self.limit:
+            why = f"more than {self.limit} requests in flight; try again shortly"
+            response = respond(PlainRequest(scope), too_many(1, why))
+            await response(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
+def workspace_of(request: Request) -> Workspace:
+    found: Workspace = request.app.state.workspace
+    return found
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Problem(401, "sign in: send 'Authorization: Bearer TOKEN'", title="not signed in")
+    return value.strip()
+
+
+def signed_in(request: Request) -> Principal:
+    """The operator the request's token signs in (checked against the token's rate)."""
+    secret = _bearer(request)
+    wait = request.app.state.buckets.take(operators.digest(secret))
+    if wait:
+        raise too_many(wait, "this token exceeds its request rate; slow down")
+    workspace = workspace_of(request)
+    with workspace.sessions() as session, session.begin():
+        return operators.authenticate(session, secret, datetime.now(UTC))
+
+
+def allow(permission: Permission, *, own: bool = False) -> Callable[..., Principal]:
+    """A dependency: the signed-in operator, when ``permission`` reaches everything for them —
+    or, with ``own`` (a route that narrows itself to the operator's targets), anything."""
+
+    def dependency(who: Annotated[Principal, Depends(signed_in)]) -> Principal:
+        if who.require(permission) is not Reach.ALL and not own:
+            raise DeniedError(f"{who.name} may {permission.value} only for their own targets")
+        return who
+
+    dependency.permission = permission  # type: ignore[attr-defined]  # read by the route test
+    dependency.own = own  # type: ignore[attr-defined]
+    return dependency
+
+
+def permission_of(call: Callable[..., Any]) -> Permission | None:
+    """The permission a dependency made by ``allow`` checks (None for any other)."""
+    found = getattr(call, "permission", None)
+    return found if isinstance(found, Permission) else None
+
+
+@contextmanager
+def acting(who: Principal) -> Iterator[None]:
+    """Everything the engine audits inside the block names ``who``."""
+    with audit.acting_as(who.name):
+        yield
+
+
+Reader = Annotated[Principal, Depends(allow(Permission.READ))]
+# a listing that shows a target owner their own targets' rows
+OwnReader = Annotated[Principal, Depends(allow(Permission.READ, own=True))]
+EventWriter = Annotated[Principal, Depends(allow(Permission.EVENTS))]
+Operator = Annotated[Principal, Depends(allow(Permission.OPERATE))]
+Approver = Annotated[Principal, Depends(allow(Permission.APPROVE))]
+TaskWorker = Annotated[Principal, Depends(allow(Permission.TASKS, own=True))]
+CaseDecider = Annotated[Principal, Depends(allow(Permission.CASES, own=True))]
+Marker = Annotated[Principal, Depends(allow(Permission.MARKS))]
+EvidenceReader = Annotated[Principal, Depends(allow(Permission.EVIDENCE))]
+ScimClient = Annotated[Principal, Depends(allow(Permission.SCIM))]
+Admin = Annotated[Principal, Depends(allow(Permission.ADMIN))]
+Anyone = Annotated[Principal, Depends(signed_in)]
+Space = Annotated[Workspace, Depends(workspace_of)]

@@ -1,0 +1,145 @@
+"""A running service (uvicorn on a free port, in a thread) over a workspace with a manual
+target, operators of every role and a token each."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+
+from provisor.api.app import create_app
+from provisor.engine import operators
+from provisor.engine.workspace import Workspace
+
+POLICY = """\
+targets:
+  - name: erp
+    class: manual
+    owner: finance-ops@example.com
+    leaver_action: disable
+    sla_days: 2
+    entitlements: [{name: erp-user}, {name: approver}]
+  - name: wiki
+    class: manual
+    owner: wiki-team@example.com
+    leaver_action: disable
+    entitlements: [{name: editor}]
+rules:
+  - name: finance
+    when: {attr: department, equals: Finance}
+    grant: [{target: erp, entitlements: [erp-user]}]
+  - name: everyone
+    when: {attr: department, in: [Finance, Sales]}
+    grant: [{target: wiki, entitlements: [editor]}]
+"""
+
+PEOPLE = """\
+id,name,email,department,employment_type
+F1,Fay Finance,fay@example.com,Finance,employee
+F2,Gus Finance,gus@example.com,Finance,employee
+S1,Sal Sales,sal@example.com,Sales,employee
+"""
+
+# one operator per role; the owner owns erp
+PEOPLE_OF_THE_SERVICE = {
+    "root": (["admin"], []),
+    "olga": (["operator"], []),
+    "otto": (["operator"], []),
+    "alice": (["approver"], []),
+    "bert": (["approver"], []),
+    "owen": (["owner"], ["erp"]),
+    "rita": (["reviewer"], []),
+    "audrey": (["auditor"], []),
+}
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    workspace: Workspace
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def client(self, who: str | None = None, token: str | None = None) -> httpx2.Client:
+        secret = token or (self.tokens[who] if who else None)
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def call(self, who: str | None, method: str, path: str, **kwargs: Any) -> httpx2.Response:
+        with self.client(who) as client:
+            return client.request(method, path, **kwargs)
+
+
+def start(workspace: Workspace, *, runner: bool) -> tuple[uvicorn.Server, threading.Thread, str]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(workspace, runner=runner), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def people(workspace: Workspace, extra_config: str = "") -> dict[str, str]:
+    """Operators of every role with a token each (all their roles' scopes)."""
+    now = datetime.now(UTC)
+    tokens = {}
+    with workspace.sessions() as session, session.begin():
+        for name, (roles, targets) in PEOPLE_OF_THE_SERVICE.items():
+            operators.add_operator(
+                session,
+                name,
+                roles=roles,
+                targets=targets,
+                email=f"{name}@example.com",
+                password=PASSWORD,
+                by="test",
+                now=now,
+            )
+            tokens[name], _ = operators.create_token(
+                session, name, name="test", scopes=["*"], expires_at=None, by="test", now=now
+            )
+    return tokens
+
+
+@pytest.fixture
+def erp_workspace(workspace: Path, cli: Any) -> Path:
+    (workspace / "policy" / "policy.yaml").write_text(POLICY)
+    (workspace / "provisor.yaml").write_text(
+        "feeds: {hr: {mode: snapshot}}\nservice: {cycle_seconds: 3600}\n"
+    )
+    (workspace / "people.csv").write_text(PEOPLE)
+    assert cli("import", str(workspace / "people.csv")).code == 0
+    return workspace
+
+
+@pytest.fixture
+def service(erp_workspace: Path) -> Iterator[Service]:
+    """The service without its background runner (tests drive the cycle themselves)."""
+    workspace = Workspace.open(erp_workspace)
+    tokens = people(workspace)
+    server, thread, url = start(workspace, runner=False)
+    yield Service(url, workspace, tokens)
+    server.should_exit = True
+    thread.join(20)
+    workspace.close()
