@@ -16,12 +16,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 
 from provisor.api import problems
 from provisor.api.routes import identities, journal, people, reports, work
+from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight
 from provisor.engine import jobs
 from provisor.engine.cycle import CycleReport, Cycles
@@ -107,6 +108,8 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     problems.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
+
+    app.mount("/scim", cast(Any, ScimApplication(workspace, app.state.buckets)))
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(who: Anyone) -> dict[str, Any]:

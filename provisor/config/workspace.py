@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provisor.domain import yaml_limits
+from provisor.domain.scim_people import IDENTITY_FROM, IdentitySource
 from provisor.errors import ConfigError
 from provisor.sources.hr import FeedMapping
 
@@ -80,6 +81,11 @@ class ScimInboundSettings(BaseModel):
     # shapes identity providers are known to send (capitalised ops, "True"/"False" strings)
     strict: bool = False
     page_size: int = Field(default=100, ge=1, le=1000)  # the most a list returns at once
+    # where the identity a new User feeds comes from: the first of these it has a value for
+    # (employeeNumber is the enterprise extension's); kept for the User's life
+    identity_from: list[IdentitySource] = Field(
+        default_factory=lambda: list(IDENTITY_FROM), min_length=1
+    )
 
 
 class ServiceSettings(BaseModel):

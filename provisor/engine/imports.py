@@ -4,7 +4,8 @@ Does: parse a feed file with its workspace mapping, check what needs the store (
 non-human identities exist and are human; managers are known, else flagged), turn a snapshot into
 the events that make the store match it (hires, moves, conversions, leaves, returns, rehires,
 future-dated and missing-person terminations) or take an events file as it is, record them with
-the mass-change guard, and keep an import record and an audit event with the counts.
+the mass-change guard, and keep an import record and an audit event with the counts; take a
+partial snapshot from a source that is no file (``record_people``: inbound SCIM) the same way.
 Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 """
 
@@ -20,12 +21,26 @@ from typing import Any
 
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, new_event
+from provisor.domain.lifecycle import (
+    EventKind,
+    LifecycleEvent,
+    LifecycleState,
+    canonical_json,
+    new_event,
+)
 from provisor.engine.identities import Outcome, record_events
 from provisor.engine.workspace import Workspace
-from provisor.errors import ConfigError
+from provisor.errors import ConfigError, FeedError
 from provisor.evidence import audit
-from provisor.sources.hr import FeedMapping, FeedMode, FeedRecord, ParsedFeed, RowError, parse_feed
+from provisor.sources.hr import (
+    FeedMapping,
+    FeedMode,
+    FeedRecord,
+    ParsedFeed,
+    RowError,
+    parse_feed,
+    parse_lines,
+)
 from provisor.store.bulk import chunks, collector_paused
 from provisor.store.models import Identity, IdentityEvent, Import
 
@@ -518,3 +533,52 @@ def _import(
             {**record.counts, "sha256": digest, "errors": len(errors)},
         )
     return report
+
+
+def record_people(
+    workspace: Workspace,
+    session: Any,
+    people: list[dict[str, Any]],
+    *,
+    feed: str,
+    source: str,
+    managed: Container[str],
+    now: datetime,
+) -> Outcome:
+    """Bring the identities of ``people`` (snapshot rows, as records) to the state and
+    attributes the rows give, with the checks and the mass-change guard of a feed import: a
+    partial snapshot, where nobody absent is taken for a leaver. A ``managed`` attribute a row
+    no longer has is cleared. Invalid rows refuse the whole batch (``FeedError`` naming each
+    field), since the caller answers for it as one request."""
+    mapping = workspace.config.feeds.get(feed) or FeedMapping()
+    mapping = mapping.model_copy(update={"mode": FeedMode.SNAPSHOT, "extra_attributes": "keep"})
+    text = "\n".join(canonical_json(p) for p in people)
+    parsed = parse_lines(text, mapping, name=source)
+    ids = sorted({r.identity for r in parsed.records})
+    records, ref_errors, _, flags = _check_references(parsed, session, set(ids), now)
+    errors = [*parsed.errors, *ref_errors]
+    if errors:
+        raise FeedError("; ".join(str(e) for e in errors))
+    known = _known(session, ids)
+    for r in records:
+        have = known.get(r.identity)
+        if have is not None:
+            for name in have.attributes:
+                if name in managed and name not in r.attributes:
+                    r.attributes[name] = None  # cleared at the source
+    events, _, _, warnings = _snapshot_events(
+        records,
+        known,
+        feed,
+        source,
+        now,
+        _pending(session, EventKind.TERMINATE, "accepted", now),
+        _pending(session, EventKind.TERMINATE, "held", now),
+        frozenset(),
+        0,
+    )
+    outcome = record_events(
+        session, workspace.config, events, origin=source, now=now, flags=flags, stored=known
+    )
+    outcome.warnings[:0] = warnings
+    return outcome

@@ -207,6 +207,15 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
     return parser.result()
 
 
+def parse_lines(text: str, mapping: FeedMapping, *, name: str) -> ParsedFeed:
+    """Parse and validate JSON Lines already in memory, by the rules of a feed file: a source
+    that is no file (the inbound SCIM server's people) is checked exactly as a feed is."""
+    parser = _RowParser(name, mapping)
+    parser.inspect(text)
+    _parse_jsonl(text, parser)
+    return parser.result()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

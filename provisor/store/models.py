@@ -447,3 +447,31 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(RedactedText)
+
+
+class ScimResource(Base):
+    """A User or Group an identity provider pushed to the inbound SCIM server, as it stands
+    (the SCIM JSON, never a password); a User names the Provisor identity it feeds."""
+
+    __tablename__ = "scim_resources"
+    __table_args__ = (UniqueConstraint("kind", "name_key", name="uq_scim_resources_kind_name_key"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # User | Group
+    # userName (Users) or displayName (Groups), case-folded: unique per kind
+    name_key: Mapped[str | None] = mapped_column(String(512))
+    external_id: Mapped[str | None] = mapped_column(String(512), index=True)
+    identity: Mapped[str | None] = mapped_column(String(128), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    modified_at: Mapped[datetime]
+
+
+class ScimMember(Base):
+    """One member of an inbound SCIM Group."""
+
+    __tablename__ = "scim_members"
+
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

@@ -1,0 +1,243 @@
+"""The inbound SCIM 2.0 server at /scim/v2: identity providers and HR systems as a source.
+
+Does: serve Users (with the enterprise extension) and Groups through ``scim2-server`` over the
+workspace's storage (``provisor.engine.scim_source``); announce what it supports in
+``/ServiceProviderConfig`` (PATCH, filters, ETags; no bulk, sort or password change),
+``/Schemas`` and ``/ResourceTypes``; accept the request shapes Microsoft Entra ID and Okta send
+(``provisor.domain.scim_quirks``) unless ``service.scim.strict`` is set; answer a PATCH with
+200 and the resource; refuse a request without a bearer token of an operator whose roles and
+token grant ``scim`` (401, 403; discovery endpoints included), and one beyond its token's
+rate (429 with Retry-After); bind the operator as the acting person of every change.
+Does not: decide what a User means for an identity (the storage and the lifecycle path do).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import anyio
+from scim2_models import (
+    AuthenticationScheme,
+    Bulk,
+    ChangePassword,
+    Context,
+    ETag,
+    External,
+    Filter,
+    ForbiddenException,
+    Patch,
+    PatchOp,
+    Reference,
+    Resource,
+    ResourceType,
+    ResponseParameters,
+    ScimProvider,
+    SearchRequest,
+    ServiceProviderConfig,
+    Sort,
+    UnauthorizedException,
+)
+from scim2_server.applications.asgi import ASGIApplication
+from scim2_server.requests import ScimRequest
+from scim2_server.responses import ScimResponse
+from scim2_server.service import ScimService
+from scim2_server.storage import AsyncScimStorage, SearchPage
+from scim2_server.utils import load_default_resource_types, load_default_schemas
+
+from provisor.api.security import Buckets
+from provisor.config.workspace import ScimInboundSettings
+from provisor.domain import scim_quirks
+from provisor.domain.roles import Permission, Reach
+from provisor.engine import operators
+from provisor.engine.operators import Principal
+from provisor.engine.scim_source import ScimSource
+from provisor.engine.workspace import Workspace
+from provisor.errors import CredentialsError
+from provisor.evidence import audit
+
+T = TypeVar("T")
+
+BEARER = AuthenticationScheme(
+    type=AuthenticationScheme.Type.oauthbearertoken,
+    name="Bearer token",
+    description="A Provisor API token with the scim scope: provisor token create --scope scim",
+    spec_uri=Reference[External]("https://datatracker.ietf.org/doc/html/rfc6750"),
+    primary=True,
+)
+_SERVED_SCHEMAS = (
+    "urn:ietf:params:scim:schemas:core:2.0:User",
+    "urn:ietf:params:scim:schemas:core:2.0:Group",
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+)
+
+
+def provider(settings: ScimInboundSettings) -> ScimProvider:
+    """What the server serves and announces."""
+    schemas = [s for s in load_default_schemas().values() if s.id in _SERVED_SCHEMAS]
+    config = ServiceProviderConfig(
+        patch=Patch(supported=True),
+        bulk=Bulk(supported=False, max_operations=0, max_payload_size=0),
+        filter=Filter(supported=True, max_results=settings.page_size),
+        change_password=ChangePassword(supported=False),
+        sort=Sort(supported=False),
+        etag=ETag(supported=True),
+        authentication_schemes=[BEARER],
+    )
+    return ScimProvider.from_discovery(
+        schemas, load_default_resource_types().values(), config=config
+    )
+
+
+class Service(ScimService):
+    """``scim2-server``'s protocol with Provisor's choices: real clients' shapes accepted
+    (unless strict), and a PATCH answered with the resource."""
+
+    def __init__(self, provider: ScimProvider, settings: ScimInboundSettings) -> None:
+        super().__init__(provider)
+        self.strict = settings.strict
+
+    def read_body(
+        self, model: type[Any], body: bytes, content_type: str | None, scim_ctx: Context
+    ) -> Any:
+        if not self.strict and body:
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                decoded = None  # the parser below says what is wrong
+            if decoded is not None:
+                if scim_ctx is Context.RESOURCE_PATCH_REQUEST:
+                    decoded = scim_quirks.patch(decoded)
+                elif scim_ctx in (
+                    Context.RESOURCE_CREATION_REQUEST,
+                    Context.RESOURCE_REPLACEMENT_REQUEST,
+                ):
+                    decoded = scim_quirks.resource(decoded, _SERVED_SCHEMAS)
+                body = json.dumps(decoded).encode()
+        return super().read_body(model, body, content_type, scim_ctx)
+
+    def apply_patch(
+        self, current: Resource[Any], patch_op: PatchOp[Any], conditions: Any
+    ) -> Resource[Any] | None:
+        if not self.strict:
+            operations = [o.model_dump(mode="json") for o in patch_op.operations or []]
+            fixed = scim_quirks.typed_additions(current.model_dump(mode="json"), operations)
+            if fixed != operations:
+                body = {"schemas": [scim_quirks.PATCH_SCHEMA], "Operations": fixed}
+                patch_op = type(patch_op).model_validate(
+                    body, scim_ctx=Context.RESOURCE_PATCH_REQUEST
+                )
+        return super().apply_patch(current, patch_op, conditions)
+
+    def patch_response(
+        self,
+        base_url: str,
+        resource: Resource[Any],
+        response_parameters: ResponseParameters[Any],
+    ) -> ScimResponse:
+        """200 with the resource (Okta and Entra read it; RFC 7644 allows either)."""
+        published = self.publish(base_url, resource)
+        return self.resource_response(
+            published, Context.RESOURCE_REPLACEMENT_RESPONSE, response_parameters
+        )
+
+
+class ThreadedStorage(AsyncScimStorage):
+    """The workspace storage, run in worker threads (its database calls block), in the
+    context of the request: the acting operator goes along."""
+
+    def __init__(self, storage: ScimSource) -> None:
+        self.storage = storage
+
+    @staticmethod
+    async def _run(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+    async def get(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        response_parameters: ResponseParameters[Any] | None = None,
+    ) -> Resource[Any]:
+        return await self._run(self.storage.get, resource_type, resource_id)
+
+    async def search(
+        self,
+        resource_types: list[ResourceType],
+        search_request: SearchRequest[Any],
+        *,
+        position: Any = None,
+    ) -> SearchPage:
+        return await self._run(self.storage.search, resource_types, search_request)
+
+    async def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
+        return await self._run(self.storage.create, resource_type, resource)
+
+    async def update(
+        self,
+        resource_type: ResourceType,
+        resource: Resource[Any],
+        *,
+        expected_version: str | None = None,
+    ) -> Resource[Any]:
+        return await self._run(
+            self.storage.update, resource_type, resource, expected_version=expected_version
+        )
+
+    async def delete(
+        self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None
+    ) -> None:
+        await self._run(
+            self.storage.delete, resource_type, resource_id, expected_version=expected_version
+        )
+
+
+class ScimApplication(ASGIApplication):
+    """The SCIM server, behind Provisor's tokens and rates."""
+
+    def __init__(self, workspace: Workspace, buckets: Buckets) -> None:
+        settings = workspace.config.service.scim
+        served = provider(settings)
+        storage = ThreadedStorage(ScimSource(workspace, served, settings))
+        super().__init__(storage, served, Service(served, settings))
+        self.workspace, self.buckets = workspace, buckets
+
+    def needs_auth(self, request: ScimRequest) -> bool:
+        return True  # discovery too: nothing here is served to anonymous callers
+
+    def _sign_in(self, secret: str) -> Principal:
+        with self.workspace.sessions() as session, session.begin():
+            return operators.authenticate(session, secret, datetime.now(UTC))
+
+    async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
+        scheme, _, secret = (request.header("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise UnauthorizedException(detail="send 'Authorization: Bearer TOKEN'")
+        secret = secret.strip()
+        wait = self.buckets.take(operators.digest(secret))
+        if wait:
+            return _too_many(wait)
+        try:
+            who = await anyio.to_thread.run_sync(self._sign_in, secret)
+        except CredentialsError:
+            raise UnauthorizedException(detail="the token is not valid") from None
+        if who.reach(Permission.SCIM) is not Reach.ALL:
+            raise ForbiddenException(detail=f"{who.name}'s token does not grant the scim scope")
+        request.subject = who
+        with audit.acting_as(who.name):
+            return await self.handler.handle(request)
+
+
+def _too_many(seconds: float) -> ScimResponse:
+    wait = str(max(1, int(seconds + 0.999)))
+    body = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": "429",
+        "detail": "this token exceeds its request rate; slow down",
+    }
+    return ScimResponse(HTTPStatus.TOO_MANY_REQUESTS, body, {"Retry-After": wait})

@@ -1,0 +1,367 @@
+"""The inbound SCIM server's storage: Users and Groups an identity provider pushes, kept in
+the workspace database, each change of a User turned into lifecycle events.
+
+Does: store, read, search (filter by ``scim2-models``, index paging) and delete SCIM Users and
+Groups (``scim2-server``'s storage protocol), with versions for ETags and userName unique
+without regard to case; decide the identity a new User feeds (``provisor.domain.scim_people``)
+and keep it for the User's life; in the same transaction as each write, bring the identity
+to what the User now says through the feed import's path (validation, manager checks, the
+mass-change guard): a new User is a joiner, a changed one a mover, ``active`` false or a
+DELETE a leaver effective now, ``active`` true again a rehire; a Group's members get its name
+in their ``groups`` attribute; a password is never stored.
+Does not: speak HTTP or check who calls (``provisor.api.scim``), or validate SCIM payloads
+(``scim2-server`` does before calling this).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from scim2_models import (
+    Meta,
+    NotFoundException,
+    PreconditionFailedException,
+    Resource,
+    ResourceType,
+    ResponseParameters,
+    ScimFilter,
+    ScimProvider,
+    SearchRequest,
+    UniquenessException,
+)
+from scim2_models.exceptions import InvalidValueException
+from scim2_server.storage import ScimStorage, SearchPage
+from scim2_server.utils import parametrize
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from provisor.config.workspace import ScimInboundSettings
+from provisor.domain.scim_people import identity_key, manager_reference, person_record
+from provisor.engine.imports import record_people
+from provisor.engine.workspace import Workspace
+from provisor.errors import FeedError
+from provisor.store.models import ScimMember, ScimResource
+
+# the attributes a SCIM User sets on its identity: one it no longer has is cleared
+MANAGED = frozenset(
+    {
+        "email",
+        "department",
+        "title",
+        "cost_centre",
+        "manager",
+        "user_name",
+        "external_id",
+        "employee_number",
+        "organization",
+        "division",
+        "given_name",
+        "family_name",
+        "user_type",
+        "groups",
+    }
+)
+# simple filters answered from an index before the filter runs on the candidates
+_INDEXED = {"username": "name_key", "externalid": "external_id", "id": "id"}
+
+
+def _version(row: ScimResource) -> str:
+    return f'W/"{row.version}"'
+
+
+def _user_name_key(data: dict[str, Any]) -> str | None:
+    name = data.get("userName")
+    return str(name).casefold() if name else None
+
+
+class ScimSource(ScimStorage):
+    """Users and Groups in the workspace database; Users feed identities."""
+
+    def __init__(
+        self, workspace: Workspace, provider: ScimProvider, settings: ScimInboundSettings
+    ) -> None:
+        self.workspace, self.provider, self.settings = workspace, provider, settings
+        self.source = f"scim:{settings.feed}"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _resource(self, row: ScimResource, resource_type: ResourceType | None = None) -> Any:
+        kind = resource_type or next(rt for rt in self.provider.resource_types if rt.id == row.kind)
+        model: Any = self.provider.model_for(kind)
+        resource = model.model_validate(row.data)
+        resource.id = row.id
+        resource.meta = Meta(
+            resource_type=row.kind,
+            created=row.created_at,
+            last_modified=row.modified_at,
+            version=_version(row),
+        )
+        return resource
+
+    def _row(self, session: Session, resource_type: ResourceType, resource_id: str) -> ScimResource:
+        row = session.get(ScimResource, resource_id)
+        if row is None or row.kind != resource_type.id:
+            raise NotFoundException(detail=f"{resource_type.name} {resource_id!r} not found")
+        return row
+
+    def get(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        response_parameters: ResponseParameters[Any] | None = None,
+    ) -> Resource[Any]:
+        with self.workspace.sessions() as session:
+            return cast(
+                Resource[Any],
+                self._resource(self._row(session, resource_type, resource_id), resource_type),
+            )
+
+    def search(
+        self,
+        resource_types: list[ResourceType],
+        search_request: SearchRequest[Any],
+        *,
+        position: Any = None,
+    ) -> SearchPage:
+        kinds = {str(rt.id): rt for rt in resource_types}
+        scim_filter = search_request.filter
+        query = select(ScimResource).where(ScimResource.kind.in_(list(kinds)))
+        query = self._narrowed(query, scim_filter, kinds)
+        with self.workspace.sessions() as session:
+            rows = list(
+                session.execute(query.order_by(ScimResource.created_at, ScimResource.id)).scalars()
+            )
+            candidates = [self._resource(row, kinds[row.kind]) for row in rows]
+        if scim_filter is not None and not scim_filter.models and candidates:
+            models = tuple(dict.fromkeys(type(r) for r in candidates))
+            scim_filter = parametrize(ScimFilter, models[0] if len(models) == 1 else Any)(
+                str(scim_filter)
+            )
+        found = [r for r in candidates if scim_filter is None or scim_filter.match(r)]
+        start = max(1, search_request.start_index or 1)
+        count = search_request.count
+        page = found[start - 1 :] if count is None else found[start - 1 : start - 1 + count]
+        return SearchPage(total=len(found), resources=page)
+
+    @staticmethod
+    def _narrowed(query: Any, scim_filter: Any, kinds: dict[str, ResourceType]) -> Any:
+        """A filter ``userName|externalId|id eq "value"`` on Users or Groups, read from an
+        index; every other filter runs on all resources of the types."""
+        text = str(scim_filter) if scim_filter is not None else ""
+        parts = text.split(" ", 2)
+        if len(parts) != 3 or parts[1].lower() != "eq" or " and " in text or " or " in text:
+            return query
+        attribute = parts[0].rsplit(":", 1)[-1].lower()
+        column = _INDEXED.get(attribute)
+        value = parts[2]
+        if column is None or not (value.startswith('"') and value.endswith('"')):
+            return query
+        value = value[1:-1].replace('\\"', '"')
+        if column == "name_key":
+            return query.where(
+                or_(ScimResource.name_key == value.casefold(), ScimResource.kind != "User")
+            )
+        return query.where(getattr(ScimResource, column) == value)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
+        now = datetime.now(UTC)
+        data = self._stored_data(resource)
+        with self.workspace.sessions() as session, session.begin():
+            row = ScimResource(
+                id=uuid.uuid4().hex,
+                kind=resource_type.id,
+                external_id=data.get("externalId"),
+                data=data,
+                version=1,
+                created_at=now,
+                modified_at=now,
+            )
+            if resource_type.id == "User":
+                row.name_key = self._unique_name(session, data, None)
+                row.identity = self._new_identity(session, data)
+            session.add(row)
+            session.flush()
+            self._members(session, row, data)
+            self._feed(session, self._affected(session, row, set()), now)
+            return cast(Resource[Any], self._resource(row, resource_type))
+
+    def update(
+        self,
+        resource_type: ResourceType,
+        resource: Resource[Any],
+        *,
+        expected_version: str | None = None,
+    ) -> Resource[Any]:
+        now = datetime.now(UTC)
+        data = self._stored_data(resource)
+        with self.workspace.sessions() as session, session.begin():
+            row = self._row(session, resource_type, str(resource.id))
+            if expected_version is not None and expected_version != _version(row):
+                raise PreconditionFailedException
+            if data == row.data:
+                return cast(Resource[Any], self._resource(row, resource_type))
+            before = self._member_ids(session, row.id)
+            if resource_type.id == "User":
+                row.name_key = self._unique_name(session, data, row.id)
+            row.data, row.external_id = data, data.get("externalId")
+            row.version, row.modified_at = row.version + 1, now
+            self._members(session, row, data)
+            self._feed(session, self._affected(session, row, before), now)
+            return cast(Resource[Any], self._resource(row, resource_type))
+
+    def delete(
+        self,
+        resource_type: ResourceType,
+        resource_id: str,
+        *,
+        expected_version: str | None = None,
+    ) -> None:
+        now = datetime.now(UTC)
+        with self.workspace.sessions() as session, session.begin():
+            row = self._row(session, resource_type, resource_id)
+            if expected_version is not None and expected_version != _version(row):
+                raise PreconditionFailedException
+            members = self._member_ids(session, row.id)
+            session.execute(
+                delete(ScimMember).where(
+                    or_(ScimMember.group_id == row.id, ScimMember.member_id == row.id)
+                )
+            )
+            if row.kind == "User":
+                # a DELETE is a leaver effective now: the identity stays, terminated
+                self._feed(session, [], now, gone=[row])
+                session.delete(row)
+                return
+            session.delete(row)
+            session.flush()
+            self._feed(session, self._users(session, members), now)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _stored_data(resource: Resource[Any]) -> dict[str, Any]:
+        """The resource as stored: SCIM JSON without id, meta, groups (read-only, derived)
+        and password (never kept)."""
+        data = resource.model_dump(mode="json")
+        for key in ("id", "meta", "password", "groups"):
+            data.pop(key, None)
+        return data
+
+    @staticmethod
+    def _unique_name(session: Session, data: dict[str, Any], own: str | None) -> str | None:
+        key = _user_name_key(data)
+        if key is None:
+            return None
+        taken = session.execute(
+            select(ScimResource.id).where(ScimResource.kind == "User", ScimResource.name_key == key)
+        ).scalar_one_or_none()
+        if taken is not None and taken != own:
+            raise UniquenessException(detail=f"userName {data.get('userName')!r} is taken")
+        return key
+
+    def _new_identity(self, session: Session, data: dict[str, Any]) -> str:
+        identity = identity_key(data, self.settings.identity_from)
+        if identity is None:
+            names = ", ".join(self.settings.identity_from)
+            raise InvalidValueException(detail=f"a User needs one of {names}")
+        fed = session.execute(
+            select(ScimResource.id).where(ScimResource.identity == identity)
+        ).scalar_one_or_none()
+        if fed is not None:
+            raise UniquenessException(
+                detail=f"identity {identity!r} is fed by another User already ({fed})"
+            )
+        return identity
+
+    @staticmethod
+    def _member_ids(session: Session, group_id: str) -> set[str]:
+        return set(
+            session.execute(
+                select(ScimMember.member_id).where(ScimMember.group_id == group_id)
+            ).scalars()
+        )
+
+    def _members(self, session: Session, row: ScimResource, data: dict[str, Any]) -> None:
+        if row.kind != "Group":
+            return
+        wanted = {str(m["value"]) for m in data.get("members") or [] if m.get("value")}
+        have = self._member_ids(session, row.id)
+        if wanted - have:
+            session.add_all(ScimMember(group_id=row.id, member_id=m) for m in wanted - have)
+        if have - wanted:
+            session.execute(
+                delete(ScimMember).where(
+                    ScimMember.group_id == row.id, ScimMember.member_id.in_(have - wanted)
+                )
+            )
+        session.flush()
+
+    def _affected(
+        self, session: Session, row: ScimResource, before: set[str]
+    ) -> list[ScimResource]:
+        """The Users whose identity a write changes: the User, or a Group's members (now or
+        before)."""
+        if row.kind == "User":
+            return [row]
+        return self._users(session, before | self._member_ids(session, row.id))
+
+    @staticmethod
+    def _users(session: Session, ids: Iterable[str]) -> list[ScimResource]:
+        wanted = sorted(ids)
+        if not wanted:
+            return []
+        return list(
+            session.execute(
+                select(ScimResource).where(ScimResource.id.in_(wanted), ScimResource.kind == "User")
+            ).scalars()
+        )
+
+    def _feed(
+        self,
+        session: Session,
+        users: list[ScimResource],
+        now: datetime,
+        gone: Sequence[ScimResource] = (),
+    ) -> None:
+        """Bring the identities of ``users`` (and of ``gone``: deleted ones, leavers) to what
+        they say; invalid values refuse the request."""
+        people = [self._person(session, u, present=True) for u in users if u.identity]
+        people += [self._person(session, u, present=False) for u in gone if u.identity]
+        if not people:
+            return
+        try:
+            record_people(
+                self.workspace,
+                session,
+                people,
+                feed=self.settings.feed,
+                source=self.source,
+                managed=MANAGED,
+                now=now,
+            )
+        except FeedError as exc:
+            raise InvalidValueException(detail=str(exc)) from None
+
+    def _person(self, session: Session, user: ScimResource, *, present: bool) -> dict[str, Any]:
+        data = user.data
+        reference = manager_reference(data)
+        manager = None
+        if reference is not None:
+            named = session.get(ScimResource, reference)
+            manager = named.identity if named is not None and named.identity else reference
+        groups = [
+            str(g.data.get("displayName") or g.id)
+            for g in session.execute(
+                select(ScimResource)
+                .join(ScimMember, ScimMember.group_id == ScimResource.id)
+                .where(ScimMember.member_id == user.id)
+            ).scalars()
+        ]
+        assert user.identity is not None
+        return person_record(data, user.identity, manager=manager, groups=groups, present=present)
