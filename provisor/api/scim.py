@@ -30,6 +30,7 @@ from scim2_models import (
     External,
     Filter,
     ForbiddenException,
+    InvalidSyntaxException,
     Patch,
     PatchOp,
     Reference,
@@ -104,6 +105,8 @@ class Service(ScimService):
     def read_body(
         self, model: type[Any], body: bytes, content_type: str | None, scim_ctx: Context
     ) -> Any:
+        if self.strict and body:
+            self._check_strictly(model, body, content_type, scim_ctx)
         if not self.strict and body:
             try:
                 decoded = json.loads(body)
@@ -119,6 +122,27 @@ class Service(ScimService):
                     decoded = scim_quirks.resource(decoded, _SERVED_SCHEMAS)
                 body = json.dumps(decoded).encode()
         return super().read_body(model, body, content_type, scim_ctx)
+
+    @staticmethod
+    def _check_strictly(
+        model: type[Any], body: bytes, content_type: str | None, scim_ctx: Context
+    ) -> None:
+        """Refuse what the interoperability profile forbids (a body that is no JSON is left
+        to the parser, which says what is wrong)."""
+        if (content_type or "").partition(";")[0].strip().lower() != "application/scim+json":
+            raise InvalidSyntaxException(detail="send Content-Type: application/scim+json")
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            return
+        fields = getattr(model, "model_fields", {})
+        known = [*_SERVED_SCHEMAS, "schemas", "id", "externalId", "meta"]
+        known += [f.serialization_alias or f.alias or n for n, f in fields.items()]
+        problem = scim_quirks.strict_problem(
+            decoded, patch_request=scim_ctx is Context.RESOURCE_PATCH_REQUEST, known=known
+        )
+        if problem is not None:
+            raise InvalidSyntaxException(detail=problem)
 
     def apply_patch(
         self, current: Resource[Any], patch_op: PatchOp[Any], conditions: Any

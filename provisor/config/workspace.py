@@ -81,6 +81,9 @@ class ScimInboundSettings(BaseModel):
     # shapes identity providers are known to send (capitalised ops, "True"/"False" strings)
     strict: bool = False
     page_size: int = Field(default=100, ge=1, le=1000)  # the most a list returns at once
+    # each request is one change: the mass-change guard counts the leavers and suspensions of
+    # this many minutes together, and holds the wave once it trips
+    guard_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     # where the identity a new User feeds comes from: the first of these it has a value for
     # (employeeNumber is the enterprise extension's); kept for the User's life
     identity_from: list[IdentitySource] = Field(

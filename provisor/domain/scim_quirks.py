@@ -202,3 +202,34 @@ def typed_additions(
         value = {"type": kind, found["sub"]: operation.get("value")}
         out.append({"op": "add", "path": name, "value": [value]})
     return out
+
+
+def strict_problem(body: Any, *, patch_request: bool, known: Iterable[str]) -> str | None:
+    """In strict mode, what the SCIM interoperability profile forbids in a request body: a
+    PATCH operation without a path, an ``op`` not in lower case, a filter that targets the
+    element itself, a boolean sent as text; in a created or replaced resource, an attribute
+    or schema the server does not serve, or a password. None when there is nothing."""
+    if not isinstance(body, dict):
+        return None
+    if patch_request:
+        for number, operation in enumerate(body.get("Operations") or [], 1):
+            if not isinstance(operation, dict):
+                continue
+            path = operation.get("path")
+            if not path:
+                return f"operation {number}: the profile requires a path"
+            if operation.get("op") not in ("add", "remove", "replace"):
+                return f"operation {number}: op is add, remove or replace, in lower case"
+            if str(path).endswith("]"):
+                return f"operation {number}: a filter must target a sub-attribute ({path})"
+            if _last(str(path)) in _BOOLEAN_ATTRIBUTES and isinstance(operation.get("value"), str):
+                return f"operation {number}: {path} is a boolean, not text"
+        return None
+    served = {k.lower() for k in known}
+    for key in body:
+        if key.lower() not in served:
+            return f"{key}: not an attribute or schema this server serves"
+    for urn in body.get("schemas") or []:
+        if str(urn).lower() not in served:
+            return f"schemas: {urn} is not served here"
+    return None

@@ -36,12 +36,38 @@ def active_population(session: Session) -> int:
     ).scalar_one()
 
 
+@dataclass(frozen=True)
+class Recent:
+    """For a source of single changes (inbound SCIM): the deprovisioning transitions it made
+    lately, counted with each new one, and the span they were counted over."""
+
+    count: int
+    span: str
+
+
 def guard(
-    session: Session, config: WorkspaceConfig, candidates: int, origin: str, now: datetime
+    session: Session,
+    config: WorkspaceConfig,
+    candidates: int,
+    origin: str,
+    now: datetime,
+    recent: Recent | None = None,
 ) -> Hold | None:
-    """A new open hold when ``candidates`` deprovisioning transitions trip the guard, else None."""
+    """An open hold when ``candidates`` deprovisioning transitions (with ``recent`` ones of
+    the same source) trip the guard, else None. With ``recent``, a hold of the same origin
+    still open takes the new ones too: the wave waits as one."""
+    if recent is not None:
+        waiting = session.execute(
+            select(Hold)
+            .where(Hold.origin == origin, Hold.kind == "events", Hold.status == "open")
+            .order_by(Hold.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if waiting is not None:
+            return waiting
+    earlier = recent.count if recent is not None else 0
     reason = hold_reason(
-        candidates,
+        candidates + earlier,
         active_population(session),
         max_share=config.guard.max_share,
         max_count=config.guard.max_count,
@@ -49,6 +75,8 @@ def guard(
     )
     if reason is None:
         return None
+    if recent is not None:
+        reason += f" ({earlier} of them earlier from {origin}, {recent.span})"
     hold = Hold(
         created_at=now,
         origin=origin,

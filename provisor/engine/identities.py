@@ -11,7 +11,7 @@ commit.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -280,8 +280,10 @@ def _guard(
     origin: str,
     now: datetime,
     outcome: Outcome,
+    recent: Callable[[], holds.Recent] | None = None,
 ) -> Hold | None:
-    hold = holds.guard(session, config, len(candidates), origin, now)
+    earlier = recent() if recent is not None else None
+    hold = holds.guard(session, config, len(candidates), origin, now, earlier)
     if hold is not None:
         outcome.hold_id, outcome.hold_reason = hold.id, hold.reason
     return hold
@@ -313,8 +315,12 @@ def record_events(
     import_id: int | None = None,
     flags: dict[str, list[str]] | None = None,
     stored: Container[str] | None = None,
+    recent: Callable[[], holds.Recent] | None = None,
 ) -> Outcome:
     """Record ``events`` and bring the affected identities up to date as of ``now``.
+
+    ``recent`` (a source of single changes) counts the source's latest deprovisioning
+    transitions with these for the mass-change guard; it is asked only when there are some.
 
     ``strict`` (one event typed by a person) refuses an event that would have no effect;
     otherwise (feeds, where events may arrive out of order) it is recorded with a warning.
@@ -334,7 +340,7 @@ def record_events(
             rec.rows[i].state if i in rec.rows else None, rec.columns_by_id[i]["state"]
         )
     ]
-    hold = _guard(session, config, candidates, origin, now, outcome) if candidates else None
+    hold = _guard(session, config, candidates, origin, now, outcome, recent) if candidates else None
     if hold is not None:
         _hold_back(rec, candidates, now, rescind_window, outcome)
     outcome.recorded = len(rec.unique) - len(rec.held_keys)

@@ -28,6 +28,7 @@ from provisor.domain.lifecycle import (
     canonical_json,
     new_event,
 )
+from provisor.engine.holds import Recent
 from provisor.engine.identities import Outcome, record_events
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError, FeedError
@@ -544,6 +545,7 @@ def record_people(
     source: str,
     managed: Container[str],
     now: datetime,
+    recent: Callable[[], Recent] | None = None,
 ) -> Outcome:
     """Bring the identities of ``people`` (snapshot rows, as records) to the state and
     attributes the rows give, with the checks and the mass-change guard of a feed import: a
@@ -578,7 +580,14 @@ def record_people(
         0,
     )
     outcome = record_events(
-        session, workspace.config, events, origin=source, now=now, flags=flags, stored=known
+        session,
+        workspace.config,
+        events,
+        origin=source,
+        now=now,
+        flags=flags,
+        stored=known,
+        recent=recent,
     )
     outcome.warnings[:0] = warnings
     return outcome

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from scim2_models import (
@@ -35,15 +35,17 @@ from scim2_models import (
 from scim2_models.exceptions import InvalidValueException
 from scim2_server.storage import ScimStorage, SearchPage
 from scim2_server.utils import parametrize
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import ScimInboundSettings
+from provisor.domain.lifecycle import EventKind
 from provisor.domain.scim_people import identity_key, manager_reference, person_record
+from provisor.engine.holds import Recent
 from provisor.engine.imports import record_people
 from provisor.engine.workspace import Workspace
 from provisor.errors import FeedError
-from provisor.store.models import ScimMember, ScimResource
+from provisor.store.models import IdentityEvent, ScimMember, ScimResource
 
 # the attributes a SCIM User sets on its identity: one it no longer has is cleared
 MANAGED = frozenset(
@@ -64,6 +66,8 @@ MANAGED = frozenset(
         "groups",
     }
 )
+# the lifecycle events that take access away, counted for the mass-change guard
+DEPROVISIONING = (EventKind.TERMINATE.value, EventKind.SUSPEND.value)
 # simple filters answered from an index before the filter runs on the candidates
 _INDEXED = {"username": "name_key", "externalid": "external_id", "id": "id"}
 
@@ -344,9 +348,25 @@ class ScimSource(ScimStorage):
                 source=self.source,
                 managed=MANAGED,
                 now=now,
+                recent=lambda: self._recent(session, now),
             )
         except FeedError as exc:
             raise InvalidValueException(detail=str(exc)) from None
+
+    def _recent(self, session: Session, now: datetime) -> Recent:
+        """The leavers and suspensions this source recorded within the guard's window: one
+        request is one change, so a wave of them is judged together."""
+        minutes = self.settings.guard_window_minutes
+        count = session.execute(
+            select(func.count())
+            .select_from(IdentityEvent)
+            .where(
+                IdentityEvent.kind.in_(DEPROVISIONING),
+                IdentityEvent.recorded_at >= now - timedelta(minutes=minutes),
+                IdentityEvent.source.like(self.source + ":%"),
+            )
+        ).scalar_one()
+        return Recent(int(count), f"in the last {minutes} minutes")
 
     def _person(self, session: Session, user: ScimResource, *, present: bool) -> dict[str, Any]:
         data = user.data

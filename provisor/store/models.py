@@ -107,6 +107,7 @@ class IdentityEvent(Base):
     """A lifecycle event as reported: valid from ``effective_at``, known from ``recorded_at``."""
 
     __tablename__ = "identity_events"
+    __table_args__ = (Index("ix_identity_events_kind_recorded", "kind", "recorded_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)

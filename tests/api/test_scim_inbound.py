@@ -83,7 +83,9 @@ def _identity_of(service: Service, key: str) -> str | None:
     from provisor.store.models import ScimResource
 
     with service.workspace.sessions() as session:
-        for row in session.execute(select(ScimResource).where(ScimResource.kind == "User")).scalars():
+        for row in session.execute(
+            select(ScimResource).where(ScimResource.kind == "User")
+        ).scalars():
             extension = row.data.get(scim_people.ENTERPRISE) or {}
             names = {
                 str(row.data.get("userName") or "").casefold(),
@@ -114,17 +116,22 @@ def test_identity_provider_requests_have_their_effect(service: Service, fixture:
         for number, step in enumerate(spec["steps"], 1):
             body = step.get("body")
             content = _substitute(json.dumps(body), saved).encode() if body is not None else None
-            answer = http.request(
-                step["method"], _substitute(step["path"], saved), content=content
-            )
+            answer = http.request(step["method"], _substitute(step["path"], saved), content=content)
             allowed = {step["expect_status"]}
             if step["method"] == "PATCH" and step["expect_status"] in (200, 204):
-                allowed = {200, 204}  # RFC 7644 §3.5.2: either; Provisor answers 200 and the resource
+                allowed = {
+                    200,
+                    204,
+                }  # RFC 7644 §3.5.2: either; Provisor answers 200 and the resource
             assert answer.status_code in allowed, (number, step["path"], answer.text)
-            assert "password" not in answer.text.lower() or step["method"] == "GET" and (
-                "password" not in answer.json().get("Resources", [{}])[0]
-                if answer.status_code == 200 and "Resources" in answer.json()
-                else "password" not in answer.json()
+            assert (
+                "password" not in answer.text.lower()
+                or step["method"] == "GET"
+                and (
+                    "password" not in answer.json().get("Resources", [{}])[0]
+                    if answer.status_code == 200 and "Resources" in answer.json()
+                    else "password" not in answer.json()
+                )
             )
             if step.get("save_as"):
                 saved[step["save_as"]] = answer.json()["id"]
@@ -136,7 +143,9 @@ def test_identity_provider_requests_have_their_effect(service: Service, fixture:
     assert identity is not None, f"no identity for {effect['identity']}"
     from provisor.engine.views import show_identity
 
-    shown = show_identity(service.workspace, identity, as_of=None, known_at=None, now=datetime.now(UTC))
+    shown = show_identity(
+        service.workspace, identity, as_of=None, known_at=None, now=datetime.now(UTC)
+    )
     assert shown["state"] == effect["state"], shown
     attributes = shown["attributes"]
     for name, expected in effect["attributes"].items():
@@ -155,6 +164,7 @@ def test_identity_provider_requests_have_their_effect(service: Service, fixture:
             str(r) for r in session.execute(text("select data from scim_resources")).scalars()
         )
         events = " ".join(
-            str(r) for r in session.execute(text("select attributes from identity_events")).scalars()
+            str(r)
+            for r in session.execute(text("select attributes from identity_events")).scalars()
         )
     assert "password" not in dump.lower() and "password" not in events.lower()

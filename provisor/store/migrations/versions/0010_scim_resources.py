@@ -40,9 +40,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("group_id", "member_id", name=op.f("pk_scim_members")),
     )
     op.create_index(op.f("ix_scim_members_member_id"), "scim_members", ["member_id"])
+    # the guard of a source of single changes counts its recent leavers
+    op.create_index("ix_identity_events_kind_recorded", "identity_events", ["kind", "recorded_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_identity_events_kind_recorded", table_name="identity_events")
     op.drop_index(op.f("ix_scim_members_member_id"), table_name="scim_members")
     op.drop_table("scim_members")
     op.drop_index(op.f("ix_scim_resources_identity"), table_name="scim_resources")
