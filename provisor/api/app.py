@@ -26,6 +26,7 @@ from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight
 from provisor.engine import jobs
 from provisor.engine.cycle import CycleReport, Cycles
+from provisor.engine.intake import Intake
 from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.intake = Intake(workspace)
         if background is not None:
             background.start()
         try:
@@ -91,6 +93,8 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
         finally:
             if background is not None:
                 background.close()
+            app.state.intake.close()
+            scim.source.close()
 
     app = FastAPI(
         title="Provisor",
@@ -109,7 +113,8 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
 
-    app.mount("/scim", cast(Any, ScimApplication(workspace, app.state.buckets)))
+    scim = ScimApplication(workspace, app.state.buckets)
+    app.mount("/scim", cast(Any, scim))
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(who: Anyone) -> dict[str, Any]:

@@ -227,8 +227,8 @@ class ScimApplication(ASGIApplication):
     def __init__(self, workspace: Workspace, buckets: Buckets) -> None:
         settings = workspace.config.service.scim
         served = provider(settings)
-        storage = ThreadedStorage(ScimSource(workspace, served, settings))
-        super().__init__(storage, served, Service(served, settings))
+        self.source = ScimSource(workspace, served, settings)
+        super().__init__(ThreadedStorage(self.source), served, Service(served, settings))
         self.workspace, self.buckets = workspace, buckets
 
     def needs_auth(self, request: ScimRequest) -> bool:

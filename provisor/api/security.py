@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -83,7 +83,8 @@ class InFlight:
             self.count -= 1
 
 
-def workspace_of(request: Request) -> Workspace:
+async def workspace_of(request: Request) -> Workspace:
+    # async: no I/O here, so no hop to a worker thread
     found: Workspace = request.app.state.workspace
     return found
 
@@ -102,16 +103,16 @@ def signed_in(request: Request) -> Principal:
     wait = request.app.state.buckets.take(operators.digest(secret))
     if wait:
         raise too_many(wait, "this token exceeds its request rate; slow down")
-    workspace = workspace_of(request)
+    workspace: Workspace = request.app.state.workspace
     with workspace.sessions() as session, session.begin():
         return operators.authenticate(session, secret, datetime.now(UTC))
 
 
-def allow(permission: Permission, *, own: bool = False) -> Callable[..., Principal]:
+def allow(permission: Permission, *, own: bool = False) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the signed-in operator, when ``permission`` reaches everything for them —
     or, with ``own`` (a route that narrows itself to the operator's targets), anything."""
 
-    def dependency(who: Annotated[Principal, Depends(signed_in)]) -> Principal:
+    async def dependency(who: Annotated[Principal, Depends(signed_in)]) -> Principal:
         if who.require(permission) is not Reach.ALL and not own:
             raise DeniedError(f"{who.name} may {permission.value} only for their own targets")
         return who

@@ -126,11 +126,16 @@ def _known(session: Any, ids: list[str] | None) -> dict[str, _Known]:
     return result
 
 
-def _pending(session: Any, kind: EventKind, status: str, now: datetime) -> dict[str, str]:
-    """identity -> key of its accepted future ``kind`` event (or any held one)."""
+def _pending(
+    session: Any, kind: EventKind, status: str, now: datetime, ids: list[str] | None = None
+) -> dict[str, str]:
+    """identity -> key of its accepted future ``kind`` event (or any held one); of ``ids``
+    only, when given."""
     query = select(IdentityEvent.identity, IdentityEvent.key).where(
         IdentityEvent.kind == kind.value, IdentityEvent.status == status
     )
+    if ids is not None:
+        query = query.where(IdentityEvent.identity.in_(ids))
     if status == "accepted":
         rescinded = select(IdentityEvent.ref).where(
             IdentityEvent.kind == EventKind.RESCIND.value,
@@ -574,8 +579,8 @@ def record_people(
         feed,
         source,
         now,
-        _pending(session, EventKind.TERMINATE, "accepted", now),
-        _pending(session, EventKind.TERMINATE, "held", now),
+        _pending(session, EventKind.TERMINATE, "accepted", now, ids),
+        _pending(session, EventKind.TERMINATE, "held", now, ids),
         frozenset(),
         0,
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.domain import roles as rules
@@ -313,30 +313,39 @@ def revoke_token(session: Session, token_id: int, *, by: str, now: datetime) -> 
 
 def authenticate(session: Session, secret: str, now: datetime) -> Principal:
     """The operator a presented token signs in, or ``CredentialsError`` (unknown, revoked,
-    expired, or its operator disabled: the message never says which)."""
+    expired, or its operator disabled: the message never says which). Read on every request
+    (revoking a token stops it at once), as plain columns; its last use is written at most
+    every ``LAST_USE_EVERY`` (the caller commits)."""
     found = session.execute(
-        select(ApiToken, Operator)
+        select(
+            ApiToken.id,
+            ApiToken.scopes,
+            ApiToken.expires_at,
+            ApiToken.revoked_at,
+            ApiToken.last_used_at,
+            Operator.name,
+            Operator.roles,
+            Operator.targets,
+            Operator.email,
+            Operator.disabled,
+        )
         .join(Operator, Operator.id == ApiToken.operator_id)
         .where(ApiToken.token_hash == digest(secret))
     ).first()
     if found is None:
         raise CredentialsError("the token is not valid")
-    token, owner = found
-    if (
-        token.revoked_at is not None
-        or (token.expires_at is not None and token.expires_at <= now)
-        or owner.disabled
-    ):
+    token_id, scopes, expires, revoked, last_used, name, roles, targets, email, disabled = found
+    if revoked is not None or (expires is not None and expires <= now) or disabled:
         raise CredentialsError("the token is not valid")
-    if token.last_used_at is None or now - token.last_used_at >= LAST_USE_EVERY:
-        token.last_used_at = now
+    if last_used is None or now - last_used >= LAST_USE_EVERY:
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
     return Principal(
-        name=owner.name,
-        roles=tuple(owner.roles),
-        targets=frozenset(owner.targets),
-        email=owner.email,
-        scopes=frozenset(token.scopes),
-        token_id=token.id,
+        name=name,
+        roles=tuple(roles),
+        targets=frozenset(targets),
+        email=email,
+        scopes=frozenset(scopes),
+        token_id=token_id,
     )
 
 

@@ -6,7 +6,8 @@ Groups (``scim2-server``'s storage protocol), with versions for ETags and userNa
 without regard to case; decide the identity a new User feeds (``provisor.domain.scim_people``)
 and keep it for the User's life; in the same transaction as each write, bring the identity
 to what the User now says through the feed import's path (validation, manager checks, the
-mass-change guard): a new User is a joiner, a changed one a mover, ``active`` false or a
+mass-change guard), writes of many requests sharing a transaction (``provisor.engine.writer``):
+a new User is a joiner, a changed one a mover, ``active`` false or a
 DELETE a leaver effective now, ``active`` true again a rehire; a Group's members get its name
 in their ``groups`` attribute; a password is never stored.
 Does not: speak HTTP or check who calls (``provisor.api.scim``), or validate SCIM payloads
@@ -44,6 +45,7 @@ from provisor.domain.scim_people import identity_key, manager_reference, person_
 from provisor.engine.holds import Recent
 from provisor.engine.imports import record_people
 from provisor.engine.workspace import Workspace
+from provisor.engine.writer import Writer
 from provisor.errors import FeedError
 from provisor.store.models import IdentityEvent, ScimMember, ScimResource
 
@@ -89,6 +91,8 @@ class ScimSource(ScimStorage):
     ) -> None:
         self.workspace, self.provider, self.settings = workspace, provider, settings
         self.source = f"scim:{settings.feed}"
+        # writes from many request threads share transactions (one SQLite writer)
+        self.writer = Writer(workspace)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -174,26 +178,30 @@ class ScimSource(ScimStorage):
     # -- writing -----------------------------------------------------------------------------
 
     def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
-        now = datetime.now(UTC)
         data = self._stored_data(resource)
-        with self.workspace.sessions() as session, session.begin():
-            row = ScimResource(
-                id=uuid.uuid4().hex,
-                kind=resource_type.id,
-                external_id=data.get("externalId"),
-                data=data,
-                version=1,
-                created_at=now,
-                modified_at=now,
-            )
-            if resource_type.id == "User":
-                row.name_key = self._unique_name(session, data, None)
-                row.identity = self._new_identity(session, data)
-            session.add(row)
-            session.flush()
-            self._members(session, row, data)
-            self._feed(session, self._affected(session, row, set()), now)
-            return cast(Resource[Any], self._resource(row, resource_type))
+        return self.writer.run(lambda session: self._create(session, resource_type, data))
+
+    def _create(
+        self, session: Session, resource_type: ResourceType, data: dict[str, Any]
+    ) -> Resource[Any]:
+        now = datetime.now(UTC)
+        row = ScimResource(
+            id=uuid.uuid4().hex,
+            kind=resource_type.id,
+            external_id=data.get("externalId"),
+            data=data,
+            version=1,
+            created_at=now,
+            modified_at=now,
+        )
+        if resource_type.id == "User":
+            row.name_key = self._unique_name(session, data, None)
+            row.identity = self._new_identity(session, data)
+        session.add(row)
+        session.flush()
+        self._members(session, row, data)
+        self._feed(session, self._affected(session, row, set()), now)
+        return cast(Resource[Any], self._resource(row, resource_type))
 
     def update(
         self,
@@ -202,22 +210,35 @@ class ScimSource(ScimStorage):
         *,
         expected_version: str | None = None,
     ) -> Resource[Any]:
-        now = datetime.now(UTC)
         data = self._stored_data(resource)
-        with self.workspace.sessions() as session, session.begin():
-            row = self._row(session, resource_type, str(resource.id))
-            if expected_version is not None and expected_version != _version(row):
-                raise PreconditionFailedException
-            if data == row.data:
-                return cast(Resource[Any], self._resource(row, resource_type))
-            before = self._member_ids(session, row.id)
-            if resource_type.id == "User":
-                row.name_key = self._unique_name(session, data, row.id)
-            row.data, row.external_id = data, data.get("externalId")
-            row.version, row.modified_at = row.version + 1, now
-            self._members(session, row, data)
-            self._feed(session, self._affected(session, row, before), now)
+        return self.writer.run(
+            lambda session: self._update(
+                session, resource_type, str(resource.id), data, expected_version
+            )
+        )
+
+    def _update(
+        self,
+        session: Session,
+        resource_type: ResourceType,
+        resource_id: str,
+        data: dict[str, Any],
+        expected_version: str | None,
+    ) -> Resource[Any]:
+        now = datetime.now(UTC)
+        row = self._row(session, resource_type, resource_id)
+        if expected_version is not None and expected_version != _version(row):
+            raise PreconditionFailedException
+        if data == row.data:
             return cast(Resource[Any], self._resource(row, resource_type))
+        before = self._member_ids(session, row.id)
+        if resource_type.id == "User":
+            row.name_key = self._unique_name(session, data, row.id)
+        row.data, row.external_id = data, data.get("externalId")
+        row.version, row.modified_at = row.version + 1, now
+        self._members(session, row, data)
+        self._feed(session, self._affected(session, row, before), now)
+        return cast(Resource[Any], self._resource(row, resource_type))
 
     def delete(
         self,
@@ -226,25 +247,39 @@ class ScimSource(ScimStorage):
         *,
         expected_version: str | None = None,
     ) -> None:
+        self.writer.run(
+            lambda session: self._delete(session, resource_type, resource_id, expected_version)
+        )
+
+    def _delete(
+        self,
+        session: Session,
+        resource_type: ResourceType,
+        resource_id: str,
+        expected_version: str | None,
+    ) -> None:
         now = datetime.now(UTC)
-        with self.workspace.sessions() as session, session.begin():
-            row = self._row(session, resource_type, resource_id)
-            if expected_version is not None and expected_version != _version(row):
-                raise PreconditionFailedException
-            members = self._member_ids(session, row.id)
-            session.execute(
-                delete(ScimMember).where(
-                    or_(ScimMember.group_id == row.id, ScimMember.member_id == row.id)
-                )
+        row = self._row(session, resource_type, resource_id)
+        if expected_version is not None and expected_version != _version(row):
+            raise PreconditionFailedException
+        members = self._member_ids(session, row.id)
+        session.execute(
+            delete(ScimMember).where(
+                or_(ScimMember.group_id == row.id, ScimMember.member_id == row.id)
             )
-            if row.kind == "User":
-                # a DELETE is a leaver effective now: the identity stays, terminated
-                self._feed(session, [], now, gone=[row])
-                session.delete(row)
-                return
+        )
+        if row.kind == "User":
+            # a DELETE is a leaver effective now: the identity stays, terminated
+            self._feed(session, [], now, gone=[row])
             session.delete(row)
             session.flush()
-            self._feed(session, self._users(session, members), now)
+            return
+        session.delete(row)
+        session.flush()
+        self._feed(session, self._users(session, members), now)
+
+    def close(self) -> None:
+        self.writer.close()
 
     # -- helpers -----------------------------------------------------------------------------
 

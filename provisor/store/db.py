@@ -86,13 +86,30 @@ def _owner_only(url: str) -> None:
         pass  # another user's database: its mode is theirs to set
 
 
+POOL_SIZE = 20
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         _owner_only(url)
-        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_json)
+        # a service's request threads, its runner and its event writer each hold one while
+        # they work: enough connections that none waits for another to be handed back
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=_json,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_SIZE,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, json_serializer=_json)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        json_serializer=_json,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
+    )
 
 
 def table(model: type[Any]) -> Table:

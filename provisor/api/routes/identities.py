@@ -9,6 +9,7 @@ Does not: fold, validate or import anything itself (``provisor.engine.views``,
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,19 +84,39 @@ class NewEvent(BaseModel):
 
 
 @router.post("/events", status_code=201, summary="Record one lifecycle event")
-def record_event(body: NewEvent, who: EventWriter, workspace: Space) -> dict[str, Any]:
+async def record_event(
+    body: NewEvent, who: EventWriter, workspace: Space, request: Request
+) -> dict[str, Any]:
+    """Recorded (or held by the mass-change guard) before it is answered; events arriving
+    together are recorded in one transaction. A rescind is recorded on its own."""
     now = datetime.now(UTC)
-    with acting(who):
-        return views.record_event(
-            workspace,
-            body.identity,
-            body.kind,
-            effective=utc(body.effective) if body.effective else now,
-            changes=dict(body.changes),
-            ref=body.ref,
-            source=f"api:{who.name}",
-            now=now,
-        )
+    effective = utc(body.effective) if body.effective else now
+    source = f"api:{who.name}"
+    if body.kind is EventKind.RESCIND:
+
+        def rescind() -> dict[str, Any]:
+            with acting(who):
+                return views.record_event(
+                    workspace,
+                    body.identity,
+                    body.kind,
+                    effective=effective,
+                    changes=dict(body.changes),
+                    ref=body.ref,
+                    source=source,
+                    now=now,
+                )
+
+        return await run_in_threadpool(rescind)
+    answer = request.app.state.intake.submit(
+        body.identity,
+        body.kind,
+        effective=effective,
+        changes=dict(body.changes),
+        source=source,
+        actor=who.name,
+    )
+    return dict(await asyncio.wrap_future(answer))
 
 
 @router.post(
