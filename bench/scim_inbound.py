@@ -49,7 +49,7 @@ def patch(i: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args()
     config = "service: {cycle_seconds: 1, rate_per_token: 100000, max_in_flight: 256}\n"
     with served(config) as (url, token, pid):

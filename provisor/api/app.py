@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from provisor.api import problems
 from provisor.api.routes import identities, journal, people, reports, work
 from provisor.api.scim import ScimApplication
-from provisor.api.security import Anyone, Buckets, InFlight
+from provisor.api.security import Anyone, Buckets, InFlight, Tokens
 from provisor.engine import jobs
 from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.intake import Intake
@@ -107,13 +107,14 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     )
     app.state.workspace = workspace
     app.state.buckets = Buckets(settings.rate_per_token)
+    app.state.tokens = Tokens(workspace)
     app.state.wake = background.wake if background is not None else threading.Event()
     app.state.background = background
     problems.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
 
-    scim = ScimApplication(workspace, app.state.buckets)
+    scim = ScimApplication(workspace, app.state.buckets, app.state.tokens)
     app.mount("/scim", cast(Any, scim))
 
     @app.get("/openapi.json", include_in_schema=False)

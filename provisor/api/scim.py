@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -50,12 +49,11 @@ from scim2_server.service import ScimService
 from scim2_server.storage import AsyncScimStorage, SearchPage
 from scim2_server.utils import load_default_resource_types, load_default_schemas
 
-from provisor.api.security import Buckets
+from provisor.api.security import Buckets, Tokens
 from provisor.config.workspace import ScimInboundSettings
 from provisor.domain import scim_quirks
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import operators
-from provisor.engine.operators import Principal
 from provisor.engine.scim_source import ScimSource
 from provisor.engine.workspace import Workspace
 from provisor.errors import CredentialsError
@@ -224,30 +222,27 @@ class ThreadedStorage(AsyncScimStorage):
 class ScimApplication(ASGIApplication):
     """The SCIM server, behind Provisor's tokens and rates."""
 
-    def __init__(self, workspace: Workspace, buckets: Buckets) -> None:
+    def __init__(self, workspace: Workspace, buckets: Buckets, tokens: Tokens) -> None:
         settings = workspace.config.service.scim
         served = provider(settings)
         self.source = ScimSource(workspace, served, settings)
         super().__init__(ThreadedStorage(self.source), served, Service(served, settings))
-        self.workspace, self.buckets = workspace, buckets
+        self.workspace, self.buckets, self.tokens = workspace, buckets, tokens
 
     def needs_auth(self, request: ScimRequest) -> bool:
         return True  # discovery too: nothing here is served to anonymous callers
-
-    def _sign_in(self, secret: str) -> Principal:
-        with self.workspace.sessions() as session, session.begin():
-            return operators.authenticate(session, secret, datetime.now(UTC))
 
     async def dispatch_request(self, request: ScimRequest) -> ScimResponse:
         scheme, _, secret = (request.header("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise UnauthorizedException(detail="send 'Authorization: Bearer TOKEN'")
         secret = secret.strip()
-        wait = self.buckets.take(operators.digest(secret))
+        digest = operators.digest(secret)
+        wait = self.buckets.take(digest)
         if wait:
             return _too_many(wait)
         try:
-            who = await anyio.to_thread.run_sync(self._sign_in, secret)
+            who = await anyio.to_thread.run_sync(self.tokens.sign_in, secret, digest)
         except CredentialsError:
             raise UnauthorizedException(detail="the token is not valid") from None
         if who.reach(Permission.SCIM) is not Reach.ALL:

@@ -97,15 +97,45 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
+class Tokens:
+    """Tokens signed in within the last ``ttl`` seconds, so a busy client is not looked up on
+    every request. Revoking a token, signing out or changing an operator through this service
+    forgets them all at once; a token revoked from the command line while the service runs
+    stops working here within ``ttl``."""
+
+    def __init__(self, workspace: Workspace, ttl: float = 1.0) -> None:
+        self.workspace, self.ttl = workspace, ttl
+        self._seen: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def sign_in(self, secret: str, digest: str) -> Principal:
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(digest)
+        if seen is not None and now - seen[0] < self.ttl:
+            return seen[1]
+        with self.workspace.sessions() as session, session.begin():
+            who = operators.authenticate(session, secret, datetime.now(UTC))
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[digest] = (now, who)
+        return who
+
+    def forget(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
 def signed_in(request: Request) -> Principal:
     """The operator the request's token signs in (checked against the token's rate)."""
     secret = _bearer(request)
-    wait = request.app.state.buckets.take(operators.digest(secret))
+    digest = operators.digest(secret)
+    wait = request.app.state.buckets.take(digest)
     if wait:
         raise too_many(wait, "this token exceeds its request rate; slow down")
-    workspace: Workspace = request.app.state.workspace
-    with workspace.sessions() as session, session.begin():
-        return operators.authenticate(session, secret, datetime.now(UTC))
+    tokens: Tokens = request.app.state.tokens
+    return tokens.sign_in(secret, digest)
 
 
 def allow(permission: Permission, *, own: bool = False) -> Callable[..., Awaitable[Principal]]:

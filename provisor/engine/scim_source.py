@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -74,7 +75,23 @@ DEPROVISIONING = (EventKind.TERMINATE.value, EventKind.SUSPEND.value)
 _INDEXED = {"username": "name_key", "externalid": "external_id", "id": "id"}
 
 
-def _version(row: ScimResource) -> str:
+@dataclass(frozen=True)
+class _Stored:
+    """What a write stored, as plain data: the resource is built from it outside the writer."""
+
+    id: str
+    kind: str
+    data: dict[str, Any]
+    version: int
+    created_at: datetime
+    modified_at: datetime
+
+    @classmethod
+    def of(cls, row: ScimResource) -> _Stored:
+        return cls(row.id, row.kind, row.data, row.version, row.created_at, row.modified_at)
+
+
+def _version(row: ScimResource | _Stored) -> str:
     return f'W/"{row.version}"'
 
 
@@ -96,7 +113,9 @@ class ScimSource(ScimStorage):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _resource(self, row: ScimResource, resource_type: ResourceType | None = None) -> Any:
+    def _resource(
+        self, row: ScimResource | _Stored, resource_type: ResourceType | None = None
+    ) -> Any:
         kind = resource_type or next(rt for rt in self.provider.resource_types if rt.id == row.kind)
         model: Any = self.provider.model_for(kind)
         resource = model.model_validate(row.data)
@@ -179,11 +198,12 @@ class ScimSource(ScimStorage):
 
     def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
         data = self._stored_data(resource)
-        return self.writer.run(lambda session: self._create(session, resource_type, data))
+        stored = self.writer.run(lambda session: self._create(session, resource_type, data))
+        return cast(Resource[Any], self._resource(stored, resource_type))
 
     def _create(
         self, session: Session, resource_type: ResourceType, data: dict[str, Any]
-    ) -> Resource[Any]:
+    ) -> _Stored:
         now = datetime.now(UTC)
         row = ScimResource(
             id=uuid.uuid4().hex,
@@ -201,7 +221,7 @@ class ScimSource(ScimStorage):
         session.flush()
         self._members(session, row, data)
         self._feed(session, self._affected(session, row, set()), now)
-        return cast(Resource[Any], self._resource(row, resource_type))
+        return _Stored.of(row)
 
     def update(
         self,
@@ -211,11 +231,12 @@ class ScimSource(ScimStorage):
         expected_version: str | None = None,
     ) -> Resource[Any]:
         data = self._stored_data(resource)
-        return self.writer.run(
+        stored = self.writer.run(
             lambda session: self._update(
                 session, resource_type, str(resource.id), data, expected_version
             )
         )
+        return cast(Resource[Any], self._resource(stored, resource_type))
 
     def _update(
         self,
@@ -224,13 +245,13 @@ class ScimSource(ScimStorage):
         resource_id: str,
         data: dict[str, Any],
         expected_version: str | None,
-    ) -> Resource[Any]:
+    ) -> _Stored:
         now = datetime.now(UTC)
         row = self._row(session, resource_type, resource_id)
         if expected_version is not None and expected_version != _version(row):
             raise PreconditionFailedException
         if data == row.data:
-            return cast(Resource[Any], self._resource(row, resource_type))
+            return _Stored.of(row)
         before = self._member_ids(session, row.id)
         if resource_type.id == "User":
             row.name_key = self._unique_name(session, data, row.id)
@@ -238,7 +259,7 @@ class ScimSource(ScimStorage):
         row.version, row.modified_at = row.version + 1, now
         self._members(session, row, data)
         self._feed(session, self._affected(session, row, before), now)
-        return cast(Resource[Any], self._resource(row, resource_type))
+        return _Stored.of(row)
 
     def delete(
         self,

@@ -53,9 +53,10 @@ def sign_in(body: SignIn, workspace: Space, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/session", status_code=204, summary="Sign out: revoke the token used")
-def sign_out(who: Anyone, workspace: Space) -> None:
+def sign_out(who: Anyone, workspace: Space, request: Request) -> None:
     with acting(who), workspace.sessions() as session, session.begin():
         operators.revoke_token(session, who.token_id, by=who.name, now=datetime.now(UTC))
+    request.app.state.tokens.forget()
 
 
 @router.get("/me", summary="Who is signed in, with roles and what they reach")
@@ -111,11 +112,12 @@ def create_token(body: NewToken, who: Anyone, workspace: Space) -> dict[str, Any
 
 
 @router.delete("/tokens/{token_id}", status_code=204, summary="Revoke a token")
-def revoke_token(token_id: int, who: Anyone, workspace: Space) -> None:
+def revoke_token(token_id: int, who: Anyone, workspace: Space, request: Request) -> None:
     with acting(who), workspace.sessions() as session, session.begin():
         if operators.token_owner(session, token_id) != who.name:
             who.require(Permission.ADMIN)
         operators.revoke_token(session, token_id, by=who.name, now=datetime.now(UTC))
+    request.app.state.tokens.forget()
 
 
 class NewOperator(BaseModel):
@@ -160,7 +162,7 @@ def add_operator(body: NewOperator, who: Admin, workspace: Space) -> dict[str, A
 
 @router.patch("/operators/{name}", summary="Change an operator (disabling revokes their tokens)")
 def change_operator(
-    name: str, body: OperatorChange, who: Admin, workspace: Space
+    name: str, body: OperatorChange, who: Admin, workspace: Space, request: Request
 ) -> dict[str, Any]:
     with acting(who), workspace.sessions() as session, session.begin():
         operators.change_operator(
@@ -174,4 +176,6 @@ def change_operator(
             by=who.name,
             now=datetime.now(UTC),
         )
-        return next(o for o in operators.list_operators(session) if o["name"] == name)
+        changed = next(o for o in operators.list_operators(session) if o["name"] == name)
+    request.app.state.tokens.forget()  # roles, targets or a disabled operator count at once
+    return changed
