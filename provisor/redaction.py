@@ -206,6 +206,14 @@ class RedactingStream:
         return getattr(self._stream, name)
 
 
+def unredacted(stream: TextIO) -> TextIO:
+    """The stream under ``stream``'s redaction: for the one thing shown on purpose, a new
+    token printed once to the person who made it."""
+    if isinstance(stream, RedactingStream):
+        return stream._stream
+    return stream
+
+
 def wrapped(stream: TextIO) -> TextIO:
     """``stream`` redacting what it is given (itself when it does already)."""
     if isinstance(stream, RedactingStream):

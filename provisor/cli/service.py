@@ -11,6 +11,7 @@ serve anything itself (``provisor.api``).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ import typer
 from provisor.cli.options import JsonOption, actor, now, opened, parse_when
 from provisor.cli.output import listing, out, print_json
 from provisor.engine import operators
+from provisor.redaction import unredacted
 
 operator_app = typer.Typer(
     help="Operator accounts of the service: people and clients with roles.\n\n"
@@ -204,12 +206,14 @@ def token_create(
         scopes = [str(s) for s in token.scopes]
         expiry = token.expires_at.isoformat() if token.expires_at else None
         made = {"id": token.id, "operator": operator, "scopes": scopes, "expires_at": expiry}
+    shown = unredacted(sys.stdout)  # the token is printed on purpose, this once
     if json_out:
-        print_json(made | {"token": secret})
+        shown.write(json.dumps(made | {"token": secret}) + "\n")
         return
     out.print(f"Token {made['id']} for {operator} ({', '.join(scopes)}),", end=" ")
     out.print(f"expires {expiry or 'never'}. Keep it now; it is not shown again:")
-    out.print(secret, markup=False)
+    out.file.flush()
+    shown.write(secret + "\n")
 
 
 @token_app.command("list")

@@ -85,10 +85,12 @@ class Service:
             return client.request(method, path, **kwargs)
 
 
-def start(workspace: Workspace, *, runner: bool) -> tuple[uvicorn.Server, threading.Thread, str]:
+def start(
+    workspace: Workspace, *, runner: bool, log_level: str = "warning"
+) -> tuple[uvicorn.Server, threading.Thread, str]:
     port = free_port()
     config = uvicorn.Config(
-        create_app(workspace, runner=runner), host="127.0.0.1", port=port, log_level="warning"
+        create_app(workspace, runner=runner), host="127.0.0.1", port=port, log_level=log_level
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
