@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
+from fastapi import Path as FastPath
 from starlette.requests import Request as PlainRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -164,6 +165,11 @@ def acting(who: Principal) -> Iterator[None]:
     with audit.acting_as(who.name):
         yield
 
+
+# a row number in a path, and how far a listing may skip: within what the database's integers
+# hold (a larger one is a 422, never a database error)
+RowId = Annotated[int, FastPath(ge=1, le=2**53)]
+Offset = Annotated[int, Query(ge=0, le=2**53)]
 
 Reader = Annotated[Principal, Depends(allow(Permission.READ))]
 # a listing that shows a target owner their own targets' rows

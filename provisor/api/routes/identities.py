@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import EventWriter, Reader, Space, acting
+from provisor.api.security import EventWriter, Offset, Reader, RowId, Space, acting
 from provisor.domain.lifecycle import EventKind, utc
 from provisor.engine import jobs, views
 from provisor.sources.hr import FeedMode
@@ -170,13 +170,13 @@ def list_jobs(
     workspace: Space,
     status: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     with workspace.sessions() as session:
         return jobs.list_jobs(session, status=status, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", summary="One background job: status, result or error")
-def get_job(job_id: int, who: Reader, workspace: Space) -> dict[str, Any]:
+def get_job(job_id: RowId, who: Reader, workspace: Space) -> dict[str, Any]:
     with workspace.sessions() as session:
         return jobs.get_job(session, job_id)

@@ -16,7 +16,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from provisor.api.security import Approver, Operator, OwnReader, Reader, Space, acting
+from provisor.api.security import (
+    Approver,
+    Offset,
+    Operator,
+    OwnReader,
+    Reader,
+    RowId,
+    Space,
+    acting,
+)
 from provisor.domain.roles import Permission
 from provisor.engine import holds, operations
 from provisor.engine.identities import decide_hold
@@ -52,7 +61,7 @@ def list_operations(
     target: str | None = None,
     identity: str | None = None,
     limit: int = Query(100, ge=1, le=10_000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     visible = who.visible(Permission.READ, who.targets)
     with workspace.sessions() as session:
@@ -73,7 +82,7 @@ class Why(BaseModel):
 
 @router.post("/operations/{op_id}/retry", summary="Put a failed operation back in line")
 def retry_operation(
-    op_id: int, body: Why, who: Operator, workspace: Space, request: Request
+    op_id: RowId, body: Why, who: Operator, workspace: Space, request: Request
 ) -> dict[str, Any]:
     with acting(who), workspace.sessions() as session, session.begin():
         done = operations.retry(session, op_id, why=body.why, now=datetime.now(UTC))
@@ -82,7 +91,7 @@ def retry_operation(
 
 
 @router.post("/operations/{op_id}/cancel", summary="Cancel an open operation")
-def cancel_operation(op_id: int, body: Why, who: Operator, workspace: Space) -> dict[str, Any]:
+def cancel_operation(op_id: RowId, body: Why, who: Operator, workspace: Space) -> dict[str, Any]:
     with acting(who), workspace.sessions() as session, session.begin():
         return operations.cancel(session, op_id, why=body.why, now=datetime.now(UTC))
 
@@ -99,7 +108,7 @@ class HoldDecision(BaseModel):
 
 
 def _decide(
-    hold_id: int, body: HoldDecision, who: Any, workspace: Any, approve: bool
+    hold_id: RowId, body: HoldDecision, who: Any, workspace: Any, approve: bool
 ) -> dict[str, Any]:
     with acting(who), workspace.sessions() as session, session.begin():
         outcome = decide_hold(
@@ -118,7 +127,7 @@ def _decide(
 
 @router.post("/holds/{hold_id}/approve", summary="Approve a hold, whole or in part")
 def approve_hold(
-    hold_id: int, body: HoldDecision, who: Approver, workspace: Space, request: Request
+    hold_id: RowId, body: HoldDecision, who: Approver, workspace: Space, request: Request
 ) -> dict[str, Any]:
     decided = _decide(hold_id, body, who, workspace, True)
     request.app.state.wake.set()
@@ -127,6 +136,6 @@ def approve_hold(
 
 @router.post("/holds/{hold_id}/reject", summary="Reject a hold, whole or in part")
 def reject_hold(
-    hold_id: int, body: HoldDecision, who: Approver, workspace: Space
+    hold_id: RowId, body: HoldDecision, who: Approver, workspace: Space
 ) -> dict[str, Any]:
     return _decide(hold_id, body, who, workspace, False)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import Admin, Anyone, Space, acting
+from provisor.api.security import Admin, Anyone, RowId, Space, acting
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import operators
 
@@ -112,7 +112,7 @@ def create_token(body: NewToken, who: Anyone, workspace: Space) -> dict[str, Any
 
 
 @router.delete("/tokens/{token_id}", status_code=204, summary="Revoke a token")
-def revoke_token(token_id: int, who: Anyone, workspace: Space, request: Request) -> None:
+def revoke_token(token_id: RowId, who: Anyone, workspace: Space, request: Request) -> None:
     with acting(who), workspace.sessions() as session, session.begin():
         if operators.token_owner(session, token_id) != who.name:
             who.require(Permission.ADMIN)

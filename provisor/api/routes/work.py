@@ -21,8 +21,10 @@ from provisor.api.problems import Problem
 from provisor.api.security import (
     CaseDecider,
     Marker,
+    Offset,
     Operator,
     OwnReader,
+    RowId,
     Space,
     TaskWorker,
     acting,
@@ -69,7 +71,7 @@ def _task_scope(workspace: Any, task_id: int) -> tuple[str, str]:
 
 
 @router.post("/tasks/{task_id}/done", summary="Record that a task was done")
-def task_done(task_id: int, body: TaskDone, who: TaskWorker, workspace: Space) -> dict[str, Any]:
+def task_done(task_id: RowId, body: TaskDone, who: TaskWorker, workspace: Space) -> dict[str, Any]:
     _may_work(who, Permission.TASKS, *_task_scope(workspace, task_id))
     with acting(who), workspace.sessions() as session, session.begin():
         tasks.complete(session, task_id, by=who.name, evidence=body.evidence, now=datetime.now(UTC))
@@ -77,7 +79,7 @@ def task_done(task_id: int, body: TaskDone, who: TaskWorker, workspace: Space) -
 
 
 @router.post("/tasks/{task_id}/verify", summary="Attest, as a second person, a done task")
-def task_verify(task_id: int, who: TaskWorker, workspace: Space) -> dict[str, Any]:
+def task_verify(task_id: RowId, who: TaskWorker, workspace: Space) -> dict[str, Any]:
     _may_work(who, Permission.TASKS, *_task_scope(workspace, task_id))
     with acting(who), workspace.sessions() as session, session.begin():
         tasks.verify(session, task_id, by=who.name, now=datetime.now(UTC))
@@ -103,7 +105,7 @@ class CaseDecision(BaseModel):
 
 
 def _decide_case(
-    case_id: int, body: CaseDecision, who: Principal, workspace: Any, resolve: bool
+    case_id: RowId, body: CaseDecision, who: Principal, workspace: Any, resolve: bool
 ) -> dict[str, Any]:
     with workspace.sessions() as session:
         target = correlate.case_target(session, case_id)
@@ -123,14 +125,14 @@ def _decide_case(
 
 @router.post("/cases/{case_id}/resolve", summary="Link the account to an identity")
 def resolve_case(
-    case_id: int, body: CaseDecision, who: CaseDecider, workspace: Space
+    case_id: RowId, body: CaseDecision, who: CaseDecider, workspace: Space
 ) -> dict[str, Any]:
     return _decide_case(case_id, body, who, workspace, True)
 
 
 @router.post("/cases/{case_id}/dismiss", summary="The account belongs to no candidate")
 def dismiss_case(
-    case_id: int, body: CaseDecision, who: CaseDecider, workspace: Space
+    case_id: RowId, body: CaseDecision, who: CaseDecider, workspace: Space
 ) -> dict[str, Any]:
     return _decide_case(case_id, body, who, workspace, False)
 
@@ -206,7 +208,7 @@ def reconciliation_runs(
     workspace: Space,
     target: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     visible = who.visible(Permission.READ, who.targets)
     with workspace.sessions() as session:
