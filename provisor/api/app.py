@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from fastapi import FastAPI
 
-from provisor.api import problems
+from provisor.api import oidc, problems
 from provisor.api.routes import identities, journal, people, reports, work
 from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight, Tokens
@@ -31,7 +31,7 @@ from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (people, identities, journal, work, reports)
+ROUTERS = (people, oidc, identities, journal, work, reports)
 
 
 class Background:
@@ -108,6 +108,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     app.state.workspace = workspace
     app.state.buckets = Buckets(settings.rate_per_token)
     app.state.tokens = Tokens(workspace)
+    app.state.oidc = oidc.Provider(settings.oidc) if settings.oidc is not None else None
     app.state.wake = background.wake if background is not None else threading.Event()
     app.state.background = background
     problems.install(app)

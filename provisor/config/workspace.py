@@ -64,10 +64,10 @@ class OidcSettings(BaseModel):
 
     issuer: str  # the provider's issuer URL; its discovery document is read from there
     client_id: str
-    # the client secret is never written here: PROVISOR_OIDC_CLIENT_SECRET, or a secret
-    # reference resolved like a connection's (``secret:NAME``)
-    client_secret: str | None = None
-    redirect_url: str  # this service's callback, as registered with the provider
+    # the client secret is never written here: it is read from this environment variable
+    client_secret_env: str = "PROVISOR_OIDC_CLIENT_SECRET"
+    # this service's callback as registered with the provider: .../api/v1/oidc/callback
+    redirect_url: str
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
 
 

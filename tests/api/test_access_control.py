@@ -14,7 +14,12 @@ from provisor.domain.roles import GRANTS, OWNER_GRANTS, Permission, Role
 from provisor.engine import operators
 from tests.api.conftest import PASSWORD, Service
 
-OPEN_ROUTES = {("POST", "/api/v1/session")}  # signing in is how a token is had
+# signing in is how a token is had: with a password, or through the OpenID Connect provider
+OPEN_ROUTES = {
+    ("POST", "/api/v1/session"),
+    ("GET", "/api/v1/oidc/login"),
+    ("GET", "/api/v1/oidc/callback"),
+}
 
 
 def _routes(service: Service) -> list[tuple[str, str, Permission | None, bool]]:
