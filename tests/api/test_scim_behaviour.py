@@ -239,3 +239,87 @@ def test_scim_sanity_live_probe_passes(service: Service) -> None:
     summary = result.get("summary", result)
     print("scim-sanity:", json.dumps(summary))
     assert result["exit_code"] == 0, json.dumps(result, indent=1)[:4000]
+
+
+def test_filters_and_pages_on_the_attributes_clients_search(service: Service) -> None:
+    token = scim_token(service)
+    with _scim(service, token) as client:
+        ids = [client.post("/Users", content=json.dumps(_user(n))).json()["id"] for n in range(5)]
+        group = client.post(
+            "/Groups",
+            content=json.dumps(
+                {
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                    "displayName": "Sales Team",
+                    "members": [{"value": ids[1]}, {"value": ids[3]}],
+                }
+            ),
+        )
+        assert group.status_code == 201, group.text
+
+        def found(path: str, query: str) -> list[str]:
+            answer = client.get(path, params={"filter": query})
+            assert answer.status_code == 200, (query, answer.text)
+            return sorted(
+                r.get("userName") or r.get("displayName") for r in answer.json()["Resources"]
+            )
+
+        assert found("/Users", 'userName eq "PERSON2@example.com"') == ["person2@example.com"]
+        assert found("/Users", 'externalId eq "X3"') == ["person3@example.com"]
+        assert found("/Users", 'userName sw "person1"') == ["person1@example.com"]
+        assert found("/Users", 'emails co "n4@"') == ["person4@example.com"]
+        assert found("/Users", 'emails[type eq "work" and value co "son0"]') == [
+            "person0@example.com"
+        ]
+        assert found("/Users", 'displayName co "Person" and externalId eq "X1"') == [
+            "person1@example.com"
+        ]
+        assert found("/Groups", f'members.value eq "{ids[3]}"') == ["Sales Team"]
+        assert found("/Groups", f'members eq "{ids[1]}"') == ["Sales Team"]
+        assert found("/Groups", 'displayName eq "Sales Team"') == ["Sales Team"]
+        assert found("/Groups", f'members eq "{ids[2]}"') == []
+        page = client.get("/Users", params={"startIndex": 2, "count": 2}).json()
+        assert page["totalResults"] == 5 and page["startIndex"] == 2
+        assert page["itemsPerPage"] == 2 and len(page["Resources"]) == 2
+        bad = client.get("/Users", params={"filter": "userName eq"})
+        assert bad.status_code == 400 and bad.json()["scimType"] == "invalidFilter"
+    # the members' identities carry the group
+    assert show_identity(service.workspace, "P1", as_of=None, known_at=None, now=_now())[
+        "attributes"
+    ]["groups"] == ["Sales Team"]
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_provisor_serve_runs_the_api_scim_and_the_runner_in_one_process() -> None:
+    from provisor.sandbox.service import served
+
+    config = "feeds: {hr: {mode: snapshot}}\nservice: {cycle_seconds: 1}\n"
+    with served(config) as (url, token, _):
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx2.Client(base_url=url, headers=auth, timeout=30) as client:
+            assert client.get("/api/v1/me").json()["operator"] == "bench"
+            upload = client.post(
+                "/api/v1/feeds?name=hr.csv",
+                content=b"id,name,email,employment_type\nE1,Ann,ann@example.com,employee\n",
+            )
+            assert upload.status_code == 202
+            import time
+
+            deadline = time.monotonic() + 60
+            while client.get(upload.json()["href"]).json()["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert client.get(upload.json()["href"]).json()["status"] == "succeeded"
+            assert client.get("/api/v1/identities/E1").json()["state"] == "active"
+            # the runner planned the joiner's wiki access: a task for the wiki's owner
+            deadline = time.monotonic() + 60
+            while not client.get("/api/v1/tasks").json():
+                assert time.monotonic() < deadline, "the runner did not plan and apply"
+                time.sleep(0.2)
+            scim = client.get("/scim/v2/ServiceProviderConfig")
+            assert scim.status_code == 200 and scim.json()["etag"]["supported"] is True
