@@ -28,6 +28,7 @@ from sqlalchemy import select
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent
 from provisor.engine import identities
 from provisor.engine.workspace import Workspace
+from provisor.engine.writer import drain
 from provisor.errors import LifecycleError
 from provisor.evidence import audit
 from provisor.store import models
@@ -82,20 +83,7 @@ class Intake:
         self._thread.join(30)
 
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(more)
+        while (batch := drain(self._queue, BATCH)) is not None:
             by_actor: dict[str, list[_Asked]] = {}
             for asked in batch:
                 by_actor.setdefault(asked.actor, []).append(asked)

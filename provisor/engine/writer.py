@@ -32,6 +32,28 @@ T = TypeVar("T")
 BATCH = 64
 
 
+Q = TypeVar("Q")
+
+
+def drain(waiting: queue.Queue[Q | None], limit: int) -> list[Q] | None:
+    """The next batch: the first item (waiting for it), then up to ``limit`` in all of what
+    has queued meanwhile; None once ``None`` (stop) is taken with nothing before it."""
+    first = waiting.get()
+    if first is None:
+        return None
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            more = waiting.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            waiting.put(None)  # stop after this batch
+            break
+        batch.append(more)
+    return batch
+
+
 @dataclass
 class _Unit(Generic[T]):
     work: Callable[[Session], T]
@@ -67,20 +89,7 @@ class Writer:
         self._thread.join(30)
 
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
+        while (batch := drain(self._queue, BATCH)) is not None:
             self._commit(batch)
 
     def _commit(self, batch: list[_Unit[Any]]) -> None:
