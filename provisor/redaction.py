@@ -43,7 +43,7 @@ _SCHEME_TOKEN = re.compile(
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^/@\s:'\"]*:)[^/@\s'\"]+@")
 _QUERY_CREDENTIAL = re.compile(
     r"(?i)([?&;](?:password|passwd|pwd|pass|token|access_token|refresh_token|api_?key|apikey"
-    r"|secret|client_secret|auth|signature|sig)=)[^&\s'\"#]+"
+    r"|secret|client_secret|auth|signature|sig|code)=)[^&\s'\"#]+"
 )
 # a Provisor API or sign-in token (``provisor.engine.operators`` makes them with this prefix)
 TOKEN_PREFIX = "pvt_"
@@ -70,6 +70,7 @@ _TRIGGERS = (
     "auth=",
     "sig=",
     "signature=",
+    "code=",
     TOKEN_PREFIX,
 )
 # The names of settings that hold a user name a password goes with (for Basic forms).

@@ -50,18 +50,25 @@ class Background:
         self.thread.start()
 
     def _run(self) -> None:
-        cycles = Cycles(self.workspace)
-        try:
-            cycles.run(
-                interval=self.interval,
-                once=False,
-                on_cycle=self._done,
-                on_failure=lambda at, exc: log.warning("cycle at %s failed: %s", at, exc),
-                stop=self.stop,
-                wake=self.wake,
-            )
-        finally:
-            cycles.close()
+        """Cycle until stopped; an unexpected error (a bug, a library's surprise) is logged
+        and the cycles start again after an interval: the service never stops running work
+        while it answers requests."""
+        while not self.stop.is_set():
+            cycles = Cycles(self.workspace)
+            try:
+                cycles.run(
+                    interval=self.interval,
+                    once=False,
+                    on_cycle=self._done,
+                    on_failure=lambda at, exc: log.warning("cycle at %s failed: %s", at, exc),
+                    stop=self.stop,
+                    wake=self.wake,
+                )
+            except Exception:
+                log.exception("the background runner failed; it starts again")
+                self.stop.wait(self.interval)
+            finally:
+                cycles.close()
 
     def _done(self, report: CycleReport) -> None:
         self.cycles += 1
@@ -108,6 +115,8 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     app.state.workspace = workspace
     app.state.buckets = Buckets(settings.rate_per_token)
     app.state.tokens = Tokens(workspace)
+    # ten password guesses for a name at once, then one every six seconds
+    app.state.sign_ins = Buckets(rate=1 / 6, burst=10)
     app.state.oidc = oidc.Provider(settings.oidc) if settings.oidc is not None else None
     app.state.wake = background.wake if background is not None else threading.Event()
     app.state.background = background

@@ -13,9 +13,12 @@ Does not: decide what a User means for an identity (the storage and the lifecycl
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -32,6 +35,7 @@ from scim2_models import (
     InvalidSyntaxException,
     Patch,
     PatchOp,
+    PreconditionFailedException,
     Reference,
     Resource,
     ResourceType,
@@ -48,6 +52,7 @@ from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 from scim2_server.storage import AsyncScimStorage, SearchPage
 from scim2_server.utils import load_default_resource_types, load_default_schemas
+from sqlalchemy.exc import OperationalError
 
 from provisor.api.security import Buckets, Tokens
 from provisor.config.workspace import ScimInboundSettings
@@ -60,6 +65,8 @@ from provisor.errors import CredentialsError
 from provisor.evidence import audit
 
 T = TypeVar("T")
+# how often a request whose resource another request changed meanwhile is served again
+RETRIES = 3
 
 BEARER = AuthenticationScheme(
     type=AuthenticationScheme.Type.oauthbearertoken,
@@ -92,6 +99,11 @@ def provider(settings: ScimInboundSettings) -> ScimProvider:
     )
 
 
+# the managers the PATCH being served removes by filter (read with its body, used with the
+# stored resource: both steps run in the request's task)
+_manager_filters: ContextVar[list[str] | None] = ContextVar("manager_filters", default=None)
+
+
 class Service(ScimService):
     """``scim2-server``'s protocol with Provisor's choices: real clients' shapes accepted
     (unless strict), and a PATCH answered with the resource."""
@@ -108,10 +120,11 @@ class Service(ScimService):
         if not self.strict and body:
             try:
                 decoded = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 decoded = None  # the parser below says what is wrong
             if decoded is not None:
                 if scim_ctx is Context.RESOURCE_PATCH_REQUEST:
+                    _manager_filters.set(scim_quirks.manager_filters(decoded))
                     decoded = scim_quirks.patch(decoded)
                 elif scim_ctx in (
                     Context.RESOURCE_CREATION_REQUEST,
@@ -131,7 +144,7 @@ class Service(ScimService):
             raise InvalidSyntaxException(detail="send Content-Type: application/scim+json")
         try:
             decoded = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         fields = getattr(model, "model_fields", {})
         known = [*_SERVED_SCHEMAS, "schemas", "id", "externalId", "meta"]
@@ -147,7 +160,14 @@ class Service(ScimService):
     ) -> Resource[Any] | None:
         if not self.strict:
             operations = [o.model_dump(mode="json") for o in patch_op.operations or []]
-            fixed = scim_quirks.typed_additions(current.model_dump(mode="json"), operations)
+            now = current.model_dump(mode="json")
+            fixed = scim_quirks.typed_additions(now, operations)
+            named = _manager_filters.get()
+            if named is not None:
+                fixed = scim_quirks.without_manager_removal(now, fixed, named)
+            if not fixed:  # nothing left to do (the named manager was not the manager)
+                self.check_preconditions(current, "PATCH", conditions)
+                return None
             if fixed != operations:
                 body = {"schemas": [scim_quirks.PATCH_SCHEMA], "Operations": fixed}
                 patch_op = type(patch_op).model_validate(
@@ -228,6 +248,7 @@ class ScimApplication(ASGIApplication):
         self.source = ScimSource(workspace, served, settings)
         super().__init__(ThreadedStorage(self.source), served, Service(served, settings))
         self.workspace, self.buckets, self.tokens = workspace, buckets, tokens
+        self._resource_locks: dict[str, asyncio.Lock] = {}
 
     def needs_auth(self, request: ScimRequest) -> bool:
         return True  # discovery too: nothing here is served to anonymous callers
@@ -248,8 +269,50 @@ class ScimApplication(ASGIApplication):
         if who.reach(Permission.SCIM) is not Reach.ALL:
             raise ForbiddenException(detail=f"{who.name}'s token does not grant the scim scope")
         request.subject = who
-        with audit.acting_as(who.name):
-            return await self.handler.handle(request)
+        async with self._one_at_a_time(request), _acting(who.name):
+            for attempt in range(RETRIES):
+                try:
+                    return await self.handler.handle(request)
+                except PreconditionFailedException:
+                    # the server checks the version it read itself: another request changed
+                    # the resource meanwhile. A client that asked for no version (If-Match)
+                    # gets its change applied to the newer one, as if it had come later.
+                    if request.header("If-Match") or attempt == RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _one_at_a_time(self, request: ScimRequest) -> AsyncIterator[None]:
+        """Changes to one resource are served one after another here (each is applied to the
+        version the one before left); reads go straight through."""
+        if request.method.upper() not in ("PATCH", "PUT", "DELETE"):
+            yield
+            return
+        key = request.path.rstrip("/")
+        lock = self._resource_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._resource_locks.pop(key, None)
+
+    def handle_exception(self, request: ScimRequest, exception: Exception) -> ScimResponse:
+        if isinstance(exception, OperationalError):  # a busy database: try again
+            self.log.warning("database busy on %s", request.path)
+            body = {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                "status": "503",
+                "detail": "the database is busy; try again",
+            }
+            return ScimResponse(HTTPStatus.SERVICE_UNAVAILABLE, body, {"Retry-After": "1"})
+        return super().handle_exception(request, exception)
+
+
+@asynccontextmanager
+async def _acting(name: str) -> AsyncIterator[None]:
+    with audit.acting_as(name):
+        yield
 
 
 def _too_many(seconds: float) -> ScimResponse:

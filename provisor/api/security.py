@@ -26,6 +26,7 @@ from starlette.requests import Request as PlainRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisor.api.problems import Problem, respond
+from provisor.domain.lifecycle import utc
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import operators
 from provisor.engine.operators import Principal
@@ -37,8 +38,8 @@ from provisor.evidence import audit
 class Buckets:
     """A token bucket per key: ``rate`` a second, bursts of twice as many."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate, self.burst = rate, max(1.0, 2 * rate)
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate, self.burst = rate, burst if burst is not None else max(1.0, 2 * rate)
         self._state: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
@@ -107,12 +108,14 @@ class Tokens:
     def __init__(self, workspace: Workspace, ttl: float = 1.0) -> None:
         self.workspace, self.ttl = workspace, ttl
         self._seen: dict[str, tuple[float, Principal]] = {}
+        self._generation = 0
         self._lock = threading.Lock()
 
     def sign_in(self, secret: str, digest: str) -> Principal:
         now = time.monotonic()
         with self._lock:
             seen = self._seen.get(digest)
+            generation = self._generation
         if seen is not None and now - seen[0] < self.ttl:
             return seen[1]
         with self.workspace.sessions() as session, session.begin():
@@ -120,12 +123,14 @@ class Tokens:
         with self._lock:
             if len(self._seen) > 10_000:
                 self._seen.clear()
-            self._seen[digest] = (now, who)
+            if generation == self._generation:  # not read before a revocation it missed
+                self._seen[digest] = (now, who)
         return who
 
     def forget(self) -> None:
         with self._lock:
             self._seen.clear()
+            self._generation += 1
 
 
 def signed_in(request: Request) -> Principal:
@@ -164,6 +169,17 @@ def acting(who: Principal) -> Iterator[None]:
     """Everything the engine audits inside the block names ``who``."""
     with audit.acting_as(who.name):
         yield
+
+
+def instant(value: datetime | None, field: str) -> datetime | None:
+    """A date-time given by a client, in UTC (without a zone: UTC), or a 422 naming the
+    field when it cannot be one (beyond the year 9999 once in UTC)."""
+    if value is None:
+        return None
+    try:
+        return utc(value)
+    except (OverflowError, ValueError):
+        raise Problem(422, f"{field}: {value} is out of range", title="invalid request") from None
 
 
 # a row number in a path, and how far a listing may skip: within what the database's integers

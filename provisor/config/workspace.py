@@ -32,6 +32,9 @@ class GuardSettings(BaseModel):
     # Fewer affected identities than this are never held, whatever their share: in a small
     # population one leaver is not a mass change.
     min_count: int = Field(default=5, ge=1)
+    # sources of single changes (inbound SCIM, events posted to the API) are judged by the
+    # leavers and suspensions they made within this many minutes, with each new one
+    window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
 
 
 class LifecycleSettings(BaseModel):
@@ -81,9 +84,6 @@ class ScimInboundSettings(BaseModel):
     # shapes identity providers are known to send (capitalised ops, "True"/"False" strings)
     strict: bool = False
     page_size: int = Field(default=100, ge=1, le=1000)  # the most a list returns at once
-    # each request is one change: the mass-change guard counts the leavers and suspensions of
-    # this many minutes together, and holds the wave once it trips
-    guard_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     # where the identity a new User feeds comes from: the first of these it has a value for
     # (employeeNumber is the enterprise extension's); kept for the User's life
     identity_from: list[IdentitySource] = Field(

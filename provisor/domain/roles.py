@@ -126,5 +126,6 @@ def granted(roles: Iterable[str]) -> frozenset[Permission]:
 
 def second_person(first: str | None, second: str) -> bool:
     """A four-eyes step: ``second`` may decide only if they are not ``first`` (who did the work
-    or caused the change being decided); case-insensitive, as sign-in names are."""
+    or caused the change being decided); names compared without regard to case or surrounding
+    space, so that "Alice" and "alice" never count as two people."""
     return first is None or first.strip().casefold() != second.strip().casefold()

@@ -170,7 +170,7 @@ def resource(body: Any, known_schemas: Iterable[str]) -> Any:
     if not isinstance(body, dict):
         return body
     known = {s.lower() for s in known_schemas}
-    fixed = {k: v for k, v in body.items() if k not in ("groups", "meta")}
+    fixed = {k: v for k, v in body.items() if k.lower() not in ("groups", "meta", "password")}
     schemas = fixed.get("schemas")
     if isinstance(schemas, list):
         unknown = {s for s in schemas if isinstance(s, str) and s.lower() not in known}
@@ -196,7 +196,9 @@ def typed_additions(
         name = next((k for k in current if k.lower() == found["name"].lower()), found["name"])
         kind = found["type"]
         items = current.get(name) or []
-        if any(isinstance(i, Mapping) and str(i.get("type")) == kind for i in items):
+        if any(
+            isinstance(i, Mapping) and str(i.get("type")).lower() == kind.lower() for i in items
+        ):
             out.append(operation)
             continue
         value = {"type": kind, found["sub"]: operation.get("value")}
@@ -225,11 +227,52 @@ def strict_problem(body: Any, *, patch_request: bool, known: Iterable[str]) -> s
             if _last(str(path)) in _BOOLEAN_ATTRIBUTES and isinstance(operation.get("value"), str):
                 return f"operation {number}: {path} is a boolean, not text"
         return None
-    served = {k.lower() for k in known}
+    served = {k.lower() for k in known} - {"password"}
     for key in body:
+        if key.lower() == "password":
+            return "password: the profile forbids sending one (it would never be kept)"
         if key.lower() not in served:
             return f"{key}: not an attribute or schema this server serves"
     for urn in body.get("schemas") or []:
         if str(urn).lower() not in served:
             return f"schemas: {urn} is not served here"
     return None
+
+
+_MANAGER_FILTER = re.compile(r'(?:^|:)manager\[value eq "(?P<value>(?:[^"\\]|\\.)*)"\]$', re.I)
+
+
+def manager_filters(body: Any) -> list[str] | None:
+    """The managers a PATCH removes by filter (``manager[value eq "…"]``, as Entra does), or
+    None when it removes none so: the manager is removed only if it is one of them."""
+    if not isinstance(body, dict):
+        return None
+    operations = next((v for k, v in body.items() if k.lower() == "operations"), None)
+    found = [
+        m["value"].replace('\\"', '"')
+        for o in operations or []
+        if isinstance(o, dict)
+        and str(o.get("op", "")).lower() == "remove"
+        and (m := _MANAGER_FILTER.search(str(o.get("path") or "")))
+    ]
+    return found or None
+
+
+def without_manager_removal(
+    current: Mapping[str, Any], operations: list[dict[str, Any]], named: list[str]
+) -> list[dict[str, Any]]:
+    """``operations`` without the removal of the manager when the current manager is none of
+    ``named`` (removing "the manager if it is X" leaves manager Y alone)."""
+    extension = current.get(ENTERPRISE)
+    manager = extension.get("manager") if isinstance(extension, Mapping) else None
+    value = manager.get("value") if isinstance(manager, Mapping) else None
+    if value is not None and str(value) in named:
+        return operations
+    return [
+        o
+        for o in operations
+        if not (
+            str(o.get("op")).lower() == "remove"
+            and str(o.get("path") or "").lower() == (ENTERPRISE + ":manager").lower()
+        )
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,6 +45,26 @@ class Recent:
     span: str
 
 
+# the lifecycle events that take access away
+DEPROVISIONING = ("terminate", "suspend")
+
+
+def recent(session: Session, source: str, minutes: int, now: datetime) -> Recent:
+    """The leavers and suspensions recorded from ``source`` (a prefix of events' source, such
+    as ``scim:scim:`` or ``api:``) within the last ``minutes``, held ones included: a source
+    of single changes is judged by its wave."""
+    count = session.execute(
+        select(func.count())
+        .select_from(IdentityEvent)
+        .where(
+            IdentityEvent.kind.in_(DEPROVISIONING),
+            IdentityEvent.recorded_at >= now - timedelta(minutes=minutes),
+            IdentityEvent.source.like(source + "%"),
+        )
+    ).scalar_one()
+    return Recent(int(count), f"in the last {minutes} minutes")
+
+
 def guard(
     session: Session,
     config: WorkspaceConfig,
@@ -62,6 +82,7 @@ def guard(
             .where(Hold.origin == origin, Hold.kind == "events", Hold.status == "open")
             .order_by(Hold.id.desc())
             .limit(1)
+            .with_for_update()  # a decision committing meanwhile waits, or is seen
         ).scalar_one_or_none()
         if waiting is not None:
             return waiting
@@ -170,3 +191,34 @@ def release(
     hold.decided_at = now
     session.flush()
     return Release(hold, chosen, remaining)
+
+
+def causers(session: Session, hold: Hold) -> set[str]:
+    """Who caused ``hold``: whoever made the change that tripped the guard, whoever recorded
+    an event it holds, and, for a held plan batch, whoever recorded the latest event of each
+    identity it would remove access from (a tick or a plan run by the service stands for the
+    people whose events it applied)."""
+    found = {hold.created_by} if hold.created_by else set()
+    found |= {
+        by
+        for by in session.execute(
+            select(IdentityEvent.recorded_by).where(IdentityEvent.hold_id == hold.id).distinct()
+        ).scalars()
+        if by
+    }
+    if hold.kind == "operations":
+        held = select(Operation.identity).where(Operation.hold_id == hold.id).distinct()
+        latest = (
+            select(IdentityEvent.identity, func.max(IdentityEvent.id).label("last"))
+            .where(IdentityEvent.identity.in_(held), IdentityEvent.status == "accepted")
+            .group_by(IdentityEvent.identity)
+            .subquery()
+        )
+        found |= {
+            by
+            for by in session.execute(
+                select(IdentityEvent.recorded_by).join(latest, IdentityEvent.id == latest.c.last)
+            ).scalars()
+            if by
+        }
+    return found

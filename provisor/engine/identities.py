@@ -53,6 +53,7 @@ _EVENT_COLUMNS = (
     "status",
     "hold_id",
     "import_id",
+    "recorded_by",
 )
 _IDENTITY_COLUMNS = (
     "external_id",
@@ -465,6 +466,8 @@ class _Slice:
     events: list[tuple[Any, ...]] = field(default_factory=list)
     inserts: list[tuple[Any, ...]] = field(default_factory=list)
     entries: list[audit.Entry] = field(default_factory=list)
+    # who records them: a person who caused a hold may not decide it
+    recorded_by: str = field(default_factory=audit.current_actor)
 
 
 def _write(
@@ -521,6 +524,7 @@ def _stage_events(
     """Add ``identity``'s new events and their audit entries to ``batch``; returns each
     attributes mapping's JSON by id (a new hire's row reuses its hire's)."""
     encoded: dict[int, str] = {}
+    by = batch.recorded_by
     for event in rec.new_by_id[identity]:
         held = event.key in rec.held_keys
         status = "held" if held else "accepted"
@@ -539,6 +543,7 @@ def _stage_events(
                 status,
                 hold_id if held else None,
                 import_id,
+                by,
             )
         )
         data = _audit_data(event, status, before, after)
@@ -714,7 +719,7 @@ def decide_hold(
     held = session.get(Hold, hold_id)
     if four_eyes and held is not None:
         who = actor or audit.current_actor()
-        if not second_person(held.created_by, who):
+        if not all(second_person(causer, who) for causer in holds.causers(session, held)):
             raise DeniedError(f"hold {hold_id} was caused by {who}; another person decides it")
     if held is not None and held.kind == "operations":
         return _decide_operations(session, held, approve, only, targets, now, actor)

@@ -6,8 +6,9 @@ acting), records each group in one transaction with ``record_events`` (strictly:
 no effect is refused), and answers each caller with its own event's outcome: accepted or held
 (with its hold), a duplicate, or the error that refuses it. When a batch is refused as a
 whole, its events are recorded one by one so that only the refused one fails. The mass-change
-guard judges a batch as it judges an import: terminations that arrive together are counted
-together.
+guard counts the leavers and suspensions posted through the API within ``guard.window_minutes``
+with each batch, as it does for inbound SCIM: a wave of single requests is judged as one, and
+a hold still open takes the rest of the wave.
 Does not: validate requests (callers do), or rescind (a rescind naming no termination needs the
 latest one looked up first; ``provisor.engine.views.record_event`` records those singly).
 """
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy import select
 
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent
-from provisor.engine import identities
+from provisor.engine import holds, identities
 from provisor.engine.workspace import Workspace
 from provisor.engine.writer import drain
 from provisor.errors import LifecycleError
@@ -129,8 +130,15 @@ class Intake:
                     )
                 ).scalars()
             )
+            window = self.workspace.config.guard.window_minutes
             outcome = identities.record_events(
-                session, self.workspace.config, events, origin="event", now=now, strict=True
+                session,
+                self.workspace.config,
+                events,
+                origin="api",
+                now=now,
+                strict=True,
+                recent=lambda: holds.recent(session, "api:", window, now),
             )
             stored = {
                 key: (status, hold)

@@ -4,8 +4,9 @@ Does: keep an uploaded HR feed in the workspace (``uploads/``, readable by its o
 before anything is promised about it; queue a job (a feed import, a reconciliation, a leaver's
 evidence bundle) with who asked; run queued jobs oldest first through the same engine
 functions the command line calls, recording each job's result or error; put back in the queue
-a job a stopped process left running (each kind is safe to run again: an import skips events
-it has, a reconciliation resumes from its checkpoint); list jobs and show one.
+a job a stopped process left running, known by its silent heartbeat (each kind is safe to run
+again: an import skips events it has, a reconciliation resumes from its checkpoint); list jobs
+and show one.
 Does not: schedule itself (``provisor.engine.cycle`` runs queued jobs at the start of every
 cycle), or know HTTP.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
-from datetime import datetime
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,6 +39,9 @@ from provisor.store.models import Job
 log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
+# a running job's runner says it is alive this often; silent for STALE, the job is taken back
+HEARTBEAT = timedelta(seconds=10)
+STALE = timedelta(seconds=60)
 KINDS = ("import", "reconcile", "verify-leaver")
 
 
@@ -124,10 +130,15 @@ def list_jobs(
 
 
 def recover(session: Session, now: datetime) -> int:
-    """Queue again the jobs a stopped process left running; how many."""
+    """Queue again the jobs a stopped process left running — those whose runner has not
+    said it is alive for ``STALE`` (a job another process is running keeps its heartbeat
+    fresh); how many."""
     result = session.execute(
         update(Job)
-        .where(Job.status == "running")
+        .where(
+            Job.status == "running",
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - STALE),
+        )
         .values(status="queued", started_at=None, error="interrupted; queued again")
     )
     count = int(getattr(result, "rowcount", 0) or 0)
@@ -146,7 +157,7 @@ def _claim(workspace: Workspace, now: datetime) -> Job | None:
         claimed = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == "queued")
-            .values(status="running", started_at=now)
+            .values(status="running", started_at=now, heartbeat_at=now)
         )
         if not getattr(claimed, "rowcount", 0):
             return None  # another runner took it
@@ -165,11 +176,14 @@ def run_queued(workspace: Workspace, clock: Callable[[], datetime], *, limit: in
         ran += 1
         status, result, error = "succeeded", None, None
         try:
-            with audit.acting_as(job.requested_by):
+            with audit.acting_as(job.requested_by), _heartbeat(workspace, job.id):
                 result = _run(workspace, job, clock)
         except (ProvisorError, SQLAlchemyError, OSError) as exc:
             status, error = "failed", str(exc)
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)
+        except Exception as exc:  # a bug or a library's surprise: the job says so, work goes on
+            status, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
+            log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
         with workspace.sessions() as session, session.begin():
             session.execute(
                 update(Job)
@@ -184,6 +198,30 @@ def run_queued(workspace: Workspace, clock: Callable[[], datetime], *, limit: in
                 actor=job.requested_by,
             )
     return ran
+
+
+@contextmanager
+def _heartbeat(workspace: Workspace, job_id: int) -> Iterator[None]:
+    """While the block runs, stamp the job's heartbeat every ``HEARTBEAT``."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT.total_seconds()):
+            try:
+                with workspace.sessions() as session, session.begin():
+                    session.execute(
+                        update(Job).where(Job.id == job_id).values(heartbeat_at=datetime.now(UTC))
+                    )
+            except SQLAlchemyError as exc:  # the next beat tries again
+                log.warning("job %s heartbeat not written: %s", job_id, exc)
+
+    beating = threading.Thread(target=beat, name=f"job-{job_id}-heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join(5)
 
 
 def _run(workspace: Workspace, job: Job, clock: Callable[[], datetime]) -> dict[str, Any]:

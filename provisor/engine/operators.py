@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.domain import roles as rules
+from provisor.domain.lifecycle import utc
 from provisor.domain.roles import Permission, Reach
 from provisor.errors import CredentialsError, DeniedError, LifecycleError, NotFoundError
 from provisor.evidence import audit
@@ -49,6 +50,7 @@ class Principal:
     email: str | None
     scopes: frozenset[str]
     token_id: int
+    expires_at: datetime | None = None  # the token's, when it has one
     _reach: dict[Permission, Reach] = field(default_factory=dict, compare=False, repr=False)
 
     def reach(self, permission: Permission) -> Reach:
@@ -215,15 +217,25 @@ def create_token(
     by: str,
     now: datetime,
     kind: str = "api",
+    within: Principal | None = None,
 ) -> tuple[str, ApiToken]:
-    """A new token for ``operator``: the secret (shown once, never stored) and its row."""
+    """A new token for ``operator``: the secret (shown once, never stored) and its row.
+    Made through another token (``within``), it reaches no further than that one: its
+    scopes, and its expiry at the latest."""
     owner = _operator(session, operator)
     if owner.disabled:
         raise LifecycleError(f"operator {operator!r} is disabled")
     allowed = rules.granted(owner.roles)
+    if within is not None:
+        allowed = allowed & {Permission(s) for s in within.scopes}
+        expires_at = _no_later(expires_at, within.expires_at)
     wanted = _scopes(scopes)
     if "*" in scopes:
         wanted = sorted(set(wanted) & allowed)
+    if within is not None:
+        lacking = sorted(p.value for p in set(wanted) - set(within.scopes))
+        if lacking:
+            raise DeniedError(f"the token used lacks the scopes {', '.join(lacking)}")
     beyond = sorted(p.value for p in set(wanted) - allowed)
     if beyond:
         raise DeniedError(
@@ -232,10 +244,13 @@ def create_token(
         )
     if not wanted:
         raise LifecycleError("a token needs at least one scope its operator's roles grant")
-    if expires_at is not None and expires_at <= now:
-        raise LifecycleError("a token's expiry must be in the future")
+    if expires_at is not None:
+        expires_at = utc(expires_at)  # a time without a zone is UTC
+        if expires_at <= now:
+            raise LifecycleError("a token's expiry must be in the future")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    remember(secret)
+    if kind == "api":
+        remember(secret)  # sign-in tokens are many and short-lived: their shape masks them
     token = ApiToken(
         operator_id=owner.id,
         name=name,
@@ -251,6 +266,12 @@ def create_token(
     if kind == "api":
         audit.record(session, "token.created", operator, _token_dict(token, owner), actor=by)
     return secret, token
+
+
+def _no_later(wanted: datetime | None, limit: datetime | None) -> datetime | None:
+    if limit is None:
+        return wanted
+    return limit if wanted is None else min(utc(wanted), limit)
 
 
 def _token_dict(token: ApiToken, owner: Operator) -> dict[str, Any]:
@@ -346,6 +367,7 @@ def authenticate(session: Session, secret: str, now: datetime) -> Principal:
         email=email,
         scopes=frozenset(scopes),
         token_id=token_id,
+        expires_at=expires,
     )
 
 
@@ -397,9 +419,13 @@ def sign_in_oidc(
         select(Operator).where(Operator.oidc_subject == subject)
     ).scalar_one_or_none()
     if operator is None and email:
-        operator = session.execute(
-            select(Operator).where(Operator.email == email, Operator.oidc_subject.is_(None))
-        ).scalar_one_or_none()
+        matching = list(
+            session.execute(
+                select(Operator).where(Operator.email == email, Operator.oidc_subject.is_(None))
+            ).scalars()
+        )
+        # an e-mail several operators share says nobody in particular: refused
+        operator = matching[0] if len(matching) == 1 else None
         if operator is not None:
             operator.oidc_subject = subject
     if operator is None or operator.disabled:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from scim2_models import (
@@ -35,20 +35,20 @@ from scim2_models import (
     UniquenessException,
 )
 from scim2_models.exceptions import InvalidValueException
+from scim2_models.path.expressions import CompareOperator, Comparison
 from scim2_server.storage import ScimStorage, SearchPage
 from scim2_server.utils import parametrize
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import ScimInboundSettings
-from provisor.domain.lifecycle import EventKind
 from provisor.domain.scim_people import identity_key, manager_reference, person_record
-from provisor.engine.holds import Recent
+from provisor.engine import holds
 from provisor.engine.imports import record_people
 from provisor.engine.workspace import Workspace
 from provisor.engine.writer import Writer
 from provisor.errors import FeedError
-from provisor.store.models import IdentityEvent, ScimMember, ScimResource
+from provisor.store.models import ScimMember, ScimResource
 
 # the attributes a SCIM User sets on its identity: one it no longer has is cleared
 MANAGED = frozenset(
@@ -69,8 +69,6 @@ MANAGED = frozenset(
         "groups",
     }
 )
-# the lifecycle events that take access away, counted for the mass-change guard
-DEPROVISIONING = (EventKind.TERMINATE.value, EventKind.SUSPEND.value)
 # simple filters answered from an index before the filter runs on the candidates
 _INDEXED = {"username": "name_key", "externalid": "external_id", "id": "id"}
 
@@ -176,19 +174,20 @@ class ScimSource(ScimStorage):
 
     @staticmethod
     def _narrowed(query: Any, scim_filter: Any, kinds: dict[str, ResourceType]) -> Any:
-        """A filter ``userName|externalId|id eq "value"`` on Users or Groups, read from an
-        index; every other filter runs on all resources of the types."""
-        text = str(scim_filter) if scim_filter is not None else ""
-        parts = text.split(" ", 2)
-        if len(parts) != 3 or parts[1].lower() != "eq" or " and " in text or " or " in text:
+        """A filter that is one comparison ``userName|externalId|id eq VALUE`` (of the parsed
+        filter: its value unescaped), read from an index; every other filter runs on all the
+        resources of the types (the filter is applied to the candidates either way)."""
+        node = getattr(scim_filter, "ast", None) if scim_filter is not None else None
+        if not isinstance(node, Comparison) or node.op is not CompareOperator.eq:
             return query
-        attribute = parts[0].rsplit(":", 1)[-1].lower()
-        column = _INDEXED.get(attribute)
-        value = parts[2]
-        if column is None or not (value.startswith('"') and value.endswith('"')):
+        path = node.attr_path
+        if path.sub_attr or not isinstance(node.value, str):
             return query
-        value = value[1:-1].replace('\\"', '"')
-        if column == "name_key":
+        column = _INDEXED.get(path.attr.lower())
+        if column is None:
+            return query
+        value = node.value
+        if column == "name_key":  # userName: Users only, without regard to case
             return query.where(
                 or_(ScimResource.name_key == value.casefold(), ScimResource.kind != "User")
             )
@@ -255,6 +254,10 @@ class ScimSource(ScimStorage):
         before = self._member_ids(session, row.id)
         if resource_type.id == "User":
             row.name_key = self._unique_name(session, data, row.id)
+            if "active" not in data and "active" in row.data:
+                # a replacement that leaves "active" out keeps it: a deactivated User is not
+                # rehired by a client that does not send the attribute
+                data["active"] = row.data["active"]
         row.data, row.external_id = data, data.get("externalId")
         row.version, row.modified_at = row.version + 1, now
         self._members(session, row, data)
@@ -404,25 +407,12 @@ class ScimSource(ScimStorage):
                 source=self.source,
                 managed=MANAGED,
                 now=now,
-                recent=lambda: self._recent(session, now),
+                recent=lambda: holds.recent(
+                    session, self.source + ":", self.workspace.config.guard.window_minutes, now
+                ),
             )
         except FeedError as exc:
             raise InvalidValueException(detail=str(exc)) from None
-
-    def _recent(self, session: Session, now: datetime) -> Recent:
-        """The leavers and suspensions this source recorded within the guard's window: one
-        request is one change, so a wave of them is judged together."""
-        minutes = self.settings.guard_window_minutes
-        count = session.execute(
-            select(func.count())
-            .select_from(IdentityEvent)
-            .where(
-                IdentityEvent.kind.in_(DEPROVISIONING),
-                IdentityEvent.recorded_at >= now - timedelta(minutes=minutes),
-                IdentityEvent.source.like(self.source + ":%"),
-            )
-        ).scalar_one()
-        return Recent(int(count), f"in the last {minutes} minutes")
 
     def _person(self, session: Session, user: ScimResource, *, present: bool) -> dict[str, Any]:
         data = user.data

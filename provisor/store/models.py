@@ -123,6 +123,8 @@ class IdentityEvent(Base):
     status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
     hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
     import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
+    # the acting person who recorded it (the four-eyes rule on holds reads it)
+    recorded_by: Mapped[str | None] = mapped_column(String(256))
 
 
 class Hold(Base):
@@ -445,6 +447,9 @@ class Job(Base):
     requested_by: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
+    # stamped every few seconds while it runs: a running job gone silent was left by a
+    # stopped process
+    heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(RedactedText)
@@ -459,7 +464,8 @@ class ScimResource(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # User | Group
-    # userName (Users) or displayName (Groups), case-folded: unique per kind
+    # a User's userName, case-folded: unique among Users (Groups have none: display names may
+    # repeat, as RFC 7643 allows)
     name_key: Mapped[str | None] = mapped_column(String(512))
     external_id: Mapped[str | None] = mapped_column(String(512), index=True)
     identity: Mapped[str | None] = mapped_column(String(128), index=True)

@@ -18,8 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import EventWriter, Offset, Reader, RowId, Space, acting
-from provisor.domain.lifecycle import EventKind, utc
+from provisor.api.security import EventWriter, Offset, Reader, RowId, Space, acting, instant
+from provisor.domain.lifecycle import EventKind
 from provisor.engine import jobs, views
 from provisor.sources.hr import FeedMode
 
@@ -41,10 +41,6 @@ def list_identities(
     return {"total": total, "identities": rows}
 
 
-def _when(value: datetime | None) -> datetime | None:
-    return utc(value) if value is not None else None
-
-
 @router.get("/identities/{identity}", summary="One identity: state, attributes, timeline")
 def show_identity(
     identity: str,
@@ -56,8 +52,8 @@ def show_identity(
     return views.show_identity(
         workspace,
         identity,
-        as_of=_when(as_of),
-        known_at=_when(known_at),
+        as_of=instant(as_of, "as_of"),
+        known_at=instant(known_at, "known_at"),
         now=datetime.now(UTC),
     )
 
@@ -71,7 +67,7 @@ def explain_identity(
     as_of: datetime | None = None,
 ) -> dict[str, Any]:
     return views.explain_identity(
-        workspace, identity, item, now=datetime.now(UTC), as_of=_when(as_of)
+        workspace, identity, item, now=datetime.now(UTC), as_of=instant(as_of, "as_of")
     )
 
 
@@ -90,7 +86,7 @@ async def record_event(
     """Recorded (or held by the mass-change guard) before it is answered; events arriving
     together are recorded in one transaction. A rescind is recorded on its own."""
     now = datetime.now(UTC)
-    effective = utc(body.effective) if body.effective else now
+    effective = instant(body.effective, "effective") or now
     source = f"api:{who.name}"
     if body.kind is EventKind.RESCIND:
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import Admin, Anyone, RowId, Space, acting
+from provisor.api.security import Admin, Anyone, RowId, Space, acting, instant
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import operators
 
@@ -36,9 +36,10 @@ class SignedIn(BaseModel):
 @router.post("/session", response_model=SignedIn, summary="Sign in with a name and password")
 def sign_in(body: SignIn, workspace: Space, request: Request) -> dict[str, Any]:
     """A sign-in token (``Authorization: Bearer``) for ``service.session_hours``."""
-    wait = request.app.state.buckets.take("sign-in:" + body.name.casefold())
+    wait = request.app.state.sign_ins.take(body.name.casefold())
     if wait:
-        raise Problem(429, "too many sign-ins for this name", headers={"Retry-After": "60"})
+        retry = str(max(1, int(wait + 0.999)))
+        raise Problem(429, "too many sign-ins for this name", headers={"Retry-After": retry})
     hours = workspace.config.service.session_hours
     with workspace.sessions() as session, session.begin():
         made = operators.sign_in(
@@ -88,13 +89,11 @@ def list_tokens(who: Anyone, workspace: Space, every: bool = False) -> list[dict
 
 @router.post("/tokens", status_code=201, summary="Make an API token (shown once)")
 def create_token(body: NewToken, who: Anyone, workspace: Space) -> dict[str, Any]:
+    """A token never reaches further than the one that made it: its scopes, its expiry."""
     owner = body.operator or who.name
     if owner != who.name:
         who.require(Permission.ADMIN)
-    elif who.reach(Permission.ADMIN) is not Reach.ALL:
-        beyond = set(body.scopes) - set(who.scopes) - {"*"}
-        if beyond:  # a token never reaches further than the one that made it
-            raise Problem(403, f"your token lacks the scopes {', '.join(sorted(beyond))}")
+    expires = instant(body.expires_at, "expires_at")
     now = datetime.now(UTC)
     with acting(who), workspace.sessions() as session, session.begin():
         secret, token = operators.create_token(
@@ -102,9 +101,10 @@ def create_token(body: NewToken, who: Anyone, workspace: Space) -> dict[str, Any
             owner,
             name=body.name,
             scopes=body.scopes,
-            expires_at=body.expires_at,
+            expires_at=expires,
             by=who.name,
             now=now,
+            within=who,
         )
         made = {"id": token.id, "operator": owner, "scopes": list(token.scopes), "token": secret}
         made["expires_at"] = token.expires_at.isoformat() if token.expires_at else None

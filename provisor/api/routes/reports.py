@@ -18,9 +18,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import EvidenceReader, OwnReader, Reader, Space, acting
+from provisor.api.security import EvidenceReader, OwnReader, Reader, Space, acting, instant
 from provisor.domain.debt import GROUPINGS
-from provisor.domain.lifecycle import utc
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import debt, jobs
 from provisor.engine.audit_log import verify_log
@@ -107,14 +106,11 @@ def audit_export(
     until: datetime | None = None,
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
+    start, end = instant(since, "since"), instant(until, "until")
+
     def lines() -> Iterator[str]:
         with workspace.sessions() as session:
-            yield from audit.export(
-                session,
-                since=utc(since) if since else None,
-                until=utc(until) if until else None,
-                fmt=format,
-            )
+            yield from audit.export(session, since=start, until=end, fmt=format)
 
     kind = "text/csv" if format == "csv" else "application/x-ndjson"
     return StreamingResponse(lines(), media_type=kind)

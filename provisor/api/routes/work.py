@@ -28,8 +28,8 @@ from provisor.api.security import (
     Space,
     TaskWorker,
     acting,
+    instant,
 )
-from provisor.domain.lifecycle import utc
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import correlate, jobs, marks, tasks
 from provisor.engine.operators import Principal
@@ -170,7 +170,7 @@ def set_mark(body: NewMark, who: Marker, workspace: Space) -> dict[str, Any]:
             body.reason,
             by=who.name,
             now=at,
-            expires=utc(body.expires) if body.expires else None,
+            expires=instant(body.expires, "expires"),
         )
         return marks.mark_dict(made, at)
 

@@ -1,4 +1,5 @@
-"""inbound SCIM: the Users and Groups identity providers push, and group members
+"""inbound SCIM: the Users and Groups identity providers push, and group members; who
+recorded each lifecycle event
 
 Revision ID: 0010
 Revises: 0009
@@ -42,9 +43,13 @@ def upgrade() -> None:
     op.create_index(op.f("ix_scim_members_member_id"), "scim_members", ["member_id"])
     # the guard of a source of single changes counts its recent leavers
     op.create_index("ix_identity_events_kind_recorded", "identity_events", ["kind", "recorded_at"])
+    with op.batch_alter_table("identity_events") as batch:
+        batch.add_column(sa.Column("recorded_by", sa.String(length=256), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("identity_events") as batch:
+        batch.drop_column("recorded_by")
     op.drop_index("ix_identity_events_kind_recorded", table_name="identity_events")
     op.drop_index(op.f("ix_scim_members_member_id"), table_name="scim_members")
     op.drop_table("scim_members")
