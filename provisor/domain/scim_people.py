@@ -81,13 +81,15 @@ def person_record(
     manager: str | None,
     groups: Sequence[str],
     present: bool = True,
+    left: bool | None = None,
 ) -> dict[str, Any]:
     """The HR-feed record of a User: ``manager`` is the manager's identity (resolved by the
     caller), ``groups`` the names of the groups it is in; a User that is not ``active`` (or
-    no longer ``present``: deleted) is terminated."""
+    no longer ``present``: deleted) is terminated. A User without ``active`` stays as it was:
+    ``left`` says whether its identity had left (None: it had not)."""
     extension = enterprise(user)
     active = user.get("active")
-    leaving = not present or active is False
+    leaving = not present or active is False or (active is None and bool(left))
     name = user.get("name") if isinstance(user.get("name"), Mapping) else {}
     assert isinstance(name, Mapping)
     record: dict[str, Any] = {

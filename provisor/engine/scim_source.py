@@ -42,13 +42,14 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import ScimInboundSettings
+from provisor.domain.lifecycle import LifecycleState
 from provisor.domain.scim_people import identity_key, manager_reference, person_record
 from provisor.engine import holds
 from provisor.engine.imports import record_people
 from provisor.engine.workspace import Workspace
 from provisor.engine.writer import Writer
 from provisor.errors import FeedError
-from provisor.store.models import ScimMember, ScimResource
+from provisor.store.models import Identity, ScimMember, ScimResource
 
 # the attributes a SCIM User sets on its identity: one it no longer has is cleared
 MANAGED = frozenset(
@@ -254,10 +255,6 @@ class ScimSource(ScimStorage):
         before = self._member_ids(session, row.id)
         if resource_type.id == "User":
             row.name_key = self._unique_name(session, data, row.id)
-            if "active" not in data and "active" in row.data:
-                # a replacement that leaves "active" out keeps it: a deactivated User is not
-                # rehired by a client that does not send the attribute
-                data["active"] = row.data["active"]
         row.data, row.external_id = data, data.get("externalId")
         row.version, row.modified_at = row.version + 1, now
         self._members(session, row, data)
@@ -430,4 +427,14 @@ class ScimSource(ScimStorage):
             ).scalars()
         ]
         assert user.identity is not None
-        return person_record(data, user.identity, manager=manager, groups=groups, present=present)
+        left = None
+        if data.get("active") is None:
+            # a User without "active" (a PUT leaving it out, a PATCH removing it) keeps its
+            # identity's state: a leaver is not rehired by a client that does not say so
+            state = session.execute(
+                select(Identity.state).where(Identity.external_id == user.identity)
+            ).scalar_one_or_none()
+            left = state == LifecycleState.TERMINATED.value
+        return person_record(
+            data, user.identity, manager=manager, groups=groups, present=present, left=left
+        )
