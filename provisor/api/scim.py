@@ -158,11 +158,11 @@ class Service(ScimService):
     def apply_patch(
         self, current: Resource[Any], patch_op: PatchOp[Any], conditions: Any
     ) -> Resource[Any] | None:
-        if not self.strict:
+        named = _manager_filters.get()
+        if not self.strict and (named is not None or _filtered_paths(patch_op)):
             operations = [o.model_dump(mode="json") for o in patch_op.operations or []]
             now = current.model_dump(mode="json")
             fixed = scim_quirks.typed_additions(now, operations)
-            named = _manager_filters.get()
             if named is not None:
                 fixed = scim_quirks.without_manager_removal(now, fixed, named)
             if not fixed:  # nothing left to do (the named manager was not the manager)
@@ -307,6 +307,12 @@ class ScimApplication(ASGIApplication):
             }
             return ScimResponse(HTTPStatus.SERVICE_UNAVAILABLE, body, {"Retry-After": "1"})
         return super().handle_exception(request, exception)
+
+
+def _filtered_paths(patch_op: PatchOp[Any]) -> bool:
+    """Whether an operation's path has a value filter (only those may need rewriting against
+    the stored resource)."""
+    return any("[" in str(o.path or "") for o in patch_op.operations or [])
 
 
 @asynccontextmanager
