@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from fastapi import FastAPI
 
-from provisor.api import oidc, problems
+from provisor.api import console, oidc, problems
 from provisor.api.routes import identities, journal, people, reports, work
 from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight, Tokens
@@ -124,6 +124,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
 
+    console.install(app)
     scim = ScimApplication(workspace, app.state.buckets, app.state.tokens)
     app.mount("/scim", cast(Any, scim))
 

@@ -9,13 +9,14 @@ Does not: decide when an error happens (the engine raises, the routes let it thr
 
 from __future__ import annotations
 
+import html
 import logging
 import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 
@@ -35,6 +36,12 @@ from provisor.redaction import redact, redact_data
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
+_PAGE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Provisor: {status}</title>'
+    '<link rel="stylesheet" href="/console/static/console.css"></head><body><main>'
+    '<h1>{status}</h1><p class="problem">{detail}</p><p><a href="/console/">Back</a></p>'
+    "</main></body></html>"
+)
 SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 # the most specific class first
@@ -75,10 +82,14 @@ def status_of(exc: ProvisorError) -> tuple[int, str]:
     return 400, "refused"
 
 
-def respond(request: Request, problem: Problem) -> JSONResponse:
-    """The problem as the client expects it: a SCIM error under /scim, else RFC 9457."""
+def respond(request: Request, problem: Problem) -> Response:
+    """The problem as the client expects it: a SCIM error under /scim, a page in the console,
+    else RFC 9457."""
     detail = redact(problem.detail)
     headers = dict(problem.headers)
+    if request.url.path.startswith("/console/"):
+        page = _PAGE.format(status=problem.status, detail=html.escape(detail))
+        return HTMLResponse(page, problem.status, headers=headers)
     if problem.status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="provisor"')
     if request.url.path.startswith("/scim/"):
@@ -107,16 +118,16 @@ def install(app: FastAPI) -> None:
     """Answer every error raised in ``app`` as a problem document."""
 
     @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+    async def _problem(request: Request, exc: Problem) -> Response:
         return respond(request, exc)
 
     @app.exception_handler(ProvisorError)
-    async def _provisor(request: Request, exc: ProvisorError) -> JSONResponse:
+    async def _provisor(request: Request, exc: ProvisorError) -> Response:
         status, title = status_of(exc)
         return respond(request, Problem(status, str(exc), title=title))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [
             {"field": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
             for e in exc.errors()
@@ -130,26 +141,26 @@ def install(app: FastAPI) -> None:
         return respond(request, problem)
 
     @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> Response:
         headers = dict(exc.headers or {})
         return respond(request, Problem(exc.status_code, str(exc.detail), headers=headers))
 
     @app.exception_handler(OperationalError)
-    async def _busy(request: Request, exc: OperationalError) -> JSONResponse:
+    async def _busy(request: Request, exc: OperationalError) -> Response:
         log.warning("database busy on %s: %s", request.url.path, redact(str(exc).splitlines()[0]))
         problem = Problem(503, "the database is busy; try again", headers={"Retry-After": "1"})
         return respond(request, problem)
 
     @app.exception_handler(SQLAlchemyError)
-    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+    async def _database(request: Request, exc: SQLAlchemyError) -> Response:
         return _unexpected(request, exc)
 
     @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> JSONResponse:
+    async def _any(request: Request, exc: Exception) -> Response:
         return _unexpected(request, exc)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _unexpected(request: Request, exc: Exception) -> Response:
     reference = uuid.uuid4().hex[:12]
     log.error("unexpected error %s on %s", reference, request.url.path, exc_info=exc)
     detail = f"an unexpected error; the service log names it {reference}"

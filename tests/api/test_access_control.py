@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx2
 import pytest
 from fastapi.routing import APIRoute
 
@@ -19,6 +20,8 @@ OPEN_ROUTES = {
     ("POST", "/api/v1/session"),
     ("GET", "/api/v1/oidc/login"),
     ("GET", "/api/v1/oidc/callback"),
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
 }
 
 
@@ -75,6 +78,13 @@ def test_every_route_refuses_anonymous_callers(service: Service) -> None:
         if (method, path) in OPEN_ROUTES:
             continue
         answer = service.call(None, method, _path(path), json={})
+        if path.startswith("/console"):  # the console's pages send a stranger to sign in
+            assert answer.status_code == 303, (method, path, answer.text)
+            assert answer.headers["location"] == "/console/login"
+            forged = {"provisor_session": "pvt_not-a-session-of-anyone-at-all"}
+            with httpx2.Client(base_url=service.url, cookies=forged) as stranger:
+                assert stranger.request(method, _path(path)).status_code == 303
+            continue
         assert answer.status_code == 401, (method, path, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json")
         assert answer.headers["www-authenticate"].startswith("Bearer")
@@ -103,11 +113,26 @@ def test_every_route_refuses_under_privileged_callers(service: Service) -> None:
         if (method, path) in OPEN_ROUTES or permission is None:
             continue
         for who in _lacking(permission, own):
-            answer = service.call(who, method, _path(path), json={})
-            assert answer.status_code == 403, (who, method, path, answer.text)
-            assert answer.json()["status"] == 403
+            if path.startswith("/console"):
+                browser = _console(service, who)
+                answer = browser.request(method, _path(path))
+                browser.close()
+                assert answer.status_code == 403, (who, method, path, answer.text)
+                assert "403" in answer.text
+            else:
+                answer = service.call(who, method, _path(path), json={})
+                assert answer.status_code == 403, (who, method, path, answer.text)
+                assert answer.json()["status"] == 403
             checked += 1
     assert checked > 50
+
+
+def _console(service: Service, who: str) -> httpx2.Client:
+    """A client signed in to the console as ``who`` (a session cookie)."""
+    client = httpx2.Client(base_url=service.url, timeout=30)
+    signed = client.post("/console/login", data={"name": who, "password": PASSWORD})
+    assert signed.status_code == 303, signed.text
+    return client
 
 
 def test_a_token_reaches_no_further_than_its_scopes(service: Service) -> None:

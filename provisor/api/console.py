@@ -1,0 +1,279 @@
+"""The web console at /console: server-rendered pages for operators, owners, approvers and
+auditors.
+
+Does: sign a person in with a name and password into a session cookie (HttpOnly, SameSite
+Strict, Secure behind HTTPS), hold every form to a CSRF token derived from the session, show
+each page only to the roles that reach it (a target owner: their targets' tasks), and call the
+engine functions the API calls: the dashboard (revocation debt by class, target and owner,
+holds waiting, overdue tasks, failed operations, blind spots), tasks (done with evidence by
+one person, verified by another), holds (approved whole or for some identities, or rejected).
+Every action is audited as the signed-in person.
+Does not: hold rules or queries (the engine and ``provisor.domain.roles`` do); run JavaScript
+beyond the browser's own forms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from provisor.api.security import Tokens, acting
+from provisor.domain.debt import summarise
+from provisor.domain.roles import Permission, Reach
+from provisor.engine import debt, holds, operations, operators, tasks
+from provisor.engine.coverage import coverage
+from provisor.engine.identities import decide_hold
+from provisor.engine.operators import Principal
+from provisor.engine.workspace import Workspace
+from provisor.errors import CredentialsError, DeniedError
+
+COOKIE = "provisor_session"
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+class SignInNeeded(Exception):
+    """No valid session: the person is sent to the sign-in page."""
+
+
+def csrf_token(secret: str) -> str:
+    """The form token of a session: only a page that knows the session can make it."""
+    return hmac.new(secret.encode(), b"provisor-console-csrf", hashlib.sha256).hexdigest()[:40]
+
+
+def _session(request: Request) -> tuple[Principal, str]:
+    secret = request.cookies.get(COOKIE, "")
+    if not secret:
+        raise SignInNeeded
+    tokens: Tokens = request.app.state.tokens
+    try:
+        return tokens.sign_in(secret, operators.digest(secret)), secret
+    except CredentialsError:
+        raise SignInNeeded from None
+
+
+def page(permission: Permission) -> Any:
+    """A dependency: the signed-in person, when ``permission`` reaches anything for them."""
+
+    def dependency(request: Request) -> Principal:
+        who, secret = _session(request)
+        who.require(permission)
+        request.state.csrf = csrf_token(secret)
+        if request.method == "POST":
+            request.state.check_csrf = True
+        return who
+
+    dependency.permission = permission  # type: ignore[attr-defined]  # read by the route test
+    dependency.own = True  # type: ignore[attr-defined]  # pages narrow themselves to a reach
+    return dependency
+
+
+def _checked(request: Request, sent: str) -> None:
+    if not hmac.compare_digest(sent or "", getattr(request.state, "csrf", "")):
+        raise DeniedError("the form is stale or forged (CSRF token missing or wrong)")
+
+
+def _render(request: Request, name: str, who: Principal | None, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"who": who, "csrf": getattr(request.state, "csrf", ""), **context},
+    )
+
+
+def _workspace(request: Request) -> Workspace:
+    found: Workspace = request.app.state.workspace
+    return found
+
+
+Viewer = Annotated[Principal, Depends(page(Permission.READ))]
+TaskWorker = Annotated[Principal, Depends(page(Permission.TASKS))]
+Approver = Annotated[Principal, Depends(page(Permission.APPROVE))]
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return _render(request, "login.html", None, error=None)
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request, name: Annotated[str, Form()], password: Annotated[str, Form()]
+) -> Response:
+    workspace = _workspace(request)
+    wait = request.app.state.sign_ins.take(name.casefold())
+    if wait:
+        return _render(request, "login.html", None, error="Too many attempts; wait a moment.")
+    hours = workspace.config.service.session_hours
+    with workspace.sessions() as session, session.begin():
+        made = operators.sign_in(session, name, password, hours=hours, now=datetime.now(UTC))
+        secret = made[0] if made is not None else None
+    if secret is None:
+        answer = _render(request, "login.html", None, error="The name or the password is wrong.")
+        answer.status_code = 401
+        return answer
+    response = RedirectResponse("/console/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        secret,
+        max_age=int(hours * 3600),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/console",
+    )
+    return response
+
+
+@router.post("/logout", response_model=None)
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    who, secret = _session(request)
+    request.state.csrf = csrf_token(secret)
+    _checked(request, csrf)
+    workspace = _workspace(request)
+    with acting(who), workspace.sessions() as session, session.begin():
+        operators.revoke_token(session, who.token_id, by=who.name, now=datetime.now(UTC))
+    request.app.state.tokens.forget()
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, who: Viewer) -> HTMLResponse:
+    workspace = _workspace(request)
+    now = datetime.now(UTC)
+    everything = who.reach(Permission.READ) is Reach.ALL
+    owned = None if everything else sorted(who.targets)
+    ledger = debt.ledger(workspace, now)
+    items = [i for i in ledger.items if owned is None or i.target in owned]
+
+    with workspace.sessions() as session:
+        waiting = holds.list_holds(session) if everything else []
+        open_tasks = [
+            t
+            for t in tasks.list_tasks(session, now)
+            if everything or who.owns(t.target) or (who.email and t.owner == who.email)
+        ]
+        failed = operations.list_operations(session, status="failed", targets=owned, limit=50)
+    blind = [b for c in coverage(workspace) for b in c.blind_spots] if everything else []
+    return _render(
+        request,
+        "dashboard.html",
+        who,
+        items=len(items),
+        overdue=sum(1 for i in items if i.overdue),
+        unknown=sum(1 for i in items if not i.known),
+        groups={by: summarise(items, by) for by in ("class", "target", "owner")},
+        holds=waiting,
+        tasks=[t for t in open_tasks if t.overdue][:50],
+        open_tasks=len(open_tasks),
+        failed=failed,
+        blind=blind,
+    )
+
+
+@router.get("/tasks", response_class=HTMLResponse)
+def task_list(request: Request, who: TaskWorker) -> HTMLResponse:
+    workspace = _workspace(request)
+    everything = who.reach(Permission.TASKS) is Reach.ALL
+    with workspace.sessions() as session:
+        found = [
+            t
+            for t in tasks.list_tasks(session, datetime.now(UTC))
+            if everything or who.owns(t.target) or (who.email and t.owner == who.email)
+        ]
+    return _render(request, "tasks.html", who, tasks=found, message=None)
+
+
+def _may_work_on(who: Principal, workspace: Workspace, task_id: int) -> None:
+    with workspace.sessions() as session:
+        target, owner = tasks.task_scope(session, task_id)
+    if who.reach(Permission.TASKS) is Reach.ALL or who.owns(target):
+        return
+    if who.email and owner == who.email:
+        return
+    raise DeniedError(f"{who.name} may work only on their own targets' tasks")
+
+
+@router.post("/tasks/{task_id}/done", response_model=None)
+def task_done(
+    request: Request,
+    task_id: int,
+    who: TaskWorker,
+    evidence: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    _checked(request, csrf)
+    workspace = _workspace(request)
+    _may_work_on(who, workspace, task_id)
+    with acting(who), workspace.sessions() as session, session.begin():
+        tasks.complete(session, task_id, by=who.name, evidence=evidence, now=datetime.now(UTC))
+    return RedirectResponse("/console/tasks", status_code=303)
+
+
+@router.post("/tasks/{task_id}/verify", response_model=None)
+def task_verify(
+    request: Request, task_id: int, who: TaskWorker, csrf: Annotated[str, Form()] = ""
+) -> Response:
+    _checked(request, csrf)
+    workspace = _workspace(request)
+    _may_work_on(who, workspace, task_id)
+    with acting(who), workspace.sessions() as session, session.begin():
+        tasks.verify(session, task_id, by=who.name, now=datetime.now(UTC))
+    return RedirectResponse("/console/tasks", status_code=303)
+
+
+@router.get("/holds", response_class=HTMLResponse)
+def hold_list(request: Request, who: Approver) -> HTMLResponse:
+    with _workspace(request).sessions() as session:
+        found = holds.list_holds(session)
+    return _render(request, "holds.html", who, holds=found)
+
+
+@router.post("/holds/{hold_id}", response_model=None)
+async def hold_decide(request: Request, hold_id: int, who: Approver) -> Response:
+    form = await request.form()
+    _checked(request, str(form.get("csrf", "")))
+    chosen = [str(v) for v in form.getlist("identity")]
+    approve = form.get("decision") == "approve"
+    workspace = _workspace(request)
+
+    def decide() -> None:
+        with acting(who), workspace.sessions() as session, session.begin():
+            decide_hold(
+                session,
+                workspace.config,
+                hold_id,
+                approve=approve,
+                only=chosen or None,
+                now=datetime.now(UTC),
+                actor=who.name,
+                four_eyes=True,
+            )
+
+    await run_in_threadpool(decide)
+    return RedirectResponse("/console/holds", status_code=303)
+
+
+def install(app: FastAPI) -> None:
+    """Serve the console: its pages, its stylesheet; without a session, the sign-in page."""
+    app.include_router(router)
+    app.mount(
+        "/console/static",
+        StaticFiles(directory=str(Path(__file__).parent / "static")),
+        name="console-static",
+    )
+
+    @app.exception_handler(SignInNeeded)
+    async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
+        return RedirectResponse("/console/login", status_code=303)

@@ -1,0 +1,146 @@
+"""The web console in a real browser (Debian's chromium, driven by Playwright): signing in as
+each role, the debt on the dashboard, a manual removal done by its owner and verified by a
+second person, part of a hold approved; forms without their CSRF token refused."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import pytest
+
+from provisor.engine.observed import import_observed
+from provisor.engine.runner import Runner
+from tests.api.conftest import PASSWORD, Service
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        yield launched
+        launched.close()
+
+
+def _sign_in(browser: Any, service: Service, name: str) -> Any:
+    page = browser.new_page()
+    page.goto(service.url + "/console/")
+    assert page.url.endswith("/console/login")  # no session: the sign-in page
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(service.url + "/console/")
+    return page
+
+
+def _leaver_with_tasks(service: Service) -> None:
+    export = service.workspace.path / "erp.csv"
+    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
+    import_observed(service.workspace, "erp", export, now=datetime.now(UTC))
+    assert (
+        service.call(
+            "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
+        ).status_code
+        == 201
+    )
+    assert service.call("olga", "POST", "/api/v1/plans", json={}).status_code == 200
+    runner = Runner(service.workspace)
+    try:
+        runner.apply(now=lambda: datetime.now(UTC))
+    finally:
+        runner.close()
+
+
+def test_each_role_signs_in_and_sees_what_it_may(browser: Any, service: Service) -> None:
+    _leaver_with_tasks(service)
+    for name in ("root", "olga", "alice", "owen", "rita", "audrey"):
+        page = _sign_in(browser, service, name)
+        assert name in page.inner_text("header")
+        assert int(page.inner_text("#debt-items")) >= 1
+        has_tasks = page.locator("nav a[href='/console/tasks']").count() == 1
+        assert has_tasks == (name in ("root", "olga", "owen"))
+        has_holds = page.locator("nav a[href='/console/holds']").count() == 1
+        assert has_holds == (name in ("root", "alice"))
+        page.close()
+    # an approver may not open the tasks page at all
+    page = _sign_in(browser, service, "alice")
+    page.goto(service.url + "/console/tasks")
+    assert "403" in page.inner_text("h1")
+    page.close()
+
+
+def test_an_owner_completes_a_removal_and_a_second_person_verifies_it(
+    browser: Any, service: Service
+) -> None:
+    _leaver_with_tasks(service)
+    owner = _sign_in(browser, service, "owen")
+    before = int(owner.inner_text("#debt-items"))
+    owner.goto(service.url + "/console/tasks")
+    row = owner.locator("tr[id^=task-]").first
+    task = row.get_attribute("id")
+    row.locator("input[name=evidence]").fill("RITM0012345")
+    row.locator("button", has_text="Done").click()
+    owner.wait_for_url(service.url + "/console/tasks")
+    assert "done by owen" in owner.inner_text(f"#{task} .status")
+    owner.locator(f"#{task} button", has_text="Verify").click()
+    assert "second person" in owner.inner_text("main")  # four eyes, in the browser too
+    owner.close()
+    second = _sign_in(browser, service, "olga")
+    second.goto(service.url + "/console/tasks")
+    second.locator(f"#{task} button", has_text="Verify").click()
+    second.wait_for_url(service.url + "/console/tasks")
+    assert second.locator(f"#{task}").count() == 0  # verified: no longer waiting
+    second.goto(service.url + "/console/")
+    assert int(second.inner_text("#debt-items")) == before - 1
+    second.close()
+
+
+def test_an_approver_releases_part_of_a_hold(browser: Any, service: Service) -> None:
+    service.workspace.config.guard.min_count = 2
+    for person in ("F1", "F2"):
+        assert (
+            service.call(
+                "olga", "POST", "/api/v1/events", json={"identity": person, "kind": "terminate"}
+            ).status_code
+            == 201
+        )
+    held = service.call("alice", "GET", "/api/v1/holds").json()
+    assert held and held[0]["identities"]
+    hold = held[0]["hold"]
+    page = _sign_in(browser, service, "alice")
+    page.goto(service.url + "/console/holds")
+    first = held[0]["identities"][0]
+    page.check(f"#hold-{hold} input[value={first}]")
+    page.click(f"#hold-{hold} button[value=approve]")
+    page.wait_for_url(service.url + "/console/holds")
+    after = service.call("alice", "GET", "/api/v1/holds?every=true").json()
+    decided = next(h for h in after if h["hold"] == hold)
+    assert first not in decided["identities"] and decided["status"] in ("partial", "approved")
+    page.close()
+
+
+def test_a_form_without_its_csrf_token_is_refused(service: Service) -> None:
+    with httpx2.Client(base_url=service.url, timeout=30) as client:
+        signed = client.post("/console/login", data={"name": "root", "password": PASSWORD})
+        assert signed.status_code == 303 and "provisor_session" in client.cookies
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        forged = client.post("/console/logout", data={})
+        assert forged.status_code == 403 and "CSRF" in forged.text
+        forged = client.post("/console/tasks/1/done", data={"evidence": "x", "csrf": "nope"})
+        assert forged.status_code in (403, 404)
+        wrong = client.post("/console/login", data={"name": "root", "password": "wrong"})
+        assert wrong.status_code == 401
