@@ -60,6 +60,44 @@ class AuditSettings(BaseModel):
     every_seconds: int = Field(default=60, ge=1, le=3600)
 
 
+class SmtpSettings(BaseModel):
+    """The mail server notices go through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = "provisor@localhost"
+    starttls: bool = False
+    username: str | None = None
+    # the password is never written here: it is read from this environment variable
+    password_env: str | None = "PROVISOR_SMTP_PASSWORD"
+
+
+class WebhookSettings(BaseModel):
+    """A URL that receives each notice as signed JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    # the signing secret is read from this environment variable (never written here)
+    secret_env: str | None = None
+    kinds: list[str] = Field(default_factory=list)  # only these kinds; empty: all
+
+
+class NotificationSettings(BaseModel):
+    """Who hears that something waits for them (``provisor.engine.notify``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    smtp: SmtpSettings | None = None
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    # one mail per person per this many minutes, listing all that waits; 0: each at once
+    digest_minutes: int = Field(default=60, ge=0, le=7 * 24 * 60)
+    overdue_every_hours: int = Field(default=24, ge=1, le=24 * 30)  # overdue tasks again
+    max_attempts: int = Field(default=8, ge=1, le=100)
+
+
 class OidcSettings(BaseModel):
     """Sign-in through an OpenID Connect provider (authorization code flow with PKCE)."""
 
@@ -122,6 +160,7 @@ class WorkspaceConfig(BaseModel):
     require_tls: bool = False
     audit: AuditSettings = Field(default_factory=AuditSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
 
 def load_config(workspace: Path) -> WorkspaceConfig:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisor.engine import identities, jobs
+from provisor.engine import identities, jobs, notify
 from provisor.engine.planner import JournalSync, sync_journal
 from provisor.engine.reconcile import ReconcileReport, reconcile_due
 from provisor.engine.runner import ApplyReport, Runner
@@ -88,6 +88,7 @@ class Cycles:
             planned = sync_journal(workspace, session, now=started, changed_only=not self.full)
         self.full = False
         applied = self.runner.apply(now=self.clock)
+        notify.run(self.workspace, self.clock())  # who must act hears of it
         return CycleReport(started, changed, ticked, reconciled, planned, applied)
 
     def run(

@@ -123,9 +123,8 @@ def add_operator(
     now: datetime,
 ) -> Operator:
     """A new operator account; audited (never with its password)."""
-    name = name.strip()
-    if not name or len(name) > 128 or any(c.isspace() for c in name):
-        raise LifecycleError(f"operator name {name!r}: 1 to 128 characters, no spaces")
+    if not name or len(name) > 128 or any(c.isspace() or not c.isprintable() for c in name):
+        raise LifecycleError(f"operator name {name!r}: 1 to 128 printable characters, no spaces")
     exists = session.execute(select(Operator.id).where(Operator.name == name)).first()
     if exists is not None:
         raise LifecycleError(f"operator {name!r} exists already")

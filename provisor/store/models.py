@@ -482,3 +482,30 @@ class ScimMember(Base):
 
     group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     member_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Notice(Base):
+    """One notice in the outbox: a thing that waits (a task, a hold, a case, debt over SLA),
+    for one person (``smtp``: their address) or one webhook (its URL); sent once."""
+
+    __tablename__ = "notices"
+    __table_args__ = (
+        UniqueConstraint(
+            "channel", "recipient", "kind", "key", name="uq_notices_channel_recipient_kind_key"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))  # smtp | webhook
+    recipient: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(RedactedText)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # pending -> sent, or failed once its attempts are spent
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(RedactedText)

@@ -146,7 +146,7 @@ def list_operators(who: Admin, workspace: Space) -> list[dict[str, Any]]:
 @router.post("/operators", status_code=201, summary="Add an operator")
 def add_operator(body: NewOperator, who: Admin, workspace: Space) -> dict[str, Any]:
     with acting(who), workspace.sessions() as session, session.begin():
-        operators.add_operator(
+        made = operators.add_operator(
             session,
             body.name,
             roles=body.roles,
@@ -157,7 +157,7 @@ def add_operator(body: NewOperator, who: Admin, workspace: Space) -> dict[str, A
             by=who.name,
             now=datetime.now(UTC),
         )
-        return next(o for o in operators.list_operators(session) if o["name"] == body.name)
+        return next(o for o in operators.list_operators(session) if o["name"] == made.name)
 
 
 @router.patch("/operators/{name}", summary="Change an operator (disabling revokes their tokens)")
