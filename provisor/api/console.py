@@ -20,18 +20,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from provisor.api.security import Tokens, acting
 from provisor.domain.debt import summarise
 from provisor.domain.roles import Permission, Reach
-from provisor.engine import debt, holds, operations, operators, tasks
+from provisor.engine import correlate, debt, holds, operations, operators, tasks, views
 from provisor.engine.coverage import coverage
 from provisor.engine.identities import decide_hold
+from provisor.engine.leavers import bundle_path, list_bundles
 from provisor.engine.operators import Principal
 from provisor.engine.workspace import Workspace
 from provisor.errors import CredentialsError, DeniedError
@@ -98,6 +99,9 @@ def _workspace(request: Request) -> Workspace:
 Viewer = Annotated[Principal, Depends(page(Permission.READ))]
 TaskWorker = Annotated[Principal, Depends(page(Permission.TASKS))]
 Approver = Annotated[Principal, Depends(page(Permission.APPROVE))]
+CaseDecider = Annotated[Principal, Depends(page(Permission.CASES))]
+EvidenceReader = Annotated[Principal, Depends(page(Permission.EVIDENCE))]
+PAGE = 50  # identities a page
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -165,6 +169,7 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
             if everything or who.owns(t.target) or (who.email and t.owner == who.email)
         ]
         failed = operations.list_operations(session, status="failed", targets=owned, limit=50)
+        shots = debt.snapshots(session, limit=60) if everything else []
     blind = [b for c in coverage(workspace) for b in c.blind_spots] if everything else []
     return _render(
         request,
@@ -179,6 +184,8 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         open_tasks=len(open_tasks),
         failed=failed,
         blind=blind,
+        trend=trend(shots),
+        shots=shots,
     )
 
 
@@ -277,3 +284,112 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SignInNeeded)
     async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
         return RedirectResponse("/console/login", status_code=303)
+
+
+@router.get("/identities", response_class=HTMLResponse)
+def identity_list(
+    request: Request,
+    who: Viewer,
+    q: str = "",
+    state: str = "",
+    page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    _all_of_it(who)
+    found, total = views.list_identities(
+        _workspace(request),
+        state=state or None,
+        search=q or None,
+        limit=PAGE,
+        offset=(page_number - 1) * PAGE,
+    )
+    pages = max(1, -(-total // PAGE))
+    return _render(
+        request,
+        "identities.html",
+        who,
+        identities=found,
+        total=total,
+        q=q,
+        state=state,
+        page=page_number,
+        pages=pages,
+    )
+
+
+@router.get("/identities/{identity}", response_class=HTMLResponse)
+def identity_page(request: Request, identity: str, who: Viewer) -> HTMLResponse:
+    _all_of_it(who)
+    workspace = _workspace(request)
+    now = datetime.now(UTC)
+    shown = views.show_identity(workspace, identity, as_of=None, known_at=None, now=now)
+    explained = views.explain_identity(workspace, identity, None, now=now)
+    with workspace.sessions() as session:
+        done = operations.list_operations(session, identity=identity, limit=100)
+    return _render(request, "identity.html", who, person=shown, access=explained, operations=done)
+
+
+@router.get("/cases", response_class=HTMLResponse)
+def case_list(request: Request, who: CaseDecider) -> HTMLResponse:
+    everything = who.reach(Permission.CASES) is Reach.ALL
+    with _workspace(request).sessions() as session:
+        found = [
+            correlate.case_dict(c)
+            for c in correlate.list_cases(session)
+            if everything or who.owns(c.target)
+        ]
+    return _render(request, "cases.html", who, cases=found)
+
+
+@router.post("/cases/{case_id}", response_model=None)
+def case_decide(
+    request: Request,
+    case_id: int,
+    who: CaseDecider,
+    decision: Annotated[str, Form()] = "",
+    identity: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    _checked(request, csrf)
+    workspace = _workspace(request)
+    with workspace.sessions() as session:
+        target = correlate.case_target(session, case_id)
+    if who.reach(Permission.CASES) is not Reach.ALL and not who.owns(target):
+        raise DeniedError(f"{who.name} may decide only their own targets' cases")
+    now = datetime.now(UTC)
+    with acting(who), workspace.sessions() as session, session.begin():
+        if decision == "resolve":
+            correlate.resolve_case(session, case_id, identity, by=who.name, now=now, note=note)
+        else:
+            correlate.dismiss_case(session, case_id, by=who.name, now=now, note=note)
+    return RedirectResponse("/console/cases", status_code=303)
+
+
+@router.get("/evidence", response_class=HTMLResponse)
+def evidence_list(request: Request, who: EvidenceReader) -> HTMLResponse:
+    return _render(request, "evidence.html", who, bundles=list_bundles(_workspace(request)))
+
+
+@router.get("/evidence/{name}", response_class=FileResponse)
+def evidence_bundle(request: Request, name: str, who: EvidenceReader) -> FileResponse:
+    path = bundle_path(_workspace(request), name)
+    kind = "application/json" if path.suffix == ".json" else "text/html"
+    return FileResponse(path, media_type=kind)
+
+
+def _all_of_it(who: Principal) -> None:
+    """Identity pages show everyone: a target owner's reach stops at their targets."""
+    if who.reach(Permission.READ) is not Reach.ALL:
+        raise DeniedError(f"{who.name} sees only their own targets' tasks, cases and debt")
+
+
+def trend(shots: list[Any], width: int = 600, height: int = 120) -> str:
+    """The debt's recorded totals as the points of an SVG polyline (oldest on the left)."""
+    if len(shots) < 2:
+        return ""
+    top = max(max(s.items for s in shots), 1)
+    step = width / (len(shots) - 1)
+    return " ".join(
+        f"{round(i * step, 1)},{round(height - s.items / top * (height - 10), 1)}"
+        for i, s in enumerate(shots)
+    )

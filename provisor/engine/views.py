@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from provisor.domain.desired import desired_access, explain
@@ -68,15 +68,29 @@ def list_identities(
     department: str | None = None,
     kind: str | None = None,
     limit: int = 0,
+    search: str | None = None,
+    offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Identities by id with their state (the first ``limit``, 0: all) and how many match."""
+    """Identities by id with their state (``limit`` of them from ``offset``, 0: all) and how
+    many match; ``search``: those whose id, name or e-mail starts with it."""
     with workspace.sessions() as session:
         query = select(models.Identity).order_by(models.Identity.external_id)
         if state:
             query = query.where(models.Identity.state == state)
         if kind:
             query = query.where(models.Identity.kind == kind)
+        if search:
+            start = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(
+                    models.Identity.external_id.like(start, escape="\\"),
+                    models.Identity.name.like(start, escape="\\"),
+                    models.Identity.email.like(start, escape="\\"),
+                )
+            )
         total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+        if limit and not department:  # a page read as a page (the department filters below)
+            query = query.limit(limit).offset(offset)
         rows = [
             {
                 "id": r.external_id,
@@ -94,7 +108,8 @@ def list_identities(
         ]
     if department:
         total = len(rows)  # the department lives in the attributes, filtered here
-    return (rows[:limit] if limit else rows), total
+        rows = rows[offset : offset + limit] if limit else rows[offset:]
+    return rows, total
 
 
 def _as_stored(session: Session, identity: str, now: datetime) -> datetime:

@@ -144,3 +144,64 @@ def test_a_form_without_its_csrf_token_is_refused(service: Service) -> None:
         assert forged.status_code in (403, 404)
         wrong = client.post("/console/login", data={"name": "root", "password": "wrong"})
         assert wrong.status_code == 401
+
+
+def test_identities_are_searched_paged_and_explained(browser: Any, service: Service) -> None:
+    page = _sign_in(browser, service, "rita")
+    page.click("nav a[href='/console/identities']")
+    assert "3 identities" in page.inner_text("#identity-count")
+    page.fill("input[name=q]", "Fay")
+    page.click("form.search button")
+    assert page.locator("#identities tbody tr").count() == 1
+    page.click("#identities a")
+    assert "F1" in page.inner_text("h1")
+    assert "erp" in page.inner_text("#access") and "finance" in page.inner_text("#access")
+    assert "hire" in page.inner_text("#timeline")
+    page.close()
+    owner = _sign_in(browser, service, "owen")
+    owner.goto(service.url + "/console/identities/F1")
+    assert "403" in owner.inner_text("h1")  # an owner sees their targets' work, not everyone
+    owner.close()
+
+
+def test_a_correlation_case_is_resolved_in_the_console(browser: Any, service: Service) -> None:
+    from provisor.engine.correlate import Match, open_case
+
+    with service.workspace.sessions() as session, session.begin():
+        case = open_case(
+            session,
+            "erp",
+            "acct-7",
+            "f.finance",
+            Match(None, "email", candidates=("F1", "F2"), case_reason="two people share it"),
+            datetime.now(UTC),
+        ).id
+    page = _sign_in(browser, service, "owen")
+    page.click("nav a[href='/console/cases']")
+    page.check(f"#case-{case} input[value=F2]")
+    page.click(f"#case-{case} button[value=resolve]")
+    page.wait_for_url(service.url + "/console/cases")
+    assert page.locator(f"#case-{case}").count() == 0
+    decided = service.call("olga", "GET", "/api/v1/cases?every=true").json()
+    found = next(c for c in decided if c["id"] == case)
+    assert found["resolved_identity"] == "F2" and found["resolved_by"] == "owen"
+    page.close()
+
+
+def test_the_dashboard_draws_the_debts_trend(browser: Any, service: Service) -> None:
+    from datetime import timedelta
+
+    from provisor.engine.debt import record_snapshot
+
+    now = datetime.now(UTC)
+    with service.workspace.sessions() as session, session.begin():
+        record_snapshot(service.workspace, session, now=now - timedelta(days=1))
+    _leaver_with_tasks(service)
+    with service.workspace.sessions() as session, session.begin():
+        record_snapshot(service.workspace, session, now=now)
+    page = _sign_in(browser, service, "audrey")
+    points = page.get_attribute("#trend polyline", "points")
+    assert points is not None and len(points.split()) == 2
+    page.click("nav a[href='/console/evidence']")
+    assert "Leaver evidence" in page.inner_text("h1")
+    page.close()
