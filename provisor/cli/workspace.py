@@ -7,12 +7,12 @@ Does not: create anything itself (``provisor.engine.workspace`` and ``provisor.d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from provisor.cli.options import JsonOption, given
-from provisor.cli.output import err, out, print_json
+from provisor.cli.output import err, out, print_json, table
 from provisor.engine.workspace import check_policy, init_workspace
 
 policy_app = typer.Typer(help="Check policy files.\n\nExample:  provisor policy check")
@@ -59,6 +59,15 @@ def demo(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Workspace folder (default: a new temp folder).")
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Then serve the demo organisation in the web console (and the API) until"
+            " interrupted, with an account per role printed.",
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(help="With --serve: the port.")] = 8400,
     json_out: JsonOption = False,
 ) -> None:
     """Run a guided tour on a sample organisation in a throwaway workspace.
@@ -67,10 +76,25 @@ def demo(
     and a rehire, and prints the plans, an explanation and the audit verification.
 
     Example:  provisor demo
+    Example:  provisor demo --serve --port 8400
     """
-    from provisor.demo import run_demo
+    from provisor.demo import accounts, run_demo
 
-    run_demo(directory, out if not json_out else None, json_out=json_out)
+    def serving(workspace: Any) -> None:
+        from provisor.api.server import run_server
+
+        out.print(f"\nThe demo organisation is served at http://127.0.0.1:{port}/console/")
+        table(
+            "Demo accounts (passwords are new each time)",
+            ["name", "role", "password"],
+            accounts(workspace),
+        )
+        out.file.flush()
+        run_server(workspace, host="127.0.0.1", port=port, runner=True)
+
+    run_demo(
+        directory, out if not json_out else None, json_out=json_out, then=serving if serve else None
+    )
 
 
 def register(app: typer.Typer) -> None:
