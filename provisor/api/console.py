@@ -393,3 +393,27 @@ def trend(shots: list[Any], width: int = 600, height: int = 120) -> str:
         f"{round(i * step, 1)},{round(height - s.items / top * (height - 10), 1)}"
         for i, s in enumerate(shots)
     )
+
+
+@router.get("/targets/{target}", response_class=HTMLResponse)
+def target_page(
+    request: Request,
+    target: str,
+    who: Viewer,
+    kind: Annotated[str, Query(alias="class", max_length=32)] = "",
+    page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    if who.reach(Permission.READ) is not Reach.ALL and not who.owns(target):
+        raise DeniedError(f"{who.name} sees only their own targets")
+    shown = views.target_accounts(
+        _workspace(request),
+        target,
+        classification=kind or None,
+        limit=PAGE,
+        offset=(page_number - 1) * PAGE,
+    )
+    total = shown["counts"].get(kind, 0) if kind else sum(shown["counts"].values())
+    pages = max(1, -(-total // PAGE))
+    return _render(
+        request, "target.html", who, shown=shown, kind=kind, page=page_number, pages=pages
+    )

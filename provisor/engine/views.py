@@ -2,7 +2,8 @@
 
 Does: list identities with filters, show one identity's state, attributes and timeline on any
 date as known on any date, explain what an identity should hold and why, and record one event
-typed by a person — each as plain data (dicts of JSON-ready values).
+typed by a person, show a target's accounts by class with its latest reconciliations and read
+paths — each as plain data (dicts of JSON-ready values).
 Does not: print, fold lifecycle history itself (``provisor.domain.lifecycle``), or compute
 desired access (``provisor.domain.desired``); this module only asks them and shapes the answer.
 """
@@ -17,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent, utc
-from provisor.engine import identities
+from provisor.engine import identities, readpaths
+from provisor.engine.reconcile import list_runs
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.store import models
@@ -221,3 +223,46 @@ def explain_identity(
         "reasons": list(answer.reasons),
         "why_not": list(answer.why_not),
     }
+
+
+def target_accounts(
+    workspace: Workspace,
+    target: str,
+    *,
+    classification: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """One target as reconciliation last saw it: accounts by class (a page of them, of one
+    class when given), its latest runs, and what probes showed about each way of reading it."""
+    if target not in workspace.compiled.targets:
+        names = ", ".join(workspace.compiled.targets) or "none"
+        raise NotFoundError(f"no target {target!r}; targets: {names}")
+    account = models.ObservedAccount
+    with workspace.sessions() as session:
+        counts = {
+            str(found or "not classified"): int(n)
+            for found, n in session.execute(
+                select(account.classification, func.count())
+                .where(account.target == target)
+                .group_by(account.classification)
+            )
+        }
+        query = select(account).where(account.target == target).order_by(account.account)
+        if classification:
+            query = query.where(account.classification == classification)
+        page = [
+            {
+                "account": a.account,
+                "identity": a.identity,
+                "enabled": a.enabled,
+                "class": a.classification,
+                "why": a.classified_detail,
+                "observed_at": a.observed_at.isoformat(),
+                "source": a.source,
+            }
+            for a in session.execute(query.limit(limit).offset(offset)).scalars()
+        ]
+        runs = list_runs(session, target=target, limit=5)
+    paths = [p.as_dict() for p in readpaths.load(workspace, target)]
+    return {"target": target, "counts": counts, "accounts": page, "runs": runs, "paths": paths}

@@ -205,3 +205,21 @@ def test_the_dashboard_draws_the_debts_trend(browser: Any, service: Service) -> 
     page.click("nav a[href='/console/evidence']")
     assert "Leaver evidence" in page.inner_text("h1")
     page.close()
+
+
+def test_a_target_page_shows_its_accounts_runs_and_read_paths(
+    browser: Any, service: Service
+) -> None:
+    _leaver_with_tasks(service)
+    page = _sign_in(browser, service, "owen")
+    page.goto(service.url + "/console/targets/erp")
+    assert "fay" in page.inner_text("#accounts")
+    assert "Never reconciled" in page.inner_text("#runs")
+    assert "Not probed" in page.inner_text("#paths")
+    page.goto(service.url + "/console/targets/wiki")
+    assert "403" in page.inner_text("h1")  # not owen's target
+    page.close()
+    admin = _sign_in(browser, service, "root")
+    admin.goto(service.url + "/console/targets/nope")
+    assert "404" in admin.inner_text("h1")
+    admin.close()
