@@ -4,9 +4,11 @@ second person, part of a hold approved; forms without their CSRF token refused."
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -17,6 +19,15 @@ from provisor.engine.runner import Runner
 from tests.api.conftest import PASSWORD, Service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# a folder to keep screenshots of the pages in (the docs' pictures are taken so)
+SHOTS = os.environ.get("PROVISOR_SCREENSHOTS")
+
+
+def _shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
 
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="Debian's chromium is not installed"
@@ -36,7 +47,7 @@ def browser() -> Iterator[Any]:
 
 
 def _sign_in(browser: Any, service: Service, name: str) -> Any:
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(service.url + "/console/")
     assert page.url.endswith("/console/login")  # no session: the sign-in page
     page.fill("input[name=name]", name)
@@ -89,6 +100,7 @@ def test_an_owner_completes_a_removal_and_a_second_person_verifies_it(
     owner = _sign_in(browser, service, "owen")
     before = int(owner.inner_text("#debt-items"))
     owner.goto(service.url + "/console/tasks")
+    _shot(owner, "tasks")
     row = owner.locator("tr[id^=task-]").first
     task = row.get_attribute("id")
     row.locator("input[name=evidence]").fill("RITM0012345")
@@ -122,6 +134,7 @@ def test_an_approver_releases_part_of_a_hold(browser: Any, service: Service) -> 
     hold = held[0]["hold"]
     page = _sign_in(browser, service, "alice")
     page.goto(service.url + "/console/holds")
+    _shot(page, "holds")
     first = held[0]["identities"][0]
     page.check(f"#hold-{hold} input[value={first}]")
     page.click(f"#hold-{hold} button[value=approve]")
@@ -157,6 +170,7 @@ def test_identities_are_searched_paged_and_explained(browser: Any, service: Serv
     assert "F1" in page.inner_text("h1")
     assert "erp" in page.inner_text("#access") and "finance" in page.inner_text("#access")
     assert "hire" in page.inner_text("#timeline")
+    _shot(page, "identity")
     page.close()
     owner = _sign_in(browser, service, "owen")
     owner.goto(service.url + "/console/identities/F1")
@@ -178,6 +192,7 @@ def test_a_correlation_case_is_resolved_in_the_console(browser: Any, service: Se
         ).id
     page = _sign_in(browser, service, "owen")
     page.click("nav a[href='/console/cases']")
+    _shot(page, "cases")
     page.check(f"#case-{case} input[value=F2]")
     page.click(f"#case-{case} button[value=resolve]")
     page.wait_for_url(service.url + "/console/cases")
@@ -200,6 +215,7 @@ def test_the_dashboard_draws_the_debts_trend(browser: Any, service: Service) -> 
     with service.workspace.sessions() as session, session.begin():
         record_snapshot(service.workspace, session, now=now)
     page = _sign_in(browser, service, "audrey")
+    _shot(page, "dashboard")
     points = page.get_attribute("#trend polyline", "points")
     assert points is not None and len(points.split()) == 2
     page.click("nav a[href='/console/evidence']")
@@ -213,6 +229,7 @@ def test_a_target_page_shows_its_accounts_runs_and_read_paths(
     _leaver_with_tasks(service)
     page = _sign_in(browser, service, "owen")
     page.goto(service.url + "/console/targets/erp")
+    _shot(page, "target")
     assert "fay" in page.inner_text("#accounts")
     assert "Never reconciled" in page.inner_text("#runs")
     assert "Not probed" in page.inner_text("#paths")
