@@ -69,8 +69,6 @@ def page(permission: Permission) -> Any:
         who, secret = _session(request)
         who.require(permission)
         request.state.csrf = csrf_token(secret)
-        if request.method == "POST":
-            request.state.check_csrf = True
         return who
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the route test
@@ -166,7 +164,7 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         open_tasks = [
             t
             for t in tasks.list_tasks(session, now)
-            if everything or who.owns(t.target) or (who.email and t.owner == who.email)
+            if who.answers_for(Permission.READ, t.target, t.owner)
         ]
         failed = operations.list_operations(session, status="failed", targets=owned, limit=50)
         shots = debt.snapshots(session, limit=60) if everything else []
@@ -192,24 +190,18 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
 @router.get("/tasks", response_class=HTMLResponse)
 def task_list(request: Request, who: TaskWorker) -> HTMLResponse:
     workspace = _workspace(request)
-    everything = who.reach(Permission.TASKS) is Reach.ALL
     with workspace.sessions() as session:
         found = [
             t
             for t in tasks.list_tasks(session, datetime.now(UTC))
-            if everything or who.owns(t.target) or (who.email and t.owner == who.email)
+            if who.answers_for(Permission.TASKS, t.target, t.owner)
         ]
     return _render(request, "tasks.html", who, tasks=found, message=None)
 
 
 def _may_work_on(who: Principal, workspace: Workspace, task_id: int) -> None:
     with workspace.sessions() as session:
-        target, owner = tasks.task_scope(session, task_id)
-    if who.reach(Permission.TASKS) is Reach.ALL or who.owns(target):
-        return
-    if who.email and owner == who.email:
-        return
-    raise DeniedError(f"{who.name} may work only on their own targets' tasks")
+        who.work_on(Permission.TASKS, *tasks.task_scope(session, task_id))
 
 
 @router.post("/tasks/{task_id}/done", response_model=None)
@@ -330,12 +322,11 @@ def identity_page(request: Request, identity: str, who: Viewer) -> HTMLResponse:
 
 @router.get("/cases", response_class=HTMLResponse)
 def case_list(request: Request, who: CaseDecider) -> HTMLResponse:
-    everything = who.reach(Permission.CASES) is Reach.ALL
     with _workspace(request).sessions() as session:
         found = [
             correlate.case_dict(c)
             for c in correlate.list_cases(session)
-            if everything or who.owns(c.target)
+            if who.answers_for(Permission.CASES, c.target)
         ]
     return _render(request, "cases.html", who, cases=found)
 
@@ -354,8 +345,7 @@ def case_decide(
     workspace = _workspace(request)
     with workspace.sessions() as session:
         target = correlate.case_target(session, case_id)
-    if who.reach(Permission.CASES) is not Reach.ALL and not who.owns(target):
-        raise DeniedError(f"{who.name} may decide only their own targets' cases")
+    who.work_on(Permission.CASES, target)
     now = datetime.now(UTC)
     with acting(who), workspace.sessions() as session, session.begin():
         if decision == "resolve":
@@ -403,8 +393,7 @@ def target_page(
     kind: Annotated[str, Query(alias="class", max_length=32)] = "",
     page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    if who.reach(Permission.READ) is not Reach.ALL and not who.owns(target):
-        raise DeniedError(f"{who.name} sees only their own targets")
+    who.work_on(Permission.READ, target)
     shown = views.target_accounts(
         _workspace(request),
         target,

@@ -73,6 +73,18 @@ class Principal:
     def owns(self, target: str) -> bool:
         return target in self.targets
 
+    def answers_for(self, permission: Permission, target: str, owner: str | None = None) -> bool:
+        """Whether ``permission`` reaches this target's work: everything it reaches, or the
+        operator's own targets and the tasks whose revocation owner is their e-mail."""
+        if self.reach(permission) is Reach.ALL:
+            return True
+        return self.owns(target) or bool(self.email and owner == self.email)
+
+    def work_on(self, permission: Permission, target: str, owner: str | None = None) -> None:
+        """``DeniedError`` unless ``answers_for`` says yes."""
+        if not self.answers_for(permission, target, owner):
+            raise DeniedError(f"{self.name} may {permission.value} only for their own targets")
+
     def visible(self, permission: Permission, targets: Iterable[str]) -> set[str] | None:
         """The targets a listing may show: None for all, else the owned ones among them."""
         if self.require(permission) is Reach.ALL:

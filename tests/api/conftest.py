@@ -3,10 +3,10 @@ target, operators of every role and a token each."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ import uvicorn
 from provisor.api.app import create_app
 from provisor.engine import operators
 from provisor.engine.workspace import Workspace
+from provisor.sandbox.service import free_port
 
 POLICY = """\
 targets:
@@ -61,12 +62,6 @@ PEOPLE_OF_THE_SERVICE = {
     "audrey": (["auditor"], []),
 }
 PASSWORD = "correct horse battery staple"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -135,13 +130,30 @@ def erp_workspace(workspace: Path, cli: Any) -> Path:
     return workspace
 
 
+@contextmanager
+def serving(
+    folder: Path, *, settings: str = "", runner: bool = False, log_level: str = "warning"
+) -> Iterator[Service]:
+    """A service over the workspace in ``folder``, its ``service:`` settings replaced by
+    ``settings`` (YAML lines under ``service:``) when given; operators of every role made."""
+    if settings:
+        config = folder / "provisor.yaml"
+        config.write_text(
+            config.read_text().replace("service: {cycle_seconds: 3600}", "service:\n" + settings)
+        )
+    workspace = Workspace.open(folder)
+    tokens = people(workspace)
+    server, thread, url = start(workspace, runner=runner, log_level=log_level)
+    try:
+        yield Service(url, workspace, tokens)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        workspace.close()
+
+
 @pytest.fixture
 def service(erp_workspace: Path) -> Iterator[Service]:
     """The service without its background runner (tests drive the cycle themselves)."""
-    workspace = Workspace.open(erp_workspace)
-    tokens = people(workspace)
-    server, thread, url = start(workspace, runner=False)
-    yield Service(url, workspace, tokens)
-    server.should_exit = True
-    thread.join(20)
-    workspace.close()
+    with serving(erp_workspace) as running:
+        yield running

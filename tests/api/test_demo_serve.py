@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 
-from tests.api.conftest import free_port
+from provisor.sandbox.service import free_port
 
 
 def test_demo_serve_leaves_the_organisation_running_in_the_console(tmp_path: Path) -> None:

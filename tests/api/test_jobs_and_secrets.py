@@ -11,21 +11,15 @@ from typing import Any
 
 import pytest
 
-from provisor.engine.workspace import Workspace
-from tests.api.conftest import PASSWORD, Service, people, start
+from tests.api.conftest import PASSWORD, Service, serving
 from tests.api.test_scim_inbound import scim_token
 
 
 @pytest.fixture
 def running(erp_workspace: Path) -> Iterator[Service]:
     """The service with its background runner."""
-    workspace = Workspace.open(erp_workspace)
-    tokens = people(workspace)
-    server, thread, url = start(workspace, runner=True, log_level="info")  # access log too
-    yield Service(url, workspace, tokens)
-    server.should_exit = True
-    thread.join(30)
-    workspace.close()
+    with serving(erp_workspace, runner=True, log_level="info") as running:  # access log too
+        yield running
 
 
 def _finished(service: Service, job: int, timeout: float = 60) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner
 from provisor.engine.views import record_event
 from provisor.engine.workspace import Workspace
-from tests.api.conftest import free_port
+from provisor.sandbox.service import free_port
 
 
 class _Inbox:

@@ -12,8 +12,7 @@ import httpx2
 import pytest
 from oidc_provider_mock import User, run_server_in_thread
 
-from provisor.engine.workspace import Workspace
-from tests.api.conftest import Service, people, start
+from tests.api.conftest import Service, serving
 
 
 @pytest.fixture
@@ -32,22 +31,13 @@ def oidc_service(
     erp_workspace: Path, provider: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Service]:
     monkeypatch.setenv("PROVISOR_OIDC_CLIENT_SECRET", "client-secret-for-tests")
-    config = erp_workspace / "provisor.yaml"
-    config.write_text(
-        config.read_text().replace(
-            "service: {cycle_seconds: 3600}",
-            "service:\n  cycle_seconds: 3600\n  oidc:\n"
-            f"    issuer: {provider}\n    client_id: provisor\n"
-            "    redirect_url: http://127.0.0.1/api/v1/oidc/callback\n",
-        )
+    settings = (
+        "  cycle_seconds: 3600\n  oidc:\n"
+        f"    issuer: {provider}\n    client_id: provisor\n"
+        "    redirect_url: http://127.0.0.1/api/v1/oidc/callback\n"
     )
-    workspace = Workspace.open(erp_workspace)
-    tokens = people(workspace)
-    server, thread, url = start(workspace, runner=False)
-    yield Service(url, workspace, tokens)
-    server.should_exit = True
-    thread.join(20)
-    workspace.close()
+    with serving(erp_workspace, settings=settings) as running:
+        yield running
 
 
 def _sign_in(service: Service, sub: str) -> httpx2.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,7 @@ import httpx2
 import pytest
 
 from provisor.engine.views import show_identity
-from provisor.engine.workspace import Workspace
-from tests.api.conftest import Service, people, start
+from tests.api.conftest import Service, serving
 from tests.api.test_scim_inbound import scim_token
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -124,22 +124,12 @@ def test_uniqueness_is_a_409_and_a_token_without_the_scim_scope_is_refused(
 
 
 @pytest.fixture
-def slow_service(erp_workspace: Path) -> Any:
+def slow_service(erp_workspace: Path) -> Iterator[Service]:
     """The service with a low rate per token and few requests in flight."""
-    config = erp_workspace / "provisor.yaml"
-    config.write_text(
-        config.read_text().replace(
-            "service: {cycle_seconds: 3600}",
-            "service: {cycle_seconds: 3600, rate_per_token: 5, max_in_flight: 2}",
-        )
-    )
-    workspace = Workspace.open(erp_workspace)
-    tokens = people(workspace)
-    server, thread, url = start(workspace, runner=False)
-    yield Service(url, workspace, tokens)
-    server.should_exit = True
-    thread.join(20)
-    workspace.close()
+    with serving(
+        erp_workspace, settings="  cycle_seconds: 3600\n  rate_per_token: 5\n  max_in_flight: 2\n"
+    ) as running:
+        yield running
 
 
 def test_a_token_beyond_its_rate_gets_429_with_retry_after(slow_service: Service) -> None:
@@ -187,21 +177,11 @@ def test_too_many_requests_in_flight_get_429(slow_service: Service) -> None:
 
 
 @pytest.fixture
-def strict_service(erp_workspace: Path) -> Any:
-    config = erp_workspace / "provisor.yaml"
-    config.write_text(
-        config.read_text().replace(
-            "service: {cycle_seconds: 3600}",
-            "service: {cycle_seconds: 3600, scim: {strict: true}}",
-        )
-    )
-    workspace = Workspace.open(erp_workspace)
-    tokens = people(workspace)
-    server, thread, url = start(workspace, runner=False)
-    yield Service(url, workspace, tokens)
-    server.should_exit = True
-    thread.join(20)
-    workspace.close()
+def strict_service(erp_workspace: Path) -> Iterator[Service]:
+    with serving(
+        erp_workspace, settings="  cycle_seconds: 3600\n  scim: {strict: true}\n"
+    ) as running:
+        yield running
 
 
 def test_strict_mode_refuses_what_the_profile_forbids(strict_service: Service) -> None:

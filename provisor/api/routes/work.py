@@ -30,7 +30,7 @@ from provisor.api.security import (
     acting,
     instant,
 )
-from provisor.domain.roles import Permission, Reach
+from provisor.domain.roles import Permission
 from provisor.engine import correlate, jobs, marks, tasks
 from provisor.engine.operators import Principal
 from provisor.engine.reconcile import list_runs
@@ -38,27 +38,13 @@ from provisor.engine.reconcile import list_runs
 router = APIRouter(prefix="/api/v1", tags=["work"])
 
 
-def _may_work(who: Principal, permission: Permission, target: str, owner: str | None) -> None:
-    """An owner works only on their targets, or on tasks they are the revocation owner of."""
-    if who.reach(permission) is Reach.ALL:
-        return
-    if who.owns(target) or (owner is not None and who.email and owner == who.email):
-        return
-    raise Problem(403, f"{who.name} may {permission.value} only for their own targets")
-
-
 @router.get("/tasks", summary="Manual work items, overdue first (an owner: their own)")
 def list_tasks(
     who: OwnReader, workspace: Space, every: bool = False, owner: str | None = None
 ) -> list[dict[str, Any]]:
-    all_of_them = who.reach(Permission.READ) is Reach.ALL
     with workspace.sessions() as session:
         found = tasks.list_tasks(session, datetime.now(UTC), every=every, owner=owner)
-    return [
-        t.as_dict()
-        for t in found
-        if all_of_them or who.owns(t.target) or (who.email and t.owner == who.email)
-    ]
+    return [t.as_dict() for t in found if who.answers_for(Permission.READ, t.target, t.owner)]
 
 
 class TaskDone(BaseModel):
@@ -72,7 +58,7 @@ def _task_scope(workspace: Any, task_id: int) -> tuple[str, str]:
 
 @router.post("/tasks/{task_id}/done", summary="Record that a task was done")
 def task_done(task_id: RowId, body: TaskDone, who: TaskWorker, workspace: Space) -> dict[str, Any]:
-    _may_work(who, Permission.TASKS, *_task_scope(workspace, task_id))
+    who.work_on(Permission.TASKS, *_task_scope(workspace, task_id))
     with acting(who), workspace.sessions() as session, session.begin():
         tasks.complete(session, task_id, by=who.name, evidence=body.evidence, now=datetime.now(UTC))
     return {"task": task_id, "status": "done", "by": who.name}
@@ -80,7 +66,7 @@ def task_done(task_id: RowId, body: TaskDone, who: TaskWorker, workspace: Space)
 
 @router.post("/tasks/{task_id}/verify", summary="Attest, as a second person, a done task")
 def task_verify(task_id: RowId, who: TaskWorker, workspace: Space) -> dict[str, Any]:
-    _may_work(who, Permission.TASKS, *_task_scope(workspace, task_id))
+    who.work_on(Permission.TASKS, *_task_scope(workspace, task_id))
     with acting(who), workspace.sessions() as session, session.begin():
         tasks.verify(session, task_id, by=who.name, now=datetime.now(UTC))
     return {"task": task_id, "status": "verified", "by": who.name}
@@ -90,12 +76,11 @@ def task_verify(task_id: RowId, who: TaskWorker, workspace: Space) -> dict[str, 
 def list_cases(
     who: OwnReader, workspace: Space, every: bool = False, target: str | None = None
 ) -> list[dict[str, Any]]:
-    all_of_them = who.reach(Permission.READ) is Reach.ALL
     with workspace.sessions() as session:
         return [
             correlate.case_dict(c)
             for c in correlate.list_cases(session, every=every, target=target)
-            if all_of_them or who.owns(c.target)
+            if who.answers_for(Permission.READ, c.target)
         ]
 
 
@@ -109,7 +94,7 @@ def _decide_case(
 ) -> dict[str, Any]:
     with workspace.sessions() as session:
         target = correlate.case_target(session, case_id)
-    _may_work(who, Permission.CASES, target, None)
+    who.work_on(Permission.CASES, target)
     now = datetime.now(UTC)
     with acting(who), workspace.sessions() as session, session.begin():
         if resolve:
@@ -139,13 +124,12 @@ def dismiss_case(
 
 @router.get("/marks", summary="Account marks")
 def list_marks(who: OwnReader, workspace: Space, target: str | None = None) -> list[dict[str, Any]]:
-    all_of_them = who.reach(Permission.READ) is Reach.ALL
     at = datetime.now(UTC)
     with workspace.sessions() as session:
         return [
             marks.mark_dict(m, at)
             for m in marks.list_marks(session, target=target)
-            if all_of_them or who.owns(m.target)
+            if who.answers_for(Permission.READ, m.target)
         ]
 
 
