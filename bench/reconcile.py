@@ -17,13 +17,12 @@ bare SQL time, "peak_rss_mb": M}.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import resource
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,143 +30,28 @@ from sqlalchemy import text, update
 
 from provisor.engine.assess import classify_accounts
 from provisor.engine.planner import sync_journal
+from provisor.engine.workspace import Workspace
+from provisor.sandbox import populations
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
-from provisor.store.db import bulk_insert
-
-ENTS = 5  # entitlements per target; every identity is granted 3 of them
 
 
-def policy(targets: int) -> str:
-    lines = ["targets:"]
-    for t in range(targets):
-        lines += [
-            f"  - name: app{t}",
-            "    class: scim",
-            "    owner: bench",
-            '    connection: {url: "http://127.0.0.1:9/v2"}',
-            "    entitlements: [" + ", ".join(f"{{name: g{e}}}" for e in range(ENTS)) + "]",
-        ]
-    lines.append("rules:")
-    for t in range(targets):
-        for d in range(3):
-            ents = ", ".join(f"g{(d + k) % ENTS}" for k in range(3))
-            lines += [
-                f"  - name: r{t}-{d}",
-                f"    when: {{attr: department, equals: d{d}}}",
-                f"    grant: [{{target: app{t}, entitlements: [{ents}]}}]",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def _batches(
-    rows: Iterator[tuple[Any, ...]], size: int = 100_000
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows in lists of ``size``: the store is filled a batch at a time, so that the peak
-    memory this bench reports is that of the work it times, not of building its data."""
-    while batch := list(itertools.islice(rows, size)):
-        yield batch
-
-
-def fill(workspace: object, identities: int, targets: int, now: datetime) -> int:
-    from provisor.engine.workspace import Workspace
-
-    assert isinstance(workspace, Workspace)
-    past = now - timedelta(days=400)
-
-    def people() -> Iterator[tuple[Any, ...]]:
-        for i in range(identities):
-            terminated = i % 200 == 0
-            yield (
-                f"E{i}",
-                "human",
-                "terminated" if terminated else "active",
-                json.dumps({"department": f"d{i % 3}", "email": f"p{i}@example.com"}),
-                "[]",
-                past,
-                now - timedelta(days=10) if terminated else None,
-                past,
-                False,
-                now,
-                now,
-            )
-
-    def accounts() -> Iterator[tuple[Any, ...]]:
-        n = 0
-        for t in range(targets):
-            for i in range(identities):
-                n += 1
-                yield (n, f"app{t}", f"u{i}", f"E{i}", True, "{}", now, "bench")
-            for o in range(1000 // targets):
-                n += 1
-                yield (n, f"app{t}", f"hand{o}", None, True, "{}", now, "bench")
-
-    def grants() -> Iterator[tuple[Any, ...]]:
-        for account_id, _, _, identity, *_ in accounts():
-            if identity is None:
-                continue
-            d = int(identity[1:]) % 3
-            held = [f"g{(d + k) % ENTS}" for k in range(3)]
-            if account_id % 100 == 0:
-                held.append(f"g{(d + 3) % ENTS}")  # drift: an extra entitlement
-            yield from ((account_id, e, now) for e in held)
+def fill(workspace: Workspace, identities: int, targets: int, now: datetime) -> int:
+    """The population of ``provisor.sandbox.populations``, and beside it the table of desired
+    grants the bare SQL query reads."""
+    count = populations.fill(workspace, identities, targets, now)
 
     def desired() -> Iterator[tuple[Any, ...]]:
         for i in range(identities):
             if i % 200 != 0:
                 for t in range(targets):
-                    for k in range(3):
-                        yield (f"E{i}", f"app{t}", f"g{(i % 3 + k) % ENTS}")
+                    yield from ((f"E{i}", f"app{t}", e) for e in populations.granted(i))
 
-    count = 0
     with workspace.sessions() as session, session.begin():
-        for batch in _batches(people()):
-            bulk_insert(
-                session,
-                models.Identity,
-                (
-                    "external_id",
-                    "kind",
-                    "state",
-                    "attributes",
-                    "flags",
-                    "employment_start",
-                    "terminated_at",
-                    "state_since",
-                    "needs_plan",
-                    "materialized_at",
-                    "updated_at",
-                ),
-                batch,
-            )
-        for batch in _batches(accounts()):
-            bulk_insert(
-                session,
-                models.ObservedAccount,
-                (
-                    "id",
-                    "target",
-                    "account",
-                    "identity",
-                    "enabled",
-                    "attributes",
-                    "observed_at",
-                    "source",
-                ),
-                batch,
-            )
-        for batch in _batches(grants()):
-            count += len(batch)
-            bulk_insert(
-                session,
-                models.ObservedEntitlement,
-                ("account_id", "entitlement", "observed_at"),
-                batch,
-            )
         session.execute(
             text("CREATE TABLE desired_grants (identity TEXT, target TEXT, entitlement TEXT)")
         )
-        for batch in _batches(desired()):
+        for batch in populations.batches(desired()):
             session.execute(
                 text("INSERT INTO desired_grants VALUES (:i, :t, :e)"),
                 [{"i": i, "t": t, "e": e} for i, t, e in batch],
@@ -201,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
-        workspace = scratch_workspace(Path(tmp), policy(args.targets))
+        workspace = scratch_workspace(Path(tmp), populations.policy(args.targets))
         started = time.perf_counter()
         grants = fill(workspace, args.identities, args.targets, now)
         fill_s = time.perf_counter() - started

@@ -26,6 +26,7 @@ from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight, Tokens
 from provisor.engine import jobs
 from provisor.engine.cycle import CycleReport, Cycles
+from provisor.engine.debt_board import DebtBoard
 from provisor.engine.intake import Intake
 from provisor.engine.workspace import Workspace
 
@@ -93,6 +94,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.intake = Intake(workspace)
+        app.state.debt_board.prime()
         if background is not None:
             background.start()
         try:
@@ -101,6 +103,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
             if background is not None:
                 background.close()
             app.state.intake.close()
+            app.state.debt_board.close()
             scim.source.close()
 
     app = FastAPI(
@@ -120,6 +123,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     app.state.oidc = oidc.Provider(settings.oidc) if settings.oidc is not None else None
     app.state.wake = background.wake if background is not None else threading.Event()
     app.state.background = background
+    app.state.debt_board = DebtBoard(workspace)
     problems.install(app)
     for module in ROUTERS:
         app.include_router(module.router)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,10 +27,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from provisor.api.security import Tokens, acting
-from provisor.domain.debt import summarise
+from provisor.domain.debt import DebtItem, summarise
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import correlate, debt, holds, operations, operators, tasks, views
-from provisor.engine.coverage import coverage
+from provisor.engine.debt_board import View
 from provisor.engine.identities import decide_hold
 from provisor.engine.leavers import bundle_path, list_bundles
 from provisor.engine.operators import Principal
@@ -39,6 +39,18 @@ from provisor.errors import CredentialsError, DeniedError
 
 COOKIE = "provisor_session"
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def ago(delta: timedelta) -> str:
+    """A duration as people read it: "40 s", "3 min", "2 h", "5 days"."""
+    seconds = max(0, int(delta.total_seconds()))
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+templates.env.filters["ago"] = ago
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
@@ -99,7 +111,9 @@ TaskWorker = Annotated[Principal, Depends(page(Permission.TASKS))]
 Approver = Annotated[Principal, Depends(page(Permission.APPROVE))]
 CaseDecider = Annotated[Principal, Depends(page(Permission.CASES))]
 EvidenceReader = Annotated[Principal, Depends(page(Permission.EVIDENCE))]
-PAGE = 50  # identities a page
+PAGE = 50  # rows a page
+HOLD_IDENTITIES = 200  # identities of a hold offered one by one
+PageNumber = Annotated[int, Query(alias="page", ge=1, le=100_000)]
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -150,15 +164,22 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
     return response
 
 
+def _debt_view(request: Request, who: Principal) -> tuple[View, list[DebtItem]]:
+    """The newest ledger and its items this person may see (a target owner: their targets')."""
+    seen: View = request.app.state.debt_board.view()
+    items = seen.board.ledger.items if seen.board is not None else []
+    if who.reach(Permission.READ) is not Reach.ALL:
+        items = [i for i in items if i.target in who.targets]
+    return seen, items
+
+
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     workspace = _workspace(request)
     now = datetime.now(UTC)
     everything = who.reach(Permission.READ) is Reach.ALL
     owned = None if everything else sorted(who.targets)
-    ledger = debt.ledger(workspace, now)
-    items = [i for i in ledger.items if owned is None or i.target in owned]
-
+    seen, items = _debt_view(request, who)
     with workspace.sessions() as session:
         waiting = holds.list_holds(session) if everything else []
         open_tasks = [
@@ -168,11 +189,13 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         ]
         failed = operations.list_operations(session, status="failed", targets=owned, limit=50)
         shots = debt.snapshots(session, limit=60) if everything else []
-    blind = [b for c in coverage(workspace) for b in c.blind_spots] if everything else []
+    blind = seen.board.blind if everything and seen.board is not None else []
     return _render(
         request,
         "dashboard.html",
         who,
+        seen=seen,
+        now=now,
         items=len(items),
         overdue=sum(1 for i in items if i.overdue),
         unknown=sum(1 for i in items if not i.known),
@@ -187,8 +210,59 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     )
 
 
+@router.get("/debt", response_class=HTMLResponse)
+def debt_page(
+    request: Request,
+    who: Viewer,
+    target: Annotated[str, Query(max_length=128)] = "",
+    kind: Annotated[str, Query(alias="class", max_length=32)] = "",
+    owner: Annotated[str, Query(max_length=256)] = "",
+    q: Annotated[str, Query(max_length=128)] = "",
+    show: Annotated[str, Query(pattern="^(all|overdue|unknown)$")] = "all",
+    page_number: PageNumber = 1,
+) -> HTMLResponse:
+    seen, items = _debt_view(request, who)
+    wanted = [
+        i
+        for i in items
+        if (not target or i.target == target)
+        and (not kind or i.target_class == kind)
+        and (not owner or i.owner == owner)
+        and (not q or i.identity.casefold().startswith(q.casefold()))
+        and (show != "overdue" or i.overdue)
+        and (show != "unknown" or not i.known)
+    ]
+    pages = max(1, -(-len(wanted) // PAGE))
+    start = (page_number - 1) * PAGE
+    return _render(
+        request,
+        "debt.html",
+        who,
+        seen=seen,
+        now=datetime.now(UTC),
+        items=wanted[start : start + PAGE],
+        total=len(wanted),
+        targets=sorted({i.target for i in items}),
+        filters={"target": target, "class": kind, "owner": owner, "q": q, "show": show},
+        page=page_number,
+        pages=pages,
+    )
+
+
+def _paged(rows: list[Any], page_number: int) -> dict[str, Any]:
+    """One page of ``rows``, with what the pager shows."""
+    start = (page_number - 1) * PAGE
+    pages = max(1, -(-len(rows) // PAGE))
+    return {
+        "rows": rows[start : start + PAGE],
+        "total": len(rows),
+        "page": page_number,
+        "pages": pages,
+    }
+
+
 @router.get("/tasks", response_class=HTMLResponse)
-def task_list(request: Request, who: TaskWorker) -> HTMLResponse:
+def task_list(request: Request, who: TaskWorker, page_number: PageNumber = 1) -> HTMLResponse:
     workspace = _workspace(request)
     with workspace.sessions() as session:
         found = [
@@ -196,7 +270,7 @@ def task_list(request: Request, who: TaskWorker) -> HTMLResponse:
             for t in tasks.list_tasks(session, datetime.now(UTC))
             if who.answers_for(Permission.TASKS, t.target, t.owner)
         ]
-    return _render(request, "tasks.html", who, tasks=found, message=None)
+    return _render(request, "tasks.html", who, paged=_paged(found, page_number))
 
 
 def _may_work_on(who: Principal, workspace: Workspace, task_id: int) -> None:
@@ -236,7 +310,7 @@ def task_verify(
 def hold_list(request: Request, who: Approver) -> HTMLResponse:
     with _workspace(request).sessions() as session:
         found = holds.list_holds(session)
-    return _render(request, "holds.html", who, holds=found)
+    return _render(request, "holds.html", who, holds=found, shown=HOLD_IDENTITIES)
 
 
 @router.post("/holds/{hold_id}", response_model=None)
@@ -244,6 +318,7 @@ async def hold_decide(request: Request, hold_id: int, who: Approver) -> Response
     form = await request.form()
     _checked(request, str(form.get("csrf", "")))
     chosen = [str(v) for v in form.getlist("identity")]
+    chosen_targets = [str(v) for v in form.getlist("target")]
     approve = form.get("decision") == "approve"
     workspace = _workspace(request)
 
@@ -255,6 +330,7 @@ async def hold_decide(request: Request, hold_id: int, who: Approver) -> Response
                 hold_id,
                 approve=approve,
                 only=chosen or None,
+                targets=chosen_targets or None,
                 now=datetime.now(UTC),
                 actor=who.name,
                 four_eyes=True,
@@ -284,7 +360,7 @@ def identity_list(
     who: Viewer,
     q: str = "",
     state: str = "",
-    page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+    page_number: PageNumber = 1,
 ) -> HTMLResponse:
     _all_of_it(who)
     found, total = views.list_identities(
@@ -315,20 +391,30 @@ def identity_page(request: Request, identity: str, who: Viewer) -> HTMLResponse:
     now = datetime.now(UTC)
     shown = views.show_identity(workspace, identity, as_of=None, known_at=None, now=now)
     explained = views.explain_identity(workspace, identity, None, now=now)
+    owed = debt.ledger(workspace, now, identity=identity).items
     with workspace.sessions() as session:
         done = operations.list_operations(session, identity=identity, limit=100)
-    return _render(request, "identity.html", who, person=shown, access=explained, operations=done)
+    return _render(
+        request,
+        "identity.html",
+        who,
+        person=shown,
+        access=explained,
+        operations=done,
+        owed=owed,
+        now=now,
+    )
 
 
 @router.get("/cases", response_class=HTMLResponse)
-def case_list(request: Request, who: CaseDecider) -> HTMLResponse:
+def case_list(request: Request, who: CaseDecider, page_number: PageNumber = 1) -> HTMLResponse:
     with _workspace(request).sessions() as session:
         found = [
-            correlate.case_dict(c)
-            for c in correlate.list_cases(session)
-            if who.answers_for(Permission.CASES, c.target)
+            c for c in correlate.list_cases(session) if who.answers_for(Permission.CASES, c.target)
         ]
-    return _render(request, "cases.html", who, cases=found)
+    paged = _paged(found, page_number)
+    paged["rows"] = [correlate.case_dict(c) for c in paged["rows"]]
+    return _render(request, "cases.html", who, paged=paged)
 
 
 @router.post("/cases/{case_id}", response_model=None)
@@ -391,7 +477,7 @@ def target_page(
     target: str,
     who: Viewer,
     kind: Annotated[str, Query(alias="class", max_length=32)] = "",
-    page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+    page_number: PageNumber = 1,
 ) -> HTMLResponse:
     who.work_on(Permission.READ, target)
     shown = views.target_accounts(

@@ -45,7 +45,7 @@ from provisor.domain.debt import (
     summarise,
     totals,
 )
-from provisor.domain.desired import DesiredAccess, desired_access
+from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState, fold
 from provisor.domain.plan import (
     OPEN_STATUSES,
@@ -60,7 +60,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit
 from provisor.store import models
-from provisor.store.bulk import SEP, chunks, collector_paused
+from provisor.store.bulk import SEP, chunks, collector_paused, driver_rows
 
 # journal rows that stand for a removal still in hand (not cancelled, not verified)
 
@@ -171,7 +171,7 @@ def _suspects(
     )
     suspects: set[str] = set()
     seen: set[tuple[str, str]] = set()
-    for linked, where, enabled, joined in session.execute(query):
+    for linked, where, enabled, joined in driver_rows(session, query):
         who = str(linked)
         wanted = desired.get(who)
         if wanted is None or who in suspects or where not in targets:
@@ -322,7 +322,8 @@ def _debt_items(
     if target is not None:
         targets = {target: targets[target]} if target in targets else {}
     states = _states(workspace, session, None if identity is None else [identity], now)
-    desired = {who: desired_access(compiled, state) for who, (state, _) in states.items()}
+    shared: SharedAccess = {}
+    desired = {who: desired_access(compiled, state, shared) for who, (state, _) in states.items()}
     suspects = [identity] if identity is not None else _suspects(session, targets, desired)
     observed = _observed(session, targets, suspects)
     journal = _journal(session, identity, target)

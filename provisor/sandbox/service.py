@@ -50,13 +50,13 @@ def free_port() -> int:
 
 @contextmanager
 def served(
-    config: str, prepare: Callable[[Any], None] | None = None
+    config: str, prepare: Callable[[Any], None] | None = None, policy: str = POLICY
 ) -> Iterator[tuple[str, str, int]]:
     """(url, admin token, server pid) of a service over a fresh workspace."""
     with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp:
         folder = Path(tmp)
         (folder / "provisor.yaml").write_text(config)
-        workspace = scratch_workspace(folder, POLICY)
+        workspace = scratch_workspace(folder, policy)
         now = datetime.now(UTC)
         with workspace.sessions() as session, session.begin():
             operators.add_operator(session, "bench", roles=["admin"], by="bench", now=now)
@@ -114,18 +114,24 @@ def load(
     requests: list[tuple[str, str, Any]],
     threads: int,
     expect: set[int],
+    *,
+    console: bool = False,
 ) -> tuple[float, list[float]]:
     """Send ``requests`` (method, path, JSON body) from ``threads`` keep-alive clients; the
-    elapsed seconds and every latency (ms). A status not in ``expect`` stops the run."""
+    elapsed seconds and every latency (ms). A status not in ``expect`` stops the run. With
+    ``console`` the token goes as the console's session cookie instead of a bearer token."""
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
     chunks = [requests[i::threads] for i in range(threads)]
 
     def work(mine: list[tuple[str, str, Any]]) -> None:
-        with httpx2.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        ) as client:
+        signed = (
+            {"cookies": {"provisor_session": token}}
+            if console
+            else {"headers": {"Authorization": f"Bearer {token}"}}
+        )
+        with httpx2.Client(base_url=url, timeout=60, **signed) as client:
             for method, path, body in mine:
                 started = time.perf_counter()
                 answer = client.request(method, path, json=body)

@@ -240,3 +240,66 @@ def test_a_target_page_shows_its_accounts_runs_and_read_paths(
     admin.goto(service.url + "/console/targets/nope")
     assert "404" in admin.inner_text("h1")
     admin.close()
+
+
+def test_the_debt_page_lists_what_is_still_held_and_an_owner_sees_only_theirs(
+    browser: Any, service: Service
+) -> None:
+    _leaver_with_tasks(service)
+    export = service.workspace.path / "wiki.csv"
+    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,editor\n")
+    import_observed(service.workspace, "wiki", export, now=datetime.now(UTC))
+    admin = _sign_in(browser, service, "root")
+    admin.click("nav a[href='/console/debt']")
+    assert admin.get_attribute("#ledger-status", "data-current") == "yes"
+    listed = admin.inner_text("#debt")
+    assert "F1" in listed and "erp" in listed and "wiki" in listed
+    _shot(admin, "debt")
+    admin.select_option("select[name=target]", "wiki")
+    admin.click("form.search button")
+    assert "erp" not in admin.inner_text("#debt tbody") and "wiki" in admin.inner_text("#debt")
+    admin.goto(service.url + "/console/identities/F1")
+    assert "erp" in admin.inner_text("#owed") and "wiki" in admin.inner_text("#owed")
+    admin.close()
+
+    owner = _sign_in(browser, service, "owen")
+    owner.goto(service.url + "/console/tasks")
+    row = owner.locator("tr[id^=task-]").first
+    row.locator("input[name=evidence]").fill("RITM0099")
+    row.locator("button", has_text="Done").click()
+    owner.wait_for_url(service.url + "/console/tasks")
+    owner.goto(service.url + "/console/debt")
+    assert owner.get_attribute("#ledger-status", "data-current") == "yes"
+    mine = owner.inner_text("#debt tbody")
+    # done but not verified by a second person: the access is still owed, never shown as gone
+    assert "erp" in mine and "F1" in mine and "wiki" not in mine
+    owner.close()
+
+
+def test_an_approver_releases_one_target_of_a_held_plan_batch(
+    browser: Any, service: Service
+) -> None:
+    now = datetime.now(UTC)
+    for target, held in (("erp", "erp-user"), ("wiki", "editor")):
+        export = service.workspace.path / f"{target}.csv"
+        rows = [f"{a},{a}@example.com,true,{held}" for a in ("fay", "gus")]
+        export.write_text("account,email,enabled,entitlements\n" + "\n".join(rows) + "\n")
+        import_observed(service.workspace, target, export, now=now)
+    service.workspace.config.guard.min_count = 1
+    policy = service.workspace.path / "policy" / "policy.yaml"
+    policy.write_text(policy.read_text().split("rules:")[0] + "rules: []\n")
+    service.workspace.refresh_policy()
+    assert service.call("olga", "POST", "/api/v1/plans", json={}).status_code == 200
+    [hold] = service.call("alice", "GET", "/api/v1/holds").json()
+    assert hold["kind"] == "operations" and set(hold["details"]["targets"]) == {"erp", "wiki"}
+    page = _sign_in(browser, service, "alice")
+    page.goto(service.url + "/console/holds")
+    offered = page.inner_text(f"#hold-{hold['hold']} .hold-targets")
+    assert "erp:" in offered and "wiki:" in offered and "of 2 managed" in offered
+    page.check(f"#hold-{hold['hold']} input[name=target][value=wiki]")
+    page.click(f"#hold-{hold['hold']} button[value=approve]")
+    page.wait_for_url(service.url + "/console/holds")
+    page.close()
+    with service.client("olga") as client:
+        left = client.get("/api/v1/operations", params={"status": "held"}).json()
+    assert {o["target"] for o in left} == {"erp"}  # wiki released, erp still waits

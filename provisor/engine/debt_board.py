@@ -1,0 +1,150 @@
+"""The revocation debt as the console shows it: the whole ledger, kept between views.
+
+Does: compute the whole debt ledger and the coverage map's blind spots once (``debt.ledger``,
+``coverage``) and keep them with the moment they were computed and the audit chain's head at
+that moment; hand them to every view while the head has not moved and they are younger than
+``fresh_for``. When either changed, a view starts a recomputation in a background thread and
+waits for it if the last one was quick (a small workspace is always shown as it is now); when
+it is slow (a million accounts take seconds), views keep showing the last ledger without
+waiting — marked as not current, with its age — and recomputations start no more often than
+every ``gap`` times their own duration, so a busy workspace does not spend its processor on
+them.
+Does not: decide what debt is (``debt`` does), or ever present an old ledger as current: every
+view says when its ledger was computed and whether something has changed since. Nothing that
+changes access or the journal moves without an audit entry, so an unmoved head within
+``fresh_for`` means nothing the ledger reads has changed (only ages and SLA clocks have).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from provisor.engine import debt
+from provisor.engine.coverage import BlindSpot, coverage
+from provisor.engine.workspace import Workspace
+from provisor.store import models
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Board:
+    """One computation: the ledger, the blind spots, when and at which audit head."""
+
+    ledger: debt.Ledger
+    blind: list[BlindSpot]
+    computed_at: datetime
+    took_s: float
+    head: int
+
+
+@dataclass(frozen=True)
+class View:
+    """What a page gets: the newest board (None before the first one is done), whether it is
+    current (nothing audited since and young enough), a recomputation under way, and the
+    error of the last attempt when it failed."""
+
+    board: Board | None
+    current: bool
+    refreshing: bool
+    error: str | None = None
+
+
+class DebtBoard:
+    """The newest ledger of one workspace, recomputed when the audit chain moves."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        *,
+        fresh_for: timedelta = timedelta(minutes=2),
+        wait_s: float = 2.0,
+        gap: float = 4.0,
+    ) -> None:
+        self.workspace = workspace
+        self.fresh_for = fresh_for
+        self.wait_s = wait_s
+        self.gap = gap
+        self._lock = threading.Lock()
+        self._board: Board | None = None
+        self._running: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._finished = 0.0  # monotonic time the last computation ended
+        self._error: str | None = None
+
+    def head(self) -> int:
+        """The newest audit entry's number: anything the ledger reads moves it."""
+        with self.workspace.sessions() as session:
+            return int(session.execute(select(func.max(models.AuditEvent.seq))).scalar() or 0)
+
+    def view(self, now: datetime | None = None) -> View:
+        """The newest board, recomputed first when it is stale and quick to recompute."""
+        now = now or datetime.now(UTC)
+        head = self.head()
+        with self._lock:
+            board = self._board
+            stale = board is None or board.head != head or now - board.computed_at > self.fresh_for
+            if stale and self._running is None and self._may_start(board):
+                self._start(head)
+            running = self._running
+        if running is not None and (board is None or board.took_s <= self.wait_s):
+            running.wait(self.wait_s)
+            with self._lock:
+                board, running = self._board, self._running
+        current = (
+            board is not None and board.head == head and now - board.computed_at <= self.fresh_for
+        )
+        return View(board, current, running is not None, self._error)
+
+    def prime(self) -> None:
+        """Start the first computation now, so the first view does not wait for it."""
+        with self._lock:
+            if self._board is None and self._running is None:
+                self._start(self.head())
+
+    def close(self, timeout: float = 30) -> None:
+        """Wait (up to ``timeout``) for a computation under way, before the store closes."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _may_start(self, board: Board | None) -> bool:
+        if board is None or board.took_s <= self.wait_s:
+            return True
+        return time.monotonic() - self._finished >= self.gap * board.took_s
+
+    def _start(self, head: int) -> None:
+        done = threading.Event()
+        self._running = done
+        self._thread = threading.Thread(
+            target=self._compute, args=(head, done), name="provisor-debt-board", daemon=True
+        )
+        self._thread.start()
+
+    def _compute(self, head: int, done: threading.Event) -> None:
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        try:
+            ledger = debt.ledger(self.workspace, now)
+            blind = [b for c in coverage(self.workspace) for b in c.blind_spots]
+        except Exception as exc:  # the pages say so; the next view tries again
+            log.exception("the debt ledger could not be computed")
+            with self._lock:
+                self._error = f"{type(exc).__name__}: {exc}"
+                self._finish(done)
+            return
+        board = Board(ledger, blind, now, time.perf_counter() - started, head)
+        with self._lock:
+            self._board, self._error = board, None
+            self._finish(done)
+
+    def _finish(self, done: threading.Event) -> None:
+        self._running = None
+        self._finished = time.monotonic()
+        done.set()
