@@ -98,10 +98,8 @@ def _events(identities: int, now: datetime) -> Iterator[tuple[Any, ...]]:
 
 
 RECORDED = ("population", "accepted")
-EVENT_COLUMNS = ("key", "identity", "kind", "effective_at", "recorded_at", "attributes", "source")
-EVENT_COLUMNS += ("status",)
-ACCOUNT_COLUMNS = ("id", "target", "account", "identity", "enabled", "attributes", "observed_at")
-ACCOUNT_COLUMNS += ("source",)
+EVENT_COLUMNS = "key identity kind effective_at recorded_at attributes source status".split()
+ACCOUNT_COLUMNS = "id target account identity enabled attributes observed_at source".split()
 
 
 def _accounts(identities: int, targets: int, now: datetime) -> Iterator[tuple[Any, ...]]:

@@ -126,12 +126,9 @@ def load(
     chunks = [requests[i::threads] for i in range(threads)]
 
     def work(mine: list[tuple[str, str, Any]]) -> None:
-        signed = (
-            {"cookies": {"provisor_session": token}}
-            if console
-            else {"headers": {"Authorization": f"Bearer {token}"}}
-        )
-        with httpx2.Client(base_url=url, timeout=60, **signed) as client:
+        cookies = {"provisor_session": token} if console else None
+        headers = None if console else {"Authorization": f"Bearer {token}"}
+        with httpx2.Client(base_url=url, timeout=60, headers=headers, cookies=cookies) as client:
             for method, path, body in mine:
                 started = time.perf_counter()
                 answer = client.request(method, path, json=body)
