@@ -98,8 +98,26 @@ def _events(identities: int, now: datetime) -> Iterator[tuple[Any, ...]]:
 
 
 RECORDED = ("population", "accepted")
-EVENT_COLUMNS = "key identity kind effective_at recorded_at attributes source status".split()
-ACCOUNT_COLUMNS = "id target account identity enabled attributes observed_at source".split()
+EVENT_COLUMNS = [
+    "key",
+    "identity",
+    "kind",
+    "effective_at",
+    "recorded_at",
+    "attributes",
+    "source",
+    "status",
+]
+ACCOUNT_COLUMNS = [
+    "id",
+    "target",
+    "account",
+    "identity",
+    "enabled",
+    "attributes",
+    "observed_at",
+    "source",
+]
 
 
 def _accounts(identities: int, targets: int, now: datetime) -> Iterator[tuple[Any, ...]]:
