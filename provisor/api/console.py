@@ -27,7 +27,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from provisor.api.security import Tokens, acting
-from provisor.domain.debt import DebtItem, summarise
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import correlate, debt, holds, operations, operators, tasks, views
 from provisor.engine.debt_board import View
@@ -164,22 +163,19 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
     return response
 
 
-def _debt_view(request: Request, who: Principal) -> tuple[View, list[DebtItem]]:
-    """The newest ledger and its items this person may see (a target owner: their targets')."""
+def _debt_view(request: Request, who: Principal) -> tuple[View, list[str] | None]:
+    """The newest ledger, and the targets whose debt this person sees (None: all of them)."""
     seen: View = request.app.state.debt_board.view()
-    items = seen.board.ledger.items if seen.board is not None else []
-    if who.reach(Permission.READ) is not Reach.ALL:
-        items = [i for i in items if i.target in who.targets]
-    return seen, items
+    everything = who.reach(Permission.READ) is Reach.ALL
+    return seen, None if everything else sorted(who.targets)
 
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     workspace = _workspace(request)
     now = datetime.now(UTC)
-    everything = who.reach(Permission.READ) is Reach.ALL
-    owned = None if everything else sorted(who.targets)
-    seen, items = _debt_view(request, who)
+    seen, owned = _debt_view(request, who)
+    everything = owned is None
     with workspace.sessions() as session:
         waiting = holds.list_holds(session) if everything else []
         open_tasks = [
@@ -196,10 +192,7 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         who,
         seen=seen,
         now=now,
-        items=len(items),
-        overdue=sum(1 for i in items if i.overdue),
-        unknown=sum(1 for i in items if not i.known),
-        groups={by: summarise(items, by) for by in ("class", "target", "owner")},
+        summary=seen.board.summary_of(owned) if seen.board is not None else None,
         holds=waiting,
         tasks=[t for t in open_tasks if t.overdue][:50],
         open_tasks=len(open_tasks),
@@ -221,7 +214,8 @@ def debt_page(
     show: Annotated[str, Query(pattern="^(all|overdue|unknown)$")] = "all",
     page_number: PageNumber = 1,
 ) -> HTMLResponse:
-    seen, items = _debt_view(request, who)
+    seen, owned = _debt_view(request, who)
+    items = seen.board.items_in(owned) if seen.board is not None else []
     wanted = [
         i
         for i in items

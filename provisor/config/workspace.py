@@ -83,6 +83,9 @@ class WebhookSettings(BaseModel):
     # the signing secret is read from this environment variable (never written here)
     secret_env: str | None = None
     kinds: list[str] = Field(default_factory=list)  # only these kinds; empty: all
+    # one POST per this many minutes carrying every notice waiting for the hook; 0: each
+    # notice its own POST at once
+    digest_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
 
 
 class NotificationSettings(BaseModel):

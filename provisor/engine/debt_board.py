@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from provisor.domain.debt import GROUPINGS, DebtGroup, DebtItem, GroupBy, summarise
 from provisor.engine import debt
 from provisor.engine.coverage import BlindSpot, coverage
 from provisor.engine.workspace import Workspace
@@ -34,14 +36,46 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Summary:
+    """The counts a dashboard shows of some debt items: all, overdue, unknown, and the totals
+    by target class, target and owner."""
+
+    items: int
+    overdue: int
+    unknown: int
+    groups: dict[GroupBy, list[DebtGroup]]
+
+    @classmethod
+    def of(cls, items: Sequence[DebtItem]) -> Summary:
+        return cls(
+            len(items),
+            sum(1 for i in items if i.overdue),
+            sum(1 for i in items if not i.known),
+            {by: summarise(items, by) for by in GROUPINGS},
+        )
+
+
+@dataclass(frozen=True)
 class Board:
-    """One computation: the ledger, the blind spots, when and at which audit head."""
+    """One computation: the ledger, its summary, the blind spots, when and at which audit
+    head."""
 
     ledger: debt.Ledger
     blind: list[BlindSpot]
     computed_at: datetime
     took_s: float
     head: int
+    summary: Summary
+
+    def items_in(self, targets: Collection[str] | None) -> list[DebtItem]:
+        """The items of ``targets`` (all when None)."""
+        if targets is None:
+            return self.ledger.items
+        return [i for i in self.ledger.items if i.target in targets]
+
+    def summary_of(self, targets: Collection[str] | None) -> Summary:
+        """The summary of ``targets``' items (all, computed once, when None)."""
+        return self.summary if targets is None else Summary.of(self.items_in(targets))
 
 
 @dataclass(frozen=True)
@@ -139,7 +173,8 @@ class DebtBoard:
                 self._error = f"{type(exc).__name__}: {exc}"
                 self._finish(done)
             return
-        board = Board(ledger, blind, now, time.perf_counter() - started, head)
+        summary = Summary.of(ledger.items)
+        board = Board(ledger, blind, now, time.perf_counter() - started, head, summary)
         with self._lock:
             self._board, self._error = board, None
             self._finish(done)

@@ -7,9 +7,10 @@ approvers and admins for a hold; the target's owners for a case; each owner with
 and the admins); put one notice per thing, person and channel in the outbox, never twice; and
 deliver the outbox: e-mail through SMTP, one digest per person once their oldest waiting notice
 is ``digest_minutes`` old (0: at once), and webhooks, each notice POSTed as JSON signed with
-HMAC-SHA256 (``X-Provisor-Signature: sha256=…``), retried with backoff until delivered or
-``max_attempts`` is spent. Delivery failures are recorded on the notice and logged, never
-raised: a cycle goes on.
+HMAC-SHA256 (``X-Provisor-Signature: sha256=…``) — or, for a hook with its own
+``digest_minutes``, every notice waiting for it in one signed digest per window — retried with
+backoff until delivered or ``max_attempts`` is spent. Delivery failures are recorded on the
+notice and logged, never raised: a cycle goes on.
 Does not: decide what is overdue or owed (tasks, holds, cases and the debt ledger do), or
 keep secrets: the SMTP password and webhook secrets are read from environment variables.
 """
@@ -242,41 +243,71 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+DIGEST_MAX = 500  # notices in one webhook digest; more go in the next POST
+
+
+def _payload(notice: Notice) -> dict[str, Any]:
+    return {
+        "id": notice.id,
+        "kind": notice.kind,
+        "key": notice.key,
+        "text": notice.text,
+        "data": notice.data,
+        "at": notice.created_at.isoformat(),
+    }
+
+
+def _post(hook: WebhookSettings, notices: list[Notice], digest: bool) -> str | None:
+    """POST ``notices`` to the hook (one notice, or a digest of them); the error, or None."""
+    document: dict[str, Any] = (
+        {"digest": True, "count": len(notices), "notices": [_payload(n) for n in notices]}
+        if digest
+        else _payload(notices[0])
+    )
+    body = json.dumps(document, sort_keys=True).encode()
+    delivery = ",".join(str(n.id) for n in notices) if len(notices) < 20 else None
+    delivery = delivery or f"{notices[0].id}..{notices[-1].id}:{len(notices)}"
+    headers = {"Content-Type": "application/json", "X-Provisor-Delivery": delivery}
+    secret = os.environ.get(hook.secret_env or "", "")
+    if secret:
+        headers["X-Provisor-Signature"] = signature(secret, body)
+    try:
+        answer = httpx2.post(hook.url, content=body, headers=headers, timeout=15)
+    except httpx2.HTTPError as exc:
+        return f"webhook: {exc}"
+    return None if 200 <= answer.status_code < 300 else f"webhook: HTTP {answer.status_code}"
+
+
 def deliver_webhooks(session: Session, settings: NotificationSettings, now: datetime) -> int:
-    """POST each due webhook notice; how many were delivered."""
+    """POST each due webhook notice, or for a hook with a digest every due notice in one POST
+    once the oldest is ``digest_minutes`` old; how many notices were delivered."""
     hooks: dict[str, WebhookSettings] = {h.url: h for h in settings.webhooks}
-    delivered = 0
+    pending: dict[str, list[Notice]] = defaultdict(list)
     for notice in session.execute(
-        select(Notice).where(Notice.channel == "webhook", Notice.status == "pending")
+        select(Notice)
+        .where(Notice.channel == "webhook", Notice.status == "pending")
+        .order_by(Notice.id)
     ).scalars():
-        hook = hooks.get(notice.recipient)
-        if hook is None or not _due(notice, now):
-            continue
-        body = json.dumps(
-            {
-                "id": notice.id,
-                "kind": notice.kind,
-                "key": notice.key,
-                "text": notice.text,
-                "data": notice.data,
-                "at": notice.created_at.isoformat(),
-            },
-            sort_keys=True,
-        ).encode()
-        headers = {"Content-Type": "application/json", "X-Provisor-Delivery": str(notice.id)}
-        secret = os.environ.get(hook.secret_env or "", "")
-        if secret:
-            headers["X-Provisor-Signature"] = signature(secret, body)
-        try:
-            answer = httpx2.post(hook.url, content=body, headers=headers, timeout=15)
-        except httpx2.HTTPError as exc:
-            _failed(notice, f"webhook: {exc}", now, settings.max_attempts)
-            continue
-        if 200 <= answer.status_code < 300:
-            notice.status, notice.sent_at = "sent", now
-            delivered += 1
-        else:
-            _failed(notice, f"webhook: HTTP {answer.status_code}", now, settings.max_attempts)
+        if notice.recipient in hooks and _due(notice, now):
+            pending[notice.recipient].append(notice)
+    delivered = 0
+    for url, notices in pending.items():
+        hook = hooks[url]
+        digest = hook.digest_minutes > 0
+        if digest and now - min(n.created_at for n in notices) < timedelta(
+            minutes=hook.digest_minutes
+        ):
+            continue  # more may come: one POST for the window
+        size = DIGEST_MAX if digest else 1
+        for start in range(0, len(notices), size):
+            batch = notices[start : start + size]
+            error = _post(hook, batch, digest)
+            for notice in batch:
+                if error is None:
+                    notice.status, notice.sent_at = "sent", now
+                else:
+                    _failed(notice, error, now, settings.max_attempts)
+            delivered += len(batch) if error is None else 0
     return delivered
 
 

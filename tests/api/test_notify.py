@@ -192,3 +192,29 @@ def test_a_mail_server_that_is_down_leaves_the_notices_waiting(
     assert mail and all(n.status == "pending" and n.attempts == 1 for n in mail)
     assert all("SMTP" in (n.last_error or "") for n in mail)
     workspace.close()
+
+
+def test_a_webhook_with_a_digest_gets_one_signed_post_per_window(
+    erp_workspace: Path, smtp: tuple[int, _Inbox], receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROVISOR_TEST_HOOK_SECRET", "hook-secret")
+    port, _ = smtp
+    hook, got, failures = receiver
+    failures[0] = 1  # the first digest fails and is retried whole
+    workspace = _setup(erp_workspace, port, hook, digest=0)
+    workspace.config.notifications.webhooks[0].digest_minutes = 30
+    now = datetime.now(UTC)
+    assert notify.run(workspace, now)["webhooks"] == 0  # the window is open: nothing yet
+    assert notify.run(workspace, now + timedelta(minutes=31))["webhooks"] == 0  # 500
+    delivered = notify.run(workspace, now + timedelta(minutes=40))["webhooks"]
+    assert len(got) == 1 and delivered >= 2
+    headers, body = got[0]
+    document = json.loads(body)
+    assert document["digest"] is True and document["count"] == delivered
+    kinds = {n["kind"] for n in document["notices"]}
+    assert {"task.opened", "hold.waiting"} <= kinds
+    expected = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Provisor-Signature"] == expected
+    assert notify.run(workspace, now + timedelta(minutes=80))["webhooks"] == 0  # sent once
+    assert len(got) == 1
+    workspace.close()
