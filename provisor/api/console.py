@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from provisor.api.security import Tokens, acting
+from provisor.domain.debt import DebtItem
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import correlate, debt, holds, operations, operators, tasks, views
 from provisor.engine.debt_board import View
@@ -93,10 +95,12 @@ def _checked(request: Request, sent: str) -> None:
 
 
 def _render(request: Request, name: str, who: Principal | None, **context: Any) -> HTMLResponse:
+    board = getattr(request.app.state, "debt_board", None)
+    fresh = int(board.fresh_for.total_seconds() // 60) if board is not None else None
     return templates.TemplateResponse(
         request,
         name,
-        {"who": who, "csrf": getattr(request.state, "csrf", ""), **context},
+        {"who": who, "csrf": getattr(request.state, "csrf", ""), "fresh_minutes": fresh} | context,
     )
 
 
@@ -163,19 +167,23 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
     return response
 
 
-def _debt_view(request: Request, who: Principal) -> tuple[View, list[str] | None]:
-    """The newest ledger, and the targets whose debt this person sees (None: all of them)."""
+def _debt_view(request: Request, who: Principal) -> tuple[View, Callable[[DebtItem], bool] | None]:
+    """The newest ledger, and which of its items this person sees (None: all of them; a target
+    owner: their targets' and those whose revocation owner is their e-mail)."""
     seen: View = request.app.state.debt_board.view()
-    everything = who.reach(Permission.READ) is Reach.ALL
-    return seen, None if everything else sorted(who.targets)
+    if who.reach(Permission.READ) is Reach.ALL:
+        return seen, None
+    return seen, lambda i: who.answers_for(Permission.READ, i.target, i.owner)
 
 
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, who: Viewer) -> HTMLResponse:
     workspace = _workspace(request)
     now = datetime.now(UTC)
-    seen, owned = _debt_view(request, who)
-    everything = owned is None
+    seen, keep = _debt_view(request, who)
+    everything = keep is None
+    owned = None if everything else sorted(who.targets)
+    summary = seen.board.summary_for(keep) if seen.board is not None else None
     with workspace.sessions() as session:
         waiting = holds.list_holds(session) if everything else []
         open_tasks = [
@@ -192,7 +200,8 @@ def dashboard(request: Request, who: Viewer) -> HTMLResponse:
         who,
         seen=seen,
         now=now,
-        summary=seen.board.summary_of(owned) if seen.board is not None else None,
+        summary=summary,
+        visible=summary.items if summary is not None else None,
         holds=waiting,
         tasks=[t for t in open_tasks if t.overdue][:50],
         open_tasks=len(open_tasks),
@@ -214,8 +223,8 @@ def debt_page(
     show: Annotated[str, Query(pattern="^(all|overdue|unknown)$")] = "all",
     page_number: PageNumber = 1,
 ) -> HTMLResponse:
-    seen, owned = _debt_view(request, who)
-    items = seen.board.items_in(owned) if seen.board is not None else []
+    seen, keep = _debt_view(request, who)
+    items = seen.board.items_for(keep) if seen.board is not None else []
     wanted = [
         i
         for i in items
@@ -226,27 +235,28 @@ def debt_page(
         and (show != "overdue" or i.overdue)
         and (show != "unknown" or not i.known)
     ]
-    pages = max(1, -(-len(wanted) // PAGE))
-    start = (page_number - 1) * PAGE
+    paged = _paged(wanted, page_number)
     return _render(
         request,
         "debt.html",
         who,
         seen=seen,
         now=datetime.now(UTC),
-        items=wanted[start : start + PAGE],
+        visible=len(items),
+        items=paged["rows"],
         total=len(wanted),
         targets=sorted({i.target for i in items}),
         filters={"target": target, "class": kind, "owner": owner, "q": q, "show": show},
-        page=page_number,
-        pages=pages,
+        page=paged["page"],
+        pages=paged["pages"],
     )
 
 
 def _paged(rows: list[Any], page_number: int) -> dict[str, Any]:
     """One page of ``rows``, with what the pager shows."""
-    start = (page_number - 1) * PAGE
     pages = max(1, -(-len(rows) // PAGE))
+    page_number = min(page_number, pages)  # past the end: the last page
+    start = (page_number - 1) * PAGE
     return {
         "rows": rows[start : start + PAGE],
         "total": len(rows),

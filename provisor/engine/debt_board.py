@@ -10,9 +10,10 @@ waiting — marked as not current, with its age — and recomputations start no 
 every ``gap`` times their own duration, so a busy workspace does not spend its processor on
 them.
 Does not: decide what debt is (``debt`` does), or ever present an old ledger as current: every
-view says when its ledger was computed and whether something has changed since. Nothing that
-changes access or the journal moves without an audit entry, so an unmoved head within
-``fresh_for`` means nothing the ledger reads has changed (only ages and SLA clocks have).
+view says when its ledger was computed and whether it is current. What changes observations,
+identities, removals done or verified, tasks and read paths is audited, so an unmoved head
+means those have not changed; what moves with the clock alone (an SLA passed, a future-dated
+change come due, an operation claimed or rescheduled) is caught by ``fresh_for``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -67,26 +68,26 @@ class Board:
     head: int
     summary: Summary
 
-    def items_in(self, targets: Collection[str] | None) -> list[DebtItem]:
-        """The items of ``targets`` (all when None)."""
-        if targets is None:
-            return self.ledger.items
-        return [i for i in self.ledger.items if i.target in targets]
+    def items_for(self, keep: Callable[[DebtItem], bool] | None) -> list[DebtItem]:
+        """The items ``keep`` keeps (all when None)."""
+        return self.ledger.items if keep is None else [i for i in self.ledger.items if keep(i)]
 
-    def summary_of(self, targets: Collection[str] | None) -> Summary:
-        """The summary of ``targets``' items (all, computed once, when None)."""
-        return self.summary if targets is None else Summary.of(self.items_in(targets))
+    def summary_for(self, keep: Callable[[DebtItem], bool] | None) -> Summary:
+        """The summary of the items ``keep`` keeps (of all, computed once, when None)."""
+        return self.summary if keep is None else Summary.of(self.items_for(keep))
 
 
 @dataclass(frozen=True)
 class View:
-    """What a page gets: the newest board (None before the first one is done), whether it is
-    current (nothing audited since and young enough), a recomputation under way, and the
-    error of the last attempt when it failed."""
+    """What a page gets: the newest board (None before the first one is done); whether it is
+    current, else why not ("changed": something was audited since it was computed; "old": it
+    is older than ``fresh_for``); a recomputation under way; and whether the last attempt
+    failed (why is in the service's log, not on pages)."""
 
     board: Board | None
     current: bool
     refreshing: bool
+    stale: str | None = None
     error: str | None = None
 
 
@@ -111,11 +112,20 @@ class DebtBoard:
         self._thread: threading.Thread | None = None
         self._finished = 0.0  # monotonic time the last computation ended
         self._error: str | None = None
+        self._closed = False
 
     def head(self) -> int:
-        """The newest audit entry's number: anything the ledger reads moves it."""
+        """The newest audit entry's number: what the ledger reads does not change without
+        moving it (clocks aside: see ``fresh_for``)."""
         with self.workspace.sessions() as session:
             return int(session.execute(select(func.max(models.AuditEvent.seq))).scalar() or 0)
+
+    def _stale(self, board: Board | None, head: int, now: datetime) -> str | None:
+        if board is None:
+            return "missing"
+        if board.head != head:
+            return "changed"
+        return "old" if now - board.computed_at > self.fresh_for else None
 
     def view(self, now: datetime | None = None) -> View:
         """The newest board, recomputed first when it is stale and quick to recompute."""
@@ -123,63 +133,72 @@ class DebtBoard:
         head = self.head()
         with self._lock:
             board = self._board
-            stale = board is None or board.head != head or now - board.computed_at > self.fresh_for
-            if stale and self._running is None and self._may_start(board):
-                self._start(head)
+            if self._stale(board, head, now) and self._running is None and self._may_start(board):
+                self._start()
             running = self._running
         if running is not None and (board is None or board.took_s <= self.wait_s):
             running.wait(self.wait_s)
             with self._lock:
                 board, running = self._board, self._running
-        current = (
-            board is not None and board.head == head and now - board.computed_at <= self.fresh_for
-        )
-        return View(board, current, running is not None, self._error)
+        stale = self._stale(board, head, now)
+        return View(board, stale is None, running is not None, stale, self._error)
 
     def prime(self) -> None:
         """Start the first computation now, so the first view does not wait for it."""
         with self._lock:
             if self._board is None and self._running is None:
-                self._start(self.head())
+                self._start()
 
-    def close(self, timeout: float = 30) -> None:
-        """Wait (up to ``timeout``) for a computation under way, before the store closes."""
-        thread = self._thread
+    def settle(self, timeout: float = 30) -> None:
+        """Wait (up to ``timeout``) for a computation under way to end."""
+        with self._lock:
+            thread = self._thread
         if thread is not None:
             thread.join(timeout)
 
+    def close(self, timeout: float = 30) -> None:
+        """Start no more computations, and wait (up to ``timeout``) for one under way."""
+        with self._lock:
+            self._closed = True
+        self.settle(timeout)
+
     def _may_start(self, board: Board | None) -> bool:
+        if self._closed:
+            return False
         if board is None or board.took_s <= self.wait_s:
             return True
         return time.monotonic() - self._finished >= self.gap * board.took_s
 
-    def _start(self, head: int) -> None:
+    def _start(self) -> None:
+        if self._closed:
+            return
         done = threading.Event()
         self._running = done
         self._thread = threading.Thread(
-            target=self._compute, args=(head, done), name="provisor-debt-board", daemon=True
+            target=self._compute, args=(done,), name="provisor-debt-board", daemon=True
         )
         self._thread.start()
 
-    def _compute(self, head: int, done: threading.Event) -> None:
-        started = time.perf_counter()
-        now = datetime.now(UTC)
+    def _compute(self, done: threading.Event) -> None:
+        board: Board | None = None
+        error: str | None = None
         try:
+            started = time.perf_counter()
+            # the head first: what is audited while the ledger is read makes it stale
+            head = self.head()
+            now = datetime.now(UTC)
             ledger = debt.ledger(self.workspace, now)
             blind = [b for c in coverage(self.workspace) for b in c.blind_spots]
-        except Exception as exc:  # the pages say so; the next view tries again
+            summary = Summary.of(ledger.items)
+            board = Board(ledger, blind, now, time.perf_counter() - started, head, summary)
+        except Exception as exc:  # the pages say it failed; the next view tries again
             log.exception("the debt ledger could not be computed")
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
             with self._lock:
-                self._error = f"{type(exc).__name__}: {exc}"
-                self._finish(done)
-            return
-        summary = Summary.of(ledger.items)
-        board = Board(ledger, blind, now, time.perf_counter() - started, head, summary)
-        with self._lock:
-            self._board, self._error = board, None
-            self._finish(done)
-
-    def _finish(self, done: threading.Event) -> None:
-        self._running = None
-        self._finished = time.monotonic()
-        done.set()
+                if board is not None:
+                    self._board = board
+                self._error = error
+                self._running = None
+                self._finished = time.monotonic()
+                done.set()

@@ -10,6 +10,7 @@ Does not: fold identity state or write audit entries for identity changes; the i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -117,16 +118,21 @@ def list_holds(session: Session, *, every: bool = False) -> list[dict[str, Any]]
         query = query.where(Hold.status.in_(WAITING))
     holds = list(session.execute(query).scalars())
     waiting: dict[int, list[str]] = {h.id: [] for h in holds}
+    by_target: dict[int, Counter[str]] = {h.id: Counter() for h in holds}
     if holds:
         events = select(IdentityEvent.hold_id, IdentityEvent.identity).where(
             IdentityEvent.hold_id.in_(list(waiting)), IdentityEvent.status == "held"
         )
-        operations = select(Operation.hold_id, Operation.identity).where(
+        operations = select(Operation.hold_id, Operation.identity, Operation.target).where(
             Operation.hold_id.in_(list(waiting)), Operation.status == "held"
         )
-        for hold_id, identity in [*session.execute(events), *session.execute(operations)]:
+        for hold_id, identity in session.execute(events):
             if hold_id is not None:
                 waiting[hold_id].append(identity)
+        for hold_id, identity, target in session.execute(operations):
+            if hold_id is not None:
+                waiting[hold_id].append(identity)
+                by_target[hold_id][target] += 1
     return [
         {
             "hold": hold.id,
@@ -137,6 +143,8 @@ def list_holds(session: Session, *, every: bool = False) -> list[dict[str, Any]]
             "reason": hold.reason,
             "waiting": len(waiting[hold.id]),
             "identities": sorted(set(waiting[hold.id])),
+            # a plan batch: the operations still waiting in each target
+            "targets": dict(sorted(by_target[hold.id].items())),
             "decided_by": hold.decided_by,
             "details": hold.details,
         }

@@ -265,8 +265,9 @@ def _post(hook: WebhookSettings, notices: list[Notice], digest: bool) -> str | N
         else _payload(notices[0])
     )
     body = json.dumps(document, sort_keys=True).encode()
-    delivery = ",".join(str(n.id) for n in notices) if len(notices) < 20 else None
-    delivery = delivery or f"{notices[0].id}..{notices[-1].id}:{len(notices)}"
+    ids = ",".join(str(n.id) for n in notices)
+    # one notice: its id; a digest: a digest of its notices' ids (the same set, the same id)
+    delivery = ids if not digest else "digest-" + hashlib.sha256(ids.encode()).hexdigest()[:32]
     headers = {"Content-Type": "application/json", "X-Provisor-Delivery": delivery}
     secret = os.environ.get(hook.secret_env or "", "")
     if secret:

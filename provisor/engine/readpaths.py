@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from provisor.connectors.base import Connector, ReadPath
 from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
 from provisor.store import models
 
 
@@ -47,6 +48,10 @@ def recorder(workspace: Workspace, target: str) -> Callable[[list[ReadPath]], No
                 table(target=target, path=p.path, status=p.status, detail=p.detail, checked_at=now)
                 for p in paths
             )
+            # what a read path is trusted for decides what counts as proof: a change is audited
+            shown = {p.path: {"status": p.status, "detail": p.detail} for p in paths}
+            entry = audit.Entry("target.read-paths", f"target {target}", {"paths": shown})
+            audit.append(session, [entry], at=now)
         last[0] = list(paths)
 
     return record

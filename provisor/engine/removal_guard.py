@@ -210,6 +210,10 @@ def release(
             if unknown:
                 raise NotFoundError(f"hold {hold.id} holds nothing for: {', '.join(unknown)}")
             chosen = [r for r in chosen if getattr(r, field) in set(given)]
+    if not chosen:
+        raise LifecycleError(
+            f"hold {hold.id} holds nothing for both those identities and those targets"
+        )
     for row in chosen:
         row.updated_at = now
         if approve:

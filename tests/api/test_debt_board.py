@@ -61,14 +61,15 @@ def test_a_quick_ledger_is_recomputed_as_soon_as_something_is_audited(ws: Worksp
 def test_a_slow_ledger_is_shown_as_not_current_until_it_is_recomputed(ws: Workspace) -> None:
     board = DebtBoard(ws, wait_s=0.0, gap=0.0)  # every computation is slow: views never wait
     board.prime()
-    board.close()
+    board.settle()
     before = board.view()
     assert before.current and owed(before.board) == set()
     terminate(ws, "F1")
     stale = board.view()
     # the old ledger (no debt) is still what is shown, and it says it is not current
     assert stale.board is before.board and not stale.current and stale.refreshing
-    board.close()
+    assert stale.stale == "changed"
+    board.settle()
     fresh = board.view()
     assert fresh.current and owed(fresh.board) == {"F1"}
 
@@ -76,7 +77,7 @@ def test_a_slow_ledger_is_shown_as_not_current_until_it_is_recomputed(ws: Worksp
 def test_a_slow_ledger_is_not_recomputed_more_often_than_its_gap(ws: Workspace) -> None:
     board = DebtBoard(ws, wait_s=0.0, gap=1000.0)
     board.prime()
-    board.close()
+    board.settle()
     terminate(ws, "F1")
     stale = board.view()  # the last computation just ended: no new one before the gap
     assert not stale.current and not stale.refreshing
@@ -101,3 +102,10 @@ def test_a_ledger_that_cannot_be_computed_is_an_error_never_no_debt(
     seen = DebtBoard(ws).view()
     assert seen.board is None and not seen.current
     assert seen.error is not None and "the store went away" in seen.error
+
+
+def test_a_closed_board_starts_no_computation(ws: Workspace) -> None:
+    board = DebtBoard(ws)
+    board.close()
+    seen = board.view()
+    assert seen.board is None and not seen.current and not seen.refreshing
