@@ -43,6 +43,16 @@ class LifecycleSettings(BaseModel):
     rescind_window_days: int = Field(default=30, ge=0, le=365)
 
 
+class RunnerSettings(BaseModel):
+    """How runners share the journal (``provisor.engine.runner.leases``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a runner holds the accounts it works on for this long, renewed every third of it; one
+    # that died loses them this long after its last renewal, and another runner takes over
+    lease_seconds: int = Field(default=30, ge=3, le=3600)
+
+
 class AuditSettings(BaseModel):
     """Signed checkpoints of the audit chain (``provisor.evidence.checkpoints``)."""
 
@@ -157,6 +167,7 @@ class WorkspaceConfig(BaseModel):
     feeds: dict[str, FeedMapping] = Field(default_factory=lambda: {"hr": FeedMapping()})
     guard: GuardSettings = Field(default_factory=GuardSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
     secrets_file: str = "secrets.enc"
     # a credential that would cross the network unencrypted (plain http://, ldap:// without
     # StartTLS) is a warning; with require_tls, an error that keeps the target closed

@@ -22,6 +22,7 @@ from provisor.connectors.base import Connector, ReadPath
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.db import upsert
 
 
 def load(workspace: Workspace, target: str) -> list[ReadPath]:
@@ -42,12 +43,17 @@ def recorder(workspace: Workspace, target: str) -> Callable[[list[ReadPath]], No
             return
         now = datetime.now(UTC)
         with workspace.sessions() as session, session.begin():
+            # one statement per path, never delete-then-insert: runners in other processes
+            # record the same target's paths at the same moment
             table = models.TargetReadPath
-            session.execute(delete(table).where(table.target == target))
-            session.add_all(
-                table(target=target, path=p.path, status=p.status, detail=p.detail, checked_at=now)
+            rows = [
+                {"target": target, "path": p.path, "status": p.status, "detail": p.detail}
+                | {"checked_at": now}
                 for p in paths
-            )
+            ]
+            upsert(session, table, rows, ("target", "path"))
+            names = [p.path for p in paths]
+            session.execute(delete(table).where(table.target == target, table.path.not_in(names)))
             # what a read path is trusted for decides what counts as proof: a change is audited
             shown = {p.path: {"status": p.status, "detail": p.detail} for p in paths}
             entry = audit.Entry("target.read-paths", f"target {target}", {"paths": shown})

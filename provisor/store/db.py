@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +21,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy import ColumnElement, Engine, Table, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,6 +111,26 @@ def make_engine(url: str) -> Engine:
         json_serializer=_json,
         pool_size=POOL_SIZE,
         max_overflow=POOL_SIZE,
+    )
+
+
+def upsert(
+    session: Session,
+    model: type[Any],
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    where: ColumnElement[bool] | None = None,
+) -> None:
+    """Insert ``rows`` of ``model``; a row whose ``keys`` exist already updates that row's
+    other columns instead (only where ``where`` holds of the existing row). One atomic
+    statement on SQLite and PostgreSQL alike, so concurrent writers never collide."""
+    if not rows:
+        return
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table(model)).values(list(rows))
+    changed = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+    session.execute(
+        statement.on_conflict_do_update(index_elements=list(keys), set_=changed, where=where)
     )
 
 

@@ -509,3 +509,21 @@ class Notice(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(RedactedText)
+
+
+class AccountLease(Base):
+    """Which run may work on one account (an identity in a target) until when. Taken with one
+    atomic statement when free or expired, renewed while the work goes on, given back when it
+    is recorded: two runners never work on one account at once, and a runner that died loses
+    its accounts when its leases expire."""
+
+    __tablename__ = "account_leases"
+
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run: Mapped[str] = mapped_column(String(32), index=True)
+    # the process holding it (boot, pid namespace, pid, start time): a lease held by a process
+    # of this machine that is gone is free at once, not only when it expires
+    holder: Mapped[str] = mapped_column(String(160))
+    expires_at: Mapped[datetime]
+    taken_at: Mapped[datetime]

@@ -36,6 +36,7 @@ from provisor.domain.policy import TargetClass, TargetDef
 from provisor.domain.readback import kept_entitlements
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
+from provisor.engine.runner import leases
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
@@ -103,6 +104,10 @@ class Runner:
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
         self.run_id = uuid.uuid4().hex  # a new one for every apply
+        self._lease_seconds = workspace.config.runner.lease_seconds
+        # the account each running future works on; accounts done and not yet given back
+        self._accounts: dict[Future[list[Outcome]], leases.Account] = {}
+        self._done_accounts: set[leases.Account] = set()
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
 
@@ -175,7 +180,11 @@ class Runner:
                         report.no_connector[where] = count
                     done += count
                     continue
-                mine = self._claim([job.id for jobs in accounts for job in jobs], now())
+                held = self._take({(jobs[0].identity, where) for jobs in accounts})
+                ours = [
+                    job.id for jobs in accounts if (jobs[0].identity, where) in held for job in jobs
+                ]
+                mine = self._claim(ours, now())
                 claimed |= mine
                 report.waiting += count - len(mine)
                 done += count - len(mine)
@@ -190,12 +199,14 @@ class Runner:
                             self._run_account, taken, connector, specs, now, bucket
                         )
                         futures[future] = len(taken)
+                        self._accounts[future] = (jobs[0].identity, where)
             self._collect(futures, report, pending, finished, (done, total), progress)
         finally:
             for pool in pools:
                 pool.shutdown(wait=True)
             self._flush(pending, report)
             self._release(claimed - finished)
+            self._accounts.clear()
         return report
 
     def _collect(
@@ -211,7 +222,7 @@ class Runner:
         write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on."""
         done, total = count
         waiting_for = set(futures)
-        flushed = time.monotonic()
+        flushed = renewed = time.monotonic()
         while waiting_for:
             ready, waiting_for = wait(waiting_for, FLUSH_SECONDS, FIRST_COMPLETED)
             for future in ready:
@@ -220,13 +231,17 @@ class Runner:
                 report.waiting += size - len(outcomes)
                 pending.extend(outcomes)
                 finished.update(o.job.id for o in outcomes)
+                self._done_accounts.add(self._accounts.pop(future))
                 done += size
             if pending and (
                 len(pending) >= FLUSH_EVERY or time.monotonic() - flushed >= FLUSH_SECONDS
             ):
                 self._flush(pending, report)
                 pending.clear()
-                flushed = time.monotonic()
+                flushed = renewed = time.monotonic()
+            elif time.monotonic() - renewed >= self._lease_seconds / 3:
+                self._renew()
+                renewed = time.monotonic()
             if ready and progress is not None:
                 progress(done, total)
 
@@ -281,9 +296,21 @@ class Runner:
             for part in chunks(sorted(ids)):
                 session.execute(
                     update(op)
-                    .where(op.id.in_(part), op.status == "running")
+                    .where(op.id.in_(part), op.status == "running", op.intent_run == self.run_id)
                     .values(status="pending", intent_run=None, intent_at=None)
                 )
+            leases.give_back(session, self.run_id)
+
+    def _take(self, accounts: set[leases.Account]) -> set[leases.Account]:
+        """The leases of ``accounts`` this run could take (the others are another run's)."""
+        with self.workspace.sessions() as session, session.begin():
+            return leases.take(
+                session, self.run_id, accounts, datetime.now(UTC), self._lease_seconds
+            )
+
+    def _renew(self) -> None:
+        with self.workspace.sessions() as session, session.begin():
+            leases.renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
 
     def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
@@ -403,25 +430,39 @@ class Runner:
             return
         entries: list[audit.Entry] = []
         with self.workspace.sessions() as session, session.begin():
+            # the renewal is the first write: on SQLite it takes the write lock before the rows
+            # are read, on PostgreSQL the rows are locked as they are read; either way nobody
+            # takes an operation over between the check below and its record
+            leases.renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
             rows: dict[int, models.Operation] = {}
             for part in chunks([o.job.id for o in outcomes]):
                 query = select(models.Operation).where(models.Operation.id.in_(part))
-                rows.update((r.id, r) for r in session.execute(query).scalars())
+                rows.update((r.id, r) for r in session.execute(query.with_for_update()).scalars())
             for outcome in outcomes:
                 row = rows[outcome.job.id]
                 entries.append(self._record(session, row, outcome, report))
             audit.append(session, entries, at=max(o.at for o in outcomes if o.at))
+            leases.give_back(session, self.run_id, self._done_accounts)
+        self._done_accounts.clear()
 
     def _record(
         self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport
     ) -> audit.Entry:
         at = outcome.at
         assert at is not None
-        if row.status != "running":  # not ours any more; never overwrite another decision
+        if row.status != "running" or row.intent_run != self.run_id:
+            # not ours any more (another decision, or a run that took the account over after
+            # this one's lease expired): never overwrite it
             return audit.Entry(
                 "operation.ignored",
                 row.identity,
-                {"key": row.key, "status": row.status, "outcome": outcome.status},
+                {
+                    "key": row.key,
+                    "status": row.status,
+                    "outcome": outcome.status,
+                    "run": self.run_id,
+                    "owner": row.intent_run,
+                },
             )
         row.attempts += 1
         row.updated_at = at
