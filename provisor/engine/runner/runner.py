@@ -36,8 +36,8 @@ from provisor.domain.policy import TargetClass, TargetDef
 from provisor.domain.readback import kept_entitlements
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
-from provisor.engine.runner import leases
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
+from provisor.engine.runner.leases import Account, give_back, renew, take
 from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
@@ -106,8 +106,8 @@ class Runner:
         self.run_id = uuid.uuid4().hex  # a new one for every apply
         self._lease_seconds = workspace.config.runner.lease_seconds
         # the account each running future works on; accounts done and not yet given back
-        self._accounts: dict[Future[list[Outcome]], leases.Account] = {}
-        self._done_accounts: set[leases.Account] = set()
+        self._accounts: dict[Future[list[Outcome]], Account] = {}
+        self._done_accounts: set[Account] = set()
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
 
@@ -299,18 +299,16 @@ class Runner:
                     .where(op.id.in_(part), op.status == "running", op.intent_run == self.run_id)
                     .values(status="pending", intent_run=None, intent_at=None)
                 )
-            leases.give_back(session, self.run_id)
+            give_back(session, self.run_id)
 
-    def _take(self, accounts: set[leases.Account]) -> set[leases.Account]:
+    def _take(self, accounts: set[Account]) -> set[Account]:
         """The leases of ``accounts`` this run could take (the others are another run's)."""
         with self.workspace.sessions() as session, session.begin():
-            return leases.take(
-                session, self.run_id, accounts, datetime.now(UTC), self._lease_seconds
-            )
+            return take(session, self.run_id, accounts, datetime.now(UTC), self._lease_seconds)
 
     def _renew(self) -> None:
         with self.workspace.sessions() as session, session.begin():
-            leases.renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
+            renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
 
     def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
@@ -433,7 +431,7 @@ class Runner:
             # the renewal is the first write: on SQLite it takes the write lock before the rows
             # are read, on PostgreSQL the rows are locked as they are read; either way nobody
             # takes an operation over between the check below and its record
-            leases.renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
+            renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
             rows: dict[int, models.Operation] = {}
             for part in chunks([o.job.id for o in outcomes]):
                 query = select(models.Operation).where(models.Operation.id.in_(part))
@@ -442,7 +440,7 @@ class Runner:
                 row = rows[outcome.job.id]
                 entries.append(self._record(session, row, outcome, report))
             audit.append(session, entries, at=max(o.at for o in outcomes if o.at))
-            leases.give_back(session, self.run_id, self._done_accounts)
+            give_back(session, self.run_id, self._done_accounts)
         self._done_accounts.clear()
 
     def _record(
@@ -451,19 +449,7 @@ class Runner:
         at = outcome.at
         assert at is not None
         if row.status != "running" or row.intent_run != self.run_id:
-            # not ours any more (another decision, or a run that took the account over after
-            # this one's lease expired): never overwrite it
-            return audit.Entry(
-                "operation.ignored",
-                row.identity,
-                {
-                    "key": row.key,
-                    "status": row.status,
-                    "outcome": outcome.status,
-                    "run": self.run_id,
-                    "owner": row.intent_run,
-                },
-            )
+            return self._ignored(row, outcome)
         row.attempts += 1
         row.updated_at = at
         row.intent_run = row.intent_at = None
@@ -528,6 +514,21 @@ class Runner:
                     "intended_at": interrupted[1].isoformat() if interrupted[1] else None,
                 }
             ),
+        )
+
+    def _ignored(self, row: models.Operation, outcome: Outcome) -> audit.Entry:
+        """An outcome for an operation that is not this run's any more (another decision, or
+        a run that took the account over after this one's lease expired): never recorded."""
+        return audit.Entry(
+            "operation.ignored",
+            row.identity,
+            {
+                "key": row.key,
+                "status": row.status,
+                "outcome": outcome.status,
+                "run": self.run_id,
+                "owner": row.intent_run,
+            },
         )
 
     def _refer(
