@@ -28,6 +28,7 @@ from provisor.engine import jobs
 from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.debt_board import DebtBoard
 from provisor.engine.intake import Intake
+from provisor.engine.metrics import registry_for
 from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     app.state.wake = background.wake if background is not None else threading.Event()
     app.state.background = background
     app.state.debt_board = DebtBoard(workspace)
+    app.state.metrics = registry_for(workspace, app.state.debt_board)
     problems.install(app)
     for module in ROUTERS:
         app.include_router(module.router)

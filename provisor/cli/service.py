@@ -37,7 +37,7 @@ RoleOption = Annotated[
     list[str] | None,
     typer.Option(
         "--role",
-        help="A role (repeat): admin, operator, approver, owner, reviewer, auditor.",
+        help="A role (repeat): admin, operator, approver, owner, reviewer, auditor, monitor.",
     ),
 ]
 TargetOption = Annotated[

@@ -25,6 +25,7 @@ class Permission(StrEnum):
     MARKS = "marks"  # mark accounts (keep, exception, ignore) and clear marks
     EVIDENCE = "evidence"  # leaver evidence bundles, audit export and verification
     SCIM = "scim"  # the inbound SCIM server: be an identity source
+    METRICS = "metrics"  # the Prometheus metrics (counts, never names)
     ADMIN = "admin"  # operators, their roles, and other operators' tokens
 
 
@@ -35,6 +36,7 @@ class Role(StrEnum):
     OWNER = "owner"  # a target owner: their targets' tasks, cases and debt
     REVIEWER = "reviewer"
     AUDITOR = "auditor"
+    MONITOR = "monitor"  # a metrics scraper: the metrics and nothing else
 
 
 class Reach(IntEnum):
@@ -57,11 +59,13 @@ GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.MARKS,
             Permission.EVIDENCE,
             Permission.SCIM,
+            Permission.METRICS,
         }
     ),
     Role.APPROVER: frozenset({Permission.READ, Permission.APPROVE}),
     Role.REVIEWER: frozenset({Permission.READ, Permission.MARKS}),
-    Role.AUDITOR: frozenset({Permission.READ, Permission.EVIDENCE}),
+    Role.AUDITOR: frozenset({Permission.READ, Permission.EVIDENCE, Permission.METRICS}),
+    Role.MONITOR: frozenset({Permission.METRICS}),
 }
 # a target owner reaches only their own targets' tasks, cases and debt (read through ``READ``)
 OWNER_GRANTS = frozenset({Permission.READ, Permission.TASKS, Permission.CASES})

@@ -60,6 +60,7 @@ PEOPLE_OF_THE_SERVICE = {
     "owen": (["owner"], ["erp"]),
     "rita": (["reviewer"], []),
     "audrey": (["auditor"], []),
+    "mona": (["monitor"], []),
 }
 PASSWORD = "correct horse battery staple"
 

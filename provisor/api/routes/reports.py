@@ -1,6 +1,7 @@
 """Routes for what Provisor reports: revocation debt, coverage, evidence, the audit log.
 
-Does: show the revocation debt (grouped, or one identity's or target's; a target owner sees
+Does: serve the metrics for Prometheus (``/metrics``, a token with the ``metrics`` scope); show
+the revocation debt (grouped, or one identity's or target's; a target owner sees
 their targets'), the coverage map, start a leaver's evidence bundle in the background, list
 and download bundles, verify the audit chain and export it (JSON Lines or CSV).
 Does not: compute or verify anything itself (``provisor.engine.debt``, ``coverage``,
@@ -14,17 +15,27 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import EvidenceReader, OwnReader, Reader, Space, acting, instant
+from provisor.api.security import (
+    EvidenceReader,
+    Monitor,
+    OwnReader,
+    Reader,
+    Space,
+    acting,
+    instant,
+)
 from provisor.domain.debt import GROUPINGS
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import debt, jobs
 from provisor.engine.audit_log import verify_log
 from provisor.engine.coverage import coverage
 from provisor.engine.leavers import bundle_path, list_bundles
+from provisor.engine.metrics import CONTENT_TYPE
 from provisor.evidence import audit
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
@@ -114,3 +125,14 @@ def audit_export(
 
     kind = "text/csv" if format == "csv" else "application/x-ndjson"
     return StreamingResponse(lines(), media_type=kind)
+
+
+@router.get(
+    "/metrics",
+    summary="Metrics for Prometheus (text format; the metrics scope)",
+    response_class=Response,
+)
+def metrics(request: Request, who: Monitor) -> Response:
+    """Debt by target and class, the journal's queue, operations and reconciliations timed,
+    leavers' time to verified: counts only, never a name."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE)

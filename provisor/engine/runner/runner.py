@@ -36,6 +36,7 @@ from provisor.domain.policy import TargetClass, TargetDef
 from provisor.domain.readback import kept_entitlements
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
+from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.leases import Account, give_back, renew, take
 from provisor.engine.runner.pacing import TokenBucket, backoff
@@ -56,6 +57,22 @@ FLUSH_SECONDS = 1.0  # and outcomes are never kept longer than this before being
 INTERRUPTED_VERIFIED = "intended by an interrupted run; found done on read-back"
 INTERRUPTED_REDONE = "intended by an interrupted run; written (again) by this run, then read back"
 INTERRUPTED_UNSHOWN = "intended by an interrupted run; the target cannot show whether it was done"
+
+
+def timed_execute(
+    job: Job,
+    connector: Connector,
+    spec: AccountSpec,
+    known: AccountRecord | None,
+    due: frozenset[str],
+) -> Outcome:
+    """``execute``, its duration observed for the job's target and kind (failures too)."""
+    started = time.perf_counter()
+    try:
+        return execute(job, connector, spec, known, due)
+    finally:
+        seconds = time.perf_counter() - started
+        OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
 
 
 @dataclass
@@ -398,7 +415,7 @@ class Runner:
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
                     # the plan wants the new account disabled: never let it exist enabled
                     spec = dataclasses.replace(spec, enabled=False)
-                outcome = execute(job, connector, spec, known, due)
+                outcome = timed_execute(job, connector, spec, known, due)
             except Exception as exc:  # every failure is recorded; none may escape a worker
                 failure = failure_of(job, exc)
                 failure.at = when
@@ -492,6 +509,7 @@ class Runner:
             report.errors.append(f"{row.identity} {row.target} {row.kind}: {outcome.note}")
             if outcome.refused is not None:
                 self._refer(session, row, outcome.refused, at)
+        OPERATIONS.labels(row.target, row.kind, status).inc()
         return audit.Entry(
             f"operation.{status}",
             row.identity,

@@ -1,0 +1,33 @@
+"""The service's metrics for Prometheus: a monitor's token reads them (and nothing else);
+roles without the metrics permission are refused; the debt figures are the console's ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from provisor.engine.observed import import_observed
+from tests.api.conftest import Service
+
+
+def test_a_monitor_reads_the_metrics_and_nothing_else(service: Service) -> None:
+    export = service.workspace.path / "erp.csv"
+    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
+    import_observed(service.workspace, "erp", export, now=datetime.now(UTC))
+    posted = service.call(
+        "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
+    )
+    assert posted.status_code == 201
+    answer = service.call("mona", "GET", "/api/v1/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(answer.text)}
+    debt = {s.labels["target"]: s.value for s in families["provisor_debt_items"].samples}
+    assert debt.get("erp", 0) >= 1  # fay still holds erp: owed, as the ledger says
+    assert "F1" not in answer.text and "fay" not in answer.text  # counts, never names
+    assert service.call("mona", "GET", "/api/v1/identities").status_code == 403
+    for who in ("alice", "owen", "rita"):
+        assert service.call(who, "GET", "/api/v1/metrics").status_code == 403
+    for who in ("root", "olga", "audrey"):
+        assert service.call(who, "GET", "/api/v1/metrics").status_code == 200
+    assert service.call(None, "GET", "/api/v1/metrics").status_code == 401
