@@ -143,6 +143,15 @@ class DebtBoard:
         stale = self._stale(board, head, now)
         return View(board, stale is None, running is not None, stale, self._error)
 
+    def peek(self, now: datetime | None = None) -> View:
+        """The newest board as it is, starting no computation (for readers that come often
+        and show its age, such as a metrics scrape)."""
+        now = now or datetime.now(UTC)
+        with self._lock:
+            board, running = self._board, self._running
+        stale = self._stale(board, self.head(), now)
+        return View(board, stale is None, running is not None, stale, self._error)
+
     def prime(self) -> None:
         """Start the first computation now, so the first view does not wait for it."""
         with self._lock:

@@ -36,6 +36,7 @@ from provisor.store import models
 CACHE_SECONDS = 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUEUED = ("pending", "running", "held", "failed")
+CLOSED = ("verified", "unverifiable", "cancelled")
 LEAVER_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 RECONCILE_BUCKETS = (0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 
@@ -115,32 +116,41 @@ class StoreCollector(Collector):
         for target, (n, late, unread) in sorted(counts.items()):
             items.add_metric([target, classes.get(target, "")], n)
             overdue.add_metric([target], late)
-            unknown.add_metric([target], unread)
+            if unread is not None:  # a recorded snapshot does not keep it per target
+                unknown.add_metric([target], unread)
         yield from (items, overdue, unknown)
         if at is not None:
             computed.add_metric([], at.timestamp())
             yield computed
 
-    def _debt_counts(self) -> tuple[dict[str, tuple[int, int, int]], datetime | None]:
-        """Items, overdue and unknown per target, and when they were computed; nothing when
-        the debt was never computed (no figure rather than a zero nobody showed)."""
-        seen = self.board.view() if self.board is not None else None
-        if seen is not None and seen.board is not None:
+    def _debt_counts(self) -> tuple[dict[str, tuple[int, int, int | None]], datetime | None]:
+        """Items, overdue and unknown per target, and when they were computed — from the
+        newer of the service's ledger and the newest recorded snapshot; nothing when the debt
+        was never computed (no figure rather than a zero nobody showed)."""
+        # a scrape never starts a computation: it shows the newest one there is
+        seen = self.board.peek() if self.board is not None else None
+        board = seen.board if seen is not None else None
+        with self.workspace.sessions() as session:
+            shots = debt.snapshots(session, limit=1)
+        shot = shots[-1] if shots else None
+        if board is not None and (shot is None or board.computed_at >= shot.at):
             per: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-            for item in seen.board.ledger.items:
+            for item in board.ledger.items:
                 row = per[item.target]
                 row[0] += 1
                 row[1] += item.overdue
                 row[2] += not item.known
-            return {t: (a, b, c) for t, (a, b, c) in per.items()}, seen.board.computed_at
-        with self.workspace.sessions() as session:
-            shots = debt.snapshots(session, limit=1)
-        if not shots:
+            counted: dict[str, tuple[int, int, int | None]] = {
+                t: (a, b, c) for t, (a, b, c) in per.items()
+            }
+            return counted, board.computed_at
+        if shot is None:
             return {}, None
-        totals = shots[-1].totals or {}
-        by_target = totals.get("target", {})
-        found = {t: (int(v["items"]), int(v["overdue"]), 0) for t, v in by_target.items()}
-        return found, shots[-1].at
+        by_target = (shot.totals or {}).get("target", {})
+        found: dict[str, tuple[int, int, int | None]] = {
+            t: (int(v["items"]), int(v["overdue"]), None) for t, v in by_target.items()
+        }
+        return found, shot.at
 
 
 def _queue(session: Any, now: datetime) -> Iterator[Any]:
@@ -242,8 +252,10 @@ def _leavers(session: Any, automated: list[str]) -> HistogramMetricFamily:
             ident.terminated_at.is_not(None),
             op.kind.in_(kinds),
             op.target.in_(automated),
+            # every removal still open, whenever it was planned (a parked one from before the
+            # termination keeps the leaver open), and those closed since the termination
             op.status != "cancelled",
-            op.created_at >= ident.terminated_at,
+            op.status.not_in(CLOSED) | (op.updated_at >= ident.terminated_at),
         )
         .group_by(op.identity)
     )

@@ -1,15 +1,22 @@
-"""A runner on another machine that died holding accounts: its leases keep every other runner
-off those accounts until they expire (``runner.lease_seconds``), then the next run takes them
-over, reads the accounts back first and records the dead run's operations once, naming it."""
+"""Leases between runs: a runner on another machine that died holding accounts keeps every
+other runner off them until its leases expire (``runner.lease_seconds``), then the next run
+takes them over, reads them back first and records the dead run's operations once, naming it;
+a run slower than its lease keeps its accounts by renewing them; a process whose /proc entry
+cannot be read is never taken for dead."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
-from provisor.engine.runner import Runner
+from provisor.engine.runner import Runner, leases
+from provisor.engine.runner import runner as runner_module
 from provisor.engine.workspace import Workspace
 from provisor.store import models
 from tests.engine.test_runner import people, plan
@@ -65,3 +72,71 @@ def test_a_dead_runner_elsewhere_holds_its_accounts_until_its_leases_expire(
     assert {r.status for r in rows if r.target == "app"} == {"verified"}
     assert all("interrupted run" in (r.last_error or "") for r in rows if r.target == "app")
     assert leases == []
+
+
+class SlowToOpen(Runner):
+    """A runner whose second target's connector takes longer than a lease to open."""
+
+    def connector(self, target: str) -> Any:
+        if target == "paper":
+            time.sleep(LEASE + 1.5)
+        return super().connector(target)
+
+
+def test_a_slow_run_keeps_its_accounts_and_no_second_run_writes_there(
+    scim_ws: Workspace,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws = scim_ws
+    ws.config.runner.lease_seconds = LEASE
+    people(ws, "E1")
+    plan(ws)
+    running: Counter[tuple[str, str]] = Counter()
+    worst: Counter[tuple[str, str]] = Counter()
+    calls: Counter[int] = Counter()
+    lock = threading.Lock()
+    real = runner_module.execute
+    first = threading.Event()
+
+    def execute(job: Any, *args: Any, **kwargs: Any) -> Any:
+        account = (job.identity, job.target)
+        with lock:
+            running[account] += 1
+            worst[account] = max(worst[account], running[account])
+            calls[job.id] += 1
+        try:
+            if not first.is_set():
+                first.set()
+                time.sleep(2 * LEASE + 2)  # the first write is slower than two leases
+            return real(job, *args, **kwargs)
+        finally:
+            with lock:
+                running[account] -= 1
+
+    monkeypatch.setattr(runner_module, "execute", execute)
+    slow, other = SlowToOpen(ws), Runner(ws)
+    done: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: done.setdefault("slow", slow.apply(now=lambda: datetime.now(UTC)))
+    )
+    thread.start()
+    time.sleep(LEASE + 0.5)  # past the first lease: only renewals keep the account
+    done["other"] = other.apply(now=lambda: datetime.now(UTC))
+    thread.join()
+    slow.close()
+    other.close()
+    assert worst[("E1", "app")] == 1  # never two runs on one account
+    assert set(calls.values()) == {1}  # each operation executed once
+    assert done["slow"].verified == len(calls) and done["other"].verified == 0
+
+
+def test_a_process_whose_proc_entry_cannot_be_read_is_not_taken_for_dead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    machine = leases._machine()
+    assert machine is not None
+    name = f"{machine}:4242:99"
+    monkeypatch.setattr(leases, "_started", lambda pid: None)  # hidden /proc, another user's
+    assert not leases._gone(name, machine)
+    monkeypatch.setattr(leases, "_started", lambda pid: leases.GONE)
+    assert leases._gone(name, machine)

@@ -15,21 +15,26 @@ recorded, since a run that stalled past its lease may still come back.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from provisor.engine.workspace import Workspace
 from provisor.store.bulk import chunks
 from provisor.store.db import table as table_of
 from provisor.store.db import upsert
 from provisor.store.models import AccountLease
 
 Account = tuple[str, str]  # (identity, target)
+log = logging.getLogger(__name__)
 
 
 def _read(path: str) -> str | None:
@@ -39,10 +44,17 @@ def _read(path: str) -> str | None:
         return None
 
 
+GONE = "gone"
+
+
 def _started(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot), None when there is no such process."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
+    """A process's start time (clock ticks since boot); ``GONE`` when there is no such
+    process; None when it cannot be read (hidden /proc, another user's): not known gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except (FileNotFoundError, ProcessLookupError):
+        return GONE
+    except OSError:
         return None
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the name may hold spaces
 
@@ -60,7 +72,8 @@ def _machine() -> str | None:
 def holder() -> str:
     """This process, as a lease names it."""
     pid = os.getpid()
-    return f"{_machine() or socket.gethostname()}:{pid}:{_started(pid) or '?'}"
+    started = _started(pid)
+    return f"{_machine() or socket.gethostname()[:80]}:{pid}:{started or '?'}"
 
 
 def _gone(name: str, machine: str | None) -> bool:
@@ -71,7 +84,10 @@ def _gone(name: str, machine: str | None) -> bool:
     pid, started = rest, name.rpartition(":")[2]
     if not pid.isdigit() or started == "?":
         return False  # not a name this code wrote: wait for the expiry
-    return _started(int(pid)) != started
+    now_started = _started(int(pid))
+    if now_started is None:
+        return False  # cannot be read: maybe alive, wait for the expiry
+    return now_started == GONE or now_started != started  # gone, or its pid reused
 
 
 def free_the_dead(session: Session, now: datetime) -> int:
@@ -139,3 +155,76 @@ def give_back(session: Session, run: str, accounts: Iterable[Account] | None = N
                 AccountLease.target == target,
             )
         )
+
+
+class Keeper:
+    """Keeps one run's leases while it works: renews them from its own thread every third of
+    the lease (so no step of the run, however slow, lets them lapse unnoticed), and tells the
+    run's workers whether it still holds an account — held at the last renewal, and that
+    renewal recent enough that the lease cannot have run out since. A worker asks before
+    every write, so a run that lost an account (stalled past its lease, and another run took
+    it) writes nothing more there."""
+
+    def __init__(self, workspace: Workspace, run: str, seconds: int) -> None:
+        self.workspace = workspace
+        self.run = run
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._held: set[Account] = set()
+        self._until = 0.0  # monotonic time before which the held leases cannot have expired
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self, accounts: Iterable[Account]) -> set[Account]:
+        """Take the leases of ``accounts`` (``take``); the ones held."""
+        started = time.monotonic()
+        with self.workspace.sessions() as session, session.begin():
+            got = take(session, self.run, accounts, datetime.now(UTC), self.seconds)
+        with self._lock:
+            if not self._held:
+                self._until = started + self.seconds * 0.8
+            self._held |= got
+        self._start()
+        return got
+
+    def holds(self, account: Account) -> bool:
+        with self._lock:
+            return account in self._held and time.monotonic() < self._until
+
+    def drop(self, accounts: Iterable[Account]) -> None:
+        """Forget accounts given back."""
+        with self._lock:
+            self._held -= set(accounts)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.seconds)
+        with self._lock:
+            self._held.clear()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._beat, name=f"provisor-leases-{self.run[:8]}", daemon=True
+            )
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            started = time.monotonic()
+            try:
+                with self.workspace.sessions() as session, session.begin():
+                    renew(session, self.run, datetime.now(UTC), self.seconds)
+                    rows = session.execute(
+                        select(AccountLease.identity, AccountLease.target).where(
+                            AccountLease.run == self.run
+                        )
+                    )
+                    held = {(str(i), str(t)) for i, t in rows}
+            except Exception:  # the leases run out; workers stop writing when they do
+                log.exception("renewing the leases of run %s failed", self.run)
+                continue
+            with self._lock:
+                self._held &= held
+                self._until = started + self.seconds * 0.8

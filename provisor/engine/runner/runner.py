@@ -38,7 +38,7 @@ from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
-from provisor.engine.runner.leases import Account, give_back, renew, take
+from provisor.engine.runner.leases import Account, Keeper, give_back, renew
 from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
@@ -125,6 +125,7 @@ class Runner:
         # the account each running future works on; accounts done and not yet given back
         self._accounts: dict[Future[list[Outcome]], Account] = {}
         self._done_accounts: set[Account] = set()
+        self._keeper = Keeper(workspace, self.run_id, self._lease_seconds)
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
 
@@ -161,6 +162,8 @@ class Runner:
     ) -> ApplyReport:
         report = ApplyReport()
         self.run_id = uuid.uuid4().hex
+        self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
+        self._done_accounts.clear()
         groups = self._groups(target, identity)
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
@@ -197,7 +200,7 @@ class Runner:
                         report.no_connector[where] = count
                     done += count
                     continue
-                held = self._take({(jobs[0].identity, where) for jobs in accounts})
+                held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
                 ours = [
                     job.id for jobs in accounts if (jobs[0].identity, where) in held for job in jobs
                 ]
@@ -221,9 +224,12 @@ class Runner:
         finally:
             for pool in pools:
                 pool.shutdown(wait=True)
-            self._flush(pending, report)
-            self._release(claimed - finished)
-            self._accounts.clear()
+            try:
+                self._flush(pending, report)
+                self._release(claimed - finished)
+            finally:
+                self._keeper.stop()
+                self._accounts.clear()
         return report
 
     def _collect(
@@ -239,7 +245,7 @@ class Runner:
         write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on."""
         done, total = count
         waiting_for = set(futures)
-        flushed = renewed = time.monotonic()
+        flushed = time.monotonic()
         while waiting_for:
             ready, waiting_for = wait(waiting_for, FLUSH_SECONDS, FIRST_COMPLETED)
             for future in ready:
@@ -255,10 +261,7 @@ class Runner:
             ):
                 self._flush(pending, report)
                 pending.clear()
-                flushed = renewed = time.monotonic()
-            elif time.monotonic() - renewed >= self._lease_seconds / 3:
-                self._renew()
-                renewed = time.monotonic()
+                flushed = time.monotonic()
             if ready and progress is not None:
                 progress(done, total)
 
@@ -317,15 +320,6 @@ class Runner:
                     .values(status="pending", intent_run=None, intent_at=None)
                 )
             give_back(session, self.run_id)
-
-    def _take(self, accounts: set[Account]) -> set[Account]:
-        """The leases of ``accounts`` this run could take (the others are another run's)."""
-        with self.workspace.sessions() as session, session.begin():
-            return take(session, self.run_id, accounts, datetime.now(UTC), self._lease_seconds)
-
-    def _renew(self) -> None:
-        with self.workspace.sessions() as session, session.begin():
-            renew(session, self.run_id, datetime.now(UTC), self._lease_seconds)
 
     def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
@@ -406,6 +400,8 @@ class Runner:
                     break
                 held = True
                 continue
+            if not self._keeper.holds((job.identity, job.target)):
+                break  # the account's lease ran out or was taken over: write nothing more
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
             if bucket is not None:
@@ -457,8 +453,7 @@ class Runner:
                 row = rows[outcome.job.id]
                 entries.append(self._record(session, row, outcome, report))
             audit.append(session, entries, at=max(o.at for o in outcomes if o.at))
-            give_back(session, self.run_id, self._done_accounts)
-        self._done_accounts.clear()
+            self._give_back_done(session)
 
     def _record(
         self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport
@@ -533,6 +528,26 @@ class Runner:
                 }
             ),
         )
+
+    def _give_back_done(self, session: Session) -> None:
+        """Give back the accounts whose work is over: their operations that did not run this
+        time go back in line first, so the next run to take the account finds no intent of a
+        run that is alive."""
+        op = models.Operation
+        for identity, target in sorted(self._done_accounts):
+            session.execute(
+                update(op)
+                .where(
+                    op.identity == identity,
+                    op.target == target,
+                    op.status == "running",
+                    op.intent_run == self.run_id,
+                )
+                .values(status="pending", intent_run=None, intent_at=None)
+            )
+        give_back(session, self.run_id, self._done_accounts)
+        self._keeper.drop(self._done_accounts)
+        self._done_accounts.clear()
 
     def _ignored(self, row: models.Operation, outcome: Outcome) -> audit.Entry:
         """An outcome for an operation that is not this run's any more (another decision, or
