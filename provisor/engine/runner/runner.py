@@ -400,12 +400,12 @@ class Runner:
                     break
                 held = True
                 continue
-            if not self._keeper.holds((job.identity, job.target)):
-                break  # the account's lease ran out or was taken over: write nothing more
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
             if bucket is not None:
                 bucket.acquire()
+            if not self._keeper.holds((job.identity, job.target)):
+                break  # the account's lease ran out or was taken over: write nothing more
             try:
                 spec = specs[(job.identity, job.target)]
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
