@@ -158,3 +158,24 @@ def service(erp_workspace: Path) -> Iterator[Service]:
     """The service without its background runner (tests drive the cycle themselves)."""
     with serving(erp_workspace) as running:
         yield running
+
+
+def leaver_with_tasks(service: Service) -> None:
+    """Fay (F1) holds erp-user in erp, as an export shows; she is terminated through the API,
+    planned and applied: her manual removals are tasks for erp's owner."""
+    from provisor.engine.observed import import_observed
+    from provisor.engine.runner import Runner
+
+    export = service.workspace.path / "erp.csv"
+    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
+    import_observed(service.workspace, "erp", export, now=datetime.now(UTC))
+    terminated = service.call(
+        "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
+    )
+    assert terminated.status_code == 201
+    assert service.call("olga", "POST", "/api/v1/plans", json={}).status_code == 200
+    runner = Runner(service.workspace)
+    try:
+        runner.apply(now=lambda: datetime.now(UTC))
+    finally:
+        runner.close()

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from provisor.api.security import permission_of
 from provisor.domain.roles import GRANTS, OWNER_GRANTS, Permission, Role
 from provisor.engine import operators
-from tests.api.conftest import PASSWORD, Service
+from tests.api.conftest import PASSWORD, Service, leaver_with_tasks
 
 # signing in is how a token is had: with a password, or through the OpenID Connect provider
 OPEN_ROUTES = {
@@ -149,25 +149,7 @@ def test_a_token_reaches_no_further_than_its_scopes(service: Service) -> None:
 
 
 def test_completing_and_verifying_a_task_as_the_same_person_is_refused(service: Service) -> None:
-    export = service.workspace.path / "erp.csv"
-    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
-    from provisor.engine.observed import import_observed
-
-    import_observed(service.workspace, "erp", export, now=_now())
-    assert (
-        service.call(
-            "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
-        ).status_code
-        == 201
-    )
-    assert service.call("olga", "POST", "/api/v1/plans", json={}).status_code == 200
-    from provisor.engine.runner import Runner
-
-    runner = Runner(service.workspace)
-    try:
-        runner.apply(now=_now)
-    finally:
-        runner.close()
+    leaver_with_tasks(service)
     tasks = service.call("owen", "GET", "/api/v1/tasks").json()
     assert tasks and {t["target"] for t in tasks} == {"erp"}
     first = tasks[0]["id"]
@@ -187,12 +169,6 @@ def test_completing_and_verifying_a_task_as_the_same_person_is_refused(service: 
             "owen", "POST", f"/api/v1/tasks/{wiki[0]['id']}/done", json={"evidence": "x"}
         )
         assert refused.status_code == 403
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def _audit(service: Service, action: str) -> list[dict[str, Any]]:

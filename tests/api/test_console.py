@@ -15,8 +15,7 @@ import httpx2
 import pytest
 
 from provisor.engine.observed import import_observed
-from provisor.engine.runner import Runner
-from tests.api.conftest import PASSWORD, Service
+from tests.api.conftest import PASSWORD, Service, leaver_with_tasks
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # a folder to keep screenshots of the pages in (the docs' pictures are taken so)
@@ -57,26 +56,8 @@ def _sign_in(browser: Any, service: Service, name: str) -> Any:
     return page
 
 
-def _leaver_with_tasks(service: Service) -> None:
-    export = service.workspace.path / "erp.csv"
-    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
-    import_observed(service.workspace, "erp", export, now=datetime.now(UTC))
-    assert (
-        service.call(
-            "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
-        ).status_code
-        == 201
-    )
-    assert service.call("olga", "POST", "/api/v1/plans", json={}).status_code == 200
-    runner = Runner(service.workspace)
-    try:
-        runner.apply(now=lambda: datetime.now(UTC))
-    finally:
-        runner.close()
-
-
 def test_each_role_signs_in_and_sees_what_it_may(browser: Any, service: Service) -> None:
-    _leaver_with_tasks(service)
+    leaver_with_tasks(service)
     for name in ("root", "olga", "alice", "owen", "rita", "audrey"):
         page = _sign_in(browser, service, name)
         assert name in page.inner_text("header")
@@ -96,7 +77,7 @@ def test_each_role_signs_in_and_sees_what_it_may(browser: Any, service: Service)
 def test_an_owner_completes_a_removal_and_a_second_person_verifies_it(
     browser: Any, service: Service
 ) -> None:
-    _leaver_with_tasks(service)
+    leaver_with_tasks(service)
     owner = _sign_in(browser, service, "owen")
     before = int(owner.inner_text("#debt-items"))
     owner.goto(service.url + "/console/tasks")
@@ -211,7 +192,7 @@ def test_the_dashboard_draws_the_debts_trend(browser: Any, service: Service) -> 
     now = datetime.now(UTC)
     with service.workspace.sessions() as session, session.begin():
         record_snapshot(service.workspace, session, now=now - timedelta(days=1))
-    _leaver_with_tasks(service)
+    leaver_with_tasks(service)
     with service.workspace.sessions() as session, session.begin():
         record_snapshot(service.workspace, session, now=now)
     page = _sign_in(browser, service, "audrey")
@@ -226,7 +207,7 @@ def test_the_dashboard_draws_the_debts_trend(browser: Any, service: Service) -> 
 def test_a_target_page_shows_its_accounts_runs_and_read_paths(
     browser: Any, service: Service
 ) -> None:
-    _leaver_with_tasks(service)
+    leaver_with_tasks(service)
     page = _sign_in(browser, service, "owen")
     page.goto(service.url + "/console/targets/erp")
     _shot(page, "target")
@@ -245,7 +226,7 @@ def test_a_target_page_shows_its_accounts_runs_and_read_paths(
 def test_the_debt_page_lists_what_is_still_held_and_an_owner_sees_only_theirs(
     browser: Any, service: Service
 ) -> None:
-    _leaver_with_tasks(service)
+    leaver_with_tasks(service)
     export = service.workspace.path / "wiki.csv"
     export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,editor\n")
     import_observed(service.workspace, "wiki", export, now=datetime.now(UTC))

@@ -3,22 +3,13 @@ roles without the metrics permission are refused; the debt figures are the conso
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisor.engine.observed import import_observed
-from tests.api.conftest import Service
+from tests.api.conftest import Service, leaver_with_tasks
 
 
 def test_a_monitor_reads_the_metrics_and_nothing_else(service: Service) -> None:
-    export = service.workspace.path / "erp.csv"
-    export.write_text("account,email,enabled,entitlements\nfay,fay@example.com,true,erp-user\n")
-    import_observed(service.workspace, "erp", export, now=datetime.now(UTC))
-    posted = service.call(
-        "olga", "POST", "/api/v1/events", json={"identity": "F1", "kind": "terminate"}
-    )
-    assert posted.status_code == 201
+    leaver_with_tasks(service)  # fay still holds erp after her termination
     # a scrape shows the newest ledger and never starts one: a console view computes it
     with service.client(None) as browser:
         browser.cookies.set("provisor_session", service.tokens["root"])

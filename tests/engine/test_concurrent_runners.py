@@ -21,22 +21,9 @@ from provisor.sandbox.scim import ScimApp
 from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import FaultyProxy
+from tests.engine.test_crash_safety import POLICY
 
 PEOPLE = 60  # x (create + one group) = 120 operations
-
-POLICY = """\
-targets:
-  - name: app
-    class: scim
-    owner: app-team
-    concurrency: 4
-    connection: {{url: "{url}", timeout: 10}}
-    entitlements: [{{name: staff}}]
-rules:
-  - name: staff
-    when: {{attr: employment_type, equals: employee}}
-    grant: [{{target: app, entitlements: [staff]}}]
-"""
 
 
 def _apply_at_once(folder: Path, runners: int, env: dict[str, str]) -> list[dict[str, int]]:
