@@ -5,7 +5,9 @@ Does: build the FastAPI application (``create_app``) over an open workspace — 
 problem-details errors, the in-flight limit, per-token rates — with the OpenAPI document at
 ``/openapi.json`` behind sign-in like every other route; run the engine's cycle (tick, queued
 jobs, reconciliations due, plan, apply) in a background thread for the application's
-lifetime, woken early when a request queues work, and stopped cleanly on shutdown.
+lifetime, woken early when a request queues work, and stopped cleanly on shutdown — or, when
+``provisor worker`` processes run the journal (``runner.workers``), put a cycle in their job
+queue whenever a request records a change.
 Does not: listen on a socket (``provisor.api.server``) or hold any rule.
 """
 
@@ -29,6 +31,7 @@ from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.debt_board import DebtBoard
 from provisor.engine.intake import Intake
 from provisor.engine.metrics import registry_for
+from provisor.engine.runner.dispatch import Wake
 from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -88,9 +91,13 @@ def _now() -> datetime:
 
 
 def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
-    """The service over ``workspace``; with ``runner``, the background cycle runs beside it."""
+    """The service over ``workspace``; with ``runner``, the background cycle runs beside it,
+    unless workers run the journal (``runner.workers``): then a change recorded puts a cycle
+    in their job queue."""
     settings = workspace.config.service
-    background = Background(workspace, settings.cycle_seconds) if runner else None
+    handed = runner and workspace.config.runner.workers
+    background = Background(workspace, settings.cycle_seconds) if runner and not handed else None
+    wake: Wake | threading.Event = Wake(workspace) if handed else threading.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +112,8 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
                 background.close()
             app.state.intake.close()
             app.state.debt_board.close()
+            if isinstance(wake, Wake):
+                wake.close()
             scim.source.close()
 
     app = FastAPI(
@@ -122,7 +131,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
     # ten password guesses for a name at once, then one every six seconds
     app.state.sign_ins = Buckets(rate=1 / 6, burst=10)
     app.state.oidc = oidc.Provider(settings.oidc) if settings.oidc is not None else None
-    app.state.wake = background.wake if background is not None else threading.Event()
+    app.state.wake = background.wake if background is not None else wake
     app.state.background = background
     app.state.debt_board = DebtBoard(workspace)
     app.state.metrics = registry_for(workspace, app.state.debt_board)

@@ -1,7 +1,8 @@
-"""Commands that bring access in line: ``plan``, ``apply``, ``run`` and ``observe``.
+"""Commands that bring access in line: ``plan``, ``apply``, ``run``, ``worker``, ``observe``.
 
-Does: parse arguments, call the planner, the runner, the engine's cycle and the observed-access
-import, and print what they did — tables and progress for people, ``--json`` for scripts.
+Does: parse arguments, call the planner, the runner, the engine's cycle, the worker and the
+observed-access import, and print what they did — tables and progress for people, ``--json``
+for scripts.
 Does not: plan, execute, verify or loop itself (``provisor.engine.planner``,
 ``provisor.engine.runner``, ``provisor.engine.cycle``, ``provisor.engine.observed`` do).
 """
@@ -220,9 +221,37 @@ def observe(
         finish(ExitCode.ROWS_REJECTED)
 
 
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="Jobs this process runs at once.")
+    ] = 4,
+    name: Annotated[
+        str | None, typer.Option(help="The worker's name in the queue (default: host:pid).")
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Stop once the job queue is empty.")
+    ] = False,
+) -> None:
+    """Run the journal's work as one of any number of workers, on any machines, sharing the
+    workspace's PostgreSQL database: each operation runs and is recorded once, an account's
+    operations never run at once, a target's concurrency and rate limit hold across all
+    workers, and a worker that dies has its work taken over by the others. Stop it with
+    Ctrl-C or SIGTERM: running jobs finish first. Settings: the 'runner' section of
+    provisor.yaml (set 'workers: true' so that 'provisor serve' hands its work to workers).
+
+    Example:  PROVISOR_DATABASE_URL=postgresql+psycopg://provisor@db/provisor provisor worker
+    """
+    from provisor.engine.runner.worker import Worker
+
+    with opened() as workspace:
+        process = Worker(workspace, concurrency=concurrency, name=name)
+        process.run(wait=not until_idle)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.command()(plan)
     app.command("apply")(apply_command)
     app.command("run")(run_command)
+    app.command()(worker)
     app.command()(observe)

@@ -51,6 +51,12 @@ class RunnerSettings(BaseModel):
     # a runner holds the accounts it works on for this long, renewed every third of it; one
     # that died loses them this long after its last renewal, and another runner takes over
     lease_seconds: int = Field(default=30, ge=3, le=3600)
+    # ``provisor worker`` processes run the journal (PostgreSQL only): the service records
+    # changes and puts a cycle in the job queue instead of applying in its own process
+    workers: bool = False
+    # how often the workers' sweeper looks for work with no job (a dead worker's accounts
+    # whose leases ran out, retries and delayed steps come due): at most this much after
+    sweep_seconds: int = Field(default=5, ge=1, le=59)
 
 
 class AuditSettings(BaseModel):

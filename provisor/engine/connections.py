@@ -13,6 +13,7 @@ Does not: share connectors between callers or retry.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,26 +54,31 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
 
 class Pool:
     """Connectors opened on first use, one per target, closed together. ``given`` connectors
-    (by target name) are used as they are and closed with the others."""
+    (by target name) are used as they are and closed with the others. Safe to share between
+    threads (a worker's jobs share one)."""
 
     def __init__(
         self, workspace: Workspace, given: Mapping[str, Connector | None] | None = None
     ) -> None:
         self.workspace = workspace
         self._open: dict[str, Connector | None] = dict(given or {})
+        self._lock = threading.Lock()
 
     def get(self, target: str) -> Connector | None:
         """The target's connector (None: a manual target, or a name the policy lacks)."""
-        if target not in self._open:
-            definition = self.workspace.compiled.targets.get(target)
-            self._open[target] = open_connector(self.workspace, definition) if definition else None
-        return self._open[target]
+        with self._lock:
+            if target not in self._open:
+                definition = self.workspace.compiled.targets.get(target)
+                opened = open_connector(self.workspace, definition) if definition else None
+                self._open[target] = opened
+            return self._open[target]
 
     def close(self) -> None:
-        for connector in self._open.values():
-            if connector is not None:
-                connector.close()
-        self._open.clear()
+        with self._lock:
+            for connector in self._open.values():
+                if connector is not None:
+                    connector.close()
+            self._open.clear()
 
 
 @dataclass

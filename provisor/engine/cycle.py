@@ -6,8 +6,11 @@ Does: run one cycle (``Cycles.cycle``): apply due lifecycle changes, reconcile t
 else the identities that changed) and apply what is pending; reopen connectors when the policy
 changes; repeat cycles at an interval (``Cycles.run``), reporting each cycle or failure to the
 caller, where one failed cycle never stops the next; run the jobs the service queued (imports,
-reconciliations) first in each cycle; sign the audit chain's head after each cycle and, while
-waiting, at least every ``audit.every_seconds``; stop or start the next cycle early when told.
+reconciliations) first in each cycle; run one cycle at a time across every process of a
+workspace on PostgreSQL (an advisory lock), so ticks and reconciliations happen once; hand
+the applying to workers instead when told (``hand_off``); sign the audit chain's head after
+each cycle and, while waiting, at least every ``audit.every_seconds``; stop or start the next
+cycle early when told.
 Does not: print (callers get a ``CycleReport`` or the exception), or decide what a cycle's steps
 do (the identity service, reconciliation, planner and runner do).
 """
@@ -15,11 +18,13 @@ do (the identity service, reconciliation, planner and runner do).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from provisor.engine import identities, jobs, notify
@@ -59,20 +64,54 @@ class CycleReport:
         }
 
 
-class Cycles:
-    """Repeated cycles over one open workspace, keeping connectors open between them."""
+CYCLE_LOCK = 0x70726F7669736F72  # the advisory lock one cycle at a time holds (PostgreSQL)
 
-    def __init__(self, workspace: Workspace, clock: Clock = system_clock) -> None:
+
+@contextmanager
+def one_at_a_time(workspace: Workspace) -> Iterator[None]:
+    """Wait until no other process of the workspace runs a cycle, and keep it so until the
+    block ends (on PostgreSQL; on SQLite one machine's processes share the write lock). The
+    lock belongs to a connection of its own: a process that dies lets it go with it."""
+    if workspace.engine.dialect.name != "postgresql":
+        yield
+        return
+    with workspace.engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": CYCLE_LOCK})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CYCLE_LOCK})
+            connection.commit()
+
+
+class Cycles:
+    """Repeated cycles over one open workspace, keeping connectors open between them.
+    ``hand_off``: instead of applying in this process, give the applying to workers (it gets
+    the cycle's time and says what it did, as an ``ApplyReport``)."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        clock: Clock = system_clock,
+        hand_off: Callable[[datetime], ApplyReport] | None = None,
+    ) -> None:
         self.workspace = workspace
         self.clock = clock
         self.runner = Runner(workspace)
+        self.hand_off = hand_off
         self.full = True  # the first cycle, and any after the policy files change, plan everyone
 
     def close(self) -> None:
         self.runner.close()
 
     def cycle(self) -> CycleReport:
-        """One tick-reconcile-plan-apply cycle; errors propagate to the caller."""
+        """One tick-reconcile-plan-apply cycle, the workspace's only one meanwhile; errors
+        propagate to the caller."""
+        with one_at_a_time(self.workspace):
+            return self._cycle()
+
+    def _cycle(self) -> CycleReport:
         workspace = self.workspace
         started = self.clock()
         changed = workspace.refresh_policy() and not self.full
@@ -87,7 +126,10 @@ class Cycles:
         with workspace.sessions() as session, session.begin():
             planned = sync_journal(workspace, session, now=started, changed_only=not self.full)
         self.full = False
-        applied = self.runner.apply(now=self.clock)
+        if self.hand_off is not None:
+            applied = self.hand_off(self.clock())
+        else:
+            applied = self.runner.apply(now=self.clock)
         notify.run(self.workspace, self.clock())  # who must act hears of it
         return CycleReport(started, changed, ticked, reconciled, planned, applied)
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -509,6 +510,19 @@ class Notice(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(RedactedText)
+
+
+class TargetLimit(Base):
+    """A target's limits shared by every worker: the row is locked while a worker takes
+    accounts (so at most ``concurrency`` are held at once across workers), and holds the
+    target's token bucket (``tokens`` at ``stamp``, seconds since the epoch by the database's
+    clock, the one clock every worker shares), drawn from once per request to the target."""
+
+    __tablename__ = "target_limits"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    stamp: Mapped[float] = mapped_column(Float)
 
 
 class AccountLease(Base):

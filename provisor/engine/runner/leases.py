@@ -27,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from provisor.engine.runner.limits import held, lock_target
 from provisor.engine.workspace import Workspace
 from provisor.store.bulk import chunks
 from provisor.store.db import table as table_of
@@ -107,14 +108,25 @@ def free_the_dead(session: Session, now: datetime) -> int:
 
 
 def take(
-    session: Session, run: str, accounts: Iterable[Account], now: datetime, seconds: int
+    session: Session,
+    run: str,
+    accounts: Iterable[Account],
+    now: datetime,
+    seconds: int,
+    *,
+    cap: int | None = None,
 ) -> set[Account]:
     """Take the leases of ``accounts`` that are free, expired or already ``run``'s; the
-    accounts ``run`` holds afterwards (among those asked for)."""
-    wanted = sorted(set(accounts))
+    accounts ``run`` holds afterwards (among those asked for). With ``cap``, no more than
+    that many accounts of a target are held at once by all runs together: the first of
+    ``accounts`` (in the order given) up to the room left are asked for."""
+    wanted = list(dict.fromkeys(accounts))
     if not wanted:
         return set()
     free_the_dead(session, now)
+    if cap is not None:
+        wanted = _within(session, run, wanted, now, cap)
+    wanted.sort()  # every run takes rows in one order: no deadlock between two
     expires = now + timedelta(seconds=seconds)
     me = holder()
     table = table_of(AccountLease)
@@ -130,6 +142,23 @@ def take(
         select(AccountLease.identity, AccountLease.target).where(AccountLease.run == run)
     )
     return {(i, t) for i, t in held} & set(wanted)
+
+
+def _within(
+    session: Session, run: str, wanted: list[Account], now: datetime, cap: int
+) -> list[Account]:
+    """The first of ``wanted`` that fit under each target's cap, the targets' rows locked
+    until the transaction ends so that nobody else counts meanwhile."""
+    room: dict[str, int] = {}
+    for target in sorted({t for _, t in wanted}):
+        lock_target(session, target)
+        room[target] = cap - held(session, target, now, besides=run)
+    fitting = []
+    for identity, target in wanted:
+        if room[target] > 0:
+            room[target] -= 1
+            fitting.append((identity, target))
+    return fitting
 
 
 def renew(session: Session, run: str, now: datetime, seconds: int) -> int:
@@ -175,11 +204,11 @@ class Keeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def take(self, accounts: Iterable[Account]) -> set[Account]:
+    def take(self, accounts: Iterable[Account], cap: int | None = None) -> set[Account]:
         """Take the leases of ``accounts`` (``take``); the ones held."""
         started = time.monotonic()
         with self.workspace.sessions() as session, session.begin():
-            got = take(session, self.run, accounts, datetime.now(UTC), self.seconds)
+            got = take(session, self.run, accounts, datetime.now(UTC), self.seconds, cap=cap)
         with self._lock:
             if not self._held:
                 self._until = started + self.seconds * 0.8

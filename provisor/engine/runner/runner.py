@@ -16,7 +16,7 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from provisor.engine.correlate import Match, open_case
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
+from provisor.engine.runner.limits import SharedBucket
 from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
@@ -84,6 +85,7 @@ class ApplyReport:
     writes: int = 0
     waiting: int = 0  # not due yet, behind an earlier step, or with a person (manual task)
     tasks_opened: int = 0
+    accounts: int = 0  # accounts this run took (held their leases)
     no_connector: dict[str, int] = field(default_factory=dict)
     unopened: dict[str, str] = field(default_factory=dict)  # target -> why it cannot be opened
     errors: list[str] = field(default_factory=list)
@@ -114,12 +116,16 @@ class Runner:
         max_attempts: int = MAX_ATTEMPTS,
         connectors: Mapping[str, Connector] | None = None,
         rng: random.Random | None = None,
+        pool: Pool | None = None,
     ) -> None:
+        """``pool``: connectors shared with other runners of the process (a worker's), left
+        open by ``close``; else the runner opens its own."""
         self.workspace = workspace
         self.max_attempts = max_attempts
-        self._connectors = Pool(workspace, connectors)
+        self._own_pool = pool is None
+        self._connectors = Pool(workspace, connectors) if pool is None else pool
         self._rng = rng or random.Random()
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, TokenBucket | SharedBucket] = {}
         self.run_id = uuid.uuid4().hex  # a new one for every apply
         self._lease_seconds = workspace.config.runner.lease_seconds
         # the account each running future works on; accounts done and not yet given back
@@ -131,14 +137,21 @@ class Runner:
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
-    ) -> TokenBucket | None:
+    ) -> TokenBucket | SharedBucket | None:
         """The target's rate limit. A connector that can pace its own requests (it has
         ``set_throttle``) gets the bucket and spends one token per request to the target,
-        kept across runs; otherwise each operation spends one."""
+        kept across runs; otherwise each operation spends one. On PostgreSQL the bucket is
+        the database's, shared by every runner and worker of the workspace; on SQLite (one
+        machine) it is this process's."""
         if not definition.rate_limit:
             return None
         if where not in self._buckets:
-            self._buckets[where] = TokenBucket(definition.rate_limit)
+            shared = self.workspace.engine.dialect.name == "postgresql"
+            self._buckets[where] = (
+                SharedBucket(self.workspace, where, definition.rate_limit)
+                if shared
+                else TokenBucket(definition.rate_limit)
+            )
         bucket = self._buckets[where]
         throttle = getattr(connector, "set_throttle", None)
         if throttle is not None:
@@ -150,7 +163,8 @@ class Runner:
         return self._connectors.get(target)
 
     def close(self) -> None:
-        self._connectors.close()
+        if self._own_pool:
+            self._connectors.close()
 
     def apply(
         self,
@@ -159,12 +173,17 @@ class Runner:
         target: str | None = None,
         identity: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        identities: Collection[str] | None = None,
+        capped: bool = False,
     ) -> ApplyReport:
+        """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
+        given) whose accounts this run can take. ``capped``: take no more accounts of a target
+        than its ``concurrency`` less those other runs hold (a worker's slice)."""
         report = ApplyReport()
         self.run_id = uuid.uuid4().hex
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
-        groups = self._groups(target, identity)
+        groups = self._groups(target, identity, identities)
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
         for (_who, where), jobs in groups.items():
@@ -200,7 +219,10 @@ class Runner:
                         report.no_connector[where] = count
                     done += count
                     continue
-                held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
+                definition = self.workspace.compiled.targets[where]
+                cap = definition.concurrency if capped else None
+                held = self._keeper.take([(jobs[0].identity, where) for jobs in accounts], cap)
+                report.accounts += len(held)
                 ours = [
                     job.id for jobs in accounts if (jobs[0].identity, where) in held for job in jobs
                 ]
@@ -208,7 +230,6 @@ class Runner:
                 claimed |= mine
                 report.waiting += count - len(mine)
                 done += count - len(mine)
-                definition = self.workspace.compiled.targets[where]
                 bucket = self._bucket(where, connector, definition)
                 pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
                 pools.append(pool)
@@ -321,8 +342,20 @@ class Runner:
                 )
             give_back(session, self.run_id)
 
-    def _groups(self, target: str | None, identity: str | None) -> dict[tuple[str, str], list[Job]]:
+    def _groups(
+        self, target: str | None, identity: str | None, identities: Collection[str] | None = None
+    ) -> dict[tuple[str, str], list[Job]]:
         """Open operations by account (identity, target), each list in step order."""
+        if identities is not None:
+            groups: dict[tuple[str, str], list[Job]] = {}
+            for part in chunks(sorted(identities)):
+                groups.update(self._some_groups(target, identity, list(part)))
+            return groups
+        return self._some_groups(target, identity, None)
+
+    def _some_groups(
+        self, target: str | None, identity: str | None, identities: list[str] | None
+    ) -> dict[tuple[str, str], list[Job]]:
         op = models.Operation
         query = (
             select(op)
@@ -333,6 +366,8 @@ class Runner:
             query = query.where(op.target == target)
         if identity is not None:
             query = query.where(op.identity == identity)
+        if identities is not None:
+            query = query.where(op.identity.in_(identities))
         groups: dict[tuple[str, str], list[Job]] = {}
         with self.workspace.sessions() as session:
             for row in session.execute(query).scalars():
@@ -378,7 +413,7 @@ class Runner:
         connector: Connector,
         specs: Mapping[tuple[str, str], AccountSpec],
         now: Callable[[], datetime],
-        bucket: TokenBucket | None,
+        bucket: TokenBucket | SharedBucket | None,
     ) -> list[Outcome]:
         """One account's open operations in step order. A removal that cannot run yet stops
         the rest (leavers' removals keep their order); an addition that fails or is not due

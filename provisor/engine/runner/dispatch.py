@@ -1,0 +1,185 @@
+"""Handing the journal's work to workers (``provisor worker``) through the job queue.
+
+Does: say which accounts of a target a worker can take now — open operations due now, not
+held by a live lease — removals first, so leavers go before joiners (``takeable``), and which
+targets have any (``targets_with_work``); open the job queue (procrastinate, in the workspace's
+PostgreSQL database) and put jobs in it: a target's *drain* (a worker runs its takeable
+accounts; at most one waits per target, more are pointless) and a *cycle* (tick, reconcile
+what is due, plan; at most one waits) — each wakes a worker at once through LISTEN/NOTIFY.
+The journal, not the queue, says what is left to do: a job lost with a dead worker loses
+nothing, since the sweeper puts a drain in the queue for every target with takeable work.
+Does not: run operations (``runner``), or run the worker (``worker``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Iterable
+from datetime import datetime
+
+from procrastinate import App, SyncPsycopgConnector
+from procrastinate.exceptions import AlreadyEnqueued
+from sqlalchemy import and_, case, desc, exists, func, or_, select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+
+from provisor.domain.plan import REMOVAL_KINDS
+from provisor.domain.policy import TargetClass
+from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError
+from provisor.store.models import AccountLease, Operation
+
+log = logging.getLogger(__name__)
+
+DRAIN = "provisor.drain"
+CYCLE = "provisor.cycle"
+SWEEP = "provisor.sweep"
+QUEUE = "provisor"
+REMOVALS_FIRST = 10  # a drain deferred for removals is fetched before any other job
+
+
+def _due(now: datetime):  # type: ignore[no-untyped-def]
+    op = Operation
+    return and_(
+        or_(op.not_before.is_(None), op.not_before <= now),
+        or_(op.next_attempt_at.is_(None), op.next_attempt_at <= now),
+    )
+
+
+def _unleased(now: datetime):  # type: ignore[no-untyped-def]
+    lease = AccountLease
+    live = select(1).where(
+        lease.identity == Operation.identity,
+        lease.target == Operation.target,
+        lease.expires_at > now,
+    )
+    return ~exists(live)
+
+
+def takeable(
+    session: Session,
+    target: str,
+    now: datetime,
+    limit: int,
+    *,
+    removals: bool = False,
+    besides: Collection[str] = (),
+) -> list[str]:
+    """Up to ``limit`` identities whose account in ``target`` has an operation due now and is
+    held by no live lease: those with a removal first, then the longest waiting. ``removals``:
+    only accounts with a removal due; ``besides``: identities left out."""
+    op = Operation
+    removal = func.max(case((op.kind.in_(REMOVAL_KINDS), 1), else_=0))
+    query = (
+        select(op.identity)
+        .where(op.target == target, op.status.in_(("pending", "running")), _due(now))
+        .where(_unleased(now))
+        .group_by(op.identity)
+        .order_by(desc(removal), func.min(op.id))
+        .limit(limit)
+    )
+    if removals:
+        query = query.where(op.kind.in_(REMOVAL_KINDS))
+    if besides:
+        query = query.where(op.identity.not_in(sorted(besides)))
+    return list(session.execute(query).scalars())
+
+
+def targets_with_work(
+    workspace: Workspace,
+    session: Session,
+    now: datetime,
+    targets: Collection[str] | None = None,
+) -> dict[str, bool]:
+    """The targets with a connector (among ``targets``) that have takeable work now, each
+    with whether any of it is a removal."""
+    op = Operation
+    automated = [
+        name
+        for name, t in workspace.compiled.targets.items()
+        if t.target_class is not TargetClass.MANUAL and (targets is None or name in targets)
+    ]
+    if not automated:
+        return {}
+    removal = func.max(case((op.kind.in_(REMOVAL_KINDS), 1), else_=0))
+    query = (
+        select(op.target, removal)
+        .where(op.target.in_(automated), op.status.in_(("pending", "running")), _due(now))
+        .where(_unleased(now))
+        .group_by(op.target)
+    )
+    return {str(target): bool(any_removal) for target, any_removal in session.execute(query)}
+
+
+def conninfo(workspace: Workspace) -> str:
+    """The workspace database's address as libpq takes it (the queue's driver)."""
+    url: URL = workspace.engine.url
+    if url.get_backend_name() != "postgresql":
+        raise ProvisorError(
+            "workers share the journal through PostgreSQL: set the workspace's database_url "
+            "(or PROVISOR_DATABASE_URL) to a postgresql:// address; on SQLite, run the "
+            "journal with 'provisor run' or 'provisor serve'"
+        )
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Queue:
+    """The job queue seen from a process that only puts work in it (the service, a worker's
+    own jobs): opened on first use, closed with ``close``."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.app = App(connector=SyncPsycopgConnector(conninfo=conninfo(workspace)))
+        self._open = False
+        self._lock = threading.Lock()
+
+    def _defer(self, task: str, lock: str, priority: int, **args: str) -> bool:
+        """Put one job in; False when one with the same ``lock`` already waits."""
+        with self._lock:
+            if not self._open:
+                self.app.open()
+                self._open = True
+        deferrer = self.app.configure_task(task, queue=QUEUE, queueing_lock=lock, priority=priority)
+        try:
+            deferrer.defer(**args)
+        except AlreadyEnqueued:
+            return False
+        return True
+
+    def drain(self, target: str, *, removals: bool = False) -> bool:
+        """Have a worker run the target's takeable accounts."""
+        if removals:  # waits apart from (and before) a drain for other work
+            return self._defer(DRAIN, f"drain:{target}:removals", REMOVALS_FIRST, target=target)
+        return self._defer(DRAIN, f"drain:{target}", 0, target=target)
+
+    def drains(self, targets: Iterable[tuple[str, bool]]) -> int:
+        """A drain for each (target, has removals); how many were put in."""
+        return sum(self.drain(target, removals=removals) for target, removals in targets)
+
+    def cycle(self) -> bool:
+        """Have a worker run the engine's cycle (tick, reconcile what is due, plan)."""
+        return self._defer(CYCLE, "cycle", REMOVALS_FIRST)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open:
+                self.app.close()
+                self._open = False
+
+
+class Wake:
+    """The service's wake-up when workers run the journal: ``set`` puts a cycle in the queue
+    (the service's routes call it after recording a change), as ``threading.Event.set``
+    wakes the in-process runner."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.queue = Queue(workspace)
+
+    def set(self) -> None:
+        try:
+            self.queue.cycle()
+        except Exception:  # the change is recorded; the next periodic cycle plans it
+            log.exception("could not put a cycle in the job queue")
+
+    def close(self) -> None:
+        self.queue.close()

@@ -1,0 +1,220 @@
+"""``provisor worker``: one of any number of processes, on any machines, running a workspace's
+journal on PostgreSQL, fed by the job queue (procrastinate).
+
+Does: run procrastinate's worker on the workspace's database with three tasks —
+- *drain* a target: take its accounts with work due (removals first) in waves of at most the
+  target's ``concurrency`` less what other runs hold, so no more are held at once across all
+  workers, and run each wave through a ``Runner`` (leases, intent records, fenced outcomes:
+  each operation is executed and recorded once whatever the number of workers); after
+  ``DRAIN_SECONDS`` or when nothing is left it stops, putting a new drain in the queue when work
+  remains (so other jobs get their turn, and any idle worker may take it);
+- *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
+  time across the cluster; instead of applying it opens manual work items and puts drains in
+  the queue for the targets with work;
+- *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
+  of dead processes of this machine, end the jobs of workers whose heartbeat stopped, and put
+  a drain in the queue for every target with takeable work — so the work of a worker killed
+  and never restarted is taken over at most ``runner.lease_seconds`` + ``runner.sweep_seconds``
+  after it died, and retries and delayed steps start when they come due.
+A cycle also runs every ``service.cycle_seconds`` and whenever the service records a change.
+Does not: run on SQLite (the embedded runners do: ``provisor run``, ``serve``), or decide what an
+operation does (``runner``, ``execution``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from procrastinate import App, PsycopgConnector
+from procrastinate.jobs import Status
+
+from provisor.domain.policy import TargetClass
+from provisor.engine.connections import Pool
+from provisor.engine.cycle import Cycles, system_clock
+from provisor.engine.runner.dispatch import (
+    CYCLE,
+    DRAIN,
+    QUEUE,
+    SWEEP,
+    Queue,
+    conninfo,
+    takeable,
+    targets_with_work,
+)
+from provisor.engine.runner.leases import free_the_dead
+from provisor.engine.runner.runner import ApplyReport, Runner
+from provisor.engine.tasks import open_tasks
+from provisor.engine.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
+CANDIDATES = 16  # a drain reads this many waves' worth of accounts at a time
+
+
+def cron_every(seconds: float) -> str:
+    """A cron line (procrastinate's, seconds last) firing about every ``seconds``."""
+    whole = max(1, round(seconds))
+    if whole < 60:
+        return f"* * * * * */{whole}"
+    minutes = max(1, min(59, round(whole / 60)))
+    return f"*/{minutes} * * * *"
+
+
+def _counts(report: ApplyReport) -> dict[str, int]:
+    return {
+        "verified": report.verified,
+        "unverifiable": report.unverifiable,
+        "retrying": report.retrying,
+        "failed": report.failed,
+        "accounts": report.accounts,
+    }
+
+
+class Worker:
+    """One worker process over one workspace: its tasks, and procrastinate's worker loop."""
+
+    def __init__(
+        self, workspace: Workspace, *, concurrency: int = 4, name: str | None = None
+    ) -> None:
+        self.workspace = workspace
+        self.concurrency = concurrency
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        settings = workspace.config.runner
+        self.lease_seconds = settings.lease_seconds
+        self.sweep_seconds = settings.sweep_seconds
+        self.app = App(connector=PsycopgConnector(conninfo=conninfo(workspace)))
+        self.queue = Queue(workspace)  # jobs put in from this worker's threads
+        self.pool = Pool(workspace)  # connectors shared by this worker's jobs
+        self.cycles = Cycles(workspace, hand_off=self.hand_off)
+        self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
+        cycle_every = cron_every(workspace.config.service.cycle_seconds)
+        cycle = self.app.task(name=CYCLE, queue=QUEUE)(self.cycle)
+        self.app.periodic(cron=cycle_every, periodic_id="cycle")(cycle)
+        sweep = self.app.task(name=SWEEP, queue=QUEUE)(self.sweep)
+        self.app.periodic(cron=cron_every(self.sweep_seconds), periodic_id="sweep")(sweep)
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def drain(self, target: str) -> dict[str, int]:
+        """Run ``target``'s takeable accounts in waves until none is left or its turn is up;
+        put a drain back in the queue when work remains."""
+        definition = self.workspace.compiled.targets.get(target)
+        if definition is None or definition.target_class is TargetClass.MANUAL:
+            return {}
+        started = time.monotonic()
+        totals: dict[str, int] = {}
+        tried: set[str] = set()
+        candidates: list[str] = []
+        progressed = False
+        while time.monotonic() - started < DRAIN_SECONDS:
+            wave, candidates = self._wave(target, definition.concurrency, tried, candidates)
+            if not wave:
+                break
+            tried.update(wave)
+            runner = Runner(self.workspace, pool=self.pool)
+            report = runner.apply(now=system_clock, target=target, identities=wave, capped=True)
+            for key, value in _counts(report).items():
+                totals[key] = totals.get(key, 0) + value
+            if report.accounts == 0:
+                break  # the target's concurrency is taken up by other runs: they go on
+            progressed = True
+        if progressed:
+            self._more(target)
+        return totals
+
+    def _wave(
+        self, target: str, size: int, tried: set[str], candidates: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """The next accounts to take: removals waiting now first, then the oldest work."""
+        now = datetime.now(UTC)
+        with self.workspace.sessions() as session:
+            wave = takeable(session, target, now, size, removals=True, besides=tried)
+            candidates = [c for c in candidates if c not in tried and c not in wave]
+            if len(wave) < size and not candidates:
+                candidates = takeable(session, target, now, size * CANDIDATES, besides=tried)
+                candidates = [c for c in candidates if c not in wave]
+        room = size - len(wave)
+        return wave + candidates[:room], candidates[room:]
+
+    def _more(self, target: str) -> None:
+        with self.workspace.sessions() as session:
+            work = targets_with_work(self.workspace, session, datetime.now(UTC), [target])
+        self.queue.drains(work.items())
+
+    def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
+        """The engine's cycle with the applying handed to drains; the audit chain's head
+        signed after it."""
+        report = self.cycles.cycle()
+        self.workspace.checkpoint(system_clock())
+        return report.as_dict()
+
+    def hand_off(self, now: datetime) -> ApplyReport:
+        """What a cycle does instead of applying: manual targets' work items opened, a drain
+        in the queue for each target with work."""
+        report = ApplyReport()
+        with self.workspace.sessions() as session, session.begin():
+            report.tasks_opened = open_tasks(self.workspace, session, now)
+        with self.workspace.sessions() as session:
+            work = targets_with_work(self.workspace, session, now)
+        self.queue.drains(work.items())
+        return report
+
+    async def sweep(self, timestamp: int) -> dict[str, int]:
+        """End the jobs of workers gone silent; drains for every target with work."""
+        manager = self.app.job_manager
+        stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=self.lease_seconds)
+        for job in stalled:
+            log.warning("job %s (%s) of a silent worker ended as failed", job.id, job.task_name)
+            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        drains = await asyncio.to_thread(self._sweep_journal)
+        return {"stalled": len(list(stalled)), "drains": drains}
+
+    def _sweep_journal(self) -> int:
+        now = datetime.now(UTC)
+        with self.workspace.sessions() as session, session.begin():
+            free_the_dead(session, now)
+        with self.workspace.sessions() as session:
+            work = targets_with_work(self.workspace, session, now)
+        return self.queue.drains(work.items())
+
+    # --- the process -------------------------------------------------------------------
+
+    def run(self, *, wait: bool = True) -> None:
+        """Work until stopped (SIGINT, SIGTERM: running jobs finish first), or with
+        ``wait=False`` until the queue is empty."""
+        try:
+            asyncio.run(self._run(wait))
+        finally:
+            self.close()
+
+    async def _run(self, wait: bool) -> None:
+        # sync tasks run in the loop's default executor: one thread per job at once
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(self.concurrency + 2, "provisor-job"))
+        heartbeat = max(1.0, self.lease_seconds / 3)
+        async with self.app.open_async():
+            await self.app.run_worker_async(
+                queues=[QUEUE],
+                name=self.name,
+                concurrency=self.concurrency,
+                wait=wait,
+                listen_notify=True,
+                fetch_job_polling_interval=float(self.sweep_seconds),
+                update_heartbeat_interval=heartbeat,
+                stalled_worker_timeout=float(self.lease_seconds),
+                delete_jobs="successful",
+                shutdown_graceful_timeout=float(self.lease_seconds),
+            )
+
+    def close(self) -> None:
+        self.cycles.close()
+        self.queue.close()
+        self.pool.close()
