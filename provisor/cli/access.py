@@ -10,6 +10,7 @@ Does not: plan, execute, verify or loop itself (``provisor.engine.planner``,
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -231,6 +232,9 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Stop once the job queue is empty.")
     ] = False,
+    log_level: Annotated[
+        str, typer.Option(help="What goes to standard error: debug, info, warning, error.")
+    ] = "info",
 ) -> None:
     """Run the journal's work as one of any number of workers, on any machines, sharing the
     workspace's PostgreSQL database: each operation runs and is recorded once, an account's
@@ -243,7 +247,12 @@ def worker(
     """
     from provisor.engine.runner.worker import Worker
 
-    with opened() as workspace:
+    level = logging.getLevelNamesMapping().get(log_level.upper())
+    if level is None:
+        raise typer.BadParameter(f"{log_level!r} is not a level", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(max(level, logging.WARNING))  # a line per request
+    with opened(Worker.connections(concurrency)) as workspace:
         process = Worker(workspace, concurrency=concurrency, name=name)
         process.run(wait=not until_idle)
 

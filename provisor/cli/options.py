@@ -69,9 +69,14 @@ def maybe_when(value: str | None, option: str) -> datetime | None:
 
 
 @contextmanager
-def opened() -> Iterator[Workspace]:
-    """The workspace given to ``provisor``, closed when the block ends."""
-    workspace = Workspace.open(given.workspace)
+def opened(pool: tuple[int, int] | None = None) -> Iterator[Workspace]:
+    """The workspace given to ``provisor``, closed when the block ends; ``pool``: its
+    database connections (kept, more when busy) when not the default."""
+    workspace = (
+        Workspace.open(given.workspace)
+        if pool is None
+        else Workspace.open(given.workspace, pool=pool)
+    )
     try:
         yield workspace
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,7 +46,7 @@ from provisor.store.bulk import (
     names_reader,
     time_reader,
 )
-from provisor.store.db import bulk_insert
+from provisor.store.db import bulk_insert, one_writer
 
 
 def state_from_row(row: models.Identity | IdentityRow, now: datetime) -> IdentityState:
@@ -143,12 +143,14 @@ def compute_plan(
     identity: str | None = None,
     target: str | None = None,
     changed_only: bool = False,
+    before_observed: Callable[[list[str]], None] | None = None,
 ) -> tuple[list[PlannedOperation], list[str]]:
     """Planned operations for the selection, and the identities that were planned.
 
     ``changed_only`` plans just the identities marked as needing it (a lifecycle change, a
     new observation) and those holding time-bound grants, which can expire with nothing else
-    changing; everyone else's plan is what it was under the same policy."""
+    changing; everyone else's plan is what it was under the same policy. ``before_observed``
+    is called with the identities just before their observed accounts are read."""
     compiled = workspace.compiled
     if target is not None and target not in compiled.targets:
         raise NotFoundError(
@@ -170,6 +172,8 @@ def compute_plan(
         raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
     ids = [r.external_id for r in rows]
     selection = [identity] if identity else (ids if changed_only else None)
+    if before_observed is not None:
+        before_observed(ids)
     observed = observed_for(session, selection, target)
     states = current_states(workspace, session, rows, now)
     targets = dict(compiled.targets)
@@ -258,20 +262,35 @@ def sync_journal(
     """Compute the plan for the selection and make the journal's pending operations match it.
 
     With ``changed_only`` (the long-running service, between full plans) only identities that
-    need it are planned; see ``compute_plan``. A new policy version always plans everyone."""
+    need it are planned; see ``compute_plan``. A new policy version always plans everyone.
+    One planner at a time per workspace (any number of processes): two at once would both
+    add the same new operations."""
+    one_writer(session, "provisor.plan")
     new_policy = workspace.note_policy_version(session)
     if new_policy:
         changed_only = False
+    open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
+
+    def read_journal(ids: list[str]) -> None:
+        # the journal is read before the observed store: a runner records an operation done
+        # and its read-back in one transaction, so whichever side of it these two reads
+        # fall, the work is seen either still open or done and observed — never neither
+        for row in _open_ops(session, ids, target):
+            key = (row.identity, row.target, row.kind, row.entitlement or "")
+            open_rows.setdefault(key, []).append(row)
+
     ops, ids = compute_plan(
-        workspace, session, now=now, identity=identity, target=target, changed_only=changed_only
+        workspace,
+        session,
+        now=now,
+        identity=identity,
+        target=target,
+        changed_only=changed_only,
+        before_observed=read_journal,
     )
     held = held_accounts(session, now)
     if held:
         ops = [op for op in ops if op.account is None or (op.target, op.account) not in held]
-    open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
-    for row in _open_ops(session, ids, target):
-        key = (row.identity, row.target, row.kind, row.entitlement or "")
-        open_rows.setdefault(key, []).append(row)
     result: list[tuple[PlannedOperation, str, int]] = []
     parked: dict[int, str] = {}
     entries: list[audit.Entry] = []

@@ -60,7 +60,15 @@ class Workspace:
     policy_change: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path | None = None, *, check: bool = True) -> Workspace:
+    def open(
+        cls,
+        path: Path | None = None,
+        *,
+        check: bool = True,
+        pool: tuple[int, int] = (db.POOL_SIZE, db.POOL_SIZE),
+    ) -> Workspace:
+        """The workspace in ``path`` (or the one configured); ``pool``: its database
+        connections kept open, and more opened when busy."""
         folder = workspace_path(path).resolve()
         config = load_config(folder)
         url = db.database_url(folder)
@@ -68,7 +76,7 @@ class Workspace:
             raise WorkspaceError(
                 f"no Provisor workspace database in {folder}; run 'provisor init' first"
             )
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, pool)
         if check:
             db.check_schema(engine)
         return cls(folder, config, engine, db.session_factory(engine), current=check)

@@ -3,12 +3,15 @@
 Does: build the SQLAlchemy engine for the workspace's database (an SQLite file by default,
 ``PROVISOR_DATABASE_URL`` to use PostgreSQL; the SQLite file readable by its owner only), tune
 SQLite for a single busy writer, run the Alembic
-migrations (``upgrade``), and refuse to work on a database whose schema is not current.
+migrations (``upgrade``), and refuse to work on a database whose schema is not current; write
+rows atomically whether or not they exist (``upsert``); let one writer of a kind at a time go
+on (``one_writer``).
 Does not: define tables (``models``) or hold any query logic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,7 +94,9 @@ def _owner_only(url: str) -> None:
 POOL_SIZE = 20
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool: tuple[int, int] = (POOL_SIZE, POOL_SIZE)) -> Engine:
+    """The engine for ``url``; ``pool``: connections kept open, and more opened when busy."""
+    size, overflow = pool
     if url.startswith("sqlite"):
         _owner_only(url)
         # a service's request threads, its runner and its event writer each hold one while
@@ -100,8 +105,8 @@ def make_engine(url: str) -> Engine:
             url,
             connect_args={"timeout": 30},
             json_serializer=_json,
-            pool_size=POOL_SIZE,
-            max_overflow=POOL_SIZE,
+            pool_size=size,
+            max_overflow=overflow,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -109,8 +114,8 @@ def make_engine(url: str) -> Engine:
         url,
         pool_pre_ping=True,
         json_serializer=_json,
-        pool_size=POOL_SIZE,
-        max_overflow=POOL_SIZE,
+        pool_size=size,
+        max_overflow=overflow,
     )
 
 
@@ -132,6 +137,18 @@ def upsert(
     session.execute(
         statement.on_conflict_do_update(index_elements=list(keys), set_=changed, where=where)
     )
+
+
+def one_writer(session: Session, name: str) -> None:
+    """Until the session's transaction ends, no other transaction passing ``name`` here gets
+    past this point: on PostgreSQL a transaction-scoped advisory lock named by ``name``, on
+    SQLite the database's write lock (taken now, so that what the transaction reads next is
+    not changed by another writer before it commits)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        session.execute(text("UPDATE target_limits SET tokens = tokens WHERE 1 = 0"))
 
 
 def table(model: type[Any]) -> Table:

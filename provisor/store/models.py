@@ -513,16 +513,29 @@ class Notice(Base):
 
 
 class TargetLimit(Base):
-    """A target's limits shared by every worker: the row is locked while a worker takes
-    accounts (so at most ``concurrency`` are held at once across workers), and holds the
-    target's token bucket (``tokens`` at ``stamp``, seconds since the epoch by the database's
-    clock, the one clock every worker shares), drawn from once per request to the target."""
+    """A target's rate limit shared by every runner on PostgreSQL: its token bucket
+    (``tokens`` at ``stamp``, seconds since the epoch by the database's clock, the one clock
+    every machine shares), drawn from once per request to the target."""
 
     __tablename__ = "target_limits"
 
     target: Mapped[str] = mapped_column(String(128), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float)
     stamp: Mapped[float] = mapped_column(Float)
+
+
+class TargetSlot(Base):
+    """One of a target's ``concurrency`` slots, shared by every worker: an account's
+    operations run only while their run holds a slot of the target, so no more accounts are
+    worked on at once across all workers. A slot lasts until ``expires_at`` (renewed with the
+    run's leases), so a worker that died gives its slots back when they expire."""
+
+    __tablename__ = "target_slots"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[datetime | None]
 
 
 class AccountLease(Base):

@@ -63,6 +63,7 @@ class FaultyProxy:
         self.requests: list[tuple[str, str, bytes]] = []  # as the client sent them
         self.on_request = on_request
         self.on_response = on_response
+        self.client = httpx2.Client()  # one, kept alive: the proxy must not be the bottleneck
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,7 +110,7 @@ class FaultyProxy:
                     if k.lower() not in ("host", "content-length", "connection")
                 }
                 headers.pop("Content-Length", None)
-                response = httpx2.request(
+                response = proxy.client.request(
                     self.command, proxy.upstream + self.path, content=body, headers=headers
                 )
                 content = response.content
@@ -170,3 +171,4 @@ class FaultyProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.client.close()

@@ -129,16 +129,20 @@ class Queue:
     own jobs): opened on first use, closed with ``close``."""
 
     def __init__(self, workspace: Workspace) -> None:
-        self.app = App(connector=SyncPsycopgConnector(conninfo=conninfo(workspace)))
+        connector = SyncPsycopgConnector(conninfo=conninfo(workspace), min_size=1, max_size=2)
+        self.app = App(connector=connector)
         self._open = False
         self._lock = threading.Lock()
 
-    def _defer(self, task: str, lock: str, priority: int, **args: str) -> bool:
-        """Put one job in; False when one with the same ``lock`` already waits."""
+    def _opened(self) -> None:
         with self._lock:
             if not self._open:
                 self.app.open()
                 self._open = True
+
+    def _defer(self, task: str, lock: str, priority: int, **args: str) -> bool:
+        """Put one job in; False when one with the same ``lock`` already waits."""
+        self._opened()
         deferrer = self.app.configure_task(task, queue=QUEUE, queueing_lock=lock, priority=priority)
         try:
             deferrer.defer(**args)
@@ -153,8 +157,25 @@ class Queue:
         return self._defer(DRAIN, f"drain:{target}", 0, target=target)
 
     def drains(self, targets: Iterable[tuple[str, bool]]) -> int:
-        """A drain for each (target, has removals); how many were put in."""
-        return sum(self.drain(target, removals=removals) for target, removals in targets)
+        """A drain for each (target, has removals) — but only a drain for removals where one
+        already runs: it takes every account it can, and puts a drain back when its turn is
+        up; how many were put in."""
+        busy = self.draining()
+        return sum(
+            self.drain(target, removals=removals)
+            for target, removals in targets
+            if removals or target not in busy
+        )
+
+    def draining(self) -> set[str]:
+        """The targets a worker is draining now (a job ``doing``, by the queue)."""
+        self._opened()
+        rows = self.app.connector.execute_query_all(
+            "SELECT DISTINCT args->>'target' AS target FROM procrastinate_jobs"
+            " WHERE task_name = %(task)s AND status = 'doing'",
+            task=DRAIN,
+        )
+        return {str(row["target"]) for row in rows}
 
     def cycle(self) -> bool:
         """Have a worker run the engine's cycle (tick, reconcile what is due, plan)."""

@@ -27,12 +27,11 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from provisor.engine.runner.limits import held, lock_target
 from provisor.engine.workspace import Workspace
 from provisor.store.bulk import chunks
 from provisor.store.db import table as table_of
 from provisor.store.db import upsert
-from provisor.store.models import AccountLease
+from provisor.store.models import AccountLease, TargetSlot
 
 Account = tuple[str, str]  # (identity, target)
 log = logging.getLogger(__name__)
@@ -108,25 +107,14 @@ def free_the_dead(session: Session, now: datetime) -> int:
 
 
 def take(
-    session: Session,
-    run: str,
-    accounts: Iterable[Account],
-    now: datetime,
-    seconds: int,
-    *,
-    cap: int | None = None,
+    session: Session, run: str, accounts: Iterable[Account], now: datetime, seconds: int
 ) -> set[Account]:
     """Take the leases of ``accounts`` that are free, expired or already ``run``'s; the
-    accounts ``run`` holds afterwards (among those asked for). With ``cap``, no more than
-    that many accounts of a target are held at once by all runs together: the first of
-    ``accounts`` (in the order given) up to the room left are asked for."""
-    wanted = list(dict.fromkeys(accounts))
+    accounts ``run`` holds afterwards (among those asked for)."""
+    wanted = sorted(set(accounts))  # every run takes rows in one order: no deadlock
     if not wanted:
         return set()
     free_the_dead(session, now)
-    if cap is not None:
-        wanted = _within(session, run, wanted, now, cap)
-    wanted.sort()  # every run takes rows in one order: no deadlock between two
     expires = now + timedelta(seconds=seconds)
     me = holder()
     table = table_of(AccountLease)
@@ -144,37 +132,41 @@ def take(
     return {(i, t) for i, t in held} & set(wanted)
 
 
-def _within(
-    session: Session, run: str, wanted: list[Account], now: datetime, cap: int
-) -> list[Account]:
-    """The first of ``wanted`` that fit under each target's cap, the targets' rows locked
-    until the transaction ends so that nobody else counts meanwhile."""
-    room: dict[str, int] = {}
-    for target in sorted({t for _, t in wanted}):
-        lock_target(session, target)
-        room[target] = cap - held(session, target, now, besides=run)
-    fitting = []
-    for identity, target in wanted:
-        if room[target] > 0:
-            room[target] -= 1
-            fitting.append((identity, target))
-    return fitting
+def _lock_mine(session: Session, run: str) -> None:
+    """Lock ``run``'s lease and slot rows in key order (PostgreSQL): two transactions
+    writing the same run's rows (its keeper, its writer) then wait for each other instead of
+    deadlocking."""
+    if session.get_bind().dialect.name != "postgresql":
+        return  # SQLite: one writer at a time anyway
+    lease, slot = AccountLease, TargetSlot
+    order = (lease.identity, lease.target)
+    session.execute(
+        select(lease.identity).where(lease.run == run).order_by(*order).with_for_update()
+    )
+    ordered = select(slot.slot).where(slot.run == run).order_by(slot.target, slot.slot)
+    session.execute(ordered.with_for_update())
 
 
 def renew(session: Session, run: str, now: datetime, seconds: int) -> int:
-    """Extend every lease ``run`` still holds; how many it holds."""
+    """Extend every lease (and target slot) ``run`` still holds; how many leases it holds."""
+    until = now + timedelta(seconds=seconds)
+    _lock_mine(session, run)
     result = session.execute(
-        update(AccountLease)
-        .where(AccountLease.run == run)
-        .values(expires_at=now + timedelta(seconds=seconds))
+        update(AccountLease).where(AccountLease.run == run).values(expires_at=until)
     )
+    session.execute(update(TargetSlot).where(TargetSlot.run == run).values(expires_at=until))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 def give_back(session: Session, run: str, accounts: Iterable[Account] | None = None) -> None:
-    """Free ``run``'s leases of ``accounts`` (all of them when None)."""
+    """Free ``run``'s leases of ``accounts`` (all of them, and its target slots, when
+    None)."""
     if accounts is None:
+        _lock_mine(session, run)
         session.execute(delete(AccountLease).where(AccountLease.run == run))
+        session.execute(
+            update(TargetSlot).where(TargetSlot.run == run).values(run=None, expires_at=None)
+        )
         return
     for identity, target in sorted(set(accounts)):
         session.execute(
@@ -204,11 +196,11 @@ class Keeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def take(self, accounts: Iterable[Account], cap: int | None = None) -> set[Account]:
+    def take(self, accounts: Iterable[Account]) -> set[Account]:
         """Take the leases of ``accounts`` (``take``); the ones held."""
         started = time.monotonic()
         with self.workspace.sessions() as session, session.begin():
-            got = take(session, self.run, accounts, datetime.now(UTC), self.seconds, cap=cap)
+            got = take(session, self.run, accounts, datetime.now(UTC), self.seconds)
         with self._lock:
             if not self._held:
                 self._until = started + self.seconds * 0.8

@@ -1,27 +1,32 @@
 """A target's limits shared by every runner of a workspace, kept in its database.
 
-Does: keep each target's row in ``target_limits``; lock it while a run takes accounts, so the
-accounts held in a target across all runners can be counted and capped at its
-``concurrency`` (``lock_target``, ``held``); pace the requests of every runner to a target
-with one token bucket in that row (``SharedBucket``): each request reserves a token in one
-short transaction, by the database's clock (the one clock all machines share), and waits out
-its reservation. The bucket allows a burst of a twentieth of a second's requests, so no second
+Does: bound the accounts worked on at once in a target by all workers together to its
+``concurrency``, with that many slot rows (``target_slots``) taken with ``FOR UPDATE SKIP
+LOCKED`` and given back after each account (``Slots``; they expire with the run's leases, so a
+dead worker's come back); pace the requests of every runner to a target with one token bucket
+in its ``target_limits`` row (``SharedBucket``): each request reserves a token in one short
+transaction, by the database's clock (the one clock all machines share), and waits out its
+reservation. The bucket allows a burst of a twentieth of a second's requests, so no second
 sees more than 5% over the rate.
 Does not: decide which accounts to run (``runner``, ``dispatch``), or pace runners that use an
-in-process bucket (``pacing.TokenBucket``, the embedded mode on SQLite).
+in-process bucket and pool (``pacing.TokenBucket``, the embedded mode on SQLite). Slots need
+PostgreSQL.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import false, func, select, text, update
+from sqlalchemy import bindparam, false, select, text, update
 from sqlalchemy.orm import Session
 
 from provisor.engine.workspace import Workspace
 from provisor.store.db import upsert
-from provisor.store.models import AccountLease, TargetLimit
+from provisor.store.models import TargetLimit, TargetSlot
 
 BURST_SECONDS = 0.05  # a bucket holds this many seconds' worth of requests (at least one)
 
@@ -50,23 +55,6 @@ def _ensure(session: Session, target: str, tokens: float) -> None:
     upsert(session, TargetLimit, [row], ("target",), where=false())
 
 
-def lock_target(session: Session, target: str) -> None:
-    """Lock the target's row for the rest of the transaction (on SQLite, the write lock):
-    whoever counts and takes a target's accounts next waits until this transaction ends."""
-    _ensure(session, target, 1.0)
-    session.execute(
-        update(TargetLimit).where(TargetLimit.target == target).values(tokens=TargetLimit.tokens)
-    )
-
-
-def held(session: Session, target: str, now: datetime, *, besides: str | None = None) -> int:
-    """How many accounts of ``target`` runs hold now (other than run ``besides``)."""
-    query = select(func.count()).where(AccountLease.target == target, AccountLease.expires_at > now)
-    if besides is not None:
-        query = query.where(AccountLease.run != besides)
-    return int(session.execute(query).scalar_one())
-
-
 class SharedBucket:
     """``rate`` requests a second to one target, over every runner of the workspace; the
     same ``acquire`` as ``pacing.TokenBucket``, so connectors pace with either."""
@@ -91,3 +79,75 @@ class SharedBucket:
                 tokens = session.execute(self._reserve, params).scalar_one()
         if tokens < 0:
             time.sleep(-float(tokens) / self.rate)
+
+
+_TAKE_SLOT = text(
+    """
+UPDATE target_slots SET run = :run, expires_at = :expires
+WHERE target = :target AND slot = (
+    SELECT slot FROM target_slots
+    WHERE target = :target AND slot < :count AND (run IS NULL OR expires_at <= :now)
+    ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+RETURNING slot
+"""
+).bindparams(  # times as the column stores them
+    bindparam("now", type_=TargetSlot.expires_at.type),
+    bindparam("expires", type_=TargetSlot.expires_at.type),
+)
+
+
+class Slots:
+    """A target's ``concurrency`` across every worker: ``held`` waits for a free slot (one
+    not held, or expired) and keeps it while its block runs. Of two or more slots, one is
+    kept for removals: a leaver's account never waits behind a wave of joiners."""
+
+    WAIT = (0.005, 0.2)  # seconds between tries for a slot: the first, and at most
+
+    def __init__(self, workspace: Workspace, target: str, count: int) -> None:
+        self.workspace = workspace
+        self.target = target
+        self.count = count
+        with workspace.sessions() as session, session.begin():
+            rows = [
+                {"target": target, "slot": n, "run": None, "expires_at": None} for n in range(count)
+            ]
+            upsert(session, TargetSlot, rows, ("target", "slot"), where=false())
+
+    def _take(self, run: str, seconds: int, removal: bool) -> int | None:
+        now = datetime.now(UTC)
+        params = {
+            "run": run,
+            "target": self.target,
+            "count": self.count if removal or self.count < 2 else self.count - 1,
+            "now": now,
+            "expires": now + timedelta(seconds=seconds),
+        }
+        with self.workspace.sessions() as session, session.begin():
+            slot = session.execute(_TAKE_SLOT, params).scalar_one_or_none()
+        return None if slot is None else int(slot)
+
+    def _give(self, run: str, slot: int) -> None:
+        with self.workspace.sessions() as session, session.begin():
+            session.execute(
+                update(TargetSlot)
+                .where(
+                    TargetSlot.target == self.target,
+                    TargetSlot.slot == slot,
+                    TargetSlot.run == run,
+                )
+                .values(run=None, expires_at=None)
+            )
+
+    @contextmanager
+    def held(self, run: str, seconds: int, *, removal: bool = False) -> Iterator[int]:
+        """Hold a slot for ``run`` (until the block ends, or ``seconds`` unless renewed);
+        ``removal``: for an account with a removal to make, which may take the kept slot."""
+        pause, most = self.WAIT
+        while (slot := self._take(run, seconds, removal)) is None:
+            time.sleep(pause * (0.5 + random.random()))  # jittered
+            pause = min(most, pause * 2)
+        try:
+            yield slot
+        finally:
+            self._give(run, slot)

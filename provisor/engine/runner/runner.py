@@ -39,7 +39,7 @@ from provisor.engine.correlate import Match, open_case
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
 from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
-from provisor.engine.runner.limits import SharedBucket
+from provisor.engine.runner.limits import SharedBucket, Slots
 from provisor.engine.runner.pacing import TokenBucket, backoff
 from provisor.engine.tasks import open_tasks, requeue_operations
 from provisor.engine.workspace import Workspace
@@ -174,11 +174,12 @@ class Runner:
         identity: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         identities: Collection[str] | None = None,
-        capped: bool = False,
+        slots: bool = False,
     ) -> ApplyReport:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
-        given) whose accounts this run can take. ``capped``: take no more accounts of a target
-        than its ``concurrency`` less those other runs hold (a worker's slice)."""
+        given) whose accounts this run can take. ``slots``: work on an account only while
+        holding one of its target's slots, shared by every worker (``limits.Slots``), so the
+        target's ``concurrency`` holds across all of them."""
         report = ApplyReport()
         self.run_id = uuid.uuid4().hex
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
@@ -219,9 +220,7 @@ class Runner:
                         report.no_connector[where] = count
                     done += count
                     continue
-                definition = self.workspace.compiled.targets[where]
-                cap = definition.concurrency if capped else None
-                held = self._keeper.take([(jobs[0].identity, where) for jobs in accounts], cap)
+                held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
                 report.accounts += len(held)
                 ours = [
                     job.id for jobs in accounts if (jobs[0].identity, where) in held for job in jobs
@@ -230,6 +229,8 @@ class Runner:
                 claimed |= mine
                 report.waiting += count - len(mine)
                 done += count - len(mine)
+                definition = self.workspace.compiled.targets[where]
+                gate = Slots(self.workspace, where, definition.concurrency) if slots else None
                 bucket = self._bucket(where, connector, definition)
                 pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
                 pools.append(pool)
@@ -237,7 +238,7 @@ class Runner:
                     taken = [j for j in jobs if j.id in mine]
                     if taken:
                         future = pool.submit(
-                            self._run_account, taken, connector, specs, now, bucket
+                            self._gated, gate, taken, connector, specs, now, bucket
                         )
                         futures[future] = len(taken)
                         self._accounts[future] = (jobs[0].identity, where)
@@ -406,6 +407,22 @@ class Runner:
             else:
                 specs[(who, where)] = account_spec(definition, who, attrs)
         return specs
+
+    def _gated(
+        self,
+        gate: Slots | None,
+        jobs: list[Job],
+        connector: Connector,
+        specs: Mapping[tuple[str, str], AccountSpec],
+        now: Callable[[], datetime],
+        bucket: TokenBucket | SharedBucket | None,
+    ) -> list[Outcome]:
+        """``_run_account``, holding one of the target's slots while it runs when ``gate``."""
+        if gate is None:
+            return self._run_account(jobs, connector, specs, now, bucket)
+        removal = any(job.kind in REMOVALS for job in jobs)
+        with gate.held(self.run_id, self._lease_seconds, removal=removal):
+            return self._run_account(jobs, connector, specs, now, bucket)
 
     def _run_account(
         self,

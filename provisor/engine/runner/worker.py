@@ -2,12 +2,12 @@
 journal on PostgreSQL, fed by the job queue (procrastinate).
 
 Does: run procrastinate's worker on the workspace's database with three tasks —
-- *drain* a target: take its accounts with work due (removals first) in waves of at most the
-  target's ``concurrency`` less what other runs hold, so no more are held at once across all
-  workers, and run each wave through a ``Runner`` (leases, intent records, fenced outcomes:
-  each operation is executed and recorded once whatever the number of workers); after
-  ``DRAIN_SECONDS`` or when nothing is left it stops, putting a new drain in the queue when work
-  remains (so other jobs get their turn, and any idle worker may take it);
+- *drain* a target: take its accounts with work due (removals first) a slice at a time and
+  run each slice through a ``Runner`` (leases, intent records, fenced outcomes: each operation
+  is executed and recorded once whatever the number of workers), an account only while holding
+  one of the target's slots, so its ``concurrency`` holds across all workers (one drain's
+  threads can fill them all); after ``DRAIN_SECONDS`` it stops and puts a drain back in the
+  queue for the rest, so other jobs get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
   time across the cluster; instead of applying it opens manual work items and puts drains in
   the queue for the targets with work;
@@ -56,7 +56,7 @@ from provisor.engine.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
-CANDIDATES = 16  # a drain reads this many waves' worth of accounts at a time
+SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
 
 
 def cron_every(seconds: float) -> str:
@@ -90,7 +90,10 @@ class Worker:
         settings = workspace.config.runner
         self.lease_seconds = settings.lease_seconds
         self.sweep_seconds = settings.sweep_seconds
-        self.app = App(connector=PsycopgConnector(conninfo=conninfo(workspace)))
+        # the queue's own connections: one listens, the rest fetch and finish jobs
+        self.app = App(
+            connector=PsycopgConnector(conninfo=conninfo(workspace), min_size=1, max_size=3)
+        )
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         self.cycles = Cycles(workspace, hand_off=self.hand_off)
@@ -101,48 +104,43 @@ class Worker:
         sweep = self.app.task(name=SWEEP, queue=QUEUE)(self.sweep)
         self.app.periodic(cron=cron_every(self.sweep_seconds), periodic_id="sweep")(sweep)
 
+    @staticmethod
+    def connections(concurrency: int) -> tuple[int, int]:
+        """The workspace database connections a worker needs (kept, more when busy): each
+        job's runner writes from one thread and renews its leases from another, its accounts
+        take and give back target slots in short transactions, a cycle holds one for its
+        lock. Bounded, so that many workers fit in the server's ``max_connections``; a thread
+        waits for a connection rather than open one more."""
+        return (concurrency + 2, concurrency)
+
     # --- tasks -------------------------------------------------------------------------
 
     def drain(self, target: str) -> dict[str, int]:
-        """Run ``target``'s takeable accounts in waves until none is left or its turn is up;
-        put a drain back in the queue when work remains."""
+        """Run ``target``'s takeable accounts a slice at a time (removals first) until none is
+        left or its turn is up; then put a drain in the queue for whatever remains."""
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
             return {}
         started = time.monotonic()
         totals: dict[str, int] = {}
         tried: set[str] = set()
-        candidates: list[str] = []
-        progressed = False
         while time.monotonic() - started < DRAIN_SECONDS:
-            wave, candidates = self._wave(target, definition.concurrency, tried, candidates)
-            if not wave:
+            now = datetime.now(UTC)
+            size = definition.concurrency * SLICE
+            with self.workspace.sessions() as session:
+                first = takeable(session, target, now, size, removals=True, besides=tried)
+                rest = takeable(session, target, now, size - len(first), besides=tried)
+            chosen = (first + [who for who in rest if who not in first])[:size]
+            if not chosen:
                 break
-            tried.update(wave)
+            tried.update(chosen)
             runner = Runner(self.workspace, pool=self.pool)
-            report = runner.apply(now=system_clock, target=target, identities=wave, capped=True)
+            report = runner.apply(now=system_clock, target=target, identities=chosen, slots=True)
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
-            if report.accounts == 0:
-                break  # the target's concurrency is taken up by other runs: they go on
-            progressed = True
-        if progressed:
-            self._more(target)
+        else:
+            self._more(target)  # its turn is up: the rest goes back in line
         return totals
-
-    def _wave(
-        self, target: str, size: int, tried: set[str], candidates: list[str]
-    ) -> tuple[list[str], list[str]]:
-        """The next accounts to take: removals waiting now first, then the oldest work."""
-        now = datetime.now(UTC)
-        with self.workspace.sessions() as session:
-            wave = takeable(session, target, now, size, removals=True, besides=tried)
-            candidates = [c for c in candidates if c not in tried and c not in wave]
-            if len(wave) < size and not candidates:
-                candidates = takeable(session, target, now, size * CANDIDATES, besides=tried)
-                candidates = [c for c in candidates if c not in wave]
-        room = size - len(wave)
-        return wave + candidates[:room], candidates[room:]
 
     def _more(self, target: str) -> None:
         with self.workspace.sessions() as session:

@@ -1,4 +1,5 @@
-"""workers: target limits shared by every worker; on PostgreSQL, the job queue's schema
+"""workers: target rate limits and concurrency slots shared by every worker; on PostgreSQL,
+the job queue's schema
 
 Revision ID: 0013
 Revises: 0012
@@ -24,6 +25,14 @@ def upgrade() -> None:
         sa.Column("stamp", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("target", name=op.f("pk_target_limits")),
     )
+    op.create_table(
+        "target_slots",
+        sa.Column("target", sa.String(length=128), nullable=False),
+        sa.Column("slot", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("run", sa.String(length=32), nullable=True),
+        sa.Column("expires_at", sa.DateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("target", "slot", name=op.f("pk_target_slots")),
+    )
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         # procrastinate's tables (``procrastinate_*``): the queue ``provisor worker`` reads
@@ -41,4 +50,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # the queue's tables stay: they may hold jobs, and belong to procrastinate's own schema
+    op.drop_table("target_slots")
     op.drop_table("target_limits")
