@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -270,15 +270,6 @@ def sync_journal(
     if new_policy:
         changed_only = False
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
-
-    def read_journal(ids: list[str]) -> None:
-        # the journal is read before the observed store: a runner records an operation done
-        # and its read-back in one transaction, so whichever side of it these two reads
-        # fall, the work is seen either still open or done and observed — never neither
-        for row in _open_ops(session, ids, target):
-            key = (row.identity, row.target, row.kind, row.entitlement or "")
-            open_rows.setdefault(key, []).append(row)
-
     ops, ids = compute_plan(
         workspace,
         session,
@@ -286,7 +277,7 @@ def sync_journal(
         identity=identity,
         target=target,
         changed_only=changed_only,
-        before_observed=read_journal,
+        before_observed=_journal_reader(session, target, open_rows),
     )
     held = held_accounts(session, now)
     if held:
@@ -315,13 +306,7 @@ def sync_journal(
         now=now,
     )
     if hold is not None:
-        for entry in entries:
-            if (
-                entry.action == "operation.planned"
-                and isinstance(entry.data, dict)
-                and entry.subject not in leaving
-            ):
-                entry.data["held"] = hold.id
+        _mark_held(entries, hold.id, leaving)
         entries.append(removal_guard.created_entry(hold))
     added = _add_pending(session, new_rows, now, hold, leaving)
     stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
@@ -339,6 +324,32 @@ def sync_journal(
     audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     return JournalSync(result, len(stale_rows), parked)
+
+
+def _journal_reader(
+    session: Session,
+    target: str | None,
+    open_rows: dict[tuple[str, str, str, str], list[models.Operation]],
+) -> Callable[[list[str]], None]:
+    """What reads the identities' open operations into ``open_rows`` (by match key) before
+    the observed store is read: a runner records an operation done and its read-back in one
+    transaction, so whichever side of it the two reads fall, the work is seen either still
+    open or done and observed — never neither."""
+
+    def read(ids: list[str]) -> None:
+        for row in _open_ops(session, ids, target):
+            key = (row.identity, row.target, row.kind, row.entitlement or "")
+            open_rows.setdefault(key, []).append(row)
+
+    return read
+
+
+def _mark_held(entries: list[audit.Entry], hold: int, leaving: Collection[str]) -> None:
+    """Name the hold in the audit entries of the operations it holds (not the leavers')."""
+    for entry in entries:
+        planned = entry.action == "operation.planned" and isinstance(entry.data, dict)
+        if planned and entry.subject not in leaving and isinstance(entry.data, dict):
+            entry.data["held"] = hold
 
 
 def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) -> str:

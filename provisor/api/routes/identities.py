@@ -103,7 +103,9 @@ async def record_event(
                     now=now,
                 )
 
-        return await run_in_threadpool(rescind)
+        recorded = await run_in_threadpool(rescind)
+        request.app.state.wake.set()  # planned and run now, not at the next cycle
+        return recorded
     answer = request.app.state.intake.submit(
         body.identity,
         body.kind,
@@ -112,7 +114,9 @@ async def record_event(
         source=source,
         actor=who.name,
     )
-    return dict(await asyncio.wrap_future(answer))
+    recorded = dict(await asyncio.wrap_future(answer))
+    request.app.state.wake.set()
+    return recorded
 
 
 @router.post(

@@ -189,18 +189,33 @@ class Queue:
 
 
 class Wake:
-    """The service's wake-up when workers run the journal: ``set`` puts a cycle in the queue
-    (the service's routes call it after recording a change), as ``threading.Event.set``
-    wakes the in-process runner."""
+    """The service's wake-up when workers run the journal: ``set`` (the service's routes call
+    it after recording a change, as ``threading.Event.set`` wakes the in-process runner) has
+    a thread of its own put a cycle in the queue, at once; a burst of changes costs one."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.queue = Queue(workspace)
+        self._asked = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="provisor-wake", daemon=True)
+        self._thread.start()
 
     def set(self) -> None:
-        try:
-            self.queue.cycle()
-        except Exception:  # the change is recorded; the next periodic cycle plans it
-            log.exception("could not put a cycle in the job queue")
+        self._asked.set()
+
+    def _work(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            if self._stop:
+                return
+            try:
+                self.queue.cycle()
+            except Exception:  # the change is recorded; the next periodic cycle plans it
+                log.exception("could not put a cycle in the job queue")
 
     def close(self) -> None:
+        self._stop = True
+        self._asked.set()
+        self._thread.join(10)
         self.queue.close()

@@ -201,23 +201,8 @@ class Runner:
         try:
             for where, accounts in sorted(by_target.items()):
                 count = sum(len(jobs) for jobs in accounts)
-                try:
-                    connector = self.connector(where)
-                except ProvisorError as exc:
-                    report.unopened[where] = str(exc)
-                    report.errors.append(f"{where}: cannot open the connector: {exc}")
-                    report.waiting += count
-                    done += count
-                    continue
+                connector = self._opened(where, count, report, now)
                 if connector is None:
-                    definition = self.workspace.compiled.targets.get(where)
-                    if definition is not None and definition.target_class is TargetClass.MANUAL:
-                        with self.workspace.sessions() as session, session.begin():
-                            opened = open_tasks(self.workspace, session, now(), [where])
-                        report.tasks_opened += opened
-                        report.waiting += count
-                    else:
-                        report.no_connector[where] = count
                     done += count
                     continue
                 held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
@@ -253,6 +238,29 @@ class Runner:
                 self._keeper.stop()
                 self._accounts.clear()
         return report
+
+    def _opened(
+        self, where: str, count: int, report: ApplyReport, now: Callable[[], datetime]
+    ) -> Connector | None:
+        """The target's connector; None, with the ``count`` operations accounted for in
+        ``report``, when they cannot run here: a connector that cannot be opened, a manual
+        target (its work items opened), a target class with no connector."""
+        try:
+            connector = self.connector(where)
+        except ProvisorError as exc:
+            report.unopened[where] = str(exc)
+            report.errors.append(f"{where}: cannot open the connector: {exc}")
+            report.waiting += count
+            return None
+        if connector is None:
+            definition = self.workspace.compiled.targets.get(where)
+            if definition is not None and definition.target_class is TargetClass.MANUAL:
+                with self.workspace.sessions() as session, session.begin():
+                    report.tasks_opened += open_tasks(self.workspace, session, now(), [where])
+                report.waiting += count
+            else:
+                report.no_connector[where] = count
+        return connector
 
     def _collect(
         self,
