@@ -51,6 +51,7 @@ from provisor.connectors.base import (
 from provisor.connectors.sql import open_sql_connector
 from provisor.connectors.sql.roles import MysqlUsers, PostgresRoles
 from provisor.connectors.sql.table import UsersTable
+from provisor.sandbox.sqlapp import ROLES, STATUS, app_schema, users_table_settings
 from provisor.testing import ConnectorContract
 
 RUN = f"pvt{uuid.uuid4().hex[:6]}"  # this test process's names all start with it
@@ -618,68 +619,8 @@ def test_mariadb_least_privilege_login(my_admin: Engine, my_prefix: str) -> None
 # --- users-table -----------------------------------------------------------------------------
 
 
-def app_schema(engine: Engine, *, name_is_key: bool = False) -> None:
-    """An application's own tables: accounts, roles, account_roles, sessions."""
-    metadata = MetaData()
-    key_type: Any = String(200) if name_is_key else Integer
-    Table(
-        "accounts",
-        metadata,
-        Column("id", key_type, primary_key=True, autoincrement=not name_is_key),
-        *([] if name_is_key else [Column("login", String(200), unique=True, nullable=False)]),
-        Column("identity", String(100)),
-        Column("full_name", String(200)),
-        Column("mail", String(200)),
-        Column("job_title", String(200)),
-        Column("status", String(10), nullable=False),
-        Column("tenant", Integer, nullable=False),
-    )
-    Table(
-        "roles",
-        metadata,
-        Column("id", Integer, primary_key=True),
-        Column("name", String(100), unique=True, nullable=False),
-    )
-    Table(
-        "account_roles",
-        metadata,
-        Column("account_id", key_type, ForeignKey("accounts.id"), primary_key=True),
-        Column("role_id", Integer, ForeignKey("roles.id"), primary_key=True),
-    )
-    Table(
-        "sessions",
-        metadata,
-        Column("id", Integer, primary_key=True),
-        Column("account_id", key_type, ForeignKey("accounts.id"), nullable=False),
-    )
-    metadata.create_all(engine)
-    with engine.begin() as connection:
-        connection.execute(
-            metadata.tables["roles"].insert(),
-            [{"id": 1, "name": "viewer"}, {"id": 2, "name": "editor"}],
-        )
-
-
 def table_settings(url: str, *, name_is_key: bool = False) -> dict[str, Any]:
-    return {
-        "mode": "users-table",
-        "url": url,
-        "table": "accounts",
-        "key": "id",
-        "user_name_column": "id" if name_is_key else "login",
-        "external_id_column": "identity",
-        "columns": {"full_name": "name", "mail": "email", "job_title": "title"},
-        "defaults": {"tenant": 7},
-        "active_column": "status",
-        "active_value": "active",
-        "inactive_value": "locked",
-        "membership_table": "account_roles",
-        "membership_account_column": "account_id",
-        "membership_entitlement_column": "role_id",
-        "entitlement_name_column": "name",
-        "sessions_table": "sessions",
-        "sessions_account_column": "account_id",
-    }
+    return users_table_settings(url, name_is_key=name_is_key)
 
 
 def open_table(url: str, *, name_is_key: bool = False) -> UsersTable:
@@ -1098,21 +1039,12 @@ def tracked_lifecycle(url: str) -> None:
             ],
         )
     engine.dispose()
-    settings = {
-        "mode": "users-table",
-        "url": url,
-        "table": "accounts",
-        "user_name_column": "login",
-        "active_column": "status",
-        "active_value": "active",
-        "inactive_value": "locked",
-        "membership_table": "account_roles",
-        "membership_account_column": "account_id",
-        "membership_entitlement_column": "role_id",
-        "entitlement_name_column": "name",
-        "changed_column": "updated_at",
-        "membership_changed_column": "granted_at",
-    }
+    settings = (
+        {"mode": "users-table", "url": url, "table": "accounts", "user_name_column": "login"}
+        | STATUS
+        | ROLES
+        | {"changed_column": "updated_at", "membership_changed_column": "granted_at"}
+    )
     connector = open_sql_connector("app", settings)
     try:
         since = datetime(2026, 5, 2, 7, 0, tzinfo=UTC)

@@ -1,7 +1,8 @@
 """Crashes leave a trace: ``provisor apply`` of leavers' deletes against a real SCIM server,
-killed with SIGKILL at 20 seeded random points, then run to the end. Every delete the server
-really saw is in the audit log afterwards, each operation recorded verified exactly once, and
-the ones a killed run had announced are said to be resolved by a later run's read-back."""
+killed with SIGKILL at 12 seeded random points among its writes, then run to the end. Every
+delete the server really saw is in the audit log afterwards, each operation recorded verified
+exactly once, and the ones a killed run had announced are said to be resolved by a later
+run's read-back."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from provisor.store import models
 from tests.engine.test_crash_safety import POLICY as CRASH_POLICY
 
 PEOPLE = 100
-KILLS = 20
+KILLS = 12
 
 # the crash-safety test's target, with leavers deleted at once
 POLICY = CRASH_POLICY.replace(
@@ -72,20 +73,21 @@ def test_kill_nine_during_deletes_leaves_every_write_in_the_audit_log(
 
     command = [str(Path(sys.executable).parent / "provisor"), "-w", str(tmp_path), "apply"]
     rng = random.Random(20261205)
-    started, kills = time.monotonic(), 0
+    kills = 0
     for _ in range(KILLS):
         before = _users(scim_url)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # however long the start-up takes, the kill lands among the writes: once the server
         # has seen this run delete someone, at a seeded random moment
+        deadline = time.monotonic() + 60
         while _users(scim_url) == before and process.poll() is None:
+            assert time.monotonic() < deadline, "a run that neither deletes nor ends"
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.5))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
         process.wait()
-    assert time.monotonic() - started < 90
     assert kills >= KILLS // 2, "the runs ended before they could be killed"
     policy.write_text(policy.read_text().replace("\n    rate_limit: 25", ""))  # finish at speed
     for _ in range(3):

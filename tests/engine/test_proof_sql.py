@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, text
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import reconcile
 from provisor.engine.debt import debt_items
+from provisor.sandbox.sqlapp import app_schema, users_table_connection
 from provisor.sandbox.workspaces import scratch_workspace
-from tests.connectors.test_sql import app_schema
 from tests.engine.test_runner import apply, event, people, plan
 
 POLICY = """\
@@ -25,23 +25,7 @@ targets:
     class: sql
     owner: payroll-team
     leaver_action: disable
-    connection:
-      mode: users-table
-      url: "{url}"
-      table: accounts
-      key: id
-      user_name_column: login
-      external_id_column: identity
-      columns: {{full_name: name, mail: email}}
-      defaults: {{tenant: 7}}
-      active_column: status
-      active_value: active
-      inactive_value: locked
-      membership_table: account_roles
-      membership_account_column: account_id
-      membership_entitlement_column: role_id
-      entitlement_name_column: name
-      changed_column: updated_at
+    connection: {connection}
     entitlements: [{{name: viewer}}]
 rules:
   - name: staff
@@ -60,7 +44,10 @@ def test_an_unstamped_change_column_is_caught_by_the_canary(
     with engine.begin() as connection:
         # a change column nothing ever stamps
         connection.execute(text("ALTER TABLE accounts ADD COLUMN updated_at TIMESTAMP"))
-    ws = scratch_workspace(tmp_path / "ws", POLICY.format(url=url))
+    ws = scratch_workspace(
+        tmp_path / "ws",
+        POLICY.format(connection=users_table_connection(url, changed_column="updated_at")),
+    )
     try:
         start = datetime.now(UTC)
         people(ws, "E1", "E2", now=start)

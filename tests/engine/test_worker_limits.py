@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from provisor.engine.runner.dispatch import Queue
+from provisor.sandbox.cluster import start_workers, stop_workers, wait_until_done
 from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from tests.connectors.faulty_proxy import FaultyProxy
-from tests.engine.test_workers import SETTINGS, start_workers, stop_workers, wait_until_done
+from tests.engine.test_workers import SETTINGS
 
 PEOPLE = 60
 RATE = 40  # requests a second to the target, from all workers together

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from provisor.engine.workspace import Workspace
+from provisor.sandbox.cluster import start_workers, stop_workers
 from provisor.sandbox.scim import ScimApp
 from provisor.sandbox.service import served
 from provisor.store import models
 from tests.engine.test_crash_safety import POLICY
-from tests.engine.test_workers import start_workers, stop_workers
 
 CONFIG = (
     "runner: {workers: true, lease_seconds: 3, sweep_seconds: 1}\n"

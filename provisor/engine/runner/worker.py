@@ -12,7 +12,8 @@ Does: run procrastinate's worker on the workspace's database with three tasks â€
   time across the cluster; instead of applying it opens manual work items and puts drains in
   the queue for the targets with work;
 - *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
-  of dead processes of this machine, end the jobs of workers whose heartbeat stopped, and put
+  of dead processes of this machine, end the jobs of workers whose heartbeat stopped, queue
+  again the service's jobs (imports, reconciliations) a dead worker was running, and put
   a drain in the queue for every target with takeable work â€” so the work of a worker killed
   and never restarted is taken over at most ``runner.lease_seconds`` + ``runner.sweep_seconds``
   after it died, and retries and delayed steps start when they come due.
@@ -36,6 +37,7 @@ from procrastinate import App, PsycopgConnector
 from procrastinate.jobs import Status
 
 from provisor.domain.policy import TargetClass
+from provisor.engine import jobs
 from provisor.engine.connections import Pool
 from provisor.engine.cycle import Cycles, system_clock
 from provisor.engine.runner.dispatch import (
@@ -56,6 +58,7 @@ from provisor.engine.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
+RESTART_SECONDS = 1.0  # a worker that failed starts again after this long
 SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
 
 
@@ -179,6 +182,7 @@ class Worker:
         now = datetime.now(UTC)
         with self.workspace.sessions() as session, session.begin():
             free_the_dead(session, now)
+            jobs.recover(session, now)  # service jobs (imports...) a dead worker was running
         with self.workspace.sessions() as session:
             work = targets_with_work(self.workspace, session, now)
         return self.queue.drains(work.items())
@@ -187,9 +191,18 @@ class Worker:
 
     def run(self, *, wait: bool = True) -> None:
         """Work until stopped (SIGINT, SIGTERM: running jobs finish first), or with
-        ``wait=False`` until the queue is empty."""
+        ``wait=False`` until the queue is empty. When the queue's worker fails (the database
+        went away: a failover, connections terminated), it is started again after a pause;
+        whatever it was running is taken over through the journal's leases."""
         try:
-            asyncio.run(self._run(wait))
+            while True:
+                try:
+                    asyncio.run(self._run(wait))
+                except Exception:  # logged: the worker must outlive a blip
+                    log.exception("the worker stopped on an error; it starts again")
+                    time.sleep(RESTART_SECONDS)
+                    continue
+                return
         finally:
             self.close()
 
