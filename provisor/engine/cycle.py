@@ -17,6 +17,7 @@ do (the identity service, reconciliation, planner and runner do).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 
 def system_clock() -> datetime:
@@ -81,8 +83,11 @@ def one_at_a_time(workspace: Workspace) -> Iterator[None]:
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CYCLE_LOCK})
-            connection.commit()
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CYCLE_LOCK})
+                connection.commit()
+            except SQLAlchemyError:  # the connection died: the lock went with it
+                log.warning("the cycle lock's connection was lost during the cycle")
 
 
 class Cycles:

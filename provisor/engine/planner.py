@@ -309,7 +309,9 @@ def sync_journal(
         _mark_held(entries, hold.id, leaving)
         entries.append(removal_guard.created_entry(hold))
     added = _add_pending(session, new_rows, now, hold, leaving)
-    stale_rows = [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
+    stale_rows = _still_cancellable(
+        session, [r for rows in open_rows.values() for r in rows if r.status in CANCELLABLE]
+    )
     entries.extend(_cancel_stale(stale_rows, held, now))
     session.flush()
     entries.extend(removal_guard.close_emptied(session, {r.hold_id for r in stale_rows}, now))
@@ -365,6 +367,17 @@ def _matched(op: PlannedOperation, existing: models.Operation, now: datetime) ->
     if existing.not_before != not_before or existing.reason != op.reason:
         existing.not_before, existing.reason, existing.updated_at = not_before, op.reason, now
     return existing.status
+
+
+def _still_cancellable(session: Session, rows: list[models.Operation]) -> list[models.Operation]:
+    """The rows, read again and locked, that are still waiting: a runner may have claimed
+    one since the plan read it (it is running, maybe written already) and a cancel must never
+    overwrite that. A runner claiming one after this waits for the plan's transaction."""
+    op = models.Operation
+    for part in chunks([r.id for r in rows]):
+        query = select(op).where(op.id.in_(part)).with_for_update()
+        session.execute(query.execution_options(populate_existing=True)).scalars().all()
+    return [r for r in rows if r.status in CANCELLABLE]
 
 
 def _cancel_stale(

@@ -168,11 +168,15 @@ class Queue:
         )
 
     def draining(self) -> set[str]:
-        """The targets a worker is draining now (a job ``doing``, by the queue)."""
+        """The targets a worker is draining now (a job ``doing``, by the queue, started in
+        the last minute: a drain lasts seconds, and one that seems to run longer — its end
+        not recorded, the database lost at that moment — holds back nothing)."""
         self._opened()
         rows = self.app.connector.execute_query_all(
-            "SELECT DISTINCT args->>'target' AS target FROM procrastinate_jobs"
-            " WHERE task_name = %(task)s AND status = 'doing'",
+            "SELECT DISTINCT args->>'target' AS target FROM procrastinate_jobs j"
+            " WHERE task_name = %(task)s AND status = 'doing' AND EXISTS ("
+            "  SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id"
+            "  AND e.type = 'started' AND e.at > now() - interval '1 minute')",
             task=DRAIN,
         )
         return {str(row["target"]) for row in rows}

@@ -139,11 +139,13 @@ def _lock_mine(session: Session, run: str) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite: one writer at a time anyway
     lease, slot = AccountLease, TargetSlot
-    order = (lease.identity, lease.target)
+    # byte order ("C"), the order Python sorts in and ``take`` inserts in, whatever the
+    # database's collation: every transaction locks a run's rows in one order
+    order = (lease.identity.collate("C"), lease.target.collate("C"))
     session.execute(
         select(lease.identity).where(lease.run == run).order_by(*order).with_for_update()
     )
-    ordered = select(slot.slot).where(slot.run == run).order_by(slot.target, slot.slot)
+    ordered = select(slot.slot).where(slot.run == run).order_by(slot.target.collate("C"), slot.slot)
     session.execute(ordered.with_for_update())
 
 

@@ -15,10 +15,9 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, false, select, text, update
@@ -27,6 +26,8 @@ from sqlalchemy.orm import Session
 from provisor.engine.workspace import Workspace
 from provisor.store.db import upsert
 from provisor.store.models import TargetLimit, TargetSlot
+
+log = logging.getLogger(__name__)
 
 BURST_SECONDS = 0.05  # a bucket holds this many seconds' worth of requests (at least one)
 
@@ -98,8 +99,8 @@ RETURNING slot
 
 
 class Slots:
-    """A target's ``concurrency`` across every worker: ``held`` waits for a free slot (one
-    not held, or expired) and keeps it while its block runs. Of two or more slots, one is
+    """A target's ``concurrency`` across every worker: ``take`` waits for a free slot (one
+    not held, or expired) and ``give`` returns it. Of two or more slots, one is
     kept for removals: a leaver's account never waits behind a wave of joiners."""
 
     WAIT = (0.005, 0.2)  # seconds between tries for a slot: the first, and at most
@@ -139,15 +140,19 @@ class Slots:
                 .values(run=None, expires_at=None)
             )
 
-    @contextmanager
-    def held(self, run: str, seconds: int, *, removal: bool = False) -> Iterator[int]:
-        """Hold a slot for ``run`` (until the block ends, or ``seconds`` unless renewed);
+    def take(self, run: str, seconds: int, *, removal: bool = False) -> int:
+        """Wait for a slot and hold it for ``run`` (``seconds``, renewed with its leases);
         ``removal``: for an account with a removal to make, which may take the kept slot."""
         pause, most = self.WAIT
         while (slot := self._take(run, seconds, removal)) is None:
             time.sleep(pause * (0.5 + random.random()))  # jittered
             pause = min(most, pause * 2)
+        return slot
+
+    def give(self, run: str, slot: int) -> None:
+        """Give the slot back; if the database fails now, it is freed with the run's leases
+        (``leases.give_back``) or when it expires."""
         try:
-            yield slot
-        finally:
             self._give(run, slot)
+        except Exception:  # logged; never hides the outcome of the account's work
+            log.exception("giving back slot %s of %s failed", slot, self.target)

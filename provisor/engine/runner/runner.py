@@ -13,6 +13,7 @@ Does not: decide what an operation does to an account (``execution``) or plan.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 import uuid
@@ -47,6 +48,8 @@ from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
 from provisor.store.bulk import chunks
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 FLUSH_EVERY = 200  # outcomes per journal transaction at most
@@ -429,8 +432,15 @@ class Runner:
         if gate is None:
             return self._run_account(jobs, connector, specs, now, bucket)
         removal = any(job.kind in REMOVALS for job in jobs)
-        with gate.held(self.run_id, self._lease_seconds, removal=removal):
+        try:
+            slot = gate.take(self.run_id, self._lease_seconds, removal=removal)
+        except Exception:  # the database failed: nothing was written; the account waits
+            log.exception("no slot of %s for %s", jobs[0].target, jobs[0].identity)
+            return []
+        try:
             return self._run_account(jobs, connector, specs, now, bucket)
+        finally:
+            gate.give(self.run_id, slot)
 
     def _run_account(
         self,
@@ -462,8 +472,12 @@ class Runner:
                 continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
-            if bucket is not None:
-                bucket.acquire()
+            try:
+                if bucket is not None:
+                    bucket.acquire()
+            except Exception:  # the shared bucket's database failed: stop here, record the rest
+                log.exception("pacing %s failed", job.target)
+                break
             if not self._keeper.holds((job.identity, job.target)):
                 break  # the account's lease ran out or was taken over: write nothing more
             try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,10 +101,12 @@ class Worker:
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         self.cycles = Cycles(workspace, hand_off=self.hand_off)
+        self._stopping = False
         self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
         cycle_every = cron_every(workspace.config.service.cycle_seconds)
         cycle = self.app.task(name=CYCLE, queue=QUEUE)(self.cycle)
-        self.app.periodic(cron=cycle_every, periodic_id="cycle")(cycle)
+        # at most one cycle waits (a long one must not fill every slot with waiting cycles)
+        self.app.periodic(cron=cycle_every, periodic_id="cycle", queueing_lock="cycle")(cycle)
         sweep = self.app.task(name=SWEEP, queue=QUEUE)(self.sweep)
         self.app.periodic(cron=cron_every(self.sweep_seconds), periodic_id="sweep")(sweep)
 
@@ -146,9 +149,12 @@ class Worker:
         return totals
 
     def _more(self, target: str) -> None:
+        """A drain back in the queue for ``target``'s work left (this one is ending: no
+        busy check, the queueing lock keeps it to one waiting)."""
         with self.workspace.sessions() as session:
             work = targets_with_work(self.workspace, session, datetime.now(UTC), [target])
-        self.queue.drains(work.items())
+        for where, removals in work.items():
+            self.queue.drain(where, removals=removals)
 
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
         """The engine's cycle with the applying handed to drains; the audit chain's head
@@ -195,16 +201,26 @@ class Worker:
         went away: a failover, connections terminated), it is started again after a pause;
         whatever it was running is taken over through the journal's leases."""
         try:
-            while True:
+            while not self._stopping:
                 try:
                     asyncio.run(self._run(wait))
                 except Exception:  # logged: the worker must outlive a blip
                     log.exception("the worker stopped on an error; it starts again")
+                else:
+                    if not wait:
+                        return
+                    if not self._stopping:  # the queue's worker gave up (lost the database)
+                        log.warning("the worker stopped without being told to; it starts again")
+                if not self._stopping:
                     time.sleep(RESTART_SECONDS)
-                    continue
-                return
         finally:
             self.close()
+
+    def _stop(self, running: asyncio.Task[None]) -> None:
+        """SIGTERM, SIGINT: the running jobs finish (procrastinate's graceful shutdown on
+        cancel), then the worker ends for good."""
+        self._stopping = True
+        running.cancel()
 
     async def _run(self, wait: bool) -> None:
         # sync tasks run in the loop's default executor: one thread per job at once
@@ -212,18 +228,32 @@ class Worker:
         loop.set_default_executor(ThreadPoolExecutor(self.concurrency + 2, "provisor-job"))
         heartbeat = max(1.0, self.lease_seconds / 3)
         async with self.app.open_async():
-            await self.app.run_worker_async(
-                queues=[QUEUE],
-                name=self.name,
-                concurrency=self.concurrency,
-                wait=wait,
-                listen_notify=True,
-                fetch_job_polling_interval=float(self.sweep_seconds),
-                update_heartbeat_interval=heartbeat,
-                stalled_worker_timeout=float(self.lease_seconds),
-                delete_jobs="successful",
-                shutdown_graceful_timeout=float(self.lease_seconds),
-            )
+            running = asyncio.ensure_future(self._work(wait, heartbeat))
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._stop, running)
+            try:
+                await running
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+            finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+
+    async def _work(self, wait: bool, heartbeat: float) -> None:
+        await self.app.run_worker_async(
+            queues=[QUEUE],
+            name=self.name,
+            concurrency=self.concurrency,
+            wait=wait,
+            listen_notify=True,
+            fetch_job_polling_interval=float(self.sweep_seconds),
+            update_heartbeat_interval=heartbeat,
+            stalled_worker_timeout=float(self.lease_seconds),
+            delete_jobs="successful",
+            shutdown_graceful_timeout=float(self.lease_seconds),
+            install_signal_handlers=False,  # ours: a signal stops it for good
+        )
 
     def close(self) -> None:
         self.cycles.close()
