@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -225,9 +226,8 @@ class Runner:
                 for jobs in accounts:
                     taken = [j for j in jobs if j.id in mine]
                     if taken:
-                        future = pool.submit(
-                            self._gated, gate, taken, connector, specs, now, bucket
-                        )
+                        run = partial(self._run_account, taken, connector, specs, now, bucket)
+                        future = pool.submit(self._gated, gate, taken, run)
                         futures[future] = len(taken)
                         self._accounts[future] = (jobs[0].identity, where)
             self._collect(futures, report, pending, finished, (done, total), progress)
@@ -420,17 +420,12 @@ class Runner:
         return specs
 
     def _gated(
-        self,
-        gate: Slots | None,
-        jobs: list[Job],
-        connector: Connector,
-        specs: Mapping[tuple[str, str], AccountSpec],
-        now: Callable[[], datetime],
-        bucket: TokenBucket | SharedBucket | None,
+        self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
     ) -> list[Outcome]:
-        """``_run_account``, holding one of the target's slots while it runs when ``gate``."""
+        """``run`` (an account's ``_run_account``), holding one of the target's slots while it
+        runs when ``gate``."""
         if gate is None:
-            return self._run_account(jobs, connector, specs, now, bucket)
+            return run()
         removal = any(job.kind in REMOVALS for job in jobs)
         try:
             slot = gate.take(self.run_id, self._lease_seconds, removal=removal)
@@ -438,7 +433,7 @@ class Runner:
             log.exception("no slot of %s for %s", jobs[0].target, jobs[0].identity)
             return []
         try:
-            return self._run_account(jobs, connector, specs, now, bucket)
+            return run()
         finally:
             gate.give(self.run_id, slot)
 
