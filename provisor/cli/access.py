@@ -23,6 +23,7 @@ from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import ApplyReport, Runner
+from provisor.engine.status import target_status
 from provisor.errors import ExitCode
 
 
@@ -108,7 +109,7 @@ def apply_command(
         print_json(report.as_dict())
     else:
         _print_applied(report)
-    if report.failed or report.unopened:
+    if report.failed or report.unopened or report.unavailable:
         if report.unopened and not json_out:
             names = ", ".join(sorted(report.unopened))
             err.print(f"targets that cannot be opened: {names}", markup=False)
@@ -125,8 +126,49 @@ def _print_applied(report: ApplyReport) -> None:
         out.print(f"  {report.tasks_opened} manual tasks opened; see 'provisor tasks'")
     for where, count in sorted(report.no_connector.items()):
         out.print(f"  {where}: {count} operations wait: no connector for this target class")
+    for where, why in sorted(report.unavailable.items()):
+        out.print(f"  {where}: its work waits: {why}", markup=False)
     for line in report.errors:
         err.print(f"failed: {line}", markup=False)
+
+
+def status(json_out: JsonOption = False) -> None:
+    """Each target now: available or not (its circuit), and the work waiting for it.
+
+    A target whose operations found it unreachable too many times in a row is unavailable:
+    its work waits, untried, until a probe finds it answering; leavers' removals there go to
+    its owner as work items after a while (policy: circuit).
+
+    Example:  provisor status --json
+    """
+    with opened() as workspace:
+        found = target_status(workspace, now())
+    if json_out:
+        print_json({"targets": [t.as_dict() for t in found]})
+        return
+    table(
+        "Targets",
+        ["target", "state", "due", "later", "running", "failed", "held", "oldest due", "tasks"],
+        [
+            (
+                t.target,
+                t.state + (f" ({t.failures} failures in a row)" if t.failures else ""),
+                t.due,
+                t.later,
+                t.running,
+                t.failed,
+                t.held,
+                t.oldest_due.isoformat(timespec="seconds") if t.oldest_due else "-",
+                t.open_tasks,
+            )
+            for t in found
+        ],
+    )
+    for t in found:
+        if t.unavailable is not None:
+            out.print(f"{t.target} is {t.unavailable.says()}", markup=False)
+            if t.unavailable.probe_at is not None:
+                out.print(f"  next probe: {t.unavailable.probe_at.isoformat()}", markup=False)
 
 
 def run_command(
@@ -263,4 +305,5 @@ def register(app: typer.Typer) -> None:
     app.command("apply")(apply_command)
     app.command("run")(run_command)
     app.command()(worker)
+    app.command()(status)
     app.command()(observe)

@@ -106,6 +106,8 @@ def _show_ledger(found: debt.Ledger, by: GroupBy | None, limit: int) -> None:
         )
         if len(items) > limit:
             out.print(f"... {len(items) - limit} more; --limit, --by or --json show them.")
+    for name, down in sorted(found.unavailable.items()):
+        out.print(f"{name} is {down.says()}: its debt cannot fall until it answers again.")
     if not items:
         out.print("No revocation debt: everything that must be gone is verified gone.")
         return
@@ -270,6 +272,14 @@ def coverage_command(json_out: JsonOption = False) -> None:
     for c in found:
         for note in c.notes:
             err.print(f"note: {c.target}: {note}", markup=False)
+    down = [c for c in found if c.unavailable is not None]
+    for c in down:
+        assert c.unavailable is not None
+        out.print(
+            f"{c.target} is {c.unavailable.says()}: nothing is written or read back there until "
+            "a probe finds it answering.",
+            markup=False,
+        )
     if blind:
         table(
             "Blind spots: removal cannot be verified",
@@ -277,7 +287,10 @@ def coverage_command(json_out: JsonOption = False) -> None:
             [(b.target, b.layer, b.why) for b in blind],
         )
     else:
-        out.print("No blind spots: every layer of every target is read back.")
+        out.print(
+            "No blind spots: every layer of every target is read back"
+            + (" (once the unavailable targets answer)." if down else ".")
+        )
 
 
 @targets_app.command("check")

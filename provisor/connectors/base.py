@@ -74,6 +74,12 @@ class RetryableError(ConnectorError):
         self.retry_after = retry_after
 
 
+class Unavailable(RetryableError):
+    """The target could not be reached or answered that it is down (refused or dropped
+    connection, timeout, a server error): what a target's circuit breaker counts. A target
+    that answers "slow down" (429) or refuses one request is available."""
+
+
 class PermanentError(ConnectorError):
     """Trying again will not help (validation errors, forbidden, conflicts not resolvable)."""
 

@@ -65,6 +65,7 @@ from provisor.connectors.base import (
     PermanentError,
     ReadPath,
     RetryableError,
+    Unavailable,
     Unsupported,
 )
 from provisor.connectors.http import retry_after
@@ -324,7 +325,7 @@ class ScimConnector(BaseConnector):
             result = action()
         except RequestNetworkException as exc:
             cause = exc.__cause__ or exc
-            raise RetryableError(f"{self.name}: {what}: {type(cause).__name__}: {cause}") from exc
+            raise Unavailable(f"{self.name}: {what}: {type(cause).__name__}: {cause}") from exc
         except SCIMException as exc:
             raise self._status_error(what, exc.status, str(exc)) from exc
         except SCIMClientException as exc:
@@ -345,7 +346,8 @@ class ScimConnector(BaseConnector):
             return _Refused(message, status)
         if status is None or status in RETRYABLE_STATUS or status >= 500:
             header = self._last.headers.get("Retry-After") if self._last is not None else None
-            return RetryableError(message, retry_after(header))
+            down = status is None or status >= 500 or status == 408
+            return (Unavailable if down else RetryableError)(message, retry_after(header))
         if status == 404:
             return NotFound(message)
         if status == 409:
@@ -367,7 +369,7 @@ class ScimConnector(BaseConnector):
         try:
             response = self._http.request(method, path, json=body, **kwargs)
         except httpx2.TransportError as exc:
-            raise RetryableError(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+            raise Unavailable(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 300:
             raise self._status_error(what, response.status_code, self._detail(response))
         return response

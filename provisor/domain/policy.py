@@ -182,6 +182,26 @@ class TargetGuard(_Model):
     min_count: int | None = Field(default=None, ge=1)
 
 
+class Circuit(_Model):
+    """When a target counts as unavailable, and what happens to its leavers meanwhile."""
+
+    failures: int = Field(
+        default=5, ge=1, le=10000, description="failures in a row (target unreachable) that open it"
+    )
+    cool_down_seconds: int = Field(
+        default=60, ge=1, le=86400, description="seconds between probes while it is open"
+    )
+    leavers_to_owner_minutes: int | None = Field(
+        default=60,
+        ge=0,
+        le=525600,
+        description=(
+            "minutes a leaver's due removal waits on an open circuit before a work item goes "
+            "to the target's owner; null: never"
+        ),
+    )
+
+
 class TargetDef(_Model):
     name: Name
     target_class: TargetClass = Field(alias="class")
@@ -202,6 +222,7 @@ class TargetDef(_Model):
         default=None, ge=1, le=525600, description="minutes between scheduled reconciliations"
     )
     guard: TargetGuard = Field(default_factory=TargetGuard)
+    circuit: Circuit = Field(default_factory=Circuit)
     full_every: int = Field(
         default=24,
         ge=1,

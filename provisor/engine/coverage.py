@@ -22,7 +22,7 @@ from provisor.connectors import registry
 from provisor.connectors.base import Capability, Connector, ReadPath
 from provisor.domain.channels import CATEGORY, channel
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine import readpaths
+from provisor.engine import circuit, readpaths
 from provisor.engine.connections import open_connector
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError, SecretError
@@ -65,6 +65,8 @@ class TargetCoverage:
     error: str | None = None
     # what probes last showed of each read path (targets whose connector probes them)
     read_paths: list[ReadPath] = field(default_factory=list)
+    # its circuit is open: nothing can be written or read back there now
+    unavailable: circuit.Unavailable | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class TargetCoverage:
             "blind_spots": [b.as_dict() for b in self.blind_spots],
             "notes": self.notes,
             "error": self.error,
+            "unavailable": self.unavailable.as_dict() if self.unavailable else None,
         }
 
 
@@ -221,4 +224,9 @@ def _sessions_layer(found: TargetCoverage) -> None:
 def coverage(workspace: Workspace) -> list[TargetCoverage]:
     """The coverage of every target in the policy, by name."""
     targets = workspace.compiled.targets
-    return [target_coverage(workspace, targets[name]) for name in sorted(targets)]
+    found = [target_coverage(workspace, targets[name]) for name in sorted(targets)]
+    with workspace.sessions() as session:
+        down = circuit.unavailable(session, targets)
+    for each in found:
+        each.unavailable = down.get(each.target)
+    return found

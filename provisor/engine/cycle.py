@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisor.engine import identities, jobs, notify
+from provisor.engine import circuit, identities, jobs, notify
 from provisor.engine.planner import JournalSync, sync_journal
 from provisor.engine.reconcile import ReconcileReport, reconcile_due
 from provisor.engine.runner import ApplyReport, Runner
@@ -131,10 +131,13 @@ class Cycles:
         with workspace.sessions() as session, session.begin():
             planned = sync_journal(workspace, session, now=started, changed_only=not self.full)
         self.full = False
+        with workspace.sessions() as session, session.begin():
+            handed = circuit.hand_to_owners(workspace, session, started)
         if self.hand_off is not None:
             applied = self.hand_off(self.clock())
         else:
             applied = self.runner.apply(now=self.clock)
+        applied.tasks_opened += handed
         notify.run(self.workspace, self.clock())  # who must act hears of it
         return CycleReport(started, changed, ticked, reconciled, planned, applied)
 

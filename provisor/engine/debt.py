@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +55,7 @@ from provisor.domain.plan import (
     plan_identity,
 )
 from provisor.domain.policy import TargetDef
+from provisor.engine import circuit
 from provisor.engine.identities import load_history, window
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
@@ -262,6 +263,8 @@ class Ledger:
     """The debt items of one query, with the counts every presentation shows."""
 
     items: list[DebtItem]
+    # targets whose circuit is open: their debt cannot fall until they answer again
+    unavailable: dict[str, circuit.Unavailable] = field(default_factory=dict)
 
     @property
     def overdue(self) -> int:
@@ -277,7 +280,12 @@ class Ledger:
         return len({i.identity for i in self.items})
 
     def as_dict(self, by: GroupBy | None = None) -> dict[str, Any]:
-        counts = {"items": len(self.items), "overdue": self.overdue, "unknown": self.unknown}
+        counts = {
+            "items": len(self.items),
+            "overdue": self.overdue,
+            "unknown": self.unknown,
+            "unavailable": [u.as_dict() for _, u in sorted(self.unavailable.items())],
+        }
         if by is not None:
             groups = [g.as_dict() for g in summarise(self.items, by)]
             return {"by": by, **counts, "groups": groups}
@@ -307,7 +315,15 @@ def ledger(
             ).first()
             if known is None:
                 raise NotFoundError(f"no identity {identity!r}; see 'provisor identities'")
-        return Ledger(debt_items(workspace, session, now, identity=identity, target=target))
+        items = debt_items(workspace, session, now, identity=identity, target=target)
+        down = circuit.unavailable(session, [target] if target else workspace.compiled.targets)
+    return Ledger(
+        [
+            i if i.target not in down else replace(i, work=f"{i.work}; {down[i.target].says()}")
+            for i in items
+        ],
+        down,
+    )
 
 
 def _debt_items(

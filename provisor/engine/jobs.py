@@ -34,6 +34,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError, ProvisorError
 from provisor.evidence import audit
 from provisor.sources.hr import FeedMode
+from provisor.store.db import changed
 from provisor.store.models import Job
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def recover(session: Session, now: datetime) -> int:
         )
         .values(status="queued", started_at=None, error="interrupted; queued again")
     )
-    count = int(getattr(result, "rowcount", 0) or 0)
+    count = changed(result)
     if count:
         audit.record(session, "job.requeued", "jobs", {"count": count, "at": now.isoformat()})
     return count
@@ -159,7 +160,7 @@ def _claim(workspace: Workspace, now: datetime) -> Job | None:
             .where(Job.id == job.id, Job.status == "queued")
             .values(status="running", started_at=now, heartbeat_at=now)
         )
-        if not getattr(claimed, "rowcount", 0):
+        if not changed(claimed):
             return None  # another runner took it
         session.refresh(job)
         return _detached(job)

@@ -5,7 +5,8 @@ kind and outcome); and read from the store, at each scrape, what every process s
 revocation debt by target and class (from the console's ledger when the service has one, else
 the newest recorded snapshot, with the moment it was computed; nothing at all when it was
 never computed), the journal's queue by target and status with the age of its oldest due
-operation, reconciliation durations and the last one of each target, and the time each leaver
+operation, each target's circuit (open or not, failures in a row), reconciliation durations
+and the last one of each target, and the time each leaver
 took from termination to every automated access removal closed (read back gone, or said
 unverifiable). Store readings are kept for ``CACHE_SECONDS``: frequent scrapes cost one read.
 Does not: serve HTTP (the service's ``/api/v1/metrics`` route does) or decide anything: every
@@ -28,7 +29,7 @@ from sqlalchemy import case, func, select
 
 from provisor.domain.plan import REMOVAL_KINDS, OpKind
 from provisor.domain.policy import TargetClass
-from provisor.engine import debt
+from provisor.engine import circuit, debt
 from provisor.engine.debt_board import DebtBoard
 from provisor.engine.workspace import Workspace
 from provisor.store import models
@@ -85,6 +86,7 @@ class StoreCollector(Collector):
         yield from self._debt()
         with self.workspace.sessions() as session:
             yield from _queue(session, now)
+            yield from _circuits(session, sorted(self.workspace.compiled.targets))
             yield from _reconciliations(session)
             automated = [
                 name
@@ -181,6 +183,26 @@ def _queue(session: Any, now: datetime) -> Iterator[Any]:
         if created is not None:
             oldest.add_metric([target], max(0.0, (now - created).total_seconds()))
     yield oldest
+
+
+def _circuits(session: Any, targets: list[str]) -> Iterator[Any]:
+    """Each target's circuit: open or not, and the failures in a row counted so far."""
+    state = GaugeMetricFamily(
+        "provisor_target_circuit_open",
+        "1 while the target's circuit is open (unavailable: its work waits for a probe)",
+        labels=["target"],
+    )
+    failures = GaugeMetricFamily(
+        "provisor_target_failures_in_a_row",
+        "Operations in a row that found the target unavailable",
+        labels=["target"],
+    )
+    down = circuit.unavailable(session, targets)
+    counted = circuit.failing(session)
+    for name in targets:
+        state.add_metric([name], 1 if name in down else 0)
+        failures.add_metric([name], counted.get(name, 0))
+    yield from (state, failures)
 
 
 def _histogram(

@@ -208,7 +208,8 @@ def complete(session: Session, task_id: int, *, by: str, evidence: str, now: dat
     if not evidence.strip():
         raise LifecycleError("say what shows it was done: --evidence 'ticket or note'")
     task.status, task.done_by, task.done_at, task.evidence = "done", by, now, evidence
-    op.status, op.updated_at = "succeeded", now
+    if not task.read_back:  # else the operation stays open: the runner reads it back
+        op.status, op.updated_at = "succeeded", now
     audit.record(
         session,
         "task.done",
@@ -328,6 +329,29 @@ def confirm_from_observed(session: Session, target: str, source: str, now: datet
             _verified(session, task, op, by=source, how="export", now=now)
             confirmed += 1
     return confirmed
+
+
+def verified_by_read_back(
+    session: Session, operation_ids: Sequence[int], now: datetime
+) -> list[audit.Entry]:
+    """Work items (open, or done by a person) of operations Provisor's own read-back has just
+    verified: verified by it. Their audit entries, for the caller to append."""
+    entries = []
+    for part in chunks(list(operation_ids)):
+        query = select(models.Task).where(
+            models.Task.operation_id.in_(part), models.Task.status.in_(("open", "done"))
+        )
+        for task in session.execute(query).scalars():
+            task.status, task.verified_by, task.verified_at = "verified", "provisor", now
+            task.verification = "read-back"
+            entries.append(
+                audit.Entry(
+                    "task.verified",
+                    task.identity,
+                    {"task": task.id, "target": task.target, "by": "provisor", "how": "read-back"},
+                )
+            )
+    return entries
 
 
 def cancel_for(session: Session, operation_ids: Sequence[int], now: datetime) -> None:

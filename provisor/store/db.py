@@ -151,6 +151,11 @@ def one_writer(session: Session, name: str) -> None:
         session.execute(text("UPDATE target_limits SET tokens = tokens WHERE 1 = 0"))
 
 
+def changed(result: Any) -> int:
+    """The rows an UPDATE or DELETE changed (its result's ``rowcount``)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def table(model: type[Any]) -> Table:
     """The Core table of a model."""
     mapped: Table = model.__table__

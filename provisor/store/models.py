@@ -393,6 +393,9 @@ class Task(Base):
     verified_by: Mapped[str | None] = mapped_column(String(256))
     verified_at: Mapped[datetime | None]
     verification: Mapped[str | None] = mapped_column(String(32))
+    # a work item for an automated target (its circuit open): done by a person, it is
+    # verified by Provisor's own read-back once the target answers, or by a second person
+    read_back: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Operator(Base):
@@ -536,6 +539,24 @@ class TargetSlot(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     run: Mapped[str | None] = mapped_column(String(32))
     expires_at: Mapped[datetime | None]
+
+
+class TargetCircuit(Base):
+    """A target's circuit breaker, shared by every runner: ``failures`` in a row that said
+    the target is unavailable, and while ``opened_at`` is set, since when it counts as
+    unavailable (``reason``: the last failure) and when a probe may try it next
+    (``probe_at``). No row: the target never failed."""
+
+    __tablename__ = "target_circuits"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(RedactedText)
+    probe_at: Mapped[datetime | None]
+    probes: Mapped[int] = mapped_column(Integer, default=0)
+    probe_error: Mapped[str | None] = mapped_column(RedactedText)
+    closed_at: Mapped[datetime | None]
 
 
 class AccountLease(Base):

@@ -21,6 +21,7 @@ from provisor.connectors.base import (
     NotFound,
     PermanentError,
     RetryableError,
+    Unavailable,
 )
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ def result_error(code: int, description: str, detail: str = "") -> LdapError:
     return LdapError(code, message)
 
 
-class _TransportError(RetryableError):
+class _TransportError(Unavailable):
     """The connection failed (refused, dropped, timed out); it has been closed."""
 
 

@@ -194,8 +194,8 @@ class LdapConnector(BaseConnector):
             return action()
         except LdapError as exc:
             raise exc.again(f"{self.name}: {what}: {exc}") from exc
-        except RetryableError as exc:
-            raise RetryableError(f"{self.name}: {what}: {exc}", exc.retry_after) from exc
+        except RetryableError as exc:  # Unavailable stays Unavailable
+            raise type(exc)(f"{self.name}: {what}: {exc}", exc.retry_after) from exc
 
     def _id_filter(self, account: str) -> str:
         if self._binary_id:

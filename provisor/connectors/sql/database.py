@@ -28,6 +28,7 @@ from provisor.connectors.base import (
     NotFound,
     PermanentError,
     RetryableError,
+    Unavailable,
 )
 from provisor.connectors.sql.settings import SqlSettings
 
@@ -37,6 +38,8 @@ from provisor.connectors.sql.settings import SqlSettings
 # system errors (58), a lock not available (55P03).
 _PG_RETRY_CLASSES = ("08", "40", "53", "57", "58")
 _PG_RETRY_CODES = frozenset({"55P03", "55006"})
+# the server is not there: connection exceptions, shutting down, system errors
+_PG_DOWN_CLASSES = ("08", "57P", "58")
 _PG_CONFLICT = frozenset({"42710", "23505"})  # duplicate object, unique violation
 _PG_NOT_FOUND = frozenset({"42704"})  # undefined object (a role that does not exist)
 # Messages of failures before a session exists (psycopg gives them no SQLSTATE) that trying
@@ -50,6 +53,7 @@ _CONNECT_PERMANENT = re.compile(
 # (1053), lock wait timeout (1205), deadlock (1213), query interrupted (1317), connection killed
 # (1927), client-side connection failures (2002, 2003, 2006, 2013, 2055).
 _MYSQL_RETRY = frozenset({1040, 1053, 1205, 1213, 1317, 1927, 2002, 2003, 2006, 2013, 2055})
+_MYSQL_DOWN = frozenset({1053, 2002, 2003, 2006, 2013, 2055})  # cannot connect, gone away
 _MYSQL_CONFLICT = frozenset({1062, 1396})  # duplicate key; CREATE USER for a taken name
 _MYSQL_ACCESS = frozenset({1044, 1045, 1142, 1227, 1698})
 
@@ -206,7 +210,7 @@ class Database:
         if not isinstance(exc, sa_exc.DBAPIError):
             return PermanentError(message)
         if exc.connection_invalidated:
-            return RetryableError(message)
+            return Unavailable(message)
         code = error_code(exc)
         if code is not None:
             return _by_code(code, message)
@@ -220,9 +224,9 @@ class Database:
                 return PermanentError(message)
             if self.kind == "sqlite" and "locked" not in message and "busy" not in message:
                 return PermanentError(message)
-            return RetryableError(message)
+            return RetryableError(message) if self.kind == "sqlite" else Unavailable(message)
         if isinstance(exc, sa_exc.InterfaceError):
-            return RetryableError(message)
+            return Unavailable(message)
         return PermanentError(message)
 
     def close(self) -> None:
@@ -239,11 +243,15 @@ def _by_code(code: str | int, message: str) -> ConnectorError:
             return Conflict(message)
         if code in _PG_NOT_FOUND:
             return NotFound(message)
+        if code.startswith(_PG_DOWN_CLASSES):
+            return Unavailable(message)
         if code.startswith(_PG_RETRY_CLASSES) or code in _PG_RETRY_CODES:
             return RetryableError(message)
         if code == "XX000" and "concurrently" in message:  # "tuple concurrently updated"
             return RetryableError(message)
         return PermanentError(message)
+    if code in _MYSQL_DOWN:
+        return Unavailable(message)
     if code in _MYSQL_RETRY:
         return RetryableError(message)
     if code in _MYSQL_CONFLICT:

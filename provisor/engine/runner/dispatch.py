@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from provisor.domain.plan import REMOVAL_KINDS
 from provisor.domain.policy import TargetClass
+from provisor.engine import circuit
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.store.models import AccountLease, Operation
@@ -93,13 +94,14 @@ def targets_with_work(
     targets: Collection[str] | None = None,
 ) -> dict[str, bool]:
     """The targets with a connector (among ``targets``) that have takeable work now, each
-    with whether any of it is a removal."""
+    with whether any of it is a removal; none whose circuit is open with no probe due."""
     op = Operation
     automated = [
         name
         for name, t in workspace.compiled.targets.items()
         if t.target_class is not TargetClass.MANUAL and (targets is None or name in targets)
     ]
+    automated = sorted(set(automated) - circuit.waiting(session, now))
     if not automated:
         return {}
     removal = func.max(case((op.kind.in_(REMOVAL_KINDS), 1), else_=0))

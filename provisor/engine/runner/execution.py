@@ -21,6 +21,7 @@ from provisor.connectors.base import (
     ConnectorError,
     PermanentError,
     RetryableError,
+    Unavailable,
 )
 from provisor.domain.plan import REMOVALS, OpKind
 from provisor.domain.readback import adoption_refusal, unmet, unshowable
@@ -59,6 +60,7 @@ class Outcome:
     retry_after: float | None = None
     at: datetime | None = None
     refused: AccountRecord | None = None  # an account not adopted: a case to open for it
+    down: bool = False  # the target was unavailable (what its circuit breaker counts)
 
 
 class _Mismatch(PermanentError):
@@ -192,7 +194,8 @@ def failure_of(job: Job, exc: Exception) -> Outcome:
     if isinstance(exc, AdoptionRefused):
         return Outcome(job, "failed", note=str(exc), refused=exc.record)
     if isinstance(exc, RetryableError):
-        return Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after)
+        down = isinstance(exc, Unavailable)
+        return Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after, down=down)
     if isinstance(exc, ConnectorError):
         return Outcome(job, "failed", note=str(exc))
     return Outcome(job, "failed", note=f"{type(exc).__name__}: {exc}")

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from provisor.engine.workspace import Workspace
 from provisor.store.bulk import chunks
+from provisor.store.db import changed, upsert
 from provisor.store.db import table as table_of
-from provisor.store.db import upsert
 from provisor.store.models import AccountLease, TargetSlot
 
 Account = tuple[str, str]  # (identity, target)
@@ -157,7 +157,7 @@ def renew(session: Session, run: str, now: datetime, seconds: int) -> int:
         update(AccountLease).where(AccountLease.run == run).values(expires_at=until)
     )
     session.execute(update(TargetSlot).where(TargetSlot.run == run).values(expires_at=until))
-    return int(getattr(result, "rowcount", 0) or 0)
+    return changed(result)
 
 
 def give_back(session: Session, run: str, accounts: Iterable[Account] | None = None) -> None:

@@ -36,6 +36,8 @@ from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
 from provisor.domain.readback import kept_entitlements
+from provisor.engine import circuit
+from provisor.engine.circuit import Breaker
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
@@ -43,7 +45,7 @@ from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
 from provisor.engine.runner.limits import SharedBucket, Slots
 from provisor.engine.runner.pacing import TokenBucket, backoff
-from provisor.engine.tasks import open_tasks, requeue_operations
+from provisor.engine.tasks import open_tasks, requeue_operations, verified_by_read_back
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.evidence import audit
@@ -92,6 +94,7 @@ class ApplyReport:
     accounts: int = 0  # accounts this run took (held their leases)
     no_connector: dict[str, int] = field(default_factory=dict)
     unopened: dict[str, str] = field(default_factory=dict)  # target -> why it cannot be opened
+    unavailable: dict[str, str] = field(default_factory=dict)  # target -> its open circuit
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,6 +141,7 @@ class Runner:
         self._keeper = Keeper(workspace, self.run_id, self._lease_seconds)
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
+        self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -188,6 +192,7 @@ class Runner:
         self.run_id = uuid.uuid4().hex
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
+        self._breakers = {}
         groups = self._groups(target, identity, identities)
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
@@ -209,6 +214,8 @@ class Runner:
                 if connector is None:
                     done += count
                     continue
+                definition = self.workspace.compiled.targets[where]
+                breaker = self._breakers[where] = Breaker(definition.circuit.failures)
                 held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
                 report.accounts += len(held)
                 ours = [
@@ -218,7 +225,6 @@ class Runner:
                 claimed |= mine
                 report.waiting += count - len(mine)
                 done += count - len(mine)
-                definition = self.workspace.compiled.targets[where]
                 gate = Slots(self.workspace, where, definition.concurrency) if slots else None
                 bucket = self._bucket(where, connector, definition)
                 pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
@@ -226,7 +232,9 @@ class Runner:
                 for jobs in accounts:
                     taken = [j for j in jobs if j.id in mine]
                     if taken:
-                        run = partial(self._run_account, taken, connector, specs, now, bucket)
+                        run = partial(
+                            self._run_account, taken, connector, specs, now, bucket, breaker
+                        )
                         future = pool.submit(self._gated, gate, taken, run)
                         futures[future] = len(taken)
                         self._accounts[future] = (jobs[0].identity, where)
@@ -247,7 +255,8 @@ class Runner:
     ) -> Connector | None:
         """The target's connector; None, with the ``count`` operations accounted for in
         ``report``, when they cannot run here: a connector that cannot be opened, a manual
-        target (its work items opened), a target class with no connector."""
+        target (its work items opened), a target class with no connector, a target whose
+        circuit is open (unless this run's probe finds it answering: ``circuit.admit``)."""
         try:
             connector = self.connector(where)
         except ProvisorError as exc:
@@ -263,6 +272,12 @@ class Runner:
                 report.waiting += count
             else:
                 report.no_connector[where] = count
+            return None
+        closed = circuit.admit(self.workspace, where, connector, now())
+        if closed is not None:
+            report.unavailable[where] = closed
+            report.waiting += count
+            return None
         return connector
 
     def _collect(
@@ -444,10 +459,12 @@ class Runner:
         specs: Mapping[tuple[str, str], AccountSpec],
         now: Callable[[], datetime],
         bucket: TokenBucket | SharedBucket | None,
+        breaker: Breaker,
     ) -> list[Outcome]:
         """One account's open operations in step order. A removal that cannot run yet stops
         the rest (leavers' removals keep their order); an addition that fails or is not due
-        holds back only the later additions — removals never wait on an addition."""
+        holds back only the later additions — removals never wait on an addition. Nothing
+        more is tried once the target's circuit opened (``breaker``)."""
         outcomes: list[Outcome] = []
         account: str | None = None
         renamed_from: str | None = None  # an update renamed the account: its old id
@@ -473,8 +490,10 @@ class Runner:
             except Exception:  # the shared bucket's database failed: stop here, record the rest
                 log.exception("pacing %s failed", job.target)
                 break
-            if not self._keeper.holds((job.identity, job.target)):
-                break  # the account's lease ran out or was taken over: write nothing more
+            if breaker.tripped or not self._keeper.holds((job.identity, job.target)):
+                # the target is unavailable (the rest waits for it), or the account's lease
+                # ran out or was taken over: write nothing more
+                break
             try:
                 spec = specs[(job.identity, job.target)]
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
@@ -485,6 +504,7 @@ class Runner:
                 failure = failure_of(job, exc)
                 failure.at = when
                 outcomes.append(failure)
+                breaker.saw(failure.down, failure.note)
                 known = None
                 # A removal that failed must not keep the leaver's other access in place;
                 # later additions wait, since they may need what this one would have made;
@@ -497,6 +517,7 @@ class Runner:
                 continue
             outcome.at = when
             outcomes.append(outcome)
+            breaker.saw(False, None)
             known = outcome.record
             if outcome.record is not None:
                 if job.account is not None and outcome.record.account != job.account:
@@ -509,6 +530,7 @@ class Runner:
         if not outcomes:
             return
         entries: list[audit.Entry] = []
+        at = max(o.at for o in outcomes if o.at)
         with self.workspace.sessions() as session, session.begin():
             # the renewal is the first write: on SQLite it takes the write lock before the rows
             # are read, on PostgreSQL the rows are locked as they are read; either way nobody
@@ -521,8 +543,31 @@ class Runner:
             for outcome in outcomes:
                 row = rows[outcome.job.id]
                 entries.append(self._record(session, row, outcome, report))
-            audit.append(session, entries, at=max(o.at for o in outcomes if o.at))
+            verified = [o.job.id for o in outcomes if rows[o.job.id].status == "verified"]
+            entries.extend(verified_by_read_back(session, verified, at))
+            opened = self._count_failures(session, outcomes, at)
+            audit.append(session, entries, at=at)
             self._give_back_done(session)
+        for where, reason in sorted(opened.items()):
+            log.warning("%s is unavailable: its circuit is open (%s)", where, reason)
+            self._breakers[where].trip(reason)
+            says = report.unavailable[where] = f"unavailable since {at.isoformat()}: {reason}"
+            with self.workspace.sessions() as session, session.begin():
+                circuit.mark_waiting(session, where, says)
+
+    def _count_failures(
+        self, session: Session, outcomes: list[Outcome], at: datetime
+    ) -> dict[str, str]:
+        """Count the batch's outcomes in each target's circuit; the circuits opened."""
+        seen: dict[str, list[bool]] = {}
+        reasons: dict[str, str] = {}
+        for outcome in sorted(outcomes, key=lambda o: o.at or at):
+            seen.setdefault(outcome.job.target, []).append(outcome.down)
+            if outcome.down:
+                reasons[outcome.job.target] = outcome.note or "unavailable"
+        tripped = {t for t, breaker in self._breakers.items() if breaker.tripped}
+        definitions = self.workspace.compiled.targets
+        return circuit.record(session, seen, reasons, definitions, at, tripped)
 
     def _record(
         self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport

@@ -144,6 +144,8 @@ class Worker:
             report = runner.apply(now=system_clock, target=target, identities=chosen, slots=True)
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
+            if target in report.unavailable:
+                break  # its circuit is open: a sweep queues a drain when a probe is due
         else:
             self._more(target)  # its turn is up: the rest goes back in line
         return totals

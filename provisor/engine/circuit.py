@@ -1,0 +1,296 @@
+"""Each target's circuit breaker: a target that keeps failing to answer is left alone for a
+while, said to be unavailable everywhere, probed, and its leavers handed to a person.
+
+Does: count, per target and across every runner (``target_circuits``), operations in a row
+that found the target unavailable (``Unavailable``: unreachable, timed out, a server error —
+any other answer, even a refusal, shows it is there); after the target's ``circuit.failures``
+open its circuit: audited, its waiting operations say why, runners leave it alone (its work
+waits, nothing is attempted or counted against the operations' attempts) until
+``circuit.cool_down_seconds`` on, when one runner probes it (``Connector.check``) and closes
+the circuit when it answers; stop a run's other accounts of that target at once (``Breaker``);
+hand a leaver's removal waiting on an open circuit to the target's owner as a work item after
+``circuit.leavers_to_owner_minutes`` (the owner removes it by hand; the operation stays in
+the journal and is verified by Provisor's read-back once the target answers, or by a second
+person); say which targets are unavailable, since when and why (``unavailable``).
+Does not: decide what an operation's outcome is (``execution``) or retry one (``runner``);
+a probe proves only that the target answers, never that any access is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from provisor.connectors.base import Connector, ConnectorError
+from provisor.domain.lifecycle import LifecycleState
+from provisor.domain.plan import REMOVAL_KINDS
+from provisor.domain.policy import TargetClass, TargetDef
+from provisor.engine.tasks import instructions, open_for
+from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
+from provisor.store import models
+from provisor.store.db import changed
+
+log = logging.getLogger(__name__)
+
+
+class Breaker:
+    """One run's view of a target's circuit: its account threads stop taking the target's
+    operations once ``failures`` in a row found it unavailable, or once the circuit opened
+    elsewhere (``trip``). Thread-safe."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self.reason: str | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.reason is not None
+
+    def saw(self, unavailable: bool, note: str | None) -> None:
+        """An operation's outcome: the target was unavailable, or it answered."""
+        with self._lock:
+            if not unavailable:
+                self._in_a_row = 0
+                return
+            self._in_a_row += 1
+            if self._in_a_row >= self.failures and self.reason is None:
+                self.reason = note or "unavailable"
+
+    def trip(self, reason: str) -> None:
+        with self._lock:
+            self.reason = self.reason or reason
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A target whose circuit is open."""
+
+    target: str
+    since: datetime
+    reason: str
+    probe_at: datetime | None
+    probes: int
+    probe_error: str | None
+
+    def says(self) -> str:
+        return f"unavailable since {self.since.isoformat()}: {self.reason}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "since": self.since.isoformat(),
+            "reason": self.reason,
+            "next_probe": self.probe_at.isoformat() if self.probe_at else None,
+            "probes": self.probes,
+            "probe_error": self.probe_error,
+        }
+
+
+def unavailable(session: Session, targets: Iterable[str] | None = None) -> dict[str, Unavailable]:
+    """The targets whose circuit is open now (of ``targets`` when given)."""
+    row = models.TargetCircuit
+    query = select(row).where(row.opened_at.is_not(None))
+    if targets is not None:
+        query = query.where(row.target.in_(sorted(targets)))
+    found = {}
+    for circuit in session.execute(query).scalars():
+        assert circuit.opened_at is not None
+        found[circuit.target] = Unavailable(
+            circuit.target,
+            circuit.opened_at,
+            circuit.reason or "unavailable",
+            circuit.probe_at,
+            circuit.probes,
+            circuit.probe_error,
+        )
+    return found
+
+
+def failing(session: Session) -> dict[str, int]:
+    """Each target's failures in a row so far (open circuits included)."""
+    row = models.TargetCircuit
+    return {
+        str(name): int(count) for name, count in session.execute(select(row.target, row.failures))
+    }
+
+
+def waiting(session: Session, now: datetime) -> set[str]:
+    """Targets no runner should take work for now: open, and no probe due yet."""
+    row = models.TargetCircuit
+    query = select(row.target).where(row.opened_at.is_not(None), row.probe_at > now)
+    return set(session.execute(query).scalars())
+
+
+def admit(workspace: Workspace, target: str, connector: Connector, now: datetime) -> str | None:
+    """None when a run may work on ``target`` now: its circuit is closed, or this run's probe
+    found it answering (the circuit is closed again). Otherwise why not: the circuit is open
+    and no probe is due, another runner probes it, or this probe failed too."""
+    row = models.TargetCircuit
+    with workspace.sessions() as session, session.begin():
+        circuit = session.get(row, target)
+        if circuit is None or circuit.opened_at is None:
+            return None
+        opened = circuit.opened_at
+        said = f"unavailable since {opened.isoformat()}: {circuit.reason}"
+        if circuit.probe_at is not None and circuit.probe_at > now:
+            return said
+        cool_down = workspace.compiled.targets[target].circuit.cool_down_seconds
+        # only one runner probes: the one that moves the next probe on
+        mine = session.execute(
+            update(row)
+            .where(row.target == target, row.opened_at == opened, row.probe_at == circuit.probe_at)
+            .values(probe_at=now + timedelta(seconds=cool_down), probes=row.probes + 1)
+        )
+    if not changed(mine):
+        return said
+    try:
+        connector.check()
+    except (ConnectorError, OSError) as exc:
+        log.warning("%s: probe failed: %s", target, exc)
+        with workspace.sessions() as session, session.begin():
+            session.execute(
+                update(row)
+                .where(row.target == target, row.opened_at == opened)
+                .values(probe_error=str(exc))
+            )
+        return f"{said}; probe failed: {exc}"
+    with workspace.sessions() as session, session.begin():
+        closed = session.execute(
+            update(row)
+            .where(row.target == target, row.opened_at == opened)
+            .values(opened_at=None, failures=0, probe_at=None, probe_error=None, closed_at=now)
+        )
+        if changed(closed):
+            said_so = {"unavailable_since": opened.isoformat(), "probes": circuit.probes + 1}
+            audit.append(session, [audit.Entry("target.available", target, said_so)], at=now)
+    log.info("%s answers again: its circuit is closed", target)
+    return None
+
+
+def record(
+    session: Session,
+    seen: Mapping[str, Sequence[bool]],
+    reasons: Mapping[str, str],
+    definitions: Mapping[str, TargetDef],
+    now: datetime,
+    tripped: Iterable[str] = (),
+) -> dict[str, str]:
+    """Count a batch of outcomes per target (``seen``: in order, True where the target was
+    unavailable; ``reasons``: the last such failure of each), opening the circuits that
+    reach their target's ``failures`` in a row across every runner, and those of ``tripped``
+    targets (a run's ``Breaker`` saw that many in a row itself).
+    Returns the circuits opened, with why; the caller marks their waiting operations
+    (``mark_waiting``) once this transaction is committed."""
+    row = models.TargetCircuit
+    if not any(any(downs) for downs in seen.values()):
+        failed = select(row.target).where(row.target.in_(sorted(seen)), row.failures > 0)
+        if session.execute(failed).first() is None:
+            return {}  # the common case: every target answered and none had failed
+    rows = {
+        c.target: c
+        for c in session.execute(
+            select(row).where(row.target.in_(sorted(seen))).with_for_update()
+        ).scalars()
+    }
+    opened: dict[str, str] = {}
+    entries = []
+    for target in sorted(seen):
+        outcomes = seen[target]
+        circuit = rows.get(target)
+        if circuit is None:
+            if not any(outcomes):
+                continue  # never failed: no row needed
+            circuit = row(target=target, failures=0, probes=0)
+            session.add(circuit)
+        answered = [i for i, down in enumerate(outcomes) if not down]
+        tail = len(outcomes) - 1 - answered[-1] if answered else None
+        failures = tail if tail is not None else circuit.failures + len(outcomes)
+        if failures != circuit.failures:
+            circuit.failures = failures
+        threshold = definitions[target].circuit.failures if target in definitions else 0
+        reason = reasons.get(target)
+        if (
+            reason is not None
+            and circuit.opened_at is None
+            and (failures >= threshold or target in tripped)
+        ):
+            cool_down = definitions[target].circuit.cool_down_seconds
+            circuit.opened_at, circuit.reason = now, reason
+            circuit.probe_at, circuit.probes, circuit.probe_error = (
+                now + timedelta(seconds=cool_down),
+                0,
+                None,
+            )
+            opened[target] = reason
+            entries.append(
+                audit.Entry(
+                    "target.unavailable",
+                    target,
+                    {
+                        "failures": failures,
+                        "reason": reason,
+                        "probe_at": circuit.probe_at.isoformat(),
+                    },
+                )
+            )
+    if entries:
+        audit.append(session, entries, at=now)
+    return opened
+
+
+def mark_waiting(session: Session, target: str, says: str) -> None:
+    """The target's waiting operations say why they wait."""
+    op = models.Operation
+    session.execute(
+        update(op)
+        .where(op.target == target, op.status == "pending")
+        .values(last_error=f"waiting: {target} is {says}")
+    )
+
+
+def hand_to_owners(workspace: Workspace, session: Session, now: datetime) -> int:
+    """A work item to the target's owner for each leaver's removal that has waited on an open
+    circuit for the target's ``circuit.leavers_to_owner_minutes`` (since the circuit opened or
+    the removal came due, whichever is later) and has none yet. Returns how many."""
+    targets = workspace.compiled.targets
+    work: list[tuple[models.Operation, TargetDef, str]] = []
+    for name, circuit in sorted(unavailable(session, targets).items()):
+        definition = targets[name]
+        minutes = definition.circuit.leavers_to_owner_minutes
+        if minutes is None or definition.target_class is TargetClass.MANUAL:
+            continue
+        since = now - timedelta(minutes=minutes)
+        if circuit.since > since:
+            continue
+        op, who = models.Operation, models.Identity
+        rows = session.execute(
+            select(op, who.name)
+            .join(who, who.external_id == op.identity)
+            .where(
+                op.target == name,
+                op.status.in_(("pending", "running")),
+                op.kind.in_(REMOVAL_KINDS),
+                (op.not_before.is_(None)) | (op.not_before <= since),
+                who.state == LifecycleState.TERMINATED.value,
+                op.id.not_in(select(models.Task.operation_id)),
+            )
+            .order_by(op.identity, op.step)
+        ).all()
+        for row, person in rows:
+            text = (
+                f"{instructions(row, person)}. Provisor cannot reach {name} ({circuit.says()}): "
+                "remove it by hand; Provisor reads it back once the target answers again."
+            )
+            work.append((row, definition, text))
+    for task in open_for(session, work, now):
+        task.read_back = True
+    return len(work)
