@@ -91,9 +91,7 @@ def audited(ws: Workspace, action: str) -> list[models.AuditEvent]:
 def circuit_open(ws: Workspace) -> float:
     for family in text_string_to_metric_families(exposition(ws).decode()):
         for sample in family.samples:
-            if sample.name == "provisor_target_circuit_open" and sample.labels == {
-                "target": "app"
-            }:
+            if sample.name == "provisor_target_circuit_open" and sample.labels == {"target": "app"}:
                 return float(sample.value)
     raise AssertionError("no circuit metric for app")
 
