@@ -4,17 +4,21 @@ each operation executed and recorded once, whatever the number of workers."""
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from provisor.engine import circuit
 from provisor.sandbox.cluster import start_workers, stop_workers, verified_keys, wait_until_done
 from provisor.sandbox.scim import ScimApp
 from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
-from tests.connectors.faulty_proxy import FaultyProxy
+from tests.connectors.faulty_proxy import FaultyProxy, Refuse
 from tests.engine.test_crash_safety import POLICY
 
 PEOPLE = 60  # x (create + one group) = 120 operations
@@ -51,3 +55,65 @@ def test_two_workers_run_each_operation_once(
         assert session.execute(select(models.AccountLease)).scalars().all() == []
     workspace.close()
     assert all(w.returncode == 0 for w in workers), errors
+
+
+def test_a_target_down_then_back_under_workers(
+    tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three workers while the target answers 503: the circuit opens after three failures in
+    a row across them, the work waits untried (nothing parked); once it answers, a probe due
+    after the cool-down (queued by the sweep) closes it and every operation is verified once."""
+    env = postgres_env(postgres_url, monkeypatch)
+    ScimApp.create_groups(scim_url, "staff")
+    down = threading.Event()
+    down.set()
+
+    def gateway(method: str, path: str, body: bytes) -> bytes:
+        if down.is_set():
+            raise Refuse(503, "down for maintenance")
+        return body
+
+    proxy = FaultyProxy(scim_url, on_request=gateway)
+    (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
+    policy = POLICY.replace(
+        "    concurrency: 8\n",
+        "    concurrency: 8\n    circuit: {{failures: 3, cool_down_seconds: 2}}\n",
+    )
+    workspace = scratch_workspace(tmp_path, policy.format(url=proxy.url))
+    workers = start_workers(tmp_path, 3, env)
+    try:
+        hire_employees(workspace, 30, datetime.now(UTC))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with workspace.sessions() as session:
+                if circuit.unavailable(session):
+                    break
+            time.sleep(0.2)
+        with workspace.sessions() as session:
+            assert "app" in circuit.unavailable(session)
+        time.sleep(3)  # a probe or two while it is still down
+        with workspace.sessions() as session:
+            statuses = Counter(session.execute(select(models.Operation.status)).scalars())
+        assert statuses["failed"] == 0 and statuses["verified"] == 0
+        assert len(proxy.requests) < 30  # not every operation tried: the circuit holds them
+        down.clear()
+        statuses = wait_until_done(workspace, 60)
+    finally:
+        errors = stop_workers(workers, tmp_path)
+        proxy.close()
+    assert statuses == {"verified": 60}, errors
+    verified = verified_keys(workspace)
+    assert len(verified) == 60 and set(verified.values()) == {1}
+    with workspace.sessions() as session:
+        assert circuit.unavailable(session) == {}
+        actions = list(
+            session.execute(
+                select(models.AuditEvent.action).where(
+                    models.AuditEvent.action.in_(("target.unavailable", "target.available"))
+                )
+            ).scalars()
+        )
+    assert actions[0] == "target.unavailable" and actions[-1] == "target.available"
+    users = [p for m, p, _ in proxy.requests if m == "POST" and p.rstrip("/").endswith("/Users")]
+    workspace.close()
+    assert len(users) >= 30 and all(w.returncode == 0 for w in workers), errors
