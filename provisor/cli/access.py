@@ -277,6 +277,15 @@ def worker(
     log_level: Annotated[
         str, typer.Option(help="What goes to standard error: debug, info, warning, error.")
     ] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Serve GET /metrics (a token with the metrics scope) here."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the journal's work as one of any number of workers, on any machines, sharing the
     workspace's PostgreSQL database: each operation runs and is recorded once, an account's
@@ -286,7 +295,9 @@ def worker(
     provisor.yaml (set 'workers: true' so that 'provisor serve' hands its work to workers).
 
     Example:  PROVISOR_DATABASE_URL=postgresql+psycopg://provisor@db/provisor provisor worker
+    --metrics-port 9401
     """
+    from provisor.api.scrape import Scrape
     from provisor.engine.runner.worker import Worker
 
     level = logging.getLevelNamesMapping().get(log_level.upper())
@@ -296,7 +307,12 @@ def worker(
     logging.getLogger("httpx2").setLevel(max(level, logging.WARNING))  # a line per request
     with opened(Worker.connections(concurrency)) as workspace:
         process = Worker(workspace, concurrency=concurrency, name=name)
-        process.run(wait=not until_idle)
+        scrape = None if metrics_port is None else Scrape(workspace, metrics_host, metrics_port)
+        try:
+            process.run(wait=not until_idle)
+        finally:
+            if scrape is not None:
+                scrape.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,15 +79,21 @@ def scratch_database(server: str, prefix: str = "provisor_test") -> Iterator[str
         admin.dispose()
 
 
-def start_workers(folder: Path, count: int, env: dict[str, str], first: int = 0) -> Workers:
-    """``count`` workers on the workspace in ``folder``, logging to ``folder``/worker-N.log."""
+def start_workers(
+    folder: Path, count: int, env: dict[str, str], first: int = 0, options: Sequence[str] = ()
+) -> Workers:
+    """``count`` workers on the workspace in ``folder``, logging to ``folder``/worker-N.log;
+    ``options``: more of ``provisor worker``'s options, for each."""
     command = [str(Path(sys.executable).parent / "provisor"), "-w", str(folder), "worker"]
     started = []
     for n in range(first, first + count):
         with (folder / f"worker-{n}.log").open("wb") as log:
             started.append(
                 subprocess.Popen(
-                    [*command, "--name", f"w{n}"], stdout=log, stderr=subprocess.STDOUT, env=env
+                    [*command, "--name", f"w{n}", *options],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
                 )
             )
     return started
