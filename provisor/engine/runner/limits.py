@@ -23,13 +23,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, false, select, text, update
 from sqlalchemy.orm import Session
 
+from provisor.engine.runner.pacing import BURST_SECONDS
 from provisor.engine.workspace import Workspace
 from provisor.store.db import upsert
 from provisor.store.models import TargetLimit, TargetSlot
 
 log = logging.getLogger(__name__)
 
-BURST_SECONDS = 0.05  # a bucket holds this many seconds' worth of requests (at least one)
 
 # the database's clock in seconds since the epoch, and the statement reserving one token
 _NOW = {

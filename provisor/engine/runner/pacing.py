@@ -13,6 +13,9 @@ import time
 
 BACKOFF_BASE = 2.0  # seconds; attempt n waits about base * 2**(n-1), with jitter
 BACKOFF_CAP = 3600.0
+# a bucket holds this many seconds' worth of requests (at least one): a burst that no target
+# counting requests per second (or by a bucket of its own) sees as more than its limit
+BURST_SECONDS = 0.05
 
 
 def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> float:
@@ -24,11 +27,12 @@ def backoff(attempts: int, retry_after: float | None, rng: random.Random) -> flo
 
 
 class TokenBucket:
-    """At most ``rate`` operations a second on average, bursts up to ``burst``; thread-safe."""
+    """At most ``rate`` operations a second on average, bursts up to ``burst`` (by default
+    ``BURST_SECONDS`` of them); thread-safe."""
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.capacity = burst if burst is not None else max(1.0, rate * BURST_SECONDS)
         self.tokens = self.capacity
         self.stamp = time.monotonic()
         self.lock = threading.Lock()

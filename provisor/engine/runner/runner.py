@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from provisor.connectors.base import (
@@ -648,16 +648,18 @@ class Runner:
         time go back in line first, so the next run to take the account finds no intent of a
         run that is alive."""
         op = models.Operation
-        for identity, target in sorted(self._done_accounts):
+        for part in chunks(sorted(self._done_accounts)):
             session.execute(
                 update(op)
                 .where(
-                    op.identity == identity,
-                    op.target == target,
+                    tuple_(op.identity, op.target).in_(part),
                     op.status == "running",
                     op.intent_run == self.run_id,
                 )
                 .values(status="pending", intent_run=None, intent_at=None)
+                # the session holds only rows recorded (and flushed) in this batch, none of
+                # them running: nothing in it to bring in line, and no cost per row it holds
+                .execution_options(synchronize_session=False)
             )
         give_back(session, self.run_id, self._done_accounts)
         self._keeper.drop(self._done_accounts)
@@ -738,6 +740,9 @@ class Runner:
                 was,
             )
             .values(account=row.account)
+            # the rows it changes that this session holds, found by key (not by testing
+            # every row the session holds)
+            .execution_options(synchronize_session="fetch")
         )
 
     def _observe(
@@ -809,7 +814,11 @@ class Runner:
         if not record.entitlements_shown:
             query = select(models.ObservedEntitlement.entitlement).where(held)
             stored = frozenset(session.execute(query).scalars())
-        session.execute(delete(models.ObservedEntitlement).where(held))
+        session.execute(
+            delete(models.ObservedEntitlement)
+            .where(held)
+            .execution_options(synchronize_session="fetch")
+        )
         session.add_all(
             models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
             for e in sorted(kept_entitlements(record, stored))
