@@ -90,11 +90,14 @@ def tasks_verify(
     """
     who = actor(by)
     with opened() as workspace, workspace.sessions() as session, session.begin():
-        tasks.verify(session, task, by=who, now=now())
+        status = tasks.verify(session, task, by=who, now=now())
     if json_out:
-        print_json({"task": task, "status": "verified", "by": who})
+        print_json({"task": task, "status": status, "by": who})
         return
-    out.print(f"Task {task} verified.")
+    if status == "attested":
+        out.print(f"Task {task} attested; it is verified once Provisor reads the target back.")
+    else:
+        out.print(f"Task {task} verified.")
 
 
 def register(app: typer.Typer) -> None:

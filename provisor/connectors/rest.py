@@ -47,7 +47,7 @@ from provisor.connectors.base import (
     Unavailable,
     Unsupported,
 )
-from provisor.connectors.http import retry_after
+from provisor.connectors.http import DOWN_STATUS, retry_after, transport_error
 from provisor.connectors.rest_spec import (
     EntitlementKind,
     GroupedList,
@@ -222,7 +222,8 @@ class _OAuth2:
         try:
             response = self.client.post(self.url, data=form, **extra)
         except httpx2.TransportError as exc:
-            raise Unavailable(f"{name}: OAuth2 token request: {type(exc).__name__}: {exc}") from exc
+            message = f"{name}: OAuth2 token request: {type(exc).__name__}: {exc}"
+            raise transport_error(message, exc) from exc
         if response.status_code >= 400:
             message = f"{name}: the OAuth2 token endpoint answered HTTP {response.status_code}"
             try:
@@ -232,7 +233,7 @@ class _OAuth2:
             if reason:
                 message += f" ({str(reason)[:60]})"
             if response.status_code >= 500 or response.status_code in (408, 429):
-                down = Unavailable if response.status_code != 429 else RetryableError
+                down = Unavailable if response.status_code in DOWN_STATUS else RetryableError
                 raise down(message, retry_after(response.headers.get("Retry-After")))
             raise PermanentError(message + "; check connection.client_id and client_secret")
         try:
@@ -349,7 +350,7 @@ class RestConnector(BaseConnector):
                 )
             except httpx2.TransportError as exc:
                 detail = self._redact(f"{type(exc).__name__}: {exc}", call)
-                raise Unavailable(f"{self.name}: {what}: {detail}") from None
+                raise transport_error(f"{self.name}: {what}: {detail}", exc) from None
             log.debug("%s: %s %s -> %s", self.name, method, path, response.status_code)
             if response.status_code == 401 and token is not None and attempt == 1:
                 assert self._oauth is not None
@@ -370,7 +371,7 @@ class RestConnector(BaseConnector):
         )
         outcome = self.api.errors.outcome(response.status_code, body)
         if outcome == "retryable":
-            down = Unavailable if response.status_code >= 500 else RetryableError
+            down = Unavailable if response.status_code in DOWN_STATUS else RetryableError
             return down(message, retry_after(response.headers.get("Retry-After")))
         if outcome == "not_found":
             return NotFound(message)

@@ -68,7 +68,7 @@ from provisor.connectors.base import (
     Unavailable,
     Unsupported,
 )
-from provisor.connectors.http import retry_after
+from provisor.connectors.http import DOWN_STATUS, retry_after, transport_error
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 412, 425, 429, 500, 502, 503, 504})
@@ -325,7 +325,10 @@ class ScimConnector(BaseConnector):
             result = action()
         except RequestNetworkException as exc:
             cause = exc.__cause__ or exc
-            raise Unavailable(f"{self.name}: {what}: {type(cause).__name__}: {cause}") from exc
+            message = f"{self.name}: {what}: {type(cause).__name__}: {cause}"
+            if isinstance(cause, httpx2.TransportError):
+                raise transport_error(message, cause) from exc
+            raise Unavailable(message) from exc
         except SCIMException as exc:
             raise self._status_error(what, exc.status, str(exc)) from exc
         except SCIMClientException as exc:
@@ -346,7 +349,7 @@ class ScimConnector(BaseConnector):
             return _Refused(message, status)
         if status is None or status in RETRYABLE_STATUS or status >= 500:
             header = self._last.headers.get("Retry-After") if self._last is not None else None
-            down = status is None or status >= 500 or status == 408
+            down = status is None or status in DOWN_STATUS
             return (Unavailable if down else RetryableError)(message, retry_after(header))
         if status == 404:
             return NotFound(message)
@@ -369,7 +372,8 @@ class ScimConnector(BaseConnector):
         try:
             response = self._http.request(method, path, json=body, **kwargs)
         except httpx2.TransportError as exc:
-            raise Unavailable(f"{self.name}: {what}: {type(exc).__name__}: {exc}") from exc
+            message = f"{self.name}: {what}: {type(exc).__name__}: {exc}"
+            raise transport_error(message, exc) from exc
         if response.status_code >= 300:
             raise self._status_error(what, response.status_code, self._detail(response))
         return response

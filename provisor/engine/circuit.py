@@ -2,16 +2,17 @@
 while, said to be unavailable everywhere, probed, and its leavers handed to a person.
 
 Does: count, per target and across every runner (``target_circuits``), operations in a row
-that found the target unavailable (``Unavailable``: unreachable, timed out, a server error —
-any other answer, even a refusal, shows it is there); after the target's ``circuit.failures``
-open its circuit: audited, its waiting operations say why, runners leave it alone (its work
-waits, nothing is attempted or counted against the operations' attempts) until
+that found the target unavailable (``Unavailable``: unreachable, silent, a server error — any
+other answer, even a refusal, shows it is there); after the target's ``circuit.failures``
+open its circuit (audited): runners leave it alone (its work waits, nothing is attempted or
+counted against the operations' attempts) and every run working on it stops (``record`` says
+which circuits are open, ``Breaker`` stops the run's accounts) until
 ``circuit.cool_down_seconds`` on, when one runner probes it (``Connector.check``) and closes
-the circuit when it answers; stop a run's other accounts of that target at once (``Breaker``);
-hand a leaver's removal waiting on an open circuit to the target's owner as a work item after
-``circuit.leavers_to_owner_minutes`` (the owner removes it by hand; the operation stays in
-the journal and is verified by Provisor's read-back once the target answers, or by a second
-person); say which targets are unavailable, since when and why (``unavailable``).
+the circuit when it answers; hand a leaver's removal waiting on an open circuit to the
+target's owner as a work item after ``circuit.leavers_to_owner_minutes`` (the owner removes
+it by hand; the operation stays open until Provisor's read-back shows it); say which targets
+are unavailable, since when and why (``unavailable``). Circuits keep real time, whatever
+time a rehearsal acts at.
 Does not: decide what an operation's outcome is (``execution``) or retry one (``runner``);
 a probe proves only that the target answers, never that any access is gone.
 """
@@ -22,12 +23,13 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from provisor.connectors.base import Connector, ConnectorError
+from provisor.connectors.base import Unavailable as UnavailableError
 from provisor.domain.lifecycle import LifecycleState
 from provisor.domain.plan import REMOVAL_KINDS
 from provisor.domain.policy import TargetClass, TargetDef
@@ -35,7 +37,7 @@ from provisor.engine.tasks import instructions, open_for
 from provisor.engine.workspace import Workspace
 from provisor.evidence import audit
 from provisor.store import models
-from provisor.store.db import changed
+from provisor.store.db import changed, upsert
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +125,32 @@ def failing(session: Session) -> dict[str, int]:
     }
 
 
-def waiting(session: Session, now: datetime) -> set[str]:
+def waiting(session: Session, now: datetime | None = None) -> set[str]:
     """Targets no runner should take work for now: open, and no probe due yet."""
     row = models.TargetCircuit
-    query = select(row.target).where(row.opened_at.is_not(None), row.probe_at > now)
+    query = select(row.target).where(row.opened_at.is_not(None), row.probe_at > (now or _wall()))
     return set(session.execute(query).scalars())
 
 
-def admit(workspace: Workspace, target: str, connector: Connector, now: datetime) -> str | None:
+def _wall() -> datetime:
+    """The circuit's clock: whether a target answers is a matter of real time, whatever time
+    a rehearsal (``--now``) acts at."""
+    return datetime.now(UTC)
+
+
+def admit(workspace: Workspace, target: str, connector: Connector) -> str | None:
     """None when a run may work on ``target`` now: its circuit is closed, or this run's probe
     found it answering (the circuit is closed again). Otherwise why not: the circuit is open
-    and no probe is due, another runner probes it, or this probe failed too."""
+    and no probe is due, another runner probes it, or this probe failed too. Only a probe
+    that finds the target unavailable (or fails unexpectedly) keeps it open: any other
+    answer, a refusal included, shows the target is there."""
     row = models.TargetCircuit
+    now = _wall()
     with workspace.sessions() as session, session.begin():
         circuit = session.get(row, target)
         if circuit is None or circuit.opened_at is None:
             return None
-        opened = circuit.opened_at
+        opened, probes = circuit.opened_at, circuit.probes
         said = f"unavailable since {opened.isoformat()}: {circuit.reason}"
         if circuit.probe_at is not None and circuit.probe_at > now:
             return said
@@ -152,27 +163,41 @@ def admit(workspace: Workspace, target: str, connector: Connector, now: datetime
         )
     if not changed(mine):
         return said
-    try:
-        connector.check()
-    except (ConnectorError, OSError) as exc:
-        log.warning("%s: probe failed: %s", target, exc)
-        with workspace.sessions() as session, session.begin():
+    failed = _probe(target, connector)
+    with workspace.sessions() as session, session.begin():
+        if failed is not None:
             session.execute(
                 update(row)
                 .where(row.target == target, row.opened_at == opened)
-                .values(probe_error=str(exc))
+                .values(probe_error=failed)
             )
-        return f"{said}; probe failed: {exc}"
-    with workspace.sessions() as session, session.begin():
+            return f"{said}; probe failed: {failed}"
         closed = session.execute(
             update(row)
             .where(row.target == target, row.opened_at == opened)
             .values(opened_at=None, failures=0, probe_at=None, probe_error=None, closed_at=now)
         )
-        if changed(closed):
-            said_so = {"unavailable_since": opened.isoformat(), "probes": circuit.probes + 1}
-            audit.append(session, [audit.Entry("target.available", target, said_so)], at=now)
+        if not changed(closed):
+            return f"{said}; opened again meanwhile"
+        said_so = {"unavailable_since": opened.isoformat(), "probes": probes + 1}
+        audit.append(session, [audit.Entry("target.available", target, said_so)], at=now)
     log.info("%s answers again: its circuit is closed", target)
+    return None
+
+
+def _probe(target: str, connector: Connector) -> str | None:
+    """Why the target still counts as unavailable after a check, or None when it answered."""
+    try:
+        connector.check()
+    except UnavailableError as exc:
+        log.warning("%s: probe failed: %s", target, exc)
+        return str(exc)
+    except ConnectorError as exc:  # it answered, if only to refuse: it is there
+        log.warning("%s: probe answered with an error: %s", target, exc)
+        return None
+    except Exception as exc:  # unexpected: the target is not shown to answer
+        log.exception("%s: probe failed unexpectedly", target)
+        return f"{type(exc).__name__}: {exc}"
     return None
 
 
@@ -181,37 +206,35 @@ def record(
     seen: Mapping[str, Sequence[bool]],
     reasons: Mapping[str, str],
     definitions: Mapping[str, TargetDef],
-    now: datetime,
     tripped: Iterable[str] = (),
-) -> dict[str, str]:
+) -> tuple[dict[str, str], set[str]]:
     """Count a batch of outcomes per target (``seen``: in order, True where the target was
     unavailable; ``reasons``: the last such failure of each), opening the circuits that
     reach their target's ``failures`` in a row across every runner, and those of ``tripped``
-    targets (a run's ``Breaker`` saw that many in a row itself).
-    Returns the circuits opened, with why; the caller marks their waiting operations
-    (``mark_waiting``) once this transaction is committed."""
+    targets (a run's ``Breaker`` saw that many in a row itself). Returns the circuits this
+    opened, with why, and every target of the batch whose circuit is open now (opened here
+    or by another runner): the caller's run stops working on those."""
     row = models.TargetCircuit
+    targets = sorted(seen)
     if not any(any(downs) for downs in seen.values()):
-        failed = select(row.target).where(row.target.in_(sorted(seen)), row.failures > 0)
+        failed = select(row.target).where(
+            row.target.in_(targets), (row.failures > 0) | row.opened_at.is_not(None)
+        )
         if session.execute(failed).first() is None:
-            return {}  # the common case: every target answered and none had failed
-    rows = {
-        c.target: c
-        for c in session.execute(
-            select(row).where(row.target.in_(sorted(seen))).with_for_update()
-        ).scalars()
-    }
+            return {}, set()  # the common case: every target answered and none had failed
+    now = _wall()
+    down = [{"target": t, "failures": 0, "probes": 0} for t in targets if any(seen[t])]
+    upsert(session, row, down, ("target",), where=false())  # rows to lock, made at most once
+    query = select(row).where(row.target.in_(targets)).with_for_update()
+    rows = {c.target: c for c in session.execute(query).scalars()}
     opened: dict[str, str] = {}
     entries = []
-    for target in sorted(seen):
-        outcomes = seen[target]
+    for target in targets:
         circuit = rows.get(target)
         if circuit is None:
-            if not any(outcomes):
-                continue  # never failed: no row needed
-            circuit = row(target=target, failures=0, probes=0)
-            session.add(circuit)
-        answered = [i for i, down in enumerate(outcomes) if not down]
+            continue  # it never failed: nothing to count
+        outcomes = seen[target]
+        answered = [i for i, was_down in enumerate(outcomes) if not was_down]
         tail = len(outcomes) - 1 - answered[-1] if answered else None
         failures = tail if tail is not None else circuit.failures + len(outcomes)
         if failures != circuit.failures:
@@ -224,43 +247,25 @@ def record(
             and (failures >= threshold or target in tripped)
         ):
             cool_down = definitions[target].circuit.cool_down_seconds
-            circuit.opened_at, circuit.reason = now, reason
-            circuit.probe_at, circuit.probes, circuit.probe_error = (
-                now + timedelta(seconds=cool_down),
-                0,
-                None,
-            )
+            probe = now + timedelta(seconds=cool_down)
+            circuit.opened_at, circuit.reason, circuit.probe_at = now, reason, probe
+            circuit.probes, circuit.probe_error = 0, None
             opened[target] = reason
-            entries.append(
-                audit.Entry(
-                    "target.unavailable",
-                    target,
-                    {
-                        "failures": failures,
-                        "reason": reason,
-                        "probe_at": circuit.probe_at.isoformat(),
-                    },
-                )
-            )
+            said = {"failures": failures, "reason": reason, "probe_at": probe.isoformat()}
+            entries.append(audit.Entry("target.unavailable", target, said))
     if entries:
         audit.append(session, entries, at=now)
-    return opened
+    return opened, {t for t, c in rows.items() if c.opened_at is not None}
 
 
-def mark_waiting(session: Session, target: str, says: str) -> None:
-    """The target's waiting operations say why they wait."""
-    op = models.Operation
-    session.execute(
-        update(op)
-        .where(op.target == target, op.status == "pending")
-        .values(last_error=f"waiting: {target} is {says}")
-    )
-
-
-def hand_to_owners(workspace: Workspace, session: Session, now: datetime) -> int:
+def hand_to_owners(
+    workspace: Workspace, session: Session, now: datetime, wall: datetime | None = None
+) -> int:
     """A work item to the target's owner for each leaver's removal that has waited on an open
-    circuit for the target's ``circuit.leavers_to_owner_minutes`` (since the circuit opened or
-    the removal came due, whichever is later) and has none yet. Returns how many."""
+    circuit for the target's ``circuit.leavers_to_owner_minutes`` (since the circuit opened,
+    by ``wall``, the real time; and since the removal came due, by ``now``, the engine's
+    clock) and has none yet. Returns how many."""
+    wall = wall or _wall()
     targets = workspace.compiled.targets
     work: list[tuple[models.Operation, TargetDef, str]] = []
     for name, circuit in sorted(unavailable(session, targets).items()):
@@ -268,9 +273,10 @@ def hand_to_owners(workspace: Workspace, session: Session, now: datetime) -> int
         minutes = definition.circuit.leavers_to_owner_minutes
         if minutes is None or definition.target_class is TargetClass.MANUAL:
             continue
-        since = now - timedelta(minutes=minutes)
-        if circuit.since > since:
+        waited = timedelta(minutes=minutes)
+        if circuit.since > wall - waited:
             continue
+        since = now - waited
         op, who = models.Operation, models.Identity
         rows = session.execute(
             select(op, who.name)
@@ -279,11 +285,13 @@ def hand_to_owners(workspace: Workspace, session: Session, now: datetime) -> int
                 op.target == name,
                 op.status.in_(("pending", "running")),
                 op.kind.in_(REMOVAL_KINDS),
-                (op.not_before.is_(None)) | (op.not_before <= since),
+                func.coalesce(op.not_before, op.created_at) <= since,
                 who.state == LifecycleState.TERMINATED.value,
                 op.id.not_in(select(models.Task.operation_id)),
             )
             .order_by(op.identity, op.step)
+            # one a runner is recording now is left for the next cycle: it may be verified
+            .with_for_update(of=op, skip_locked=True)
         ).all()
         for row, person in rows:
             text = (

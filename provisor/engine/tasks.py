@@ -266,15 +266,28 @@ def _observe_intent(session: Session, op: models.Operation, now: datetime) -> No
             session.delete(gone)
 
 
-def verify(session: Session, task_id: int, *, by: str, now: datetime) -> None:
-    """A second person attests the task was done."""
+def verify(session: Session, task_id: int, *, by: str, now: datetime) -> str:
+    """A second person attests the task was done: ``verified``; or, on an automated target's
+    work item, ``attested`` (the removal waits for Provisor's read-back)."""
     task, op = _task(session, task_id)
     if task.status != "done":
         raise LifecycleError(f"task {task_id} is {task.status}; only a done task is verified")
     if not second_person(task.done_by, by):
         raise DeniedError(f"task {task_id} was done by {by}; a second person must verify it")
+    if task.read_back:
+        # an automated target's: the attestation is kept on the task, and the removal stays
+        # open until Provisor's own read-back shows it (a person's word never closes it)
+        task.verified_by, task.verification = by, "attested; awaiting read-back"
+        audit.record(
+            session,
+            "task.attested",
+            task.identity,
+            {"task": task.id, "operation": op.key, "by": by},
+        )
+        return "attested"
     _verified(session, task, op, by=by, how="attestation", now=now)
     _observe_intent(session, op, now)
+    return "verified"
 
 
 def _verified(
@@ -295,7 +308,11 @@ def confirm_from_observed(session: Session, target: str, source: str, now: datet
     done = session.execute(
         select(models.Task, models.Operation)
         .join(models.Operation, models.Operation.id == models.Task.operation_id)
-        .where(models.Task.target == target, models.Task.status == "done")
+        .where(
+            models.Task.target == target,
+            models.Task.status == "done",
+            models.Task.read_back.is_(False),  # those wait for Provisor's own read-back
+        )
     ).all()
     confirmed = 0
     for task, op in done:

@@ -68,8 +68,8 @@ def task_done(task_id: RowId, body: TaskDone, who: TaskWorker, workspace: Space)
 def task_verify(task_id: RowId, who: TaskWorker, workspace: Space) -> dict[str, Any]:
     who.work_on(Permission.TASKS, *_task_scope(workspace, task_id))
     with acting(who), workspace.sessions() as session, session.begin():
-        tasks.verify(session, task_id, by=who.name, now=datetime.now(UTC))
-    return {"task": task_id, "status": "verified", "by": who.name}
+        status = tasks.verify(session, task_id, by=who.name, now=datetime.now(UTC))
+    return {"task": task_id, "status": status, "by": who.name}
 
 
 @router.get("/cases", summary="Correlation cases (an owner: their targets')")

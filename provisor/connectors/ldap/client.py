@@ -228,7 +228,8 @@ class Ldap3Client:
         except exceptions.LDAPOperationResult as exc:
             code = int(exc.result or 0)
             if code in RETRYABLE_CODES:
-                raise RetryableError(f"{exc.description} ({code}): {exc.message or ''}") from exc
+                down = Unavailable if code == UNAVAILABLE else RetryableError
+                raise down(f"{exc.description} ({code}): {exc.message or ''}") from exc
             raise result_error(code, str(exc.description or ""), str(exc.message or "")) from exc
         except (
             exceptions.LDAPCommunicationError,

@@ -82,6 +82,21 @@ def timed_execute(
         OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
 
 
+def _may_send(breaker: Breaker, bucket: TokenBucket | SharedBucket | None, target: str) -> bool:
+    """Whether an account's next operation may go to ``target``: its circuit has not opened
+    (else the rest waits for it), and the rate limit gave a token (a shared bucket whose
+    database failed stops the account here; what it did is still recorded)."""
+    if breaker.tripped:
+        return False
+    try:
+        if bucket is not None:
+            bucket.acquire()
+    except Exception:
+        log.exception("pacing %s failed", target)
+        return False
+    return True
+
+
 @dataclass
 class ApplyReport:
     verified: int = 0
@@ -208,9 +223,10 @@ class Runner:
         # never delays leavers in another; results come back to this one writer thread
         futures: dict[Future[list[Outcome]], int] = {}
         try:
+            usable = self._usable(by_target, report, now)
             for where, accounts in sorted(by_target.items()):
                 count = sum(len(jobs) for jobs in accounts)
-                connector = self._opened(where, count, report, now)
+                connector = usable.get(where)
                 if connector is None:
                     done += count
                     continue
@@ -250,13 +266,50 @@ class Runner:
                 self._accounts.clear()
         return report
 
+    def _usable(
+        self,
+        by_target: Mapping[str, list[list[Job]]],
+        report: ApplyReport,
+        now: Callable[[], datetime],
+    ) -> dict[str, Connector]:
+        """The connectors of the targets this run can work on, before any work starts: each
+        opened (``_opened``), and admitted by its circuit (``circuit.admit``: probes of open
+        circuits run in parallel, so a target that does not answer delays no other). The
+        operations of the others are accounted for in ``report``."""
+        counts = {
+            where: sum(len(jobs) for jobs in accounts) for where, accounts in by_target.items()
+        }
+        opened = {
+            where: self._opened(where, counts[where], report, now) for where in sorted(counts)
+        }
+        usable = {where: c for where, c in opened.items() if c is not None}
+        if not usable:
+            return {}
+        with ThreadPoolExecutor(min(8, len(usable)), "provisor-probe") as probes:
+            verdicts = dict(zip(usable, probes.map(self._admit, usable.items()), strict=True))
+        for where, closed in verdicts.items():
+            if closed is not None:
+                report.unavailable[where] = closed
+                report.waiting += counts[where]
+                del usable[where]
+        return usable
+
+    def _admit(self, item: tuple[str, Connector]) -> str | None:
+        """``circuit.admit``, any failure of its own (the database) keeping the target out of
+        this run."""
+        where, connector = item
+        try:
+            return circuit.admit(self.workspace, where, connector)
+        except Exception as exc:
+            log.exception("%s: its circuit could not be read", where)
+            return f"its circuit could not be read: {exc}"
+
     def _opened(
         self, where: str, count: int, report: ApplyReport, now: Callable[[], datetime]
     ) -> Connector | None:
         """The target's connector; None, with the ``count`` operations accounted for in
         ``report``, when they cannot run here: a connector that cannot be opened, a manual
-        target (its work items opened), a target class with no connector, a target whose
-        circuit is open (unless this run's probe finds it answering: ``circuit.admit``)."""
+        target (its work items opened), a target class with no connector."""
         try:
             connector = self.connector(where)
         except ProvisorError as exc:
@@ -272,11 +325,6 @@ class Runner:
                 report.waiting += count
             else:
                 report.no_connector[where] = count
-            return None
-        closed = circuit.admit(self.workspace, where, connector, now())
-        if closed is not None:
-            report.unavailable[where] = closed
-            report.waiting += count
             return None
         return connector
 
@@ -438,7 +486,9 @@ class Runner:
         self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
     ) -> list[Outcome]:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
-        runs when ``gate``."""
+        runs when ``gate``; nothing at all once the target's circuit opened."""
+        if self._breakers[jobs[0].target].tripped:
+            return []
         if gate is None:
             return run()
         removal = any(job.kind in REMOVALS for job in jobs)
@@ -484,16 +534,10 @@ class Runner:
                 continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
-            try:
-                if bucket is not None:
-                    bucket.acquire()
-            except Exception:  # the shared bucket's database failed: stop here, record the rest
-                log.exception("pacing %s failed", job.target)
+            if not _may_send(breaker, bucket, job.target):
                 break
-            if breaker.tripped or not self._keeper.holds((job.identity, job.target)):
-                # the target is unavailable (the rest waits for it), or the account's lease
-                # ran out or was taken over: write nothing more
-                break
+            if not self._keeper.holds((job.identity, job.target)):
+                break  # the account's lease ran out or was taken over: write nothing more
             try:
                 spec = specs[(job.identity, job.target)]
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
@@ -540,25 +584,28 @@ class Runner:
             for part in chunks([o.job.id for o in outcomes]):
                 query = select(models.Operation).where(models.Operation.id.in_(part))
                 rows.update((r.id, r) for r in session.execute(query.with_for_update()).scalars())
+            verified = []
             for outcome in outcomes:
-                row = rows[outcome.job.id]
-                entries.append(self._record(session, row, outcome, report))
-            verified = [o.job.id for o in outcomes if rows[o.job.id].status == "verified"]
+                entry = self._record(session, rows[outcome.job.id], outcome, report)
+                entries.append(entry)
+                if entry.action == "operation.verified":
+                    verified.append(outcome.job.id)
             entries.extend(verified_by_read_back(session, verified, at))
-            opened = self._count_failures(session, outcomes, at)
+            opened, down = self._count_failures(session, outcomes, at)
             audit.append(session, entries, at=at)
             self._give_back_done(session)
         for where, reason in sorted(opened.items()):
             log.warning("%s is unavailable: its circuit is open (%s)", where, reason)
-            self._breakers[where].trip(reason)
-            says = report.unavailable[where] = f"unavailable since {at.isoformat()}: {reason}"
-            with self.workspace.sessions() as session, session.begin():
-                circuit.mark_waiting(session, where, says)
+            report.unavailable[where] = f"unavailable: {reason}"
+        for where in down:  # opened here or by another runner: this run leaves it alone now
+            if where in self._breakers:
+                self._breakers[where].trip(opened.get(where, "its circuit is open"))
 
     def _count_failures(
         self, session: Session, outcomes: list[Outcome], at: datetime
-    ) -> dict[str, str]:
-        """Count the batch's outcomes in each target's circuit; the circuits opened."""
+    ) -> tuple[dict[str, str], set[str]]:
+        """Count the batch's outcomes in each target's circuit: the circuits opened, and the
+        targets whose circuit is open (``circuit.record``)."""
         seen: dict[str, list[bool]] = {}
         reasons: dict[str, str] = {}
         for outcome in sorted(outcomes, key=lambda o: o.at or at):
@@ -567,7 +614,7 @@ class Runner:
                 reasons[outcome.job.target] = outcome.note or "unavailable"
         tripped = {t for t, breaker in self._breakers.items() if breaker.tripped}
         definitions = self.workspace.compiled.targets
-        return circuit.record(session, seen, reasons, definitions, at, tripped)
+        return circuit.record(session, seen, reasons, definitions, tripped)
 
     def _record(
         self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport
