@@ -67,25 +67,39 @@ class CycleReport:
 
 
 CYCLE_LOCK = 0x70726F7669736F72  # the advisory lock one cycle at a time holds (PostgreSQL)
+WAITER_LOCK = CYCLE_LOCK + 1  # held by the one cycle waiting for it, when only one may wait
 
 
 @contextmanager
-def one_at_a_time(workspace: Workspace) -> Iterator[None]:
+def one_at_a_time(workspace: Workspace, *, one_waits: bool = False) -> Iterator[bool]:
     """Wait until no other process of the workspace runs a cycle, and keep it so until the
-    block ends (on PostgreSQL; on SQLite one machine's processes share the write lock). The
-    lock belongs to a connection of its own: a process that dies lets it go with it."""
+    block ends (on PostgreSQL; on SQLite one machine's processes share the write lock); the
+    block gets True. ``one_waits``: when another cycle already waits, do not wait too (the
+    block gets False at once): the waiting one sees whatever this one would. The locks belong
+    to a connection of their own: a process that dies lets them go with it."""
     if workspace.engine.dialect.name != "postgresql":
-        yield
+        yield True
         return
     with workspace.engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": CYCLE_LOCK})
-        connection.commit()
+
+        def lock(sql: str, key: int) -> bool:
+            held = bool(connection.execute(text(sql), {"key": key}).scalar())
+            connection.commit()
+            return held
+
+        if one_waits:
+            if not lock("SELECT pg_try_advisory_lock(:key)", WAITER_LOCK):
+                yield False
+                return
+            lock("SELECT pg_advisory_lock(:key)", CYCLE_LOCK)
+            lock("SELECT pg_advisory_unlock(:key)", WAITER_LOCK)  # the next may wait now
+        else:
+            lock("SELECT pg_advisory_lock(:key)", CYCLE_LOCK)
         try:
-            yield
+            yield True
         finally:
             try:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CYCLE_LOCK})
-                connection.commit()
+                lock("SELECT pg_advisory_unlock(:key)", CYCLE_LOCK)
             except SQLAlchemyError:  # the connection died: the lock went with it
                 log.warning("the cycle lock's connection was lost during the cycle")
 
@@ -115,6 +129,13 @@ class Cycles:
         propagate to the caller."""
         with one_at_a_time(self.workspace):
             return self._cycle()
+
+    def cycle_unless_waiting(self) -> CycleReport | None:
+        """``cycle``, unless another cycle already waits for the running one (None): a worker
+        holds no job slot to wait as well, since the waiting cycle sees every change made so
+        far."""
+        with one_at_a_time(self.workspace, one_waits=True) as mine:
+            return self._cycle() if mine else None
 
     def _cycle(self) -> CycleReport:
         workspace = self.workspace

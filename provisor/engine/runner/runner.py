@@ -245,7 +245,10 @@ class Runner:
                 bucket = self._bucket(where, connector, definition)
                 pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
                 pools.append(pool)
-                for jobs in accounts:
+                # leavers' accounts first: a removal never waits in the pool behind joiners
+                for jobs in sorted(
+                    accounts, key=lambda js: not any(j.kind in REMOVALS for j in js)
+                ):
                     taken = [j for j in jobs if j.id in mine]
                     if taken:
                         run = partial(
@@ -338,22 +341,27 @@ class Runner:
         progress: Callable[[int, int], None] | None,
     ) -> None:
         """Take the accounts' outcomes as they come (``pending``, ids into ``finished``) and
-        write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on."""
+        write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on — and
+        at once when a removal is among them: a leaver's proof is not kept waiting."""
         done, total = count
         waiting_for = set(futures)
         flushed = time.monotonic()
         while waiting_for:
             ready, waiting_for = wait(waiting_for, FLUSH_SECONDS, FIRST_COMPLETED)
+            removed = False
             for future in ready:
                 size = futures[future]
                 outcomes = future.result()
+                removed = removed or any(o.job.kind in REMOVALS for o in outcomes)
                 report.waiting += size - len(outcomes)
                 pending.extend(outcomes)
                 finished.update(o.job.id for o in outcomes)
                 self._done_accounts.add(self._accounts.pop(future))
                 done += size
             if pending and (
-                len(pending) >= FLUSH_EVERY or time.monotonic() - flushed >= FLUSH_SECONDS
+                removed
+                or len(pending) >= FLUSH_EVERY
+                or time.monotonic() - flushed >= FLUSH_SECONDS
             ):
                 self._flush(pending, report)
                 pending.clear()

@@ -2,7 +2,8 @@
 journal on PostgreSQL, fed by the job queue (procrastinate).
 
 Does: run procrastinate's worker on the workspace's database with three tasks —
-- *drain* a target: take its accounts with work due (removals first) a slice at a time and
+- *drain* a target: take its accounts with work due a slice at a time (slices of removals
+  alone while there are any) and
   run each slice through a ``Runner`` (leases, intent records, fenced outcomes: each operation
   is executed and recorded once whatever the number of workers), an account only while holding
   one of the target's slots, so its ``concurrency`` holds across all workers (one drain's
@@ -134,9 +135,9 @@ class Worker:
             now = datetime.now(UTC)
             size = definition.concurrency * SLICE
             with self.workspace.sessions() as session:
-                first = takeable(session, target, now, size, removals=True, besides=tried)
-                rest = takeable(session, target, now, size - len(first), besides=tried)
-            chosen = (first + [who for who in rest if who not in first])[:size]
+                # removals alone while there are any: a leaver's slice never waits on joiners
+                chosen = takeable(session, target, now, size, removals=True, besides=tried)
+                chosen = chosen or takeable(session, target, now, size, besides=tried)
             if not chosen:
                 break
             tried.update(chosen)
@@ -161,7 +162,9 @@ class Worker:
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
         """The engine's cycle with the applying handed to drains; the audit chain's head
         signed after it."""
-        report = self.cycles.cycle()
+        report = self.cycles.cycle_unless_waiting()
+        if report is None:
+            return {"skipped": "another cycle waits for the running one"}
         self.workspace.checkpoint(system_clock())
         return report.as_dict()
 
