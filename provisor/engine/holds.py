@@ -73,10 +73,12 @@ def guard(
     origin: str,
     now: datetime,
     recent: Recent | None = None,
+    population: int | None = None,
 ) -> Hold | None:
     """An open hold when ``candidates`` deprovisioning transitions (with ``recent`` ones of
     the same source) trip the guard, else None. With ``recent``, a hold of the same origin
-    still open takes the new ones too: the wave waits as one."""
+    still open takes the new ones too: the wave waits as one. ``population``: the active
+    population to weigh them against, when the caller counted it earlier (else counted now)."""
     if recent is not None:
         waiting = session.execute(
             select(Hold)
@@ -90,7 +92,7 @@ def guard(
     earlier = recent.count if recent is not None else 0
     reason = hold_reason(
         candidates + earlier,
-        active_population(session),
+        active_population(session) if population is None else population,
         max_share=config.guard.max_share,
         max_count=config.guard.max_count,
         min_count=config.guard.min_count,

@@ -281,9 +281,10 @@ def _guard(
     now: datetime,
     outcome: Outcome,
     recent: Callable[[], holds.Recent] | None = None,
+    population: int | None = None,
 ) -> Hold | None:
     earlier = recent() if recent is not None else None
-    hold = holds.guard(session, config, len(candidates), origin, now, earlier)
+    hold = holds.guard(session, config, len(candidates), origin, now, earlier, population)
     if hold is not None:
         outcome.hold_id, outcome.hold_reason = hold.id, hold.reason
     return hold
@@ -316,8 +317,15 @@ def record_events(
     flags: dict[str, list[str]] | None = None,
     stored: Container[str] | None = None,
     recent: Callable[[], holds.Recent] | None = None,
+    defer: list[LifecycleEvent] | None = None,
+    population: int | None = None,
 ) -> Outcome:
     """Record ``events`` and bring the affected identities up to date as of ``now``.
+
+    ``defer`` (a large import, recorded a batch at a time): the events of identities they
+    would take to terminated or suspended are not recorded but added to ``defer``, for one
+    last call with all of them, where the mass-change guard weighs them together against
+    ``population`` (the active population before the import wrote anything).
 
     ``recent`` (a source of single changes) counts the source's latest deprovisioning
     transitions with these for the mass-change guard; it is asked only when there are some.
@@ -330,8 +338,12 @@ def record_events(
     outcome = Outcome()
     rec = _new_events(session, events, stored, outcome)
     rescind_window = window(config)
+    said: dict[str, list[str]] = {}  # warnings by identity, in the order they were folded
     for identity in rec.ids:
-        rec.columns_by_id[identity] = _fold_new(rec, identity, now, rescind_window, strict, outcome)
+        notes: list[str] = []
+        rec.columns_by_id[identity] = _fold_new(rec, identity, now, rescind_window, strict, notes)
+        if notes:
+            said[identity] = notes
     _drop_ownerless(session, rec, strict, outcome)
     candidates = [
         i
@@ -340,7 +352,17 @@ def record_events(
             rec.rows[i].state if i in rec.rows else None, rec.columns_by_id[i]["state"]
         )
     ]
-    hold = _guard(session, config, candidates, origin, now, outcome, recent) if candidates else None
+    later: set[str] = set()
+    if defer is not None and candidates:
+        _defer(rec, candidates, defer)
+        later, candidates = set(candidates), []
+    # what folding said comes first, but not of the deferred: their last call says it
+    outcome.warnings[:0] = [w for i, notes in said.items() if i not in later for w in notes]
+    hold = (
+        _guard(session, config, candidates, origin, now, outcome, recent, population)
+        if candidates
+        else None
+    )
     if hold is not None:
         _hold_back(rec, candidates, now, rescind_window, outcome)
     outcome.recorded = len(rec.unique) - len(rec.held_keys)
@@ -392,10 +414,10 @@ def _fold_new(
     now: datetime,
     rescind_window: timedelta,
     strict: bool,
-    outcome: Outcome,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """The columns ``identity`` gets with its new events; events without effect are refused
-    (``strict``, and rescinds always) or recorded with a warning."""
+    (``strict``, and rescinds always) or recorded with a warning (into ``warnings``)."""
     new = rec.new_by_id[identity]
     if identity not in rec.rows:
         hired = _hired(new, now)
@@ -411,19 +433,30 @@ def _fold_new(
         detail = "; ".join(f"{e.kind.value}: {notes[e.key]}" for e in refused)
         raise LifecycleError(f"{identity}: {detail}")
     for event in refused:
-        outcome.warnings.append(f"{identity}: {event.kind.value} refused: {notes[event.key]}")
+        warnings.append(f"{identity}: {event.kind.value} refused: {notes[event.key]}")
         del rec.unique[event.key]
     if refused:
         rec.new_by_id[identity] = new = [e for e in new if e not in refused]
         state = fold(identity, [*earlier, *new], as_of=now, rescind_window=rescind_window)
     for event in new:
         if event.key in notes and event.kind is not EventKind.RESCIND:
-            outcome.warnings.append(
+            warnings.append(
                 f"{identity}: {event.kind.value} effective "
                 f"{event.effective.date().isoformat()} recorded but has no effect: "
                 f"{notes[event.key]}"
             )
     return _columns(state, now)
+
+
+def _defer(rec: _Recording, candidates: list[str], defer: list[LifecycleEvent]) -> None:
+    """Take ``candidates`` and their events out of ``rec``, into ``defer``."""
+    left = set(candidates)
+    for identity in candidates:
+        for event in rec.new_by_id.pop(identity):
+            del rec.unique[event.key]
+            defer.append(event)
+        del rec.columns_by_id[identity]
+    rec.ids = [i for i in rec.ids if i not in left]
 
 
 def _drop_ownerless(session: Session, rec: _Recording, strict: bool, outcome: Outcome) -> None:

@@ -12,8 +12,10 @@ Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +30,9 @@ from provisor.domain.lifecycle import (
     canonical_json,
     new_event,
 )
-from provisor.engine.holds import Recent
+from provisor.engine.holds import Recent, active_population
 from provisor.engine.identities import Outcome, record_events
+from provisor.engine.references import References
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError, FeedError
 from provisor.evidence import audit
@@ -37,8 +40,6 @@ from provisor.sources.hr import (
     FeedMapping,
     FeedMode,
     FeedRecord,
-    ParsedFeed,
-    RowError,
     parse_feed,
     parse_lines,
 )
@@ -46,6 +47,7 @@ from provisor.store.bulk import chunks, collector_paused
 from provisor.store.models import Identity, IdentityEvent, Import
 
 Progress = Callable[[str], None]
+BATCH = 20_000  # snapshot rows compared and recorded at a time
 
 
 @dataclass
@@ -185,17 +187,16 @@ class _Events:
         )
 
 
-def _snapshot_events(
+def _row_events(
     records: list[FeedRecord],
     known: dict[str, _Known],
-    feed: str,
     source: str,
     now: datetime,
     future_terminations: dict[str, str],
     held_terminations: dict[str, str],
-    rejected: frozenset[str],
-    unidentified: int,
-) -> tuple[list[LifecycleEvent], int, int, list[str]]:
+) -> tuple[list[LifecycleEvent], int, list[str]]:
+    """The events that bring each row's identity to what the row says; how many rows change
+    nothing; warnings."""
     found = _Events(source, now)
     unchanged = 0
     for r in records:
@@ -207,28 +208,26 @@ def _snapshot_events(
             _end_events(found, r, future_terminations.get(r.identity))
         if len(found.events) == before:
             unchanged += 1
-    if unidentified:
-        # A rejected row whose id could not be read may be anyone: nobody is taken for a leaver.
-        found.warnings.append(
-            f"{source}: {unidentified} rejected rows have no readable id, so nobody missing "
-            "from this snapshot is terminated; fix those rows and import again"
-        )
-        known = {}
-    listed = ({r.identity for r in records} | rejected) if known else rejected
-    missing = 0
-    for identity, have in known.items():
-        if (
-            identity not in listed
-            and have.feed == feed
-            and have.state not in (None, LifecycleState.TERMINATED)
-            and identity not in held_terminations
-        ):
-            missing += 1
-            where = f"{source}: missing from snapshot"
-            found.events.append(
-                LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None, where)
-            )
-    return found.events, unchanged, missing, found.warnings
+    return found.events, unchanged, found.warnings
+
+
+def _missing_events(
+    session: Any, feed: str, source: str, now: datetime, listed: Container[str]
+) -> list[LifecycleEvent]:
+    """A termination, now, for each identity of ``feed`` still active (or on leave,
+    suspended, not started) that the snapshot does not list, unless one of theirs is held."""
+    held = _pending(session, EventKind.TERMINATE, "held", now)
+    query = select(Identity.external_id).where(
+        Identity.feed == feed,
+        Identity.state.is_not(None),
+        Identity.state != LifecycleState.TERMINATED.value,
+    )
+    where = f"{source}: missing from snapshot"
+    return [
+        LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None, where)
+        for identity in session.execute(query.order_by(Identity.id)).scalars()
+        if identity not in listed and identity not in held
+    ]
 
 
 def _state_events(found: _Events, r: FeedRecord, status: str, have: _Known | None) -> bool:
@@ -300,155 +299,58 @@ def _status_events(
         add(r, kind, when)
 
 
-def _check_references(
-    parsed: ParsedFeed, session: Any, file_ids: set[str], now: datetime
-) -> tuple[list[FeedRecord], list[RowError], list[RowError], dict[str, list[str]]]:
-    """Owners must be known humans (row refused otherwise); unknown managers, people who are
-    their own manager and chains of managers that come back round are flagged."""
-    owners = {r.attributes.get("owner") for r in parsed.records}
-    refs = owners | {r.attributes.get("manager") for r in parsed.records}
-    wanted = sorted(str(v) for v in refs if v and v not in file_ids)
-    referenced = _known(session, wanted)
-    stored = {k: v.kind for k, v in referenced.items()}
-    # The kind of each identity named as an owner: the stored one, else its row's in this file.
-    named = {str(v) for v in owners if v}
-    kinds = {
-        r.identity: str(r.attributes.get("kind") or "human")
-        for r in parsed.records
-        if r.identity in named
-    }
-    kinds.update(stored)
-    accepted: list[FeedRecord] = []
-    errors: list[RowError] = []
-    warnings: list[RowError] = []
-    flags: dict[str, list[str]] = {}
-    for r in parsed.records:
-        owner = r.attributes.get("owner")
-        if owner and kinds.get(str(owner)) != "human":
-            why = "is not a known identity" if owner not in kinds else "is not a human"
-            errors.append(
-                RowError(
-                    parsed.file,
-                    r.line,
-                    "owner",
-                    f"owner {owner} {why}; a non-human identity needs an accountable human owner",
-                )
-            )
-            continue
-        manager = r.attributes.get("manager")
-        if manager and manager not in file_ids and manager not in stored:
-            warnings.append(
-                RowError(
-                    parsed.file,
-                    r.line,
-                    "manager",
-                    f"manager {manager} is unknown; accepted and flagged",
-                )
-            )
-            flags[r.identity] = [f"unknown manager {manager}"]
-        accepted.append(r)
-    loops = _manager_loops(session, accepted, referenced)
-    for r in accepted:
-        loop = loops.get(r.identity)
-        if loop is None:
-            continue
-        why = (
-            "is their own manager"
-            if len(loop) == 1
-            else "is in a loop of managers: " + " -> ".join([*loop, loop[0]])
-        )
-        warnings.append(RowError(parsed.file, r.line, "manager", f"{r.identity} {why}; flagged"))
-        flags.setdefault(r.identity, []).append(
-            "own manager" if len(loop) == 1 else "manager loop " + " -> ".join(loop)
-        )
-    return accepted, errors, warnings, flags
+class _Spill:
+    """A snapshot's valid records, kept on disk a batch at a time while the file is read (they
+    cannot be compared with the store before the whole file is read: an id may turn up again
+    on a later row), with what the whole-file checks need of each (``References``)."""
 
+    def __init__(self, file: str) -> None:
+        self.references = References(file)
+        self._disk = tempfile.TemporaryFile(prefix="provisor-import-")  # noqa: SIM115 (closed by close)
+        self._batches = 0
 
-def _manager_loops(
-    session: Any, records: list[FeedRecord], referenced: dict[str, _Known]
-) -> dict[str, list[str]]:
-    """Identities of ``records`` whose chain of managers comes back to them, each with its
-    loop. The chain follows this file's rows, then the store (one query per level of people
-    only the store knows)."""
-    boss = {r.identity: str(m) for r in records if (m := r.attributes.get("manager"))}
-    level, asked = referenced, set(referenced)
-    while level:
-        wanted: set[str] = set()
-        for identity, known in level.items():
-            manager = (known.attributes or {}).get("manager")
-            if manager and identity not in boss:
-                boss[identity] = str(manager)
-                if manager not in boss and manager not in asked:
-                    wanted.add(str(manager))
-        asked |= wanted
-        level = _known(session, sorted(wanted)) if wanted else {}
-    loops: dict[str, list[str]] = {}
-    done: set[str] = set()
-    for start in boss:
-        path: list[str] = []
-        on_path: set[str] = set()
-        at: str | None = start
-        while at is not None and at not in done and at not in on_path:
-            path.append(at)
-            on_path.add(at)
-            at = boss.get(at)
-        if at is not None and at in on_path:
-            loop = path[path.index(at) :]
-            for member in loop:
-                loops[member] = loop[loop.index(member) :] + loop[: loop.index(member)]
-        done |= on_path
-    return loops
+    def add(self, records: list[FeedRecord]) -> None:
+        self.references.add(records)
+        pickle.dump(records, self._disk, protocol=pickle.HIGHEST_PROTOCOL)
+        self._batches += 1
+
+    def batches(self, rejected: Container[str]) -> Iterator[list[FeedRecord]]:
+        """The records again, a batch at a time, but those of ``rejected`` ids."""
+        self._disk.seek(0)
+        for _ in range(self._batches):
+            records: list[FeedRecord] = pickle.load(self._disk)  # written above, by us
+            yield [r for r in records if r.identity not in rejected]
+
+    def close(self) -> None:
+        self._disk.close()
 
 
 @dataclass
-class _FeedEvents:
-    """A feed's events, with the rows that changed nothing, the people missing from a
-    snapshot, the identities known to have a row (None: not read) and warnings."""
+class _Tally:
+    """What an import found and did, added up batch by batch."""
 
-    events: list[LifecycleEvent]
+    accepted: int = 0
     unchanged: int = 0
     missing: int = 0
-    stored: Container[str] | None = None
+    errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    outcome: Outcome = field(default_factory=Outcome)
+    # a snapshot's: the events that deprovision, recorded last; the flags of flagged people
+    deferred: list[LifecycleEvent] = field(default_factory=list)
+    flags: dict[str, list[str]] = field(default_factory=dict)
 
-
-def _feed_events(
-    session: Any,
-    mode: FeedMode,
-    records: list[FeedRecord],
-    feed_name: str,
-    path: Path,
-    now: datetime,
-    parsed: ParsedFeed,
-    rejected: frozenset[str],
-) -> _FeedEvents:
-    """The lifecycle events a feed's accepted rows stand for: a snapshot compared with what is
-    stored, or an events file taken as written."""
-    if mode is FeedMode.SNAPSHOT:
-        known = _known(session, None)
-        events, unchanged, missing, warnings = _snapshot_events(
-            records,
-            known,
-            feed_name,
-            f"{feed_name}:{path.name}",
-            now,
-            _pending(session, EventKind.TERMINATE, "accepted", now),
-            _pending(session, EventKind.TERMINATE, "held", now),
-            rejected,
-            parsed.unidentified_rejects,
-        )
-        # every identity that has a row is known: the recording looks up no other
-        return _FeedEvents(events, unchanged, missing, known, warnings)
-    else:
-        where = f"{feed_name}:{path.name}"
-        events = [
-            LifecycleEvent(
-                r.identity, r.event, r.effective, now, r.attributes, r.ref, f"{where}:{r.line}"
-            )
-            for r in records
-            if r.event is not None and r.effective is not None
-        ]
-    return _FeedEvents(events)
+    def recorded(self, events: list[LifecycleEvent], outcome: Outcome) -> None:
+        self.counts.update(str(e.kind) for e in events)
+        total = self.outcome
+        total.recorded += outcome.recorded
+        total.duplicates += outcome.duplicates
+        total.held += outcome.held
+        total.hold_id = outcome.hold_id or total.hold_id
+        total.hold_reason = outcome.hold_reason or total.hold_reason
+        total.changed.extend(outcome.changed)
+        total.transitions.update(outcome.transitions)
+        total.warnings.extend(outcome.warnings)
 
 
 def import_feed(
@@ -461,83 +363,220 @@ def import_feed(
     progress: Progress | None = None,
 ) -> ImportReport:
     # An import allocates a few containers per row (records, events, rows to write) and frees
-    # none of them until it ends, so the cyclic collector would run again and again to find
-    # nothing: it is paused (a third of the parsing time, a tenth of the whole on a large
+    # few of them before its batch ends, so the cyclic collector would run again and again to
+    # find nothing: it is paused (a third of the parsing time, a tenth of the whole on a large
     # feed) and restarted afterwards if it was running.
     with collector_paused():
-        return _import(workspace, path, feed, mode, now, progress)
+        feed_name, mapping = feed_mapping(workspace, feed)
+        if mode is not None:
+            mapping = mapping.model_copy(update={"mode": mode})
+        say = progress or (lambda _stage: None)
+        if mapping.mode is FeedMode.SNAPSHOT:
+            return _import_snapshot(workspace, path, feed_name, mapping, now, say)
+        return _import_events(workspace, path, feed_name, mapping, now, say)
 
 
-def _import(
+def _lookup(session: Any) -> Callable[[list[str]], dict[str, Any]]:
+    return lambda ids: _known(session, ids)
+
+
+def _import_snapshot(
     workspace: Workspace,
     path: Path,
-    feed: str | None,
-    mode: FeedMode | None,
+    feed_name: str,
+    mapping: FeedMapping,
     now: datetime,
-    progress: Progress | None,
+    say: Progress,
 ) -> ImportReport:
-    feed_name, mapping = feed_mapping(workspace, feed)
-    if mode is not None:
-        mapping = mapping.model_copy(update={"mode": mode})
-    say = progress or (lambda _stage: None)
+    """A snapshot, read once and kept on disk, then compared and recorded ``BATCH`` rows at a
+    time: memory stays bounded whatever its size. Changes that take people to terminated or
+    suspended (and the people missing from it) are recorded last, all together, so the
+    mass-change guard weighs the whole snapshot as one."""
+    say("reading")
+    spill = _Spill(str(path))
+    try:
+        parsed = parse_feed(path, mapping, sink=spill.add, batch=BATCH)
+        rejected = set(parsed.rejected_ids)
+        references = spill.references
+        references.leave_out(rejected)
+        listed = references.ids | rejected  # anyone with a row, valid or not
+        with workspace.sessions() as session, session.begin():
+            record = _started(session, path, feed_name, mapping, now)
+            say("checking")
+            references.settle(_lookup(session))
+            population = active_population(session)  # before this import changes it
+            stored = set(session.execute(select(Identity.external_id)).scalars())
+            pending = (
+                _pending(session, EventKind.TERMINATE, "accepted", now),
+                _pending(session, EventKind.TERMINATE, "held", now),
+            )
+            say("comparing")
+            tally = _Tally(errors=[str(e) for e in parsed.errors])
+            tally.warnings = [str(w) for w in parsed.warnings]
+            source = f"import {feed_name}:{path.name}"
+            where = f"{feed_name}:{path.name}"
+            for batch in spill.batches(rejected):
+                at = (record, source, where, now)
+                known = _known(session, [r.identity for r in batch if r.identity in stored])
+                _snapshot_batch(workspace, session, batch, known, pending, at, references, tally)
+            say("recording")
+            missing: list[LifecycleEvent] = []
+            if parsed.unidentified_rejects:
+                # a rejected row whose id could not be read may be anyone: nobody is a leaver
+                tally.warnings.append(
+                    f"{where}: {parsed.unidentified_rejects} rejected rows have no readable id, "
+                    "so nobody missing from this snapshot is terminated; fix those rows and "
+                    "import again"
+                )
+            else:
+                missing = _missing_events(session, feed_name, where, now, listed)
+            tally.missing = len(missing)
+            last = record_events(
+                session,
+                workspace.config,
+                [*tally.deferred, *missing],
+                origin=source,
+                now=now,
+                import_id=record.id,
+                flags=tally.flags,
+                population=population,
+            )
+            tally.recorded(missing, last)
+            return _finished(session, record, path, feed_name, mapping, parsed.rows_read, tally)
+    finally:
+        spill.close()
+
+
+def _snapshot_batch(
+    workspace: Workspace,
+    session: Any,
+    batch: list[FeedRecord],
+    known: dict[str, _Known],
+    pending: tuple[dict[str, str], dict[str, str]],
+    at: tuple[Import, str, str, datetime],
+    references: References,
+    tally: _Tally,
+) -> None:
+    """One batch of a snapshot (``known``: what the store holds of its people; ``pending``:
+    everyone's future and held terminations): checked, compared with the store, recorded —
+    but what it deprovisions, which goes to ``tally.deferred``."""
+    record, source, where, now = at
+    records, errors, warnings, flagged = references.check(batch)
+    tally.flags.update(flagged)
+    tally.accepted += len(records)
+    tally.errors += [str(e) for e in errors]
+    tally.warnings += [str(w) for w in warnings]
+    events, unchanged, said = _row_events(records, known, where, now, *pending)
+    tally.unchanged += unchanged
+    tally.warnings += said
+    outcome = record_events(
+        session,
+        workspace.config,
+        events,
+        origin=source,
+        now=now,
+        import_id=record.id,
+        flags=flagged,
+        stored=known,
+        defer=tally.deferred,
+    )
+    tally.recorded(events, outcome)
+    # what this batch loaded and wrote is flushed: the session need not keep it
+    for held in list(session.identity_map.values()):
+        if held is not record:
+            session.expunge(held)
+
+
+def _import_events(
+    workspace: Workspace,
+    path: Path,
+    feed_name: str,
+    mapping: FeedMapping,
+    now: datetime,
+    say: Progress,
+) -> ImportReport:
+    """An events file: every valid row is an event, recorded as written, all at once."""
     say("reading")
     parsed = parse_feed(path, mapping)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    source = f"import {feed_name}:{path.name}"
     with workspace.sessions() as session, session.begin():
-        record = Import(
-            file=str(path), sha256=digest, feed=feed_name, mode=mapping.mode.value, started_at=now
-        )
-        session.add(record)
-        session.flush()
+        record = _started(session, path, feed_name, mapping, now)
         say("checking")
-        file_ids = {r.identity for r in parsed.records}
-        records, ref_errors, ref_warnings, flags = _check_references(parsed, session, file_ids, now)
-        rejected = parsed.rejected_ids
-        if ref_errors:
-            rejected = rejected | (file_ids - {r.identity for r in records})
-        errors = [str(e) for e in (*parsed.errors, *ref_errors)]
-        warnings = [str(w) for w in (*parsed.warnings, *ref_warnings)]
+        references = References(parsed.file)
+        references.add(parsed.records)
+        references.settle(_lookup(session))
+        records, errors, warnings, flags = references.check(parsed.records)
+        tally = _Tally(accepted=len(records))
+        tally.errors = [str(e) for e in (*parsed.errors, *errors)]
+        tally.warnings = [str(w) for w in (*parsed.warnings, *warnings)]
         say("comparing")
-        found = _feed_events(session, mapping.mode, records, feed_name, path, now, parsed, rejected)
-        events, unchanged, missing = found.events, found.unchanged, found.missing
-        warnings += found.warnings
+        where = f"{feed_name}:{path.name}"
+        events = [
+            LifecycleEvent(
+                r.identity, r.event, r.effective, now, r.attributes, r.ref, f"{where}:{r.line}"
+            )
+            for r in records
+            if r.event is not None and r.effective is not None
+        ]
         say("recording")
         outcome = record_events(
             session,
             workspace.config,
             events,
-            origin=source,
+            origin=f"import {where}",
             now=now,
             import_id=record.id,
             flags=flags,
-            stored=found.stored,
         )
-        counts = {str(kind): n for kind, n in Counter(e.kind for e in events).items()}
-        report = ImportReport(
-            file=str(path),
-            feed=feed_name,
-            mode=mapping.mode.value,
-            rows_read=parsed.rows_read,
-            rows_accepted=len(records),
-            errors=errors,
-            warnings=warnings + outcome.warnings,
-            outcome=outcome,
-            import_id=record.id,
-            missing=missing,
-            unchanged=unchanged,
-            counts=counts,
-        )
-        record.finished_at = now
-        record.counts = {
-            k: v for k, v in report.as_dict().items() if k not in ("errors", "warnings")
-        }
-        audit.record(
-            session,
-            "import.completed",
-            f"import {record.id}",
-            {**record.counts, "sha256": digest, "errors": len(errors)},
-        )
+        tally.recorded(events, outcome)
+        return _finished(session, record, path, feed_name, mapping, parsed.rows_read, tally)
+
+
+def _started(
+    session: Any, path: Path, feed_name: str, mapping: FeedMapping, now: datetime
+) -> Import:
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    record = Import(
+        file=str(path), sha256=digest, feed=feed_name, mode=mapping.mode.value, started_at=now
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def _finished(
+    session: Any,
+    record: Import,
+    path: Path,
+    feed_name: str,
+    mapping: FeedMapping,
+    rows_read: int,
+    tally: _Tally,
+) -> ImportReport:
+    """The import's report, kept on its record and in the audit log."""
+    outcome = tally.outcome
+    report = ImportReport(
+        file=str(path),
+        feed=feed_name,
+        mode=mapping.mode.value,
+        rows_read=rows_read,
+        rows_accepted=tally.accepted,
+        errors=tally.errors,
+        warnings=tally.warnings + outcome.warnings,
+        outcome=outcome,
+        import_id=record.id,
+        missing=tally.missing,
+        unchanged=tally.unchanged,
+        counts=dict(tally.counts),
+    )
+    record.finished_at = record.started_at  # the import's time, as every event of it has
+    record.counts = {k: v for k, v in report.as_dict().items() if k not in ("errors", "warnings")}
+    audit.record(
+        session,
+        "import.completed",
+        f"import {record.id}",
+        {**record.counts, "sha256": record.sha256, "errors": len(tally.errors)},
+    )
     return report
 
 
@@ -562,7 +601,10 @@ def record_people(
     text = "\n".join(canonical_json(p) for p in people)
     parsed = parse_lines(text, mapping, name=source)
     ids = sorted({r.identity for r in parsed.records})
-    records, ref_errors, _, flags = _check_references(parsed, session, set(ids), now)
+    references = References(parsed.file)
+    references.add(parsed.records)
+    references.settle(_lookup(session))
+    records, ref_errors, _, flags = references.check(parsed.records)
     errors = [*parsed.errors, *ref_errors]
     if errors:
         raise FeedError("; ".join(str(e) for e in errors))
@@ -573,16 +615,13 @@ def record_people(
             for name in have.attributes:
                 if name in managed and name not in r.attributes:
                     r.attributes[name] = None  # cleared at the source
-    events, _, _, warnings = _snapshot_events(
+    events, _, warnings = _row_events(
         records,
         known,
-        feed,
         source,
         now,
         _pending(session, EventKind.TERMINATE, "accepted", now, ids),
         _pending(session, EventKind.TERMINATE, "held", now, ids),
-        frozenset(),
-        0,
     )
     outcome = record_events(
         session,

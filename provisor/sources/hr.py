@@ -18,7 +18,7 @@ import io
 import json
 import re
 import unicodedata
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -180,8 +180,22 @@ class ParsedFeed:
     unidentified_rejects: int = 0
 
 
-def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = None) -> ParsedFeed:
-    """Parse and validate the feed at ``path``; ``display_name`` names it in every message."""
+Sink = Callable[[list[FeedRecord]], None]
+
+
+def parse_feed(
+    path: Path,
+    mapping: FeedMapping,
+    *,
+    display_name: str | None = None,
+    sink: Sink | None = None,
+    batch: int = 20_000,
+) -> ParsedFeed:
+    """Parse and validate the feed at ``path``; ``display_name`` names it in every message.
+    With ``sink``, valid records go to it ``batch`` at a time as they are read, so that no
+    more are held at once, and the result holds none: the records of an id that turns out
+    to be on several rows (``rejected_ids``) have gone to the sink too, and it is the
+    caller's to leave them out."""
     file = display_name if display_name is not None else str(path)
     fmt = mapping.format
     if fmt == "auto":
@@ -194,6 +208,8 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
         fmt = "csv" if found == "csv" else "jsonl"
     text = _read_text(path, file)
     parser = _RowParser(file, mapping)
+    if sink is not None:
+        parser.stream(sink, batch)
     parser.inspect(text)
     if fmt == "csv":
         _parse_csv(text, parser)
@@ -204,6 +220,8 @@ def parse_feed(path: Path, mapping: FeedMapping, *, display_name: str | None = N
             f"{file}: the snapshot has no people; importing it would terminate everyone, "
             "so it is refused"
         )
+    if sink is not None:
+        parser.hand_over()
     return parser.result()
 
 
@@ -340,6 +358,27 @@ class _RowParser:
         self.rejected_ids: set[str] = set()
         self.unidentified = 0
         self.row = self._snapshot_row if mapping.mode is FeedMode.SNAPSHOT else self._event_row
+        self._sink: Sink | None = None
+
+    def stream(self, sink: Sink, batch: int) -> None:
+        """Hand valid records to ``sink`` every ``batch`` rows instead of keeping them."""
+        self._sink = sink
+        handle = self.row
+
+        def row(
+            line: int, values: dict[str, Any], present: Container[str], errors: list[RowError]
+        ) -> None:
+            handle(line, values, present, errors)
+            if len(self.records) >= batch:
+                self.hand_over()
+
+        self.row = row
+
+    def hand_over(self) -> None:
+        """The records read so far, to the sink."""
+        if self._sink is not None and self.records:
+            self._sink(self.records)
+            self.records = []
 
     # Columns ------------------------------------------------------------------------------
 
