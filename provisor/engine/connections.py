@@ -54,31 +54,42 @@ def open_connector(workspace: Workspace, target: TargetDef) -> Connector | None:
 
 class Pool:
     """Connectors opened on first use, one per target, closed together. ``given`` connectors
-    (by target name) are used as they are and closed with the others. Safe to share between
-    threads (a worker's jobs share one)."""
+    (by target name) are used as they are and closed with the others. A target whose
+    definition changed since its connector was opened (the workspace loaded a new policy) gets
+    a new one; the old one is closed with the others, since a thread may still be using it.
+    Safe to share between threads (a worker's jobs share one)."""
 
     def __init__(
         self, workspace: Workspace, given: Mapping[str, Connector | None] | None = None
     ) -> None:
         self.workspace = workspace
         self._open: dict[str, Connector | None] = dict(given or {})
+        self._given = set(self._open)
+        self._opened_with: dict[str, TargetDef | None] = {}
+        self._retired: list[Connector] = []
         self._lock = threading.Lock()
 
     def get(self, target: str) -> Connector | None:
         """The target's connector (None: a manual target, or a name the policy lacks)."""
         with self._lock:
-            if target not in self._open:
-                definition = self.workspace.compiled.targets.get(target)
+            definition = self.workspace.compiled.targets.get(target)
+            stale = target not in self._given and self._opened_with.get(target) != definition
+            if target not in self._open or stale:
+                old = self._open.get(target)
+                if old is not None:
+                    self._retired.append(old)
                 opened = open_connector(self.workspace, definition) if definition else None
-                self._open[target] = opened
+                self._open[target], self._opened_with[target] = opened, definition
             return self._open[target]
 
     def close(self) -> None:
         with self._lock:
-            for connector in self._open.values():
+            for connector in [*self._open.values(), *self._retired]:
                 if connector is not None:
                     connector.close()
             self._open.clear()
+            self._opened_with.clear()
+            self._retired.clear()
 
 
 @dataclass

@@ -48,6 +48,10 @@ from provisor.store.bulk import (
 )
 from provisor.store.db import bulk_insert, one_writer
 
+# planning is one at a time per workspace; a transaction that may plan after writing other
+# things (the audit log's head) takes this first, so two never wait on each other
+PLANNER = "provisor.plan"
+
 
 def state_from_row(row: models.Identity | IdentityRow, now: datetime) -> IdentityState:
     """The materialised state of ``row`` as an ``IdentityState`` (without its timeline)."""
@@ -265,7 +269,7 @@ def sync_journal(
     need it are planned; see ``compute_plan``. A new policy version always plans everyone.
     One planner at a time per workspace (any number of processes): two at once would both
     add the same new operations."""
-    one_writer(session, "provisor.plan")
+    one_writer(session, PLANNER)
     new_policy = workspace.note_policy_version(session)
     if new_policy:
         changed_only = False

@@ -17,6 +17,7 @@ from provisor.connectors.base import AccountSpec
 from provisor.connectors.scim import ScimConnector
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities
+from provisor.engine.connections import Pool
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner, backoff
 from provisor.engine.workspace import Workspace
@@ -366,3 +367,20 @@ def test_refresh_policy_sees_changed_files(ws: Workspace) -> None:
     files[0].write_text(files[0].read_text().replace("owner: app-team", "owner: app-owners"))
     assert ws.refresh_policy()
     assert ws.compiled.targets["app"].owner == "app-owners"
+
+
+def test_a_shared_pool_opens_a_new_connector_when_the_policy_changes(ws: Workspace) -> None:
+    """A worker's connectors outlive cycles: a target's changed settings must reach it."""
+    pool = Pool(ws)
+    try:
+        first = pool.get("app")
+        assert pool.get("app") is first  # unchanged: kept
+        policy_file = ws.path / ws.config.policy[0]
+        files = sorted(policy_file.glob("*.yaml")) if policy_file.is_dir() else [policy_file]
+        files[0].write_text(files[0].read_text().replace("timeout: 3", "timeout: 7"))
+        assert ws.refresh_policy()
+        second = pool.get("app")
+        assert second is not first and second is not None
+        assert pool.get("paper") is None  # a manual target has none
+    finally:
+        pool.close()

@@ -30,6 +30,7 @@ from provisor.engine import debt
 from provisor.engine.assess import classify_accounts, identity_states, load_rows
 from provisor.engine.connections import open_connector
 from provisor.engine.observed import import_observed
+from provisor.engine.planner import PLANNER
 from provisor.engine.reconcile.remediation import remediate
 from provisor.engine.reconcile.runs import (
     BATCH,
@@ -49,6 +50,7 @@ from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
+from provisor.store.db import one_writer
 
 
 @dataclass
@@ -102,6 +104,8 @@ def finish(
     """End a run: take what a full listing did not return out of the store (unless that is
     more than half of it), classify every account, remediate, and record the run's outcome."""
     with workspace.sessions() as session, session.begin():
+        if remediate_now:
+            one_writer(session, PLANNER)  # it may plan, after writing the audit log
         run = session.get(models.ReconcileRun, run_id)
         assert run is not None
         if listed is not None and unreadable is None:

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -56,10 +57,12 @@ from provisor.engine.runner.leases import free_the_dead
 from provisor.engine.runner.runner import ApplyReport, Runner
 from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
+from provisor.errors import ProvisorError
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
+POLICY_SECONDS = 5.0  # a drain loads the policy files again when they were read longer ago
 RESTART_SECONDS = 1.0  # a worker that failed starts again after this long
 SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
 
@@ -103,6 +106,8 @@ class Worker:
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         self.cycles = Cycles(workspace, hand_off=self.hand_off)
         self._stopping = False
+        self._policy_lock = threading.Lock()
+        self._policy_read = time.monotonic()
         self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
         cycle_every = cron_every(workspace.config.service.cycle_seconds)
         cycle = self.app.task(name=CYCLE, queue=QUEUE)(self.cycle)
@@ -125,6 +130,7 @@ class Worker:
     def drain(self, target: str) -> dict[str, int]:
         """Run ``target``'s takeable accounts a slice at a time (removals first) until none is
         left or its turn is up; then put a drain in the queue for whatever remains."""
+        self._fresh_policy()
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
             return {}
@@ -150,6 +156,21 @@ class Worker:
         else:
             self._more(target)  # its turn is up: the rest goes back in line
         return totals
+
+    def _fresh_policy(self) -> None:
+        """The policy files read again if it is ``POLICY_SECONDS`` since they were (the cycle
+        that sees a change may run on another worker): a target's changed settings reach its
+        connector (``Pool`` opens a new one), a target taken out is no longer drained. A
+        policy that no longer loads leaves the version in use, as it does for the cycle."""
+        with self._policy_lock:
+            if time.monotonic() - self._policy_read < POLICY_SECONDS:
+                return
+            self._policy_read = time.monotonic()
+            try:
+                if self.workspace.refresh_policy():
+                    log.info("the policy changed: its new version is in use")
+            except ProvisorError as exc:
+                log.error("the policy files do not load; the version in use stays: %s", exc)
 
     def _more(self, target: str) -> None:
         """A drain back in the queue for ``target``'s work left (this one is ending: no
