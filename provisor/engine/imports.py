@@ -12,16 +12,16 @@ Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 from __future__ import annotations
 
 import hashlib
-import pickle
+import marshal
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from provisor.domain.lifecycle import (
     EventKind,
@@ -40,6 +40,7 @@ from provisor.sources.hr import (
     FeedMapping,
     FeedMode,
     FeedRecord,
+    new_record,
     parse_feed,
     parse_lines,
 )
@@ -47,7 +48,7 @@ from provisor.store.bulk import chunks, collector_paused
 from provisor.store.models import Identity, IdentityEvent, Import
 
 Progress = Callable[[str], None]
-BATCH = 20_000  # snapshot rows compared and recorded at a time
+BATCH = 50_000  # snapshot rows compared and recorded at a time
 
 
 @dataclass
@@ -212,16 +213,24 @@ def _row_events(
 
 
 def _missing_events(
-    session: Any, feed: str, source: str, now: datetime, listed: Container[str]
+    session: Any,
+    feed: str,
+    source: str,
+    now: datetime,
+    listed: Container[str],
+    before: int | None = None,
 ) -> list[LifecycleEvent]:
     """A termination, now, for each identity of ``feed`` still active (or on leave,
-    suspended, not started) that the snapshot does not list, unless one of theirs is held."""
+    suspended, not started) that the snapshot does not list, unless one of theirs is held;
+    of the identities up to row ``before`` when given (those stored before the import)."""
     held = _pending(session, EventKind.TERMINATE, "held", now)
     query = select(Identity.external_id).where(
         Identity.feed == feed,
         Identity.state.is_not(None),
         Identity.state != LifecycleState.TERMINATED.value,
     )
+    if before is not None:
+        query = query.where(Identity.id <= before)
     where = f"{source}: missing from snapshot"
     return [
         LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None, where)
@@ -299,6 +308,26 @@ def _status_events(
         add(r, kind, when)
 
 
+@dataclass(frozen=True)
+class _Either:
+    """In one set or the other (without making a third)."""
+
+    one: Container[str]
+    other: Container[str]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.one or item in self.other
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _stamp(value: datetime | None) -> int | None:
+    """An instant as whole microseconds since the epoch: exact, and a plain value."""
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
 class _Spill:
     """A snapshot's valid records, kept on disk a batch at a time while the file is read (they
     cannot be compared with the store before the whole file is read: an id may turn up again
@@ -311,15 +340,33 @@ class _Spill:
 
     def add(self, records: list[FeedRecord]) -> None:
         self.references.add(records)
-        pickle.dump(records, self._disk, protocol=pickle.HIGHEST_PROTOCOL)
+        stamp = _stamp
+        rows = [
+            (r.line, r.identity, stamp(r.effective), r.status, r.attributes, stamp(r.end))
+            for r in records
+        ]
+        marshal.dump(rows, self._disk)  # plain values only: the fastest of the formats
         self._batches += 1
 
     def batches(self, rejected: Container[str]) -> Iterator[list[FeedRecord]]:
         """The records again, a batch at a time, but those of ``rejected`` ids."""
         self._disk.seek(0)
+        when: dict[int | None, datetime | None] = {None: None}
         for _ in range(self._batches):
-            records: list[FeedRecord] = pickle.load(self._disk)  # written above, by us
-            yield [r for r in records if r.identity not in rejected]
+            rows = marshal.load(self._disk)  # written above, by this process
+            records = []
+            for line, identity, effective, status, attributes, end in rows:
+                if identity in rejected:
+                    continue
+                for stamp in (effective, end):
+                    if stamp not in when:
+                        when[stamp] = _EPOCH + stamp * _MICROSECOND
+                records.append(
+                    new_record(
+                        line, identity, None, when[effective], status, attributes, None, when[end]
+                    )
+                )
+            yield records
 
     def close(self) -> None:
         self._disk.close()
@@ -399,13 +446,14 @@ def _import_snapshot(
         rejected = set(parsed.rejected_ids)
         references = spill.references
         references.leave_out(rejected)
-        listed = references.ids | rejected  # anyone with a row, valid or not
+        listed = _Either(references.ids, rejected)  # anyone with a row, valid or not
         with workspace.sessions() as session, session.begin():
             record = _started(session, path, feed_name, mapping, now)
             say("checking")
             references.settle(_lookup(session))
             population = active_population(session)  # before this import changes it
             stored = set(session.execute(select(Identity.external_id)).scalars())
+            before = session.execute(select(func.max(Identity.id))).scalar()
             pending = (
                 _pending(session, EventKind.TERMINATE, "accepted", now),
                 _pending(session, EventKind.TERMINATE, "held", now),
@@ -428,8 +476,8 @@ def _import_snapshot(
                     "so nobody missing from this snapshot is terminated; fix those rows and "
                     "import again"
                 )
-            else:
-                missing = _missing_events(session, feed_name, where, now, listed)
+            elif before is not None:  # nobody was stored before: nobody is missing
+                missing = _missing_events(session, feed_name, where, now, listed, before)
             tally.missing = len(missing)
             last = record_events(
                 session,

@@ -14,11 +14,10 @@ manager or owner exists; the engine does all of that with the records this modul
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -275,7 +274,7 @@ def _read_text(path: Path, file: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def _record(
+def new_record(
     line: int,
     identity: str,
     event: EventKind | None,
@@ -545,7 +544,7 @@ class _RowParser:
         if errors or identity is None:
             self._reject(identity, errors)
             return
-        self.records.append(_record(line, identity, None, start, status, values, None, end))
+        self.records.append(new_record(line, identity, None, start, status, values, None, end))
 
     def _event_row(
         self, line: int, values: dict[str, Any], present: Container[str], errors: list[RowError]
@@ -586,7 +585,7 @@ class _RowParser:
             reason = "ref is ignored: only a rescind names the termination it cancels"
             self.warn(line, self.column["ref"], reason)
             ref = None
-        self.records.append(_record(line, identity, event, effective, None, values, ref, None))
+        self.records.append(new_record(line, identity, event, effective, None, values, ref, None))
 
     def result(self) -> ParsedFeed:
         records = self.records
@@ -614,11 +613,34 @@ class _RowParser:
         )
 
 
+_LINE_END = re.compile(r"\r\n?|\n")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their ends (``\n``, ``\r\n`` or ``\r``), one at a time, as
+    a universal-newline reader splits them: a file's text read at once is not copied again
+    (an ``io.StringIO`` of it takes four bytes a character)."""
+    start, size = 0, len(text)
+    if "\r" not in text:
+        find = text.find
+        while start < size:
+            end = find("\n", start) + 1 or size
+            yield text[start:end]
+            start = end
+        return
+    for found in _LINE_END.finditer(text):
+        end = found.end()
+        yield text[start:end]
+        start = end
+    if start < size:
+        yield text[start:]
+
+
 def _parse_csv(text: str, parser: _RowParser) -> None:
     """Hand every CSV record to ``parser`` with the line it starts on."""
     # Strict, so that a quote left open at the end of the file is an error rather than a last
     # value that silently swallows every row after it.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=parser.delimiter, strict=True)
+    reader = csv.reader(_lines(text), delimiter=parser.delimiter, strict=True)
     header: list[str] | None = None
     index: list[tuple[str, int]] = []
     present: frozenset[str] = frozenset()

@@ -741,7 +741,7 @@ def test_row_error_str() -> None:
 
 def test_fast_record_builder_matches_the_dataclass() -> None:
     args = (3, "E001", None, day(2024, 1, 8), "active", {"name": "Ann"}, "ref", day(2025, 1, 1))
-    built = hr._record(*args)
+    built = hr.new_record(*args)
     assert built == FeedRecord(*args)
     assert vars(built) == vars(FeedRecord(*args))
     assert hash(built.line) == hash(3) and repr(built) == repr(FeedRecord(*args))
