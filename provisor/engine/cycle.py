@@ -107,19 +107,23 @@ def one_at_a_time(workspace: Workspace, *, one_waits: bool = False) -> Iterator[
 class Cycles:
     """Repeated cycles over one open workspace, keeping connectors open between them.
     ``hand_off``: instead of applying in this process, give the applying to workers (it gets
-    the cycle's time and says what it did, as an ``ApplyReport``)."""
+    the cycle's time and says what it did, as an ``ApplyReport``). ``full_first``: plan
+    everyone on the first cycle (a process joining others that have planned need not: a
+    policy version new to the database has everyone planned anyway)."""
 
     def __init__(
         self,
         workspace: Workspace,
         clock: Clock = system_clock,
         hand_off: Callable[[datetime], ApplyReport] | None = None,
+        full_first: bool = True,
     ) -> None:
         self.workspace = workspace
         self.clock = clock
         self.runner = Runner(workspace)
         self.hand_off = hand_off
-        self.full = True  # the first cycle, and any after the policy files change, plan everyone
+        # the first cycle, and any after the policy files change, plan everyone
+        self.full = full_first
 
     def close(self) -> None:
         self.runner.close()

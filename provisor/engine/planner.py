@@ -270,7 +270,8 @@ def sync_journal(
     One planner at a time per workspace (any number of processes): two at once would both
     add the same new operations."""
     one_writer(session, PLANNER)
-    new_policy = workspace.note_policy_version(session)
+    first: list[audit.Entry] = []  # the policy's change, appended with the plan's entries
+    new_policy = workspace.note_policy_version(session, first)
     if new_policy:
         changed_only = False
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
@@ -288,7 +289,7 @@ def sync_journal(
         ops = [op for op in ops if op.account is None or (op.target, op.account) not in held]
     result: list[tuple[PlannedOperation, str, int]] = []
     parked: dict[int, str] = {}
-    entries: list[audit.Entry] = []
+    entries: list[audit.Entry] = first
     new_rows: list[tuple[PlannedOperation, str]] = []  # (op, journal key)
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
@@ -327,8 +328,8 @@ def sync_journal(
             .where(models.Identity.external_id.in_(part))
             .values(needs_plan=False)
         )
-    audit.append(session, entries, at=now)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
+    audit.append(session, entries, at=now)  # last: the audit log's head is held to the commit
     return JournalSync(result, len(stale_rows), parked)
 
 

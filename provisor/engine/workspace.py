@@ -154,8 +154,12 @@ class Workspace:
             self._policy, self._compiled = loaded, None
         return changed
 
-    def note_policy_version(self, session: Session) -> bool:
-        """Record the loaded policy if this exact version is new; True when it was."""
+    def note_policy_version(
+        self, session: Session, entries: list[audit.Entry] | None = None
+    ) -> bool:
+        """Record the loaded policy if this exact version is new; True when it was. Its audit
+        entry goes to ``entries`` when given (for the caller to append with its own, at the
+        end of a long transaction: the audit log's head stays free meanwhile)."""
         loaded = self.policy
         known = session.execute(
             select(PolicyVersion.id).where(PolicyVersion.digest == loaded.digest)
@@ -192,12 +196,11 @@ class Workspace:
                     "added": sorted(after - before),
                     "removed": sorted(before - after),
                 }
-        audit.record(
-            session,
-            "policy.changed",
-            loaded.digest,
-            self.policy_change | {"files": files},
-        )
+        said = audit.Entry("policy.changed", loaded.digest, self.policy_change | {"files": files})
+        if entries is None:
+            audit.append(session, [said])
+        else:
+            entries.append(said)
         return True
 
 

@@ -59,6 +59,17 @@ class Store:
         self.lock = threading.Lock()
         self.kinds: dict[str, dict[str, dict[str, Any]]] = {"Users": {}, "Groups": {}}
         self.names: dict[str, str] = {}  # lower-case userName -> id
+        self.externals: dict[str, str] = {}  # externalId -> id (the latest user given it)
+
+    def index(self, kind: str, resource: dict[str, Any]) -> None:
+        """A user's userName and externalId point to it (older entries are only candidates:
+        every filter's answer is still tested)."""
+        if kind != "Users":
+            return
+        if resource.get("userName"):
+            self.names[str(resource["userName"]).lower()] = resource["id"]
+        if resource.get("externalId"):
+            self.externals[str(resource["externalId"])] = resource["id"]
 
     def _user_view(self, user: dict[str, Any]) -> dict[str, Any]:
         groups = [
@@ -70,6 +81,31 @@ class Store:
 
     def view(self, kind: str, resource: dict[str, Any]) -> dict[str, Any]:
         return self._user_view(resource) if kind == "Users" else dict(resource)
+
+    def candidates(self, kind: str, filter_: str) -> list[dict[str, Any]] | None:
+        """The users a filter of ``eq`` tests on id, userName or externalId can match, from
+        the indexes (each still tested by ``matches``); None when it names anything else."""
+        if kind != "Users":
+            return None
+        found: dict[str, dict[str, Any]] = {}
+        users = self.kinds["Users"]
+        for alternative in re.split(r"\s+or\s+", filter_, flags=re.IGNORECASE):
+            test = _TEST.match(alternative)
+            if test is None or test.group(2).lower() != "eq":
+                return None
+            attr, value = test.group(1).lower(), str(json.loads(f'"{test.group(3)}"'))
+            index = {"id": None, "username": self.names, "externalid": self.externals}
+            if attr not in index:
+                return None
+            table = index[attr]
+            rid = (
+                value
+                if table is None
+                else table.get(value.lower() if attr == "username" else value)
+            )
+            if rid is not None and rid in users:
+                found[rid] = users[rid]
+        return list(found.values())
 
     def matches(self, kind: str, resource: dict[str, Any], filter_: str | None) -> bool:
         if not filter_:
@@ -226,7 +262,9 @@ class Server(ThreadingHTTPServer):
         filter_ = (query.get("filter") or [""])[0]
         start = int((query.get("startIndex") or ["1"])[0])
         count = int((query.get("count") or ["1000"])[0])
-        found = [r for r in store.kinds[kind].values() if store.matches(kind, r, filter_)]
+        pool = store.candidates(kind, filter_) if filter_ else None
+        every = store.kinds[kind].values() if pool is None else pool
+        found = [r for r in every if store.matches(kind, r, filter_)]
         page = found[max(0, start - 1) : max(0, start - 1) + count]
         return {
             "schemas": [LIST],
@@ -242,7 +280,8 @@ class Server(ThreadingHTTPServer):
             name = str(body.get("userName") or "").lower()
             if not name:
                 raise _Problem(400, "userName is required")
-            if name in store.names:
+            holder = store.kinds["Users"].get(store.names.get(name, ""))
+            if holder is not None and str(holder.get("userName", "")).lower() == name:
                 raise _Problem(409, f"userName {name} is taken")
         resource = dict(body)
         resource["id"] = uuid.uuid4().hex
@@ -250,8 +289,8 @@ class Server(ThreadingHTTPServer):
         resource.setdefault("schemas", [USER if kind == "Users" else GROUP])
         if kind == "Users":
             resource.setdefault("active", True)
-            store.names[name] = resource["id"]
         store.kinds[kind][resource["id"]] = resource
+        store.index(kind, resource)
         return store.view(kind, resource)
 
     def _one(self, kind: str, rid: str, method: str, body: Any) -> tuple[int, Any]:
@@ -272,7 +311,6 @@ class Server(ThreadingHTTPServer):
             kept = {"id": rid, "meta": resource["meta"]}
             if kind == "Users":
                 store.names.pop(str(resource.get("userName", "")).lower(), None)
-                store.names[str(body.get("userName", "")).lower()] = rid
             resource.clear()
             resource.update({k: v for k, v in body.items() if k != "groups"} | kept)
         elif method == "PATCH":
@@ -280,6 +318,7 @@ class Server(ThreadingHTTPServer):
                 self._patch(resource, operation)
         else:
             raise _Problem(405, method)
+        store.index(kind, resource)
         resource["meta"]["lastModified"] = _now()
         return 200, store.view(kind, resource)
 

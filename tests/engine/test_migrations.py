@@ -24,3 +24,11 @@ def test_models_and_migrations_agree(database_url: str) -> None:
         assert db.current_revision(engine) == db.head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_open_removals_index_names_every_removal_kind() -> None:
+    from provisor.domain.plan import REMOVAL_KINDS
+    from provisor.store.models import OPEN_REMOVALS, OPEN_WORK
+
+    kinds = ", ".join(f"'{kind}'" for kind in REMOVAL_KINDS)
+    assert f"{OPEN_WORK} AND kind IN ({kinds})" == OPEN_REMOVALS

@@ -20,16 +20,15 @@ from datetime import datetime
 
 from procrastinate import App, SyncPsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
-from sqlalchemy import and_, case, desc, exists, func, or_, select
+from sqlalchemy import and_, exists, or_, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from provisor.domain.plan import REMOVAL_KINDS
 from provisor.domain.policy import TargetClass
 from provisor.engine import circuit
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
-from provisor.store.models import AccountLease, Operation
+from provisor.store.models import OPEN_REMOVALS, OPEN_WORK, AccountLease, Operation
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,7 @@ CYCLE = "provisor.cycle"
 SWEEP = "provisor.sweep"
 QUEUE = "provisor"
 REMOVALS_FIRST = 10  # a drain deferred for removals is fetched before any other job
+ROWS_PER_ACCOUNT = 8  # open operations read per account a slice wants (an account has a few)
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]
@@ -68,23 +68,26 @@ def takeable(
     besides: Collection[str] = (),
 ) -> list[str]:
     """Up to ``limit`` identities whose account in ``target`` has an operation due now and is
-    held by no live lease: those with a removal first, then the longest waiting. ``removals``:
-    only accounts with a removal due; ``besides``: identities left out."""
+    held by no live lease, the longest waiting first. ``removals``: only accounts with a
+    removal due; ``besides``: identities left out. Read from the open operations in id order
+    (a partial index), a few rows per account at most: however long the journal, the cost is
+    that of the slice."""
+    condition = OPEN_REMOVALS if removals else OPEN_WORK
     op = Operation
-    removal = func.max(case((op.kind.in_(REMOVAL_KINDS), 1), else_=0))
     query = (
         select(op.identity)
-        .where(op.target == target, op.status.in_(("pending", "running")), _due(now))
-        .where(_unleased(now))
-        .group_by(op.identity)
-        .order_by(desc(removal), func.min(op.id))
-        .limit(limit)
+        .where(op.target == target, text(condition), _due(now), _unleased(now))
+        .order_by(op.id)
+        .limit(limit * ROWS_PER_ACCOUNT)
     )
-    if removals:
-        query = query.where(op.kind.in_(REMOVAL_KINDS))
     if besides:
         query = query.where(op.identity.not_in(sorted(besides)))
-    return list(session.execute(query).scalars())
+    found: dict[str, None] = {}
+    for identity in session.execute(query).scalars():
+        found.setdefault(identity)
+        if len(found) == limit:
+            break
+    return list(found)
 
 
 def targets_with_work(
@@ -94,7 +97,8 @@ def targets_with_work(
     targets: Collection[str] | None = None,
 ) -> dict[str, bool]:
     """The targets with a connector (among ``targets``) that have takeable work now, each
-    with whether any of it is a removal; none whose circuit is open with no probe due."""
+    with whether any of it is a removal; none whose circuit is open with no probe due. Two
+    lookups of one row per target at most."""
     op = Operation
     automated = [
         name
@@ -102,16 +106,18 @@ def targets_with_work(
         if t.target_class is not TargetClass.MANUAL and (targets is None or name in targets)
     ]
     automated = sorted(set(automated) - circuit.waiting(session, now))
-    if not automated:
-        return {}
-    removal = func.max(case((op.kind.in_(REMOVAL_KINDS), 1), else_=0))
-    query = (
-        select(op.target, removal)
-        .where(op.target.in_(automated), op.status.in_(("pending", "running")), _due(now))
-        .where(_unleased(now))
-        .group_by(op.target)
-    )
-    return {str(target): bool(any_removal) for target, any_removal in session.execute(query)}
+    found: dict[str, bool] = {}
+    for name in automated:
+        for condition, removal in ((OPEN_REMOVALS, True), (OPEN_WORK, False)):
+            any_row = (
+                select(op.id)
+                .where(op.target == name, text(condition), _due(now), _unleased(now))
+                .limit(1)
+            )
+            if session.execute(any_row).first() is not None:
+                found[name] = removal
+                break
+    return found
 
 
 def conninfo(workspace: Workspace) -> str:

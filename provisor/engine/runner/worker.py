@@ -104,7 +104,8 @@ class Worker:
         )
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
-        self.cycles = Cycles(workspace, hand_off=self.hand_off)
+        # many workers start and restart: none plans everyone for it (a new policy version is)
+        self.cycles = Cycles(workspace, hand_off=self.hand_off, full_first=False)
         self._stopping = False
         self._policy_lock = threading.Lock()
         self._policy_read = time.monotonic()
@@ -114,7 +115,10 @@ class Worker:
         # at most one cycle waits (a long one must not fill every slot with waiting cycles)
         self.app.periodic(cron=cycle_every, periodic_id="cycle", queueing_lock="cycle")(cycle)
         sweep = self.app.task(name=SWEEP, queue=QUEUE)(self.sweep)
-        self.app.periodic(cron=cron_every(self.sweep_seconds), periodic_id="sweep")(sweep)
+        # at most one waits: on a long journal a sweep may outlast its period
+        self.app.periodic(
+            cron=cron_every(self.sweep_seconds), periodic_id="sweep", queueing_lock="sweep"
+        )(sweep)
 
     @staticmethod
     def connections(concurrency: int) -> tuple[int, int]:
