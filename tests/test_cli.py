@@ -105,6 +105,16 @@ def test_before_init_says_what_to_do(cli: Any, tmp_path: Path) -> None:
     assert "Traceback" not in result.err
 
 
+def test_status_lists_every_target_with_its_state_and_work(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    assert cli("plan").code == 0
+    found = {t["target"]: t for t in cli("status", "--json").json()["targets"]}
+    assert found and all(t["state"] == "available" for t in found.values())
+    assert sum(t["due"] + t["later"] for t in found.values()) > 0  # planned, not yet applied
+    table = cli("status")
+    assert table.code == 0 and all(name in table.out for name in found)
+
+
 def test_init_is_idempotent(cli: Any, ws: Path) -> None:
     again = cli("init", "--json").json()
     assert again["schema_before"] == again["schema"] and again["written"] == []
