@@ -46,6 +46,18 @@ def _duplicates(names: list[str]) -> int:
     return sum(count - 1 for count in Counter(names).values() if count > 1)
 
 
+def scim_user_names(url: str) -> list[str]:
+    """Every user name on the SCIM server, page after page (a server caps its pages)."""
+    names: list[str] = []
+    while True:
+        params = {"startIndex": len(names) + 1, "count": 1000}
+        page = httpx2.get(f"{url}/Users", params=params, timeout=60).json()
+        found = [u["userName"] for u in page.get("Resources", [])]
+        names += found
+        if not found or len(names) >= int(page.get("totalResults", 0)):
+            return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waves", type=int, default=10)
@@ -76,8 +88,7 @@ def main() -> None:
             workspace, dict(os.environ), waves=args.waves, people=args.people, seed=args.seed
         )
         elapsed = time.perf_counter() - started
-        users = httpx2.get(f"{scim_url}/Users", params={"count": 2 * people}, timeout=60)
-        names = [u["userName"] for u in users.json()["Resources"]]
+        names = scim_user_names(scim_url)
         with app.connect() as connection:
             logins = list(connection.execute(text("SELECT login FROM accounts")).scalars())
         app.dispose()
