@@ -187,9 +187,9 @@ _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 def bulk_insert(
     session: Session, model: type[Any], names: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Insert many rows of ``model`` in one executemany; each row holds the values of ``names``
-    in that order, JSON columns as their text (``json_text``, so a value several rows share is
-    encoded once).
+    """Insert many rows of ``model`` in one executemany (COPY on PostgreSQL); each row holds
+    the values of ``names`` in that order, JSON columns as their text (``json_text``, so a
+    value several rows share is encoded once).
 
     Values are converted here, column by column, instead of by SQLAlchemy row by row: imports
     write hundreds of thousands of rows and the per-value processing would dominate.
@@ -212,7 +212,15 @@ def bulk_insert(
             columns[i] = [redact(value) if value else value for value in columns[i]]
     params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
-    into = f"INSERT INTO {quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
+    listed = f"{quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
+    if dialect.name == "postgresql" and len(params) > 1:
+        # PostgreSQL's own bulk load: many times faster than one INSERT per row
+        driver: Any = connection.connection.dbapi_connection
+        with driver.cursor() as cursor, cursor.copy(f"COPY {listed} FROM STDIN") as copy:
+            for row in params:
+                copy.write_row(row)
+        return
+    into = f"INSERT INTO {listed}"
     mark = _MARKS.get(dialect.paramstyle)
     if mark is not None:
         connection.exec_driver_sql(f"{into} VALUES ({', '.join(mark for _ in names)})", params)
