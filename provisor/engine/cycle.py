@@ -18,6 +18,7 @@ do (the identity service, reconciliation, planner and runner do).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,21 +88,36 @@ def one_at_a_time(workspace: Workspace, *, one_waits: bool = False) -> Iterator[
             connection.commit()
             return held
 
-        if one_waits:
-            if not lock("SELECT pg_try_advisory_lock(:key)", WAITER_LOCK):
-                yield False
-                return
-            lock("SELECT pg_advisory_lock(:key)", CYCLE_LOCK)
-            lock("SELECT pg_advisory_unlock(:key)", WAITER_LOCK)  # the next may wait now
-        else:
-            lock("SELECT pg_advisory_lock(:key)", CYCLE_LOCK)
+        held: list[int] = []
+        clean = False  # every step done as planned: the connection holds exactly ``held``
         try:
+            if one_waits:
+                if not lock("SELECT pg_try_advisory_lock(:key)", WAITER_LOCK):
+                    clean = True
+                    yield False
+                    return
+                held.append(WAITER_LOCK)
+            lock("SELECT pg_advisory_lock(:key)", CYCLE_LOCK)
+            held.append(CYCLE_LOCK)
+            if held[0] == WAITER_LOCK:
+                lock("SELECT pg_advisory_unlock(:key)", WAITER_LOCK)  # the next may wait now
+                held.remove(WAITER_LOCK)
+            clean = True
             yield True
         finally:
             try:
-                lock("SELECT pg_advisory_unlock(:key)", CYCLE_LOCK)
-            except SQLAlchemyError:  # the connection died: the lock went with it
-                log.warning("the cycle lock's connection was lost during the cycle")
+                for key in reversed(held):
+                    lock("SELECT pg_advisory_unlock(:key)", key)
+            except BaseException:
+                # a lock not given back must not go back to the pool with its connection:
+                # closed, the connection takes its locks with it
+                log.warning("the cycle locks could not be given back; their connection is closed")
+                connection.invalidate()
+                if not isinstance(sys.exc_info()[1], SQLAlchemyError):
+                    raise
+            else:
+                if not clean:  # interrupted between a lock and its record: trust nothing
+                    connection.invalidate()
 
 
 class Cycles:

@@ -507,7 +507,7 @@ def _snapshot_batch(
 ) -> None:
     """One batch of a snapshot (``known``: what the store holds of its people; ``pending``:
     everyone's future and held terminations): checked, compared with the store, recorded —
-    but what it deprovisions, which goes to ``tally.deferred``."""
+    but what it deprovisions and the non-human identities, which go to ``tally.deferred``."""
     record, source, where, now = at
     records, errors, warnings, flagged = references.check(batch)
     tally.flags.update(flagged)
@@ -517,10 +517,15 @@ def _snapshot_batch(
     events, unchanged, said = _row_events(records, known, where, now, *pending)
     tally.unchanged += unchanged
     tally.warnings += said
+    # non-human identities go last too: their owner may be a person of a later batch
+    later = {r.identity for r in records if (r.attributes.get("kind") or "human") != "human"}
+    later |= {who for who, have in known.items() if have.kind != "human"}
+    now_events = [e for e in events if e.identity not in later]
+    tally.deferred += [e for e in events if e.identity in later]
     outcome = record_events(
         session,
         workspace.config,
-        events,
+        now_events,
         origin=source,
         now=now,
         import_id=record.id,

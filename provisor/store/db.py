@@ -213,7 +213,7 @@ def bulk_insert(
     params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
     listed = f"{quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
-    if dialect.name == "postgresql" and len(params) > 1:
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and len(params) > 1:
         # PostgreSQL's own bulk load: many times faster than one INSERT per row
         driver: Any = connection.connection.dbapi_connection
         with driver.cursor() as cursor, cursor.copy(f"COPY {listed} FROM STDIN") as copy:

@@ -70,3 +70,21 @@ def test_a_snapshot_in_batches_means_what_the_whole_file_means(
     with ws.sessions() as session:
         holds = session.execute(select(func.count()).select_from(models.Hold)).scalar_one()
     assert holds == 1
+
+
+def test_a_service_account_listed_before_its_owner_is_recorded(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """Its owner is hired in a later batch: the whole file is what counts, not the batch."""
+    feed = tmp_path / "people.csv"
+    rows = "".join(row(i) for i in range(6))
+    feed.write_text(
+        "id,name,email,employment_type,manager,status,kind,owner\n"
+        "S1,Build robot,s1@example.com,,,active,service_account,E5\n"
+        + rows.replace(",active\n", ",active,,\n"),
+        encoding="utf-8",
+    )
+    report = import_feed(ws, feed, now=NOW)
+    assert report.errors == [] and report.rows_accepted == 7
+    assert not any("S1" in w for w in report.warnings), report.warnings
+    assert states(ws)["S1"] == "active"
