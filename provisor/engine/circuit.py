@@ -28,8 +28,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
-from provisor.connectors.base import Connector, ConnectorError
-from provisor.connectors.base import Unavailable as UnavailableError
+from provisor.connectors.base import Connector, ConnectorError, Unavailable
 from provisor.domain.lifecycle import LifecycleState
 from provisor.domain.plan import REMOVAL_KINDS
 from provisor.domain.policy import TargetClass, TargetDef
@@ -73,7 +72,7 @@ class Breaker:
 
 
 @dataclass(frozen=True)
-class Unavailable:
+class Outage:
     """A target whose circuit is open."""
 
     target: str
@@ -97,7 +96,7 @@ class Unavailable:
         }
 
 
-def unavailable(session: Session, targets: Iterable[str] | None = None) -> dict[str, Unavailable]:
+def unavailable(session: Session, targets: Iterable[str] | None = None) -> dict[str, Outage]:
     """The targets whose circuit is open now (of ``targets`` when given)."""
     row = models.TargetCircuit
     query = select(row).where(row.opened_at.is_not(None))
@@ -106,7 +105,7 @@ def unavailable(session: Session, targets: Iterable[str] | None = None) -> dict[
     found = {}
     for circuit in session.execute(query).scalars():
         assert circuit.opened_at is not None
-        found[circuit.target] = Unavailable(
+        found[circuit.target] = Outage(
             circuit.target,
             circuit.opened_at,
             circuit.reason or "unavailable",
@@ -189,7 +188,7 @@ def _probe(target: str, connector: Connector) -> str | None:
     """Why the target still counts as unavailable after a check, or None when it answered."""
     try:
         connector.check()
-    except UnavailableError as exc:
+    except Unavailable as exc:
         log.warning("%s: probe failed: %s", target, exc)
         return str(exc)
     except ConnectorError as exc:  # it answered, if only to refuse: it is there

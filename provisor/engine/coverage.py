@@ -66,7 +66,7 @@ class TargetCoverage:
     # what probes last showed of each read path (targets whose connector probes them)
     read_paths: list[ReadPath] = field(default_factory=list)
     # its circuit is open: nothing can be written or read back there now
-    unavailable: circuit.Unavailable | None = None
+    unavailable: circuit.Outage | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -264,7 +264,7 @@ class Ledger:
 
     items: list[DebtItem]
     # targets whose circuit is open: their debt cannot fall until they answer again
-    unavailable: dict[str, circuit.Unavailable] = field(default_factory=dict)
+    unavailable: dict[str, circuit.Outage] = field(default_factory=dict)
 
     @property
     def overdue(self) -> int:

@@ -25,7 +25,7 @@ class TargetStatus:
     target: str
     target_class: str
     owner: str
-    unavailable: circuit.Unavailable | None
+    unavailable: circuit.Outage | None
     failures: int  # operations in a row that found it unavailable
     due: int = 0  # pending operations due now
     later: int = 0  # pending operations due later (a start date, a retry's wait)
