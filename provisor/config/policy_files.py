@@ -4,7 +4,8 @@ Does: expand the given files and directories into an ordered list of YAML files,
 the safe YAML loader while remembering where every value was written, concatenate their
 sections into one policy, validate it (shape, then cross-references), and report all problems
 at once as ``file:line field: reason``. Keeps where each part of the policy came from, so
-explanations can cite it, and a digest that changes exactly when the policy does.
+explanations can cite it, and a digest that changes exactly when the policy does; fingerprint
+the files' bytes, so a caller can tell unchanged files without parsing them again.
 Does not: resolve secrets (``provisor.config.secrets``), read workspace configuration, or decide
 anything about identities or access.
 """
@@ -81,6 +82,22 @@ def load_policy(paths: Sequence[Path], check_target: TargetCheck | None = None) 
     dumped = policy.model_dump(mode="json", by_alias=True)
     digest = hashlib.sha256(canonical_json(dumped).encode("utf-8")).hexdigest()
     return LoadedPolicy(policy, tuple(files), digest, reader.locations)
+
+
+def fingerprint(paths: Sequence[Path]) -> str | None:
+    """A digest of the policy files' names and bytes as they are now — the same exactly when
+    ``load_policy`` would read the same — or None when a path cannot be read (loading says
+    why). Cheap next to a load: nothing is parsed."""
+    reader = _Reader()
+    digest = hashlib.sha256()
+    try:
+        for file in reader.expand(paths):
+            data = file.read_bytes()
+            digest.update(f"{file}\0{len(data)}\0".encode())
+            digest.update(data)
+    except OSError:
+        return None
+    return None if reader.incomplete else digest.hexdigest()
 
 
 class _Reader:

@@ -123,7 +123,7 @@ def one_at_a_time(workspace: Workspace, *, one_waits: bool = False) -> Iterator[
 class Cycles:
     """Repeated cycles over one open workspace, keeping connectors open between them.
     ``hand_off``: instead of applying in this process, give the applying to workers (it gets
-    the cycle's time and says what it did, as an ``ApplyReport``). ``full_first``: plan
+    the cycle's time and plan, and says what it did, as an ``ApplyReport``). ``full_first``: plan
     everyone on the first cycle (a process joining others that have planned need not: a
     policy version new to the database has everyone planned anyway)."""
 
@@ -131,7 +131,7 @@ class Cycles:
         self,
         workspace: Workspace,
         clock: Clock = system_clock,
-        hand_off: Callable[[datetime], ApplyReport] | None = None,
+        hand_off: Callable[[datetime, JournalSync], ApplyReport] | None = None,
         full_first: bool = True,
     ) -> None:
         self.workspace = workspace
@@ -175,7 +175,7 @@ class Cycles:
         with workspace.sessions() as session, session.begin():
             handed = circuit.hand_to_owners(workspace, session, started)
         if self.hand_off is not None:
-            applied = self.hand_off(self.clock())
+            applied = self.hand_off(self.clock(), planned)
         else:
             applied = self.runner.apply(now=self.clock)
         applied.tasks_opened += handed

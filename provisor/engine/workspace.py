@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisor.config.policy_files import LoadedPolicy, load_policy
+from provisor.config.policy_files import LoadedPolicy, fingerprint, load_policy
 from provisor.config.workspace import WorkspaceConfig, load_config, write_starter
 from provisor.connectors.registry import settings_problems
 from provisor.domain.desired import CompiledPolicy, compile_policy
@@ -54,6 +54,7 @@ class Workspace:
     sessions: sessionmaker[Session]
     _policy: LoadedPolicy | None = field(default=None, repr=False)
     _compiled: CompiledPolicy | None = field(default=None, repr=False)
+    _seen: str | None = field(default=None, repr=False)  # the loaded files' fingerprint
     # the schema was found current when opened: the audit chain can be checkpointed
     current: bool = field(default=False, repr=False)
     # the newest policy version this workspace recorded, with its diff (``note_policy_version``)
@@ -128,14 +129,18 @@ class Workspace:
             return None  # another process signed the same head first
 
     def _load(self) -> LoadedPolicy:
-        return load_policy([self.path / p for p in self.config.policy], settings_problems)
+        """The policy files loaded; their fingerprint, taken before reading them, kept for
+        ``refresh_policy`` (an edit made while they are read is seen next time)."""
+        paths = [self.path / p for p in self.config.policy]
+        seen = fingerprint(paths)
+        loaded = load_policy(paths, settings_problems)
+        self._seen = seen
+        return loaded
 
     @property
     def policy(self) -> LoadedPolicy:
         if self._policy is None:
-            self._policy = load_policy(
-                [self.path / p for p in self.config.policy], settings_problems
-            )
+            self._policy = self._load()
         return self._policy
 
     @property
@@ -147,7 +152,11 @@ class Workspace:
     def refresh_policy(self) -> bool:
         """Load the policy files again; True when they changed (the new version is in use).
 
-        A policy that no longer loads raises ``PolicyError`` and the version in use stays."""
+        A policy that no longer loads raises ``PolicyError`` and the version in use stays.
+        Files whose bytes are those last loaded are not parsed again."""
+        paths = [self.path / p for p in self.config.policy]
+        if self._policy is not None and self._seen is not None and fingerprint(paths) == self._seen:
+            return False
         loaded = self._load()
         changed = self._policy is not None and loaded.digest != self._policy.digest
         if self._policy is None or changed:

@@ -21,6 +21,7 @@ from provisor.engine.connections import Pool
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner, backoff
 from provisor.engine.workspace import Workspace
+from provisor.errors import PolicyError
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 from tests.connectors.test_scim import make_group
@@ -369,6 +370,31 @@ def test_refresh_policy_sees_changed_files(ws: Workspace) -> None:
     assert ws.compiled.targets["app"].owner == "app-owners"
 
 
+def test_refresh_policy_parses_only_changed_files(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle asks every time; unchanged bytes are not parsed again, and an edit of the
+    same length is still seen."""
+    import provisor.engine.workspace as module
+
+    loads: list[int] = []
+    real = module.load_policy
+    monkeypatch.setattr(module, "load_policy", lambda *a: loads.append(1) or real(*a))
+    assert not ws.refresh_policy() and not ws.refresh_policy()
+    assert loads == [1]  # the first question reads the files; the second sees them unchanged
+    policy_file = ws.path / ws.config.policy[0]
+    files = sorted(policy_file.glob("*.yaml")) if policy_file.is_dir() else [policy_file]
+    text = files[0].read_text()
+    files[0].write_text(text.replace("owner: app-team", "owner: app-mate"))  # same length
+    assert ws.refresh_policy() and ws.compiled.targets["app"].owner == "app-mate"
+    assert not ws.refresh_policy() and len(loads) == 2
+    files[0].write_text("targets: [")  # broken: said every time, the version in use stays
+    for _ in range(2):
+        with pytest.raises(PolicyError):
+            ws.refresh_policy()
+    assert ws.compiled.targets["app"].owner == "app-mate"
+
+
 def test_a_shared_pool_opens_a_new_connector_when_the_policy_changes(ws: Workspace) -> None:
     """A worker's connectors outlive cycles: a target's changed settings must reach it."""
     pool = Pool(ws)
@@ -384,3 +410,45 @@ def test_a_shared_pool_opens_a_new_connector_when_the_policy_changes(ws: Workspa
         assert pool.get("paper") is None  # a manual target has none
     finally:
         pool.close()
+
+
+def test_a_run_that_gives_way_runs_the_leavers_accounts_and_leaves_the_rest_untried(
+    ws: Workspace, scim_url: str
+) -> None:
+    """A worker's turn given back for leavers (``give_way``): the accounts with a removal
+    still run to their read-back, the others are not started and stay in line, untried."""
+    people(ws, "E1", "E2")
+    plan(ws)
+    assert apply(ws).failed == 0
+    event(ws, "E1", EventKind.TERMINATE)
+    people(ws, "E3", "E4")
+    plan(ws)
+    asked: list[bool] = []
+
+    def give_way() -> bool:
+        asked.append(True)
+        return True
+
+    runner = Runner(ws, rng=random.Random(1))
+    try:
+        report = runner.apply(now=lambda: NOW, target="app", give_way=give_way)
+    finally:
+        runner.close()
+    assert asked and report.failed == 0 and report.waiting > 0
+    user = server_user(scim_url, "e1@example.com")
+    assert user is not None and user["active"] is False  # the leaver's removal ran
+    assert server_user(scim_url, "e3@example.com") is None  # the joiners' did not
+    with ws.sessions() as session:
+        op = models.Operation
+        joiners = session.execute(
+            select(op.status, op.attempts, op.intent_run).where(
+                op.identity.in_(["E3", "E4"]), op.target == "app"
+            )
+        ).all()
+        removal = session.execute(
+            select(op.status).where(op.identity == "E1", op.kind == "disable")
+        ).scalar_one()
+    assert removal == "verified"
+    assert joiners and all(row == ("pending", 0, None) for row in joiners)
+    assert apply(ws).failed == 0  # in line: the next run takes them
+    assert server_user(scim_url, "e3@example.com") is not None

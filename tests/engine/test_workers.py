@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from provisor.engine import circuit
 from provisor.sandbox.cluster import start_workers, stop_workers, verified_keys, wait_until_done
@@ -117,3 +117,40 @@ def test_a_target_down_then_back_under_workers(
     users = [p for m, p, _ in proxy.requests if m == "POST" and p.rstrip("/").endswith("/Users")]
     workspace.close()
     assert len(users) >= 30 and all(w.returncode == 0 for w in workers), errors
+
+
+def test_a_drain_gives_its_turn_to_a_waiting_leavers_job(
+    tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every job slot taken and a cycle (which may plan a leaver) or a drain for removals
+    waiting: a drain running joiners stops before its next account and goes back in line."""
+    from provisor.engine.runner.dispatch import Queue
+    from provisor.engine.runner.worker import Worker
+
+    postgres_env(postgres_url, monkeypatch)
+    ScimApp.create_groups(scim_url, "staff")
+    (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
+    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    queue = Queue(workspace)
+    worker = Worker(workspace, concurrency=1)
+    try:
+        hire_employees(workspace, 5, datetime.now(UTC))
+        assert not queue.leavers_waiting()
+        assert queue.drain("app") and not queue.leavers_waiting()  # joiners' work: no
+        assert queue.cycle() and queue.leavers_waiting()
+        assert worker.drain("app") == {}  # gave way before its first account
+        assert queue.drain("app", removals=True) and queue.leavers_waiting()
+        with workspace.sessions() as session:
+            op = models.Operation
+            rows = session.execute(select(op.status, op.attempts)).all()
+        assert rows and set(rows) == {("pending", 0)}
+        with workspace.sessions() as session:
+            session.execute(text("DELETE FROM procrastinate_jobs"))
+            session.commit()
+        time.sleep(0.15)  # the worker's answer is kept that long
+        totals = worker.drain("app")
+        assert totals["verified"] == 10 and totals["failed"] == 0  # nothing waits: it runs
+    finally:
+        worker.close()
+        queue.close()
+        workspace.close()

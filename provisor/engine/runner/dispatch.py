@@ -36,7 +36,7 @@ DRAIN = "provisor.drain"
 CYCLE = "provisor.cycle"
 SWEEP = "provisor.sweep"
 QUEUE = "provisor"
-REMOVALS_FIRST = 10  # a drain deferred for removals is fetched before any other job
+REMOVALS_FIRST = 10  # drains for removals and cycles are fetched before any other job
 ROWS_PER_ACCOUNT = 8  # open operations read per account a slice wants (an account has a few)
 
 
@@ -188,6 +188,19 @@ class Queue:
             task=DRAIN,
         )
         return {str(row["target"]) for row in rows}
+
+    def leavers_waiting(self) -> bool:
+        """Whether a job that may carry a leaver (a drain for removals, a cycle that may plan
+        one) waits in the queue: every worker's job slots are taken."""
+        self._opened()
+        row = self.app.connector.execute_query_one(
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE queue_name = %(queue)s"
+            " AND status = 'todo' AND priority >= %(priority)s"
+            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS waiting",
+            queue=QUEUE,
+            priority=REMOVALS_FIRST,
+        )
+        return bool(row["waiting"])
 
     def cycle(self) -> bool:
         """Have a worker run the engine's cycle (tick, reconcile what is due, plan)."""

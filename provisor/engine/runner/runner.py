@@ -157,6 +157,7 @@ class Runner:
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
+        self._give_way: Callable[[], bool] | None = None  # this run's, see ``apply``
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -198,13 +199,17 @@ class Runner:
         progress: Callable[[int, int], None] | None = None,
         identities: Collection[str] | None = None,
         slots: bool = False,
+        give_way: Callable[[], bool] | None = None,
     ) -> ApplyReport:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
         given) whose accounts this run can take. ``slots``: work on an account only while
         holding one of its target's slots, shared by every worker (``limits.Slots``), so the
-        target's ``concurrency`` holds across all of them."""
+        target's ``concurrency`` holds across all of them. ``give_way``: asked before each
+        account without a removal starts; once it says True, those left are not started
+        (given back untried, counted as waiting), so a worker's turn ends for leavers."""
         report = ApplyReport()
         self.run_id = uuid.uuid4().hex
+        self._give_way = give_way
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
         self._breakers = {}
@@ -494,12 +499,15 @@ class Runner:
         self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
     ) -> list[Outcome]:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
-        runs when ``gate``; nothing at all once the target's circuit opened."""
+        runs when ``gate``; nothing at all once the target's circuit opened, nor an account
+        without a removal once the run gives way."""
         if self._breakers[jobs[0].target].tripped:
+            return []
+        removal = any(job.kind in REMOVALS for job in jobs)
+        if not removal and self._give_way is not None and self._give_way():
             return []
         if gate is None:
             return run()
-        removal = any(job.kind in REMOVALS for job in jobs)
         try:
             slot = gate.take(self.run_id, self._lease_seconds, removal=removal)
         except Exception:  # the database failed: nothing was written; the account waits

@@ -3,12 +3,13 @@ journal on PostgreSQL, fed by the job queue (procrastinate).
 
 Does: run procrastinate's worker on the workspace's database with three tasks —
 - *drain* a target: take its accounts with work due a slice at a time (slices of removals
-  alone while there are any) and
-  run each slice through a ``Runner`` (leases, intent records, fenced outcomes: each operation
-  is executed and recorded once whatever the number of workers), an account only while holding
-  one of the target's slots, so its ``concurrency`` holds across all workers (one drain's
-  threads can fill them all); after ``DRAIN_SECONDS`` it stops and puts a drain back in the
-  queue for the rest, so other jobs get their turn and any idle worker may take it;
+  alone while there are any) and run each slice through a ``Runner`` (leases, intent records,
+  fenced outcomes: each operation is executed and recorded once whatever the number of
+  workers), an account only while holding one of the target's slots, so its ``concurrency``
+  holds across all workers (one drain's threads can fill them all); after ``DRAIN_SECONDS``
+  — or at once, between accounts, when it runs other work and a drain for removals or a
+  cycle waits for a job slot — it stops and puts a drain back in the queue for the rest, so
+  other jobs get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
   time across the cluster; instead of applying it opens manual work items and puts drains in
   the queue for the targets with work;
@@ -39,10 +40,12 @@ from typing import Any
 from procrastinate import App, PsycopgConnector
 from procrastinate.jobs import Status
 
+from provisor.domain.plan import REMOVALS
 from provisor.domain.policy import TargetClass
 from provisor.engine import jobs
 from provisor.engine.connections import Pool
 from provisor.engine.cycle import Cycles, system_clock
+from provisor.engine.planner import JournalSync
 from provisor.engine.runner.dispatch import (
     CYCLE,
     DRAIN,
@@ -65,6 +68,30 @@ DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
 POLICY_SECONDS = 5.0  # a drain loads the policy files again when they were read longer ago
 RESTART_SECONDS = 1.0  # a worker that failed starts again after this long
 SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
+GIVE_WAY_SECONDS = 0.1  # how often a worker's drains ask whether leavers' jobs wait
+
+
+class Leavers:
+    """Whether a job that may carry a leaver (a drain for removals, a cycle) waits in the job
+    queue, every worker's job slots taken; asked for all of a worker's drains at most every
+    ``GIVE_WAY_SECONDS`` (a failed question counts as no)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self._lock = threading.Lock()
+        self._asked = float("-inf")
+        self._waiting = False
+
+    def waiting(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._asked >= GIVE_WAY_SECONDS:
+                try:
+                    self._waiting = self.queue.leavers_waiting()
+                except Exception:  # the queue's database failed: the drain goes on
+                    log.exception("could not ask the job queue for waiting removals")
+                    self._waiting = False
+                self._asked = time.monotonic()
+            return self._waiting
 
 
 def cron_every(seconds: float) -> str:
@@ -103,6 +130,7 @@ class Worker:
             connector=PsycopgConnector(conninfo=conninfo(workspace), min_size=1, max_size=3)
         )
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
+        self.leavers = Leavers(self.queue)
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         # many workers start and restart: none plans everyone for it (a new policy version is)
         self.cycles = Cycles(workspace, hand_off=self.hand_off, full_first=False)
@@ -122,43 +150,62 @@ class Worker:
 
     @staticmethod
     def connections(concurrency: int) -> tuple[int, int]:
-        """The workspace database connections a worker needs (kept, more when busy): each
-        job's runner writes from one thread and renews its leases from another, its accounts
-        take and give back target slots in short transactions, a cycle holds one for its
-        lock. Bounded, so that many workers fit in the server's ``max_connections``; a thread
-        waits for a connection rather than open one more."""
-        return (concurrency + 2, concurrency)
+        """The workspace database connections a worker needs (kept once opened, none more):
+        each job's runner writes from one thread and renews its leases from another, its
+        accounts take and give back target slots in short transactions, a cycle holds one
+        for its lock. Bounded, so that many workers fit in the server's ``max_connections``;
+        a thread waits for a connection rather than open one more. All are kept: a busy
+        worker that opened and closed connections beyond a smaller kept number spent more on
+        that (a server process each) than on its work."""
+        return (2 * concurrency + 2, 0)
 
     # --- tasks -------------------------------------------------------------------------
 
     def drain(self, target: str) -> dict[str, int]:
         """Run ``target``'s takeable accounts a slice at a time (removals first) until none is
-        left or its turn is up; then put a drain in the queue for whatever remains."""
+        left or its turn is up; then put a drain in the queue for whatever remains. A turn
+        spent on other work ends early, between accounts, when a drain for removals or a
+        cycle waits for a worker: a leaver never waits for a joiner wave's turn to run out."""
         self._fresh_policy()
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
             return {}
-        started = time.monotonic()
+        deadline = time.monotonic() + DRAIN_SECONDS
+
+        def turn_over() -> bool:
+            return time.monotonic() >= deadline or self.leavers.waiting()
+
         totals: dict[str, int] = {}
         tried: set[str] = set()
-        while time.monotonic() - started < DRAIN_SECONDS:
+        while True:
             now = datetime.now(UTC)
             size = definition.concurrency * SLICE
             with self.workspace.sessions() as session:
                 # removals alone while there are any: a leaver's slice never waits on joiners
                 chosen = takeable(session, target, now, size, removals=True, besides=tried)
+                removals = bool(chosen)
                 chosen = chosen or takeable(session, target, now, size, besides=tried)
             if not chosen:
                 break
+            if not removals and turn_over():
+                self._more(target)  # the rest goes back in line, behind the leavers
+                break
             tried.update(chosen)
             runner = Runner(self.workspace, pool=self.pool)
-            report = runner.apply(now=system_clock, target=target, identities=chosen, slots=True)
+            report = runner.apply(
+                now=system_clock,
+                target=target,
+                identities=chosen,
+                slots=True,
+                give_way=None if removals else turn_over,
+            )
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
             if target in report.unavailable:
                 break  # its circuit is open: a sweep queues a drain when a probe is due
-        else:
-            self._more(target)  # its turn is up: the rest goes back in line
+            if time.monotonic() >= deadline:
+                self._more(target)  # its turn is up: the rest goes back in line
+                break
         return totals
 
     def _fresh_policy(self) -> None:
@@ -193,15 +240,28 @@ class Worker:
         self.workspace.checkpoint(system_clock())
         return report.as_dict()
 
-    def hand_off(self, now: datetime) -> ApplyReport:
-        """What a cycle does instead of applying: manual targets' work items opened, a drain
-        in the queue for each target with work."""
+    def hand_off(self, now: datetime, planned: JournalSync) -> ApplyReport:
+        """What a cycle does instead of applying: a drain in the queue for each target with
+        work — at once, without asking the journal, for the targets its plan just added work
+        to (removals first) — and manual targets' work items opened."""
         report = ApplyReport()
+        automated = {
+            name
+            for name, t in self.workspace.compiled.targets.items()
+            if t.target_class is not TargetClass.MANUAL
+        }
+        added: dict[str, bool] = {}  # target -> any removal among its new operations
+        for op, status, _ in planned.operations:
+            if status == "new" and op.target in automated:
+                added[op.target] = added.get(op.target, False) or op.kind in REMOVALS
+        self.queue.drains(sorted(added.items(), key=lambda item: not item[1]))
         with self.workspace.sessions() as session, session.begin():
             report.tasks_opened = open_tasks(self.workspace, session, now)
-        with self.workspace.sessions() as session:
-            work = targets_with_work(self.workspace, session, now)
-        self.queue.drains(work.items())
+        others = automated - set(added)
+        if others:
+            with self.workspace.sessions() as session:
+                work = targets_with_work(self.workspace, session, now, others)
+            self.queue.drains(work.items())
         return report
 
     async def sweep(self, timestamp: int) -> dict[str, int]:
