@@ -202,17 +202,13 @@ class Runner:
         give_way: Callable[[], bool] | None = None,
     ) -> ApplyReport:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
-        given) whose accounts this run can take. ``slots``: work on an account only while
-        holding one of its target's slots, shared by every worker (``limits.Slots``), so the
-        target's ``concurrency`` holds across all of them. ``give_way``: asked before each
-        account without a removal starts; once it says True, those left are not started
-        (given back untried, counted as waiting), so a worker's turn ends for leavers."""
+        given) whose accounts this run can take. ``slots``: take one of the target's slots
+        shared by every worker (``limits.Slots``) per account. ``give_way``: asked before an
+        account without a removal starts; once True, those left stay in line untried."""
         report = ApplyReport()
-        self.run_id = uuid.uuid4().hex
-        self._give_way = give_way
+        self.run_id, self._give_way, self._breakers = uuid.uuid4().hex, give_way, {}
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
-        self._breakers = {}
         groups = self._groups(target, identity, identities)
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
