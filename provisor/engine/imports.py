@@ -345,7 +345,11 @@ class _Spill:
             (r.line, r.identity, stamp(r.effective), r.status, r.attributes, stamp(r.end))
             for r in records
         ]
-        marshal.dump(rows, self._disk)  # plain values only: the fastest of the formats
+        # plain values only, the fastest of the formats; whole batches, as bytes (marshal
+        # reading from a file object goes a few bytes at a time: ten times slower)
+        data = marshal.dumps(rows)
+        self._disk.write(len(data).to_bytes(8, "little"))
+        self._disk.write(data)
         self._batches += 1
 
     def batches(self, rejected: Container[str]) -> Iterator[list[FeedRecord]]:
@@ -353,7 +357,8 @@ class _Spill:
         self._disk.seek(0)
         when: dict[int | None, datetime | None] = {None: None}
         for _ in range(self._batches):
-            rows = marshal.load(self._disk)  # written above, by this process
+            size = int.from_bytes(self._disk.read(8), "little")
+            rows = marshal.loads(self._disk.read(size))  # written above, by this process
             records = []
             for line, identity, effective, status, attributes, end in rows:
                 if identity in rejected:
