@@ -3,8 +3,8 @@
 Does: claim open operations, recording in the journal (committed, before any is written)
 which run intends to write them; group them by account in step order, run accounts in
 parallel up to each target's concurrency (paced by its rate limit), write outcomes to the
-journal, the observed store and the audit log in batches from one thread (at least every
-second); have an operation whose intent a run that died had recorded resolved by this run's
+journal, the observed store (``readbacks``) and the audit log in batches from one thread (at
+least every second); have an operation whose intent a run that died had recorded resolved by this run's
 read-back, and say so in the audit log; open manual work items, refer accounts that may not be
 taken over to a person, and put parked operations back in line.
 Does not: decide what an operation does to an account (``execution``) or plan.
@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from provisor.connectors.base import (
@@ -32,10 +32,8 @@ from provisor.connectors.base import (
     AccountSpec,
     Connector,
 )
-from provisor.domain.lifecycle import ORPHAN_PREFIX
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.domain.readback import kept_entitlements
 from provisor.engine import circuit
 from provisor.engine.circuit import Breaker
 from provisor.engine.connections import Pool
@@ -45,6 +43,7 @@ from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
 from provisor.engine.runner.limits import SharedBucket, Slots
 from provisor.engine.runner.pacing import TokenBucket, backoff
+from provisor.engine.runner.readbacks import Seen, adopt, observe
 from provisor.engine.tasks import open_tasks, requeue_operations, verified_by_read_back
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
@@ -597,11 +596,15 @@ class Runner:
                 query = select(models.Operation).where(models.Operation.id.in_(part))
                 rows.update((r.id, r) for r in session.execute(query.with_for_update()).scalars())
             verified = []
+            seen: list[Seen] = []
             for outcome in outcomes:
-                entry = self._record(session, rows[outcome.job.id], outcome, report)
+                entry = self._record(session, rows[outcome.job.id], outcome, report, seen)
                 entries.append(entry)
                 if entry.action == "operation.verified":
                     verified.append(outcome.job.id)
+            observe(session, seen)
+            session.flush()
+            adopt(session, [(s.op, s.renamed_from) for s in seen if s.adopted])
             entries.extend(verified_by_read_back(session, verified, at))
             opened, down = self._count_failures(session, outcomes, at)
             audit.append(session, entries, at=at)
@@ -629,8 +632,15 @@ class Runner:
         return circuit.record(session, seen, reasons, definitions, tripped)
 
     def _record(
-        self, session: Session, row: models.Operation, outcome: Outcome, report: ApplyReport
+        self,
+        session: Session,
+        row: models.Operation,
+        outcome: Outcome,
+        report: ApplyReport,
+        seen: list[Seen],
     ) -> audit.Entry:
+        """Record ``outcome`` on its journal row; its read-back goes to ``seen``, to be
+        stored with the batch's. Returns the audit entry."""
         at = outcome.at
         assert at is not None
         if row.status != "running" or row.intent_run != self.run_id:
@@ -661,12 +671,11 @@ class Runner:
             else:
                 report.unverifiable += 1
             report.writes += outcome.wrote
-            renamed_from = None
+            renamed_from, adopted = None, False
             if outcome.record is not None and row.account != outcome.record.account:
-                renamed_from = row.account
+                renamed_from, adopted = row.account, True
                 row.account = outcome.record.account
-                self._adopt_account(session, row, renamed_from)
-            self._observe(session, row, outcome.record, at, renamed_from)
+            seen.append(Seen(row, outcome.record, at, renamed_from, adopted))
         elif status == "retry":
             wait = backoff(row.attempts, outcome.retry_after, self._rng)
             row.status, row.next_attempt_at = "pending", at + timedelta(seconds=wait)
@@ -779,106 +788,3 @@ class Runner:
             reason = str(op.last_error or "matched by name only")
             match = Match(None, "user name", case_reason=reason, candidates=(op.identity,))
             open_case(session, op.target, found.account, found.user_name, match, now)
-
-    def _adopt_account(
-        self, session: Session, row: models.Operation, renamed_from: str | None
-    ) -> None:
-        """The account's later steps need not search for it again; after a rename they
-        address the account by its new id."""
-        was = (
-            models.Operation.account.is_(None)
-            if renamed_from is None
-            else models.Operation.account.is_(None) | (models.Operation.account == renamed_from)
-        )
-        session.execute(
-            update(models.Operation)
-            .where(
-                models.Operation.identity == row.identity,
-                models.Operation.target == row.target,
-                models.Operation.status == "pending",
-                was,
-            )
-            .values(account=row.account)
-            # the rows it changes that this session holds, found by key (not by testing
-            # every row the session holds)
-            .execution_options(synchronize_session="fetch")
-        )
-
-    def _observe(
-        self,
-        session: Session,
-        op: models.Operation,
-        record: AccountRecord | None,
-        now: datetime,
-        renamed_from: str | None = None,
-    ) -> None:
-        """Write the read-back into the observed-state store. An orphan account's removal
-        (``orphan:<account>``) leaves the account linked to no identity."""
-        link = None if op.identity.startswith(ORPHAN_PREFIX) else op.identity
-        mine = (
-            models.ObservedAccount.identity == op.identity
-            if link is not None
-            else models.ObservedAccount.account == op.account
-        )
-        existing = (
-            session.execute(
-                select(models.ObservedAccount).where(
-                    models.ObservedAccount.target == op.target, mine
-                )
-            )
-            .scalars()
-            .all()
-        )
-        if record is None:
-            # only the account this operation addressed is gone; the identity's other
-            # accounts in the target stay as last observed
-            for gone in existing:
-                if gone.account in (op.account, renamed_from):
-                    session.delete(gone)
-            return
-        kept = session.execute(
-            select(models.ObservedAccount).where(
-                models.ObservedAccount.target == op.target,
-                models.ObservedAccount.account == record.account,
-            )
-        ).scalar_one_or_none()
-        if kept is not None:
-            kept.identity = link  # read back for this identity: linked to it now
-        for stale in existing:
-            renamed = renamed_from is not None and stale.account == renamed_from
-            if stale is not kept and (renamed or stale.source.startswith("export")):
-                # an export's row for the same person, now read live; or the old name
-                session.delete(stale)
-        row = kept
-        if row is None:
-            row = models.ObservedAccount(
-                target=op.target,
-                account=record.account,
-                identity=link,
-                enabled=record.enabled,
-                observed_at=now,
-                source="read-back",
-            )
-            session.add(row)
-        row.enabled, row.sessions, row.observed_at = record.enabled, record.sessions, now
-        row.attributes = {
-            "user_name": record.user_name,
-            "external_id": record.external_id,
-            "mapped": dict(record.attributes),
-        }
-        row.source = "read-back"
-        session.flush()
-        held = models.ObservedEntitlement.account_id == row.id
-        stored: frozenset[str] = frozenset()
-        if not record.entitlements_shown:
-            query = select(models.ObservedEntitlement.entitlement).where(held)
-            stored = frozenset(session.execute(query).scalars())
-        session.execute(
-            delete(models.ObservedEntitlement)
-            .where(held)
-            .execution_options(synchronize_session="fetch")
-        )
-        session.add_all(
-            models.ObservedEntitlement(account_id=row.id, entitlement=e, observed_at=now)
-            for e in sorted(kept_entitlements(record, stored))
-        )
