@@ -37,6 +37,9 @@ from tests.engine.test_reconcile import raw_patch, raw_user
 from tests.engine.test_runner import NOW, apply, event, people, plan, server_user, someone_in
 
 LATER = NOW.replace(hour=13)
+# A change window starts 2 s before the last run started, written in whole seconds (earlier,
+# never later): what was written this long before a run falls before the next window.
+WINDOW_CLEAR = 3.2
 
 
 @pytest.fixture
@@ -328,7 +331,7 @@ def test_a_change_filter_never_shown_to_work_is_not_relied_on(
     people(ws, "E1", now=start)
     plan(ws, start)
     apply(ws, start)
-    time.sleep(2.2)  # the create falls before the next window
+    time.sleep(WINDOW_CLEAR)  # the create falls before the next window
     reconcile.reconcile_target(ws, "app", now=datetime.now(UTC))
     time.sleep(2.2)
     raw_user(url, "root-by-hand@example.com")
@@ -432,7 +435,7 @@ def test_a_membership_change_the_group_listing_hides_is_caught(
     people(ws, "E1", "E2", now=start)
     plan(ws, start)
     apply(ws, start)
-    time.sleep(2.2)
+    time.sleep(WINDOW_CLEAR)  # the creates fall before the next window
     assert reconcile.reconcile_target(ws, "app", now=datetime.now(UTC)).mode == "full"
     time.sleep(2.2)
     moved = datetime.now(UTC)

@@ -4,9 +4,9 @@ Does: claim open operations, recording in the journal (committed, before any is 
 which run intends to write them; group them by account in step order, run accounts in
 parallel up to each target's concurrency (paced by its rate limit), write outcomes to the
 journal, the observed store (``readbacks``) and the audit log in batches from one thread (at
-least every second); have an operation whose intent a run that died had recorded resolved by this run's
-read-back, and say so in the audit log; open manual work items, refer accounts that may not be
-taken over to a person, and put parked operations back in line.
+least every second); have an operation whose intent a run that died had recorded resolved by
+this run's read-back, and say so in the audit log; open manual work items, refer accounts
+that may not be taken over to a person, and put parked operations back in line.
 Does not: decide what an operation does to an account (``execution``) or plan.
 """
 
