@@ -45,6 +45,8 @@ class LoadedPolicy:
     files: tuple[Path, ...]
     digest: str
     locations: Mapping[Location, Source] = field(default_factory=dict, repr=False, compare=False)
+    # the ``fingerprint`` of the bytes parsed: equal to the files' now when they did not change
+    source: str = field(default="", repr=False, compare=False)
 
     def source_of(self, path: Location) -> str:
         """``file:line`` where the value at ``path`` (or its nearest parent) is, else ``""``."""
@@ -81,23 +83,25 @@ def load_policy(paths: Sequence[Path], check_target: TargetCheck | None = None) 
         raise PolicyError(f"policy is invalid: {len(problems)} problem(s)", problems=problems)
     dumped = policy.model_dump(mode="json", by_alias=True)
     digest = hashlib.sha256(canonical_json(dumped).encode("utf-8")).hexdigest()
-    return LoadedPolicy(policy, tuple(files), digest, reader.locations)
+    return LoadedPolicy(policy, tuple(files), digest, reader.locations, reader.source.hexdigest())
 
 
 def fingerprint(paths: Sequence[Path]) -> str | None:
-    """A digest of the policy files' names and bytes as they are now — the same exactly when
-    ``load_policy`` would read the same — or None when a path cannot be read (loading says
-    why). Cheap next to a load: nothing is parsed."""
+    """A digest of the policy files' names and bytes as they are now — equal to a loaded
+    policy's ``source`` exactly when the files hold the bytes it was parsed from — or None
+    when a path cannot be read (loading says why). Cheap next to a load: nothing is parsed."""
     reader = _Reader()
-    digest = hashlib.sha256()
     try:
         for file in reader.expand(paths):
-            data = file.read_bytes()
-            digest.update(f"{file}\0{len(data)}\0".encode())
-            digest.update(data)
+            _add_file(reader.source, file, file.read_bytes())
     except OSError:
         return None
-    return None if reader.incomplete else digest.hexdigest()
+    return None if reader.incomplete else reader.source.hexdigest()
+
+
+def _add_file(digest: Any, file: Path, data: bytes) -> None:
+    digest.update(f"{file}\0{len(data)}\0".encode())
+    digest.update(data)
 
 
 class _Reader:
@@ -112,6 +116,7 @@ class _Reader:
         self._file = ""
         self._constructor = SafeConstructor()
         self._open: set[int] = set()  # nodes being built, to refuse recursive aliases
+        self.source = hashlib.sha256()  # the files' names and bytes, as read (``fingerprint``)
 
     def expand(self, paths: Sequence[Path]) -> list[Path]:
         files: list[Path] = []
@@ -130,7 +135,9 @@ class _Reader:
         self._order.setdefault(self._file, len(self._order))
         self._open.clear()
         try:
-            root = yaml_limits.compose(file.read_text(encoding="utf-8"))
+            data = file.read_bytes()
+            _add_file(self.source, file, data)
+            root = yaml_limits.compose(data.decode("utf-8"))
             if root is not None:
                 self._sections(root)
         except yaml.MarkedYAMLError as exc:

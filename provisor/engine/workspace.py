@@ -54,7 +54,6 @@ class Workspace:
     sessions: sessionmaker[Session]
     _policy: LoadedPolicy | None = field(default=None, repr=False)
     _compiled: CompiledPolicy | None = field(default=None, repr=False)
-    _seen: str | None = field(default=None, repr=False)  # the loaded files' fingerprint
     # the schema was found current when opened: the audit chain can be checkpointed
     current: bool = field(default=False, repr=False)
     # the newest policy version this workspace recorded, with its diff (``note_policy_version``)
@@ -129,13 +128,7 @@ class Workspace:
             return None  # another process signed the same head first
 
     def _load(self) -> LoadedPolicy:
-        """The policy files loaded; their fingerprint, taken before reading them, kept for
-        ``refresh_policy`` (an edit made while they are read is seen next time)."""
-        paths = [self.path / p for p in self.config.policy]
-        seen = fingerprint(paths)
-        loaded = load_policy(paths, settings_problems)
-        self._seen = seen
-        return loaded
+        return load_policy([self.path / p for p in self.config.policy], settings_problems)
 
     @property
     def policy(self) -> LoadedPolicy:
@@ -153,14 +146,18 @@ class Workspace:
         """Load the policy files again; True when they changed (the new version is in use).
 
         A policy that no longer loads raises ``PolicyError`` and the version in use stays.
-        Files whose bytes are those last loaded are not parsed again."""
-        paths = [self.path / p for p in self.config.policy]
-        if self._policy is not None and self._seen is not None and fingerprint(paths) == self._seen:
+        Files holding the very bytes the version in use was parsed from are not parsed again
+        (a version read while a file was being written is read again)."""
+        in_use, paths = self._policy, [self.path / p for p in self.config.policy]
+        if in_use is not None and fingerprint(paths) == in_use.source:
             return False
         loaded = self._load()
-        changed = self._policy is not None and loaded.digest != self._policy.digest
-        if self._policy is None or changed:
-            self._policy, self._compiled = loaded, None
+        changed = in_use is not None and loaded.digest != in_use.digest
+        # the same policy in other bytes (a comment, a line moved) is kept with its new
+        # bytes and places; compiled again only when it changed
+        self._policy = loaded
+        if in_use is None or changed:
+            self._compiled = None
         return changed
 
     def note_policy_version(

@@ -63,6 +63,12 @@ BATCH: list[tuple[str, str | None, AccountRecord | None, str | None]] = [
     ("E7", "u7", None, None),  # then deleted
     ("orphan:orphan9", "orphan9", record("orphan9", enabled=False), None),
     ("E8", None, record("orphan9", "admin", shown=False), None),  # then linked to E8
+    ("E10", None, record("u10", "a"), None),  # made in the batch...
+    ("E10", "u10", None, None),  # ...and gone in it
+    ("E11", None, record("u11", "a", shown=False), None),  # made in the batch...
+    ("E11", "u11", record("v11", "b"), "u11"),  # ...and renamed in it
+    ("E12", None, record("u12", "a"), None),  # made in the batch...
+    ("orphan:u12", "u12", None, None),  # ...and removed as an orphan's
 ]
 
 
@@ -130,6 +136,7 @@ EXPECTED = {
     "new5": ("E5", True, "read-back", ["a"]),
     "u6": ("E6", True, "read-back", ["a"]),
     "orphan9": ("E8", True, "read-back", ["admin"]),
+    "v11": ("E11", True, "read-back", ["b"]),
 }
 
 

@@ -388,6 +388,9 @@ def test_refresh_policy_parses_only_changed_files(
     files[0].write_text(text.replace("owner: app-team", "owner: app-mate"))  # same length
     assert ws.refresh_policy() and ws.compiled.targets["app"].owner == "app-mate"
     assert not ws.refresh_policy() and len(loads) == 2
+    files[0].write_text(text.replace("owner: app-team", "owner: app-mate") + "# a note\n")
+    assert not ws.refresh_policy() and len(loads) == 3  # other bytes, the same policy...
+    assert not ws.refresh_policy() and len(loads) == 3  # ...kept with its bytes: not again
     files[0].write_text("targets: [")  # broken: said every time, the version in use stays
     for _ in range(2):
         with pytest.raises(PolicyError):

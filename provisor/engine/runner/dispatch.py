@@ -38,6 +38,7 @@ SWEEP = "provisor.sweep"
 QUEUE = "provisor"
 REMOVALS_FIRST = 10  # drains for removals and cycles are fetched before any other job
 ROWS_PER_ACCOUNT = 8  # open operations read per account a slice wants (an account has a few)
+CYCLE_PATIENCE = 0.25  # seconds a cycle waits for a job slot before drains give way to it
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]
@@ -190,15 +191,22 @@ class Queue:
         return {str(row["target"]) for row in rows}
 
     def leavers_waiting(self) -> bool:
-        """Whether a job that may carry a leaver (a drain for removals, a cycle that may plan
-        one) waits in the queue: every worker's job slots are taken."""
+        """Whether a job that may carry a leaver waits in the queue, every worker's job slots
+        taken: a drain for removals, or a cycle (which may plan one) that has waited
+        ``CYCLE_PATIENCE`` already — a stream of changes queues cycles all the time, and a
+        cycle soon gets a slot anyway."""
         self._opened()
         row = self.app.connector.execute_query_one(
-            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE queue_name = %(queue)s"
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE queue_name = %(queue)s"
             " AND status = 'todo' AND priority >= %(priority)s"
-            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS waiting",
+            " AND (scheduled_at IS NULL OR scheduled_at <= now())"
+            " AND (task_name = %(drain)s OR EXISTS (SELECT 1 FROM procrastinate_events e"
+            "  WHERE e.job_id = j.id AND e.type = 'deferred'"
+            "  AND e.at < now() - %(patience)s * interval '1 second'))) AS waiting",
             queue=QUEUE,
             priority=REMOVALS_FIRST,
+            drain=DRAIN,
+            patience=CYCLE_PATIENCE,
         )
         return bool(row["waiting"])
 

@@ -139,8 +139,8 @@ def observe(session: Session, seen: Sequence[Seen]) -> None:
             held[row] = record.entitlements  # with the stored ones, added below
             unread.add(row)
     session.flush()  # new rows get their ids, dropped ones go
-    for row in [r for r in held if inspect_state(r).detached or inspect_state(r).deleted]:
-        del held[row]
+    for row in [r for r in held if not inspect_state(r).persistent]:
+        del held[row]  # dropped later in the batch (deleted, or made and let go unwritten)
     _merge_stored(session, held, [row for row in unread if row in held])
     ids = sorted(row.id for row in held)
     entitlement = models.ObservedEntitlement

@@ -7,9 +7,9 @@ Does: run procrastinate's worker on the workspace's database with three tasks �
   fenced outcomes: each operation is executed and recorded once whatever the number of
   workers), an account only while holding one of the target's slots, so its ``concurrency``
   holds across all workers (one drain's threads can fill them all); after ``DRAIN_SECONDS``
-  — or at once, between accounts, when it runs other work and a drain for removals or a
-  cycle waits for a job slot — it stops and puts a drain back in the queue for the rest, so
-  other jobs get their turn and any idle worker may take it;
+  — or at once, between accounts, when it runs other work and a drain for removals (or a
+  cycle, a quarter second already) waits for a job slot — it stops and puts a drain back in
+  the queue for the rest, so other jobs get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
   time across the cluster; instead of applying it opens manual work items and puts drains in
   the queue for the targets with work;
@@ -42,7 +42,7 @@ from procrastinate.jobs import Status
 
 from provisor.domain.plan import REMOVALS
 from provisor.domain.policy import TargetClass
-from provisor.engine import jobs
+from provisor.engine import circuit, jobs
 from provisor.engine.connections import Pool
 from provisor.engine.cycle import Cycles, system_clock
 from provisor.engine.planner import JournalSync
@@ -72,8 +72,8 @@ GIVE_WAY_SECONDS = 0.1  # how often a worker's drains ask whether leavers' jobs 
 
 
 class Leavers:
-    """Whether a job that may carry a leaver (a drain for removals, a cycle) waits in the job
-    queue, every worker's job slots taken; asked for all of a worker's drains at most every
+    """Whether a job that may carry a leaver waits in the job queue, every worker's job slots
+    taken (``Queue.leavers_waiting``); asked for all of a worker's drains at most every
     ``GIVE_WAY_SECONDS`` (a failed question counts as no)."""
 
     def __init__(self, queue: Queue) -> None:
@@ -164,16 +164,19 @@ class Worker:
     def drain(self, target: str) -> dict[str, int]:
         """Run ``target``'s takeable accounts a slice at a time (removals first) until none is
         left or its turn is up; then put a drain in the queue for whatever remains. A turn
-        spent on other work ends early, between accounts, when a drain for removals or a
-        cycle waits for a worker: a leaver never waits for a joiner wave's turn to run out."""
+        spent on other work ends early, between accounts, when a job that may carry a leaver
+        waits for a worker: a leaver never waits for a joiner wave's turn to run out."""
         self._fresh_policy()
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
             return {}
         deadline = time.monotonic() + DRAIN_SECONDS
+        gave_way: list[bool] = []
 
-        def turn_over() -> bool:
-            return time.monotonic() >= deadline or self.leavers.waiting()
+        def give_way() -> bool:
+            if not gave_way and self.leavers.waiting():
+                gave_way.append(True)
+            return bool(gave_way)
 
         totals: dict[str, int] = {}
         tried: set[str] = set()
@@ -187,7 +190,7 @@ class Worker:
                 chosen = chosen or takeable(session, target, now, size, besides=tried)
             if not chosen:
                 break
-            if not removals and turn_over():
+            if not removals and give_way():
                 self._more(target)  # the rest goes back in line, behind the leavers
                 break
             tried.update(chosen)
@@ -197,14 +200,14 @@ class Worker:
                 target=target,
                 identities=chosen,
                 slots=True,
-                give_way=None if removals else turn_over,
+                give_way=None if removals else give_way,
             )
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
             if target in report.unavailable:
                 break  # its circuit is open: a sweep queues a drain when a probe is due
-            if time.monotonic() >= deadline:
-                self._more(target)  # its turn is up: the rest goes back in line
+            if gave_way or time.monotonic() >= deadline:
+                self._more(target)  # its turn is up: the rest (and what it left) back in line
                 break
         return totals
 
@@ -242,22 +245,26 @@ class Worker:
 
     def hand_off(self, now: datetime, planned: JournalSync) -> ApplyReport:
         """What a cycle does instead of applying: a drain in the queue for each target with
-        work — at once, without asking the journal, for the targets its plan just added work
-        to (removals first) — and manual targets' work items opened."""
+        work — first, without asking the journal, for the targets its plan just added work
+        due now to (removals first) — and manual targets' work items opened."""
         report = ApplyReport()
         automated = {
             name
             for name, t in self.workspace.compiled.targets.items()
             if t.target_class is not TargetClass.MANUAL
         }
+        with self.workspace.sessions() as session:
+            automated -= circuit.waiting(session, now)
         added: dict[str, bool] = {}  # target -> any removal among its new operations
         for op, status, _ in planned.operations:
-            if status == "new" and op.target in automated:
+            due = op.not_before is None or op.not_before <= now
+            if status == "new" and due and op.target in automated:
                 added[op.target] = added.get(op.target, False) or op.kind in REMOVALS
         self.queue.drains(sorted(added.items(), key=lambda item: not item[1]))
         with self.workspace.sessions() as session, session.begin():
             report.tasks_opened = open_tasks(self.workspace, session, now)
-        others = automated - set(added)
+        # the rest, and removals that came due meanwhile where only joiners were added
+        others = automated - {target for target, removals in added.items() if removals}
         if others:
             with self.workspace.sessions() as session:
                 work = targets_with_work(self.workspace, session, now, others)
