@@ -115,6 +115,50 @@ def test_status_lists_every_target_with_its_state_and_work(cli: Any, ws: Path) -
     assert table.code == 0 and all(name in table.out for name in found)
 
 
+def test_probe_asks_the_next_run_to_probe_an_unavailable_target_at_once(cli: Any, ws: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from provisor.engine.workspace import Workspace
+    from provisor.store import models
+
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    names = [t["target"] for t in cli("status", "--json").json()["targets"]]
+    down, up = names[0], names[1]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    workspace = Workspace.open(ws)
+    try:
+        with workspace.sessions() as session, session.begin():
+            session.add(
+                models.TargetCircuit(
+                    target=down,
+                    failures=5,
+                    opened_at=datetime.now(UTC),
+                    reason="connection refused",
+                    probe_at=later,
+                    probes=2,
+                )
+            )
+        asked = cli("probe", down)
+        assert asked.code == 0 and "probes it at once" in asked.out, asked.err
+        assert "nothing to probe" in cli("probe", up).out
+        unknown = cli("probe", "nowhere")
+        assert unknown.code != 0 and "no target 'nowhere'" in unknown.err
+        with workspace.sessions() as session:
+            row = session.get(models.TargetCircuit, down)
+            assert row is not None and row.opened_at is not None  # still open: a probe decides
+            assert row.probe_at is not None and row.probe_at < later
+            said = session.execute(
+                select(models.AuditEvent.subject).where(
+                    models.AuditEvent.action == "target.probe_asked"
+                )
+            ).scalars()
+            assert list(said) == [down]
+    finally:
+        workspace.close()
+
+
 def test_init_is_idempotent(cli: Any, ws: Path) -> None:
     again = cli("init", "--json").json()
     assert again["schema_before"] == again["schema"] and again["written"] == []

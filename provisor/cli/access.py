@@ -24,7 +24,7 @@ from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import ApplyReport, Runner
 from provisor.engine.status import target_status
-from provisor.errors import ExitCode
+from provisor.errors import ExitCode, NotFoundError
 
 
 def plan(
@@ -315,6 +315,33 @@ def worker(
                 scrape.close()
 
 
+def probe(
+    target: Annotated[str, typer.Argument(help="The target whose circuit is open.")],
+) -> None:
+    """Probe an unavailable target at once, instead of after its cool-down: the next run (a
+    worker within runner.sweep_seconds, 'provisor run' or 'serve' at its next cycle) checks
+    it before any other work, and only an answer closes its circuit. Audited.
+
+    Example:  provisor probe crm
+    """
+    from provisor.engine import circuit
+
+    with opened() as workspace:
+        if target not in workspace.compiled.targets:
+            known = ", ".join(sorted(workspace.compiled.targets))
+            raise NotFoundError(f"no target {target!r} in the policy; targets: {known}")
+        with workspace.sessions() as session, session.begin():
+            outage = circuit.probe_soon(session, target)
+    if outage is None:
+        out.print(f"{target} is available (its circuit is closed): nothing to probe.")
+        return
+    out.print(
+        f"{target}: {outage.says()}. The next run probes it at once "
+        f"(probes so far: {outage.probes}).",
+        markup=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.command()(plan)
@@ -322,4 +349,5 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command()(worker)
     app.command()(status)
+    app.command()(probe)
     app.command()(observe)

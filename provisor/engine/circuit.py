@@ -8,7 +8,8 @@ open its circuit (audited): runners leave it alone (its work waits, nothing is a
 counted against the operations' attempts) and every run working on it stops (``record`` says
 which circuits are open, ``Breaker`` stops the run's accounts) until
 ``circuit.cool_down_seconds`` on, when one runner probes it (``Connector.check``) and closes
-the circuit when it answers; hand a leaver's removal waiting on an open circuit to the
+the circuit when it answers (at once when an operator asks, ``probe_soon``); hand a
+leaver's removal waiting on an open circuit to the
 target's owner as a work item after ``circuit.leavers_to_owner_minutes`` (the owner removes
 it by hand; the operation stays open until Provisor's read-back shows it); say which targets
 are unavailable, since when and why (``unavailable``). Circuits keep real time, whatever
@@ -182,6 +183,21 @@ def admit(workspace: Workspace, target: str, connector: Connector) -> str | None
         audit.append(session, [audit.Entry("target.available", target, said_so)], at=now)
     log.info("%s answers again: its circuit is closed", target)
     return None
+
+
+def probe_soon(session: Session, target: str) -> Outage | None:
+    """Have the next run probe ``target`` now instead of after its cool-down (an operator knows
+    it is back): its open circuit, as it was, or None when the circuit is closed (nothing to
+    probe). The probe still decides: only an answer closes the circuit. Audited."""
+    row = session.get(models.TargetCircuit, target, with_for_update=True)
+    if row is None or row.opened_at is None:
+        return None
+    now = _wall()
+    outage = unavailable(session, [target])[target]
+    row.probe_at = now
+    said = {"unavailable_since": row.opened_at.isoformat(), "probes": row.probes}
+    audit.append(session, [audit.Entry("target.probe_asked", target, said)], at=now)
+    return outage
 
 
 def _probe(target: str, connector: Connector) -> str | None:
