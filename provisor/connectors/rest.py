@@ -823,6 +823,12 @@ class RestConnector(BaseConnector):
             groups.setdefault(_id(lookup(item, request.account)), []).append(item)
         return groups
 
+    def check(self) -> None:
+        """Reach the target with the configured credentials: the first page of its account
+        listing — not the entitlement and session listings a full read starts with (a circuit
+        probe calls this while the target may be struggling)."""
+        next(iter(self._list("check", self.api.endpoints.list, self._context())), None)
+
     def list_accounts(self) -> Iterator[AccountRecord]:
         """Every account; entitlements and sessions from one listing each where described."""
         kinds = self.api.entitlements.kinds

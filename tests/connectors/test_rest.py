@@ -606,6 +606,18 @@ def test_every_paging_style_walks_every_page(sample: SampleApp, style: str) -> N
     connector.close()
 
 
+def test_check_reads_one_page_of_accounts_and_nothing_else(sample: SampleApp) -> None:
+    """A check (a circuit's probe among others) reaches the target without the full read's
+    bulk listings of memberships and sessions."""
+    sample.seed(250)
+    connector = sample_connector(sample)
+    sample.requests.clear()
+    connector.check()
+    assert [p for _, p in sample.requests] == [sample.requests[0][1]]
+    assert sample.requests[0][1].endswith("users")
+    connector.close()
+
+
 def test_link_to_another_server_is_not_followed(sample: SampleApp) -> None:
     sample.seed(150)
     api = sample_api("link")
