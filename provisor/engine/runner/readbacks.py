@@ -17,7 +17,7 @@ store and the accounts of pending operations.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,6 +72,18 @@ class _Store:
             for row in session.execute(select(oa).where(column.in_(part))).scalars():
                 if (row.target, row.account) not in self.by_key:
                     self._index(row)
+        # the memberships stored before the batch, wanted where a read could not show them
+        self.stored: dict[int, set[str]] = defaultdict(set)
+        if any(s.record is not None and not s.record.entitlements_shown for s in seen):
+            held = models.ObservedEntitlement
+            for ids in chunks(sorted(row.id for row in self.by_key.values())):
+                query = select(held.account_id, held.entitlement).where(held.account_id.in_(ids))
+                for account_id, name in session.execute(query):
+                    self.stored[account_id].add(name)
+
+    def stored_of(self, row: models.ObservedAccount) -> frozenset[str]:
+        """The memberships ``row`` held before the batch (none for a row made in it)."""
+        return frozenset(self.stored.get(row.id, ())) if row.id is not None else frozenset()
 
     def _index(self, row: models.ObservedAccount) -> None:
         self.by_key[row.target, row.account] = row
@@ -122,26 +134,16 @@ def observe(session: Session, seen: Sequence[Seen]) -> None:
         return
     store = _Store(session, seen)
     held: dict[models.ObservedAccount, frozenset[str]] = {}  # entitlements to store
-    # rows whose memberships no read of this batch showed yet: the stored ones count too
-    unread: set[models.ObservedAccount] = set()
     for item in seen:
         row = _account(store, item)
         if row is None:
             continue
-        record = item.record
-        assert record is not None
-        if record.entitlements_shown:
-            held[row] = record.entitlements
-            unread.discard(row)
-        elif row in held:
-            held[row] = kept_entitlements(record, held[row])
-        else:
-            held[row] = record.entitlements  # with the stored ones, added below
-            unread.add(row)
+        assert item.record is not None
+        before = held[row] if row in held else store.stored_of(row)
+        held[row] = kept_entitlements(item.record, before)
     session.flush()  # new rows get their ids, dropped ones go
     for row in [r for r in held if not inspect_state(r).persistent]:
         del held[row]  # dropped later in the batch (deleted, or made and let go unwritten)
-    _merge_stored(session, held, [row for row in unread if row in held])
     ids = sorted(row.id for row in held)
     entitlement = models.ObservedEntitlement
     for part in chunks(ids):
@@ -191,24 +193,6 @@ def _account(store: _Store, item: Seen) -> models.ObservedAccount | None:
     }
     row.source = "read-back"
     return row
-
-
-def _merge_stored(
-    session: Session,
-    held: dict[models.ObservedAccount, frozenset[str]],
-    unread: Iterable[models.ObservedAccount],
-) -> None:
-    """Add to the rows no read-back of the batch showed the memberships of the entitlements
-    stored before the batch (their absence from a read proves nothing)."""
-    waiting = {row.id: row for row in unread}
-    entitlement = models.ObservedEntitlement
-    for part in chunks(sorted(waiting)):
-        query = select(entitlement.account_id, entitlement.entitlement).where(
-            entitlement.account_id.in_(part)
-        )
-        for account_id, name in session.execute(query):
-            row = waiting[account_id]
-            held[row] = held[row] | {name}
 
 
 def adopt(session: Session, found: Sequence[tuple[models.Operation, str | None]]) -> None:
