@@ -319,13 +319,15 @@ def record_events(
     recent: Callable[[], holds.Recent] | None = None,
     defer: list[LifecycleEvent] | None = None,
     population: int | None = None,
+    chain: audit.Chain | None = None,
 ) -> Outcome:
     """Record ``events`` and bring the affected identities up to date as of ``now``.
 
     ``defer`` (a large import, recorded a batch at a time): the events of identities they
     would take to terminated or suspended are not recorded but added to ``defer``, for one
     last call with all of them, where the mass-change guard weighs them together against
-    ``population`` (the active population before the import wrote anything).
+    ``population`` (the active population before the import wrote anything); ``chain``: the
+    audit chain its batches append to, closed by the caller after the last.
 
     ``recent`` (a source of single changes) counts the source's latest deprovisioning
     transitions with these for the mass-change guard; it is asked only when there are some.
@@ -366,7 +368,11 @@ def record_events(
     if hold is not None:
         _hold_back(rec, candidates, now, rescind_window, outcome)
     outcome.recorded = len(rec.unique) - len(rec.held_keys)
-    _write(session, rec, origin, now, hold, import_id, flags, outcome)
+    if rec.ids:
+        appending = chain or audit.Chain(session, at=now)
+        _write(session, rec, appending, origin, now, hold, import_id, flags, outcome)
+        if chain is None:
+            appending.close()
     if hold is not None:
         data = {
             "origin": origin,
@@ -505,6 +511,7 @@ class _Slice:
 def _write(
     session: Session,
     rec: _Recording,
+    chain: audit.Chain,
     origin: str,
     now: datetime,
     hold: Hold | None,
@@ -517,7 +524,7 @@ def _write(
     feed = origin_feed(origin)
     hold_id = hold.id if hold is not None else None
     moves: dict[tuple[str | None, str | None], int] = {}
-    for part in chunks(rec.ids, 2000):
+    for part in chunks(rec.ids, _SLICE):
         batch = _Slice()
         for identity in part:
             columns = rec.columns_by_id.pop(identity)
@@ -539,7 +546,7 @@ def _write(
         outcome.changed.extend(part)
         bulk_insert(session, IdentityEvent, _EVENT_COLUMNS, batch.events)
         bulk_insert(session, Identity, _IDENTITY_COLUMNS, batch.inserts)
-        audit.append(session, batch.entries, at=now)
+        chain.add(batch.entries)
     for (before, after), count in moves.items():
         outcome.transitions[_transition(before, after)] += count
 
@@ -584,6 +591,9 @@ def _stage_events(
 
 
 _NO_FLAGS = json_text([])
+# identities written at a time: their events, rows and audit entries are held until written;
+# fewer, larger inserts cost the database less per row than many small ones
+_SLICE = 10_000
 
 
 def _new_row(

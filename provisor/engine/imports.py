@@ -46,6 +46,7 @@ from provisor.sources.hr import (
 )
 from provisor.store.bulk import chunks, collector_paused
 from provisor.store.models import Identity, IdentityEvent, Import
+from provisor.store.write_behind import writing_behind
 
 Progress = Callable[[str], None]
 BATCH = 50_000  # snapshot rows compared and recorded at a time
@@ -468,10 +469,16 @@ def _import_snapshot(
             tally.warnings = [str(w) for w in parsed.warnings]
             source = f"import {feed_name}:{path.name}"
             where = f"{feed_name}:{path.name}"
-            for batch in spill.batches(rejected):
-                at = (record, source, where, now)
-                known = _known(session, [r.identity for r in batch if r.identity in stored])
-                _snapshot_batch(workspace, session, batch, known, pending, at, references, tally)
+            # the batches' inserts are written while the next ones are worked out
+            with writing_behind(session):
+                chain = audit.Chain(session, at=now)
+                at = (record, chain, source, where, now)
+                for batch in spill.batches(rejected):
+                    known = _known(session, [r.identity for r in batch if r.identity in stored])
+                    _snapshot_batch(
+                        workspace, session, batch, known, pending, at, references, tally
+                    )
+                chain.close()
             say("recording")
             missing: list[LifecycleEvent] = []
             if parsed.unidentified_rejects:
@@ -506,14 +513,14 @@ def _snapshot_batch(
     batch: list[FeedRecord],
     known: dict[str, _Known],
     pending: tuple[dict[str, str], dict[str, str]],
-    at: tuple[Import, str, str, datetime],
+    at: tuple[Import, audit.Chain, str, str, datetime],
     references: References,
     tally: _Tally,
 ) -> None:
     """One batch of a snapshot (``known``: what the store holds of its people; ``pending``:
     everyone's future and held terminations): checked, compared with the store, recorded —
     but what it deprovisions and the non-human identities, which go to ``tally.deferred``."""
-    record, source, where, now = at
+    record, chain, source, where, now = at
     records, errors, warnings, flagged = references.check(batch)
     tally.flags.update(flagged)
     tally.accepted += len(records)
@@ -537,11 +544,13 @@ def _snapshot_batch(
         flags=flagged,
         stored=known,
         defer=tally.deferred,
+        chain=chain,
     )
     tally.recorded(events, outcome)
-    # what this batch loaded and wrote is flushed: the session need not keep it
+    # what this batch loaded and wrote is flushed: the session need not keep it (but the
+    # import's record and the audit chain's head, which the chain moves on)
     for held in list(session.identity_map.values()):
-        if held is not record:
+        if held is not record and held is not chain.head:
             session.expunge(held)
 
 

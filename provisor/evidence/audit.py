@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from provisor.domain.lifecycle import EventKind, canonical_json, event_key
 from provisor.domain.spreadsheet import safe_row
@@ -126,6 +127,65 @@ def head_for_update(session: Session) -> AuditHead:
     return _head(session)
 
 
+class Chain:
+    """Appends to the audit chain, batch after batch, inside the caller's transaction: the
+    head is read (and locked) once, when the chain is made; each batch moves it on in memory
+    only, and ``close`` writes it. A caller appending many batches (an import) thus asks
+    nothing of the database between them, and its inserts can be written behind
+    (``store.write_behind``). Another append in the same transaction before ``close`` reads
+    the head as moved (the session holds it) and writes it on; ``close`` then writes the
+    later one."""
+
+    def __init__(
+        self, session: Session, *, actor: str | None = None, at: datetime | None = None
+    ) -> None:
+        self._session = session
+        self.head = _head(session)
+        who = actor or current_actor()
+        when = (at or datetime.now(UTC)).astimezone(UTC)
+        self._fields = (when, who, _stamp(when, who))
+        self._moved = False
+
+    def add(self, entries: Iterable[Entry]) -> str:
+        """Append ``entries`` in order; returns the new head hash."""
+        head = self.head
+        when, who, stamp = self._fields
+        seq, prev = head.seq, head.hash
+        rows: list[tuple[Any, ...]] = []
+        for entry in entries:
+            seq += 1
+            if isinstance(entry.data, str):
+                # prebuilt canonical JSON: the lifecycle service's own fields (event keys,
+                # dates, states, the feed's file and line), written for every event of an
+                # import; stored as given, so that no key or date it holds is ever altered
+                data, subject = entry.data, entry.subject
+            else:
+                data = canonical_json(redact_data(dict(entry.data)))
+                subject = redact(entry.subject)
+            digest = _link(stamp, seq, entry.action, subject, data, prev)
+            rows.append((seq, when, who, entry.action, subject, data, prev, digest))
+            prev = digest
+        if rows:
+            bulk_insert(self._session, AuditEvent, EXPORT_FIELDS, rows)
+            # moved as if read so: the session's flushes leave it to ``close``
+            set_committed_value(head, "seq", seq)
+            set_committed_value(head, "hash", prev)
+            self._moved = True
+        return prev
+
+    def close(self) -> str:
+        """The head written; returns its hash."""
+        head = self.head
+        if self._moved:
+            self._session.execute(
+                update(AuditHead)
+                .where(AuditHead.id == head.id)
+                .values(seq=head.seq, hash=head.hash)
+            )
+            self._moved = False
+        return head.hash
+
+
 def append(
     session: Session,
     entries: Iterable[Entry],
@@ -134,30 +194,9 @@ def append(
     at: datetime | None = None,
 ) -> str:
     """Append ``entries`` in order; returns the new chain head hash."""
-    head = _head(session)
-    who = actor or current_actor()
-    when = (at or datetime.now(UTC)).astimezone(UTC)
-    stamp = _stamp(when, who)
-    seq, prev = head.seq, head.hash
-    rows: list[tuple[Any, ...]] = []
-    for entry in entries:
-        seq += 1
-        if isinstance(entry.data, str):
-            # prebuilt canonical JSON: the lifecycle service's own fields (event keys, dates,
-            # states, the feed's file and line), written for every event of an import; stored
-            # as given, so that no key or date it holds is ever altered
-            data, subject = entry.data, entry.subject
-        else:
-            data = canonical_json(redact_data(dict(entry.data)))
-            subject = redact(entry.subject)
-        digest = _link(stamp, seq, entry.action, subject, data, prev)
-        rows.append((seq, when, who, entry.action, subject, data, prev, digest))
-        prev = digest
-    if rows:
-        bulk_insert(session, AuditEvent, EXPORT_FIELDS, rows)
-        head.seq, head.hash = seq, prev
-        session.flush()
-    return prev
+    chain = Chain(session, actor=actor, at=at)
+    chain.add(entries)
+    return chain.close()
 
 
 def record(

@@ -25,7 +25,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import aggregate_strings
 from sqlalchemy.types import TypeEngine
 
-from provisor.store import models
+from provisor.store import models, write_behind
 
 SEP = "\x1f"  # joins entitlement names in one string; no name contains it
 # SQLite allows 32k bound parameters; stay well below for IN lists.
@@ -87,6 +87,7 @@ def driver_rows(session: Session, query: ClauseElement) -> Generator[tuple[Any, 
     bound values must be plain strings and numbers). Pending ORM changes are flushed first,
     as a query through the session would."""
     session.flush()
+    write_behind.settled(session)
     connection = session.connection()
     compiled = cast(
         SQLCompiler,

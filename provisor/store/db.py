@@ -12,6 +12,7 @@ Does not: define tables (``models``) or hold any query logic.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.errors import WorkspaceError
 from provisor.redaction import redact
+from provisor.store import write_behind
 from provisor.store.models import RedactedText, UTCDateTime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -213,22 +215,40 @@ def bulk_insert(
     params = list(zip(*columns, strict=True))
     quote = dialect.identifier_preparer.quote
     listed = f"{quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
-    if dialect.name == "postgresql" and dialect.driver == "psycopg" and len(params) > 1:
-        # PostgreSQL's own bulk load: many times faster than one INSERT per row
-        driver: Any = connection.connection.dbapi_connection
-        with driver.cursor() as cursor, cursor.copy(f"COPY {listed} FROM STDIN") as copy:
-            for row in params:
-                copy.write_row(row)
-        return
     into = f"INSERT INTO {listed}"
     mark = _MARKS.get(dialect.paramstyle)
-    if mark is not None:
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and len(params) > 1:
+        driver = connection.connection.dbapi_connection
+        copy = _copy(driver, f"COPY {listed} FROM STDIN", params)
+        if not write_behind.hand_over(session, copy):
+            copy(driver)
+        return
+    if mark is not None:  # (after what is written behind, like every statement)
         connection.exec_driver_sql(f"{into} VALUES ({', '.join(mark for _ in names)})", params)
         return
     # Any other parameter style: named placeholders, which SQLAlchemy renders for the driver.
     marks = [f"p{i}" for i in range(len(names))]
     statement = text(f"{into} VALUES ({', '.join(f':{m}' for m in marks)})")
     connection.execute(statement, [dict(zip(marks, row, strict=True)) for row in params])
+
+
+def _copy(driver: Any, statement: str, rows: list[tuple[Any, ...]]) -> write_behind.Write:
+    """PostgreSQL's own bulk load, many times faster than one INSERT per row: the rows are
+    put in COPY's format here, by the driver, and sent whole when written (a writer behind
+    then only waits for the server, and holds Python's lock for a moment)."""
+    from psycopg.copy import Copy, FileWriter  # only PostgreSQL's stores need the driver
+
+    data = io.BytesIO()
+    with driver.cursor() as cursor, Copy(cursor, binary=False, writer=FileWriter(data)) as out:
+        for row in rows:
+            out.write_row(row)
+    formatted = data.getvalue()
+
+    def write(connection: Any) -> None:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.write(formatted)
+
+    return write
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -1,6 +1,7 @@
 """A snapshot is read once, kept on disk and recorded a batch at a time (here three rows at a
-time): whatever the batches, it means what the whole file means — an id on two rows in
-different batches is rejected on both, a manager named in a later batch is known, the people
+time, written two identities at a time): whatever the batches, and on either store (written
+behind on PostgreSQL), it means what the whole file means — an id on two rows in different
+batches is rejected on both, a manager named in a later batch is known, the people
 missing from it leave, the mass-change guard weighs every leaver of the file together (and
 holds them all), and the same file again records nothing."""
 
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from provisor.engine import imports
+from provisor.engine import identities, imports
 from provisor.engine.imports import import_feed
 from provisor.engine.workspace import Workspace
+from provisor.evidence import audit
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
 
@@ -29,11 +31,20 @@ def row(i: int, manager: str = "", status: str = "active") -> str:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
-    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Workspace]:
+    """On SQLite and on PostgreSQL (where the batches' inserts are written behind), two
+    identities written at a time."""
+    if database_url.startswith("sqlite"):
+        monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
     monkeypatch.setattr(imports, "BATCH", 3)
+    monkeypatch.setattr(identities, "_SLICE", 2)
     workspace = scratch_workspace(tmp_path, POLICY)
     yield workspace
+    with workspace.sessions() as session:
+        checked = audit.verify(session)
+    assert checked.ok, checked.problem
     workspace.close()
 
 

@@ -1,0 +1,128 @@
+"""Bulk inserts written behind: a transaction's large inserts run in a thread of their own while
+the caller prepares the next ones.
+
+Does: while ``writing_behind(session)`` is open on PostgreSQL, take the bulk loads (COPY) of
+``db.bulk_insert`` on that session, their rows already formatted, and execute them in the order
+given, in one thread, on the session's own connection, inside its transaction: the server's
+work then overlaps the caller's Python work instead of following it. Any other use of that
+connection first waits until every load handed over is written — a statement or flush through
+SQLAlchemy, a commit or rollback, a raw cursor (``settled``), the end of the block — so
+statements keep their order and the connection is never used by two threads at once. A load
+that fails is raised in the caller at its next use of the connection, or when the block ends;
+what was handed over after it is not executed, and the transaction (which the caller owns) is
+left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run ahead
+and pile rows up in memory. On SQLite the block changes nothing (see ``writing_behind``).
+Does not: open, commit or roll back anything; format values; decide what is written."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session
+
+Write = Callable[[Any], None]  # given the driver's connection
+_KEY = "provisor.write_behind"
+# the connection events after which the writer's inserts must already be in the database
+_EVENTS = (
+    "before_cursor_execute",
+    "commit",
+    "rollback",
+    "savepoint",
+    "rollback_savepoint",
+    "release_savepoint",
+)
+
+
+class _Writer:
+    """One thread executing handed-over inserts in order on one driver connection."""
+
+    def __init__(self, connection: Connection, depth: int) -> None:
+        self._driver: Any = connection.connection.dbapi_connection
+        self._queue: queue.Queue[Write | None] = queue.Queue(depth)
+        self._failed: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="provisor-write-behind", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, write: Write) -> None:
+        self._raise()
+        self._queue.put(write)
+
+    def settle(self, *_event: Any) -> None:
+        """Wait until everything handed over is written; raise what failed."""
+        self._queue.join()
+        self._raise()
+
+    def stop(self, *, discard: bool) -> None:
+        """End the thread once what was handed over is written (or, ``discard``, skipped)."""
+        self._stopped = discard
+        self._queue.put(None)
+        self._thread.join()
+
+    def _raise(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            self._stopped = True  # nothing after a failed insert is written
+            raise failed
+
+    def _run(self) -> None:
+        while True:
+            write = self._queue.get()
+            try:
+                if write is None:
+                    return
+                if not self._stopped and self._failed is None:
+                    write(self._driver)
+            except BaseException as error:  # handed to the caller, who owns the transaction
+                self._failed = error
+            finally:
+                self._queue.task_done()
+
+
+@contextmanager
+def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
+    """Within the block, ``db.bulk_insert`` on ``session`` writes behind (see the module).
+    Leaving it waits for every insert and raises the first that failed."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        # SQLite's driver takes Python's lock back for every row it inserts: a thread of its
+        # own would mostly wait for the caller's, and gains nothing
+        yield
+        return
+    writer = _Writer(connection, depth)
+    for name in _EVENTS:
+        event.listen(connection, name, writer.settle)
+    session.info[_KEY] = writer
+    failed = True
+    try:
+        yield
+        writer.settle()
+        failed = False
+    finally:
+        del session.info[_KEY]
+        for name in _EVENTS:
+            event.remove(connection, name, writer.settle)
+        writer.stop(discard=failed)
+
+
+def hand_over(session: Session, write: Write) -> bool:
+    """Have ``write`` run behind, if a block is open on ``session``; False when it is not (the
+    caller then writes itself)."""
+    writer = session.info.get(_KEY)
+    if writer is None:
+        return False
+    writer.hand_over(write)
+    return True
+
+
+def settled(session: Session) -> None:
+    """Before using ``session``'s driver connection directly: every insert handed over is
+    written (SQLAlchemy's own statements wait by themselves)."""
+    writer = session.info.get(_KEY)
+    if writer is not None:
+        writer.settle()
