@@ -6,7 +6,9 @@ a scratch database on the PostgreSQL server at PROVISOR_BENCH_POSTGRES_URL (defa
 one, as ``postgres``) — and times ``provisor import`` of it through the engine service (parse,
 validate, diff, record events, audit). Then imports the same file again, which must change
 nothing. ``peak_rss_mb`` is this process's peak: the file's writing is done in a child process
-first, so it is the import's own.
+first, so it is the import's own. ``--zones`` imports the same size again with people in
+twelve time zones (their sites mapped to zones: every start date placed in its zone) and
+reports both runs and their ratio.
 Prints one JSON line: {"bench": "import_hr", ..., "rows_per_s": N, "peak_rss_mb": M}.
 """
 
@@ -72,14 +74,40 @@ def write_snapshot(path: Path, rows: int, seed: int = 11) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    args = parser.parse_args()
+# --zones: the workspace in one zone, people in the zones of their sites
+ZONES = """
+time:
+  zone: America/Los_Angeles
+  locations:
+""" + "".join(
+    f"    site-{i}: {zone}\n"
+    for i, zone in enumerate(
+        [
+            "America/Los_Angeles",
+            "America/New_York",
+            "Europe/London",
+            "Europe/Berlin",
+            "Asia/Kolkata",
+            "Asia/Tokyo",
+            "Australia/Sydney",
+            "Pacific/Auckland",
+            "America/Sao_Paulo",
+            "Africa/Johannesburg",
+            "Asia/Singapore",
+            "Europe/Paris",
+        ]
+    )
+)
+
+
+def imported(args: argparse.Namespace, zones: bool) -> dict[str, float]:
+    """One import of a fresh snapshot into a fresh workspace, and the same file again."""
     with tempfile.TemporaryDirectory(prefix="provisor-bench-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
         write_starter(folder)
+        if zones:
+            config = folder / "provisor.yaml"
+            config.write_text(config.read_text(encoding="utf-8") + ZONES, encoding="utf-8")
         feed = folder / "people.csv"
         with ProcessPoolExecutor(1) as writer:  # its memory is not the import's
             writer.submit(write_snapshot, feed, args.rows).result()
@@ -99,23 +127,37 @@ def main() -> None:
         again = import_feed(workspace, feed, now=now)
         again_elapsed = time.perf_counter() - again_started
         workspace.close()
-    print(
-        json.dumps(
-            {
-                "bench": "import_hr",
-                "db": args.db,
-                "rows": args.rows,
-                "accepted": report.rows_accepted,
-                "rejected": len(report.errors),
-                "events": sum(report.counts.values()),
-                "seconds": round(elapsed, 3),
-                "rows_per_s": round(args.rows / elapsed),
-                "reimport_seconds": round(again_elapsed, 3),
-                "reimport_events": sum(again.counts.values()),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
-        )
+    return {
+        "accepted": report.rows_accepted,
+        "rejected": len(report.errors),
+        "events": sum(report.counts.values()),
+        "seconds": round(elapsed, 3),
+        "rows_per_s": round(args.rows / elapsed),
+        "reimport_seconds": round(again_elapsed, 3),
+        "reimport_events": sum(again.counts.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--zones",
+        action="store_true",
+        help="also import with people in twelve time zones (by location) and report both, "
+        "with ratio = rows/s with zones / without",
     )
+    args = parser.parse_args()
+    result: dict[str, object] = {"bench": "import_hr", "db": args.db, "rows": args.rows}
+    plain = imported(args, zones=False)
+    result.update(plain)
+    if args.zones:
+        zoned = imported(args, zones=True)
+        result.update({f"zones_{k}": v for k, v in zoned.items()})
+        result["ratio"] = round(zoned["rows_per_s"] / plain["rows_per_s"], 3)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

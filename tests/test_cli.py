@@ -174,9 +174,43 @@ def test_snapshot_import_reimport_and_identities(cli: Any, ws: Path) -> None:
     assert again["events"] == {} and again["unchanged"] == 4
     listed = {r["id"]: r for r in cli("identities", "list", "--json").json()}
     assert listed["E3"]["state"] == "leave"
-    assert listed["E4"]["next_change"].startswith("2030-01-31")
+    # end_date 2030-01-31 is the last working day: access ends when it does (workspace in UTC)
+    assert listed["E4"]["next_change"] == "2030-02-01T00:00:00+00:00"
     table = cli("identities")
     assert "Ann Head" in table.out
+
+
+def test_dates_typed_and_shown_in_the_persons_zone(cli: Any, ws: Path) -> None:
+    """A workspace in Los Angeles with people located elsewhere: --now is a day there, an
+    event's --effective date a day where the person is, and every time shown names its zone."""
+    config = ws / "provisor.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + "\ntime:\n  zone: America/Los_Angeles\n  locations: {Sydney: Australia/Sydney}\n",
+        encoding="utf-8",
+    )
+    feed = write(
+        ws / "people.csv",
+        "id,name,location,start_date\nS1,Sam Sydney,Sydney,2026-01-05\nL1,Lee LA,,2026-01-05\n",
+    )
+    assert cli("--now", "2026-06-01", "import", str(feed)).code == 0
+    said = cli("--now", "2026-06-01", "event", "terminate", "S1", "--effective", "2026-12-31")
+    assert said.code == 0, said.err
+    # the end of 2026-12-31 in Sydney (AEDT, +11), shown there
+    assert "effective 2027-01-01 00:00 AEDT (Australia/Sydney) recorded" in said.out
+    data = cli(
+        "--now", "2026-06-01", "event", "terminate", "L1", "--effective", "2026-12-31", "--json"
+    ).json()
+    assert data["effective"] == "2027-01-01T08:00:00+00:00"  # the workspace's zone, PST
+    shown = cli("--now", "2026-06-01", "identities", "show", "S1")
+    # --now is the start of that day in the workspace's zone: 00:00 PDT, 17:00 in Sydney
+    assert "S1: active as of 2026-06-01 17:00 AEST (Australia/Sydney)" in shown.out
+    assert "next change: 2027-01-01 00:00 AEDT (Australia/Sydney)" in shown.out
+    assert "2026-01-05 00:00 AEDT (Australia/Sydney)" in shown.out  # the hire, in the timeline
+    listed = cli("identities", "list")
+    assert "2026-12-31 05:00 PST (America/Los_Angeles)" in listed.out  # S1, in the workspace's
+    bad = cli("event", "terminate", "S1", "--effective", "31/12/2026")
+    assert bad.code != 0 and "--effective" in bad.err and "not a date" in bad.err
 
 
 def test_snapshot_moves_and_missing_people(cli: Any, ws: Path) -> None:

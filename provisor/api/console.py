@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from provisor.api.security import Tokens, acting
+from provisor.domain import days
 from provisor.domain.debt import DebtItem
 from provisor.domain.roles import Permission, Reach
 from provisor.engine import correlate, debt, holds, operations, operators, tasks, views
@@ -52,6 +53,17 @@ def ago(delta: timedelta) -> str:
 
 
 templates.env.filters["ago"] = ago
+
+
+def in_zone(value: str | datetime | None, zone: str) -> str:
+    """A time as people read it, in ``zone``, saying it (``days.shown``)."""
+    if value is None:
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return days.shown(moment, days.zone(zone))
+
+
+templates.env.filters["in_zone"] = in_zone
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 

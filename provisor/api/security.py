@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
@@ -26,9 +26,10 @@ from starlette.requests import Request as PlainRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisor.api.problems import Problem, respond
+from provisor.domain import days
 from provisor.domain.lifecycle import utc
 from provisor.domain.roles import Permission, Reach
-from provisor.engine import operators
+from provisor.engine import operators, zones
 from provisor.engine.operators import Principal
 from provisor.engine.workspace import Workspace
 from provisor.errors import DeniedError
@@ -180,6 +181,32 @@ def instant(value: datetime | None, field: str) -> datetime | None:
         return utc(value)
     except (OverflowError, ValueError):
         raise Problem(422, f"{field}: {value} is out of range", title="invalid request") from None
+
+
+def workspace_when(workspace: Workspace, value: str | None, field: str) -> datetime | None:
+    """A date or date-time a client gives for the workspace as a whole (``as_of``): a date is
+    the start of that day in the workspace's zone (``zones.workspace_instant``)."""
+    if value is None:
+        return None
+    typed = typed_when(value, field)
+    try:
+        return zones.workspace_instant(workspace.config, typed)
+    except (OverflowError, ValueError):
+        raise Problem(422, f"{field}: {value} is out of range", title="invalid request") from None
+
+
+def typed_when(value: str, field: str) -> date | datetime:
+    """A date or date-time as a client typed it (placed in time by ``engine.zones``), or a
+    422 naming the field."""
+    try:
+        typed = days.parse_value(value)
+        if isinstance(typed, datetime) and typed.tzinfo is not None:
+            typed.astimezone(UTC)  # beyond the year 9999 once in UTC
+    except days.TimeError as exc:
+        raise Problem(422, f"{field}: {exc}", title="invalid request") from None
+    except (OverflowError, ValueError):
+        raise Problem(422, f"{field}: {value} is out of range", title="invalid request") from None
+    return typed
 
 
 # a row number in a path, and how far a listing may skip: within what the database's integers

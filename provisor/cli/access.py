@@ -19,6 +19,7 @@ import typer
 
 from provisor.cli.options import JsonOption, now, opened
 from provisor.cli.output import counter, err, finish, out, print_json, table
+from provisor.domain import days
 from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
@@ -41,6 +42,7 @@ def plan(
     """
     with opened() as workspace, workspace.sessions() as session, session.begin():
         synced = sync_journal(workspace, session, now=now(), identity=identity, target=target)
+        home = workspace.config.time.zones().home  # times shown in the workspace's zone
     rows = synced.as_rows()
     if json_out:
         print_json({"operations": rows, "added": synced.added, "cancelled": synced.cancelled})
@@ -62,7 +64,9 @@ def plan(
                 r["operation"],
                 r["entitlement"],
                 r["journal"] + (f": {r['parked']}" if r["parked"] else ""),
-                (r["not_before"] or "")[:10],
+                days.shown(datetime.fromisoformat(r["not_before"]), home)
+                if r["not_before"]
+                else "",
                 r["reason"],
             )
             for r in rows

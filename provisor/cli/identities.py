@@ -22,9 +22,10 @@ from provisor.cli.options import (
     maybe_when,
     now,
     opened,
-    parse_when,
+    typed_when,
 )
 from provisor.cli.output import err, finish, listing, out, print_json, stages, table
+from provisor.domain import days
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import holds as holds_service
 from provisor.engine import identities as identity_service
@@ -107,7 +108,13 @@ def event(
     kind: Annotated[EventKind, typer.Argument(help="Lifecycle event kind.")],
     identity: Annotated[str, typer.Argument(help="Identity id (e.g. employee id).")],
     effective: Annotated[
-        str | None, typer.Option(help="Effective date/time (default: now).")
+        str | None,
+        typer.Option(
+            help="Effective date or date-time (default: now). A date is a day in the person's "
+            "time zone: a terminate takes effect at the end of that last working day, a hire "
+            "at the start of the first (the feed's end_at and start_at); a date-time without "
+            "an offset is a wall-clock time there."
+        ),
     ] = None,
     attribute: Annotated[
         list[str] | None,
@@ -123,7 +130,7 @@ def event(
     """
     changes = _changes(attribute)
     at = now()
-    when = parse_when(effective, "--effective") if effective else at
+    when = typed_when(effective, "--effective") if effective else None
     with opened() as workspace:
         data = views.record_event(
             workspace,
@@ -142,9 +149,10 @@ def event(
     elif data["hold"] is not None:
         out.print(f"{identity}: {kind.value} held for approval as hold {data['hold']}.")
     else:
-        future = " (takes effect then; 'provisor tick' applies it)" if when > at else ""
+        later = datetime.fromisoformat(data["effective"]) > at
+        future = " (takes effect then; 'provisor tick' applies it)" if later else ""
         out.print(
-            f"{identity}: {kind.value} effective {when.date()} recorded{future}; "
+            f"{identity}: {kind.value} effective {data['effective_shown']} recorded{future}; "
             f"state now {data['state']}."
         )
 
@@ -262,6 +270,7 @@ def identities_list(
         shown, total = views.list_identities(
             workspace, state=state, department=department, kind=kind, limit=limit
         )
+        home = workspace.config.time.zones().home  # next changes shown in the workspace's zone
     listing(
         shown,
         json_out=json_out,
@@ -275,7 +284,7 @@ def identities_list(
             r["state"],
             r["department"],
             r["owner"],
-            (r["next_change"] or "")[:10],
+            days.shown(datetime.fromisoformat(r["next_change"]), home) if r["next_change"] else "",
             "; ".join(r["flags"] or []),
         ),
     )
@@ -308,23 +317,28 @@ def identities_show(
     if json_out:
         print_json(data)
         return
+    where = days.zone(data["zone"])  # times shown in the person's zone, saying which
+
+    def shown(text: str) -> str:
+        return days.shown(datetime.fromisoformat(text), where)
+
     out.print(
-        f"{identity}: {data['state']} as of {valid.date()}"
-        + (f", as known on {known.date()}" if known else "")
+        f"{identity}: {data['state']} as of {days.shown(valid, where)}"
+        + (f", as known on {days.shown(known, where)}" if known else "")
     )
     for name, value in sorted(data["attributes"].items()):
         out.print(f"  {name}: {value}")
     if data["flags"]:
         out.print(f"  flags: {'; '.join(data['flags'])}")
     if data["next_change"]:
-        out.print(f"  next change: {data['next_change'].date()}")
+        out.print(f"  next change: {days.shown(data['next_change'], where)}")
     table(
         "Timeline",
         ["effective", "recorded", "event", "state", "changes / note"],
         [
             (
-                t["effective"][:10],
-                t["recorded"][:19],
+                shown(t["effective"]),
+                shown(t["recorded"]),
                 t["event"],
                 t["state"],
                 t["note"] or ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in t["changes"].items()),

@@ -1,8 +1,9 @@
 """Options every command shares: the workspace, the clock (``--now``), ``--json``, dates.
 
 Does: hold the global ``--workspace`` and ``--now`` given to ``provisor``, parse dates given on
-the command line (a usage error names the option), open the workspace, name the acting person,
-run a group's listing when no subcommand is given.
+the command line (a usage error names the option; a date is a day in the workspace's zone),
+open the workspace, name the acting person, run a group's listing when no subcommand is
+given.
 Does not: print, or decide what a command does.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from provisor.domain.lifecycle import utc
-from provisor.engine.workspace import Workspace
+from provisor.domain import days
+from provisor.engine import zones
+from provisor.engine.workspace import Workspace, workspace_path
 from provisor.evidence import audit
 
 
@@ -55,13 +57,22 @@ def now() -> datetime:
     return given.now or datetime.now(UTC)
 
 
-def parse_when(value: str, option: str) -> datetime:
+def typed_when(value: str, option: str) -> date | datetime:
+    """A date or date-time as typed, not placed in time yet (``engine.zones`` does that)."""
     try:
-        return utc(datetime.fromisoformat(value))
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date; use YYYY-MM-DD or an ISO 8601 date-time", param_hint=option
-        ) from None
+        return days.parse_value(value)
+    except days.TimeError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def parse_when(value: str, option: str) -> datetime:
+    """A date or date-time for the workspace as a whole: a date is the start of that day in
+    the workspace's time zone (``time.zone``), a date-time without an offset a wall-clock time
+    there, one with an offset the instant it says."""
+    typed = typed_when(value, option)
+    if isinstance(typed, datetime) and typed.tzinfo is not None:
+        return typed.astimezone(UTC)
+    return zones.workspace_instant_at(workspace_path(given.workspace).resolve(), typed)
 
 
 def maybe_when(value: str | None, option: str) -> datetime | None:

@@ -13,6 +13,7 @@ import typer
 
 from provisor.cli.options import JsonOption, actor, lists_by_default, now, opened
 from provisor.cli.output import listing, out, print_json
+from provisor.domain import days
 from provisor.engine import tasks
 
 tasks_app = typer.Typer(
@@ -33,6 +34,7 @@ def tasks_list(
     """
     with opened() as workspace, workspace.sessions() as session:
         found = tasks.list_tasks(session, now(), every=every, owner=owner)
+        home = workspace.config.time.zones().home  # times shown in the workspace's zone
     listing(
         found,
         json_out=json_out,
@@ -43,7 +45,7 @@ def tasks_list(
         row=lambda v: (
             v.id,
             v.status + (" OVERDUE" if v.overdue else ""),
-            v.due.date(),
+            days.shown(v.due, home),
             v.owner,
             v.target,
             v.identity,

@@ -1,20 +1,21 @@
 """The workspace configuration file, ``provisor.yaml``.
 
-Does: define and validate the workspace settings — where the policy lives, the HR feeds and their
-column mappings, the mass-change guard, lifecycle windows, the secrets file — and write the
-starter configuration and policy that ``provisor init`` puts in a new workspace.
+Does: define and validate the workspace settings — where the policy lives, the HR feeds (column
+mappings, day rules), the mass-change guard, lifecycle windows, time zones, the secrets file —
+and write the starter configuration and policy that ``provisor init`` puts in a new workspace.
 Does not: open the database or load the policy (``provisor.engine.workspace`` does both).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from provisor.domain import yaml_limits
+from provisor.domain import days, yaml_limits
 from provisor.domain.scim_people import IDENTITY_FROM, IdentitySource
 from provisor.errors import ConfigError
 from provisor.sources.hr import FeedMapping
@@ -41,6 +42,49 @@ class LifecycleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rescind_window_days: int = Field(default=30, ge=0, le=365)
+
+
+class TimeSettings(BaseModel):
+    """Whose local time a date means (``provisor.domain.days``): dates in feeds, on the command
+    line and in the API are days in the person's zone; an instant with an offset is taken as
+    given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zone: str = "UTC"  # the workspace's IANA time zone, e.g. America/Los_Angeles
+    # an identity attribute holding each person's zone (its value an IANA name), first
+    zone_attribute: str | None = None
+    # else a person's location (the location attribute, any case) to a zone
+    locations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        days.zone(value)
+        return value.strip()
+
+    @field_validator("locations")
+    @classmethod
+    def _located(cls, value: dict[str, str]) -> dict[str, str]:
+        bad: list[str] = []
+        for place, name in value.items():
+            try:
+                days.zone(name)
+            except days.TimeError:
+                bad.append(f"{place}: {name!r}")
+        if bad:
+            raise ValueError(f"unknown time zone(s) {', '.join(bad)}; expected IANA names")
+        return {place.strip(): name.strip() for place, name in value.items()}
+
+    def zones(self) -> days.Zones:
+        return _zones(self.zone, self.zone_attribute, tuple(sorted(self.locations.items())))
+
+
+@lru_cache(maxsize=16)
+def _zones(
+    default: str, attribute: str | None, locations: tuple[tuple[str, str], ...]
+) -> days.Zones:
+    return days.Zones(default, attribute, locations)
 
 
 class RunnerSettings(BaseModel):
@@ -173,6 +217,7 @@ class WorkspaceConfig(BaseModel):
     feeds: dict[str, FeedMapping] = Field(default_factory=lambda: {"hr": FeedMapping()})
     guard: GuardSettings = Field(default_factory=GuardSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    time: TimeSettings = Field(default_factory=TimeSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     secrets_file: str = "secrets.enc"
     # a credential that would cross the network unencrypted (plain http://, ldap:// without
@@ -228,6 +273,9 @@ feeds:
       start_date: start_date
       end_date: end_date
       status: status
+    start_at: start_of_day  # a start_date begins then, locally: start_of_day or a time (09:00)
+    end_at: end_of_day      # an end_date is the last working day: access ends at its end
+                            # (end_of_day), its start (start_of_day) or a local time (18:00)
 
 guard:                      # mass-change guard for imports and ticks
   max_share: 0.10           # hold if more than 10 % of active identities would be deprovisioned
@@ -236,6 +284,11 @@ guard:                      # mass-change guard for imports and ticks
 
 lifecycle:
   rescind_window_days: 30   # a termination can be rescinded this long after it took effect
+
+time:                       # dates are days in the person's local time
+  zone: UTC                 # the workspace's IANA zone, e.g. America/Los_Angeles
+  zone_attribute: null      # an identity attribute holding each person's zone (IANA name)
+  locations: {}             # else location -> zone, e.g. {London: Europe/London}
 
 audit:                      # signed checkpoints of the audit chain; see docs/evidence.md
   checkpoints: true

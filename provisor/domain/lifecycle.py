@@ -116,7 +116,7 @@ DEFAULT_RESCIND_WINDOW = timedelta(days=30)
 ORPHAN_PREFIX = "orphan:"
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)  # a feed's days in each of its people's zones
 def _utc_text(value: datetime) -> str:
     # Only ever given UTC datetimes: two equal instants in other zones would share an entry.
     return value.isoformat()
@@ -225,6 +225,9 @@ class LifecycleEvent:
     ref: str | None = None
     source: str = ""
     key: str = ""
+    # the local time ``effective`` was given as (``days.Local`` text, 2026-12-31T24:00), when it
+    # was one: in another zone it is another instant. Not part of the key.
+    local: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "effective", utc(self.effective))
@@ -255,8 +258,10 @@ def new_event(
     attributes: Mapping[str, Any],
     ref: str | None,
     source: str,
+    local: str | None = None,
 ) -> LifecycleEvent:
-    """``LifecycleEvent(identity, kind, effective, recorded, attributes, ref, source)``, built
+    """``LifecycleEvent(identity, kind, effective, recorded, attributes, ref, source, "",
+    local)``, built
     without the frozen-dataclass ``__init__`` (which sets each field through
     ``object.__setattr__``): an import makes one per changed row, and that constructor is a
     quarter of the cost of making an event. It must set every field the constructor sets, and
@@ -275,6 +280,7 @@ def new_event(
         ref=ref,
         source=source,
         key=_key(identity, kind, effective, attributes_json, ref),
+        local=local,
         _attributes_json=attributes_json,
     )
     return event

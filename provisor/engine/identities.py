@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import WorkspaceConfig
+from provisor.domain.days import Local, Zones
 from provisor.domain.lifecycle import (
     EventKind,
     IdentityKind,
@@ -54,6 +55,7 @@ _EVENT_COLUMNS = (
     "hold_id",
     "import_id",
     "recorded_by",
+    "local_time",
 )
 _IDENTITY_COLUMNS = (
     "external_id",
@@ -86,6 +88,7 @@ def to_event(row: IdentityEvent) -> LifecycleEvent:
         ref=row.ref,
         source=row.source,
         key=row.key,
+        local=row.local_time,
     )
 
 
@@ -340,12 +343,7 @@ def record_events(
     outcome = Outcome()
     rec = _new_events(session, events, stored, outcome)
     rescind_window = window(config)
-    said: dict[str, list[str]] = {}  # warnings by identity, in the order they were folded
-    for identity in rec.ids:
-        notes: list[str] = []
-        rec.columns_by_id[identity] = _fold_new(rec, identity, now, rescind_window, strict, notes)
-        if notes:
-            said[identity] = notes
+    said = _fold_all(rec, config, now, strict, origin)
     _drop_ownerless(session, rec, strict, outcome)
     candidates = [
         i
@@ -383,6 +381,29 @@ def record_events(
         audit.append(session, [audit.Entry("hold.created", f"hold {hold.id}", data)], at=now)
     session.flush()
     return outcome
+
+
+def _fold_all(
+    rec: _Recording, config: WorkspaceConfig, now: datetime, strict: bool, origin: str
+) -> dict[str, list[str]]:
+    """Fold every identity of ``rec`` with its new events (and the terminations a new time
+    zone moves: ``_rescheduled``); the warnings by identity, in the order they were folded."""
+    rescind_window = window(config)
+    said: dict[str, list[str]] = {}
+    for identity in rec.ids:
+        notes: list[str] = []
+        rec.columns_by_id[identity] = _fold_new(rec, identity, now, rescind_window, strict, notes)
+        if notes:
+            said[identity] = notes
+    zones = config.time.zones()
+    if zones.personal:
+        for identity in rec.ids:
+            if _rescheduled(rec, identity, zones, now, origin):
+                said[identity] = notes = []
+                rec.columns_by_id[identity] = _fold_new(
+                    rec, identity, now, rescind_window, strict, notes
+                )
+    return said
 
 
 def _new_events(
@@ -452,6 +473,51 @@ def _fold_new(
                 f"{notes[event.key]}"
             )
     return _columns(state, now)
+
+
+def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, origin: str) -> bool:
+    """When ``identity``'s new events change their time zone, their pending terminations
+    given as local times (an end date: the end of the last working day) move to the same local
+    time in the new zone: each is rescinded and recorded again at the new instant. True when
+    any moved."""
+    row = rec.rows.get(identity)
+    if row is None:
+        return False
+    before = zones.of(row.attributes)
+    after = zones.of(rec.columns_by_id[identity]["attributes"])
+    if before.key == after.key:
+        return False
+    events = [*rec.history.get(identity, ()), *rec.new_by_id[identity]]
+    voided = {e.ref for e in events if e.kind is EventKind.RESCIND and e.ref}
+    moved = False
+    for event in events:
+        if event.kind is not EventKind.TERMINATE or event.local is None:
+            continue
+        if event.effective <= now or event.key in voided:
+            continue
+        at = Local.parse(event.local).instant(after)
+        if at == event.effective:
+            continue
+        why = f"{origin}: time zone {before.key} -> {after.key}"
+        again = [
+            LifecycleEvent(identity, EventKind.RESCIND, now, now, {}, event.key, why),
+            LifecycleEvent(
+                identity,
+                EventKind.TERMINATE,
+                at,
+                now,
+                event.attributes,
+                event.ref,
+                why,
+                local=event.local,
+            ),
+        ]
+        for new in again:
+            if new.key not in rec.unique:
+                rec.unique[new.key] = new
+                rec.new_by_id[identity].append(new)
+        moved = True
+    return moved
 
 
 def _defer(rec: _Recording, candidates: list[str], defer: list[LifecycleEvent]) -> None:
@@ -583,6 +649,7 @@ def _stage_events(
                 hold_id if held else None,
                 import_id,
                 by,
+                event.local,
             )
         )
         data = _audit_data(event, status, before, after)

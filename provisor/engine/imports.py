@@ -15,14 +15,15 @@ import hashlib
 import marshal
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
+from provisor.domain.days import Local, Placed, Zones
 from provisor.domain.lifecycle import (
     EventKind,
     LifecycleEvent,
@@ -40,6 +41,7 @@ from provisor.sources.hr import (
     FeedMapping,
     FeedMode,
     FeedRecord,
+    When,
     new_record,
     parse_feed,
     parse_lines,
@@ -173,6 +175,10 @@ class _Events:
 
     source: str
     now: datetime
+    zones: Zones
+    # dates placed so far, by the date's object and the zone: a file has few distinct dates,
+    # each one object while the import runs (the parser's, or the spill's when read back)
+    placed: dict[tuple[int, str], tuple[When, Placed]] = field(default_factory=dict)
     events: list[LifecycleEvent] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -180,34 +186,53 @@ class _Events:
         self,
         r: FeedRecord,
         kind: EventKind,
-        when: datetime,
+        when: datetime | Placed,
         attrs: dict[str, Any] | None = None,
         ref: str | None = None,
     ) -> None:
+        at, local = (when.at, when.local) if isinstance(when, Placed) else (when, None)
+        where = f"{self.source}:{r.line}"
         self.events.append(
-            new_event(r.identity, kind, when, self.now, attrs or {}, ref, f"{self.source}:{r.line}")
+            new_event(r.identity, kind, at, self.now, attrs or {}, ref, where, local)
         )
+
+    def place(
+        self, r: FeedRecord, value: When | None, *known: Mapping[str, Any] | None
+    ) -> Placed | None:
+        """``value`` of row ``r`` in time: a local time in the person's zone (the row's, else
+        the first of ``known``'s attributes to name one, else the workspace's)."""
+        if value is None:
+            return None
+        where = self.zones.of(r.attributes, *known)
+        seen = (id(value), where.key)
+        found = self.placed.get(seen)
+        if found is None:  # the value kept with it: its id is not reused meanwhile
+            found = self.placed[seen] = (value, Placed.of(value, where))
+        return found[1]
 
 
 def _row_events(
     records: list[FeedRecord],
     known: dict[str, _Known],
-    source: str,
-    now: datetime,
+    at: tuple[str, datetime, Zones, dict[tuple[int, str], tuple[When, Placed]]],
     future_terminations: dict[str, str],
     held_terminations: dict[str, str],
 ) -> tuple[list[LifecycleEvent], int, list[str]]:
-    """The events that bring each row's identity to what the row says; how many rows change
-    nothing; warnings."""
-    found = _Events(source, now)
+    """The events that bring each row's identity to what the row says (``at``: where the rows
+    come from, now, whose zone is which, and the dates placed so far, kept while the rows'
+    dates are); how many rows change nothing; warnings."""
+    found = _Events(*at)
     unchanged = 0
     for r in records:
         before = len(found.events)
         status = r.status or _ACTIVE
-        if not _state_events(found, r, status, known.get(r.identity)):
+        have = known.get(r.identity)
+        stored = have.attributes if have is not None else None
+        start, end = found.place(r, r.effective, stored), found.place(r, r.end, stored)
+        if not _state_events(found, r, status, have, (start, end)):
             continue
         if status != _TERMINATED and r.identity not in held_terminations:
-            _end_events(found, r, future_terminations.get(r.identity))
+            _end_events(found, r, end, future_terminations.get(r.identity))
         if len(found.events) == before:
             unchanged += 1
     return found.events, unchanged, found.warnings
@@ -240,10 +265,17 @@ def _missing_events(
     ]
 
 
-def _state_events(found: _Events, r: FeedRecord, status: str, have: _Known | None) -> bool:
-    """The events that bring the stored state to the row's; False when the row is ignored
-    (a leaver who was never imported)."""
+def _state_events(
+    found: _Events,
+    r: FeedRecord,
+    status: str,
+    have: _Known | None,
+    dates: tuple[Placed | None, Placed | None],
+) -> bool:
+    """The events that bring the stored state to the row's (``dates``: its start and end
+    placed in time); False when the row is ignored (a leaver who was never imported)."""
     now = found.now
+    start, end = dates
     if have is None or have.state is None:
         if status == _TERMINATED:
             found.warnings.append(
@@ -251,41 +283,45 @@ def _state_events(found: _Events, r: FeedRecord, status: str, have: _Known | Non
                 "never imported; ignored"
             )
             return False
-        start = r.effective or now
+        at = start.at if start is not None else now
         # The hire (nearly every row of a first import) is added here rather than by add().
         where = f"{found.source}:{r.line}"
+        local = start.local if start is not None else None
         found.events.append(
-            new_event(r.identity, _HIRE, start, now, r.attributes or {}, None, where)
+            new_event(r.identity, _HIRE, at, now, r.attributes or {}, None, where, local)
         )
         if status != _ACTIVE:
-            _status_events(r, status, _ACTIVE, max(start, now), found.add)
+            _status_events(r, status, _ACTIVE, max(at, now), found.add, end)
     elif have.state == _TERMINATED:
         if status != _TERMINATED:
-            later = r.effective and have.terminated_at and r.effective > have.terminated_at
-            when = r.effective if later and r.effective else now
+            later = start is not None and have.terminated_at and start.at > have.terminated_at
+            when: datetime | Placed = start if later and start is not None else now
             found.add(r, EventKind.REHIRE, when, r.attributes)
             if status != _ACTIVE:
-                _status_events(r, status, _ACTIVE, max(when, now), found.add)
+                _status_events(r, status, _ACTIVE, max(_at(when), now), found.add, end)
     else:
-        when = now
+        moment = now
         if have.state == _PRE_HIRE and have.next_change_at is not None:
-            when = max(now, have.next_change_at)
+            moment = max(now, have.next_change_at)
         changes = {k: v for k, v in r.attributes.items() if have.attributes.get(k) != v}
         converted = changes.pop("employment_type", None)
         if converted is not None:
-            found.add(r, EventKind.CONVERT, when, {"employment_type": converted})
+            found.add(r, EventKind.CONVERT, moment, {"employment_type": converted})
         if changes:
-            found.add(r, EventKind.MOVE, when, changes)
-        _status_events(r, status, have.state, when, found.add)
+            found.add(r, EventKind.MOVE, moment, changes)
+        _status_events(r, status, have.state, moment, found.add, end)
     return True
 
 
-def _end_events(found: _Events, r: FeedRecord, pending: str | None) -> None:
+def _at(when: datetime | Placed) -> datetime:
+    return when.at if isinstance(when, Placed) else when
+
+
+def _end_events(found: _Events, r: FeedRecord, end: Placed | None, pending: str | None) -> None:
     """A future end date becomes a future termination (rescinding a different one pending);
     an end date taken away rescinds the pending one."""
-    end = r.end
-    if end is not None and end > found.now:
-        candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end, found.now)
+    if end is not None and end.at > found.now:
+        candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end.at, found.now)
         if pending != candidate.key:
             if pending is not None:
                 found.add(r, EventKind.RESCIND, found.now, ref=pending)
@@ -300,10 +336,11 @@ def _status_events(
     current: str,
     when: datetime,
     add: Callable[..., None],
+    end: Placed | None,
 ) -> None:
-    """Events that move ``current`` to the row's ``status``."""
+    """Events that move ``current`` to the row's ``status`` (``end``: its end date)."""
     if status == LifecycleState.TERMINATED and current != LifecycleState.TERMINATED:
-        add(r, EventKind.TERMINATE, r.end or when)
+        add(r, EventKind.TERMINATE, end or when)
         return
     for kind in _STEPS.get((current, status), ()):
         add(r, kind, when)
@@ -324,9 +361,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _stamp(value: datetime | None) -> int | None:
-    """An instant as whole microseconds since the epoch: exact, and a plain value."""
-    return None if value is None else (value - _EPOCH) // _MICROSECOND
+def _code(value: When) -> int | tuple[int, int]:
+    """A date as a plain value, exactly: an instant as whole microseconds since the epoch, a
+    local time as its day's ordinal and its seconds."""
+    if isinstance(value, Local):
+        return (value.day.toordinal(), value.seconds)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _decode(code: int | tuple[int, int]) -> When:
+    if isinstance(code, tuple):
+        return Local(date.fromordinal(code[0]), code[1])
+    return _EPOCH + code * _MICROSECOND
 
 
 class _Spill:
@@ -338,12 +384,23 @@ class _Spill:
         self.references = References(file)
         self._disk = tempfile.TemporaryFile(prefix="provisor-import-")  # noqa: SIM115 (closed by close)
         self._batches = 0
+        self._codes: dict[int, tuple[When, Any]] = {}
 
     def add(self, records: list[FeedRecord]) -> None:
         self.references.add(records)
-        stamp = _stamp
+        # a file has few distinct dates, each one object (the parser's): coded once, by id
+        codes = self._codes
+
+        def coded(value: When | None) -> Any:
+            if value is None:
+                return None
+            known = codes.get(id(value))
+            if known is None:
+                known = codes[id(value)] = (value, _code(value))  # the value kept: ids stay
+            return known[1]
+
         rows = [
-            (r.line, r.identity, stamp(r.effective), r.status, r.attributes, stamp(r.end))
+            (r.line, r.identity, coded(r.effective), r.status, r.attributes, coded(r.end))
             for r in records
         ]
         # plain values only, the fastest of the formats; whole batches, as bytes (marshal
@@ -356,7 +413,7 @@ class _Spill:
     def batches(self, rejected: Container[str]) -> Iterator[list[FeedRecord]]:
         """The records again, a batch at a time, but those of ``rejected`` ids."""
         self._disk.seek(0)
-        when: dict[int | None, datetime | None] = {None: None}
+        when: dict[Any, When | None] = {None: None}
         for _ in range(self._batches):
             size = int.from_bytes(self._disk.read(8), "little")
             rows = marshal.loads(self._disk.read(size))  # written above, by this process
@@ -364,9 +421,9 @@ class _Spill:
             for line, identity, effective, status, attributes, end in rows:
                 if identity in rejected:
                     continue
-                for stamp in (effective, end):
-                    if stamp not in when:
-                        when[stamp] = _EPOCH + stamp * _MICROSECOND
+                for code in (effective, end):
+                    if code not in when:
+                        when[code] = _decode(code)
                 records.append(
                     new_record(
                         line, identity, None, when[effective], status, attributes, None, when[end]
@@ -392,6 +449,8 @@ class _Tally:
     # a snapshot's: the events that deprovision, recorded last; the flags of flagged people
     deferred: list[LifecycleEvent] = field(default_factory=list)
     flags: dict[str, list[str]] = field(default_factory=dict)
+    # the dates its rows' dates were placed at so far (``_Events.placed``)
+    placed: dict[tuple[int, str], tuple[When, Placed]] = field(default_factory=dict)
 
     def recorded(self, events: list[LifecycleEvent], outcome: Outcome) -> None:
         self.counts.update(str(e.kind) for e in events)
@@ -448,7 +507,13 @@ def _import_snapshot(
     say("reading")
     spill = _Spill(str(path))
     try:
-        parsed = parse_feed(path, mapping, sink=spill.add, batch=BATCH)
+        parsed = parse_feed(
+            path,
+            mapping,
+            sink=spill.add,
+            batch=BATCH,
+            zone_attribute=workspace.config.time.zone_attribute,
+        )
         rejected = set(parsed.rejected_ids)
         references = spill.references
         references.leave_out(rejected)
@@ -526,7 +591,10 @@ def _snapshot_batch(
     tally.accepted += len(records)
     tally.errors += [str(e) for e in errors]
     tally.warnings += [str(w) for w in warnings]
-    events, unchanged, said = _row_events(records, known, where, now, *pending)
+    zones = workspace.config.time.zones()
+    events, unchanged, said = _row_events(
+        records, known, (where, now, zones, tally.placed), *pending
+    )
     tally.unchanged += unchanged
     tally.warnings += said
     # non-human identities go last too: their owner may be a person of a later batch
@@ -564,7 +632,7 @@ def _import_events(
 ) -> ImportReport:
     """An events file: every valid row is an event, recorded as written, all at once."""
     say("reading")
-    parsed = parse_feed(path, mapping)
+    parsed = parse_feed(path, mapping, zone_attribute=workspace.config.time.zone_attribute)
     with workspace.sessions() as session, session.begin():
         record = _started(session, path, feed_name, mapping, now)
         say("checking")
@@ -577,13 +645,7 @@ def _import_events(
         tally.warnings = [str(w) for w in (*parsed.warnings, *warnings)]
         say("comparing")
         where = f"{feed_name}:{path.name}"
-        events = [
-            LifecycleEvent(
-                r.identity, r.event, r.effective, now, r.attributes, r.ref, f"{where}:{r.line}"
-            )
-            for r in records
-            if r.event is not None and r.effective is not None
-        ]
+        events = _file_events(session, workspace.config.time.zones(), records, where, now)
         say("recording")
         outcome = record_events(
             session,
@@ -596,6 +658,28 @@ def _import_events(
         )
         tally.recorded(events, outcome)
         return _finished(session, record, path, feed_name, mapping, parsed.rows_read, tally)
+
+
+def _file_events(
+    session: Any, zones: Zones, records: list[FeedRecord], where: str, now: datetime
+) -> list[LifecycleEvent]:
+    """An events file's rows as events; a local time is placed in the person's zone as the
+    row says it, else as their earlier rows in the file, else as the store does."""
+    found = _Events(where, now, zones)
+    stored: dict[str, _Known] = {}
+    if zones.personal:
+        local = {r.identity for r in records if isinstance(r.effective, Local)}
+        stored = _known(session, sorted(local))
+    earlier: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.event is None or r.effective is None:
+            continue
+        have = stored.get(r.identity)
+        before = earlier.setdefault(r.identity, {})
+        placed = found.place(r, r.effective, before, have.attributes if have else None)
+        found.add(r, r.event, placed or now, r.attributes, r.ref)
+        before.update(r.attributes)
+    return found.events
 
 
 def _started(
@@ -666,7 +750,9 @@ def record_people(
     mapping = workspace.config.feeds.get(feed) or FeedMapping()
     mapping = mapping.model_copy(update={"mode": FeedMode.SNAPSHOT, "extra_attributes": "keep"})
     text = "\n".join(canonical_json(p) for p in people)
-    parsed = parse_lines(text, mapping, name=source)
+    parsed = parse_lines(
+        text, mapping, name=source, zone_attribute=workspace.config.time.zone_attribute
+    )
     ids = sorted({r.identity for r in parsed.records})
     references = References(parsed.file)
     references.add(parsed.records)
@@ -685,8 +771,7 @@ def record_people(
     events, _, warnings = _row_events(
         records,
         known,
-        source,
-        now,
+        (source, now, workspace.config.time.zones(), {}),
         _pending(session, EventKind.TERMINATE, "accepted", now, ids),
         _pending(session, EventKind.TERMINATE, "held", now, ids),
     )

@@ -65,8 +65,10 @@ class Intake:
         changes: dict[str, Any],
         source: str,
         actor: str,
+        local: str | None = None,
     ) -> Future[dict[str, Any]]:
-        """Queue one event; the future answers with its outcome or raises its refusal."""
+        """Queue one event (``local``: the local time ``effective`` was given as); the future
+        answers with its outcome or raises its refusal."""
         if identity.startswith(ORPHAN_PREFIX):
             raise LifecycleError(
                 f"{identity!r}: ids starting {ORPHAN_PREFIX!r} name accounts linked to no identity"
@@ -74,7 +76,7 @@ class Intake:
         if kind is EventKind.RESCIND:
             raise LifecycleError("a rescind is recorded on its own (views.record_event)")
         now = datetime.now(UTC)
-        event = LifecycleEvent(identity, kind, effective, now, changes, None, source)
+        event = LifecycleEvent(identity, kind, effective, now, changes, None, source, local=local)
         asked = _Asked(event, actor)
         self._queue.put(asked)
         return asked.answer

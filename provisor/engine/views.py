@@ -10,15 +10,16 @@ desired access (``provisor.domain.desired``); this module only asks them and sha
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from provisor.domain import days
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent, utc
-from provisor.engine import identities, readpaths
+from provisor.engine import identities, readpaths, zones
 from provisor.engine.reconcile import list_runs
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -30,13 +31,14 @@ def record_event(
     identity: str,
     kind: EventKind,
     *,
-    effective: datetime,
+    effective: date | datetime | None,
     changes: dict[str, Any],
     ref: str | None,
     source: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """Record one event typed by a person (strictly: an event with no effect is refused)."""
+    """Record one event typed by a person (strictly: an event with no effect is refused);
+    ``effective`` as typed (``zones.place``), None for now."""
     if identity.startswith(ORPHAN_PREFIX):
         raise LifecycleError(
             f"{identity!r}: ids starting {ORPHAN_PREFIX!r} name accounts linked to no identity"
@@ -46,7 +48,10 @@ def record_event(
             ref = identities.latest_termination_key(session, identity)
             if ref is None:
                 raise LifecycleError(f"{identity}: has no termination to rescind")
-        new = LifecycleEvent(identity, kind, effective, now, changes, ref, source)
+        placed = zones.place(session, workspace.config, identity, kind, effective or now, changes)
+        new = LifecycleEvent(
+            identity, kind, placed.at, now, changes, ref, source, local=placed.local
+        )
         outcome = identities.record_events(
             session, workspace.config, [new], origin="event", now=now, strict=True
         )
@@ -57,10 +62,24 @@ def record_event(
         "event": new.key,
         "identity": identity,
         "kind": kind.value,
-        "effective": effective.isoformat(),
+        "effective": placed.at.isoformat(),
+        "effective_local": placed.local,
+        "effective_shown": str(placed),
         "state": state,
         **outcome.as_dict(),
     }
+
+
+def place_event(
+    workspace: Workspace,
+    identity: str,
+    kind: EventKind,
+    effective: date | datetime,
+    changes: dict[str, Any],
+) -> days.Placed:
+    """When an event typed for ``identity`` takes effect (``zones.place``)."""
+    with workspace.sessions() as session:
+        return zones.place(session, workspace.config, identity, kind, effective, changes)
 
 
 def list_identities(
@@ -153,11 +172,13 @@ def show_identity(
             "note": t.note,
             "source": t.event.source,
             "key": t.event.key,
+            "local": t.event.local,  # the local time it was given as, when it was
         }
         for t in state.timeline
     ]
     return {
         "id": identity,
+        "zone": workspace.config.time.zones().of(state.attributes).key,
         "state": state.state.value if state.state else None,
         "as_of": as_of.isoformat(),
         "known_at": known_at.isoformat() if known_at else None,

@@ -1,9 +1,11 @@
 """HR feed files (snapshot or events, CSV or JSON Lines) parsed into records, row by row.
 
 Does: read a feed file as UTF-8 (with or without BOM), map its columns to Provisor fields,
-normalise values (trimmed, NFC, dates as aware UTC datetimes) and validate each row on its own
-(required fields, the mapping's declared ones included; no control character in any value;
-lengths within the store's and the mapping's limits), so a bad row is reported by file, line
+normalise values (trimmed, NFC; a date as the local time its day rule gives, a date-time as
+a local wall time or, with an offset, an instant: ``provisor.domain.days``) and validate
+each row on its own (required fields, the mapping's declared ones included; no control
+character in any value; lengths within the store's and the mapping's limits; a time zone
+attribute naming a zone), so a bad row is reported by file, line
 and column and skipped while the other rows still come through. A whole file is refused
 (``FeedError``) only when it cannot be read, lacks required columns, or is a snapshot that
 names nobody.
@@ -19,21 +21,32 @@ import re
 import unicodedata
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from provisor.domain.days import (
+    START_OF_DAY,
+    DayRule,
+    Local,
+    TimeError,
+    parse_value,
+    read_when,
+    rule_for,
+    zone,
+)
 from provisor.domain.lifecycle import (
     ORPHAN_PREFIX,
     STANDARD_ATTRIBUTES,
     EventKind,
     IdentityKind,
-    utc,
 )
 from provisor.errors import FeedError
+
+When = Local | datetime  # a local time, or an instant in UTC
 
 
 class FeedMode(StrEnum):
@@ -66,6 +79,19 @@ _FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".jso
 # An accepted effective date this far from today is probably a typo, so it is warned about.
 _WARN_PAST = timedelta(days=5 * 365)
 _WARN_FUTURE = timedelta(days=2 * 365)
+# strptime directives that read a time of day (or a zone)
+_TIME_DIRECTIVE = re.compile(r"%[HIMSfpzZcX]")
+_NONE: dict[str, Any] = {}
+
+
+def _day(value: Local | datetime) -> date:
+    """The calendar day a value is on (an instant's, in UTC)."""
+    return value.day if isinstance(value, Local) else value.date()
+
+
+def _rough(value: Local | datetime) -> datetime:
+    """An instant near a value, for warnings: a local time as if in UTC."""
+    return value.instant(UTC) if isinstance(value, Local) else value
 
 
 class FeedMapping(BaseModel):
@@ -80,6 +106,13 @@ class FeedMapping(BaseModel):
     columns: dict[str, str] = Field(default_factory=dict)
     # A strptime format for every date column; None means ISO 8601 (date or date-time).
     date_format: str | None = None
+    # In the person's local time (``time`` in provisor.yaml), a start_date begins at the start
+    # of its day or at a local time such as 09:00; an end_date is the last working day, so
+    # access ends at the end of its day unless set to start_of_day or a local time (18:00).
+    # An events feed's effective date takes end_at for a terminate, start_at for a hire or
+    # rehire, and the start of its day for any other event. Date-times are taken as written.
+    start_at: str = "start_of_day"
+    end_at: str = "end_of_day"
     delimiter: str = ","
     # Columns that are no Provisor field become free-form attributes ("keep") or are dropped.
     extra_attributes: Literal["keep", "ignore"] = "keep"
@@ -121,6 +154,11 @@ class FeedMapping(BaseModel):
             raise ValueError("the delimiter is one character, neither a quote nor a line break")
         return value
 
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _day_rule(cls, value: str) -> str:
+        return str(DayRule.read(value))
+
     @field_validator("date_format")
     @classmethod
     def _strptime_format(cls, value: str | None) -> str | None:
@@ -151,16 +189,19 @@ class FeedRecord:
     ``line`` is where the record starts in the file. ``effective`` is the event's effective
     date in events mode and the hire date (``start_date``) in snapshot mode; ``end`` is the
     snapshot's termination date (``end_date``), past or planned, and None in events mode.
+    Each is a local time (``Local``: a date taken by the feed's day rule, or a date-time
+    written without an offset), which the engine places in the person's zone, or an instant
+    (written with an offset), in UTC.
     """
 
     line: int
     identity: str
     event: EventKind | None
-    effective: datetime | None
+    effective: When | None
     status: str | None
     attributes: dict[str, Any]
     ref: str | None = None
-    end: datetime | None = None
+    end: When | None = None
 
 
 @dataclass(frozen=True)
@@ -189,12 +230,14 @@ def parse_feed(
     display_name: str | None = None,
     sink: Sink | None = None,
     batch: int = 20_000,
+    zone_attribute: str | None = None,
 ) -> ParsedFeed:
     """Parse and validate the feed at ``path``; ``display_name`` names it in every message.
     With ``sink``, valid records go to it ``batch`` at a time as they are read, so that no
     more are held at once, and the result holds none: the records of an id that turns out
     to be on several rows (``rejected_ids``) have gone to the sink too, and it is the
-    caller's to leave them out."""
+    caller's to leave them out. ``zone_attribute``: the attribute holding people's time
+    zones (its values are checked)."""
     file = display_name if display_name is not None else str(path)
     fmt = mapping.format
     if fmt == "auto":
@@ -206,7 +249,7 @@ def parse_feed(
             )
         fmt = "csv" if found == "csv" else "jsonl"
     text = _read_text(path, file)
-    parser = _RowParser(file, mapping)
+    parser = _RowParser(file, mapping, zone_attribute)
     if sink is not None:
         parser.stream(sink, batch)
     parser.inspect(text)
@@ -224,10 +267,12 @@ def parse_feed(
     return parser.result()
 
 
-def parse_lines(text: str, mapping: FeedMapping, *, name: str) -> ParsedFeed:
+def parse_lines(
+    text: str, mapping: FeedMapping, *, name: str, zone_attribute: str | None = None
+) -> ParsedFeed:
     """Parse and validate JSON Lines already in memory, by the rules of a feed file: a source
     that is no file (the inbound SCIM server's people) is checked exactly as a feed is."""
-    parser = _RowParser(name, mapping)
+    parser = _RowParser(name, mapping, zone_attribute)
     parser.inspect(text)
     _parse_jsonl(text, parser)
     return parser.result()
@@ -278,11 +323,11 @@ def new_record(
     line: int,
     identity: str,
     event: EventKind | None,
-    effective: datetime | None,
+    effective: When | None,
     status: str | None,
     attributes: dict[str, Any],
     ref: str | None,
-    end: datetime | None,
+    end: When | None,
 ) -> FeedRecord:
     """A FeedRecord built without the frozen-dataclass ``__init__``, which sets each field
     through ``object.__setattr__`` and costs a sixth of the time spent on a valid row. It must
@@ -312,8 +357,9 @@ class _RowParser:
     checks run straight through and build messages only for what is wrong.
     """
 
-    def __init__(self, file: str, mapping: FeedMapping) -> None:
+    def __init__(self, file: str, mapping: FeedMapping, zone_attribute: str | None) -> None:
         self.file = file
+        self.zone_attribute = zone_attribute
         self.mode = mapping.mode
         self.fields = _MODE_FIELDS[mapping.mode]
         self.column = {name: mapping.columns.get(name, name) for name in _FIELDS}
@@ -344,7 +390,15 @@ class _RowParser:
         else:
             example = datetime(2024, 1, 31, 9, 30).strftime(mapping.date_format)
             self.date_hint = f"{mapping.date_format} (e.g. {example})"
-        self.dates: dict[str, datetime] = {}  # valid dates seen so far
+        self.start_rule = DayRule.read(mapping.start_at)
+        self.end_rule = DayRule.read(mapping.end_at)
+        # a format without a time of day gives dates (taken by a day rule); with one, local
+        # wall times (with %z, instants)
+        self.dates_only = mapping.date_format is not None and not _TIME_DIRECTIVE.search(
+            mapping.date_format
+        )
+        # valid dates seen so far, by day rule: raw text -> what it means
+        self.dates: dict[DayRule, dict[str, When]] = {}
         now = _now()
         self.too_old = now - _WARN_PAST
         self.too_new = now + _WARN_FUTURE
@@ -425,18 +479,24 @@ class _RowParser:
     def _bad(self, errors: list[RowError], line: int, name: str, reason: str) -> None:
         errors.append(RowError(self.file, line, self.column[name], reason))
 
-    def _date(self, errors: list[RowError], line: int, name: str, raw: str) -> datetime | None:
+    def _date(
+        self, errors: list[RowError], line: int, name: str, raw: str, rule: DayRule
+    ) -> When | None:
         """Parse a date the cache (``self.dates``, valid dates only) does not hold yet."""
         try:
+            value: date | datetime
             if self.date_format is None:
-                value = utc(datetime.fromisoformat(raw))
+                value = parse_value(raw)
             else:
-                value = utc(datetime.strptime(raw, self.date_format))
-        except ValueError:
+                value = datetime.strptime(raw, self.date_format)
+                if self.dates_only:
+                    value = value.date()
+            when = read_when(value, rule)
+        except (ValueError, OverflowError):  # TimeError too
             self._bad(errors, line, name, f"invalid date '{raw}'; expected {self.date_hint}")
             return None
-        self.dates[raw] = value
-        return value
+        self.dates.setdefault(rule, {})[raw] = when
+        return when
 
     def _check(
         self, line: int, values: dict[str, Any], present: Container[str], errors: list[RowError]
@@ -481,6 +541,20 @@ class _RowParser:
                 self._bad(errors, line, name, reason)
         if self.controls or self.long_values or self.spans_lines:
             self._scan(line, values, errors)
+        if self.zone_attribute is not None:
+            self._zone(line, values, errors)
+
+    def _zone(self, line: int, values: dict[str, Any], errors: list[RowError]) -> None:
+        """The time zone attribute, when the row has it, names a zone."""
+        name = self.zone_attribute or ""
+        value = values.get(name)
+        if value is None:
+            return
+        try:
+            zone(value if isinstance(value, str) else "")
+        except TimeError:
+            reason = f"unknown time zone {value!r}; expected an IANA name such as Europe/London"
+            errors.append(RowError(self.file, line, self.column.get(name, name), reason))
 
     def _scan(self, line: int, values: dict[str, Any], errors: list[RowError]) -> None:
         """Every value of a row: no control character, no longer than its limit."""
@@ -530,13 +604,18 @@ class _RowParser:
                 self._bad(errors, line, "status", reason)
         raw_start = values.pop("start_date", None)
         raw_end = values.pop("end_date", None)
-        dates = self.dates
         start = end = None
         if raw_start:
-            start = dates.get(raw_start) or self._date(errors, line, "start_date", raw_start)
+            rule = self.start_rule
+            start = self.dates.get(rule, _NONE).get(raw_start) or self._date(
+                errors, line, "start_date", raw_start, rule
+            )
         if raw_end:
-            end = dates.get(raw_end) or self._date(errors, line, "end_date", raw_end)
-        if start is not None and end is not None and end < start:
+            rule = self.end_rule
+            end = self.dates.get(rule, _NONE).get(raw_end) or self._date(
+                errors, line, "end_date", raw_end, rule
+            )
+        if start is not None and end is not None and _day(end) < _day(start):
             reason = f"end_date {raw_end} is before start_date {raw_start}"
             self._bad(errors, line, "end_date", reason)
         if "kind" in values:
@@ -574,12 +653,16 @@ class _RowParser:
                 )
         effective = None
         if raw:
-            effective = self.dates.get(raw) or self._date(errors, line, "effective", raw)
+            rule = rule_for(event, self.start_rule, self.end_rule) if event else START_OF_DAY
+            effective = self.dates.get(rule, _NONE).get(raw) or self._date(
+                errors, line, "effective", raw, rule
+            )
         if errors or identity is None:
             self._reject(identity, errors)
             return
-        if effective is not None and not self.too_old <= effective <= self.too_new:
-            when = "over 5 years in the past" if effective < self.too_old else "over 2 years ahead"
+        rough = _rough(effective) if effective is not None else None
+        if rough is not None and not self.too_old <= rough <= self.too_new:
+            when = "over 5 years in the past" if rough < self.too_old else "over 2 years ahead"
             self.warn(line, self.column["effective"], f"effective {raw} is {when}")
         if ref is not None and event is not EventKind.RESCIND:
             reason = "ref is ignored: only a rescind names the termination it cancels"

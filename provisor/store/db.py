@@ -170,6 +170,7 @@ def json_text(value: Any) -> str:
 
 
 @lru_cache(maxsize=8192)
+@lru_cache(maxsize=65536)  # bulk inserts spell the same instants again and again
 def _sqlite_time(value: datetime | None) -> str | None:
     """An aware datetime as SQLAlchemy stores a DATETIME on SQLite (naive UTC text)."""
     if value is None:
@@ -177,7 +178,7 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=65536)
 def _naive_utc(value: datetime | None) -> datetime | None:
     """An aware datetime as other databases store it (naive UTC)."""
     return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None

@@ -127,6 +127,9 @@ class IdentityEvent(Base):
     import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
     # the acting person who recorded it (the four-eyes rule on holds reads it)
     recorded_by: Mapped[str | None] = mapped_column(String(256))
+    # the local time it was given as (``provisor.domain.days.Local``: 2026-12-31T24:00), when it
+    # was: ``effective_at`` is that time in the person's zone, and moves when their zone does
+    local_time: Mapped[str | None] = mapped_column(String(32))
 
 
 class Hold(Base):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from provisor.domain.days import END_OF_DAY, START_OF_DAY, Local
 from provisor.domain.lifecycle import EventKind
 from provisor.errors import FeedError
 from provisor.sources import hr
@@ -37,6 +38,16 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def day(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+def first(year: int, month: int, day: int) -> Local:
+    """A start date as read: the start of that day, in whoever's zone it turns out to be."""
+    return START_OF_DAY.on(date(year, month, day))
+
+
+def last(year: int, month: int, day: int) -> Local:
+    """An end date as read: the last working day, so the end of that day."""
+    return END_OF_DAY.on(date(year, month, day))
 
 
 def messages(errors: list[RowError]) -> list[str]:
@@ -154,12 +165,12 @@ def test_dates_far_in_the_past_or_future_are_accepted_with_a_warning() -> None:
     feed = corpus("dates-past-future.csv", EVENTS)
     assert feed.errors == []
     assert [(r.line, r.identity, r.event, r.effective) for r in feed.records] == [
-        (2, "E001", EventKind.HIRE, day(1998, 3, 1)),
-        (3, "E001", EventKind.TERMINATE, day(2001, 12, 31)),
+        (2, "E001", EventKind.HIRE, first(1998, 3, 1)),
+        (3, "E001", EventKind.TERMINATE, last(2001, 12, 31)),
         (4, "E002", EventKind.HIRE, day(2099, 1, 1, 7)),  # 09:00+02:00
         (5, "E003", EventKind.HIRE, day(2000, 1, 1, 0, 30)),  # 23:30-01:00 the day before
     ]
-    assert all(r.effective is not None and r.effective.tzinfo is UTC for r in feed.records)
+    assert all(isinstance(r.effective, Local) or r.effective.tzinfo is UTC for r in feed.records)
     assert messages(feed.warnings) == [
         "dates-past-future.csv:2 effective: effective 1998-03-01 is over 5 years in the past",
         "dates-past-future.csv:3 effective: effective 2001-12-31 is over 5 years in the past",
@@ -217,7 +228,7 @@ def test_bad_rows_are_reported_and_good_rows_still_come_through() -> None:
             2,
             "E001",
             None,
-            day(2020, 1, 15),
+            first(2020, 1, 15),
             "active",
             {
                 "name": "Ann Good",
@@ -238,10 +249,10 @@ def test_bad_rows_are_reported_and_good_rows_still_come_through() -> None:
             15,
             "E011",
             None,
-            day(2019, 7, 1),
+            first(2019, 7, 1),
             "terminated",
             {"name": "Bob Good", "email": "bob@example.com", "department": "Sales"},
-            end=day(2024, 3, 31),
+            end=last(2024, 3, 31),
         ),
     ]
 
@@ -266,7 +277,7 @@ def test_events_good() -> None:
         (14, "E102", EventKind.REHIRE),
     ]
     hire, move, convert, leave = feed.records[:4]
-    assert hire.effective == day(2024, 1, 8)
+    assert hire.effective == first(2024, 1, 8)
     assert hire.status is None and hire.ref is None
     assert hire.attributes == {
         "name": "Ann Example",
@@ -301,9 +312,9 @@ def test_events_bad_jsonl() -> None:
     ]
     assert feed.warnings == []
     assert feed.records == [
-        FeedRecord(1, "E200", EventKind.HIRE, day(2024, 1, 8), None, {"name": "Ann Example"}),
-        FeedRecord(9, "205", EventKind.HIRE, day(2024, 3, 4), None, {"name": "Numeric Id"}),
-        FeedRecord(10, "E206", EventKind.RESCIND, day(2024, 3, 10), None, {}, ref="abc123"),
+        FeedRecord(1, "E200", EventKind.HIRE, first(2024, 1, 8), None, {"name": "Ann Example"}),
+        FeedRecord(9, "205", EventKind.HIRE, first(2024, 3, 4), None, {"name": "Numeric Id"}),
+        FeedRecord(10, "E206", EventKind.RESCIND, first(2024, 3, 10), None, {}, ref="abc123"),
     ]
 
 
@@ -315,7 +326,7 @@ def test_snapshot_good_jsonl() -> None:
             1,
             "E001",
             None,
-            day(2020, 1, 15),
+            first(2020, 1, 15),
             "active",
             {
                 "name": "Ann Example",
@@ -329,10 +340,10 @@ def test_snapshot_good_jsonl() -> None:
             2,
             "E002",
             None,
-            day(2019, 3, 1),
+            first(2019, 3, 1),
             "terminated",
             {"name": "Bob Example", "manager": "E001"},
-            end=day(2024, 3, 31),
+            end=last(2024, 3, 31),
         ),
         FeedRecord(
             3,
@@ -418,8 +429,8 @@ def test_date_format(tmp_path: Path) -> None:
     )
     feed = parse_feed(path, FeedMapping(date_format="%d/%m/%Y"), display_name="dates.csv")
     assert [(r.identity, r.effective, r.end) for r in feed.records] == [
-        ("E001", day(2024, 1, 31), None),
-        ("E003", day(2020, 2, 1), day(2024, 2, 28)),
+        ("E001", first(2024, 1, 31), None),
+        ("E003", first(2020, 2, 1), last(2024, 2, 28)),
     ]
     assert messages(feed.errors) == [
         "dates.csv:3 start_date: invalid date '2024-01-31'; expected %d/%m/%Y (e.g. 31/01/2024)"
@@ -647,11 +658,11 @@ def test_snapshot_start_is_effective_and_end_date_is_end(tmp_path: Path) -> None
     )
     feed = parse_feed(path, SNAPSHOT, display_name="s.csv")
     assert [(r.identity, r.status, r.effective, r.end) for r in feed.records] == [
-        ("E001", "active", day(2020, 1, 1), None),
-        ("E002", "terminated", day(2020, 1, 1), day(2024, 6, 30)),
-        ("E003", "active", day(2020, 1, 1), day(2027, 3, 31)),  # a planned termination
+        ("E001", "active", first(2020, 1, 1), None),
+        ("E002", "terminated", first(2020, 1, 1), last(2024, 6, 30)),
+        ("E003", "active", first(2020, 1, 1), last(2027, 3, 31)),  # a planned termination
         ("E004", "terminated", None, None),
-        ("E005", "active", day(2020, 1, 1, 7), day(2020, 1, 2)),
+        ("E005", "active", day(2020, 1, 1, 7), last(2020, 1, 2)),
     ]
     assert all(r.event is None and r.ref is None for r in feed.records)
     assert feed.errors == [] and feed.warnings == []
@@ -668,8 +679,8 @@ def test_snapshot_without_status_column(tmp_path: Path) -> None:
     )
     feed = parse_feed(path, SNAPSHOT)
     assert [(r.status, r.effective, r.end) for r in feed.records] == [
-        (None, day(2020, 1, 1), None),
-        (None, day(2020, 1, 1), day(2024, 6, 30)),
+        (None, first(2020, 1, 1), None),
+        (None, first(2020, 1, 1), last(2024, 6, 30)),
         (None, None, None),
     ]
     assert feed.warnings == []

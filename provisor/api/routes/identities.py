@@ -18,7 +18,17 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from provisor.api.problems import Problem
-from provisor.api.security import EventWriter, Offset, Reader, RowId, Space, acting, instant
+from provisor.api.security import (
+    EventWriter,
+    Offset,
+    Reader,
+    RowId,
+    Space,
+    acting,
+    instant,
+    typed_when,
+    workspace_when,
+)
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import jobs, views
 from provisor.sources.hr import FeedMode
@@ -41,18 +51,24 @@ def list_identities(
     return {"total": total, "identities": rows}
 
 
+AS_OF = (
+    "A date (the start of that day in the workspace's time zone) or a date-time (without an "
+    "offset: a wall-clock time there). Default: now."
+)
+
+
 @router.get("/identities/{identity}", summary="One identity: state, attributes, timeline")
 def show_identity(
     identity: str,
     who: Reader,
     workspace: Space,
-    as_of: datetime | None = None,
+    as_of: str | None = Query(None, max_length=40, description=AS_OF),
     known_at: datetime | None = None,
 ) -> dict[str, Any]:
     return views.show_identity(
         workspace,
         identity,
-        as_of=instant(as_of, "as_of"),
+        as_of=workspace_when(workspace, as_of, "as_of"),
         known_at=instant(known_at, "known_at"),
         now=datetime.now(UTC),
     )
@@ -64,17 +80,28 @@ def explain_identity(
     who: Reader,
     workspace: Space,
     item: str | None = Query(None, description="TARGET or TARGET:ENTITLEMENT"),
-    as_of: datetime | None = None,
+    as_of: str | None = Query(None, max_length=40, description=AS_OF),
 ) -> dict[str, Any]:
     return views.explain_identity(
-        workspace, identity, item, now=datetime.now(UTC), as_of=instant(as_of, "as_of")
+        workspace,
+        identity,
+        item,
+        now=datetime.now(UTC),
+        as_of=workspace_when(workspace, as_of, "as_of"),
     )
 
 
 class NewEvent(BaseModel):
     identity: str = Field(min_length=1, max_length=128)
     kind: EventKind
-    effective: datetime | None = Field(default=None, description="Default: now.")
+    effective: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Default: now. A date (YYYY-MM-DD) is a day in the person's time zone: a "
+        "terminate takes effect at the end of that last working day, a hire at the start of "
+        "the first; a date-time without an offset is a wall-clock time there; one with an "
+        "offset is taken as given.",
+    )
     changes: dict[str, str | None] = Field(default_factory=dict, description="Attributes.")
     ref: str | None = Field(default=None, description="Rescind: the termination's key.")
 
@@ -86,7 +113,7 @@ async def record_event(
     """Recorded (or held by the mass-change guard) before it is answered; events arriving
     together are recorded in one transaction. A rescind is recorded on its own."""
     now = datetime.now(UTC)
-    effective = instant(body.effective, "effective") or now
+    typed = typed_when(body.effective, "effective") if body.effective else None
     source = f"api:{who.name}"
     if body.kind is EventKind.RESCIND:
 
@@ -96,7 +123,7 @@ async def record_event(
                     workspace,
                     body.identity,
                     body.kind,
-                    effective=effective,
+                    effective=typed,
                     changes=dict(body.changes),
                     ref=body.ref,
                     source=source,
@@ -106,13 +133,17 @@ async def record_event(
         recorded = await run_in_threadpool(rescind)
         request.app.state.wake.set()  # planned and run now, not at the next cycle
         return recorded
+    placed = await run_in_threadpool(
+        views.place_event, workspace, body.identity, body.kind, typed or now, dict(body.changes)
+    )
     answer = request.app.state.intake.submit(
         body.identity,
         body.kind,
-        effective=effective,
+        effective=placed.at,
         changes=dict(body.changes),
         source=source,
         actor=who.name,
+        local=placed.local,
     )
     recorded = dict(await asyncio.wrap_future(answer))
     request.app.state.wake.set()

@@ -1,0 +1,274 @@
+"""HR dates are days in the person's local time: a start date begins at the start of that day
+where they are, an end date is their last working day and access ends when it does (or at the
+feed's fixed local time) — across daylight-saving changes and the date line. The expected
+instants below are written out by hand with each zone's offset on that day, not computed with
+the zone library the engine uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from provisor.domain import days
+from provisor.domain.lifecycle import EventKind
+from provisor.engine import identities, views
+from provisor.engine.imports import import_feed
+from provisor.engine.workspace import Workspace
+from provisor.errors import ConfigError
+from provisor.sandbox.workspaces import scratch_workspace
+from provisor.sources.hr import FeedMode
+from provisor.store import models
+
+NOW = datetime(2026, 9, 1, 12, tzinfo=UTC)
+CONFIG = """\
+time:
+  zone: Europe/London
+  zone_attribute: time_zone
+  locations:
+    Los Angeles: America/Los_Angeles
+    London: Europe/London
+    Sydney: Australia/Sydney
+    Kolkata: Asia/Kolkata
+    Auckland: Pacific/Auckland
+feeds:
+  hr: {}
+  contractors:
+    end_at: "18:00"
+    start_at: "09:00"
+"""
+HEADER = "id,name,location,time_zone,start_date,end_date\n"
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# id, location, zone attribute, start, end; the instants they must mean (UTC), and why
+PEOPLE = [
+    # Los Angeles in winter (PST, -8): the last day ends at 08:00 UTC the next day
+    ("LA1", "Los Angeles", "", "2026-09-14", "2026-12-31", "2026-09-14T07:00", "2027-01-01T08:00"),
+    # Los Angeles, last day the day summer time starts (2027-03-14, 02:00 -> 03:00): PDT at
+    # the end of it, -7
+    ("LA2", "Los Angeles", "", "2026-09-14", "2027-03-14", "2026-09-14T07:00", "2027-03-15T07:00"),
+    # London, summer time ends 2026-10-25: a 25-hour last day, ending in GMT
+    ("LN1", "London", "", "2026-09-14", "2026-10-25", "2026-09-13T23:00", "2026-10-26T00:00"),
+    # Sydney starts on 2026-12-14 in summer (AEDT, +11): 13:00 UTC the day before
+    ("SY1", "Sydney", "", "2026-12-14", "2027-04-04", "2026-12-13T13:00", "2027-04-04T14:00"),
+    # Kolkata, +05:30 all year
+    ("KO1", "Kolkata", "", "2026-10-01", "2026-12-31", "2026-09-30T18:30", "2026-12-31T18:30"),
+    # Auckland, across the date line: summer time starts 2026-09-27 (02:00 -> 03:00), a
+    # 23-hour day that starts in NZST (+12) and ends in NZDT (+13)
+    ("AK1", "Auckland", "", "2026-09-27", "2026-09-27", "2026-09-26T12:00", "2026-09-27T11:00"),
+    # the zone attribute comes before the location
+    (
+        "AT1",
+        "London",
+        "America/New_York",
+        "2026-09-14",
+        "2026-11-30",
+        "2026-09-14T04:00",
+        "2026-12-01T05:00",
+    ),
+    # no location the mapping knows: the workspace's zone (London, BST +1 then GMT)
+    ("WS1", "Mars", "", "2026-09-14", "2026-11-30", "2026-09-13T23:00", "2026-12-01T00:00"),
+]
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Workspace]:
+    if database_url.startswith("sqlite"):
+        monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
+    (tmp_path / "provisor.yaml").write_text(CONFIG, encoding="utf-8")
+    workspace = scratch_workspace(tmp_path, "targets: []\nrules: []\n")
+    yield workspace
+    workspace.close()
+
+
+def pending(ws: Workspace, kind: EventKind) -> dict[str, tuple[datetime, str | None]]:
+    """Each identity's accepted, not rescinded ``kind`` events: instant and local time."""
+    with ws.sessions() as session:
+        rows = session.execute(
+            select(models.IdentityEvent).where(models.IdentityEvent.status == "accepted")
+        ).scalars()
+        events = [identities.to_event(r) for r in rows]
+    voided = {e.ref for e in events if e.kind is EventKind.RESCIND}
+    return {
+        e.identity: (e.effective, e.local) for e in events if e.kind is kind and e.key not in voided
+    }
+
+
+def state(ws: Workspace, identity: str) -> str | None:
+    with ws.sessions() as session:
+        return session.execute(
+            select(models.Identity.state).where(models.Identity.external_id == identity)
+        ).scalar_one()
+
+
+def feed_file(ws: Workspace, name: str, *rows: str) -> Path:
+    feed = ws.path / name
+    feed.write_text(HEADER + "".join(f"{row}\n" for row in rows), encoding="utf-8")
+    return feed
+
+
+def snapshot(ws: Workspace, rows: list[tuple[str, ...]], now: datetime = NOW) -> None:
+    feed = ws.path / "people.csv"
+    body = "".join(
+        f"{i},Person {i},{place},{tz},{start},{end}\n" for i, place, tz, start, end in rows
+    )
+    feed.write_text(HEADER + body, encoding="utf-8")
+    report = import_feed(ws, feed, now=now)
+    assert report.errors == [], report.errors
+
+
+def test_dates_are_days_where_each_person_is(ws: Workspace) -> None:
+    snapshot(ws, [row[:5] for row in PEOPLE])
+    hires, ends = pending(ws, EventKind.HIRE), pending(ws, EventKind.TERMINATE)
+    for who, *_, start, end in PEOPLE:
+        assert hires[who][0] == utc(start), who
+        assert ends[who][0] == utc(end), who
+    assert ends["LA1"][1] == "2026-12-31T24:00"  # kept as given: it moves with the person
+    assert hires["SY1"][1] == "2026-12-14T00:00"
+
+
+def test_a_leaver_keeps_access_to_the_end_of_the_last_day_and_not_longer(ws: Workspace) -> None:
+    snapshot(ws, [row[:5] for row in PEOPLE if row[0] in ("LA1", "AK1")])
+    for who, end in (("AK1", utc("2026-09-27T11:00")), ("LA1", utc("2027-01-01T08:00"))):
+        with ws.sessions() as session, session.begin():
+            identities.tick(session, ws.config, now=end - timedelta(seconds=1))
+        assert state(ws, who) == "active", who  # still their last working day, locally
+        with ws.sessions() as session, session.begin():
+            identities.tick(session, ws.config, now=end)
+        assert state(ws, who) == "terminated", who
+
+
+def test_a_feed_with_fixed_local_times(ws: Workspace) -> None:
+    c2 = "C2,Person C2,Sydney,,2026-12-14T08:30,2026-12-20T17:00+11:00"
+    feed = feed_file(ws, "contractors.csv", "C1,Person C1,Los Angeles,,2027-03-15,2027-03-14", c2)
+    report = import_feed(ws, feed, feed="contractors", now=NOW)
+    assert [str(e) for e in report.errors] == [
+        f"{feed}:2 end_date: end_date 2027-03-14 is before start_date 2027-03-15"
+    ]
+    feed_file(ws, "contractors.csv", "C1,Person C1,Los Angeles,,2026-09-15,2027-03-14", c2)
+    import_feed(ws, feed, feed="contractors", now=NOW)
+    hires, ends = pending(ws, EventKind.HIRE), pending(ws, EventKind.TERMINATE)
+    # 09:00 PDT (-7) on 2026-09-15; 18:00 PDT on the day summer time started
+    assert hires["C1"] == (utc("2026-09-15T16:00"), "2026-09-15T09:00")
+    assert ends["C1"] == (utc("2027-03-15T01:00"), "2027-03-14T18:00")
+    # a date-time without an offset is a wall-clock time there; one with an offset, as given
+    assert hires["C2"] == (utc("2026-12-13T21:30"), "2026-12-14T08:30")
+    assert ends["C2"] == (utc("2026-12-20T06:00"), None)
+
+
+def test_an_unknown_zone_in_a_row_is_that_rows_error(ws: Workspace) -> None:
+    feed = feed_file(
+        ws,
+        "people.csv",
+        "Z1,Person Z1,London,Mars/Olympus,2026-09-14,",
+        "Z2,Person Z2,London,Europe/Paris,2026-09-14,",
+    )
+    report = import_feed(ws, feed, now=NOW)
+    assert [str(e) for e in report.errors] == [
+        f"{feed}:2 time_zone: unknown time zone 'Mars/Olympus'; expected an IANA name such as "
+        "Europe/London"
+    ]
+    assert pending(ws, EventKind.HIRE)["Z2"][0] == utc("2026-09-13T22:00")  # Paris, CEST
+
+
+def test_a_typed_date_is_a_day_where_the_person_is(ws: Workspace) -> None:
+    snapshot(ws, [("LA1", "Los Angeles", "", "2026-09-14", "")])
+    data = views.record_event(
+        ws,
+        "LA1",
+        EventKind.TERMINATE,
+        effective=date(2026, 12, 31),
+        changes={},
+        ref=None,
+        source="test",
+        now=NOW,
+    )
+    assert data["effective"] == "2027-01-01T08:00:00+00:00"
+    assert data["effective_local"] == "2026-12-31T24:00"
+    assert data["effective_shown"] == "2027-01-01 00:00 PST (America/Los_Angeles)"
+    moved = views.record_event(
+        ws,
+        "LA1",
+        EventKind.MOVE,
+        effective=datetime(2026, 10, 1, 9, 0),  # a wall-clock time in Los Angeles
+        changes={"title": "Lead"},
+        ref=None,
+        source="test",
+        now=NOW,
+    )
+    assert moved["effective"] == "2026-10-01T16:00:00+00:00"
+
+
+def test_a_new_zone_moves_what_is_pending_to_the_same_local_time(ws: Workspace) -> None:
+    snapshot(ws, [("LA1", "Los Angeles", "", "2026-08-03", "2026-12-31")])
+    assert pending(ws, EventKind.TERMINATE)["LA1"][0] == utc("2027-01-01T08:00")
+    # a move typed by hand: the end of the last day in London now
+    views.record_event(
+        ws,
+        "LA1",
+        EventKind.MOVE,
+        effective=None,
+        changes={"location": "London"},
+        ref=None,
+        source="test",
+        now=NOW,
+    )
+    assert pending(ws, EventKind.TERMINATE)["LA1"] == (utc("2027-01-01T00:00"), "2026-12-31T24:00")
+    with ws.sessions() as session:
+        row = session.execute(
+            select(models.Identity).where(models.Identity.external_id == "LA1")
+        ).scalar_one()
+        assert row.next_change_at == utc("2027-01-01T00:00")
+    # and a snapshot that moves them to Auckland, across the date line
+    snapshot(ws, [("LA1", "Auckland", "", "2026-08-03", "2026-12-31")], now=NOW + timedelta(days=1))
+    assert pending(ws, EventKind.TERMINATE)["LA1"] == (utc("2026-12-31T11:00"), "2026-12-31T24:00")
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=utc("2026-12-31T10:59"))
+    assert state(ws, "LA1") == "active"
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=utc("2026-12-31T11:00"))
+    assert state(ws, "LA1") == "terminated"  # not at the end of the day in Los Angeles
+
+
+def test_an_events_file_places_a_bare_date_where_the_stored_person_is(ws: Workspace) -> None:
+    snapshot(ws, [("SY1", "Sydney", "", "2026-09-14", "")])
+    feed = ws.path / "events.csv"
+    feed.write_text("id,event,effective\nSY1,terminate,2026-12-31\n", encoding="utf-8")
+    report = import_feed(ws, feed, mode=FeedMode.EVENTS, now=NOW + timedelta(days=1))
+    assert report.errors == []
+    # the end of 2026-12-31 in Sydney (AEDT, +11)
+    assert pending(ws, EventKind.TERMINATE)["SY1"] == (utc("2026-12-31T13:00"), "2026-12-31T24:00")
+
+
+def test_settings_name_unknown_zones_and_rules(tmp_path: Path) -> None:
+    (tmp_path / "provisor.yaml").write_text(
+        "time:\n  zone: Europe/Londn\n  locations: {Paris: Europe/Pariss}\n"
+        "feeds:\n  hr:\n    end_at: '25:00'\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as failed:
+        scratch_workspace(tmp_path, "targets: []\nrules: []\n")
+    said = str(failed.value)
+    assert "time.zone" in said and "Europe/Londn" in said
+    assert "Europe/Pariss" in said
+    assert "feeds.hr.end_at" in said and "25:00" in said
+
+
+def test_day_rules_and_local_times_read_back() -> None:
+    assert days.DayRule.read("18:00").on(date(2026, 12, 31)).text == "2026-12-31T18:00"
+    assert days.Local.parse("2026-12-31T24:00") == days.END_OF_DAY.on(date(2026, 12, 31))
+    # a wall-clock time a spring-forward night skips is read with the offset before it
+    skipped = days.Local.parse("2027-03-14T02:30").instant(days.zone("America/Los_Angeles"))
+    assert skipped == utc("2027-03-14T10:30")  # 03:30 PDT
+    # one a fall-back night repeats means its first occurrence
+    twice = days.Local.parse("2026-11-01T01:30").instant(days.zone("America/Los_Angeles"))
+    assert twice == utc("2026-11-01T08:30")  # 01:30 PDT, not PST
