@@ -18,8 +18,7 @@ from typing import Annotated
 import typer
 
 from provisor.cli.options import JsonOption, now, opened
-from provisor.cli.output import counter, err, finish, out, print_json, table
-from provisor.domain import days
+from provisor.cli.output import counter, err, finish, moment, out, print_json, table
 from provisor.engine.cycle import CycleReport, Cycles
 from provisor.engine.observed import import_observed
 from provisor.engine.planner import sync_journal
@@ -64,9 +63,7 @@ def plan(
                 r["operation"],
                 r["entitlement"],
                 r["journal"] + (f": {r['parked']}" if r["parked"] else ""),
-                days.shown(datetime.fromisoformat(r["not_before"]), home)
-                if r["not_before"]
-                else "",
+                moment(r["not_before"], home),
                 r["reason"],
             )
             for r in rows

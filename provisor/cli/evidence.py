@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from provisor.cli.options import JsonOption, now, opened, parse_when
-from provisor.cli.output import err, finish, out, print_json, table
+from provisor.cli.output import err, finish, moment, out, print_json, table
 from provisor.domain.debt import GROUPINGS, GroupBy, summarise
 from provisor.engine import debt
 from provisor.engine.connections import check_targets
@@ -146,7 +146,14 @@ def _show_trend(shots: list[Any], json_out: bool) -> None:
         previous = row["items"]
         by_class = ", ".join(f"{k} {v}" for k, v in sorted(row["by_class"].items()))
         lines.append(
-            (row["at"][:19], row["reconcile_run"], row["items"], change, row["overdue"], by_class)
+            (
+                moment(row["at"]),
+                row["reconcile_run"],
+                row["items"],
+                change,
+                row["overdue"],
+                by_class,
+            )
         )
     columns = ["at", "run", "items", "change", "overdue", "by class"]
     table("Revocation debt over time", columns, lines)
@@ -227,7 +234,7 @@ def _show_bundle(bundle: dict[str, Any]) -> None:
             rows.append((section["target"], layer["layer"], layer["state"], layer["why"]))
     who = bundle["identity"]
     table(
-        f"Leaver {who['id']}, terminated {who['terminated_at'][:10]}",
+        f"Leaver {who['id']}, terminated {moment(who['terminated_at'])}",
         ["target", "layer", "state", "why"],
         rows,
     )

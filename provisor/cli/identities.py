@@ -24,7 +24,7 @@ from provisor.cli.options import (
     opened,
     typed_when,
 )
-from provisor.cli.output import err, finish, listing, out, print_json, stages, table
+from provisor.cli.output import err, finish, listing, moment, out, print_json, stages, table
 from provisor.domain import days
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import holds as holds_service
@@ -284,7 +284,7 @@ def identities_list(
             r["state"],
             r["department"],
             r["owner"],
-            days.shown(datetime.fromisoformat(r["next_change"]), home) if r["next_change"] else "",
+            moment(r["next_change"], home),
             "; ".join(r["flags"] or []),
         ),
     )

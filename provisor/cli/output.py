@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -29,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from provisor.domain import days
 from provisor.errors import ExitCode
 
 # values from targets and feeds are printed as they are: no markup, no :emoji: codes
@@ -140,3 +143,11 @@ def named_counter(enabled: bool) -> Iterator[Callable[[str, int], None] | None]:
     ) as progress:
         task = progress.add_task("reconcile", total=None, part="")
         yield lambda part, done: progress.update(task, completed=done, part=part)
+
+
+def moment(value: str | datetime | None, where: ZoneInfo | None = None, empty: str = "") -> str:
+    """A time (a datetime, or its ISO text) as people read it, saying its zone: in ``where``,
+    else in UTC (``days.shown``); ``empty`` when there is none."""
+    if value is None or value == "":
+        return empty
+    return days.shown(datetime.fromisoformat(value) if isinstance(value, str) else value, where)

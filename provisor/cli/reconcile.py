@@ -15,7 +15,16 @@ from typing import Annotated, Any
 import typer
 
 from provisor.cli.options import JsonOption, actor, lists_by_default, maybe_when, now, opened
-from provisor.cli.output import err, finish, listing, named_counter, out, print_json, table
+from provisor.cli.output import (
+    err,
+    finish,
+    listing,
+    moment,
+    named_counter,
+    out,
+    print_json,
+    table,
+)
 from provisor.engine import correlate, marks, reconcile
 from provisor.errors import ExitCode
 
@@ -236,6 +245,7 @@ def marks_list(
     at = now()
     with opened() as workspace, workspace.sessions() as session:
         found = [marks.mark_dict(m, at) for m in marks.list_marks(session, target=target)]
+        home = workspace.config.time.zones().home
     listing(
         found,
         json_out=json_out,
@@ -248,7 +258,7 @@ def marks_list(
             m["mark"],
             m["reason"],
             m["marked_by"],
-            (m["expires_at"] or "never")[:10] + (" (expired)" if m["expired"] else ""),
+            moment(m["expires_at"], home, "never") + (" (expired)" if m["expired"] else ""),
         ),
     )
 
@@ -280,10 +290,11 @@ def marks_set(
             workspace, session, target, account, mark, reason, by=actor(by), now=at, expires=when
         )
         found = marks.mark_dict(made, at)
+        home = workspace.config.time.zones().home
     if json_out:
         print_json(found)
     else:
-        until = f" until {found['expires_at'][:10]}" if found["expires_at"] else ""
+        until = f" until {moment(found['expires_at'], home)}" if found["expires_at"] else ""
         out.print(f"{target}:{account} marked {mark}{until}.")
 
 
