@@ -172,12 +172,17 @@ def acting(who: Principal) -> Iterator[None]:
         yield
 
 
-def instant(value: datetime | None, field: str) -> datetime | None:
-    """A date-time given by a client, in UTC (without a zone: UTC), or a 422 naming the
-    field when it cannot be one (beyond the year 9999 once in UTC)."""
+def instant(
+    value: datetime | None, field: str, workspace: Workspace | None = None
+) -> datetime | None:
+    """A date-time given by a client, in UTC (without an offset: a wall-clock time in the
+    workspace's zone when ``workspace`` is given, else UTC), or a 422 naming the field when
+    it cannot be one (beyond the year 9999 once in UTC)."""
     if value is None:
         return None
     try:
+        if value.tzinfo is None and workspace is not None:
+            return zones.workspace_instant(workspace.config, value)
         return utc(value)
     except (OverflowError, ValueError):
         raise Problem(422, f"{field}: {value} is out of range", title="invalid request") from None

@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from provisor.domain.lifecycle import EventKind
 
 DAY_SECONDS = 86_400
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
 _RULE = re.compile(r"(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)")
 _LOCAL = re.compile(
     r"(?P<day>\d{4}-\d{2}-\d{2})T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?"
@@ -104,9 +106,14 @@ class Local:
     seconds: int
 
     def instant(self, where: tzinfo) -> datetime:
-        """The instant this local time is in ``where``, in UTC."""
-        wall = datetime.combine(self.day, time()) + timedelta(seconds=self.seconds)
-        return wall.replace(tzinfo=where).astimezone(UTC)
+        """The instant this local time is in ``where``, in UTC; the first or last instant
+        a datetime holds when it lies beyond them (the end of 9999-12-31, HR's "no end
+        date", is the last one)."""
+        try:
+            wall = datetime.combine(self.day, time()) + timedelta(seconds=self.seconds)
+            return wall.replace(tzinfo=where).astimezone(UTC)
+        except OverflowError:
+            return _LAST if self.day.year > 1 else _FIRST
 
     @property
     def text(self) -> str:
@@ -167,6 +174,10 @@ def rule_for(kind: EventKind, start: DayRule, end: DayRule) -> DayRule:
     return START_OF_DAY
 
 
+# a marker: a location not looked up yet (an instance of its own, never one of the zones)
+_UNKNOWN = ZoneInfo.no_cache("UTC")
+
+
 class Zones:
     """Whose zone is which: ``attribute`` (an identity attribute holding a zone name), else
     ``locations`` (an identity's ``location`` to a zone name, matched without regard to
@@ -189,22 +200,27 @@ class Zones:
 
     def given(self, attributes: Mapping[str, Any] | None) -> ZoneInfo | None:
         """The zone ``attributes`` name (by the zone attribute, else the location), or None
-        when they name none. A zone attribute naming no zone is ``TimeError``."""
+        when they name none (a zone attribute naming no zone names none: feeds and typed
+        events are refused such a value before it is stored)."""
         if not attributes:
             return None
         if self.attribute is not None:
             value = attributes.get(self.attribute)
             if isinstance(value, str) and value.strip():
-                return zone(value)
+                try:
+                    return zone(value)
+                except TimeError:
+                    pass  # stored before the attribute held zones: it names none
         if self._places:
             place = attributes.get("location")
             if isinstance(place, str):
                 seen = self._seen_places
-                if place not in seen:
+                found = seen.get(place, _UNKNOWN)
+                if found is _UNKNOWN:
                     if len(seen) > 10_000:
                         seen.clear()
-                    seen[place] = self._places.get(place.strip().casefold())
-                return seen[place]
+                    found = seen[place] = self._places.get(place.strip().casefold())
+                return found
         return None
 
     def of(self, *attributes: Mapping[str, Any] | None) -> ZoneInfo:

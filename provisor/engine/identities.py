@@ -469,7 +469,7 @@ def _fold_new(
         if event.key in notes and event.kind is not EventKind.RESCIND:
             warnings.append(
                 f"{identity}: {event.kind.value} effective "
-                f"{event.effective.date().isoformat()} recorded but has no effect: "
+                f"{(event.local or event.effective.isoformat())[:10]} recorded but has no effect: "
                 f"{notes[event.key]}"
             )
     return _columns(state, now)
@@ -478,8 +478,8 @@ def _fold_new(
 def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, origin: str) -> bool:
     """When ``identity``'s new events change their time zone, their pending terminations
     given as local times (an end date: the end of the last working day) move to the same local
-    time in the new zone: each is rescinded and recorded again at the new instant. True when
-    any moved."""
+    time in the new zone (or to now, when that has passed there): each is rescinded and
+    recorded again at the new instant, naming the one it replaces. True when any moved."""
     row = rec.rows.get(identity)
     if row is None:
         return False
@@ -495,10 +495,13 @@ def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, or
             continue
         if event.effective <= now or event.key in voided:
             continue
-        at = Local.parse(event.local).instant(after)
+        # the same local time in the new zone; now, when that has passed already
+        at = max(Local.parse(event.local).instant(after), now)
         if at == event.effective:
             continue
         why = f"{origin}: time zone {before.key} -> {after.key}"
+        # the new one names the one it replaces: a move back records a termination of its
+        # own, never the rescinded one again
         again = [
             LifecycleEvent(identity, EventKind.RESCIND, now, now, {}, event.key, why),
             LifecycleEvent(
@@ -507,7 +510,7 @@ def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, or
                 at,
                 now,
                 event.attributes,
-                event.ref,
+                event.key,
                 why,
                 local=event.local,
             ),
@@ -550,11 +553,18 @@ def _hold_back(
     rescind_window: timedelta,
     outcome: Outcome,
 ) -> None:
-    """Keep the due terminations and suspensions of ``candidates`` back for the hold, and
-    fold the candidates again without them."""
+    """Keep the due terminations and suspensions of ``candidates`` back for the hold (with
+    the rescind of the termination a held one replaces: a rejected hold leaves the earlier
+    one standing), and fold the candidates again without them."""
     for identity in candidates:
+        replaced: set[str] = set()
         for event in rec.new_by_id[identity]:
             if event.kind in (EventKind.TERMINATE, EventKind.SUSPEND) and event.effective <= now:
+                rec.held_keys.add(event.key)
+                if event.kind is EventKind.TERMINATE and event.ref:
+                    replaced.add(event.ref)
+        for event in rec.new_by_id[identity]:
+            if event.kind is EventKind.RESCIND and event.ref in replaced:
                 rec.held_keys.add(event.key)
         accepted = [e for e in rec.new_by_id[identity] if e.key not in rec.held_keys]
         earlier = rec.history.get(identity, ())

@@ -134,10 +134,10 @@ def _known(session: Any, ids: list[str] | None) -> dict[str, _Known]:
 
 def _pending(
     session: Any, kind: EventKind, status: str, now: datetime, ids: list[str] | None = None
-) -> dict[str, str]:
-    """identity -> key of its accepted future ``kind`` event (or any held one); of ``ids``
-    only, when given."""
-    query = select(IdentityEvent.identity, IdentityEvent.key).where(
+) -> dict[str, tuple[str, datetime]]:
+    """identity -> key and instant of its accepted future ``kind`` event (or any held one);
+    of ``ids`` only, when given."""
+    query = select(IdentityEvent.identity, IdentityEvent.key, IdentityEvent.effective_at).where(
         IdentityEvent.kind == kind.value, IdentityEvent.status == status
     )
     if ids is not None:
@@ -149,7 +149,7 @@ def _pending(
             IdentityEvent.ref.is_not(None),
         )
         query = query.where(IdentityEvent.effective_at > now, IdentityEvent.key.not_in(rescinded))
-    return {identity: key for identity, key in session.execute(query)}
+    return {identity: (key, at) for identity, key, at in session.execute(query)}
 
 
 # States and the hire, looked up once: reading a member from its enum class is slow, and these
@@ -215,8 +215,8 @@ def _row_events(
     records: list[FeedRecord],
     known: dict[str, _Known],
     at: tuple[str, datetime, Zones, dict[tuple[int, str], tuple[When, Placed]]],
-    future_terminations: dict[str, str],
-    held_terminations: dict[str, str],
+    future_terminations: dict[str, tuple[str, datetime]],
+    held_terminations: dict[str, tuple[str, datetime]],
 ) -> tuple[list[LifecycleEvent], int, list[str]]:
     """The events that bring each row's identity to what the row says (``at``: where the rows
     come from, now, whose zone is which, and the dates placed so far, kept while the rows'
@@ -317,17 +317,21 @@ def _at(when: datetime | Placed) -> datetime:
     return when.at if isinstance(when, Placed) else when
 
 
-def _end_events(found: _Events, r: FeedRecord, end: Placed | None, pending: str | None) -> None:
-    """A future end date becomes a future termination (rescinding a different one pending);
-    an end date taken away rescinds the pending one."""
+def _end_events(
+    found: _Events, r: FeedRecord, end: Placed | None, pending: tuple[str, datetime] | None
+) -> None:
+    """A future end date becomes a future termination; one at another instant than the one
+    pending (another date, or the same day in another zone) rescinds it and names it (so
+    that going back to an earlier date records a new termination, not the rescinded one
+    again); an end date taken away rescinds the pending one."""
     if end is not None and end.at > found.now:
-        candidate = LifecycleEvent(r.identity, EventKind.TERMINATE, end.at, found.now)
-        if pending != candidate.key:
-            if pending is not None:
-                found.add(r, EventKind.RESCIND, found.now, ref=pending)
+        if pending is None:
             found.add(r, EventKind.TERMINATE, end)
+        elif pending[1] != end.at:
+            found.add(r, EventKind.RESCIND, found.now, ref=pending[0])
+            found.add(r, EventKind.TERMINATE, end, ref=pending[0])
     elif end is None and pending is not None:
-        found.add(r, EventKind.RESCIND, found.now, ref=pending)
+        found.add(r, EventKind.RESCIND, found.now, ref=pending[0])
 
 
 def _status_events(
@@ -577,7 +581,7 @@ def _snapshot_batch(
     session: Any,
     batch: list[FeedRecord],
     known: dict[str, _Known],
-    pending: tuple[dict[str, str], dict[str, str]],
+    pending: tuple[dict[str, tuple[str, datetime]], dict[str, tuple[str, datetime]]],
     at: tuple[Import, audit.Chain, str, str, datetime],
     references: References,
     tally: _Tally,

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from provisor.config.workspace import WorkspaceConfig, load_config
 from provisor.domain import days
 from provisor.domain.lifecycle import EventKind
+from provisor.errors import LifecycleError
 from provisor.sources.hr import FeedMapping
 from provisor.store.models import Identity
 
@@ -44,7 +45,15 @@ def place(
     changes: Mapping[str, Any],
 ) -> days.Placed:
     """The instant ``kind``'s effective ``value`` means for ``identity``, with the local time
-    it was given as and the person's zone."""
+    it was given as and the person's zone. A zone attribute in ``changes`` that names no zone
+    is refused (``LifecycleError``), as a feed's row would be."""
+    attribute = config.time.zone_attribute
+    given = changes.get(attribute) if attribute is not None else None
+    if given is not None:
+        try:
+            days.zone(given if isinstance(given, str) else "")
+        except days.TimeError as exc:
+            raise LifecycleError(f"{identity}: {attribute}: {exc}") from None
     row = session.execute(
         select(Identity.attributes, Identity.feed).where(Identity.external_id == identity)
     ).first()

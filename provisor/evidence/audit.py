@@ -134,7 +134,8 @@ class Chain:
     nothing of the database between them, and its inserts can be written behind
     (``store.write_behind``). Another append in the same transaction before ``close`` reads
     the head as moved (the session holds it) and writes it on; ``close`` then writes the
-    later one."""
+    later one. Between making and closing a chain the session keeps its head: no expunge,
+    expiry or savepoint rollback (which would read the head back from the database)."""
 
     def __init__(
         self, session: Session, *, actor: str | None = None, at: datetime | None = None

@@ -169,7 +169,6 @@ def json_text(value: Any) -> str:
     return _json(value)
 
 
-@lru_cache(maxsize=8192)
 @lru_cache(maxsize=65536)  # bulk inserts spell the same instants again and again
 def _sqlite_time(value: datetime | None) -> str | None:
     """An aware datetime as SQLAlchemy stores a DATETIME on SQLite (naive UTC text)."""

@@ -65,10 +65,11 @@ class _Writer:
         self._thread.join()
 
     def _raise(self) -> None:
-        failed, self._failed = self._failed, None
-        if failed is not None:
-            self._stopped = True  # nothing after a failed insert is written
-            raise failed
+        # raised again at every use of the connection, however often a caller swallows it:
+        # nothing after a failed load is written, and the transaction must not commit
+        if self._failed is not None:
+            self._stopped = True
+            raise self._failed
 
     def _run(self) -> None:
         while True:

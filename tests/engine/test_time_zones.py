@@ -18,7 +18,7 @@ from provisor.domain.lifecycle import EventKind
 from provisor.engine import identities, views
 from provisor.engine.imports import import_feed
 from provisor.engine.workspace import Workspace
-from provisor.errors import ConfigError
+from provisor.errors import ConfigError, LifecycleError
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.sources.hr import FeedMode
 from provisor.store import models
@@ -272,3 +272,95 @@ def test_day_rules_and_local_times_read_back() -> None:
     # one a fall-back night repeats means its first occurrence
     twice = days.Local.parse("2026-11-01T01:30").instant(days.zone("America/Los_Angeles"))
     assert twice == utc("2026-11-01T08:30")  # 01:30 PDT, not PST
+
+
+def test_moving_back_and_forth_leaves_one_termination_at_the_right_time(ws: Workspace) -> None:
+    """Los Angeles -> London -> Los Angeles, by snapshot and by hand: each move records a
+    termination of its own (naming the one it replaces), never the rescinded one again."""
+    rows = [("LA1", "Los Angeles", "", "2026-08-03", "2026-12-31")]
+    snapshot(ws, rows)
+    snapshot(ws, [("LA1", "London", "", "2026-08-03", "2026-12-31")], now=NOW + timedelta(days=1))
+    snapshot(ws, rows, now=NOW + timedelta(days=2))
+    assert pending(ws, EventKind.TERMINATE)["LA1"][0] == utc("2027-01-01T08:00")
+    for hours, place, end in (
+        (0, "London", "2027-01-01T00:00"),
+        (1, "Los Angeles", "2027-01-01T08:00"),
+    ):
+        views.record_event(
+            ws,
+            "LA1",
+            EventKind.MOVE,
+            effective=None,
+            changes={"location": place},
+            ref=None,
+            source="test",
+            now=NOW + timedelta(days=3, hours=hours),
+        )
+        assert pending(ws, EventKind.TERMINATE)["LA1"][0] == utc(end), place
+    snapshot(ws, rows, now=NOW + timedelta(days=4))  # as stored: nothing to record
+    with ws.sessions() as session:
+        kinds = [
+            e.kind
+            for e in identities.load_history(session, ["LA1"])["LA1"]
+            if e.recorded >= NOW + timedelta(days=4)
+        ]
+    assert kinds == []
+
+
+def test_a_move_that_makes_the_end_due_is_held_whole(ws: Workspace, tmp_path: Path) -> None:
+    """Moving east past the end of the last day terminates at once; when the mass-change
+    guard holds that, the rescind of the pending termination waits with it: rejected, the
+    person still leaves at the end of their last day where they were."""
+    config = ws.path / "provisor.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + "guard: {min_count: 1, max_share: 0.1}\n",
+        encoding="utf-8",
+    )
+    ws = Workspace.open(ws.path)
+    try:
+        snapshot(ws, [("LA1", "Los Angeles", "", "2026-08-03", "2026-12-31")])
+        late = utc("2026-12-31T12:00")  # 04:00 on the last day in LA; 01:00 next day in Auckland
+        data = views.record_event(
+            ws,
+            "LA1",
+            EventKind.MOVE,
+            effective=None,
+            changes={"location": "Auckland"},
+            ref=None,
+            source="test",
+            now=late,
+        )
+        assert data["hold"] is not None and state(ws, "LA1") == "active"
+        with ws.sessions() as session, session.begin():
+            identities.decide_hold(
+                session, ws.config, data["hold"], approve=False, only=None, now=late
+            )
+        assert pending(ws, EventKind.TERMINATE)["LA1"][0] == utc("2027-01-01T08:00")
+    finally:
+        ws.close()
+
+
+def test_dates_beyond_what_a_clock_holds_and_zones_stored_before(ws: Workspace) -> None:
+    """HR's "no end date" (9999-12-31) ends at the last instant there is; a zone attribute
+    stored before it held zones names none (the workspace's zone is used); a typed event
+    naming an unknown zone is refused."""
+    snapshot(ws, [("NE1", "Auckland", "", "2026-08-03", "9999-12-31")])
+    assert pending(ws, EventKind.TERMINATE)["NE1"][0] == datetime.max.replace(tzinfo=UTC)
+    with ws.sessions() as session, session.begin():
+        row = session.execute(
+            select(models.Identity).where(models.Identity.external_id == "NE1")
+        ).scalar_one()
+        row.attributes = {**row.attributes, "time_zone": "PST"}  # from before zone_attribute
+    shown = views.show_identity(ws, "NE1", as_of=None, known_at=None, now=NOW)
+    assert shown["zone"] == "Pacific/Auckland"  # by the location, as PST names no zone
+    with pytest.raises(LifecycleError, match="time_zone: unknown time zone 'Mars/Olympus'"):
+        views.record_event(
+            ws,
+            "NE1",
+            EventKind.MOVE,
+            effective=None,
+            changes={"time_zone": "Mars/Olympus"},
+            ref=None,
+            source="test",
+            now=NOW,
+        )

@@ -10,8 +10,10 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from provisor.evidence import audit
@@ -110,3 +112,21 @@ def test_an_audit_chain_appended_in_batches_around_another_append_verifies(
         checked = audit.verify(session)
         assert checked.ok, checked.problem
         assert checked.events == 602 and checked.head_hash == head
+
+
+def test_a_failed_load_is_raised_again_however_often_it_is_swallowed(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writes in the caller: its error is raised where it happens")
+    # as the driver raised it, or as SQLAlchemy wraps it when raised before its statement
+    duplicate = (psycopg.errors.UniqueViolation, IntegrityError)
+    session = Session(engine)
+    with pytest.raises(duplicate), session, session.begin(), writing_behind(session):
+        bulk_insert(session, models.Identity, COLUMNS, people(0, 100))
+        bulk_insert(session, models.Identity, COLUMNS, people(50, 100))
+        with pytest.raises(duplicate):
+            session.execute(select(models.Identity.id).limit(1))
+        with pytest.raises(duplicate):  # swallowed once: still there
+            bulk_insert(session, models.Identity, COLUMNS, people(200, 100))
+        # and once more: leaving the block raises it, and nothing commits
+    with Session(engine) as session:
+        assert count(session) == 0

@@ -69,7 +69,7 @@ def show_identity(
         workspace,
         identity,
         as_of=workspace_when(workspace, as_of, "as_of"),
-        known_at=instant(known_at, "known_at"),
+        known_at=instant(known_at, "known_at", workspace),
         now=datetime.now(UTC),
     )
 

@@ -93,7 +93,7 @@ def create_token(body: NewToken, who: Anyone, workspace: Space) -> dict[str, Any
     owner = body.operator or who.name
     if owner != who.name:
         who.require(Permission.ADMIN)
-    expires = instant(body.expires_at, "expires_at")
+    expires = instant(body.expires_at, "expires_at", workspace)
     now = datetime.now(UTC)
     with acting(who), workspace.sessions() as session, session.begin():
         secret, token = operators.create_token(

@@ -117,7 +117,8 @@ def audit_export(
     until: datetime | None = None,
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
-    start, end = instant(since, "since"), instant(until, "until")
+    start = instant(since, "since", workspace)
+    end = instant(until, "until", workspace)
 
     def lines() -> Iterator[str]:
         with workspace.sessions() as session:

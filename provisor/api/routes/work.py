@@ -154,7 +154,7 @@ def set_mark(body: NewMark, who: Marker, workspace: Space) -> dict[str, Any]:
             body.reason,
             by=who.name,
             now=at,
-            expires=instant(body.expires, "expires"),
+            expires=instant(body.expires, "expires", workspace),
         )
         return marks.mark_dict(made, at)
 
