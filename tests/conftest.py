@@ -178,6 +178,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def workspace_store(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Workspaces opened in the test keep their data in ``database_url``'s kind of store:
+    their own SQLite file, or this PostgreSQL database."""
+    if database_url.startswith("sqlite"):
+        monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
+    return database_url
+
+
 # --- SCIM 2.0: the scim2-server package -----------------------------------------------------
 
 

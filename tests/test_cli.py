@@ -361,6 +361,52 @@ def test_plan_explain_and_observe(cli: Any, ws: Path) -> None:
     assert cli("explain", "E1", "nosuch:thing").code == 5
 
 
+def _database_bytes(ws: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(ws.glob("provisor.db*"))}
+
+
+def test_what_if_shows_plan_holds_and_debt_and_keeps_nothing(cli: Any, ws: Path) -> None:
+    cli("import", str(write(ws / "people.csv", PEOPLE)))
+    export = write(
+        ws / "directory.csv",
+        "account,email,enabled,entitlements,sessions\n"
+        "ann,ann@example.com,true,all-staff;engineering,2\n"
+        "bob,bob@example.com,true,all-staff;engineering,0\n",
+    )
+    cli("observe", "directory", str(export))
+    cli("plan")
+    assert cli("status").code == 0  # every command before this one has closed the database
+    before = _database_bytes(ws)
+    found = cli("what-if", "event", "terminate", "E2", "--json").json()
+    assert found["recorded"]["state"] == "terminated"
+    ops = {(o["identity"], o["operation"], o["entitlement"]) for o in found["operations"]}
+    assert ("E2", "disable", None) in ops and ("E2", "remove-entitlement", "engineering") in ops
+    # bob's access is now owed: debt goes up by what he holds
+    assert found["debt"]["after"]["items"] > found["debt"]["before"]["items"]
+    assert found["explained"]["E2"]["targets"] == {}
+    shown = cli("what-if", "event", "terminate", "E2")
+    assert "Would record 1 events" in shown.out and "Nothing was recorded" in shown.out
+    # a snapshot without E2 and E3: leavers, but too few for the mass-change guard here
+    lines = [line for line in PEOPLE.splitlines() if not line.startswith(("E2,", "E3,"))]
+    snapshot = found = cli(
+        "what-if", "import", str(write(ws / "next.csv", "\n".join(lines) + "\n")), "--json"
+    ).json()
+    assert snapshot["recorded"]["missing_from_snapshot"] == 2
+    draft = ws / "draft.yaml"
+    draft.write_text(
+        (ws / "policy" / "policy.yaml")
+        .read_text(encoding="utf-8")
+        .replace("equals: Engineering", "equals: Nobody"),
+        encoding="utf-8",
+    )
+    policy = cli("what-if", "policy", str(draft), "--json").json()
+    assert ("E1", "remove-entitlement", "engineering") in {
+        (o["identity"], o["operation"], o["entitlement"]) for o in policy["operations"]
+    }
+    assert _database_bytes(ws) == before  # byte for byte: nothing recorded, nothing signed
+    assert cli("identities", "show", "E2", "--json").json()["state"] == "active"
+
+
 def test_identities_show_bitemporal(cli: Any, ws: Path) -> None:
     cli("--now", "2026-01-10", "import", str(write(ws / "people.csv", PEOPLE)))
     cli("--now", "2026-02-20", "event", "terminate", "E2", "--effective", "2026-02-01")

@@ -26,6 +26,7 @@ from provisor.cli import (
     reconcile,
     service,
     tasks,
+    what_if,
     workspace,
 )
 from provisor.cli.options import NowOption, WorkspaceOption, given, parse_when
@@ -56,7 +57,17 @@ def _main(workspace: WorkspaceOption = None, now: NowOption = None) -> None:
     given.now = parse_when(now, "--now") if now else None
 
 
-for _group in (workspace, identities, access, tasks, reconcile, evidence, audit, service):
+for _group in (
+    workspace,
+    identities,
+    access,
+    tasks,
+    reconcile,
+    evidence,
+    audit,
+    service,
+    what_if,
+):
     _group.register(app)
 
 

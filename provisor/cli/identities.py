@@ -94,7 +94,7 @@ def _print_transitions(outcome: identity_service.Outcome, label: str) -> None:
         out.print(f"{label}: {_moves(outcome)}.")
 
 
-def _changes(items: list[str] | None) -> dict[str, Any]:
+def attribute_changes(items: list[str] | None) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -128,7 +128,7 @@ def event(
     Example:  provisor event terminate E1042 --effective 2026-12-31
     Example:  provisor event move E1042 --set department=Sales --set title="Account Executive"
     """
-    changes = _changes(attribute)
+    changes = attribute_changes(attribute)
     at = now()
     when = typed_when(effective, "--effective") if effective else None
     with opened() as workspace:

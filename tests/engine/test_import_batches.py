@@ -31,13 +31,11 @@ def row(i: int, manager: str = "", status: str = "active") -> str:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Workspace]:
+def ws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace_store: str
+) -> Iterator[Workspace]:
     """On SQLite and on PostgreSQL (where the batches' inserts are written behind), two
     identities written at a time."""
-    if database_url.startswith("sqlite"):
-        monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    else:
-        monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
     monkeypatch.setattr(imports, "BATCH", 3)
     monkeypatch.setattr(identities, "_SLICE", 2)
     workspace = scratch_workspace(tmp_path, POLICY)

@@ -79,11 +79,7 @@ PEOPLE = [
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[Workspace]:
-    if database_url.startswith("sqlite"):
-        monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    else:
-        monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
+def ws(tmp_path: Path, workspace_store: str) -> Iterator[Workspace]:
     (tmp_path / "provisor.yaml").write_text(CONFIG, encoding="utf-8")
     workspace = scratch_workspace(tmp_path, "targets: []\nrules: []\n")
     yield workspace

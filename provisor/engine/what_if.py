@@ -1,0 +1,129 @@
+"""What a change would do, worked out on a copy that is thrown away.
+
+Does: record a lifecycle event, import an HR file or take another policy (``what_if``) in a
+sandbox of the workspace (``sandbox``: on SQLite a copy of the database made with SQLite's
+backup, on PostgreSQL one transaction, every commit in it a savepoint, rolled back at the
+end), then plan everyone there, and report what it would come to: the events and holds the
+recording makes (the mass-change guard), the operations the plan would add and cancel (and
+the plan batches the removal guard would hold), the revocation debt before and after, and
+why each person it changes would hold what they would. Nothing is recorded, nothing is
+written in the workspace's database, no target is asked or changed, no audit checkpoint is
+signed.
+Does not: apply operations, read targets, or notify anyone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from provisor.engine import debt, views
+from provisor.engine.planner import sync_journal
+from provisor.engine.workspace import Workspace
+from provisor.store import db, models
+
+EXPLAINED = 20  # people whose access is explained, at most
+
+
+@contextmanager
+def sandbox(workspace: Workspace) -> Iterator[Workspace]:
+    """``workspace`` as a copy whose every change is thrown away when the block ends."""
+    engine = workspace.engine
+    if engine.dialect.name == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="provisor-what-if-") as folder:
+            copy = db.make_engine(f"sqlite:///{Path(folder) / 'what-if.db'}")
+            try:
+                # SQLite's online backup, read through a connection the workspace already
+                # has: the database file is only read
+                source = engine.raw_connection()
+                target = copy.raw_connection()
+                try:
+                    source.driver_connection.backup(target.driver_connection)  # type: ignore[union-attr]
+                finally:
+                    target.close()
+                    source.close()
+                yield dataclasses.replace(
+                    workspace, engine=copy, sessions=db.session_factory(copy), current=False
+                )
+            finally:
+                copy.dispose()
+        return
+    with engine.connect() as connection:
+        outer = connection.begin()
+        try:
+            sessions = sessionmaker(
+                bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
+            yield dataclasses.replace(workspace, sessions=sessions, current=False)
+        finally:
+            outer.rollback()
+
+
+def with_policy(workspace: Workspace, policy: Path) -> Workspace:
+    """``workspace`` taking its policy from ``policy`` (a file or folder) instead."""
+    config = workspace.config.model_copy(update={"policy": [str(policy.resolve())]})
+    return dataclasses.replace(workspace, config=config, _policy=None, _compiled=None)
+
+
+def what_if(
+    workspace: Workspace,
+    *,
+    now: datetime,
+    change: Callable[[Workspace], tuple[dict[str, Any], list[str]]] | None = None,
+    policy: Path | None = None,
+) -> dict[str, Any]:
+    """What ``change`` (given the sandbox; returns what it recorded and the ids of the people
+    it changed) and ``policy`` would do, nothing of it kept."""
+    with sandbox(workspace) as ws:
+        before = debt.ledger(ws, now)
+        first_hold = _last_hold(ws)
+        if policy is not None:
+            ws = with_policy(ws, policy)
+        recorded, changed = change(ws) if change is not None else ({}, [])
+        with ws.sessions() as session, session.begin():
+            synced = sync_journal(ws, session, now=now)
+            holds = _holds_after(session, first_hold)
+        after = debt.ledger(ws, now)
+        rows = synced.as_rows()
+        if not changed:  # a policy: the people whose plan it changes
+            changed = [r["identity"] for r in rows if r["journal"] == "new"]
+        changed = list(dict.fromkeys(changed))
+        explained = {
+            who: views.explain_identity(ws, who, None, now=now) for who in changed[:EXPLAINED]
+        }
+    return {
+        "recorded": recorded,
+        "operations": [r for r in rows if r["journal"] in ("new", "held")],
+        "added": synced.added,
+        "cancelled": synced.cancelled,
+        "holds": holds,
+        "debt": {"before": _debt(before), "after": _debt(after)},
+        "explained": explained,
+        "nothing_kept": True,
+    }
+
+
+def _debt(ledger: debt.Ledger) -> dict[str, Any]:
+    counts = ledger.as_dict()
+    return {k: counts[k] for k in ("items", "overdue", "unknown") if k in counts}
+
+
+def _last_hold(workspace: Workspace) -> int:
+    with workspace.sessions() as session:
+        return session.execute(select(func.coalesce(func.max(models.Hold.id), 0))).scalar_one()
+
+
+def _holds_after(session: Any, last: int) -> list[dict[str, Any]]:
+    """The holds made after hold ``last``: by whom they wait, and why."""
+    found = session.execute(
+        select(models.Hold).where(models.Hold.id > last).order_by(models.Hold.id)
+    ).scalars()
+    return [{"hold": h.id, "kind": h.kind, "reason": h.reason} for h in found]
