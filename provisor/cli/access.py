@@ -43,9 +43,19 @@ def plan(
         synced = sync_journal(workspace, session, now=now(), identity=identity, target=target)
         home = workspace.config.time.zones().home  # times shown in the workspace's zone
     rows = synced.as_rows()
+    kept = {who: until.isoformat() for who, until in sorted(synced.graces.items())}
     if json_out:
-        print_json({"operations": rows, "added": synced.added, "cancelled": synced.cancelled})
+        print_json(
+            {
+                "operations": rows,
+                "added": synced.added,
+                "cancelled": synced.cancelled,
+                "kept_by_grace": kept,
+            }
+        )
         return
+    for who, until in kept.items():
+        out.print(f"{who}: access a move took away is kept by grace until {moment(until, home)}.")
     if not rows:
         superseded = f" ({synced.cancelled} superseded operations cancelled.)"
         out.print(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState
@@ -28,7 +28,7 @@ from provisor.domain.policy import (
     TargetDef,
 )
 
-ReasonKind = Literal["rule", "role", "assignment", "exception"]
+ReasonKind = Literal["rule", "role", "assignment", "exception", "grace"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Reason:
     via: str = ""  # e.g. the rule or assignment a role came through
 
     def __str__(self) -> str:
+        if self.kind == "grace":  # name: until when; via: the move that took it away
+            return f"kept by grace until {self.name} (after {self.via})"
         return f"{self.kind} {self.name}" + (f" (via {self.via})" if self.via else "")
 
 
@@ -73,6 +75,8 @@ class DesiredAccess:
     targets: dict[str, TargetAccess]
     sod: list[SoDViolation] = field(default_factory=list)
     note: str = ""
+    # the earliest end of a grace that keeps access a move took away (then it is removed)
+    grace_until: datetime | None = None
 
 
 _GrantList = tuple[tuple[str, tuple[str, ...], Reason], ...]
@@ -92,6 +96,9 @@ class CompiledPolicy:
     assignments: Mapping[str, tuple[AssignmentDef, ...]]
     exceptions: Mapping[str, tuple[ExceptionDef, ...]]
     sod: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    # per target: days a move's lost account is kept, and each entitlement's days
+    move_grace: Mapping[str, tuple[int, Mapping[str, int]]] = field(default_factory=dict)
+    longest_move_grace: int = 0  # the most days of any of them (0: no grace anywhere)
 
     @property
     def targets(self) -> Mapping[str, TargetDef]:
@@ -151,6 +158,16 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         (s.name, tuple((c.partition(":")[0], c.partition(":")[2]) for c in s.conflicts))
         for s in policy.sod
     )
+    grace = {
+        t.name: (
+            t.move_grace_days,
+            {
+                e.name: t.move_grace_days if e.move_grace_days is None else e.move_grace_days
+                for e in t.entitlements
+            },
+        )
+        for t in policy.targets
+    }
     return CompiledPolicy(
         policy=policy,
         index={a: {v: tuple(ix) for v, ix in by.items()} for a, by in index.items()},
@@ -168,6 +185,10 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         assignments={k: tuple(v) for k, v in assignments.items()},
         exceptions={k: tuple(v) for k, v in exceptions.items()},
         sod=sod,
+        move_grace=grace,
+        longest_move_grace=max(
+            (max([days, *each.values()]) for days, each in grace.values()), default=0
+        ),
     )
 
 
@@ -317,7 +338,99 @@ def _separate_duties(
 def desired_access(
     compiled: CompiledPolicy, state: IdentityState, shared: SharedAccess | None = None
 ) -> DesiredAccess:
-    """The access ``state`` should have under ``compiled``; reasons kept for every item.
+    """The access ``state`` should have under ``compiled`` (``_desired_now``), with what a
+    recent move took away kept for the grace its target or entitlement gives (``_kept``)."""
+    desired = _desired_now(compiled, state, shared)
+    if desired.note or not compiled.longest_move_grace:
+        return desired
+    return _kept(compiled, state, desired)
+
+
+def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess) -> DesiredAccess:
+    """``desired`` with what moves and conversions within the longest grace took away, each
+    item kept until its grace ends (reason: ``grace``); ``desired`` itself when nothing is
+    kept. Walks the timeline back from now, undoing one change at a time to see what the
+    person would have held just before it."""
+    since = state.as_of - timedelta(days=compiled.longest_move_grace)
+    attributes = dict(state.attributes)
+    kept: dict[tuple[str, str | None], tuple[Reason, datetime]] = {}
+    for entry in reversed(state.timeline):
+        event = entry.event
+        if event.effective > state.as_of or not entry.applied:
+            continue
+        if event.effective <= since or event.kind in _PERIOD_STARTS:
+            break  # no grace from before: too long ago, or another employment period
+        if event.kind not in (EventKind.MOVE, EventKind.CONVERT):
+            continue
+        before = dict(attributes)
+        for name, (old, _new) in entry.changes.items():
+            if old is None:
+                before.pop(name, None)
+            else:
+                before[name] = old
+        then = _desired_now(compiled, replace(state, attributes=before), None)
+        for target, access in then.targets.items():
+            days, by_entitlement = compiled.move_grace.get(target, (0, {}))
+            for item, item_days in [
+                (None, days),
+                *((e, by_entitlement.get(e, days)) for e in access.entitlements),
+            ]:
+                until = event.effective + timedelta(days=item_days)
+                if until <= state.as_of or (target, item) in kept or _holds(desired, target, item):
+                    continue
+                when = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                why = f"the {event.kind.value} of {event.effective.date()}"
+                kept[target, item] = (Reason("grace", when, why), until)
+        attributes = before
+    return _with_kept(compiled, state, desired, kept) if kept else desired
+
+
+# events that begin (or end) an employment period: grace never reaches across them
+_PERIOD_STARTS = frozenset({EventKind.HIRE, EventKind.REHIRE, EventKind.TERMINATE})
+
+
+def _holds(desired: DesiredAccess, target: str, entitlement: str | None) -> bool:
+    access = desired.targets.get(target)
+    return access is not None and (entitlement is None or entitlement in access.entitlements)
+
+
+def _with_kept(
+    compiled: CompiledPolicy,
+    state: IdentityState,
+    desired: DesiredAccess,
+    kept: Mapping[tuple[str, str | None], tuple[Reason, datetime]],
+) -> DesiredAccess:
+    """A copy of ``desired`` (its targets may be shared with other people's) holding ``kept``
+    too: an entitlement kept keeps its account."""
+    targets = dict(desired.targets)
+    lifecycle = state.state
+    assert lifecycle is not None
+    for (target, entitlement), (reason, _until) in kept.items():
+        access = targets.get(target)
+        if access is None or access is desired.targets.get(target):
+            enabled, note = compiled.account_status[lifecycle][target]
+            access = targets[target] = (
+                TargetAccess(target, enabled, [], {}, {}, note)
+                if access is None
+                else replace(
+                    access,
+                    account_reasons=list(access.account_reasons),
+                    entitlements=dict(access.entitlements),
+                )
+            )
+        account_kept = entitlement is None or not access.account_reasons
+        if account_kept and reason not in access.account_reasons:
+            access.account_reasons.append(reason)
+        if entitlement is not None:
+            access.entitlements[entitlement] = [reason]
+    until = min(until for _reason, until in kept.values())
+    return replace(desired, targets=targets, grace_until=until)
+
+
+def _desired_now(
+    compiled: CompiledPolicy, state: IdentityState, shared: SharedAccess | None = None
+) -> DesiredAccess:
+    """The access ``state`` should have under ``compiled`` now; reasons kept for every item.
 
     With ``shared`` (a dict kept across calls over one policy), an identity that has no
     assignment or exception of its own gets the same ``targets`` and ``sod`` objects as an

@@ -172,6 +172,13 @@ class EntitlementDef(_Model):
     name: Name
     description: str = ""
     kind: Literal["group", "role", "permission"] = "group"
+    move_grace_days: int | None = Field(
+        default=None,
+        ge=0,
+        le=365,
+        description="days this entitlement is kept after a move takes it away (default: the "
+        "target's move_grace_days)",
+    )
 
 
 class TargetGuard(_Model):
@@ -209,6 +216,13 @@ class TargetDef(_Model):
     description: str = ""
     leaver_action: LeaverAction = LeaverAction.DISABLE
     grace_days: int = Field(default=30, ge=0, le=3650)
+    move_grace_days: int = Field(
+        default=0,
+        ge=0,
+        le=365,
+        description="days access a move (or conversion) takes away is kept for a handover "
+        "before it is removed; never for a leaver",
+    )
     correlation: list[str] = Field(default_factory=lambda: ["email"], min_length=1)
     on_leave: Literal["keep", "disable"] = "keep"
     on_suspend: Literal["keep", "disable"] = "disable"

@@ -57,6 +57,7 @@ from provisor.domain.plan import (
 from provisor.domain.policy import TargetDef
 from provisor.engine import circuit
 from provisor.engine.identities import load_history, window
+from provisor.engine.planner import needs_timeline
 from provisor.engine.workspace import Workspace
 from provisor.errors import NotFoundError
 from provisor.evidence import audit
@@ -193,7 +194,6 @@ def _states(
     workspace: Workspace, session: Session, ids: Sequence[str] | None, now: datetime
 ) -> dict[str, tuple[IdentityState, datetime | None]]:
     """Each identity's current state, and since when it is on leave or suspended."""
-    compiled = workspace.compiled
     ident = models.Identity
     columns = select(
         ident.external_id,
@@ -210,11 +210,7 @@ def _states(
     else:
         for part in chunks(sorted(ids)):
             rows.extend(session.execute(columns.where(ident.external_id.in_(part))))
-    detailed = [
-        r.external_id
-        for r in rows
-        if r.external_id in compiled.assignments or r.external_id in compiled.exceptions
-    ]
+    detailed = needs_timeline(workspace, session, [r.external_id for r in rows], now)
     history = load_history(session, detailed) if detailed else {}
     found: dict[str, tuple[IdentityState, datetime | None]] = {}
     for r in rows:

@@ -18,14 +18,14 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisor.domain.desired import CompiledPolicy, SharedAccess, desired_access
-from provisor.domain.lifecycle import IdentityState, LifecycleState, fold
+from provisor.domain.desired import SharedAccess, desired_access
+from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState, fold
 from provisor.domain.plan import OPEN_STATUSES, ObservedAccount, PlannedOperation, plan_identity
 from provisor.engine import removal_guard
 from provisor.engine.identities import load_history, window
@@ -73,9 +73,8 @@ def current_states(
     workspace: Workspace, session: Session, rows: Sequence[IdentityRow], now: datetime
 ) -> dict[str, IdentityState]:
     """Each identity's state as of ``now``: its materialised columns, or its folded history
-    when the policy holds time-bound grants of its own (their validity needs the timeline)."""
-    compiled = workspace.compiled
-    detailed = [r.external_id for r in rows if _needs_timeline(compiled, r.external_id)]
+    when it needs it (``needs_timeline``)."""
+    detailed = needs_timeline(workspace, session, [r.external_id for r in rows], now)
     history = load_history(session, detailed) if detailed else {}
     rescind = window(workspace.config)
     found: dict[str, IdentityState] = {}
@@ -134,8 +133,30 @@ def observed_for(
     return found
 
 
-def _needs_timeline(compiled: CompiledPolicy, identity: str) -> bool:
-    return identity in compiled.assignments or identity in compiled.exceptions
+def _moved_since(session: Session, since: datetime, now: datetime) -> set[str]:
+    """Identities with a move or conversion that took effect after ``since``."""
+    e = models.IdentityEvent
+    query = select(e.identity).where(
+        e.kind.in_((EventKind.MOVE.value, EventKind.CONVERT.value)),
+        e.status == "accepted",
+        e.effective_at > since,
+        e.effective_at <= now,
+    )
+    return set(session.execute(query.distinct()).scalars())
+
+
+def needs_timeline(
+    workspace: Workspace, session: Session, ids: Sequence[str], now: datetime
+) -> list[str]:
+    """Those of ``ids`` whose desired access needs their folded history, not only their
+    materialised columns: time-bound grants of their own (their validity needs the
+    timeline), or a move recent enough that its grace may keep access it took away."""
+    compiled = workspace.compiled
+    direct = compiled.assignments.keys() | compiled.exceptions.keys()
+    moved: set[str] = set()
+    if compiled.longest_move_grace:
+        moved = _moved_since(session, now - timedelta(days=compiled.longest_move_grace), now)
+    return [who for who in ids if who in direct or who in moved]
 
 
 @collector_paused()
@@ -148,13 +169,15 @@ def compute_plan(
     target: str | None = None,
     changed_only: bool = False,
     before_observed: Callable[[list[str]], None] | None = None,
+    graces: dict[str, datetime] | None = None,
 ) -> tuple[list[PlannedOperation], list[str]]:
     """Planned operations for the selection, and the identities that were planned.
 
     ``changed_only`` plans just the identities marked as needing it (a lifecycle change, a
     new observation) and those holding time-bound grants, which can expire with nothing else
     changing; everyone else's plan is what it was under the same policy. ``before_observed``
-    is called with the identities just before their observed accounts are read."""
+    is called with the identities just before their observed accounts are read; ``graces``
+    gets, for each identity keeping access a move took away, when the first such grace ends."""
     compiled = workspace.compiled
     if target is not None and target not in compiled.targets:
         raise NotFoundError(
@@ -188,6 +211,8 @@ def compute_plan(
     for who in ids:
         state = states[who]
         desired = desired_access(compiled, state, shared)
+        if desired.grace_until is not None and graces is not None:
+            graces[who] = desired.grace_until
         ops.extend(plan_identity(state, desired, observed.get(who, []), targets))
     return ops, ids
 
@@ -199,6 +224,8 @@ class JournalSync:
     # journal id -> why, for planned work matched by a parked (failed) row: shown with the
     # plan, since it will not run by itself
     parked: dict[int, str] = field(default_factory=dict)
+    # identity -> when the first grace ends that keeps access a move took away from them
+    graces: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def added(self) -> int:
@@ -275,6 +302,7 @@ def sync_journal(
     if new_policy:
         changed_only = False
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
+    graces: dict[str, datetime] = {}
     ops, ids = compute_plan(
         workspace,
         session,
@@ -283,6 +311,7 @@ def sync_journal(
         target=target,
         changed_only=changed_only,
         before_observed=_journal_reader(session, target, open_rows),
+        graces=graces,
     )
     held = held_accounts(session, now)
     if held:
@@ -328,9 +357,23 @@ def sync_journal(
             .where(models.Identity.external_id.in_(part))
             .values(needs_plan=False)
         )
+    _replan_when_graces_end(session, graces)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     audit.append(session, entries, at=now)  # last: the audit log's head is held to the commit
-    return JournalSync(result, len(stale_rows), parked)
+    return JournalSync(result, len(stale_rows), parked, graces)
+
+
+def _replan_when_graces_end(session: Session, graces: dict[str, datetime]) -> None:
+    """Each identity keeping access a move took away has its next change no later than the
+    end of that grace: ``tick`` then marks it for planning, and the access is removed."""
+    i = models.Identity
+    for who, until in graces.items():
+        session.execute(
+            update(i)
+            .where(i.external_id == who)
+            .where(or_(i.next_change_at.is_(None), i.next_change_at > until))
+            .values(next_change_at=until)
+        )
 
 
 def _journal_reader(

@@ -104,6 +104,7 @@ def what_if(
         "operations": [r for r in rows if r["journal"] in ("new", "held")],
         "added": synced.added,
         "cancelled": synced.cancelled,
+        "kept_by_grace": {who: t.isoformat() for who, t in sorted(synced.graces.items())},
         "holds": holds,
         "debt": {"before": _debt(before), "after": _debt(after)},
         "explained": explained,

@@ -1,0 +1,111 @@
+"""Post-move grace against a real SCIM server: access a move takes away is kept for the target's
+(or entitlement's) grace — said so by explain and plan — then removed and verified gone; a
+leaver gets none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx2
+import pytest
+from sqlalchemy import select
+
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import debt, identities, views
+from provisor.engine.workspace import Workspace
+from provisor.sandbox.workspaces import scratch_workspace
+from provisor.store import models
+from tests.connectors.test_scim import make_group
+from tests.engine.test_runner import NOW, POLICY, apply, people, plan, server_user
+
+GRACE = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    move_grace_days: 5\n")
+
+
+@pytest.fixture
+def ws(tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    make_group(scim_url, "staff")
+    make_group(scim_url, "engineering")
+    workspace = scratch_workspace(tmp_path, GRACE.format(url=scim_url, timeout=3))
+    yield workspace
+    workspace.close()
+
+
+def groups_of(url: str, user_name: str) -> set[str]:
+    """The groups the server itself lists the user in (read from each group)."""
+    user = server_user(url, user_name)
+    assert user is not None
+    found = httpx2.get(f"{url}/Groups").json().get("Resources", [])
+    return {
+        g["displayName"]
+        for g in found
+        if any(m.get("value") == user["id"] for m in g.get("members") or [])
+    }
+
+
+def record(ws: Workspace, event: LifecycleEvent) -> None:
+    with ws.sessions() as session, session.begin():
+        identities.record_events(
+            session, ws.config, [event], origin="test", now=event.recorded, strict=True
+        )
+
+
+def test_a_movers_old_access_is_kept_for_the_grace_then_removed(
+    ws: Workspace, scim_url: str
+) -> None:
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    assert groups_of(scim_url, "e1@example.com") == {"staff", "engineering"}
+    record(ws, LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Sales"}))
+
+    day = NOW + timedelta(days=1)
+    planned = plan(ws, day)
+    ops = [(op.kind.value, op.entitlement) for op, _, _ in planned.operations]
+    assert ("remove-entitlement", "engineering") not in ops  # kept by grace
+    assert planned.graces == {"E1": NOW + timedelta(days=5)}  # and said so with the plan
+    why = views.explain_identity(ws, "E1", "app:engineering", now=day)
+    assert why["granted"] and why["reasons"] == [
+        "kept by grace until 2026-06-06 12:00 UTC (after the move of 2026-06-01)"
+    ]
+    with ws.sessions() as session:
+        row = session.execute(
+            select(models.Identity).where(models.Identity.external_id == "E1")
+        ).scalar_one()
+        assert row.next_change_at == NOW + timedelta(days=5)  # planned again then
+    apply(ws, day)
+    assert groups_of(scim_url, "e1@example.com") == {"staff", "engineering"}
+    assert debt.ledger(ws, day, identity="E1").items == []  # kept by grace: owed to nobody
+
+    # the grace ends: tick marks E1 for planning, and the removal is verified on the server
+    end = NOW + timedelta(days=5)
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=end)
+    ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, end).operations]
+    assert ("remove-entitlement", "engineering") in ops
+    # still held on the server: owed, and not said gone before a read-back shows it
+    owed = debt.ledger(ws, end, identity="E1").items
+    assert [(i.target, i.item) for i in owed] == [("app", "entitlement:engineering")]
+    done = apply(ws, end)
+    assert done.verified >= 1 and done.failed == 0
+    assert groups_of(scim_url, "e1@example.com") == {"staff"}
+    why = views.explain_identity(ws, "E1", "app:engineering", now=end)
+    assert not why["granted"]
+    assert debt.ledger(ws, end, identity="E1").items == []  # verified gone by the read-back
+
+
+def test_a_leaver_gets_no_grace(ws: Workspace, scim_url: str) -> None:
+    people(ws, "E1")
+    plan(ws)
+    apply(ws)
+    record(ws, LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Sales"}))
+    later = NOW + timedelta(hours=1)
+    record(ws, LifecycleEvent("E1", EventKind.TERMINATE, later, later))
+    ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, later).operations]
+    assert ("remove-entitlement", "engineering") in ops and ("disable", None) in ops
+    apply(ws, later)
+    assert groups_of(scim_url, "e1@example.com") == set()
+    user = server_user(scim_url, "e1@example.com")
+    assert user is not None and user["active"] is False
