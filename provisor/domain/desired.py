@@ -77,6 +77,8 @@ class DesiredAccess:
     note: str = ""
     # the earliest end of a grace that keeps access a move took away (then it is removed)
     grace_until: datetime | None = None
+    # when time alone changes this (a grace ends, a pre-start window opens): plan again then
+    review_at: datetime | None = None
 
 
 _GrantList = tuple[tuple[str, tuple[str, ...], Reason], ...]
@@ -99,6 +101,9 @@ class CompiledPolicy:
     # per target: days a move's lost account is kept, and each entitlement's days
     move_grace: Mapping[str, tuple[int, Mapping[str, int]]] = field(default_factory=dict)
     longest_move_grace: int = 0  # the most days of any of them (0: no grace anywhere)
+    # per target: days before a hire's start its account is made (locked until the start)
+    prestart: Mapping[str, int] = field(default_factory=dict)
+    longest_prestart: int = 0
 
     @property
     def targets(self) -> Mapping[str, TargetDef]:
@@ -185,6 +190,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         assignments={k: tuple(v) for k, v in assignments.items()},
         exceptions={k: tuple(v) for k, v in exceptions.items()},
         sod=sod,
+        prestart={t.name: t.prestart_days for t in policy.targets if t.prestart_days},
+        longest_prestart=max((t.prestart_days for t in policy.targets), default=0),
         move_grace=grace,
         longest_move_grace=max(
             (max([days, *each.values()]) for days, each in grace.values()), default=0
@@ -340,10 +347,49 @@ def desired_access(
 ) -> DesiredAccess:
     """The access ``state`` should have under ``compiled`` (``_desired_now``), with what a
     recent move took away kept for the grace its target or entitlement gives (``_kept``)."""
+    if state.state is LifecycleState.PRE_HIRE and compiled.longest_prestart:
+        return _before_start(compiled, state)
     desired = _desired_now(compiled, state, shared)
     if desired.note or not compiled.longest_move_grace:
         return desired
     return _kept(compiled, state, desired)
+
+
+def _before_start(compiled: CompiledPolicy, state: IdentityState) -> DesiredAccess:
+    """A hire's access before the start: in each target with ``prestart_days`` reaching
+    today, what they will hold on day one, the account locked (disabled) until the start;
+    nothing elsewhere. ``review_at``: when the next of those windows opens."""
+    start = state.next_change
+    nothing = DesiredAccess(state.identity, state.state, {}, note=_NO_ACCESS_NOTE[state.state])
+    if start is None or start <= state.as_of:
+        return nothing
+    day_one = _desired_now(compiled, replace(state, state=LifecycleState.ACTIVE), None)
+    targets: dict[str, TargetAccess] = {}
+    opens: list[datetime] = []
+    locked = f"locked until the start, {start.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    for name, access in day_one.targets.items():
+        days = compiled.prestart.get(name, 0)
+        if not days:
+            continue
+        window = start - timedelta(days=days)
+        if window > state.as_of:
+            opens.append(window)
+            continue
+        targets[name] = replace(
+            access,
+            enabled=False,
+            account_reasons=list(access.account_reasons),
+            entitlements=dict(access.entitlements),
+            note=locked,
+        )
+    return DesiredAccess(
+        state.identity,
+        state.state,
+        targets,
+        day_one.sod if targets else [],
+        note="" if targets else nothing.note,
+        review_at=min(opens, default=None),
+    )
 
 
 def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess) -> DesiredAccess:
@@ -424,7 +470,7 @@ def _with_kept(
         if entitlement is not None:
             access.entitlements[entitlement] = [reason]
     until = min(until for _reason, until in kept.values())
-    return replace(desired, targets=targets, grace_until=until)
+    return replace(desired, targets=targets, grace_until=until, review_at=until)
 
 
 def _desired_now(

@@ -169,6 +169,15 @@ def _take_away(
     """Removals for every account in a target where the identity is to have nothing: from the
     termination for a leaver, from now otherwise."""
     from_now = state.state is not LifecycleState.TERMINATED or state.terminated_at is None
+    if state.state is LifecycleState.TERMINATED and state.employment_start is None and have:
+        # an offer withdrawn before the start: what was made ahead of it goes, now
+        why = "offer withdrawn before the start: the account made for it is deleted"
+        gone = target.model_copy(update={"leaver_action": LeaverAction.DELETE, "grace_days": 0})
+        return [
+            op
+            for seen in have
+            for op in _removal(gone, seen, state.identity, why, state.as_of, True)
+        ]
     if not from_now and state.terminated_at is not None:
         when = state.terminated_at
         why = f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"

@@ -223,6 +223,13 @@ class TargetDef(_Model):
         description="days access a move (or conversion) takes away is kept for a handover "
         "before it is removed; never for a leaver",
     )
+    prestart_days: int = Field(
+        default=0,
+        ge=0,
+        le=90,
+        description="days before a hire's start its account is made, locked (disabled) "
+        "until the start, then enabled",
+    )
     correlation: list[str] = Field(default_factory=lambda: ["email"], min_length=1)
     on_leave: Literal["keep", "disable"] = "keep"
     on_suspend: Literal["keep", "disable"] = "disable"

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisor.domain.desired import SharedAccess, desired_access
+from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState, fold
 from provisor.domain.plan import OPEN_STATUSES, ObservedAccount, PlannedOperation, plan_identity
 from provisor.engine import removal_guard
@@ -150,12 +150,18 @@ def needs_timeline(
 ) -> list[str]:
     """Those of ``ids`` whose desired access needs their folded history, not only their
     materialised columns: time-bound grants of their own (their validity needs the
-    timeline), or a move recent enough that its grace may keep access it took away."""
+    timeline), a move recent enough that its grace may keep access it took away, a hire
+    not started yet where accounts are made before the start (its next change may have been
+    brought forward to plan when a window opens)."""
     compiled = workspace.compiled
     direct = compiled.assignments.keys() | compiled.exceptions.keys()
     moved: set[str] = set()
     if compiled.longest_move_grace:
         moved = _moved_since(session, now - timedelta(days=compiled.longest_move_grace), now)
+    if compiled.longest_prestart:  # a hire's start is read from the timeline, not the row
+        i = models.Identity
+        query = select(i.external_id).where(i.state == LifecycleState.PRE_HIRE.value)
+        moved |= set(session.execute(query).scalars())
     return [who for who in ids if who in direct or who in moved]
 
 
@@ -169,15 +175,16 @@ def compute_plan(
     target: str | None = None,
     changed_only: bool = False,
     before_observed: Callable[[list[str]], None] | None = None,
-    graces: dict[str, datetime] | None = None,
+    timed: dict[str, DesiredAccess] | None = None,
 ) -> tuple[list[PlannedOperation], list[str]]:
     """Planned operations for the selection, and the identities that were planned.
 
     ``changed_only`` plans just the identities marked as needing it (a lifecycle change, a
     new observation) and those holding time-bound grants, which can expire with nothing else
     changing; everyone else's plan is what it was under the same policy. ``before_observed``
-    is called with the identities just before their observed accounts are read; ``graces``
-    gets, for each identity keeping access a move took away, when the first such grace ends."""
+    is called with the identities just before their observed accounts are read; ``timed``
+    gets the desired access of each identity whose access time alone will change (a move's
+    grace ends, a pre-start window opens: ``DesiredAccess.review_at``)."""
     compiled = workspace.compiled
     if target is not None and target not in compiled.targets:
         raise NotFoundError(
@@ -187,9 +194,9 @@ def compute_plan(
     if identity is not None:
         rows = identity_rows(session, i.external_id == identity)
     elif changed_only:
-        timed = set(compiled.assignments) | set(compiled.exceptions)
+        own_grants = set(compiled.assignments) | set(compiled.exceptions)
         found = {r.external_id: r for r in identity_rows(session, i.needs_plan.is_(True))}
-        for r in identity_rows(session, ids=timed) if timed else []:
+        for r in identity_rows(session, ids=own_grants) if own_grants else []:
             found[r.external_id] = r
         rows = list(found.values())
     else:
@@ -211,8 +218,9 @@ def compute_plan(
     for who in ids:
         state = states[who]
         desired = desired_access(compiled, state, shared)
-        if desired.grace_until is not None and graces is not None:
-            graces[who] = desired.grace_until
+        if desired.review_at is not None and timed is not None:
+            timed[who] = desired
+
         ops.extend(plan_identity(state, desired, observed.get(who, []), targets))
     return ops, ids
 
@@ -302,7 +310,7 @@ def sync_journal(
     if new_policy:
         changed_only = False
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
-    graces: dict[str, datetime] = {}
+    timed: dict[str, DesiredAccess] = {}
     ops, ids = compute_plan(
         workspace,
         session,
@@ -311,7 +319,7 @@ def sync_journal(
         target=target,
         changed_only=changed_only,
         before_observed=_journal_reader(session, target, open_rows),
-        graces=graces,
+        timed=timed,
     )
     held = held_accounts(session, now)
     if held:
@@ -351,28 +359,29 @@ def sync_journal(
     entries.extend(removal_guard.close_emptied(session, {r.hold_id for r in stale_rows}, now))
     cancel_tasks(session, [stale.id for stale in stale_rows], now)
     result.extend((op, "new", added[journal_key]) for op, journal_key in new_rows)
-    for part in chunks(ids):
-        session.execute(
-            update(models.Identity)
-            .where(models.Identity.external_id.in_(part))
-            .values(needs_plan=False)
-        )
-    _replan_when_graces_end(session, graces)
+    _planned(session, ids, timed)
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     audit.append(session, entries, at=now)  # last: the audit log's head is held to the commit
+    graces = {who: d.grace_until for who, d in timed.items() if d.grace_until}
     return JournalSync(result, len(stale_rows), parked, graces)
 
 
-def _replan_when_graces_end(session: Session, graces: dict[str, datetime]) -> None:
-    """Each identity keeping access a move took away has its next change no later than the
-    end of that grace: ``tick`` then marks it for planning, and the access is removed."""
+def _planned(session: Session, ids: Sequence[str], timed: dict[str, DesiredAccess]) -> None:
+    """The identities just planned need no plan until something changes; each whose access
+    time alone will change (a move's grace ends, a pre-start window opens) has its next
+    change no later than then, so ``tick`` marks it for planning."""
     i = models.Identity
-    for who, until in graces.items():
+    for part in chunks(ids):
+        session.execute(update(i).where(i.external_id.in_(part)).values(needs_plan=False))
+    for who, desired in timed.items():
+        at = desired.review_at
+        if at is None:
+            continue
         session.execute(
             update(i)
             .where(i.external_id == who)
-            .where(or_(i.next_change_at.is_(None), i.next_change_at > until))
-            .values(next_change_at=until)
+            .where(or_(i.next_change_at.is_(None), i.next_change_at > at))
+            .values(next_change_at=at)
         )
 
 

@@ -1,0 +1,98 @@
+"""Pre-start provisioning against a real SCIM server: a hire's account is made the target's
+``prestart_days`` before the start, locked (never enabled before it), enabled and verified at
+the start; an offer withdrawn before the start deletes what was made for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.engine import identities, views
+from provisor.engine.workspace import Workspace
+from provisor.sandbox.workspaces import scratch_workspace
+from provisor.store import models
+from tests.connectors.test_scim import make_group
+from tests.engine.test_move_grace import groups_of, record
+from tests.engine.test_runner import NOW, POLICY, apply, plan, server_user
+
+PRESTART = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    prestart_days: 3\n")
+START = NOW + timedelta(days=10)
+
+
+@pytest.fixture
+def ws(tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    make_group(scim_url, "staff")
+    make_group(scim_url, "engineering")
+    workspace = scratch_workspace(tmp_path, PRESTART.format(url=scim_url, timeout=3))
+    yield workspace
+    workspace.close()
+
+
+def hire(ws: Workspace, who: str) -> None:
+    attributes = {
+        "name": f"Person {who}",
+        "email": f"{who.lower()}@example.com",
+        "employment_type": "employee",
+        "department": "Engineering",
+    }
+    record(ws, LifecycleEvent(who, EventKind.HIRE, START, NOW, attributes))
+
+
+def tick(ws: Workspace, at: datetime) -> None:
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=at)
+
+
+def next_change(ws: Workspace, who: str) -> datetime | None:
+    with ws.sessions() as session:
+        return session.execute(
+            select(models.Identity.next_change_at).where(models.Identity.external_id == who)
+        ).scalar_one()
+
+
+def test_an_account_made_before_the_start_is_locked_until_it(ws: Workspace, scim_url: str) -> None:
+    hire(ws, "E9")
+    assert [op for op, _, _ in plan(ws).operations if op.target == "app"] == []
+    window = START - timedelta(days=3)
+    assert next_change(ws, "E9") == window  # planned again when the window opens
+
+    tick(ws, window)
+    ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, window).operations]
+    assert ("create", None) in ops and ("disable", None) in ops
+    done = apply(ws, window)
+    assert done.failed == 0
+    user = server_user(scim_url, "e9@example.com")
+    assert user is not None and user["active"] is False  # made locked, never enabled
+    assert groups_of(scim_url, "e9@example.com") == {"staff", "engineering"}
+    why = views.explain_identity(ws, "E9", "app", now=window)
+    assert why["granted"] and not why["enabled"]
+    assert why["why_not"] == ["locked until the start, 2026-06-11 12:00 UTC"]
+
+    tick(ws, START)  # the start: active, enabled and verified
+    ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, START).operations]
+    assert ops.count(("enable", None)) == 1
+    assert apply(ws, START).failed == 0
+    user = server_user(scim_url, "e9@example.com")
+    assert user is not None and user["active"] is True
+
+
+def test_a_withdrawn_offer_deletes_what_was_made_ahead(ws: Workspace, scim_url: str) -> None:
+    hire(ws, "E8")
+    window = START - timedelta(days=3)
+    plan(ws)
+    tick(ws, window)
+    plan(ws, window)
+    apply(ws, window)
+    assert server_user(scim_url, "e8@example.com") is not None
+    withdrawn = window + timedelta(days=1)
+    record(ws, LifecycleEvent("E8", EventKind.TERMINATE, withdrawn, withdrawn))
+    ops = [op.kind.value for op, _, _ in plan(ws, withdrawn).operations if op.target == "app"]
+    assert ops[-1] == "delete"
+    assert apply(ws, withdrawn).failed == 0
+    assert server_user(scim_url, "e8@example.com") is None
