@@ -23,12 +23,18 @@ from tests.engine.test_runner import NOW, POLICY, apply, people, plan, server_us
 GRACE = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    move_grace_days: 5\n")
 
 
+def scim_workspace(folder: Path, url: str, policy: str) -> Workspace:
+    """A workspace on SQLite with ``policy`` (``test_runner.POLICY`` changed) for the SCIM
+    server at ``url``, its groups made."""
+    make_group(url, "staff")
+    make_group(url, "engineering")
+    return scratch_workspace(folder, policy.format(url=url, timeout=3))
+
+
 @pytest.fixture
 def ws(tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    make_group(scim_url, "staff")
-    make_group(scim_url, "engineering")
-    workspace = scratch_workspace(tmp_path, GRACE.format(url=scim_url, timeout=3))
+    workspace = scim_workspace(tmp_path, scim_url, GRACE)
     yield workspace
     workspace.close()
 

@@ -14,10 +14,8 @@ from sqlalchemy import select
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities, views
 from provisor.engine.workspace import Workspace
-from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
-from tests.connectors.test_scim import make_group
-from tests.engine.test_move_grace import groups_of, record
+from tests.engine.test_move_grace import groups_of, record, scim_workspace
 from tests.engine.test_runner import NOW, POLICY, apply, plan, server_user
 
 PRESTART = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    prestart_days: 3\n")
@@ -27,9 +25,7 @@ START = NOW + timedelta(days=10)
 @pytest.fixture
 def ws(tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    make_group(scim_url, "staff")
-    make_group(scim_url, "engineering")
-    workspace = scratch_workspace(tmp_path, PRESTART.format(url=scim_url, timeout=3))
+    workspace = scim_workspace(tmp_path, scim_url, PRESTART)
     yield workspace
     workspace.close()
 
