@@ -359,7 +359,7 @@ def _before_start(compiled: CompiledPolicy, state: IdentityState) -> DesiredAcce
     """A hire's access before the start: in each target with ``prestart_days`` reaching
     today, what they will hold on day one, the account locked (disabled) until the start;
     nothing elsewhere. ``review_at``: when the next of those windows opens."""
-    start = state.next_change
+    start = state.starts_at
     nothing = DesiredAccess(state.identity, state.state, {}, note=_NO_ACCESS_NOTE[state.state])
     if start is None or start <= state.as_of:
         return nothing
@@ -406,14 +406,15 @@ def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess
             continue
         if event.effective <= since or event.kind in _PERIOD_STARTS:
             break  # no grace from before: too long ago, or another employment period
-        if event.kind not in (EventKind.MOVE, EventKind.CONVERT):
-            continue
-        before = dict(attributes)
+        before = dict(attributes)  # as they were before this event, whatever its kind
         for name, (old, _new) in entry.changes.items():
             if old is None:
                 before.pop(name, None)
             else:
                 before[name] = old
+        if event.kind not in (EventKind.MOVE, EventKind.CONVERT) or not entry.changes:
+            attributes = before
+            continue
         then = _desired_now(compiled, replace(state, attributes=before), None)
         for target, access in then.targets.items():
             days, by_entitlement = compiled.move_grace.get(target, (0, {}))
@@ -424,6 +425,8 @@ def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess
                 until = event.effective + timedelta(days=item_days)
                 if until <= state.as_of or (target, item) in kept or _holds(desired, target, item):
                     continue
+                if item is not None and item in _withheld(desired, target):
+                    continue  # separation of duties withholds it now: no grace brings it back
                 when = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
                 why = f"the {event.kind.value} of {event.effective.date()}"
                 kept[target, item] = (Reason("grace", when, why), until)
@@ -433,6 +436,11 @@ def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess
 
 # events that begin (or end) an employment period: grace never reaches across them
 _PERIOD_STARTS = frozenset({EventKind.HIRE, EventKind.REHIRE, EventKind.TERMINATE})
+
+
+def _withheld(desired: DesiredAccess, target: str) -> Mapping[str, str]:
+    access = desired.targets.get(target)
+    return access.withheld if access is not None else {}
 
 
 def _holds(desired: DesiredAccess, target: str, entitlement: str | None) -> bool:
@@ -469,8 +477,30 @@ def _with_kept(
             access.account_reasons.append(reason)
         if entitlement is not None:
             access.entitlements[entitlement] = [reason]
+    _sod_before_grace(compiled, targets, kept)
     until = min(until for _reason, until in kept.values())
     return replace(desired, targets=targets, grace_until=until, review_at=until)
+
+
+def _sod_before_grace(
+    compiled: CompiledPolicy,
+    targets: dict[str, TargetAccess],
+    kept: Mapping[tuple[str, str | None], tuple[Reason, datetime]],
+) -> None:
+    """Kept entitlements that would complete a separation-of-duties constraint are not kept
+    (whatever exception allows the constraint for what is granted now): withheld, and said
+    so. ``targets`` holds copies made for the kept items, so they may be changed."""
+    for constraint, conflicts in compiled.sod:
+        if not all(t in targets and e in targets[t].entitlements for t, e in conflicts):
+            continue
+        for t, e in conflicts:
+            if (t, e) in kept:
+                targets[t].entitlements.pop(e, None)
+                targets[t].withheld = {
+                    **targets[t].withheld,
+                    e: f"not kept by grace: SoD constraint {constraint} forbids holding it "
+                    "with what is granted now",
+                }
 
 
 def _desired_now(

@@ -312,6 +312,8 @@ class IdentityState:
     timeline: tuple[TimelineEntry, ...]
     as_of: datetime
     known_at: datetime | None
+    # a pre-hire's start: when the hire takes effect (known from the history only)
+    starts_at: datetime | None = None
 
     @property
     def kind(self) -> str:
@@ -433,6 +435,7 @@ def fold(
     terminated_at: datetime | None = None
     state_since: datetime | None = None
     next_change: datetime | None = None
+    starts_at: datetime | None = None
     timeline: list[TimelineEntry] = []
 
     for event in ordered:
@@ -442,6 +445,7 @@ def fold(
             if event.kind is EventKind.HIRE and state is None:
                 # A known future hire: the person exists in pre-hire with the hire's attributes.
                 state = LifecycleState.PRE_HIRE
+                starts_at = event.effective
                 _merge(attributes, event.attributes)
             continue
         before = state
@@ -473,6 +477,7 @@ def fold(
         terminated_at=terminated_at,
         state_since=state_since,
         next_change=next_change,
+        starts_at=starts_at,
         timeline=tuple(timeline),
         as_of=as_of,
         known_at=known,

@@ -11,7 +11,7 @@ do that. Orphan accounts (no identity) are reconciliation's business, not the pl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -115,6 +115,11 @@ class PlannedOperation:
         return (self.identity, self.target, self.kind.value, self.entitlement or "")
 
 
+def _kept_only(reasons: Sequence[Reason]) -> bool:
+    """Whether only a move's grace grants it: it is kept if held, never added."""
+    return bool(reasons) and all(r.kind == "grace" for r in reasons)
+
+
 def _reasons(reasons: Iterable[Reason]) -> str:
     return "; ".join(str(r) for r in reasons)
 
@@ -169,15 +174,6 @@ def _take_away(
     """Removals for every account in a target where the identity is to have nothing: from the
     termination for a leaver, from now otherwise."""
     from_now = state.state is not LifecycleState.TERMINATED or state.terminated_at is None
-    if state.state is LifecycleState.TERMINATED and state.employment_start is None and have:
-        # an offer withdrawn before the start: what was made ahead of it goes, now
-        why = "offer withdrawn before the start: the account made for it is deleted"
-        gone = target.model_copy(update={"leaver_action": LeaverAction.DELETE, "grace_days": 0})
-        return [
-            op
-            for seen in have
-            for op in _removal(gone, seen, state.identity, why, state.as_of, True)
-        ]
     if not from_now and state.terminated_at is not None:
         when = state.terminated_at
         why = f"terminated {when.date().isoformat()} (leaver action: {target.leaver_action})"
@@ -208,13 +204,13 @@ def _bring_in_line(
         drift = attribute_drift(spec, str(seen_name) if seen_name else None, mapped)
         if drift is not None:
             ops.append(PlannedOperation(who, name, kept, OpKind.UPDATE, None, drift))
-    if want.enabled and not primary.enabled:
+    if want.enabled and not primary.enabled and not _kept_only(want.account_reasons):
         ops.append(PlannedOperation(who, name, kept, OpKind.ENABLE, None, granted))
     elif not want.enabled and primary.enabled:
         ops.append(PlannedOperation(who, name, kept, OpKind.REVOKE_SESSIONS, None, want.note))
         ops.append(PlannedOperation(who, name, kept, OpKind.DISABLE, None, want.note))
     for ent, reasons in sorted(want.entitlements.items()):
-        if ent not in primary.entitlements:
+        if ent not in primary.entitlements and not _kept_only(reasons):
             add = PlannedOperation(who, name, kept, OpKind.ADD_ENTITLEMENT, ent, _reasons(reasons))
             ops.append(add)
     for ent in sorted(primary.entitlements - want.entitlements.keys()):
@@ -243,6 +239,8 @@ def plan_identity(
             ops.extend(_take_away(state, desired, target, have))
             continue
         granted = _reasons(want.account_reasons)
+        if not have and _kept_only(want.account_reasons):
+            continue  # a grace keeps what is held, and never makes anything
         if not have:
             ops.append(PlannedOperation(who, name, None, OpKind.CREATE, None, granted))
             for ent, reasons in sorted(want.entitlements.items()):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from provisor.config.workspace import WorkspaceConfig
@@ -756,6 +756,7 @@ def _refresh(
         for name, value in _columns(state, now).items():
             setattr(row, name, value)
         row.needs_plan = True
+        row.review_at = None  # the plan about to be made sets it again when still needed
         row.updated_at = now
         after = row.state
         outcome.changed.append(identity)
@@ -772,7 +773,9 @@ def tick(session: Session, config: WorkspaceConfig, *, now: datetime) -> Outcome
     outcome = Outcome()
     due = list(
         session.execute(
-            select(Identity).where(Identity.next_change_at <= now).order_by(Identity.external_id)
+            select(Identity)
+            .where(or_(Identity.next_change_at <= now, Identity.review_at <= now))
+            .order_by(Identity.external_id)
         ).scalars()
     )
     if not due:

@@ -151,8 +151,8 @@ def needs_timeline(
     """Those of ``ids`` whose desired access needs their folded history, not only their
     materialised columns: time-bound grants of their own (their validity needs the
     timeline), a move recent enough that its grace may keep access it took away, a hire
-    not started yet where accounts are made before the start (its next change may have been
-    brought forward to plan when a window opens)."""
+    not started yet where accounts are made before the start (its start is known from the
+    history only)."""
     compiled = workspace.compiled
     direct = compiled.assignments.keys() | compiled.exceptions.keys()
     moved: set[str] = set()
@@ -368,8 +368,8 @@ def sync_journal(
 
 def _planned(session: Session, ids: Sequence[str], timed: dict[str, DesiredAccess]) -> None:
     """The identities just planned need no plan until something changes; each whose access
-    time alone will change (a move's grace ends, a pre-start window opens) has its next
-    change no later than then, so ``tick`` marks it for planning."""
+    time alone will change (a move's grace ends, a pre-start window opens) is reviewed then
+    (``review_at``: ``tick`` marks it for planning)."""
     i = models.Identity
     for part in chunks(ids):
         session.execute(update(i).where(i.external_id.in_(part)).values(needs_plan=False))
@@ -380,8 +380,8 @@ def _planned(session: Session, ids: Sequence[str], timed: dict[str, DesiredAcces
         session.execute(
             update(i)
             .where(i.external_id == who)
-            .where(or_(i.next_change_at.is_(None), i.next_change_at > at))
-            .values(next_change_at=at)
+            .where(or_(i.review_at.is_(None), i.review_at > at))
+            .values(review_at=at)
         )
 
 

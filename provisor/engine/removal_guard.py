@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from provisor.config.workspace import WorkspaceConfig
 from provisor.domain.guard import Limits, removals_reason
 from provisor.domain.lifecycle import LifecycleState
-from provisor.domain.plan import REMOVALS, PlannedOperation
+from provisor.domain.plan import REMOVALS, OpKind, PlannedOperation
 from provisor.domain.policy import TargetDef
 from provisor.errors import LifecycleError, NotFoundError
 from provisor.evidence import audit
@@ -82,7 +82,12 @@ def check(
     """An open operations hold when ``ops`` (a batch about to be written) removes too much,
     else None; and the identities being terminated or suspended, whose operations were the
     lifecycle guard's to hold and go ahead even in a held batch."""
-    removals = [op for op in ops if op.kind in REMOVALS]
+    # a new account made locked (a disable beside its create, before a start) takes nothing
+    removals = [
+        op
+        for op in ops
+        if op.kind in REMOVALS and not (op.kind is OpKind.DISABLE and op.account is None)
+    ]
     if not removals:  # most batches (a first plan of everyone): no state to look up
         return None, frozenset()
     states = _states(session, {op.identity for op in removals})

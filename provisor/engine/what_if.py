@@ -8,13 +8,15 @@ recording makes (the mass-change guard), the operations the plan would add and c
 the plan batches the removal guard would hold), the revocation debt before and after, and
 why each person it changes would hold what they would. Nothing is recorded, nothing is
 written in the workspace's database, no target is asked or changed, no audit checkpoint is
-signed.
+signed. On PostgreSQL its transaction holds what planning locks (the planner's lock, the audit
+chain's head) until it ends: the service's planning and recording wait for it meanwhile.
 Does not: apply operations, read targets, or notify anyone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,24 +41,27 @@ def sandbox(workspace: Workspace) -> Iterator[Workspace]:
     engine = workspace.engine
     if engine.dialect.name == "sqlite":
         with tempfile.TemporaryDirectory(prefix="provisor-what-if-") as folder:
-            copy = db.make_engine(f"sqlite:///{Path(folder) / 'what-if.db'}")
+            path = Path(folder) / "what-if.db"
+            # SQLite's online backup, read through a connection the workspace already has
+            # (the database file is only read), into a plain file: the copy keeps the
+            # original's page size, which an engine's settings could not change afterwards
+            source = engine.raw_connection()
+            target = sqlite3.connect(path)
             try:
-                # SQLite's online backup, read through a connection the workspace already
-                # has: the database file is only read
-                source = engine.raw_connection()
-                target = copy.raw_connection()
-                try:
-                    source.driver_connection.backup(target.driver_connection)  # type: ignore[union-attr]
-                finally:
-                    target.close()
-                    source.close()
+                source.driver_connection.backup(target)  # type: ignore[union-attr]
+            finally:
+                target.close()
+                source.close()
+            copy = db.make_engine(f"sqlite:///{path}")
+            try:
                 yield dataclasses.replace(
                     workspace, engine=copy, sessions=db.session_factory(copy), current=False
                 )
             finally:
                 copy.dispose()
         return
-    with engine.connect() as connection:
+    # one snapshot for the whole what-if: others' commits meanwhile are not seen in it
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
         outer = connection.begin()
         try:
             sessions = sessionmaker(

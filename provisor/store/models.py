@@ -99,6 +99,9 @@ class Identity(Base):
     terminated_at: Mapped[datetime | None]
     state_since: Mapped[datetime | None]
     next_change_at: Mapped[datetime | None] = mapped_column(index=True)
+    # when time alone changes the access it should have (a move's grace ends, a pre-start
+    # window opens): ``tick`` marks it for planning then
+    review_at: Mapped[datetime | None] = mapped_column(index=True)
     needs_plan: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     # the valid time the row was computed for; events effective later are applied by ``tick``
     materialized_at: Mapped[datetime]

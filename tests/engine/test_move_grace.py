@@ -12,7 +12,10 @@ import httpx2
 import pytest
 from sqlalchemy import select
 
-from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.domain.desired import compile_policy, desired_access
+from provisor.domain.lifecycle import EventKind, LifecycleEvent, fold
+from provisor.domain.plan import ObservedAccount, plan_identity
+from provisor.domain.policy import Policy
 from provisor.engine import debt, identities, views
 from provisor.engine.workspace import Workspace
 from provisor.sandbox.workspaces import scratch_workspace
@@ -80,7 +83,8 @@ def test_a_movers_old_access_is_kept_for_the_grace_then_removed(
         row = session.execute(
             select(models.Identity).where(models.Identity.external_id == "E1")
         ).scalar_one()
-        assert row.next_change_at == NOW + timedelta(days=5)  # planned again then
+        assert row.review_at == NOW + timedelta(days=5)  # planned again then
+        assert row.next_change_at is None  # the lifecycle's own next change is untouched
     apply(ws, day)
     assert groups_of(scim_url, "e1@example.com") == {"staff", "engineering"}
     assert debt.ledger(ws, day, identity="E1").items == []  # kept by grace: owed to nobody
@@ -115,3 +119,56 @@ def test_a_leaver_gets_no_grace(ws: Workspace, scim_url: str) -> None:
     assert groups_of(scim_url, "e1@example.com") == set()
     user = server_user(scim_url, "e1@example.com")
     assert user is not None and user["active"] is False
+
+
+def test_a_grace_never_breaks_separation_of_duties_nor_adds_what_was_never_held() -> None:
+    """Moving from payroll to vendors keeps ``erp:pay`` by grace — but not beside
+    ``erp:vendor``, which SoD forbids together; and a grace item not held is not added."""
+    policy = compile_policy(
+        Policy.model_validate(
+            {
+                "targets": [
+                    {
+                        "name": "erp",
+                        "class": "manual",
+                        "owner": "erp-team",
+                        "move_grace_days": 10,
+                        "entitlements": [{"name": "pay"}, {"name": "vendor"}, {"name": "audit"}],
+                    }
+                ],
+                "rules": [
+                    {
+                        "name": "p",
+                        "when": {"attr": "department", "equals": "Payroll"},
+                        "grant": [{"target": "erp", "entitlements": ["pay", "audit"]}],
+                    },
+                    {
+                        "name": "v",
+                        "when": {"attr": "department", "equals": "Vendors"},
+                        "grant": [{"target": "erp", "entitlements": ["vendor"]}],
+                    },
+                ],
+                "sod": [{"name": "pay-vendor", "conflicts": ["erp:pay", "erp:vendor"]}],
+            }
+        )
+    )
+    hired = LifecycleEvent(
+        "E1",
+        EventKind.HIRE,
+        NOW - timedelta(days=90),
+        NOW - timedelta(days=90),
+        {"name": "E1", "department": "Payroll"},
+    )
+    moved = LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Vendors"})
+    state = fold("E1", [hired, moved], as_of=NOW + timedelta(days=1))
+    erp = desired_access(policy, state).targets["erp"]
+    assert set(erp.entitlements) == {"vendor", "audit"}  # audit kept, pay withheld
+    assert "pay-vendor" in erp.withheld["pay"]
+    # held on the target: only vendor (audit was never there): the grace adds nothing
+    seen = ObservedAccount("erp", "e1", "E1", True, frozenset({"vendor", "pay"}), NOW)
+    ops = {
+        (op.kind.value, op.entitlement)
+        for op in plan_identity(state, desired_access(policy, state), [seen], policy.targets)
+    }
+    assert ("add-entitlement", "audit") not in ops
+    assert ("remove-entitlement", "pay") in ops  # SoD: not kept

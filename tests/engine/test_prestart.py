@@ -1,6 +1,6 @@
 """Pre-start provisioning against a real SCIM server: a hire's account is made the target's
 ``prestart_days`` before the start, locked (never enabled before it), enabled and verified at
-the start; an offer withdrawn before the start deletes what was made for it."""
+the start; an offer withdrawn before the start takes it away as from any leaver."""
 
 from __future__ import annotations
 
@@ -45,18 +45,23 @@ def tick(ws: Workspace, at: datetime) -> None:
         identities.tick(session, ws.config, now=at)
 
 
-def next_change(ws: Workspace, who: str) -> datetime | None:
+def review(ws: Workspace, who: str) -> tuple[datetime | None, datetime | None]:
+    """(next change, review) of ``who``."""
     with ws.sessions() as session:
-        return session.execute(
-            select(models.Identity.next_change_at).where(models.Identity.external_id == who)
-        ).scalar_one()
+        found = session.execute(
+            select(models.Identity.next_change_at, models.Identity.review_at).where(
+                models.Identity.external_id == who
+            )
+        ).one()
+        return found[0], found[1]
 
 
 def test_an_account_made_before_the_start_is_locked_until_it(ws: Workspace, scim_url: str) -> None:
     hire(ws, "E9")
     assert [op for op, _, _ in plan(ws).operations if op.target == "app"] == []
     window = START - timedelta(days=3)
-    assert next_change(ws, "E9") == window  # planned again when the window opens
+    # planned again when the window opens; the next change is still the start
+    assert review(ws, "E9") == (START, window)
 
     tick(ws, window)
     ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, window).operations]
@@ -78,7 +83,9 @@ def test_an_account_made_before_the_start_is_locked_until_it(ws: Workspace, scim
     assert user is not None and user["active"] is True
 
 
-def test_a_withdrawn_offer_deletes_what_was_made_ahead(ws: Workspace, scim_url: str) -> None:
+def test_a_withdrawn_offer_takes_away_what_was_made_ahead(ws: Workspace, scim_url: str) -> None:
+    """As for any leaver, by the target's leaver action: disabled and stripped at once, deleted
+    after its grace (an account matched rather than made by Provisor is never deleted early)."""
     hire(ws, "E8")
     window = START - timedelta(days=3)
     plan(ws)
@@ -91,4 +98,8 @@ def test_a_withdrawn_offer_deletes_what_was_made_ahead(ws: Workspace, scim_url: 
     ops = [op.kind.value for op, _, _ in plan(ws, withdrawn).operations if op.target == "app"]
     assert ops[-1] == "delete"
     assert apply(ws, withdrawn).failed == 0
+    user = server_user(scim_url, "e8@example.com")
+    assert user is not None and user["active"] is False
+    assert groups_of(scim_url, "e8@example.com") == set()
+    apply(ws, withdrawn + timedelta(days=8))  # the target's grace_days: 7
     assert server_user(scim_url, "e8@example.com") is None
