@@ -4,8 +4,11 @@ Does: compile a policy once (rules indexed by the attribute values they require,
 assignments and exceptions grouped by identity), then compute per identity and target whether an
 account should exist, whether it should be enabled, and which entitlements it should carry — each
 with the reasons (rule, role, assignment, exception) that produce it; apply lifecycle state
-(nothing before hire or after termination; per-target keep/disable on leave and suspension) and
-separation-of-duties constraints; and explain a single grant or its absence.
+(nothing before hire — but a locked account made ``prestart_days`` ahead — or after
+termination; per-target keep/disable on leave and suspension), separation-of-duties
+constraints, and a move's grace (what it took away kept ``move_grace_days``, reason
+``grace``); say when time alone will change the answer (``review_at``); and explain a single
+grant or its absence.
 Does not: read storage or observed access, or decide what operations to run (``plan`` does).
 """
 
