@@ -504,6 +504,28 @@ class Policy(_Model):
     def target_map(self) -> dict[str, TargetDef]:
         return {t.name: t for t in self.targets}
 
+    def short_of_rescind(self, days: int) -> list[TargetDef]:
+        """Targets that delete a leaver's account before ``days`` (the rescind window) pass."""
+        return [
+            t
+            for t in self.targets
+            if t.leaver_action is LeaverAction.DELETE and t.grace_days < days
+        ]
+
+    def kept_for_rescind(self, days: int) -> Policy:
+        """This policy with every target that deletes a leaver's account keeping it (disabled)
+        at least ``days``, the rescind window: a termination rescinded within it finds the
+        same account, not a deleted one. Itself when no target is shorter."""
+        short = {id(t) for t in self.short_of_rescind(days)}
+        if not short:
+            return self
+        targets = [
+            t.model_copy(update={"grace_days": days}) if id(t) in short else t for t in self.targets
+        ]
+        kept = self.model_copy(update={"targets": targets})
+        kept.__dict__.pop("target_map", None)  # a copy keeps the original's cached map
+        return kept
+
     @cached_property
     def role_map(self) -> dict[str, RoleDef]:
         return {r.name: r for r in self.roles}

@@ -139,7 +139,8 @@ class Workspace:
     @property
     def compiled(self) -> CompiledPolicy:
         if self._compiled is None:
-            self._compiled = compile_policy(self.policy.policy)
+            days = self.config.lifecycle.rescind_window_days
+            self._compiled = compile_policy(self.policy.policy.kept_for_rescind(days))
         return self._compiled
 
     def refresh_policy(self) -> bool:
@@ -260,13 +261,23 @@ def check_policy(given: Path | None) -> dict[str, Any]:
         if why:
             where = loaded.source_of(("targets", index, "connection", "url"))
             cleartext.append(f"{where} targets[{index}] {target.name}: {why}")
+    kept: list[str] = []
+    days = config.lifecycle.rescind_window_days
+    for target in policy.short_of_rescind(days):
+        index = policy.targets.index(target)
+        where = loaded.source_of(("targets", index, "grace_days"))
+        kept.append(
+            f"{where} targets[{index}] {target.name}: grace_days {target.grace_days} is shorter "
+            f"than the rescind window ({days} days, lifecycle.rescind_window_days): a leaver's "
+            f"account is kept disabled {days} days, so that a rescind finds it"
+        )
     if cleartext and config.require_tls:
         raise PolicyError(
             f"policy is invalid: {len(cleartext)} problem(s) (require_tls is set)",
             problems=cleartext,
         )
     return {
-        "warnings": cleartext,
+        "warnings": [*cleartext, *kept],
         "digest": loaded.digest,
         "files": [str(f) for f in loaded.files],
         "targets": len(policy.targets),

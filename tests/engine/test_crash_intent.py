@@ -51,6 +51,7 @@ def test_kill_nine_during_deletes_leaves_every_write_in_the_audit_log(
     monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
     ScimApp.create_groups(scim_url, "staff")
     workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    workspace.config.lifecycle.rescind_window_days = 0  # deleted at once: no rescind waited for
     hired = datetime.now(UTC) - timedelta(days=1)
     hire_employees(workspace, PEOPLE, hired)
     runner = Runner(workspace)

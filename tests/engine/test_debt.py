@@ -70,6 +70,7 @@ def ws(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> An
     both targets observed from their exports on 6 March."""
     monkeypatch.setenv("PROVISOR_DATABASE_URL", database_url)
     workspace = scratch_workspace(tmp_path, POLICY.format(url=f"http://127.0.0.1:{free_port()}/v2"))
+    workspace.config.lifecycle.rescind_window_days = 0  # the targets' own grace, alone
     hired = datetime(2026, 1, 5, tzinfo=UTC)
     record(
         workspace,

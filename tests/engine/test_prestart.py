@@ -101,5 +101,5 @@ def test_a_withdrawn_offer_takes_away_what_was_made_ahead(ws: Workspace, scim_ur
     user = server_user(scim_url, "e8@example.com")
     assert user is not None and user["active"] is False
     assert groups_of(scim_url, "e8@example.com") == set()
-    apply(ws, withdrawn + timedelta(days=8))  # the target's grace_days: 7
+    apply(ws, withdrawn + timedelta(days=31))  # 7 grace days; the rescind window is 30
     assert server_user(scim_url, "e8@example.com") is None

@@ -160,7 +160,10 @@ def test_leaver_is_disabled_stripped_then_deleted_after_grace(ws: Workspace, sci
     assert first.verified == 3 and first.waiting >= 1  # delete waits for the grace period
     user = server_user(scim_url, "e1@example.com")
     assert user is not None and user["active"] is False
-    later = NOW + timedelta(days=8)
+    # 7 grace days, but the 30-day rescind window is longer: kept (disabled) until it passes
+    assert apply(ws, NOW + timedelta(days=8)).verified == 0
+    assert server_user(scim_url, "e1@example.com") is not None
+    later = NOW + timedelta(days=31)
     done = apply(ws, later)
     assert done.verified == 1
     assert server_user(scim_url, "e1@example.com") is None

@@ -93,7 +93,7 @@ def test_removed_leaver_lists_every_target_and_layer(ws: Workspace, tmp_path: Pa
     }
     assert written.outcome == "pass"  # SCIM sessions: a blind spot of the target, said so
     app, paper = bundle["targets"]
-    assert "disabled; deletion due 2026-06-08" in app["layers"][0]["why"]
+    assert "disabled; deletion due 2026-07-01" in app["layers"][0]["why"]
     assert "no session interface" in app["layers"][2]["why"] and app["layers"][2]["structural"]
     assert app["accounts"][0]["enabled"] is False and app["accounts"][0]["entitlements"] == []
     kinds = [(o["kind"], o["status"]) for o in app["operations"]]
