@@ -109,11 +109,10 @@ def _checked(request: Request, sent: str) -> None:
 def _render(request: Request, name: str, who: Principal | None, **context: Any) -> HTMLResponse:
     board = getattr(request.app.state, "debt_board", None)
     fresh = int(board.fresh_for.total_seconds() // 60) if board is not None else None
-    return templates.TemplateResponse(
-        request,
-        name,
-        {"who": who, "csrf": getattr(request.state, "csrf", ""), "fresh_minutes": fresh} | context,
-    )
+    # times a page shows are in the workspace's zone unless it says whose (``in_zone``)
+    home = _workspace(request).config.time.zones().home.key
+    shared = {"who": who, "csrf": getattr(request.state, "csrf", ""), "fresh_minutes": fresh}
+    return templates.TemplateResponse(request, name, shared | {"home_zone": home} | context)
 
 
 def _workspace(request: Request) -> Workspace:
