@@ -57,10 +57,7 @@ templates.env.filters["ago"] = ago
 
 def in_zone(value: str | datetime | None, zone: str) -> str:
     """A time as people read it, in ``zone``, saying it (``days.shown``)."""
-    if value is None:
-        return ""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return days.shown(moment, days.zone(zone))
+    return days.shown(value, days.zone(zone))
 
 
 templates.env.filters["in_zone"] = in_zone

@@ -318,10 +318,6 @@ def identities_show(
         print_json(data)
         return
     where = days.zone(data["zone"])  # times shown in the person's zone, saying which
-
-    def shown(text: str) -> str:
-        return days.shown(datetime.fromisoformat(text), where)
-
     out.print(
         f"{identity}: {data['state']} as of {days.shown(valid, where)}"
         + (f", as known on {days.shown(known, where)}" if known else "")
@@ -337,8 +333,8 @@ def identities_show(
         ["effective", "recorded", "event", "state", "changes / note"],
         [
             (
-                shown(t["effective"]),
-                shown(t["recorded"]),
+                moment(t["effective"], where),
+                moment(t["recorded"], where),
                 t["event"],
                 t["state"],
                 t["note"] or ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in t["changes"].items()),

@@ -148,6 +148,4 @@ def named_counter(enabled: bool) -> Iterator[Callable[[str, int], None] | None]:
 def moment(value: str | datetime | None, where: ZoneInfo | None = None, empty: str = "") -> str:
     """A time (a datetime, or its ISO text) as people read it, saying its zone: in ``where``,
     else in UTC (``days.shown``); ``empty`` when there is none."""
-    if value is None or value == "":
-        return empty
-    return days.shown(datetime.fromisoformat(value) if isinstance(value, str) else value, where)
+    return days.shown(value, where, empty)

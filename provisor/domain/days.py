@@ -258,9 +258,14 @@ def resolve(value: Local | datetime, where: ZoneInfo) -> datetime:
     return value.instant(where) if isinstance(value, Local) else value
 
 
-def shown(value: datetime, where: ZoneInfo | None = None) -> str:
-    """An instant as people read it, saying its zone: ``2026-12-31 16:00 PST
-    (America/Los_Angeles)``, or in UTC when no zone is given."""
+def shown(value: datetime | str | None, where: ZoneInfo | None = None, empty: str = "") -> str:
+    """An instant (or its ISO 8601 text, as views hand it over) as people read it, saying its
+    zone: ``2026-12-31 16:00 PST (America/Los_Angeles)``, or in UTC when no zone is given;
+    ``empty`` when there is none."""
+    if value is None or value == "":
+        return empty
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     if where is None or where.key == "UTC":
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     local = value.astimezone(where)

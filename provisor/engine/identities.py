@@ -2,8 +2,10 @@
 
 Does: store new lifecycle events (duplicates by content key are ignored), fold each affected
 identity's history into its current state and materialise it, hold deprovisioning transitions
-that trip the mass-change guard, mark changed identities for planning, and write an audit event
-for every recorded event, state change and hold — all inside the caller's transaction.
+that trip the mass-change guard, mark changed identities for planning, move a person's pending
+terminations given as local times when their time zone changes, mark due for review those
+whose access time alone changes (``tick``), and write an audit event for every recorded event,
+state change and hold — all inside the caller's transaction.
 Does not: parse files (``provisor.sources``), compute access (``provisor.domain.desired``) or
 commit.
 """

@@ -6,9 +6,10 @@ the journal in line — new operations are added as pending, pending operations 
 wants are cancelled (never deleted), each change with an audit event; work already in flight,
 done but awaiting verification, parked as failed or handed to the owner as a ticket is matched,
 not planned again; nothing is planned for an account a person's mark holds (protected,
-decommission-later) — then clear the identities' "needs plan" mark. Identities and observed
-accounts are read in bulk through the driver (also for assessment, ``provisor.engine.assess``):
-a full plan or assessment reads a million accounts.
+decommission-later) — then clear the identities' "needs plan" mark and set when each whose
+access time alone will change (a move's grace ends, a pre-start window opens) is reviewed.
+Identities and observed accounts are read in bulk through the driver (also for assessment,
+``provisor.engine.assess``): a full plan or assessment reads a million accounts.
 Does not: execute operations or talk to targets.
 """
 
