@@ -13,7 +13,8 @@ import json
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -42,20 +43,19 @@ def plan(
     with opened() as workspace, workspace.sessions() as session, session.begin():
         synced = sync_journal(workspace, session, now=now(), identity=identity, target=target)
         home = workspace.config.time.zones().home  # times shown in the workspace's zone
-    rows = synced.as_rows()
-    kept = {who: until.isoformat() for who, until in sorted(synced.graces.items())}
+    planned = synced.summary()
+    rows = planned["operations"]
     if json_out:
-        print_json(
-            {
-                "operations": rows,
-                "added": synced.added,
-                "cancelled": synced.cancelled,
-                "kept_by_grace": kept,
-            }
-        )
+        print_json(planned)
         return
-    for who, until in kept.items():
+    for who, until in planned["kept_by_grace"].items():
         out.print(f"{who}: access a move took away is kept by grace until {moment(until, home)}.")
+    for who, restored in planned["restored"].items():
+        out.print(given_back(who, restored, home))
+    for who, lacking in planned["unnamed"].items():
+        for attribute, why in lacking.items():
+            said = f"{who}: no {attribute} could be given ({why})"
+            out.print(f"{said}; nothing is planned in the targets it names accounts in.")
     if not rows:
         superseded = f" ({synced.cancelled} superseded operations cancelled.)"
         out.print(
@@ -89,6 +89,22 @@ def plan(
         f"{len(rows)} operations ({synced.added} new in the journal, "
         f"{synced.cancelled} superseded ones cancelled)."
     )
+
+
+def given_back(who: str, restored: dict[str, Any], home: ZoneInfo | None) -> str:
+    """One line on what a rescind gives ``who`` back, and where today's policy differs."""
+    line = (
+        f"{who}: a rescind gives back exactly what was held at the termination of "
+        f"{moment(restored['terminated_at'], home)}, until {moment(restored['until'], home)}"
+    )
+    for key, label in (
+        ("not_given", "today's policy grants, not given back"),
+        ("beyond_policy", "given back, not granted by today's policy"),
+        ("ended", "held then, ended since"),
+    ):
+        if restored[key]:
+            line += f"; {label}: {', '.join(restored[key])}"
+    return line + "."
 
 
 def apply_command(

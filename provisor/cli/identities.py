@@ -324,6 +324,8 @@ def identities_show(
     )
     for name, value in sorted(data["attributes"].items()):
         out.print(f"  {name}: {value}")
+    for name, value in sorted(data["generated"].items()):
+        out.print(f"  {name}: {value} (generated)")
     if data["flags"]:
         out.print(f"  flags: {'; '.join(data['flags'])}")
     if data["next_change"]:

@@ -17,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
+from provisor.cli.access import given_back
 from provisor.cli.identities import attribute_changes
 from provisor.cli.options import JsonOption, now, opened, typed_when
-from provisor.cli.output import out, print_json, table
+from provisor.cli.output import moment, out, print_json, table
 from provisor.domain.lifecycle import EventKind
 from provisor.engine import views
 from provisor.engine.imports import import_feed
@@ -56,6 +57,10 @@ def _show(found: dict[str, Any], json_out: bool) -> None:
         )
     for hold in found["holds"]:
         out.print(f"Would hold ({hold['kind']}): {hold['reason']}")
+    for who, until in found["kept_by_grace"].items():
+        out.print(f"{who}: access a move took away would be kept by grace until {moment(until)}.")
+    for who, restored in found["restored"].items():
+        out.print(given_back(who, restored, None))
     table(
         "Operations the plan would add",
         ["identity", "target", "operation", "entitlement", "journal", "reason"],

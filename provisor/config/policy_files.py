@@ -31,7 +31,7 @@ from provisor.errors import PolicyError
 Location = tuple[str | int, ...]
 Source = tuple[str, int]  # (file as shown to the user, 1-based line)
 
-SECTIONS = ("targets", "rules", "roles", "assignments", "exceptions", "sod")
+SECTIONS = ("targets", "rules", "roles", "assignments", "exceptions", "sod", "generated")
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _NULL_TAG = "tag:yaml.org,2002:null"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provisor.domain import days, yaml_limits
 from provisor.domain.scim_people import IDENTITY_FROM, IdentitySource
@@ -42,6 +42,25 @@ class LifecycleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rescind_window_days: int = Field(default=30, ge=0, le=365)
+    # a rescinded termination gives back exactly what was held when it took effect; that is
+    # kept this many days after the rescind (or until the person's next change), then today's
+    # policy decides. 0: today's policy decides at once.
+    rescind_restore_days: int = Field(default=30, ge=0, le=365)
+
+
+class SourceSettings(BaseModel):
+    """Feeds that speak for overlapping people (``provisor.engine.authorities``): which
+    attributes say two feeds' rows are one person, and whose word counts for each attribute."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # identity attributes that identify one person across feeds, e.g. [email, national_id_hash];
+    # none: each feed is a population of its own (a person in two feeds is two identities)
+    match: list[str] = Field(default_factory=list)
+    # attribute -> feeds, first first; "*" for every attribute not named; "status" decides
+    # whether and when a person starts and leaves (status, start_date, end_date). Feeds not
+    # named follow, in the order they are configured.
+    precedence: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class TimeSettings(BaseModel):
@@ -215,6 +234,7 @@ class WorkspaceConfig(BaseModel):
 
     policy: list[str] = Field(default_factory=lambda: ["policy"])
     feeds: dict[str, FeedMapping] = Field(default_factory=lambda: {"hr": FeedMapping()})
+    sources: SourceSettings = Field(default_factory=SourceSettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     time: TimeSettings = Field(default_factory=TimeSettings)
@@ -226,6 +246,18 @@ class WorkspaceConfig(BaseModel):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+
+    @model_validator(mode="after")
+    def _known_feeds(self) -> WorkspaceConfig:
+        """Precedence names only configured feeds."""
+        for attribute, feeds in self.sources.precedence.items():
+            for feed in feeds:
+                if feed not in self.feeds:
+                    known = ", ".join(self.feeds) or "none"
+                    raise ValueError(
+                        f"sources.precedence.{attribute}: no feed {feed!r} (feeds: {known})"
+                    )
+        return self
 
 
 def load_config(workspace: Path) -> WorkspaceConfig:
@@ -277,6 +309,10 @@ feeds:
     end_at: end_of_day      # an end_date is the last working day: access ends at its end
                             # (end_of_day), its start (start_of_day) or a local time (18:00)
 
+sources:                    # several feeds for one population (see docs/hr-feeds.md)
+  match: []                 # attributes that make two feeds' rows one person, e.g. [email]
+  precedence: {}            # attribute -> feeds, first first; "*" the rest; "status" leavers
+
 guard:                      # mass-change guard for imports and ticks
   max_share: 0.10           # hold if more than 10 % of active identities would be deprovisioned
   max_count: 50             # ... or more than 50 of them
@@ -284,6 +320,8 @@ guard:                      # mass-change guard for imports and ticks
 
 lifecycle:
   rescind_window_days: 30   # a termination can be rescinded this long after it took effect
+  rescind_restore_days: 30  # a rescind gives back exactly what was held at the termination,
+                            # kept this long (or to the next change); then today's policy
 
 time:                       # dates are days in the person's local time
   zone: UTC                 # the workspace's IANA zone, e.g. America/Los_Angeles

@@ -20,18 +20,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
+from provisor.domain.held import Held, HeldItem
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState
 from provisor.domain.policy import (
     AssignmentDef,
     ExceptionDef,
     Grant,
-    Matcher,
     Policy,
     RuleDef,
     TargetDef,
 )
 
-ReasonKind = Literal["rule", "role", "assignment", "exception", "grace"]
+ReasonKind = Literal["rule", "role", "assignment", "exception", "grace", "restored"]
+# how a grace's end is spelled in its reason (and read back from a record of what was held)
+_GRACE_END = "%Y-%m-%d %H:%M UTC"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Reason:
     def __str__(self) -> str:
         if self.kind == "grace":  # name: until when; via: the move that took it away
             return f"kept by grace until {self.name} (after {self.via})"
+        if self.kind == "restored":  # name: the reason it was held for; via: the termination
+            return f"given back by a rescind: held at the termination of {self.via} ({self.name})"
         return f"{self.kind} {self.name}" + (f" (via {self.via})" if self.via else "")
 
 
@@ -71,6 +75,29 @@ class TargetAccess:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Restoration:
+    """A rescinded termination's exact give-back, in force until ``until``, and where it
+    differs from what today's policy would grant (items as ``target`` or ``target:entitlement``)."""
+
+    termination: str  # the termination event's key
+    terminated_at: datetime
+    until: datetime | None
+    not_given: tuple[str, ...]  # today's policy grants it; not held then, so not given back
+    beyond_policy: tuple[str, ...]  # given back, though today's policy would not grant it
+    ended: tuple[str, ...]  # held then, not given back: its grant ended or its target is gone
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "termination": self.termination,
+            "terminated_at": self.terminated_at.isoformat(),
+            "until": self.until.isoformat() if self.until else None,
+            "not_given": list(self.not_given),
+            "beyond_policy": list(self.beyond_policy),
+            "ended": list(self.ended),
+        }
+
+
 @dataclass
 class DesiredAccess:
     identity: str
@@ -82,6 +109,8 @@ class DesiredAccess:
     grace_until: datetime | None = None
     # when time alone changes this (a grace ends, a pre-start window opens): plan again then
     review_at: datetime | None = None
+    # a rescinded termination's exact give-back, when that is what this is
+    restored: Restoration | None = None
 
 
 _GrantList = tuple[tuple[str, tuple[str, ...], Reason], ...]
@@ -136,13 +165,6 @@ def _rule_grants(policy: Policy, rule: RuleDef) -> _GrantList:
     return tuple(grants)
 
 
-def _attributes_read(matcher: Matcher) -> set[str]:
-    found = {matcher.attr} if matcher.attr is not None else set()
-    for sub in (matcher.all or []) + (matcher.any or []) + ([matcher.not_] if matcher.not_ else []):
-        found |= _attributes_read(sub)
-    return found
-
-
 def compile_policy(policy: Policy) -> CompiledPolicy:
     """Prepare a validated policy for fast evaluation over many identities."""
     index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -183,9 +205,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         rule_grants=tuple(_rule_grants(policy, r) for r in policy.rules),
         rule_kinds=tuple(frozenset(r.kinds) for r in policy.rules),
         rule_tests=tuple(r.when.compile() for r in policy.rules),
-        rule_attributes=tuple(
-            sorted(set().union(*(_attributes_read(r.when) for r in policy.rules)))
-        ),
+        rule_attributes=tuple(sorted(set().union(*(r.when.attributes() for r in policy.rules)))),
         account_status={
             state: {t.name: _account_enabled(t, state) for t in policy.targets}
             for state in (LifecycleState.ACTIVE, LifecycleState.LEAVE, LifecycleState.SUSPENDED)
@@ -299,15 +319,22 @@ def _direct_grants(
             for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
                 grants.add(target_name, ents, Reason("assignment", reason.name, reason.via))
     allowed_sod: dict[str, str] = {}
-    for index, exc in enumerate(compiled.exceptions.get(state.identity, ())):
-        if direct_grant_status(exc.granted, exc.expires, state, today) is not None:
-            continue
-        name = f"{state.identity}#{index + 1} approved by {exc.approver}"
+    for name, exc in _exceptions_now(compiled, state):
         for grant in exc.grant:
             grants.add(grant.target, grant.entitlements, Reason("exception", name))
         for constraint in exc.allow_sod:
             allowed_sod.setdefault(constraint, name)
     return allowed_sod
+
+
+def _exceptions_now(
+    compiled: CompiledPolicy, state: IdentityState
+) -> Iterable[tuple[str, ExceptionDef]]:
+    """The identity's exceptions valid today, each with the name its reasons give it."""
+    today = state.as_of.date()
+    for index, exc in enumerate(compiled.exceptions.get(state.identity, ())):
+        if direct_grant_status(exc.granted, exc.expires, state, today) is None:
+            yield f"{state.identity}#{index + 1} approved by {exc.approver}", exc
 
 
 def _share_key(
@@ -346,10 +373,17 @@ def _separate_duties(
 
 
 def desired_access(
-    compiled: CompiledPolicy, state: IdentityState, shared: SharedAccess | None = None
+    compiled: CompiledPolicy,
+    state: IdentityState,
+    shared: SharedAccess | None = None,
+    held: Held | None = None,
 ) -> DesiredAccess:
     """The access ``state`` should have under ``compiled`` (``_desired_now``), with what a
-    recent move took away kept for the grace its target or entitlement gives (``_kept``)."""
+    recent move took away kept for the grace its target or entitlement gives (``_kept``);
+    with ``held`` (a rescinded termination's record, while its give-back is in force), what
+    was held then instead (``_restored``)."""
+    if held is not None:
+        return _restored(compiled, state, held)
     if state.state is LifecycleState.PRE_HIRE and compiled.longest_prestart:
         return _before_start(compiled, state)
     desired = _desired_now(compiled, state, shared)
@@ -430,7 +464,7 @@ def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess
                     continue
                 if item is not None and item in _withheld(desired, target):
                     continue  # separation of duties withholds it now: no grace brings it back
-                when = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+                when = until.astimezone(UTC).strftime(_GRACE_END)
                 why = f"the {event.kind.value} of {event.effective.date()}"
                 kept[target, item] = (Reason("grace", when, why), until)
         attributes = before
@@ -541,6 +575,170 @@ def _desired_now(
     return DesiredAccess(state.identity, lifecycle, targets, violations)
 
 
+def held_then(
+    compiled: CompiledPolicy,
+    state: IdentityState,
+    termination: str,
+    terminated_at: datetime,
+    held: Held | None = None,
+) -> Held:
+    """What ``state`` — the person just before ``termination`` took effect — holds, each
+    item with its reasons and until when the last of them counts, for an exact rescind
+    (``held``: what an earlier rescind gave back, when that was in force then)."""
+    desired = desired_access(compiled, state, held=held)
+    ends = _direct_ends(compiled, state)
+    targets: dict[str, dict[str | None, HeldItem]] = {}
+    for name, access in desired.targets.items():
+        items = targets[name] = {}
+        for entitlement, reasons in [
+            (None, access.account_reasons),
+            *access.entitlements.items(),
+        ]:
+            until = _held_until(reasons, ends.get((name, entitlement), []))
+            items[entitlement] = HeldItem(tuple(str(r) for r in reasons), until)
+    return Held(termination, terminated_at, targets)
+
+
+def _direct_ends(
+    compiled: CompiledPolicy, state: IdentityState
+) -> dict[tuple[str, str | None], list[datetime | None]]:
+    """For each account and entitlement the identity's own grants valid now give, when each
+    of those grants ends (the day after it expires; None: it does not)."""
+    today = state.as_of.date()
+    ends: dict[tuple[str, str | None], list[datetime | None]] = defaultdict(list)
+
+    def add(grants: Sequence[Grant], expires: date | None) -> None:
+        end = None if expires is None else _day_after(expires)
+        for grant in grants:
+            for item in (None, *grant.entitlements):
+                ends[grant.target, item].append(end)
+
+    for assignment in compiled.assignments.get(state.identity, ()):
+        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
+            add(compiled.policy.role_map[assignment.role].grants, assignment.expires)
+    for _name, exc in _exceptions_now(compiled, state):
+        add(exc.grant, exc.expires)
+    return ends
+
+
+def _day_after(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def _held_until(reasons: Sequence[Reason], direct: Sequence[datetime | None]) -> datetime | None:
+    """When the last of ``reasons`` stops counting: never for a rule or role, an own grant
+    when it expires (``direct``: the ends of those granting the item), a grace when it ends."""
+    ends: list[datetime] = []
+    for reason in reasons:
+        if reason.kind in ("rule", "role"):
+            return None
+        if reason.kind == "grace":
+            ends.append(datetime.strptime(reason.name, _GRACE_END).replace(tzinfo=UTC))
+        elif reason.kind == "restored":
+            return None  # a give-back held again: as long as the rest of it
+    if reasons and any(r.kind in ("assignment", "exception") for r in reasons):
+        if not direct or None in direct:
+            return None
+        ends.extend(end for end in direct if end is not None)
+    return max(ends, default=None)
+
+
+def _granted(
+    state: IdentityState,
+    access: TargetAccess,
+    entitlement: str | None,
+    restored: Restoration | None,
+) -> Explanation:
+    """The explanation of an account or entitlement ``access`` grants."""
+    found = access.account_reasons if entitlement is None else access.entitlements[entitlement]
+    reasons = tuple(str(r) for r in found)
+    notes = [access.note] if access.note else []
+    if restored is not None and _label(access.target, entitlement) in restored.beyond_policy:
+        notes.append(f"today's policy would not grant it{_given_back(restored)}")
+    return Explanation(
+        state.identity, access.target, entitlement, True, access.enabled, reasons, tuple(notes)
+    )
+
+
+def _given_back(restored: Restoration) -> str:
+    until = f" until {restored.until:%Y-%m-%d %H:%M} UTC" if restored.until else ""
+    return (
+        f": a rescind gives back exactly what was held when the termination of "
+        f"{restored.terminated_at.date().isoformat()} took effect{until}"
+    )
+
+
+def _label(target: str, entitlement: str | None) -> str:
+    return target if entitlement is None else f"{target}:{entitlement}"
+
+
+def _items(targets: Mapping[str, TargetAccess]) -> set[tuple[str, str | None]]:
+    return {(t, e) for t, access in targets.items() for e in (None, *access.entitlements)}
+
+
+def _restored(compiled: CompiledPolicy, state: IdentityState, held: Held) -> DesiredAccess:
+    """``held`` given back — what still counts of it, in targets still in the policy — in
+    place of what today's policy would grant, and where the two differ: what today's policy
+    grants that is not given back is withheld (and said so), what is given back that it does
+    not grant is listed. Separation of duties is checked as it is today."""
+    today = _desired_now(compiled, state, None)
+    if today.note:  # no access in this state (terminated again, not started): nothing to give
+        return today
+    lifecycle = state.state
+    assert lifecycle is not None
+    when = held.terminated_at.date().isoformat()
+    targets: dict[str, TargetAccess] = {}
+    ended: list[str] = []
+    reviews = [held.until] if held.until else []
+    for name, items in sorted(held.targets.items()):
+        if name not in compiled.targets:
+            ended.append(f"{name}: no longer a target in the policy")
+            continue
+        enabled, note = compiled.account_status[lifecycle][name]
+        access = TargetAccess(name, enabled, [], {}, {}, note)
+        for entitlement, item in items.items():
+            if not item.counts(state.as_of):
+                end = item.until.isoformat() if item.until else ""
+                ended.append(f"{_label(name, entitlement)}: its grant ended at {end}")
+                continue
+            if item.until is not None:
+                reviews.append(item.until)
+            reasons = [Reason("restored", text, when) for text in item.reasons]
+            if entitlement is None:
+                access.account_reasons = reasons
+            else:
+                access.entitlements[entitlement] = reasons
+        if access.entitlements or access.account_reasons:
+            if not access.account_reasons:
+                access.account_reasons = [r for rs in access.entitlements.values() for r in rs]
+            targets[name] = access
+    given, granted = _items(targets), _items(today.targets)
+    for target, entitlement in granted - given:
+        if entitlement is not None and target in targets:
+            targets[target].withheld[entitlement] = (
+                "today's policy grants it; not given back: not held when the termination of "
+                f"{when} took effect (a rescind gives back exactly what was held then)"
+            )
+    allowed = {c: name for name, exc in _exceptions_now(compiled, state) for c in exc.allow_sod}
+    violations = _separate_duties(compiled, targets, allowed)
+    restoration = Restoration(
+        held.termination,
+        held.terminated_at,
+        held.until,
+        tuple(sorted(_label(*item) for item in granted - given)),
+        tuple(sorted(_label(*item) for item in given - granted)),
+        tuple(ended),
+    )
+    return DesiredAccess(
+        state.identity,
+        lifecycle,
+        targets,
+        violations,
+        review_at=min(reviews, default=None),
+        restored=restoration,
+    )
+
+
 @dataclass(frozen=True)
 class Explanation:
     """The answer to "why does (or doesn't) this identity have this?"."""
@@ -561,27 +759,10 @@ def _grants_item(grants: Sequence[Grant], target: str, entitlement: str | None) 
     )
 
 
-def explain(
-    compiled: CompiledPolicy, state: IdentityState, target: str, entitlement: str | None = None
-) -> Explanation:
-    """Explain one target account (``entitlement`` None) or one entitlement in it."""
-    desired = desired_access(compiled, state)
-    access = desired.targets.get(target)
-    policy = compiled.policy
-    if access is not None and (entitlement is None or entitlement in access.entitlements):
-        found = access.account_reasons if entitlement is None else access.entitlements[entitlement]
-        reasons = tuple(str(r) for r in found)
-        why_not = (access.note,) if access.note else ()
-        return Explanation(
-            state.identity, target, entitlement, True, access.enabled, reasons, why_not
-        )
-
-    why: list[str] = []
-    if desired.note:
-        why.append(f"lifecycle state: {desired.note}")
-    if access is not None and entitlement is not None and entitlement in access.withheld:
-        why.append(access.withheld[entitlement])
-    today = state.as_of.date()
+def _rules_not_matching(
+    policy: Policy, state: IdentityState, target: str, entitlement: str | None
+) -> Iterable[str]:
+    """Why each rule that would grant the item does not, for this identity."""
     for rule in policy.rules:
         grants = _grants_item(rule.grant, target, entitlement) or any(
             _grants_item(policy.role_map[r].grants, target, entitlement) for r in rule.roles
@@ -589,11 +770,39 @@ def explain(
         if not grants:
             continue
         if state.kind not in rule.kinds:
-            why.append(f"rule {rule.name} applies to {', '.join(rule.kinds)}, not {state.kind}")
+            yield f"rule {rule.name} applies to {', '.join(rule.kinds)}, not {state.kind}"
             continue
         ok, detail = rule.when.evaluate(state.attributes)
         if not ok:
-            why.append(f"rule {rule.name} does not match: {detail}")
+            yield f"rule {rule.name} does not match: {detail}"
+
+
+def explain(
+    compiled: CompiledPolicy,
+    state: IdentityState,
+    target: str,
+    entitlement: str | None = None,
+    held: Held | None = None,
+) -> Explanation:
+    """Explain one target account (``entitlement`` None) or one entitlement in it (``held``:
+    a rescinded termination's record, while its give-back is in force)."""
+    desired = desired_access(compiled, state, held=held)
+    access = desired.targets.get(target)
+    policy = compiled.policy
+    restored = desired.restored
+    label = _label(target, entitlement)
+    if access is not None and (entitlement is None or entitlement in access.entitlements):
+        return _granted(state, access, entitlement, restored)
+
+    why: list[str] = []
+    if desired.note:
+        why.append(f"lifecycle state: {desired.note}")
+    if restored is not None and label in restored.not_given and entitlement is None:
+        why.append(f"today's policy grants it; not held at the termination{_given_back(restored)}")
+    if access is not None and entitlement is not None and entitlement in access.withheld:
+        why.append(access.withheld[entitlement])
+    today = state.as_of.date()
+    why.extend(_rules_not_matching(policy, state, target, entitlement))
     for assignment in compiled.assignments.get(state.identity, ()):
         if _grants_item(policy.role_map[assignment.role].grants, target, entitlement):
             status = direct_grant_status(assignment.granted, assignment.expires, state, today)
@@ -605,6 +814,5 @@ def explain(
             if status:
                 why.append(f"exception approved by {exc.approver}: {status}")
     if not why:
-        item = target if entitlement is None else f"{target}:{entitlement}"
-        why.append(f"no rule, role, assignment or exception grants {item}")
+        why.append(f"no rule, role, assignment or exception grants {label}")
     return Explanation(state.identity, target, entitlement, False, None, (), tuple(why))

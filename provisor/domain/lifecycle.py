@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -299,6 +299,17 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
+class Rescinded:
+    """A termination voided by a rescind: which, when each took effect, and when the person
+    next changed after the rescind (``None``: not yet)."""
+
+    termination: str  # the termination event's key
+    terminated_at: datetime
+    at: datetime  # the rescind's effective instant
+    changed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class IdentityState:
     """An identity as of ``as_of`` (valid time), as known at ``known_at`` (record time)."""
 
@@ -314,6 +325,8 @@ class IdentityState:
     known_at: datetime | None
     # a pre-hire's start: when the hire takes effect (known from the history only)
     starts_at: datetime | None = None
+    # the latest rescind that voided a termination (known from the history only)
+    rescinded: Rescinded | None = None
 
     @property
     def kind(self) -> str:
@@ -343,14 +356,15 @@ def _merge(attributes: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, 
 
 def _voided_terminations(
     events: list[LifecycleEvent], window: timedelta
-) -> tuple[set[str], dict[str, str]]:
-    """Keys of terminations voided by a rescind, and a note for each rescind that voids nothing.
+) -> tuple[dict[str, LifecycleEvent], dict[str, str]]:
+    """The termination each rescind voids (by the rescind's key), and a note for each rescind
+    that voids nothing.
 
     A rescind names the termination it cancels (``ref``) or, without one, cancels the latest
     termination effective at or before it. It only counts within ``window`` of the termination's
     effective date; later, the person must be rehired instead.
     """
-    voided: set[str] = set()
+    voided: dict[str, LifecycleEvent] = {}
     notes: dict[str, str] = {}
     rescinds = [e for e in events if e.kind is EventKind.RESCIND]
     if not rescinds:
@@ -373,7 +387,7 @@ def _voided_terminations(
                 f"{target.effective.date().isoformat()} has passed; rehire instead"
             )
             continue
-        voided.add(target.key)
+        voided[rescind.key] = target
     return voided, notes
 
 
@@ -427,7 +441,8 @@ def fold(
     as_of = utc(as_of)
     known = utc(known_at) if known_at is not None else None
     ordered = _known_events(identity, events, known)
-    voided, rescind_notes = _voided_terminations(ordered, rescind_window)
+    voiding, rescind_notes = _voided_terminations(ordered, rescind_window)
+    voided = {t.key for t in voiding.values()}
 
     state: LifecycleState | None = None
     attributes: dict[str, Any] = {}
@@ -436,6 +451,7 @@ def fold(
     state_since: datetime | None = None
     next_change: datetime | None = None
     starts_at: datetime | None = None
+    rescinded: Rescinded | None = None
     timeline: list[TimelineEntry] = []
 
     for event in ordered:
@@ -452,6 +468,9 @@ def fold(
         if event.kind is EventKind.RESCIND:
             note = rescind_notes.get(event.key, "")
             timeline.append(TimelineEntry(event, not note, before, before, {}, note))
+            ended = voiding.get(event.key)
+            if ended is not None and ended.effective <= event.effective:
+                rescinded = Rescinded(ended.key, ended.effective, event.effective)
             continue
         refused = _refusal(event, before, voided, ordered)
         if refused is not None:
@@ -466,6 +485,8 @@ def fold(
             terminated_at = event.effective
         if after != before:
             state_since = event.effective
+        if rescinded is not None and rescinded.changed_at is None and (changes or after != before):
+            rescinded = replace(rescinded, changed_at=event.effective)
         state = after
         timeline.append(TimelineEntry(event, True, before, after, changes))
 
@@ -478,6 +499,7 @@ def fold(
         state_since=state_since,
         next_change=next_change,
         starts_at=starts_at,
+        rescinded=rescinded,
         timeline=tuple(timeline),
         as_of=as_of,
         known_at=known,

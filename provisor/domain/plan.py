@@ -73,8 +73,7 @@ class ObservedAccount:
 def account_spec(target: TargetDef, identity: str, attributes: Mapping[str, Any]) -> AccountSpec:
     """The account an identity should have in ``target``: its user name comes from the
     attribute named by the target's ``connection.user_name_attribute`` (default ``email``)."""
-    name_from = str(target.connection.get("user_name_attribute", "email"))
-    return AccountSpec(identity, str(attributes.get(name_from) or identity), attributes)
+    return AccountSpec(identity, str(attributes.get(target.user_name_from) or identity), attributes)
 
 
 def attribute_drift(

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from provisor.domain import names
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 Scalar = str | int | float | bool
@@ -261,6 +263,12 @@ class TargetDef(_Model):
     def entitlement_names(self) -> frozenset[str]:
         return frozenset(e.name for e in self.entitlements)
 
+    @property
+    def user_name_from(self) -> str:
+        """The identity attribute account user names come from (``connection.
+        user_name_attribute``; default ``email``)."""
+        return str(self.connection.get("user_name_attribute", "email"))
+
 
 class Matcher(_Model):
     """One test: ``{attr, equals|in|prefix|regex|exists}``, or ``all``/``any``/``not`` of tests."""
@@ -391,6 +399,13 @@ class Matcher(_Model):
             return f"not {self.not_.describe()}"
         return f"{self.attr} {self._wanted()}"
 
+    def attributes(self) -> set[str]:
+        """Every attribute this test reads."""
+        found = {self.attr} if self.attr is not None else set()
+        for sub in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
+            found |= sub.attributes()
+        return found
+
     def anchors(self) -> list[tuple[str, frozenset[str]]]:
         """Equality tests every matching identity must pass: ``(attr, allowed values)``.
 
@@ -492,6 +507,40 @@ class SoDDef(_Model):
         return value
 
 
+class GeneratedDef(_Model):
+    """An attribute Provisor makes for each person who has access, e.g. a user name: the
+    first free candidate, kept once assigned (``provisor.domain.names``)."""
+
+    name: Name  # the attribute: a target reads it with connection.user_name_attribute
+    candidates: list[str] = Field(
+        min_length=1,
+        description="templates tried in order, e.g. '{first_name|name}.{last_name|name}'; "
+        "the last is then numbered 2, 3, ... ({#} marks where)",
+    )
+    reuse_after_days: int = Field(
+        default=365,
+        ge=0,
+        le=36500,
+        description="a value its holder gave up (they left, or were renamed) is not given "
+        "to anyone else for this long",
+    )
+    rename: bool = Field(
+        default=False,
+        description="when what the first candidate reads changes (a name change), make a "
+        "new value and rename; by default a value once assigned stays",
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        for index, text in enumerate(value):
+            try:
+                names.parse(text)
+            except names.TemplateError as exc:
+                raise ValueError(f"candidate {index + 1} ({text!r}): {exc}") from None
+        return value
+
+
 class Policy(_Model):
     targets: list[TargetDef] = Field(default_factory=list)
     rules: list[RuleDef] = Field(default_factory=list)
@@ -499,6 +548,15 @@ class Policy(_Model):
     assignments: list[AssignmentDef] = Field(default_factory=list)
     exceptions: list[ExceptionDef] = Field(default_factory=list)
     sod: list[SoDDef] = Field(default_factory=list)
+    generated: list[GeneratedDef] = Field(default_factory=list)
+
+    @cached_property
+    def generated_map(self) -> dict[str, GeneratedDef]:
+        return {g.name: g for g in self.generated}
+
+    def named_by(self, attribute: str) -> list[TargetDef]:
+        """The targets whose account user names come from ``attribute``."""
+        return [t for t in self.targets if t.user_name_from == attribute]
 
     @cached_property
     def target_map(self) -> dict[str, TargetDef]:
@@ -554,7 +612,23 @@ class Policy(_Model):
                     found.append(
                         (("exceptions", xi, "allow_sod", si), f"unknown SoD constraint {name!r}")
                     )
-        return found + self._conflict_problems()
+        return found + self._conflict_problems() + self._generated_problems()
+
+    def _generated_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """A generated attribute a rule reads (access would change once it is made), or one
+        that reads another generated attribute."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        generated = set(self.generated_map)
+        for ri, rule in enumerate(self.rules):
+            for attr in sorted(rule.when.attributes() & generated):
+                why = f"reads the generated attribute {attr!r}: access may not depend on it"
+                found.append((("rules", ri, "when"), why))
+        for gi, made in enumerate(self.generated):
+            for ci, text in enumerate(made.candidates):
+                for attr in sorted(names.parse(text).attributes & generated):
+                    why = f"reads the generated attribute {attr!r}: read its sources instead"
+                    found.append((("generated", gi, "candidates", ci), why))
+        return found
 
     def _conflict_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """SoD conflicts naming a target or entitlement the policy lacks."""
@@ -578,10 +652,11 @@ class Policy(_Model):
             "rules": [r.name for r in self.rules],
             "roles": [r.name for r in self.roles],
             "sod": [s.name for s in self.sod],
+            "generated": [g.name for g in self.generated],
         }
-        for section, names in sections.items():
+        for section, listed in sections.items():
             seen: set[str] = set()
-            for i, name in enumerate(names):
+            for i, name in enumerate(listed):
                 if name in seen:
                     found.append(((section, i, "name"), f"duplicate name {name!r}"))
                 seen.add(name)

@@ -29,6 +29,7 @@ from provisor.domain.classify import (
 from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
 from provisor.domain.lifecycle import ORPHAN_PREFIX, IdentityState, LifecycleState
 from provisor.domain.plan import ObservedAccount
+from provisor.engine import names, rescinds
 from provisor.engine.planner import current_states
 from provisor.engine.workspace import Workspace
 from provisor.redaction import redact
@@ -136,9 +137,13 @@ def identity_states(
     compiled = workspace.compiled
     rows = identity_rows(session) if ids is None else identity_rows(session, ids=ids)
     shared: SharedAccess = {}
+    states = names.with_values(
+        session, compiled.policy, current_states(workspace, session, rows, now)
+    )
+    held = rescinds.held_for(workspace, session, states)
     return {
-        who: (state, desired_access(compiled, state, shared))
-        for who, state in current_states(workspace, session, rows, now).items()
+        who: (state, desired_access(compiled, state, shared, held.get(who)))
+        for who, state in states.items()
     }
 
 

@@ -6,6 +6,8 @@ carries (``externalId``, the role comment, the external id column), else by the 
 keeping an earlier link the attributes do not contradict; open a correlation case, instead of
 guessing, when a value matches several identities or contradicts the link already known; and
 let a person resolve a case (this identity) or dismiss it (linked to nobody), each audited.
+A case about a feed's row (two people match it: ``provisor.engine.authorities``) is decided
+the same way: the row's id is linked to the person chosen, or, dismissed, to a new one.
 Does not: read targets or write observed accounts (reconciliation does), or classify.
 """
 
@@ -46,7 +48,7 @@ def account_value(
     if attr == "account":
         return account
     value = attributes.get(attr)
-    if value in (None, "") and attr == str(target.connection.get("user_name_attribute", "email")):
+    if value in (None, "") and attr == target.user_name_from:
         return user_name
     return value
 
@@ -247,7 +249,15 @@ def dismiss_case(
     return case
 
 
+# a case about a feed's row (several feeds for one population, ``authorities``): its target
+# is "feed:<name>", its account the feed's id for the person
+FEED_CASE = "feed:"
+
+
 def _relink(session: Session, case: models.CorrelationCase, identity: str | None) -> None:
+    if case.target.startswith(FEED_CASE):
+        _relink_row(session, case, identity)
+        return
     row = session.execute(
         select(models.ObservedAccount).where(
             models.ObservedAccount.target == case.target,
@@ -263,6 +273,31 @@ def _relink(session: Session, case: models.CorrelationCase, identity: str | None
             .where(models.Identity.external_id == identity)
             .values(needs_plan=True)
         )
+
+
+def _relink_row(session: Session, case: models.CorrelationCase, identity: str | None) -> None:
+    """A feed's row decided: its id is linked to ``identity`` (dismissed: to a new person of
+    its own); the feed's next import applies it."""
+    feed = case.target.removeprefix(FEED_CASE)
+    s = models.SourceRecord
+    row = session.execute(
+        select(s).where(s.feed == feed, s.source_id == case.account)
+    ).scalar_one_or_none()
+    who = identity if identity is not None else f"{feed}:{case.account}"
+    if row is None:
+        at = case.resolved_at or case.created_at
+        session.add(
+            s(
+                feed=feed,
+                source_id=case.account,
+                identity=who,
+                attributes={},
+                listed=False,
+                seen_at=at,
+            )
+        )
+    else:
+        row.identity = who
 
 
 def case_target(session: Session, case_id: int) -> str:

@@ -55,7 +55,7 @@ from provisor.domain.plan import (
     plan_identity,
 )
 from provisor.domain.policy import TargetDef
-from provisor.engine import circuit
+from provisor.engine import circuit, rescinds
 from provisor.engine.identities import load_history, window
 from provisor.engine.planner import needs_timeline
 from provisor.engine.workspace import Workspace
@@ -335,7 +335,11 @@ def _debt_items(
         targets = {target: targets[target]} if target in targets else {}
     states = _states(workspace, session, None if identity is None else [identity], now)
     shared: SharedAccess = {}
-    desired = {who: desired_access(compiled, state, shared) for who, (state, _) in states.items()}
+    held = rescinds.held_for(workspace, session, {who: s for who, (s, _) in states.items()})
+    desired = {
+        who: desired_access(compiled, state, shared, held.get(who))
+        for who, (state, _) in states.items()
+    }
     suspects = [identity] if identity is not None else _suspects(session, targets, desired)
     observed = _observed(session, targets, suspects)
     journal = _journal(session, identity, target)

@@ -33,6 +33,7 @@ from provisor.domain.lifecycle import (
     canonical_json,
     new_event,
 )
+from provisor.engine.authorities import Merger
 from provisor.engine.holds import Recent, active_population
 from provisor.engine.identities import Outcome, record_events
 from provisor.engine.references import References
@@ -540,19 +541,21 @@ def _import_snapshot(
             tally.warnings = [str(w) for w in parsed.warnings]
             source = f"import {feed_name}:{path.name}"
             where = f"{feed_name}:{path.name}"
+            merger = _merger(workspace, session, feed_name, now)
             # the batches' inserts are written while the next ones are worked out
             with writing_behind(session):
                 chain = audit.Chain(session, at=now)
                 at = (record, chain, source, where, now)
                 for batch in spill.batches(rejected):
-                    known = _known(session, [r.identity for r in batch if r.identity in stored])
                     _snapshot_batch(
-                        workspace, session, batch, known, pending, at, references, tally
+                        workspace, session, batch, stored, pending, at, references, tally, merger
                     )
                 chain.close()
             say("recording")
             missing: list[LifecycleEvent] = []
-            if parsed.unidentified_rejects:
+            if merger is not None:
+                missing = _merged_missing(workspace, session, merger, listed, pending, at, tally)
+            elif parsed.unidentified_rejects:
                 # a rejected row whose id could not be read may be anyone: nobody is a leaver
                 tally.warnings.append(
                     f"{where}: {parsed.unidentified_rejects} rejected rows have no readable id, "
@@ -578,25 +581,76 @@ def _import_snapshot(
         spill.close()
 
 
+def _merger(workspace: Workspace, session: Any, feed: str, now: datetime) -> Merger | None:
+    """Several feeds for one population (``sources.match``): what merges this feed's rows
+    with the others' (``provisor.engine.authorities``); None when each feed stands alone."""
+    config = workspace.config
+    if not config.sources.match:
+        return None
+    return Merger(session, config.sources, config.feeds, feed, now)
+
+
+def _merged_missing(
+    workspace: Workspace,
+    session: Any,
+    merger: Merger,
+    listed: Container[str],
+    pending: tuple[dict[str, tuple[str, datetime]], dict[str, tuple[str, datetime]]],
+    at: tuple[Import, audit.Chain, str, str, datetime],
+    tally: _Tally,
+) -> list[LifecycleEvent]:
+    """With several feeds: the people this snapshot no longer lists, as the feeds that still
+    list them say (their changes go with the deferred ones), and a termination, now, of each
+    no feed lists any more (unless one of theirs is held)."""
+    _record, _chain, _source, where, now = at
+    still, gone = merger.dropped(listed)
+    zones = workspace.config.time.zones()
+    known = _known(session, sorted({r.identity for r in still} | set(gone)))
+    events, _unchanged, said = _row_events(
+        still, known, (where, now, zones, tally.placed), *pending
+    )
+    tally.deferred += events
+    tally.warnings += said + merger.warnings
+    merger.warnings.clear()
+    held = pending[1]
+    return [
+        LifecycleEvent(
+            who, EventKind.TERMINATE, now, now, {}, None, f"{where}: missing from snapshot"
+        )
+        for who in gone
+        if who not in held
+        and (have := known.get(who)) is not None
+        and have.state not in (None, LifecycleState.TERMINATED.value)
+    ]
+
+
 def _snapshot_batch(
     workspace: Workspace,
     session: Any,
     batch: list[FeedRecord],
-    known: dict[str, _Known],
+    stored: Container[str],
     pending: tuple[dict[str, tuple[str, datetime]], dict[str, tuple[str, datetime]]],
     at: tuple[Import, audit.Chain, str, str, datetime],
     references: References,
     tally: _Tally,
+    merger: Merger | None = None,
 ) -> None:
-    """One batch of a snapshot (``known``: what the store holds of its people; ``pending``:
-    everyone's future and held terminations): checked, compared with the store, recorded —
-    but what it deprovisions and the non-human identities, which go to ``tally.deferred``."""
+    """One batch of a snapshot (``stored``: who the store holds; ``pending``: everyone's
+    future and held terminations): checked, merged with the other feeds' word (``merger``),
+    compared with the store, recorded — but what it deprovisions and the non-human
+    identities, which go to ``tally.deferred``."""
     record, chain, source, where, now = at
     records, errors, warnings, flagged = references.check(batch)
-    tally.flags.update(flagged)
     tally.accepted += len(records)
     tally.errors += [str(e) for e in errors]
     tally.warnings += [str(w) for w in warnings]
+    if merger is not None:
+        records = merger.merge(records, where)
+        flagged = {merger.identity_of(who): flags for who, flags in flagged.items()}
+        tally.warnings += merger.warnings
+        merger.warnings.clear()
+    tally.flags.update(flagged)
+    known = _known(session, [r.identity for r in records if r.identity in stored])
     zones = workspace.config.time.zones()
     events, unchanged, said = _row_events(
         records, known, (where, now, zones, tally.placed), *pending

@@ -51,6 +51,7 @@ from provisor.domain.proof import (
     outcome,
     unreadable,
 )
+from provisor.engine import names
 from provisor.engine.audit_log import verify_log
 from provisor.engine.connections import Pool
 from provisor.engine.workspace import Workspace
@@ -223,6 +224,8 @@ class LeaverVerifier:
                 )
             ended = person.terminated_at
             attributes = dict(person.attributes or {})
+            policy = self.workspace.compiled.policy
+            attributes.update(names.values(session, policy, [identity]).get(identity, {}))
             who = {
                 "id": identity,
                 "name": person.name,

@@ -6,8 +6,9 @@ the journal in line — new operations are added as pending, pending operations 
 wants are cancelled (never deleted), each change with an audit event; work already in flight,
 done but awaiting verification, parked as failed or handed to the owner as a ticket is matched,
 not planned again; nothing is planned for an account a person's mark holds (protected,
-decommission-later) — then clear the identities' "needs plan" mark and set when each whose
-access time alone will change (a move's grace ends, a pre-start window opens) is reviewed.
+decommission-later) — then clear the identities' "needs plan" mark, set when each whose
+access time alone will change (a move's grace ends, a pre-start window opens, a rescind's
+give-back ends) is reviewed, and record what new leavers held (``rescinds``).
 Identities and observed accounts are read in bulk through the driver (also for assessment,
 ``provisor.engine.assess``): a full plan or assessment reads a million accounts.
 Does not: execute operations or talk to targets.
@@ -25,10 +26,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisor.domain.desired import DesiredAccess, SharedAccess, desired_access
+from provisor.domain.desired import DesiredAccess, Restoration, SharedAccess, desired_access
 from provisor.domain.lifecycle import EventKind, IdentityState, LifecycleState, fold
 from provisor.domain.plan import OPEN_STATUSES, ObservedAccount, PlannedOperation, plan_identity
-from provisor.engine import removal_guard
+from provisor.domain.policy import TargetDef
+from provisor.engine import names, removal_guard, rescinds
 from provisor.engine.identities import load_history, window
 from provisor.engine.marks import held_accounts
 from provisor.engine.tasks import cancel_for as cancel_tasks
@@ -153,7 +155,7 @@ def needs_timeline(
     materialised columns: time-bound grants of their own (their validity needs the
     timeline), a move recent enough that its grace may keep access it took away, a hire
     not started yet where accounts are made before the start (its start is known from the
-    history only)."""
+    history only), a rescinded termination whose give-back may be in force."""
     compiled = workspace.compiled
     direct = compiled.assignments.keys() | compiled.exceptions.keys()
     moved: set[str] = set()
@@ -163,6 +165,7 @@ def needs_timeline(
         i = models.Identity
         query = select(i.external_id).where(i.state == LifecycleState.PRE_HIRE.value)
         moved |= set(session.execute(query).scalars())
+    moved |= rescinds.restoring(workspace, session, now)
     return [who for who in ids if who in direct or who in moved]
 
 
@@ -177,6 +180,7 @@ def compute_plan(
     changed_only: bool = False,
     before_observed: Callable[[list[str]], None] | None = None,
     timed: dict[str, DesiredAccess] | None = None,
+    naming: names.Naming | None = None,
 ) -> tuple[list[PlannedOperation], list[str]]:
     """Planned operations for the selection, and the identities that were planned.
 
@@ -185,7 +189,9 @@ def compute_plan(
     changing; everyone else's plan is what it was under the same policy. ``before_observed``
     is called with the identities just before their observed accounts are read; ``timed``
     gets the desired access of each identity whose access time alone will change (a move's
-    grace ends, a pre-start window opens: ``DesiredAccess.review_at``)."""
+    grace ends, a pre-start window opens: ``DesiredAccess.review_at``); with ``naming``,
+    people with access get the generated values they lack (``names.assign``), and it gets
+    what that did."""
     compiled = workspace.compiled
     if target is not None and target not in compiled.targets:
         raise NotFoundError(
@@ -214,16 +220,49 @@ def compute_plan(
     targets = dict(compiled.targets)
     if target is not None:
         targets = {target: targets[target]}
+    held = rescinds.held_for(workspace, session, states)
     shared: SharedAccess = {}
-    ops: list[PlannedOperation] = []
-    for who in ids:
-        state = states[who]
-        desired = desired_access(compiled, state, shared)
-        if desired.review_at is not None and timed is not None:
-            timed[who] = desired
+    if not compiled.policy.generated:  # each person's desired access planned, then dropped
+        ops: list[PlannedOperation] = []
+        for who in ids:
+            state = states[who]
+            desired = desired_access(compiled, state, shared, held.get(who))
+            if desired.review_at is not None and timed is not None:
+                timed[who] = desired
+            ops.extend(plan_identity(state, desired, observed.get(who, []), targets))
+        return ops, ids
+    wanted = {who: desired_access(compiled, states[who], shared, held.get(who)) for who in ids}
+    if timed is not None:
+        timed.update((who, d) for who, d in wanted.items() if d.review_at is not None)
+    return _plan_named(workspace, session, states, wanted, observed, targets, now, naming), ids
 
-        ops.extend(plan_identity(state, desired, observed.get(who, []), targets))
-    return ops, ids
+
+def _plan_named(
+    workspace: Workspace,
+    session: Session,
+    states: dict[str, IdentityState],
+    wanted: dict[str, DesiredAccess],
+    observed: dict[str, list[ObservedAccount]],
+    targets: dict[str, TargetDef],
+    now: datetime,
+    naming: names.Naming | None,
+) -> list[PlannedOperation]:
+    """The plan where the policy generates attributes: people with access lacking a value
+    get one (when ``naming`` takes what that did), everyone's values join their attributes,
+    and nothing is planned in a target named by a value a person could not be given."""
+    policy = workspace.compiled.policy
+    if naming is not None:
+        made = names.assign(session, policy, states, wanted, now)
+        naming.entries.extend(made.entries)
+        naming.unnamed.update(made.unnamed)
+    unnamed = naming.unnamed if naming is not None else {}
+    named = names.with_values(session, policy, states)
+    ops: list[PlannedOperation] = []
+    for who, desired in wanted.items():
+        lacking = unnamed.get(who, {})
+        planned = plan_identity(named[who], desired, observed.get(who, []), targets)
+        ops.extend(op for op in planned if targets[op.target].user_name_from not in lacking)
+    return ops
 
 
 @dataclass
@@ -235,10 +274,27 @@ class JournalSync:
     parked: dict[int, str] = field(default_factory=dict)
     # identity -> when the first grace ends that keeps access a move took away from them
     graces: dict[str, datetime] = field(default_factory=dict)
+    # identity -> what a rescind gives back, where it differs from today's policy, until when
+    restored: dict[str, Restoration] = field(default_factory=dict)
+    # identity -> generated attribute -> why they could not be given one (nothing is planned
+    # in the targets it names)
+    unnamed: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def added(self) -> int:
         return sum(1 for _, status, _ in self.operations if status == "new")
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as JSON-ready data: its operations and counts, what grace keeps (until
+        when), and what a rescind gives back (and where that differs from today's policy)."""
+        return {
+            "operations": self.as_rows(),
+            "added": self.added,
+            "cancelled": self.cancelled,
+            "kept_by_grace": {who: t.isoformat() for who, t in sorted(self.graces.items())},
+            "restored": {who: r.as_json() for who, r in sorted(self.restored.items())},
+            "unnamed": dict(sorted(self.unnamed.items())),
+        }
 
     def as_rows(self) -> list[dict[str, Any]]:
         """The planned operations as JSON-ready rows, in plan order."""
@@ -312,6 +368,7 @@ def sync_journal(
         changed_only = False
     open_rows: dict[tuple[str, str, str, str], list[models.Operation]] = {}
     timed: dict[str, DesiredAccess] = {}
+    naming = names.Naming()
     ops, ids = compute_plan(
         workspace,
         session,
@@ -321,13 +378,14 @@ def sync_journal(
         changed_only=changed_only,
         before_observed=_journal_reader(session, target, open_rows),
         timed=timed,
+        naming=naming,
     )
     held = held_accounts(session, now)
     if held:
         ops = [op for op in ops if op.account is None or (op.target, op.account) not in held]
     result: list[tuple[PlannedOperation, str, int]] = []
     parked: dict[int, str] = {}
-    entries: list[audit.Entry] = first
+    entries: list[audit.Entry] = [*first, *naming.entries]
     new_rows: list[tuple[PlannedOperation, str]] = []  # (op, journal key)
     for op in ops:
         existing = _take(open_rows.get(op.match_key, []), op.account)
@@ -361,10 +419,13 @@ def sync_journal(
     cancel_tasks(session, [stale.id for stale in stale_rows], now)
     result.extend((op, "new", added[journal_key]) for op, journal_key in new_rows)
     _planned(session, ids, timed)
+    selected = None if identity is None and not changed_only else ids
+    entries.extend(rescinds.record_held(workspace, session, selected, now))
     result.sort(key=lambda r: (r[0].identity, r[0].target, r[0].step, r[0].entitlement or ""))
     audit.append(session, entries, at=now)  # last: the audit log's head is held to the commit
     graces = {who: d.grace_until for who, d in timed.items() if d.grace_until}
-    return JournalSync(result, len(stale_rows), parked, graces)
+    restored = {who: d.restored for who, d in timed.items() if d.restored}
+    return JournalSync(result, len(stale_rows), parked, graces, restored, naming.unnamed)
 
 
 def _planned(session: Session, ids: Sequence[str], timed: dict[str, DesiredAccess]) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from provisor.domain import days
 from provisor.domain.desired import desired_access, explain
 from provisor.domain.lifecycle import ORPHAN_PREFIX, EventKind, LifecycleEvent, utc
-from provisor.engine import identities, readpaths, zones
+from provisor.engine import identities, names, readpaths, rescinds, zones
 from provisor.engine.reconcile import list_runs
 from provisor.engine.workspace import Workspace
 from provisor.errors import LifecycleError, NotFoundError
@@ -161,6 +161,7 @@ def show_identity(
         flags = session.execute(
             select(models.Identity.flags).where(models.Identity.external_id == identity)
         ).scalar_one()
+        made = names.values(session, workspace.compiled.policy, [identity]).get(identity, {})
     timeline: list[dict[str, Any]] = [
         {
             "effective": t.event.effective.isoformat(),
@@ -183,6 +184,7 @@ def show_identity(
         "as_of": as_of.isoformat(),
         "known_at": known_at.isoformat() if known_at else None,
         "attributes": dict(state.attributes),
+        "generated": made,  # values made for it (``policy.generated``): user names
         "flags": flags,
         "employment_start": state.employment_start,
         "terminated_at": state.terminated_at,
@@ -206,8 +208,9 @@ def explain_identity(
     with workspace.sessions() as session:
         as_of = as_of or _as_stored(session, identity, now)
         state = identities.identity_state(session, workspace.config, identity, as_of=as_of)
+        held = rescinds.held_for(workspace, session, {identity: state}).get(identity)
     if item is None:
-        desired = desired_access(compiled, state)
+        desired = desired_access(compiled, state, held=held)
         return {
             "identity": identity,
             "state": state.state.value if state.state else None,
@@ -230,11 +233,12 @@ def explain_identity(
                 }
                 for v in desired.sod
             ],
+            "restored": desired.restored.as_json() if desired.restored else None,
         }
     target, _, entitlement = item.partition(":")
     if target not in compiled.targets:
         raise NotFoundError(f"no target {target!r}; targets: {', '.join(compiled.targets)}")
-    answer = explain(compiled, state, target, entitlement or None)
+    answer = explain(compiled, state, target, entitlement or None, held)
     return {
         "identity": identity,
         "target": target,

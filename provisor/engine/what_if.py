@@ -97,7 +97,8 @@ def what_if(
             synced = sync_journal(ws, session, now=now)
             holds = _holds_after(session, first_hold)
         after = debt.ledger(ws, now)
-        rows = synced.as_rows()
+        planned = synced.summary()
+        rows = planned["operations"]
         if not changed:  # a policy: the people whose plan it changes
             changed = [r["identity"] for r in rows if r["journal"] == "new"]
         changed = list(dict.fromkeys(changed))
@@ -106,10 +107,8 @@ def what_if(
         }
     return {
         "recorded": recorded,
+        **planned,
         "operations": [r for r in rows if r["journal"] in ("new", "held")],
-        "added": synced.added,
-        "cancelled": synced.cancelled,
-        "kept_by_grace": {who: t.isoformat() for who, t in sorted(synced.graces.items())},
         "holds": holds,
         "debt": {"before": _debt(before), "after": _debt(after)},
         "explained": explained,

@@ -135,6 +135,65 @@ class IdentityEvent(Base):
     local_time: Mapped[str | None] = mapped_column(String(32))
 
 
+class HeldAtTermination(Base):
+    """What a person held when a termination took effect (``provisor.domain.held``): what a
+    rescind of that termination gives back. Recorded when the termination is first planned."""
+
+    __tablename__ = "held_at_termination"
+    __table_args__ = (UniqueConstraint("identity", "termination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    termination: Mapped[str] = mapped_column(String(64))  # the termination event's key
+    terminated_at: Mapped[datetime] = mapped_column(index=True)
+    recorded_at: Mapped[datetime]
+    grants: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class GeneratedValue(Base):
+    """A value made for a generated attribute (``provisor.engine.names``): who holds it, since
+    when, and when they gave it up; or, with no holder, a value an account that is nobody's
+    here holds in a target, never given out. One row per value: the unique key is what keeps
+    two writers from giving the same value to two people."""
+
+    __tablename__ = "generated_values"
+    __table_args__ = (
+        UniqueConstraint("attribute", "value_key"),
+        Index("ix_generated_values_holder", "attribute", "identity"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attribute: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str] = mapped_column(String(256))
+    value_key: Mapped[str] = mapped_column(String(256))  # ``names.key``: case folded
+    identity: Mapped[str | None] = mapped_column(String(128))
+    stem: Mapped[str | None] = mapped_column(String(256))  # the first candidate, when made
+    assigned_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class SourceRecord(Base):
+    """What one feed last said of one person (``provisor.engine.authorities``), when several
+    feeds speak for one population: the feed's id for them, linked to the identity they are,
+    and the row's attributes, status and dates; ``listed`` while its latest snapshot lists
+    them. A person is what the feeds listing them say, each attribute by precedence."""
+
+    __tablename__ = "source_records"
+    __table_args__ = (UniqueConstraint("feed", "source_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feed: Mapped[str] = mapped_column(String(128))
+    source_id: Mapped[str] = mapped_column(String(128))
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str | None] = mapped_column(String(32))
+    start: Mapped[str | None] = mapped_column(String(40))  # a local time's text, or ISO
+    ends: Mapped[str | None] = mapped_column(String(40))
+    listed: Mapped[bool] = mapped_column(Boolean, default=True)
+    seen_at: Mapped[datetime]
+
+
 class Hold(Base):
     """A change set stopped by the mass-change guard until someone approves it."""
 

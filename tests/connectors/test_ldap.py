@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import ldap3
@@ -30,9 +31,11 @@ from provisor.connectors.base import (
     Unsupported,
 )
 from provisor.connectors.ldap import Ldap3Client, LdapConnector
+from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
 from provisor.sandbox import slapd as slapd_module
 from provisor.sandbox.slapd import Slapd
+from provisor.sandbox.workspaces import scratch_workspace
 from provisor.testing import ConnectorContract
 
 # 389-DS's and Active Directory's lock attributes, as those servers define them (Debian's
@@ -113,10 +116,43 @@ class Namespace:
         }
         return LdapConnector("directory", settings)
 
+    def target(self, groups: tuple[str, ...], extra: str = "") -> str:
+        """A policy's ``targets:`` section with one LDAP target ``dir`` on this namespace,
+        its ``groups`` made (password from TEST_DIRECTORY_PASSWORD); ``extra``: more lines
+        of its settings, indented as they are."""
+        self.server.create_groups(groups, style="groupOfNames", parent=self.groups)
+        server = self.server
+        return f"""\
+targets:
+  - name: dir
+    class: ldap
+    owner: identity-team
+{extra}    connection: {{url: "{server.url}", bind_dn: "{server.bind_dn}",
+                 password: {{env: TEST_DIRECTORY_PASSWORD}}, base_dn: "{self.people}",
+                 groups_dn: "{self.groups}", timeout: 5}}
+    entitlements: [{", ".join(f"{{name: {g}}}" for g in groups)}]
+"""
+
     def members(self, group: str, style: str = "groupOfNames") -> list[str]:
         entry = raw_entry(self.server, f"cn={group},{self.groups}", MEMBER[style])
         assert entry is not None, f"group {group} is missing"
         return [v for v in entry.get(MEMBER[style].lower(), []) if v]
+
+
+def directory_workspace(
+    folder: Path,
+    server: Slapd,
+    monkeypatch: pytest.MonkeyPatch,
+    groups: tuple[str, ...],
+    rest: str,
+    extra: str = "",
+) -> tuple[Workspace, Namespace]:
+    """A workspace on SQLite whose policy is one LDAP target ``dir`` on a namespace of its
+    own (``Namespace.target``: ``groups``, ``extra`` settings) and ``rest`` (rules)."""
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TEST_DIRECTORY_PASSWORD", server.password)
+    space = Namespace(server)
+    return scratch_workspace(folder, space.target(groups, extra) + rest), space
 
 
 @pytest.fixture

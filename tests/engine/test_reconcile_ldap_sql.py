@@ -19,7 +19,13 @@ from provisor.engine.workspace import Workspace
 from provisor.sandbox.slapd import Slapd
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
-from tests.connectors.test_ldap import Namespace, admin, raw_entry, slapd  # noqa: F401
+from tests.connectors.test_ldap import (  # noqa: F401
+    Namespace,
+    admin,
+    directory_workspace,
+    raw_entry,
+    slapd,
+)
 from tests.connectors.test_sql import (  # noqa: F401
     pg_admin,
     pg_db,
@@ -55,22 +61,9 @@ def directory(
     slapd: Slapd,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Workspace, Namespace]]:
-    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
-    monkeypatch.setenv("TEST_DIRECTORY_PASSWORD", slapd.password)
-    space = Namespace(slapd)
-    slapd.create_groups(("dev", "ops"), style="groupOfNames", parent=space.groups)
-    policy = f"""\
-targets:
-  - name: dir
-    class: ldap
-    owner: identity-team
-    remediation: {{orphan: report}}
-    connection: {{url: "{slapd.url}", bind_dn: "{slapd.bind_dn}",
-                 password: {{env: TEST_DIRECTORY_PASSWORD}}, base_dn: "{space.people}",
-                 groups_dn: "{space.groups}", timeout: 5}}
-    entitlements: [{{name: dev}}, {{name: ops}}]
-""" + RULES.format(target="dir", ent="dev")
-    ws = scratch_workspace(tmp_path, policy)
+    rules = RULES.format(target="dir", ent="dev")
+    extra = "    remediation: {orphan: report}\n"
+    ws, space = directory_workspace(tmp_path, slapd, monkeypatch, ("dev", "ops"), rules, extra)
     yield ws, space
     ws.close()
 

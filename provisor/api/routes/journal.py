@@ -50,12 +50,7 @@ def plan(body: PlanRequest, who: Operator, workspace: Space, request: Request) -
             target=body.target,
         )
     request.app.state.wake.set()
-    return {
-        "operations": synced.as_rows(),
-        "added": synced.added,
-        "cancelled": synced.cancelled,
-        "kept_by_grace": {who: until.isoformat() for who, until in sorted(synced.graces.items())},
-    }
+    return synced.summary()
 
 
 @router.get("/operations", summary="Operations, newest first (an owner: their targets')")

@@ -1,7 +1,8 @@
 """Executing one operation: read, write only when the account does not show it yet, read back.
 
-Does: find the account an operation is about (refusing one that belongs to someone else, or
-one matched by name alone that may not be taken over), read it, make the change through the
+Does: find the account an operation is about (refusing one that belongs to someone else, one
+matched by name alone that may not be taken over, or one holding a generated user name that
+is not this person's by the target's correlation attributes), read it, make the change through the
 connector, read it back and judge: ``verified`` only when the read shows the intent,
 ``unverifiable`` when the read cannot show it; record what a failure means (retry, or parked).
 Does not: touch the journal or the store (the runner does).
@@ -9,6 +10,7 @@ Does not: touch the journal or the store (the runner does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +26,9 @@ from provisor.connectors.base import (
     Unavailable,
 )
 from provisor.domain.plan import REMOVALS, OpKind
+from provisor.domain.policy import TargetDef
 from provisor.domain.readback import adoption_refusal, unmet, unshowable
+from provisor.engine.correlate import account_value, norm
 
 NOTHING_WRITTEN = "already as intended; nothing written"  # an operation's note: no write made
 
@@ -60,11 +64,62 @@ class Outcome:
     retry_after: float | None = None
     at: datetime | None = None
     refused: AccountRecord | None = None  # an account not adopted: a case to open for it
+    # a generated user name held by an account that is not this person's: (name, account)
+    taken: tuple[str, str] | None = None
     down: bool = False  # the target was unavailable (what its circuit breaker counts)
 
 
 class _Mismatch(PermanentError):
     """The write was accepted but the read-back does not show it."""
+
+
+class NameTaken(RetryableError):
+    """The user name made for this person (a generated value) is held in the target by an
+    account that is not theirs by the target's correlation attributes: it is never taken
+    over; the person is given the next name and the operation tried again with it."""
+
+    def __init__(self, message: str, user_name: str, account: str) -> None:
+        super().__init__(message, retry_after=0.0)
+        self.user_name, self.account = user_name, account
+
+
+def _not_theirs(job: Job, spec: AccountSpec, found: AccountRecord | None) -> NameTaken:
+    account = found.account if found is not None else "unknown"
+    holder = found.external_id if found is not None and found.external_id else "nobody here"
+    return NameTaken(
+        f"{job.target}: the user name {spec.user_name} made for {job.identity} is held by "
+        f"account {account} (linked to {holder}), which is not theirs: it is not taken over, "
+        f"and {job.identity} is given the next name",
+        spec.user_name,
+        account,
+    )
+
+
+def owned_by(target: TargetDef, spec: AccountSpec) -> Owns:
+    """Whether an account found by ``spec``'s (generated) user name is this person's: by the
+    first of the target's correlation attributes both sides have, other than the name."""
+
+    def owns(record: AccountRecord) -> bool:
+        for attr in target.correlation:
+            if attr in ("id", "account") or attr == target.user_name_from:
+                continue
+            mine = spec.attributes.get(attr)
+            theirs = account_value(
+                target,
+                attr,
+                record.account,
+                record.user_name,
+                record.external_id,
+                record.attributes,
+            )
+            if mine not in (None, "") and theirs not in (None, ""):
+                return norm(mine) == norm(theirs)
+        return False
+
+    return owns
+
+
+Owns = Callable[[AccountRecord], bool]
 
 
 class AdoptionRefused(PermanentError):
@@ -89,13 +144,16 @@ def execute(
     spec: AccountSpec,
     known: AccountRecord | None = None,
     due: frozenset[str] | None = None,
+    owns: Owns | None = None,
 ) -> Outcome:
     """Do one operation if the account does not show it yet; read back; judge.
 
     ``known`` is the account as the previous step of the same run read it back, which saves
     reading it again before writing; ``due`` the entitlements the identity is to have in the
     target (an existing account matched by name alone holding more is not taken over; None:
-    taken over as found, for callers outside a plan).
+    taken over as found, for callers outside a plan); ``owns``, when the user name was
+    generated, whether an account found by it is this person's (``owned_by``): one that is
+    not raises ``NameTaken``, never taken over.
     Raises ``ConnectorError`` on failure."""
     kind = job.kind
     account = job.account
@@ -108,7 +166,7 @@ def execute(
         return Outcome(job, "unverifiable", record, note)
     adopt = False  # an account found by name alone, not yet stamped with the identity id
     if account is None:
-        located = _locate(job, connector, spec, due)
+        located = _locate(job, connector, spec, due, owns)
         if isinstance(located, Outcome):
             return located
         account, adopt = located
@@ -125,7 +183,7 @@ def execute(
     if before is None and kind in REMOVALS:
         return Outcome(job, "verified", None, "the account no longer exists")
     if kind is OpKind.CREATE:
-        account, adopt = _create(job, connector, spec, due)
+        account, adopt = _create(job, connector, spec, due, owns)
         if adopt:
             return _adopt(job, connector, spec, account)
     elif account is None:
@@ -136,11 +194,17 @@ def execute(
 
 
 def _locate(
-    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
+    job: Job,
+    connector: Connector,
+    spec: AccountSpec,
+    due: frozenset[str] | None,
+    owns: Owns | None,
 ) -> tuple[str | None, bool] | Outcome:
     """The account a job without one is about, and whether it would be taken over (found by
     name alone); or the outcome when there is nothing to do."""
     found = connector.find(spec)
+    if found is not None and _taken(job, found, owns):
+        raise _not_theirs(job, spec, found)
     if found is not None and found.external_id not in (None, job.identity):
         raise PermanentError(_clash(job, spec, found.external_id))
     if found is None and job.kind is not OpKind.CREATE:
@@ -193,6 +257,9 @@ def failure_of(job: Job, exc: Exception) -> Outcome:
     """What a failed operation records: retried later when the target said so."""
     if isinstance(exc, AdoptionRefused):
         return Outcome(job, "failed", note=str(exc), refused=exc.record)
+    if isinstance(exc, NameTaken):
+        taken = (exc.user_name, exc.account)
+        return Outcome(job, "retry", note=str(exc), retry_after=0.0, taken=taken)
     if isinstance(exc, RetryableError):
         down = isinstance(exc, Unavailable)
         return Outcome(job, "retry", note=str(exc), retry_after=exc.retry_after, down=down)
@@ -217,8 +284,20 @@ def _may_adopt(
         )
 
 
+def _taken(job: Job, found: AccountRecord | None, owns: Owns | None) -> bool:
+    """Whether a generated user name is held by an account that is not this person's
+    (``found``: the account holding it; None: a conflict with one that cannot be found)."""
+    if owns is None or (found is not None and found.external_id == job.identity):
+        return False
+    return found is None or not owns(found)
+
+
 def _create(
-    job: Job, connector: Connector, spec: AccountSpec, due: frozenset[str] | None
+    job: Job,
+    connector: Connector,
+    spec: AccountSpec,
+    due: frozenset[str] | None,
+    owns: Owns | None,
 ) -> tuple[str, bool]:
     """Create the account; on a name already taken by the same person's account (or an
     unclaimed one that may be adopted) use that one. Returns the account and whether it was
@@ -227,6 +306,8 @@ def _create(
         return connector.create(spec), False
     except Conflict:
         existing = connector.find(spec)
+        if _taken(job, existing, owns):
+            raise _not_theirs(job, spec, existing) from None
         if existing is not None and existing.external_id == job.identity:
             return existing.account, False
         if existing is not None and existing.external_id is None:

@@ -34,12 +34,12 @@ from provisor.connectors.base import (
 )
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
-from provisor.engine import circuit
+from provisor.engine import circuit, names
 from provisor.engine.circuit import Breaker
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
-from provisor.engine.runner.execution import Job, Outcome, execute, failure_of
+from provisor.engine.runner.execution import Job, Outcome, Owns, execute, failure_of, owned_by
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
 from provisor.engine.runner.limits import SharedBucket, Slots
 from provisor.engine.runner.pacing import TokenBucket, backoff
@@ -71,11 +71,12 @@ def timed_execute(
     spec: AccountSpec,
     known: AccountRecord | None,
     due: frozenset[str],
+    owns: Owns | None = None,
 ) -> Outcome:
     """``execute``, its duration observed for the job's target and kind (failures too)."""
     started = time.perf_counter()
     try:
-        return execute(job, connector, spec, known, due)
+        return execute(job, connector, spec, known, due, owns)
     finally:
         seconds = time.perf_counter() - started
         OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
@@ -155,6 +156,7 @@ class Runner:
         self._keeper = Keeper(workspace, self.run_id, self._lease_seconds)
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
+        self._more: list[audit.Entry] = []  # audit entries a batch's records made besides
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
         self._give_way: Callable[[], bool] | None = None  # this run's, see ``apply``
 
@@ -480,6 +482,9 @@ class Runner:
                     models.Identity.external_id.in_(part)
                 )
                 attributes.update((i, a or {}) for i, a in session.execute(query))
+            made = names.values(session, self.workspace.compiled.policy, ids)
+        for who, values in made.items():
+            attributes[who] = {**attributes.get(who, {}), **values}
         specs = {}
         for who, where in groups:
             definition = self.workspace.compiled.targets.get(where)
@@ -489,6 +494,15 @@ class Runner:
             else:
                 specs[(who, where)] = account_spec(definition, who, attrs)
         return specs
+
+    def _owns(self, job: Job, spec: AccountSpec) -> Owns | None:
+        """For a target whose user names are generated, what tells this person's account
+        from another's (``execution.owned_by``); None elsewhere."""
+        definition = self.workspace.compiled.targets.get(job.target)
+        generated = self.workspace.compiled.policy.generated_map
+        if definition is None or definition.user_name_from not in generated:
+            return None
+        return owned_by(definition, spec)
 
     def _gated(
         self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
@@ -554,7 +568,7 @@ class Runner:
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
                     # the plan wants the new account disabled: never let it exist enabled
                     spec = dataclasses.replace(spec, enabled=False)
-                outcome = timed_execute(job, connector, spec, known, due)
+                outcome = timed_execute(job, connector, spec, known, due, self._owns(job, spec))
             except Exception as exc:  # every failure is recorded; none may escape a worker
                 failure = failure_of(job, exc)
                 failure.at = when
@@ -607,6 +621,8 @@ class Runner:
             adopt(session, [(s.op, s.renamed_from) for s in seen if s.adopted])
             entries.extend(verified_by_read_back(session, verified, at))
             opened, down = self._count_failures(session, outcomes, at)
+            entries.extend(self._more)
+            self._more.clear()
             audit.append(session, entries, at=at)
             self._give_back_done(session)
         for where, reason in sorted(opened.items()):
@@ -686,6 +702,7 @@ class Runner:
             report.errors.append(f"{row.identity} {row.target} {row.kind}: {outcome.note}")
             if outcome.refused is not None:
                 self._refer(session, row, outcome.refused, at)
+        self._next_name(session, row, outcome.taken, at)
         OPERATIONS.labels(row.target, row.kind, status).inc()
         return audit.Entry(
             f"operation.{status}",
@@ -709,6 +726,20 @@ class Runner:
                     "intended_at": interrupted[1].isoformat() if interrupted[1] else None,
                 }
             ),
+        )
+
+    def _next_name(
+        self, session: Session, row: models.Operation, taken: tuple[str, str] | None, at: datetime
+    ) -> None:
+        """A generated user name another account holds in the target (``taken``: the name
+        and the account): kept from everyone, and the person given the next one
+        (``names.blocked``), used when the operation is tried again."""
+        if taken is None:
+            return
+        name, account = taken
+        policy = self.workspace.compiled.policy
+        self._more.extend(
+            names.blocked(session, policy, row.identity, row.target, name, account, at)
         )
 
     def _give_back_done(self, session: Session) -> None:
