@@ -595,7 +595,8 @@ def held_then(
             *access.entitlements.items(),
         ]:
             until = _held_until(reasons, ends.get((name, entitlement), []))
-            items[entitlement] = HeldItem(tuple(str(r) for r in reasons), until)
+            kinds = tuple(sorted({r.kind for r in reasons}))
+            items[entitlement] = HeldItem(tuple(str(r) for r in reasons), until, kinds)
     return Held(termination, terminated_at, targets)
 
 
@@ -690,6 +691,7 @@ def _restored(compiled: CompiledPolicy, state: IdentityState, held: Held) -> Des
     targets: dict[str, TargetAccess] = {}
     ended: list[str] = []
     reviews = [held.until] if held.until else []
+    granting = _direct_ends(compiled, state)  # what the person's own grants give today
     for name, items in sorted(held.targets.items()):
         if name not in compiled.targets:
             ended.append(f"{name}: no longer a target in the policy")
@@ -697,12 +699,20 @@ def _restored(compiled: CompiledPolicy, state: IdentityState, held: Held) -> Des
         enabled, note = compiled.account_status[lifecycle][name]
         access = TargetAccess(name, enabled, [], {}, {}, note)
         for entitlement, item in items.items():
-            if not item.counts(state.as_of):
-                end = item.until.isoformat() if item.until else ""
+            until = item.until
+            if item.own_grants_only:  # as long as an assignment or exception gives it today
+                ends = granting.get((name, entitlement))
+                if not ends:
+                    label = _label(name, entitlement)
+                    ended.append(f"{label}: no assignment or exception gives it any more")
+                    continue
+                until = None if None in ends else max(e for e in ends if e is not None)
+            elif not item.counts(state.as_of):
+                end = until.isoformat() if until else ""
                 ended.append(f"{_label(name, entitlement)}: its grant ended at {end}")
                 continue
-            if item.until is not None:
-                reviews.append(item.until)
+            if until is not None:
+                reviews.append(until)
             reasons = [Reason("restored", text, when) for text in item.reasons]
             if entitlement is None:
                 access.account_reasons = reasons
@@ -797,10 +807,10 @@ def explain(
     why: list[str] = []
     if desired.note:
         why.append(f"lifecycle state: {desired.note}")
-    if restored is not None and label in restored.not_given and entitlement is None:
-        why.append(f"today's policy grants it; not held at the termination{_given_back(restored)}")
     if access is not None and entitlement is not None and entitlement in access.withheld:
         why.append(access.withheld[entitlement])
+    elif restored is not None and label in restored.not_given:
+        why.append(f"today's policy grants it; not held at the termination{_given_back(restored)}")
     today = state.as_of.date()
     why.extend(_rules_not_matching(policy, state, target, entitlement))
     for assignment in compiled.assignments.get(state.identity, ()):

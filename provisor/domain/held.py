@@ -24,6 +24,13 @@ class HeldItem:
 
     reasons: tuple[str, ...]
     until: datetime | None  # when the last grant that gave it ends; None: it has no end
+    # the kinds of the reasons (rule, role, assignment, exception, grace): an item only
+    # assignments and exceptions gave comes back only while one of them still gives it
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def own_grants_only(self) -> bool:
+        return bool(self.kinds) and set(self.kinds) <= {"assignment", "exception"}
 
     def counts(self, at: datetime) -> bool:
         return self.until is None or at < self.until
@@ -59,6 +66,7 @@ def _item_json(item: HeldItem) -> dict[str, Any]:
     return {
         "reasons": list(item.reasons),
         "until": item.until.isoformat() if item.until else None,
+        "kinds": list(item.kinds),
     }
 
 
@@ -67,6 +75,7 @@ def _item(data: Mapping[str, Any]) -> HeldItem:
     return HeldItem(
         tuple(str(r) for r in data.get("reasons") or ()),
         utc(datetime.fromisoformat(until)) if until else None,
+        tuple(str(k) for k in data.get("kinds") or ()),
     )
 
 

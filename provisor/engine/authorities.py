@@ -3,9 +3,10 @@ precedence for it.
 
 Does: when the workspace names attributes that identify a person across feeds
 (``sources.match``), take a snapshot's rows as what that feed says of each person: find the
-identity each row is (the feed's id linked before, else one identity whose match attributes
-agree — several, or one already linked to another id of the same feed, is a correlation case
-for a person to decide, and the row waits; none is a new identity), keep what each feed last
+identity each row is (the feed's id linked before, or the identity this feed made under that
+id before feeds were merged, else one identity whose match attributes agree — several, one
+already linked to another id of the same feed, or one who has left, is a correlation case for
+a person to decide, and the row waits; none is a new identity), keep what each feed last
 said (``source_records``), and hand the snapshot diff, in place of the rows, each person as all
 feeds that list them say together: every attribute from the first feed in its precedence
 (``sources.precedence``: per attribute, ``*`` for the rest, ``status`` for who decides whether
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from provisor.config.workspace import SourceSettings
 from provisor.domain.days import Local
+from provisor.domain.lifecycle import LifecycleState
 from provisor.engine.correlate import FEED_CASE, norm
 from provisor.sources.hr import FeedRecord, When
 from provisor.store import models
@@ -89,31 +91,53 @@ class Merger:
         self.ids: dict[str, str] = {}  # this feed's id -> identity, for the rows seen
         self._index: dict[tuple[str, str], set[str]] | None = None
         self._linked: dict[str, str] = {}  # identity -> this feed's id linked to it
+        self._recorded: set[str] = set()  # identities some feed's record names
+        self._live: set[str] = set()  # identities a configured feed lists, not terminated
 
     # --- who each row is ----------------------------------------------------------------
 
     def merge(self, records: list[FeedRecord], where: str) -> list[FeedRecord]:
         """This feed's ``records`` as the people they are, each as all feeds listing them say."""
-        links = self._links([r.identity for r in records])
+        rows = self._rows([r.identity for r in records])
+        own = self._untracked([r.identity for r in records if r.identity not in rows])
         touched: dict[str, int] = {}
         for r in records:
-            who = links.get(r.identity) or self._resolve(r, where)
+            row = rows.get(r.identity)
+            if row is not None:
+                who: str | None = row.identity
+            elif r.identity in own:
+                who = r.identity
+            else:
+                who = self._resolve(r, where)
             if who is None:
                 continue
             self.ids[r.identity] = who
-            self._keep(r, who)
+            self._keep(r, who, row)
+            self._learn(r, who)
             touched[who] = r.line
         self.session.flush()
         return self._combined(touched)
 
-    def _links(self, ids: list[str]) -> dict[str, str]:
+    def _rows(self, ids: list[str]) -> dict[str, models.SourceRecord]:
+        """This feed's records of ``ids`` (its own ids), by id."""
         s = models.SourceRecord
-        found: dict[str, str] = {}
+        found: dict[str, models.SourceRecord] = {}
         for part in chunks(sorted(set(ids))):
-            query = select(s.source_id, s.identity).where(
-                s.feed == self.feed, s.source_id.in_(part)
+            query = select(s).where(s.feed == self.feed, s.source_id.in_(part))
+            found.update((row.source_id, row) for row in self.session.execute(query).scalars())
+        return found
+
+    def _untracked(self, ids: list[str]) -> set[str]:
+        """Those of ``ids`` that are identities this feed made before feeds were merged (no
+        feed's record names them): they stay who they were."""
+        self._matches()
+        i = models.Identity
+        found: set[str] = set()
+        for part in chunks(sorted(set(ids))):
+            query = select(i.external_id).where(i.external_id.in_(part), i.feed == self.feed)
+            found.update(
+                w for w in self.session.execute(query).scalars() if w not in self._recorded
             )
-            found.update((sid, who) for sid, who in self.session.execute(query))
         return found
 
     def _resolve(self, r: FeedRecord, where: str) -> str | None:
@@ -127,38 +151,54 @@ class Merger:
             hits = self._matches().get((attr, norm(value)), set())
             found |= hits
             said += [f"{attr} matches {who}" for who in sorted(hits)]
+        if not found:
+            return self._new_id(r.identity)
+        why = "; ".join(said)
+        who = next(iter(found))
         if len(found) > 1:
-            self._case(r, where, sorted(found), "; ".join(said))
-            return None
-        if found:
-            who = next(iter(found))
-            other = self._linked_id(who)
-            if other is not None and other != r.identity:
-                why = f"{'; '.join(said)}, already linked to {self.feed} id {other}"
-                self._case(r, where, [who], why)
-                return None
+            self._case(r, where, sorted(found), why)
+        elif who not in self._live:  # e-mail addresses are given again: a person decides
+            self._case(r, where, [who], f"{why}, who has left: the same person back, or another")
+        elif (other := self._linked.get(who)) is not None and other != r.identity:
+            self._case(r, where, [who], f"{why}, already linked to {self.feed} id {other}")
+        else:
             return who
-        return self._new_id(r.identity)
+        return None
 
     def _matches(self) -> dict[tuple[str, str], set[str]]:
         """Every person's match attributes (normalised) to who they are: as the feeds said
-        them, and as the store holds people no feed's record names."""
+        them, and as the store holds people no feed's record names. Reads who is live and
+        who is linked to this feed on the way."""
         if self._index is None:
             index: dict[tuple[str, str], set[str]] = defaultdict(set)
             s, i = models.SourceRecord, models.Identity
-            recorded: set[str] = set()
-            for feed, who, source_id, attrs in self.session.execute(
-                select(s.feed, s.identity, s.source_id, s.attributes)
-            ):
-                recorded.add(who)
+            listing: set[str] = set()
+            query = select(s.feed, s.identity, s.source_id, s.attributes, s.listed)
+            for feed, who, source_id, attrs, listed in self.session.execute(query):
+                self._recorded.add(who)
                 if feed == self.feed:
                     self._linked[who] = source_id
+                if listed and feed in self.feeds:
+                    listing.add(who)
                 self._index_values(index, who, attrs or {})
-            for who, attrs in self.session.execute(select(i.external_id, i.attributes)):
-                if who not in recorded:
+            gone = (None, LifecycleState.TERMINATED.value)
+            for who, attrs, state in self.session.execute(
+                select(i.external_id, i.attributes, i.state)
+            ):
+                if who not in self._recorded:
                     self._index_values(index, who, attrs or {})
+                if state not in gone and (who in listing or who not in self._recorded):
+                    self._live.add(who)
             self._index = index
         return self._index
+
+    def _learn(self, r: FeedRecord, who: str) -> None:
+        """What the rest of this import matches against: this row's values and its link."""
+        self._index_values(self._matches(), who, r.attributes)
+        self._linked[who] = r.identity
+        self._recorded.add(who)
+        if r.status != LifecycleState.TERMINATED.value:
+            self._live.add(who)
 
     def _index_values(
         self, index: dict[tuple[str, str], set[str]], who: str, attrs: Mapping[str, Any]
@@ -168,17 +208,13 @@ class Merger:
             if value not in (None, ""):
                 index[attr, norm(value)].add(who)
 
-    def _linked_id(self, who: str) -> str | None:
-        self._matches()
-        return self._linked.get(who)
-
     def _new_id(self, source_id: str) -> str:
         """A new person's identity id: the feed's own id, unless someone has it already."""
         i = models.Identity
         taken = self.session.execute(
             select(i.external_id).where(i.external_id == source_id)
         ).scalar_one_or_none()
-        if taken is None and source_id not in self._linked:
+        if taken is None and source_id not in self._recorded:
             return source_id
         return f"{self.feed}:{source_id}"
 
@@ -209,11 +245,8 @@ class Merger:
 
     # --- what each feed says --------------------------------------------------------------
 
-    def _keep(self, r: FeedRecord, who: str) -> None:
+    def _keep(self, r: FeedRecord, who: str, row: models.SourceRecord | None) -> None:
         s = models.SourceRecord
-        row = self.session.execute(
-            select(s).where(s.feed == self.feed, s.source_id == r.identity)
-        ).scalar_one_or_none()
         values = {
             "identity": who,
             "attributes": dict(r.attributes),
@@ -244,6 +277,14 @@ class Merger:
             row.listed = False
             row.seen_at = self.now
             gone[row.identity] = 0
+        self._matches()
+        i = models.Identity
+        ended = (None, LifecycleState.TERMINATED.value)
+        for who in self.session.execute(  # made by this feed before feeds were merged
+            select(i.external_id).where(i.feed == self.feed, i.state.not_in(ended[1:]))
+        ).scalars():
+            if who not in self._recorded and who not in listed:
+                gone[who] = 0
         self.session.flush()
         still = self._combined(gone)
         kept = {r.identity for r in still}
@@ -258,6 +299,8 @@ class Merger:
         for part in chunks(sorted(people)):
             query = select(s).where(s.identity.in_(part), s.listed.is_(True))
             for row in self.session.execute(query).scalars():
+                if row.feed not in self.feeds:
+                    continue  # a feed no longer configured says nothing
                 said[row.identity].append(
                     _Said(
                         row.feed,

@@ -553,15 +553,15 @@ def _import_snapshot(
                 chain.close()
             say("recording")
             missing: list[LifecycleEvent] = []
-            if merger is not None:
-                missing = _merged_missing(workspace, session, merger, listed, pending, at, tally)
-            elif parsed.unidentified_rejects:
+            if parsed.unidentified_rejects:
                 # a rejected row whose id could not be read may be anyone: nobody is a leaver
                 tally.warnings.append(
                     f"{where}: {parsed.unidentified_rejects} rejected rows have no readable id, "
                     "so nobody missing from this snapshot is terminated; fix those rows and "
                     "import again"
                 )
+            elif merger is not None:
+                missing = _merged_missing(workspace, session, merger, listed, pending, at, tally)
             elif before is not None:  # nobody was stored before: nobody is missing
                 missing = _missing_events(session, feed_name, where, now, listed, before)
             tally.missing = len(missing)

@@ -38,6 +38,7 @@ from provisor.store.bulk import chunks
 from provisor.store.db import one_writer
 
 TRIES = 1000  # candidates tried for one person before saying none is free
+LONGEST = 256  # characters of a value the store keeps
 
 
 @dataclass
@@ -83,9 +84,11 @@ def assign(
     states: Mapping[str, IdentityState],
     desired: Mapping[str, DesiredAccess],
     now: datetime,
+    leavers_keep: timedelta = timedelta(0),
 ) -> Naming:
     """Give each person with access in ``desired`` the generated values they lack (or a new
-    one where ``rename`` applies), in ``session``'s transaction."""
+    one where ``rename`` applies), in ``session``'s transaction. A leaver's values are given
+    to nobody else for ``leavers_keep`` either (a rescind may bring them back meanwhile)."""
     naming = Naming()
     wanting = sorted(who for who, access in desired.items() if access.targets)
     if not policy.generated or not wanting:
@@ -93,7 +96,7 @@ def assign(
     _writer(session)
     held = _held(session, wanting)
     for made in policy.generated:
-        namer = _Namer(session, policy, made, now)
+        namer = _Namer(session, policy, made, now, leavers_keep)
         for who in wanting:
             row = held.get((who, made.name))
             attributes = states[who].attributes
@@ -139,6 +142,7 @@ def blocked(
     user_name: str,
     account: str,
     now: datetime,
+    leavers_keep: timedelta = timedelta(0),
 ) -> list[audit.Entry]:
     """A target holds ``user_name`` (``who``'s generated value) under ``account``, which is
     not theirs: keep the value from everyone from now on and give ``who`` the next one."""
@@ -173,7 +177,7 @@ def blocked(
     naming = Naming()
     data = {"attribute": made.name, "value": user_name, "target": target, "account": account}
     naming.entries.append(audit.Entry("identity.name_held_by_another", who, data))
-    _Namer(session, policy, made, now).give(who, attributes or {}, None, naming)
+    _Namer(session, policy, made, now, leavers_keep).give(who, attributes or {}, None, naming)
     return naming.entries
 
 
@@ -181,9 +185,17 @@ class _Namer:
     """Gives values of one generated attribute, knowing which names the targets it names
     already hold (read once, when first needed)."""
 
-    def __init__(self, session: Session, policy: Policy, made: GeneratedDef, now: datetime):
+    def __init__(
+        self,
+        session: Session,
+        policy: Policy,
+        made: GeneratedDef,
+        now: datetime,
+        leavers_keep: timedelta = timedelta(0),
+    ):
         self.session, self.made, self.now = session, made, now
         self.reuse = timedelta(days=made.reuse_after_days)
+        self.leavers_keep = max(self.reuse, leavers_keep)
         self.targets = [t.name for t in policy.named_by(made.name)]
         self._in_targets: dict[str, set[str | None]] | None = None
         self._left: dict[str, datetime | None] = {}
@@ -202,7 +214,9 @@ class _Namer:
         for value in tries:
             key = names.key(value)
             holders = self.in_targets().get(key, set())
-            if holders - {who}:
+            if len(value) > LONGEST:
+                skipped.append(f"{value[:40]}...: longer than {LONGEST} characters")
+            elif holders - {who}:
                 skipped.append(f"{value}: held in a target by an account not linked to {who}")
             elif previous is not None and previous.value_key == key:
                 return  # what they hold already is still the first free one
@@ -301,11 +315,14 @@ class _Namer:
 
     def _free(self, row: models.GeneratedValue) -> bool:
         """Whether someone else's value may be given out again: its holder gave it up (a
-        rename, or they left) at least ``reuse_after_days`` ago. One a target holds, never."""
+        rename, or they left) at least ``reuse_after_days`` ago — a leaver, also at least
+        ``leavers_keep`` ago. One a target holds, never."""
         if row.identity is None:
             return False
-        gave_up = row.released_at or self._left_at(row.identity)
-        return gave_up is not None and utc(gave_up) <= self.now - self.reuse
+        if row.released_at is not None:
+            return utc(row.released_at) <= self.now - self.reuse
+        left = self._left_at(row.identity)
+        return left is not None and utc(left) <= self.now - self.leavers_keep
 
     def _left_at(self, who: str) -> datetime | None:
         if who not in self._left:

@@ -249,10 +249,11 @@ def _plan_named(
 ) -> list[PlannedOperation]:
     """The plan where the policy generates attributes: people with access lacking a value
     get one (when ``naming`` takes what that did), everyone's values join their attributes,
-    and nothing is planned in a target named by a value a person could not be given."""
+    and no account is made in a target named by a value a person could not be given."""
     policy = workspace.compiled.policy
     if naming is not None:
-        made = names.assign(session, policy, states, wanted, now)
+        keep = window(workspace.config)  # a leaver's names wait while a rescind may come
+        made = names.assign(session, policy, states, wanted, now, keep)
         naming.entries.extend(made.entries)
         naming.unnamed.update(made.unnamed)
     unnamed = naming.unnamed if naming is not None else {}
@@ -261,7 +262,12 @@ def _plan_named(
     for who, desired in wanted.items():
         lacking = unnamed.get(who, {})
         planned = plan_identity(named[who], desired, observed.get(who, []), targets)
-        ops.extend(op for op in planned if targets[op.target].user_name_from not in lacking)
+        # only what would make an account under a name is held back: removals always go
+        ops.extend(
+            op
+            for op in planned
+            if op.account is not None or targets[op.target].user_name_from not in lacking
+        )
     return ops
 
 

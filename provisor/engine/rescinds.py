@@ -68,9 +68,16 @@ def record_held(
     todo = sorted(who for who, at in leavers.items() if (who, at) not in recorded)
     history = load_history(session, todo) if todo else {}
     entries: list[audit.Entry] = []
+    h_keys = {
+        (who, key)
+        for part in chunks(todo)
+        for who, key in session.execute(
+            select(h.identity, h.termination).where(h.identity.in_(part))
+        )
+    }
     for who in todo:
-        held = _held(workspace, who, history.get(who, []), now)
-        if held is None:
+        held = _held(workspace, who, history.get(who, []), leavers[who], now)
+        if held is None or (who, held.termination) in h_keys:
             continue
         session.add(
             models.HeldAtTermination(
@@ -91,12 +98,16 @@ def record_held(
 
 
 def _held(
-    workspace: Workspace, who: str, events: list[LifecycleEvent], now: datetime
+    workspace: Workspace, who: str, events: list[LifecycleEvent], at: datetime, now: datetime
 ) -> Held | None:
-    """What ``who`` held just before their latest termination in force took effect."""
+    """What ``who`` held just before the termination in force that took effect ``at``."""
     rescind = window(workspace.config)
     state = fold(who, events, as_of=now, rescind_window=rescind)
-    ended = [e.event for e in state.timeline if e.applied and e.event.kind is EventKind.TERMINATE]
+    ended = [
+        e.event
+        for e in state.timeline
+        if e.applied and e.event.kind is EventKind.TERMINATE and e.event.effective == at
+    ]
     if not ended:
         return None
     termination = ended[-1]

@@ -17,9 +17,12 @@ import httpx2
 import pytest
 from sqlalchemy import select
 
+from provisor.domain.accounts import AccountRecord, AccountSpec
 from provisor.domain.desired import DesiredAccess, TargetAccess
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, fold
+from provisor.domain.policy import Policy
 from provisor.engine import names, reconcile
+from provisor.engine.runner.execution import owned_by
 from provisor.engine.workspace import Workspace
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
@@ -32,6 +35,7 @@ generated:
   - name: username
     candidates: ["{{first_name|initial|name}}{{last_name|name}}"]
     rename: {rename}
+    reuse_after_days: {reuse}
 targets:
   - name: app
     class: scim
@@ -46,9 +50,10 @@ rules:
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
 
-def make_workspace(folder: Path, url: str, rename: bool = False) -> Workspace:
+def make_workspace(folder: Path, url: str, rename: bool = False, reuse: int = 365) -> Workspace:
     make_group(url, "staff")
-    return scratch_workspace(folder, POLICY.format(url=url, rename=str(rename).lower()))
+    policy = POLICY.format(url=url, rename=str(rename).lower(), reuse=reuse)
+    return scratch_workspace(folder, policy)
 
 
 @pytest.fixture
@@ -235,3 +240,61 @@ def test_writers_at_once_never_give_one_name_to_two_people(tmp_path: Path, scim_
         assert set(values) == {"jdoe", *(f"jdoe{n}" for n in range(2, 31))}
     finally:
         ws.close()
+
+
+def test_someone_without_a_name_still_loses_what_an_account_of_theirs_holds(
+    ws: Workspace, scim_url: str
+) -> None:
+    existing = hand_made(scim_url, "prince", "e9@example.com")
+    hire(ws, "E9", "Prince", None)
+    assert reconcile.reconcile_target(ws, "app", now=NOW).status == "completed"
+    later = NOW + timedelta(days=1)
+    record(ws, LifecycleEvent("E9", EventKind.TERMINATE, later, later))
+    ops = [(op.kind.value, op.account) for op, _, _ in plan(ws, later).operations]
+    assert ("disable", existing) in ops  # a missing name holds back no removal
+
+
+def test_a_leavers_name_waits_while_a_rescind_may_bring_them_back(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    ws = make_workspace(tmp_path, scim_url, reuse=0)
+    try:
+        hire(ws, "E1", "John", "Doe")
+        plan(ws)
+        record(ws, LifecycleEvent("E1", EventKind.TERMINATE, NOW, NOW))
+        soon, later = NOW + timedelta(days=10), NOW + timedelta(days=31)
+        hire(ws, "E2", "Jim", "Doe")
+        plan(ws, soon)  # within the 30-day rescind window: not Jim's
+        assert held(ws) == {"jdoe": "E1", "jdoe2": "E2"}
+        hire(ws, "E3", "Jo", "Doe")
+        plan(ws, later)
+        assert held(ws)["jdoe"] == "E3"
+    finally:
+        ws.close()
+
+
+def test_an_account_is_told_apart_by_correlation_or_left_to_the_adoption_rule() -> None:
+    target = Policy.model_validate(
+        {
+            "targets": [
+                {
+                    "name": "app",
+                    "class": "scim",
+                    "owner": "it",
+                    "correlation": ["email"],
+                    "connection": {"user_name_attribute": "username"},
+                }
+            ]
+        }
+    ).targets[0]
+    spec = AccountSpec("E1", "jdoe", {"email": "E1@example.com"})
+    owns = owned_by(target, spec)
+    record = AccountRecord("a1", "jdoe", True, frozenset(), attributes={"email": "e1@example.com"})
+    assert owns(record) is True
+    assert owns(replace_record(record, {"email": "x@example.com"})) is False
+    assert owns(replace_record(record, {})) is None  # cannot tell: the adoption rule decides
+
+
+def replace_record(record: AccountRecord, attributes: dict[str, str]) -> AccountRecord:
+    return AccountRecord(record.account, record.user_name, True, frozenset(), attributes=attributes)

@@ -200,3 +200,55 @@ def test_precedence_naming_an_unknown_feed_is_refused_with_where(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match=r"sources\.precedence\.title: no feed 'contractor'"):
         scratch_workspace(tmp_path, "targets: []\nrules: []\n")
+
+
+def test_a_match_with_someone_who_has_left_waits_for_a_person(ws: Workspace) -> None:
+    feed(ws, "contractors", CONTRACTORS, ANN_C, CY_C)
+    day2 = NOW + timedelta(days=1)
+    feed(ws, "contractors", CONTRACTORS, CY_C, at=day2)  # Ann leaves
+    assert person(ws, "C7", day2)["state"] == "terminated"
+    day3 = NOW + timedelta(days=2)  # someone in HR now has Ann's old address
+    report = feed(
+        ws, "hr", HR, "E5,Ann Other,ann@example.com,employee,X,2026-06-03,,active", at=day3
+    )
+    assert any("who has left" in w for w in report["warnings"])
+    assert identities(ws) == ["C7", "C8"]  # nobody new yet, and C7 not rehired on a guess
+
+
+def test_two_new_rows_of_one_import_with_one_address_are_not_two_people(ws: Workspace) -> None:
+    report = feed(
+        ws,
+        "contractors",
+        CONTRACTORS,
+        ANN_C,
+        "C70,Ann Lee,ann@example.com,contractor,Consultant,h-ann2,active",
+    )
+    assert identities(ws) == ["C7"]
+    assert any(
+        "C70" in w and "already linked to contractors id C7" in w for w in report["warnings"]
+    )
+
+
+def test_a_feed_imported_before_feeds_were_merged_keeps_its_people(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    single = CONFIG[: CONFIG.index("sources:")]
+    (tmp_path / "provisor.yaml").write_text(single, encoding="utf-8")
+    ws = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    rows = (
+        "E1,Ann Lee,ann@example.com,employee,A,2026-05-01,,active",
+        "E2,Bo Ek,bo@example.com,employee,B,2026-05-01,,active",
+    )
+    feed(ws, "hr", HR, *rows)
+    ws.close()
+    (tmp_path / "provisor.yaml").write_text(CONFIG, encoding="utf-8")  # now merged
+    ws = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    try:
+        day2 = NOW + timedelta(days=1)
+        report = feed(ws, "hr", HR, rows[0], at=day2)  # Bo has left
+        assert identities(ws) == ["E1", "E2"]  # Ann is still E1, not a new hr:E1
+        assert report["missing_from_snapshot"] == 1
+        assert person(ws, "E2", day2)["state"] == "terminated"
+    finally:
+        ws.close()

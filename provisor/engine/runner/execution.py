@@ -97,9 +97,10 @@ def _not_theirs(job: Job, spec: AccountSpec, found: AccountRecord | None) -> Nam
 
 def owned_by(target: TargetDef, spec: AccountSpec) -> Owns:
     """Whether an account found by ``spec``'s (generated) user name is this person's: by the
-    first of the target's correlation attributes both sides have, other than the name."""
+    first of the target's correlation attributes both sides have, other than the name; None
+    when no such attribute can be compared (the adoption rule decides then)."""
 
-    def owns(record: AccountRecord) -> bool:
+    def owns(record: AccountRecord) -> bool | None:
         for attr in target.correlation:
             if attr in ("id", "account") or attr == target.user_name_from:
                 continue
@@ -114,12 +115,12 @@ def owned_by(target: TargetDef, spec: AccountSpec) -> Owns:
             )
             if mine not in (None, "") and theirs not in (None, ""):
                 return norm(mine) == norm(theirs)
-        return False
+        return None
 
     return owns
 
 
-Owns = Callable[[AccountRecord], bool]
+Owns = Callable[[AccountRecord], bool | None]
 
 
 class AdoptionRefused(PermanentError):
@@ -287,9 +288,13 @@ def _may_adopt(
 def _taken(job: Job, found: AccountRecord | None, owns: Owns | None) -> bool:
     """Whether a generated user name is held by an account that is not this person's
     (``found``: the account holding it; None: a conflict with one that cannot be found)."""
-    if owns is None or (found is not None and found.external_id == job.identity):
+    if owns is None:
         return False
-    return found is None or not owns(found)
+    if found is None:
+        return True
+    if found.external_id is not None:
+        return found.external_id != job.identity
+    return owns(found) is False  # None: it cannot be told; the adoption rule decides
 
 
 def _create(

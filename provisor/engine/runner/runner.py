@@ -31,6 +31,7 @@ from provisor.connectors.base import (
     AccountRecord,
     AccountSpec,
     Connector,
+    PermanentError,
 )
 from provisor.domain.plan import REMOVALS, OpKind, account_spec
 from provisor.domain.policy import TargetClass, TargetDef
@@ -38,6 +39,7 @@ from provisor.engine import circuit, names
 from provisor.engine.circuit import Breaker
 from provisor.engine.connections import Pool
 from provisor.engine.correlate import Match, open_case
+from provisor.engine.identities import window
 from provisor.engine.metrics import OPERATION_SECONDS, OPERATIONS
 from provisor.engine.runner.execution import Job, Outcome, Owns, execute, failure_of, owned_by
 from provisor.engine.runner.leases import Account, Keeper, give_back, renew
@@ -157,6 +159,8 @@ class Runner:
         # operations an earlier run intended to write and never recorded: op id -> (run, when)
         self._interrupted: dict[int, tuple[str, datetime | None]] = {}
         self._more: list[audit.Entry] = []  # audit entries a batch's records made besides
+        # (identity, target) whose user name is generated and who has none: nothing is made
+        self._nameless: set[tuple[str, str]] = set()
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
         self._give_way: Callable[[], bool] | None = None  # this run's, see ``apply``
 
@@ -485,6 +489,15 @@ class Runner:
             made = names.values(session, self.workspace.compiled.policy, ids)
         for who, values in made.items():
             attributes[who] = {**attributes.get(who, {}), **values}
+        generated = self.workspace.compiled.policy.generated_map
+        targets = self.workspace.compiled.targets
+        self._nameless = {
+            (who, where)
+            for who, where in groups
+            if where in targets
+            and targets[where].user_name_from in generated
+            and targets[where].user_name_from not in made.get(who, {})
+        }
         specs = {}
         for who, where in groups:
             definition = self.workspace.compiled.targets.get(where)
@@ -564,6 +577,11 @@ class Runner:
             if not self._keeper.holds((job.identity, job.target)):
                 break  # the account's lease ran out or was taken over: write nothing more
             try:
+                if job.account is None and (job.identity, job.target) in self._nameless:
+                    raise PermanentError(
+                        f"{job.target}: no user name could be made for {job.identity} "
+                        "('provisor plan' says why): no account is made under another name"
+                    )
                 spec = specs[(job.identity, job.target)]
                 if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
                     # the plan wants the new account disabled: never let it exist enabled
@@ -599,6 +617,7 @@ class Runner:
         if not outcomes:
             return
         entries: list[audit.Entry] = []
+        self._more = []  # a batch rolled back takes what its records added with it
         at = max(o.at for o in outcomes if o.at)
         with self.workspace.sessions() as session, session.begin():
             # the renewal is the first write: on SQLite it takes the write lock before the rows
@@ -738,8 +757,9 @@ class Runner:
             return
         name, account = taken
         policy = self.workspace.compiled.policy
+        keep = window(self.workspace.config)
         self._more.extend(
-            names.blocked(session, policy, row.identity, row.target, name, account, at)
+            names.blocked(session, policy, row.identity, row.target, name, account, at, keep)
         )
 
     def _give_back_done(self, session: Session) -> None:
