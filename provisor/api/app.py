@@ -23,7 +23,7 @@ from typing import Any, cast
 from fastapi import FastAPI
 
 from provisor.api import console, oidc, problems
-from provisor.api.routes import identities, journal, people, reports, work
+from provisor.api.routes import identities, journal, people, reports, what_if, work
 from provisor.api.scim import ScimApplication
 from provisor.api.security import Anyone, Buckets, InFlight, Tokens
 from provisor.engine import jobs
@@ -36,7 +36,7 @@ from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (people, oidc, identities, journal, work, reports)
+ROUTERS = (people, oidc, identities, journal, work, reports, what_if)
 
 
 class Background:

@@ -10,7 +10,7 @@ it throws away), or sign an audit checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,9 +22,7 @@ from provisor.cli.identities import attribute_changes
 from provisor.cli.options import JsonOption, now, opened, typed_when
 from provisor.cli.output import moment, out, print_json, table
 from provisor.domain.lifecycle import EventKind
-from provisor.engine import views
-from provisor.engine.imports import import_feed
-from provisor.engine.what_if import what_if
+from provisor.engine import what_if
 from provisor.engine.workspace import Workspace
 from provisor.sources.hr import FeedMode
 
@@ -88,12 +86,9 @@ def _show(found: dict[str, Any], json_out: bool) -> None:
     out.print("Nothing was recorded or changed.")
 
 
-Change = Callable[[Workspace], tuple[dict[str, Any], list[str]]]
-
-
-def _run(change: Change | None, policy: Path | None) -> Any:
+def _run(change: what_if.Change | None, policy: Path | None) -> Any:
     with _read_only() as workspace:
-        return what_if(workspace, now=now(), change=change, policy=policy)
+        return what_if.what_if(workspace, now=now(), change=change, policy=policy)
 
 
 @what_if_app.command("event")
@@ -115,21 +110,7 @@ def what_if_event(
     """
     changes = attribute_changes(attribute)
     when = typed_when(effective, "--effective") if effective else None
-    at = now()
-
-    def change(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
-        recorded = views.record_event(
-            ws,
-            identity,
-            kind,
-            effective=when,
-            changes=changes,
-            ref=None,
-            source="what-if",
-            now=at,
-        )
-        return recorded, [identity]
-
+    change = what_if.event_change(identity, kind, effective=when, changes=changes, now=now())
     _show(_run(change, None), json_out)
 
 
@@ -144,12 +125,7 @@ def what_if_import(
 
     Example:  provisor what-if import people.csv
     """
-    at = now()
-
-    def change(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
-        report = import_feed(ws, file, feed=feed, mode=mode, now=at)
-        return report.as_dict(), report.outcome.changed
-
+    change = what_if.import_change(file, feed=feed, mode=mode, now=now())
     _show(_run(change, None), json_out)
 
 

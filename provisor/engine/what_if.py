@@ -20,16 +20,19 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from provisor.domain.lifecycle import EventKind
 from provisor.engine import debt, views
+from provisor.engine.imports import import_feed
 from provisor.engine.planner import sync_journal
 from provisor.engine.workspace import Workspace
+from provisor.sources.hr import FeedMode
 from provisor.store import db, models
 
 EXPLAINED = 20  # people whose access is explained, at most
@@ -82,7 +85,7 @@ def what_if(
     workspace: Workspace,
     *,
     now: datetime,
-    change: Callable[[Workspace], tuple[dict[str, Any], list[str]]] | None = None,
+    change: Change | None = None,
     policy: Path | None = None,
 ) -> dict[str, Any]:
     """What ``change`` (given the sandbox; returns what it recorded and the ids of the people
@@ -114,6 +117,45 @@ def what_if(
         "explained": explained,
         "nothing_kept": True,
     }
+
+
+Change = Callable[[Workspace], tuple[dict[str, Any], list[str]]]
+
+
+def event_change(
+    identity: str,
+    kind: EventKind,
+    *,
+    effective: date | datetime | None,
+    changes: dict[str, str | None],
+    now: datetime,
+) -> Change:
+    """The change of recording one lifecycle event (as ``provisor event`` would)."""
+
+    def change(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
+        recorded = views.record_event(
+            ws,
+            identity,
+            kind,
+            effective=effective,
+            changes=changes,
+            ref=None,
+            source="what-if",
+            now=now,
+        )
+        return recorded, [identity]
+
+    return change
+
+
+def import_change(path: Path, *, feed: str | None, mode: FeedMode | None, now: datetime) -> Change:
+    """The change of importing an HR file (as ``provisor import`` would)."""
+
+    def change(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
+        report = import_feed(ws, path, feed=feed, mode=mode, now=now)
+        return report.as_dict(), report.outcome.changed
+
+    return change
 
 
 def _debt(ledger: debt.Ledger) -> dict[str, Any]:

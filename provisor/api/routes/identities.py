@@ -169,21 +169,14 @@ async def upload_feed(
     mode: FeedMode | None = None,
     name: str = Query("feed.csv", max_length=200, description="The file's name, as recorded."),
 ) -> dict[str, Any]:
-    limit = workspace.config.service.max_upload_mb * 1024 * 1024
-    content = bytearray()
-    async for chunk in request.stream():
-        content += chunk
-        if len(content) > limit:
-            raise Problem(413, f"a feed may have at most {limit // (1024 * 1024)} MB")
-    if not content:
-        raise Problem(422, "the feed is empty: send the CSV file as the request body")
+    content = await feed_body(request, workspace)
 
     def keep() -> Any:
         with acting(who):
             return jobs.queue_import(
                 workspace,
                 name,
-                bytes(content),
+                content,
                 feed=feed,
                 mode=mode,
                 by=who.name,
@@ -193,6 +186,19 @@ async def upload_feed(
     job = await run_in_threadpool(keep)  # the file is written and queued before 202
     request.app.state.wake.set()
     return {"job": job.id, "status": job.status, "href": f"/api/v1/jobs/{job.id}"}
+
+
+async def feed_body(request: Request, workspace: Any) -> bytes:
+    """An uploaded feed (the request's body), no larger than the service allows."""
+    limit = workspace.config.service.max_upload_mb * 1024 * 1024
+    content = bytearray()
+    async for chunk in request.stream():
+        content += chunk
+        if len(content) > limit:
+            raise Problem(413, f"a feed may have at most {limit // (1024 * 1024)} MB")
+    if not content:
+        raise Problem(422, "the feed is empty: send the CSV file as the request body")
+    return bytes(content)
 
 
 @router.get("/jobs", summary="Background jobs, newest first")
