@@ -96,13 +96,18 @@ def assign(
     _writer(session)
     held = _held(session, wanting)
     for made in policy.generated:
+        needing = [
+            (who, row)
+            for who in wanting
+            if (row := held.get((who, made.name))) is None
+            or _renamed(made, row, states[who].attributes)
+        ]
+        if not needing:
+            continue
         namer = _Namer(session, policy, made, now, leavers_keep)
-        for who in wanting:
-            row = held.get((who, made.name))
-            attributes = states[who].attributes
-            if row is not None and not _renamed(made, row, attributes):
-                continue
-            namer.give(who, attributes, row, naming)
+        namer.accounts_of([who for who, row in needing if row is None])
+        for who, row in needing:
+            namer.give(who, states[who].attributes, row, naming)
     return naming
 
 
@@ -177,7 +182,9 @@ def blocked(
     naming = Naming()
     data = {"attribute": made.name, "value": user_name, "target": target, "account": account}
     naming.entries.append(audit.Entry("identity.name_held_by_another", who, data))
-    _Namer(session, policy, made, now, leavers_keep).give(who, attributes or {}, None, naming)
+    namer = _Namer(session, policy, made, now, leavers_keep)
+    namer.accounts_of([who])
+    namer.give(who, attributes or {}, None, naming)
     return naming.entries
 
 
@@ -198,6 +205,7 @@ class _Namer:
         self.leavers_keep = max(self.reuse, leavers_keep)
         self.targets = [t.name for t in policy.named_by(made.name)]
         self._in_targets: dict[str, set[str | None]] | None = None
+        self._accounts: dict[str, set[str]] = defaultdict(set)
         self._left: dict[str, datetime | None] = {}
 
     def give(
@@ -241,20 +249,24 @@ class _Namer:
         )
         naming.unnamed.setdefault(who, {})[self.made.name] = why
 
+    def accounts_of(self, ids: list[str]) -> None:
+        """Read, for ``ids`` at once, the user names accounts linked to them hold in the
+        targets named by this attribute (``_own_accounts``)."""
+        oa = models.ObservedAccount
+        for part in chunks(sorted(set(ids))) if self.targets else ():
+            query = select(oa.identity, oa.account, oa.attributes).where(
+                oa.identity.in_(part), oa.target.in_(self.targets)
+            )
+            for who, account, attrs in self.session.execute(query):
+                self._accounts[who].add(str((attrs or {}).get("user_name") or account))
+
     def _own_accounts(self, who: str, previous: models.GeneratedValue | None) -> list[str]:
         """The user names accounts linked to ``who`` hold in the targets named by this
-        attribute: a person who has an account keeps its name (not when being renamed)."""
+        attribute (read by ``accounts_of``): a person who has an account keeps its name (not
+        when being renamed)."""
         if previous is not None:
             return []
-        oa = models.ObservedAccount
-        query = select(oa.account, oa.attributes).where(
-            oa.identity == who, oa.target.in_(self.targets)
-        )
-        found = [
-            str((attrs or {}).get("user_name") or account)
-            for account, attrs in self.session.execute(query)
-        ]
-        return sorted(set(found))[:1]
+        return sorted(self._accounts.get(who, ()))[:1]
 
     def in_targets(self) -> dict[str, set[str | None]]:
         """The user names accounts in the targets named by this attribute hold (by key), and
