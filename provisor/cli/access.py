@@ -49,7 +49,7 @@ def plan(
         print_json(planned)
         return
     for who, until in planned["kept_by_grace"].items():
-        out.print(f"{who}: access a move took away is kept by grace until {moment(until, home)}.")
+        out.print(f"{who}: access is kept by grace until {moment(until, home)} (see explain).")
     for who, restored in planned["restored"].items():
         out.print(given_back(who, restored, home))
     for who, lacking in planned["unnamed"].items():

@@ -56,7 +56,7 @@ def _show(found: dict[str, Any], json_out: bool) -> None:
     for hold in found["holds"]:
         out.print(f"Would hold ({hold['kind']}): {hold['reason']}")
     for who, until in found["kept_by_grace"].items():
-        out.print(f"{who}: access a move took away would be kept by grace until {moment(until)}.")
+        out.print(f"{who}: access would be kept by grace until {moment(until)} (see explain).")
     for who, restored in found["restored"].items():
         out.print(given_back(who, restored, None))
     table(

@@ -136,6 +136,9 @@ class CompiledPolicy:
     # per target: days before a hire's start its account is made (locked until the start)
     prestart: Mapping[str, int] = field(default_factory=dict)
     longest_prestart: int = 0
+    # per target: days a leaver keeps what they held there (only where policy says so)
+    leaver_grace: Mapping[str, int] = field(default_factory=dict)
+    longest_leaver_grace: int = 0
 
     @property
     def targets(self) -> Mapping[str, TargetDef]:
@@ -214,6 +217,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         exceptions={k: tuple(v) for k, v in exceptions.items()},
         sod=sod,
         prestart={t.name: t.prestart_days for t in policy.targets if t.prestart_days},
+        leaver_grace={t.name: t.leaver_grace_days for t in policy.targets if t.leaver_grace_days},
+        longest_leaver_grace=max((t.leaver_grace_days for t in policy.targets), default=0),
         longest_prestart=max((t.prestart_days for t in policy.targets), default=0),
         move_grace=grace,
         longest_move_grace=max(
@@ -384,6 +389,8 @@ def desired_access(
     was held then instead (``_restored``)."""
     if held is not None:
         return _restored(compiled, state, held)
+    if state.state is LifecycleState.TERMINATED and compiled.longest_leaver_grace:
+        return _leaver_kept(compiled, state)
     if state.state is LifecycleState.PRE_HIRE and compiled.longest_prestart:
         return _before_start(compiled, state)
     desired = _desired_now(compiled, state, shared)
@@ -427,6 +434,50 @@ def _before_start(compiled: CompiledPolicy, state: IdentityState) -> DesiredAcce
         note="" if targets else nothing.note,
         review_at=min(opens, default=None),
     )
+
+
+def _leaver_kept(compiled: CompiledPolicy, state: IdentityState) -> DesiredAccess:
+    """A leaver's access in the targets whose policy keeps it (``leaver_grace_days``): what
+    they held when the termination took effect, kept by grace until it ends; nothing
+    elsewhere. Leavers get no grace anywhere else."""
+    nothing = DesiredAccess(state.identity, state.state, {}, note=_NO_ACCESS_NOTE[state.state])
+    ended = state.terminated_at
+    entry = next(
+        (
+            e
+            for e in reversed(state.timeline)
+            if e.applied and e.event.kind is EventKind.TERMINATE and e.event.effective == ended
+        ),
+        None,
+    )
+    if ended is None or entry is None or entry.state_before is None:
+        return nothing
+    attributes = dict(state.attributes)  # as they were before the termination
+    for name, (old, _new) in entry.changes.items():
+        if old is None:
+            attributes.pop(name, None)
+        else:
+            attributes[name] = old
+    before = replace(state, state=entry.state_before, attributes=attributes)
+    then = _desired_now(compiled, before, None)
+    targets: dict[str, TargetAccess] = {}
+    ends: list[datetime] = []
+    for name, access in then.targets.items():
+        until = ended + timedelta(days=compiled.leaver_grace.get(name, 0))
+        if until <= state.as_of:
+            continue
+        reason = Reason(
+            "grace",
+            until.astimezone(UTC).strftime(_GRACE_END),
+            f"the termination of {ended.date()}",
+        )
+        kept = {e: [reason] for e in access.entitlements}
+        targets[name] = TargetAccess(name, access.enabled, [reason], kept, {}, access.note)
+        ends.append(until)
+    if not targets:
+        return nothing
+    first = min(ends)
+    return replace(nothing, targets=targets, grace_until=first, review_at=first)
 
 
 def _kept(compiled: CompiledPolicy, state: IdentityState, desired: DesiredAccess) -> DesiredAccess:

@@ -225,6 +225,13 @@ class TargetDef(_Model):
         description="days access a move (or conversion) takes away is kept for a handover "
         "before it is removed; never for a leaver",
     )
+    leaver_grace_days: int = Field(
+        default=0,
+        ge=0,
+        le=90,
+        description="days a leaver keeps what they held here when the termination took "
+        "effect (a mailbox kept for a handover, say); 0, the default: nothing is kept",
+    )
     prestart_days: int = Field(
         default=0,
         ge=0,

@@ -155,7 +155,8 @@ def needs_timeline(
     materialised columns: time-bound grants of their own (their validity needs the
     timeline), a move recent enough that its grace may keep access it took away, a hire
     not started yet where accounts are made before the start (its start is known from the
-    history only), a rescinded termination whose give-back may be in force."""
+    history only), a rescinded termination whose give-back may be in force, a leaver whose
+    policy keeps some of their access for a while."""
     compiled = workspace.compiled
     direct = compiled.assignments.keys() | compiled.exceptions.keys()
     moved: set[str] = set()
@@ -166,6 +167,13 @@ def needs_timeline(
         query = select(i.external_id).where(i.state == LifecycleState.PRE_HIRE.value)
         moved |= set(session.execute(query).scalars())
     moved |= rescinds.restoring(workspace, session, now)
+    if compiled.longest_leaver_grace:  # what a leaver held is read from the timeline
+        i = models.Identity
+        query = select(i.external_id).where(
+            i.state == LifecycleState.TERMINATED.value,
+            i.terminated_at > now - timedelta(days=compiled.longest_leaver_grace),
+        )
+        moved |= set(session.execute(query).scalars())
     return [who for who in ids if who in direct or who in moved]
 
 

@@ -121,6 +121,39 @@ def test_a_leaver_gets_no_grace(ws: Workspace, scim_url: str) -> None:
     assert user is not None and user["active"] is False
 
 
+def test_a_leaver_keeps_access_only_where_policy_says_so_explicitly(
+    tmp_path: Path, scim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISOR_DATABASE_URL", raising=False)
+    kept = GRACE.replace(
+        "    move_grace_days: 5\n", "    move_grace_days: 5\n    leaver_grace_days: 3\n"
+    )
+    ws = scim_workspace(tmp_path, scim_url, kept)
+    try:
+        people(ws, "E1")
+        plan(ws)
+        apply(ws)
+        record(ws, LifecycleEvent("E1", EventKind.TERMINATE, NOW, NOW))
+        day = NOW + timedelta(days=1)
+        planned = plan(ws, day)
+        ops = [(op.target, op.kind.value) for op, _, _ in planned.operations]
+        assert not any(target == "app" for target, _ in ops)  # kept: app says so
+        assert planned.graces == {"E1": NOW + timedelta(days=3)}
+        why = views.explain_identity(ws, "E1", "app:engineering", now=day)
+        assert why["granted"] and why["reasons"] == [
+            "kept by grace until 2026-06-04 12:00 UTC (after the termination of 2026-06-01)"
+        ]
+        apply(ws, day)
+        assert groups_of(scim_url, "e1@example.com") == {"staff", "engineering"}
+        ended = NOW + timedelta(days=3)
+        ops = [(op.target, op.kind.value) for op, _, _ in plan(ws, ended).operations]
+        assert ("app", "disable") in ops and ("app", "remove-entitlement") in ops
+        apply(ws, ended)
+        assert groups_of(scim_url, "e1@example.com") == set()
+    finally:
+        ws.close()
+
+
 def test_a_grace_never_breaks_separation_of_duties_nor_adds_what_was_never_held() -> None:
     """Moving from payroll to vendors keeps ``erp:pay`` by grace — but not beside
     ``erp:vendor``, which SoD forbids together; and a grace item not held is not added."""
