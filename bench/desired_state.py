@@ -27,8 +27,14 @@ from provisor.domain.policy import Policy
 DEPARTMENTS = [f"dept-{i}" for i in range(40)]
 LOCATIONS = [f"site-{i}" for i in range(12)]
 TITLES = [f"title-{i}" for i in range(60)]
-FIRST = ["Zoë", "John", "Łukasz", "Søren", "Ana María", "Владимир", "Aoife", "José"]
-LAST = ["O'Brien-Ñúñez", "Doe", "Żółć", "Æbelø", "van der Berg", "Ильич", "Nguyễn", "Smith"]
+# about 50 first names and 20,000 last names, written in several scripts, as a workforce has
+FIRST = [
+    f"{n}{end}"
+    for n in ("Zoë", "John", "Łukasz", "Søren", "Ana María", "Владимир", "Aoife", "José")
+    for end in ("", "a", "o", "ine", "ette", "y")
+]
+SYLLABLES = ["O'Bri", "en", "Ñú", "ñez", "Żół", "ć", "Æbe", "lø", "van ", "der ", "Berg", "Иль"]
+SYLLABLES += ["ич", "Ngu", "yễn", "Smi", "th", "Do", "e", "Kar", "lsson", "Mül", "ler", "Ross"]
 USER_NAMES = ["{first_name|name}.{last_name|name}", "{first_name|initial|name}{last_name|name}"]
 
 
@@ -98,7 +104,7 @@ def make_identities(count: int, rng: random.Random, now: datetime) -> list[Ident
             "employment_type": "contractor" if rng.random() < 0.15 else "employee",
             "cost_centre": f"CC-{rng.randrange(10)}{rng.randrange(100):02d}",
             "first_name": rng.choice(FIRST),
-            "last_name": rng.choice(LAST),
+            "last_name": "".join(rng.choice(SYLLABLES) for _ in range(3)).strip(),
         }
         states.append(
             IdentityState(
@@ -119,8 +125,14 @@ def main() -> None:
     policy = make_policy(args.rules, args.targets, rng)
     identities = make_identities(args.identities, rng, now)
     compiled = compile_policy(policy)
-    plain, grants = _evaluate(compiled, identities, expressions=False)
-    made, _ = _evaluate(compiled, identities, expressions=True)
+    # each way twice, in turn, the faster of each kept: the first pass also warms what both
+    # use; the name filter's cache is emptied before each pass with expressions
+    plain, made, grants = float("inf"), float("inf"), 0
+    for _ in range(2):
+        seconds, grants = _evaluate(compiled, identities, expressions=False)
+        plain = min(plain, seconds)
+        names.FILTERS["name"].cache_clear()  # type: ignore[attr-defined]
+        made = min(made, _evaluate(compiled, identities, expressions=True)[0])
     print(
         json.dumps(
             {

@@ -20,13 +20,16 @@ from typing import Any
 
 from anyascii import anyascii
 
-_NOT_NAME = re.compile(r"[^a-z0-9-]+")
+# what a name keeps of ASCII text: lower-case letters, digits and hyphens (anyascii gives ASCII)
+_NOT_NAME = {c: None for c in range(128) if not (chr(c).isdigit() or "a" <= chr(c) <= "z")}
+del _NOT_NAME[ord("-")]
 
 
+@lru_cache(maxsize=65536)  # people share first and last names: each is worked out once
 def _name(value: str) -> str:
     """Transliterated, lower case, only letters, digits and hyphens (Zoë O'Brien-Ñúñez:
     zoeobrien-nunez), no hyphen at either end."""
-    return _NOT_NAME.sub("", anyascii(value).lower()).strip("-")
+    return anyascii(value).lower().translate(_NOT_NAME).strip("-")
 
 
 def _word(value: str, index: int) -> str:
@@ -173,8 +176,13 @@ def candidates(templates: Sequence[str], attributes: Mapping[str, Any]) -> Itera
 
 def stem(templates: Sequence[str], attributes: Mapping[str, Any]) -> str | None:
     """What the first candidate is for these attributes: a value assigned is kept as long
-    as this stays the same (and renamed, when policy says so, once it changes)."""
-    return next(candidates(templates, attributes), None)
+    as this stays the same (and renamed, when policy says so, once it changes). The first
+    of ``candidates``, without making the rest (a plan asks it of everyone)."""
+    for text in templates:
+        value = parse(text).render(attributes)
+        if value is not None:
+            return value
+    return None
 
 
 def missing(templates: Sequence[str], attributes: Mapping[str, Any]) -> list[str]:
