@@ -113,11 +113,18 @@ def assign(
 
 def _renamed(made: GeneratedDef, row: models.GeneratedValue, attributes: Mapping[str, Any]) -> bool:
     """Whether the value ``row`` holds is to be made again: ``rename`` is on and its first
-    candidate is another now (a name change)."""
+    candidate is another now (a name change). What the templates read is compared first
+    (``names.basis``): the candidate is made again only once that changed."""
     if not made.rename:
         return False
+    basis = names.basis_of(tuple(made.candidates))(attributes)
+    if row.basis == basis:
+        return False
     now = names.stem(made.candidates, attributes)
-    return now is not None and row.stem is not None and names.key(now) != names.key(row.stem)
+    if now is not None and row.stem is not None and names.key(now) != names.key(row.stem):
+        return True
+    row.basis = basis  # read otherwise (a change no template sees): not compared again
+    return False
 
 
 def _writer(session: Session) -> None:
@@ -217,6 +224,7 @@ class _Namer:
     ) -> None:
         """Give ``who`` the first free candidate (their previous value, if any, given up)."""
         stem = names.stem(self.made.candidates, attributes)
+        basis = names.basis(self.made.candidates, attributes)
         skipped: list[str] = []
         tries = [*self._own_accounts(who, previous), *_first(TRIES, self.made, attributes)]
         for value in tries:
@@ -227,8 +235,9 @@ class _Namer:
             elif holders - {who}:
                 skipped.append(f"{value}: held in a target by an account not linked to {who}")
             elif previous is not None and previous.value_key == key:
+                previous.stem, previous.basis = stem, basis
                 return  # what they hold already is still the first free one
-            elif self._take(who, value, key, stem):
+            elif self._take(who, value, key, (stem, basis)):
                 if previous is not None:
                     previous.released_at = self.now
                 data = {
@@ -283,9 +292,9 @@ class _Namer:
             self._in_targets = found
         return self._in_targets
 
-    def _take(self, who: str, value: str, key: str, stem: str | None) -> bool:
-        """Make ``value`` ``who``'s if it is free; False when it is not (or another writer
-        took it first)."""
+    def _take(self, who: str, value: str, key: str, made: tuple[str | None, str]) -> bool:
+        """Make ``value`` ``who``'s if it is free (``made``: the first candidate and what the
+        templates read, kept with it); False when it is not (or another writer took it first)."""
         g = models.GeneratedValue
         row = self.session.execute(
             select(g).where(g.attribute == self.made.name, g.value_key == key)
@@ -299,7 +308,8 @@ class _Namer:
                             value=value,
                             value_key=key,
                             identity=who,
-                            stem=stem,
+                            stem=made[0],
+                            basis=made[1],
                             assigned_at=self.now,
                         )
                     )
@@ -315,7 +325,8 @@ class _Namer:
             .values(
                 identity=who,
                 value=value,
-                stem=stem,
+                stem=made[0],
+                basis=made[1],
                 assigned_at=self.now,
                 released_at=None,
                 note=before or None,

@@ -168,6 +168,9 @@ class GeneratedValue(Base):
     value_key: Mapped[str] = mapped_column(String(256))  # ``names.key``: case folded
     identity: Mapped[str | None] = mapped_column(String(128))
     stem: Mapped[str | None] = mapped_column(String(256))  # the first candidate, when made
+    # what the templates read, when it was made (``names.basis``): a rename is considered
+    # only once that changes
+    basis: Mapped[str | None] = mapped_column(Text)
     assigned_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
     note: Mapped[str | None] = mapped_column(Text)
