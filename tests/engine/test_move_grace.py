@@ -1,6 +1,6 @@
-"""Post-move grace against a real SCIM server: access a move takes away is kept for the target's
-(or entitlement's) grace — said so by explain and plan — then removed and verified gone; a
-leaver gets none."""
+"""Post-move grace against a real SCIM server and slapd: access a move takes away is kept for
+the target's (or entitlement's) grace — said so by explain and plan — then removed and verified
+gone; a leaver gets none, but where a target keeps it explicitly (leaver_grace_days)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,23 @@ from provisor.domain.plan import ObservedAccount, plan_identity
 from provisor.domain.policy import Policy
 from provisor.engine import debt, identities, views
 from provisor.engine.workspace import Workspace
+from provisor.sandbox.slapd import Slapd
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
+from tests.connectors.test_ldap import directory_workspace, slapd  # noqa: F401
 from tests.connectors.test_scim import make_group
 from tests.engine.test_runner import NOW, POLICY, apply, people, plan, server_user
 
+# the rules of test_runner.POLICY for an LDAP target "dir"
+LDAP_RULES = """\
+rules:
+  - name: staff
+    when: {attr: employment_type, equals: employee}
+    grant: [{target: dir, entitlements: [staff]}]
+  - name: engineering
+    when: {attr: department, equals: Engineering}
+    grant: [{target: dir, entitlements: [engineering]}]
+"""
 GRACE = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    move_grace_days: 5\n")
 
 
@@ -205,3 +217,35 @@ def test_a_grace_never_breaks_separation_of_duties_nor_adds_what_was_never_held(
     }
     assert ("add-entitlement", "audit") not in ops
     assert ("remove-entitlement", "pay") in ops  # SoD: not kept
+
+
+def test_in_a_directory_a_movers_old_group_is_kept_then_removed(
+    tmp_path: Path,
+    slapd: Slapd,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws, space = directory_workspace(
+        tmp_path,
+        slapd,
+        monkeypatch,
+        ("staff", "engineering"),
+        LDAP_RULES,
+        "    move_grace_days: 5\n",
+    )
+    try:
+        people(ws, "E1")
+        plan(ws)
+        assert apply(ws).failed == 0
+        dn = f"uid=e1@example.com,{space.people}"
+        record(ws, LifecycleEvent("E1", EventKind.MOVE, NOW, NOW, {"department": "Sales"}))
+        day = NOW + timedelta(days=1)
+        plan(ws, day)
+        assert apply(ws, day).failed == 0
+        assert dn in space.members("engineering")  # kept by grace
+        ended = NOW + timedelta(days=5)
+        ops = [(op.kind.value, op.entitlement) for op, _, _ in plan(ws, ended).operations]
+        assert ops == [("remove-entitlement", "engineering")]
+        assert apply(ws, ended).failed == 0
+        assert dn not in space.members("engineering") and dn in space.members("staff")
+    finally:
+        ws.close()

@@ -1,6 +1,6 @@
-"""Pre-start provisioning against a real SCIM server: a hire's account is made the target's
-``prestart_days`` before the start, locked (never enabled before it), enabled and verified at
-the start; an offer withdrawn before the start takes it away as from any leaver."""
+"""Pre-start provisioning against a real SCIM server and slapd: a hire's account is made the
+target's ``prestart_days`` before the start, locked (never enabled before it), enabled and
+verified at the start; an offer withdrawn before the start takes it away as from any leaver."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from sqlalchemy import select
 from provisor.domain.lifecycle import EventKind, LifecycleEvent
 from provisor.engine import identities, views
 from provisor.engine.workspace import Workspace
+from provisor.sandbox.slapd import Slapd
 from provisor.store import models
-from tests.engine.test_move_grace import groups_of, record, scim_workspace
+from tests.connectors.test_ldap import directory_workspace, raw_entry, slapd  # noqa: F401
+from tests.engine.test_move_grace import LDAP_RULES, groups_of, record, scim_workspace
 from tests.engine.test_runner import NOW, POLICY, apply, plan, server_user
 
 PRESTART = POLICY.replace("    grace_days: 7\n", "    grace_days: 7\n    prestart_days: 3\n")
@@ -103,3 +105,31 @@ def test_a_withdrawn_offer_takes_away_what_was_made_ahead(ws: Workspace, scim_ur
     assert groups_of(scim_url, "e8@example.com") == set()
     apply(ws, withdrawn + timedelta(days=31))  # 7 grace days; the rescind window is 30
     assert server_user(scim_url, "e8@example.com") is None
+
+
+def test_in_a_directory_the_entry_is_made_locked_then_unlocked_at_the_start(
+    tmp_path: Path,
+    slapd: Slapd,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws, space = directory_workspace(
+        tmp_path, slapd, monkeypatch, ("staff", "engineering"), LDAP_RULES, "    prestart_days: 3\n"
+    )
+    try:
+        hire(ws, "E9")
+        window = START - timedelta(days=3)
+        tick(ws, window)
+        plan(ws, window)
+        assert apply(ws, window).failed == 0
+        dn = f"uid=e9@example.com,{space.people}"
+        locked = raw_entry(space.server, dn, "pwdAccountLockedTime") or {}
+        assert locked.get("pwdaccountlockedtime")  # made, locked, in its groups
+        assert dn in space.members("engineering") and dn in space.members("staff")
+        tick(ws, START)
+        plan(ws, START)
+        assert apply(ws, START).failed == 0
+        assert not (raw_entry(space.server, dn, "pwdAccountLockedTime") or {}).get(
+            "pwdaccountlockedtime"
+        )
+    finally:
+        ws.close()

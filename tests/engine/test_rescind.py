@@ -29,7 +29,7 @@ from tests.connectors.test_ldap import (  # noqa: F401
     raw_entry,
     slapd,
 )
-from tests.engine.test_move_grace import groups_of, record, scim_workspace
+from tests.engine.test_move_grace import LDAP_RULES, groups_of, record, scim_workspace
 from tests.engine.test_runner import NOW, POLICY, apply, people, plan, server_user
 
 
@@ -174,17 +174,6 @@ def test_a_rescind_before_any_plan_took_nothing_and_gives_todays_policy(ws: Work
     planned = plan(ws)
     assert planned.restored == {}
     assert [o for o, _, _ in planned.operations if o.target == "app"] == []
-
-
-LDAP_RULES = """\
-rules:
-  - name: staff
-    when: {attr: employment_type, equals: employee}
-    grant: [{target: dir, entitlements: [staff]}]
-  - name: engineering
-    when: {attr: department, equals: Engineering}
-    grant: [{target: dir, entitlements: [engineering]}]
-"""
 
 
 @pytest.fixture
