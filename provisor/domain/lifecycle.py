@@ -354,15 +354,17 @@ def _merge(attributes: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, 
     return diff
 
 
-def _voided_terminations(
+def _voided(
     events: list[LifecycleEvent], window: timedelta
 ) -> tuple[dict[str, LifecycleEvent], dict[str, str]]:
-    """The termination each rescind voids (by the rescind's key), and a note for each rescind
-    that voids nothing.
+    """The event each rescind voids (by the rescind's key), and a note for each rescind that
+    voids nothing.
 
     A rescind names the termination it cancels (``ref``) or, without one, cancels the latest
     termination effective at or before it. It only counts within ``window`` of the termination's
-    effective date; later, the person must be rehired instead.
+    effective date; later, the person must be rehired instead. A rescind may also name a hire
+    that has not taken effect yet (a start date moved: the hire is recorded again at the new
+    one); one that has taken effect cannot be undone so.
     """
     voided: dict[str, LifecycleEvent] = {}
     notes: dict[str, str] = {}
@@ -372,7 +374,15 @@ def _voided_terminations(
     terminations = sorted(
         (e for e in events if e.kind is EventKind.TERMINATE), key=LifecycleEvent.sort_key
     )
+    hires = {e.key: e for e in events if e.kind is EventKind.HIRE}
     for rescind in sorted(rescinds, key=LifecycleEvent.sort_key):
+        hire = hires.get(rescind.ref or "")
+        if hire is not None:
+            if hire.effective > rescind.effective:
+                voided[rescind.key] = hire
+            else:
+                notes[rescind.key] = "the hire has taken effect; terminate instead"
+            continue
         if rescind.ref:
             candidates = [t for t in terminations if t.key == rescind.ref]
         else:
@@ -441,7 +451,7 @@ def fold(
     as_of = utc(as_of)
     known = utc(known_at) if known_at is not None else None
     ordered = _known_events(identity, events, known)
-    voiding, rescind_notes = _voided_terminations(ordered, rescind_window)
+    voiding, rescind_notes = _voided(ordered, rescind_window)
     voided = {t.key for t in voiding.values()}
 
     state: LifecycleState | None = None
@@ -458,7 +468,7 @@ def fold(
         if event.effective > as_of:
             if next_change is None and event.kind is not EventKind.RESCIND:
                 next_change = event.effective
-            if event.kind is EventKind.HIRE and state is None:
+            if event.kind is EventKind.HIRE and state is None and event.key not in voided:
                 # A known future hire: the person exists in pre-hire with the hire's attributes.
                 state = LifecycleState.PRE_HIRE
                 starts_at = event.effective
@@ -469,7 +479,11 @@ def fold(
             note = rescind_notes.get(event.key, "")
             timeline.append(TimelineEntry(event, not note, before, before, {}, note))
             ended = voiding.get(event.key)
-            if ended is not None and ended.effective <= event.effective:
+            if (
+                ended is not None
+                and ended.kind is EventKind.TERMINATE
+                and ended.effective <= event.effective
+            ):
                 rescinded = Rescinded(ended.key, ended.effective, event.effective)
             continue
         refused = _refusal(event, before, voided, ordered)

@@ -172,6 +172,14 @@ _STEPS: dict[tuple[str, str], tuple[EventKind, ...]] = {
 }
 
 
+# an import's pending terminations, held terminations and hires not started, by identity
+Pending = tuple[
+    dict[str, tuple[str, datetime]],
+    dict[str, tuple[str, datetime]],
+    dict[str, tuple[str, datetime]],
+]
+
+
 @dataclass
 class _Events:
     """The events a snapshot yields, and what it warns about."""
@@ -220,10 +228,13 @@ def _row_events(
     at: tuple[str, datetime, Zones, dict[tuple[int, str], tuple[When, Placed]]],
     future_terminations: dict[str, tuple[str, datetime]],
     held_terminations: dict[str, tuple[str, datetime]],
+    future_hires: Mapping[str, tuple[str, datetime]] | None = None,
 ) -> tuple[list[LifecycleEvent], int, list[str]]:
     """The events that bring each row's identity to what the row says (``at``: where the rows
     come from, now, whose zone is which, and the dates placed so far, kept while the rows'
-    dates are); how many rows change nothing; warnings."""
+    dates are; the pending terminations, held ones and hires, by identity); how many rows
+    change nothing; warnings."""
+    hires = future_hires or {}
     found = _Events(*at)
     unchanged = 0
     for r in records:
@@ -232,7 +243,7 @@ def _row_events(
         have = known.get(r.identity)
         stored = have.attributes if have is not None else None
         start, end = found.place(r, r.effective, stored), found.place(r, r.end, stored)
-        if not _state_events(found, r, status, have, (start, end)):
+        if not _state_events(found, r, status, have, (start, end), hires.get(r.identity)):
             continue
         if status != _TERMINATED and r.identity not in held_terminations:
             _end_events(found, r, end, future_terminations.get(r.identity))
@@ -274,9 +285,11 @@ def _state_events(
     status: str,
     have: _Known | None,
     dates: tuple[Placed | None, Placed | None],
+    hire: tuple[str, datetime] | None = None,
 ) -> bool:
     """The events that bring the stored state to the row's (``dates``: its start and end
-    placed in time); False when the row is ignored (a leaver who was never imported)."""
+    placed in time; ``hire``: the key and instant of a hire not started yet); False when the
+    row is ignored (a leaver who was never imported)."""
     now = found.now
     start, end = dates
     if have is None or have.state is None:
@@ -302,6 +315,8 @@ def _state_events(
             found.add(r, EventKind.REHIRE, when, r.attributes)
             if status != _ACTIVE:
                 _status_events(r, status, _ACTIVE, max(_at(when), now), found.add, end)
+    elif _rescheduled(found, r, status, have, start, hire):
+        pass
     else:
         moment = now
         if have.state == _PRE_HIRE and have.next_change_at is not None:
@@ -313,6 +328,27 @@ def _state_events(
         if changes:
             found.add(r, EventKind.MOVE, moment, changes)
         _status_events(r, status, have.state, moment, found.add, end)
+    return True
+
+
+def _rescheduled(
+    found: _Events,
+    r: FeedRecord,
+    status: str,
+    have: _Known,
+    start: Placed | None,
+    hire: tuple[str, datetime] | None,
+) -> bool:
+    """A hire not started yet whose start the row puts at another instant (a start date
+    moved, or the same day in another zone): rescinded and recorded again at the new start,
+    with the row's attributes, naming the one it replaces. True when it was."""
+    if have.state != _PRE_HIRE or status != _ACTIVE or start is None or hire is None:
+        return False
+    key, at = hire
+    if start.at == at:
+        return False
+    found.add(r, EventKind.RESCIND, found.now, ref=key)
+    found.add(r, _HIRE, start, {**have.attributes, **r.attributes}, ref=key)
     return True
 
 
@@ -535,6 +571,7 @@ def _import_snapshot(
             pending = (
                 _pending(session, EventKind.TERMINATE, "accepted", now),
                 _pending(session, EventKind.TERMINATE, "held", now),
+                _pending(session, EventKind.HIRE, "accepted", now),
             )
             say("comparing")
             tally = _Tally(errors=[str(e) for e in parsed.errors])
@@ -595,7 +632,7 @@ def _merged_missing(
     session: Any,
     merger: Merger,
     listed: Container[str],
-    pending: tuple[dict[str, tuple[str, datetime]], dict[str, tuple[str, datetime]]],
+    pending: Pending,
     at: tuple[Import, audit.Chain, str, str, datetime],
     tally: _Tally,
 ) -> list[LifecycleEvent]:
@@ -629,7 +666,7 @@ def _snapshot_batch(
     session: Any,
     batch: list[FeedRecord],
     stored: Container[str],
-    pending: tuple[dict[str, tuple[str, datetime]], dict[str, tuple[str, datetime]]],
+    pending: Pending,
     at: tuple[Import, audit.Chain, str, str, datetime],
     references: References,
     tally: _Tally,

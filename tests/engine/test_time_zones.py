@@ -360,3 +360,47 @@ def test_dates_beyond_what_a_clock_holds_and_zones_stored_before(ws: Workspace) 
             source="test",
             now=NOW,
         )
+
+
+def test_a_start_date_moved_or_a_new_zone_before_the_start_moves_the_hire(
+    ws: Workspace,
+) -> None:
+    snapshot(ws, [("SY1", "Sydney", "", "2026-12-14", "")])
+    assert pending(ws, EventKind.HIRE)["SY1"][0] == utc("2026-12-13T13:00")  # AEDT, +11
+    later = NOW + timedelta(days=1)
+    snapshot(ws, [("SY1", "Sydney", "", "2026-12-21", "")], later)  # HR moves the start
+    assert pending(ws, EventKind.HIRE)["SY1"][0] == utc("2026-12-20T13:00")
+    snapshot(ws, [("SY1", "Sydney", "", "2026-12-21", "")], later)  # again: nothing new
+    assert len(pending(ws, EventKind.HIRE)) == 1
+    # the same day, in London now: the start of it there (GMT)
+    snapshot(ws, [("SY1", "London", "", "2026-12-21", "")], later + timedelta(hours=1))
+    assert pending(ws, EventKind.HIRE)["SY1"] == (utc("2026-12-21T00:00"), "2026-12-21T00:00")
+    for at, expected in (
+        (utc("2026-12-20T23:59"), "pre-hire"),  # not on the old day nor in the old zone
+        (utc("2026-12-21T00:00"), "active"),
+    ):
+        shown = views.show_identity(ws, "SY1", as_of=at, known_at=None, now=later)
+        assert shown["state"] == expected, at
+    with pytest.raises(LifecycleError, match="the hire has taken effect"):
+        hired = pending(ws, EventKind.HIRE)  # a hire that took effect is not rescinded
+        views.record_event(
+            ws,
+            "SY1",
+            EventKind.RESCIND,
+            effective=None,
+            changes={},
+            ref=identities_key(ws, "SY1", hired["SY1"][0]),
+            source="test",
+            now=utc("2026-12-22T00:00"),
+        )
+
+
+def identities_key(ws: Workspace, who: str, at: datetime) -> str:
+    with ws.sessions() as session:
+        return session.execute(
+            select(models.IdentityEvent.key).where(
+                models.IdentityEvent.identity == who,
+                models.IdentityEvent.kind == EventKind.HIRE.value,
+                models.IdentityEvent.effective_at == at,
+            )
+        ).scalar_one()
