@@ -157,9 +157,9 @@ def account_debt(
     terminated = state.state is LifecycleState.TERMINATED and state.terminated_at is not None
 
     def since(kind: OpKind, entitlement: str | None, rows: Sequence[JournalRow]) -> datetime:
-        if terminated:
+        if terminated:  # owed from the termination, or the end of a leaver's grace here
             assert state.terminated_at is not None
-            return state.terminated_at
+            return state.terminated_at + timedelta(days=target.leaver_grace_days)
         if leave_started is not None and kind in (OpKind.DISABLE, OpKind.REVOKE_SESSIONS):
             return leave_started
         if rows:

@@ -5,10 +5,12 @@ assignments and exceptions grouped by identity), then compute per identity and t
 account should exist, whether it should be enabled, and which entitlements it should carry — each
 with the reasons (rule, role, assignment, exception) that produce it; apply lifecycle state
 (nothing before hire — but a locked account made ``prestart_days`` ahead — or after
-termination; per-target keep/disable on leave and suspension), separation-of-duties
-constraints, and a move's grace (what it took away kept ``move_grace_days``, reason
-``grace``); say when time alone will change the answer (``review_at``); and explain a single
-grant or its absence.
+termination — but where a target keeps a leaver's access ``leaver_grace_days``; per-target
+keep/disable on leave and suspension), separation-of-duties constraints, and a move's grace
+(what it took away kept ``move_grace_days``, reason ``grace``); give back, after a rescind,
+exactly what was held at the termination (``held_then``, ``_restored``: reason ``restored``,
+and where today's policy differs); say when time alone will change the answer
+(``review_at``); and explain a single grant or its absence.
 Does not: read storage or observed access, or decide what operations to run (``plan`` does).
 """
 

@@ -378,7 +378,8 @@ def _voided(
     for rescind in sorted(rescinds, key=LifecycleEvent.sort_key):
         hire = hires.get(rescind.ref or "")
         if hire is not None:
-            if hire.effective > rescind.effective:
+            # a hire not yet in effect when the rescind was made (and as of when it is)
+            if hire.effective > max(rescind.effective, rescind.recorded):
                 voided[rescind.key] = hire
             else:
                 notes[rescind.key] = "the hire has taken effect; terminate instead"
@@ -466,7 +467,8 @@ def fold(
 
     for event in ordered:
         if event.effective > as_of:
-            if next_change is None and event.kind is not EventKind.RESCIND:
+            counts = event.kind is not EventKind.RESCIND and event.key not in voided
+            if next_change is None and counts:
                 next_change = event.effective
             if event.kind is EventKind.HIRE and state is None and event.key not in voided:
                 # A known future hire: the person exists in pre-hire with the hire's attributes.

@@ -189,16 +189,17 @@ def stem(templates: Sequence[str], attributes: Mapping[str, Any]) -> str | None:
 def basis_of(templates: tuple[str, ...]) -> Callable[[Mapping[str, Any]], str]:
     """What gives ``basis`` for these templates (made once, for asking it of many people)."""
     read = sorted(set().union(*(parse(t).attributes for t in templates)))
+    spelled = "\x1e".join(templates)  # other templates: another basis, whatever they read
 
     def basis(attributes: Mapping[str, Any]) -> str:
-        return "\x1f".join([str(attributes.get(name, "")) for name in read])
+        return "\x1f".join([spelled, *(str(attributes.get(name, "")) for name in read)])
 
     return basis
 
 
 def basis(templates: Sequence[str], attributes: Mapping[str, Any]) -> str:
-    """What the templates read of these attributes, as one text: while it stays the same,
-    so does every candidate (a plan compares it rather than making the first again)."""
+    """The templates and what they read of these attributes, as one text: while it stays the
+    same, so does every candidate (a plan compares it rather than making the first again)."""
     return basis_of(tuple(templates))(attributes)
 
 

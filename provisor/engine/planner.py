@@ -7,8 +7,8 @@ wants are cancelled (never deleted), each change with an audit event; work alrea
 done but awaiting verification, parked as failed or handed to the owner as a ticket is matched,
 not planned again; nothing is planned for an account a person's mark holds (protected,
 decommission-later) — then clear the identities' "needs plan" mark, set when each whose
-access time alone will change (a move's grace ends, a pre-start window opens, a rescind's
-give-back ends) is reviewed, and record what new leavers held (``rescinds``).
+access time alone will change (a move's or a leaver's grace ends, a pre-start window opens, a
+rescind's give-back ends) is reviewed, and record what new leavers held (``rescinds``).
 Identities and observed accounts are read in bulk through the driver (also for assessment,
 ``provisor.engine.assess``): a full plan or assessment reads a million accounts.
 Does not: execute operations or talk to targets.

@@ -665,7 +665,7 @@ class _RowParser:
             when = "over 5 years in the past" if rough < self.too_old else "over 2 years ahead"
             self.warn(line, self.column["effective"], f"effective {raw} is {when}")
         if ref is not None and event is not EventKind.RESCIND:
-            reason = "ref is ignored: only a rescind names the termination it cancels"
+            reason = "ref is ignored: only a rescind names the event it cancels"
             self.warn(line, self.column["ref"], reason)
             ref = None
         self.records.append(new_record(line, identity, event, effective, None, values, ref, None))

@@ -3,7 +3,12 @@ what it would do and nothing kept; who may ask; bad drafts refused with where.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from provisor.engine import operators
 from tests.api.conftest import POLICY, Service
+
+NOW = datetime.now(UTC)
 
 
 def state_of(service: Service, who: str) -> dict:
@@ -23,6 +28,16 @@ def test_an_event_is_answered_and_not_recorded(service: Service) -> None:
     assert state_of(service, "F1")["attributes"]["department"] == "Finance"  # nothing kept
     refused = service.call("rita", "POST", "/api/v1/what-if/event", json=body)
     assert refused.status_code == 403
+    with service.workspace.sessions() as session, session.begin():  # an HR system's token
+        token, _ = operators.create_token(
+            session, "olga", name="hr", scopes=["events"], expires_at=None, by="test", now=NOW
+        )
+    unread = service.call(None, "POST", "/api/v1/what-if/event", json=body, headers=bearer(token))
+    assert unread.status_code == 403 and "may not read" in unread.text
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_an_hr_file_is_answered_and_not_imported(service: Service) -> None:

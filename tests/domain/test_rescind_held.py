@@ -142,3 +142,20 @@ def test_without_a_record_or_once_terminated_again_todays_policy_decides() -> No
     again = LifecycleEvent("E2", EventKind.TERMINATE, BACK + timedelta(days=1), BACK)
     gone = fold("E2", [*events, again], as_of=BACK + timedelta(days=2))
     assert desired_access(compiled(), gone, held=held).targets == {}
+
+
+def test_a_hire_in_effect_is_never_rescinded_however_the_rescind_is_dated() -> None:
+    hire = LifecycleEvent("E2", EventKind.HIRE, HIRED, HIRED, BASE)
+    # made on the day of the leave, dated back before the hire
+    backdated = LifecycleEvent(
+        "E2", EventKind.RESCIND, HIRED - timedelta(days=1), LEFT, ref=hire.key
+    )
+    state = fold("E2", [hire, backdated], as_of=LEFT)
+    assert state.state is not None and state.state.value == "active"
+    assert state.anomalies()[0].note == "the hire has taken effect; terminate instead"
+    # one made before the start moves it: the rescinded hire is no next change
+    moved = LifecycleEvent(
+        "E2", EventKind.RESCIND, HIRED - timedelta(days=5), HIRED - timedelta(days=5), ref=hire.key
+    )
+    early = fold("E2", [hire, moved], as_of=HIRED - timedelta(days=2))
+    assert early.state is None and early.next_change is None

@@ -158,6 +158,8 @@ def test_a_leaver_keeps_access_only_where_policy_says_so_explicitly(
         apply(ws, day)
         assert groups_of(scim_url, "e1@example.com") == {"staff", "engineering"}
         ended = NOW + timedelta(days=3)
+        owed = debt.ledger(ws, ended + timedelta(days=1), target="app").as_dict()
+        assert owed["items"] > 0 and owed["overdue"] == 0  # owed from the grace's end
         ops = [(op.target, op.kind.value) for op, _, _ in plan(ws, ended).operations]
         assert ("app", "disable") in ops and ("app", "remove-entitlement") in ops
         apply(ws, ended)

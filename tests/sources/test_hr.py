@@ -710,7 +710,7 @@ def test_events_are_owned_on_hire_and_ref_belongs_to_rescind(tmp_path: Path) -> 
     ]
     assert [(r.line, r.ref) for r in feed.records] == [(3, None), (4, None), (5, None), (6, "abc")]
     assert messages(feed.warnings) == [
-        "ev.csv:5 ref: ref is ignored: only a rescind names the termination it cancels"
+        "ev.csv:5 ref: ref is ignored: only a rescind names the event it cancels"
     ]
 
 

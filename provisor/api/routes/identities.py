@@ -103,7 +103,11 @@ class NewEvent(BaseModel):
         "offset is taken as given.",
     )
     changes: dict[str, str | None] = Field(default_factory=dict, description="Attributes.")
-    ref: str | None = Field(default=None, description="Rescind: the termination's key.")
+    ref: str | None = Field(
+        default=None,
+        description="Rescind: the key of the termination it cancels (or of a hire not yet "
+        "in effect).",
+    )
 
 
 @router.post("/events", status_code=201, summary="Record one lifecycle event")

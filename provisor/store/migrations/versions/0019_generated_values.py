@@ -25,7 +25,6 @@ def upgrade() -> None:
         sa.Column("value_key", sa.String(256), nullable=False),
         sa.Column("identity", sa.String(128), nullable=True),
         sa.Column("stem", sa.String(256), nullable=True),
-        sa.Column("basis", sa.Text(), nullable=True),
         sa.Column("assigned_at", sa.DateTime(), nullable=False),
         sa.Column("released_at", sa.DateTime(), nullable=True),
         sa.Column("note", sa.Text(), nullable=True),
