@@ -439,6 +439,15 @@ def _refusal(
     return None
 
 
+def _took_back(voided: LifecycleEvent | None, rescind: LifecycleEvent) -> Rescinded | None:
+    """What ``rescind`` took back when it voided a termination that had taken effect."""
+    if voided is None or voided.kind is not EventKind.TERMINATE:
+        return None
+    if voided.effective > rescind.effective:
+        return None  # a pending termination called off: nothing had ended
+    return Rescinded(voided.key, voided.effective, rescind.effective)
+
+
 def fold(
     identity: str,
     events: Iterable[LifecycleEvent],
@@ -480,13 +489,7 @@ def fold(
         if event.kind is EventKind.RESCIND:
             note = rescind_notes.get(event.key, "")
             timeline.append(TimelineEntry(event, not note, before, before, {}, note))
-            ended = voiding.get(event.key)
-            if (
-                ended is not None
-                and ended.kind is EventKind.TERMINATE
-                and ended.effective <= event.effective
-            ):
-                rescinded = Rescinded(ended.key, ended.effective, event.effective)
+            rescinded = _took_back(voiding.get(event.key), event) or rescinded
             continue
         refused = _refusal(event, before, voided, ordered)
         if refused is not None:

@@ -570,11 +570,7 @@ def _import_snapshot(
             population = active_population(session)  # before this import changes it
             stored = set(session.execute(select(Identity.external_id)).scalars())
             before = session.execute(select(func.max(Identity.id))).scalar()
-            pending = (
-                _pending(session, EventKind.TERMINATE, "accepted", now),
-                _pending(session, EventKind.TERMINATE, "held", now),
-                _pending(session, EventKind.HIRE, "accepted", now),
-            )
+            pending = _pendings(session, now)
             say("comparing")
             tally = _Tally(errors=[str(e) for e in parsed.errors])
             tally.warnings = [str(w) for w in parsed.warnings]
@@ -618,6 +614,15 @@ def _import_snapshot(
             return _finished(session, record, path, feed_name, mapping, parsed.rows_read, tally)
     finally:
         spill.close()
+
+
+def _pendings(session: Any, now: datetime) -> Pending:
+    """Everyone's pending terminations, held terminations and hires not started."""
+    return (
+        _pending(session, EventKind.TERMINATE, "accepted", now),
+        _pending(session, EventKind.TERMINATE, "held", now),
+        _pending(session, EventKind.HIRE, "accepted", now),
+    )
 
 
 def _merger(workspace: Workspace, session: Any, feed: str, now: datetime) -> Merger | None:
