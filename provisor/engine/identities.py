@@ -3,7 +3,8 @@
 Does: store new lifecycle events (duplicates by content key are ignored), fold each affected
 identity's history into its current state and materialise it, hold deprovisioning transitions
 that trip the mass-change guard, mark changed identities for planning, move a person's pending
-terminations given as local times when their time zone changes, mark due for review those
+terminations given as local times when their time zone changes (when recorded, or when a
+change dated ahead takes effect at ``tick``), mark due for review those
 whose access time alone changes (``tick``), and write an audit event for every recorded event,
 state change and hold — all inside the caller's transaction.
 Does not: parse files (``provisor.sources``), compute access (``provisor.domain.desired``) or
@@ -17,6 +18,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -490,22 +492,39 @@ def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, or
     if before.key == after.key:
         return False
     events = [*rec.history.get(identity, ()), *rec.new_by_id[identity]]
+    again = replaced_in_zone(identity, events, (before, after), now, origin)
+    for new in again:
+        if new.key not in rec.unique:
+            rec.unique[new.key] = new
+            rec.new_by_id[identity].append(new)
+    return bool(again)
+
+
+def replaced_in_zone(
+    identity: str,
+    events: Sequence[LifecycleEvent],
+    zones: tuple[ZoneInfo, ZoneInfo],
+    now: datetime,
+    origin: str,
+) -> list[LifecycleEvent]:
+    """The events that move ``identity``'s pending terminations given as local times from
+    one zone to the other (``zones``: before, after): each rescinded and recorded again at the
+    same local time in the new zone (or now, when that has passed there), naming the one it
+    replaces — so a move back records a termination of its own, never the rescinded one."""
+    before, after = zones
     voided = {e.ref for e in events if e.kind is EventKind.RESCIND and e.ref}
-    moved = False
+    found: list[LifecycleEvent] = []
+    why = f"{origin}: time zone {before.key} -> {after.key}"
     for event in events:
         if event.kind is not EventKind.TERMINATE or event.local is None:
             continue
         if event.effective <= now or event.key in voided:
             continue
-        # the same local time in the new zone; now, when that has passed already
         at = max(Local.parse(event.local).instant(after), now)
         if at == event.effective:
             continue
-        why = f"{origin}: time zone {before.key} -> {after.key}"
-        # the new one names the one it replaces: a move back records a termination of its
-        # own, never the rescinded one again
-        again = [
-            LifecycleEvent(identity, EventKind.RESCIND, now, now, {}, event.key, why),
+        found.append(LifecycleEvent(identity, EventKind.RESCIND, now, now, {}, event.key, why))
+        found.append(
             LifecycleEvent(
                 identity,
                 EventKind.TERMINATE,
@@ -515,14 +534,9 @@ def _rescheduled(rec: _Recording, identity: str, zones: Zones, now: datetime, or
                 event.key,
                 why,
                 local=event.local,
-            ),
-        ]
-        for new in again:
-            if new.key not in rec.unique:
-                rec.unique[new.key] = new
-                rec.new_by_id[identity].append(new)
-        moved = True
-    return moved
+            )
+        )
+    return found
 
 
 def _defer(rec: _Recording, candidates: list[str], defer: list[LifecycleEvent]) -> None:
@@ -771,7 +785,9 @@ def _refresh(
 
 
 def tick(session: Session, config: WorkspaceConfig, *, now: datetime) -> Outcome:
-    """Apply every change that has become due; hold a mass deprovisioning for approval."""
+    """Apply every change that has become due (one taking a person to another time zone
+    places their pending local-time terminations again there first); hold a mass
+    deprovisioning for approval."""
     outcome = Outcome()
     due = list(
         session.execute(
@@ -784,6 +800,8 @@ def tick(session: Session, config: WorkspaceConfig, *, now: datetime) -> Outcome
         return outcome
     rows = {row.external_id: row for row in due}
     history = load_history(session, sorted(rows))
+    if _zones_moved(session, config, rows, history, now):
+        history = load_history(session, sorted(rows))
     candidates: list[str] = []
     due_deprovisioning: dict[str, list[str]] = {}
     for identity, row in rows.items():
@@ -822,6 +840,29 @@ def tick(session: Session, config: WorkspaceConfig, *, now: datetime) -> Outcome
         )
     audit.append(session, entries, at=now)
     return outcome
+
+
+def _zones_moved(
+    session: Session,
+    config: WorkspaceConfig,
+    rows: dict[str, Identity],
+    history: dict[str, list[LifecycleEvent]],
+    now: datetime,
+) -> bool:
+    """Changes now due that move people to another time zone (a move dated ahead): their
+    pending local-time terminations placed again there, recorded as any change is. True when
+    any were."""
+    zones = config.time.zones()
+    found: list[LifecycleEvent] = []
+    for identity, row in rows.items():
+        events = history.get(identity, [])
+        state = fold(identity, events, as_of=now, rescind_window=window(config))
+        before, after = zones.of(row.attributes or {}), zones.of(state.attributes)
+        if before.key != after.key:
+            found += replaced_in_zone(identity, events, (before, after), now, "tick")
+    if found:
+        record_events(session, config, found, origin="tick", now=now)
+    return bool(found)
 
 
 def decide_hold(

@@ -404,3 +404,28 @@ def identities_key(ws: Workspace, who: str, at: datetime) -> str:
                 models.IdentityEvent.effective_at == at,
             )
         ).scalar_one()
+
+
+def test_a_move_dated_ahead_to_another_zone_moves_the_last_day_when_it_takes_effect(
+    ws: Workspace,
+) -> None:
+    snapshot(ws, [("P1", "London", "", "2026-06-01", "2026-12-31")])
+    assert pending(ws, EventKind.TERMINATE)["P1"][0] == utc("2027-01-01T00:00")  # GMT
+    views.record_event(
+        ws,
+        "P1",
+        EventKind.MOVE,
+        effective=date(2026, 11, 2),
+        changes={"location": "Los Angeles"},
+        ref=None,
+        source="test",
+        now=NOW,
+    )
+    assert pending(ws, EventKind.TERMINATE)["P1"][0] == utc("2027-01-01T00:00")  # not yet
+    moved = utc("2026-11-02T08:00")  # the start of 2 November in Los Angeles, where it goes
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=moved)
+    assert pending(ws, EventKind.TERMINATE)["P1"] == (utc("2027-01-01T08:00"), "2026-12-31T24:00")
+    with ws.sessions() as session, session.begin():
+        identities.tick(session, ws.config, now=moved + timedelta(hours=1))
+    assert len([k for k in pending(ws, EventKind.TERMINATE)]) == 1
