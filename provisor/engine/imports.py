@@ -9,7 +9,7 @@ file as it is, record them with the mass-change guard (a snapshot's batches writ
 PostgreSQL: ``store.write_behind``), and keep an import record and an audit event with the
 counts; place each date given as a local time in the person's zone (the row's, else their
 earlier rows', else the store's); take a partial snapshot from a source that is no file
-(``record_people``: inbound SCIM) the same way, but for rescheduling pending hires.
+(``record_people``: inbound SCIM) the same way.
 Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 """
 
@@ -878,6 +878,7 @@ def record_people(
         (source, now, workspace.config.time.zones(), {}),
         _pending(session, EventKind.TERMINATE, "accepted", now, ids),
         _pending(session, EventKind.TERMINATE, "held", now, ids),
+        _pending(session, EventKind.HIRE, "accepted", now, ids),
     )
     outcome = record_events(
         session,
