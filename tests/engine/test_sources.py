@@ -1,8 +1,9 @@
 """Two authoritative feeds for overlapping people — an HR system and a contractor database —
 matched by e-mail, each attribute from the feed with precedence for it, with access checked on
-a real SCIM server: a contractor who becomes an employee is one identity whose access follows
-(contractor group off, staff group on); the contractor feed dropping them terminates nobody
-while HR lists them; HR's end date ends them; a row two people match waits for a person."""
+a real SCIM server and slapd: a contractor who becomes an employee is one identity whose access
+follows (contractor group off, staff group on, the same account); the contractor feed dropping
+them terminates nobody while HR lists them; HR's end date ends them; a row two people match
+waits for a person."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from provisor.engine import correlate, views
 from provisor.engine.imports import import_feed
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError
+from provisor.sandbox.slapd import Slapd
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
+from tests.connectors.test_ldap import directory_workspace, raw_entry, slapd  # noqa: F401
 from tests.connectors.test_scim import make_group
 from tests.engine.test_move_grace import groups_of
 from tests.engine.test_runner import apply, plan, server_user
@@ -250,5 +253,36 @@ def test_a_feed_imported_before_feeds_were_merged_keeps_its_people(
         assert identities(ws) == ["E1", "E2"]  # Ann is still E1, not a new hr:E1
         assert report["missing_from_snapshot"] == 1
         assert person(ws, "E2", day2)["state"] == "terminated"
+    finally:
+        ws.close()
+
+
+def test_in_a_directory_the_contractor_turned_employee_keeps_one_entry(
+    tmp_path: Path,
+    slapd: Slapd,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "provisor.yaml").write_text(CONFIG, encoding="utf-8")
+    rules = POLICY[POLICY.index("rules:") :].replace("target: app", "target: dir")
+    ws, space = directory_workspace(
+        tmp_path,
+        slapd,
+        monkeypatch,
+        ("staff", "contractors"),
+        rules.replace("{{", "{").replace("}}", "}"),
+    )
+    try:
+        feed(ws, "contractors", CONTRACTORS, ANN_C)
+        plan(ws)
+        assert apply(ws).failed == 0
+        dn = f"uid=ann@example.com,{space.people}"
+        uuid = (raw_entry(space.server, dn, "entryUUID") or {}).get("entryuuid")
+        assert uuid and dn in space.members("contractors")
+        day2 = NOW + timedelta(days=1)
+        feed(ws, "hr", HR, "E100,Ann Lee,ann@example.com,employee,Eng,2026-06-02,,active", at=day2)
+        plan(ws, day2)
+        assert apply(ws, day2).failed == 0
+        assert (raw_entry(space.server, dn, "entryUUID") or {}).get("entryuuid") == uuid
+        assert dn in space.members("staff") and dn not in space.members("contractors")
     finally:
         ws.close()
