@@ -24,6 +24,7 @@ from provisor.domain import names
 from provisor.domain.desired import compile_policy, desired_access
 from provisor.domain.lifecycle import IdentityState, LifecycleState
 from provisor.domain.policy import Policy
+from provisor.store.bulk import collector_paused
 
 DEPARTMENTS = [f"dept-{i}" for i in range(40)]
 LOCATIONS = [f"site-{i}" for i in range(12)]
@@ -166,6 +167,7 @@ def _made_from(identities: list[IdentityState], rng: random.Random) -> dict[str,
     return stored
 
 
+@collector_paused()  # as the planner works: Python's cyclic collector paused
 def _evaluate(
     compiled: Any, identities: list[IdentityState], stored: dict[str, str] | None
 ) -> tuple[float, int]:
