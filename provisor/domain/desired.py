@@ -319,12 +319,10 @@ def _direct_grants(
 ) -> dict[str, str]:
     """Add the identity's own assignments and exceptions valid today; returns the SoD
     constraints its exceptions allow, with the exception that allows each."""
-    today = state.as_of.date()
-    for assignment in compiled.assignments.get(state.identity, ()):
-        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
-            via = f"assignment approved by {assignment.approver}"
-            for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
-                grants.add(target_name, ents, Reason("assignment", reason.name, reason.via))
+    for assignment in _assignments_now(compiled, state):
+        via = f"assignment approved by {assignment.approver}"
+        for target_name, ents, reason in _role_grants(compiled.policy, assignment.role, via):
+            grants.add(target_name, ents, Reason("assignment", reason.name, reason.via))
     allowed_sod: dict[str, str] = {}
     for name, exc in _exceptions_now(compiled, state):
         for grant in exc.grant:
@@ -332,6 +330,14 @@ def _direct_grants(
         for constraint in exc.allow_sod:
             allowed_sod.setdefault(constraint, name)
     return allowed_sod
+
+
+def _assignments_now(compiled: CompiledPolicy, state: IdentityState) -> Iterable[AssignmentDef]:
+    """The identity's assignments valid today."""
+    today = state.as_of.date()
+    for assignment in compiled.assignments.get(state.identity, ()):
+        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
+            yield assignment
 
 
 def _exceptions_now(
@@ -658,7 +664,6 @@ def _direct_ends(
 ) -> dict[tuple[str, str | None], list[datetime | None]]:
     """For each account and entitlement the identity's own grants valid now give, when each
     of those grants ends (the day after it expires; None: it does not)."""
-    today = state.as_of.date()
     ends: dict[tuple[str, str | None], list[datetime | None]] = defaultdict(list)
 
     def add(grants: Sequence[Grant], expires: date | None) -> None:
@@ -667,9 +672,8 @@ def _direct_ends(
             for item in (None, *grant.entitlements):
                 ends[grant.target, item].append(end)
 
-    for assignment in compiled.assignments.get(state.identity, ()):
-        if direct_grant_status(assignment.granted, assignment.expires, state, today) is None:
-            add(compiled.policy.role_map[assignment.role].grants, assignment.expires)
+    for assignment in _assignments_now(compiled, state):
+        add(compiled.policy.role_map[assignment.role].grants, assignment.expires)
     for _name, exc in _exceptions_now(compiled, state):
         add(exc.grant, exc.expires)
     return ends

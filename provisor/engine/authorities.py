@@ -62,14 +62,10 @@ class _Said:
     """What one feed said of one person (a ``source_records`` row, detached)."""
 
     feed: str
-    source_id: str
-    identity: str
     attributes: dict[str, Any]
     status: str | None
     start: str | None
     end: str | None
-    listed: bool
-    line: int = 0
 
 
 class Merger:
@@ -93,6 +89,7 @@ class Merger:
         self._linked: dict[str, str] = {}  # identity -> this feed's id linked to it
         self._recorded: set[str] = set()  # identities some feed's record names
         self._live: set[str] = set()  # identities a configured feed lists, not terminated
+        self._orders: dict[str, list[str]] = {}
 
     # --- who each row is ----------------------------------------------------------------
 
@@ -279,9 +276,10 @@ class Merger:
             gone[row.identity] = 0
         self._matches()
         i = models.Identity
-        ended = (None, LifecycleState.TERMINATED.value)
         for who in self.session.execute(  # made by this feed before feeds were merged
-            select(i.external_id).where(i.feed == self.feed, i.state.not_in(ended[1:]))
+            select(i.external_id).where(
+                i.feed == self.feed, i.state != LifecycleState.TERMINATED.value
+            )
         ).scalars():
             if who not in self._recorded and who not in listed:
                 gone[who] = 0
@@ -302,16 +300,7 @@ class Merger:
                 if row.feed not in self.feeds:
                     continue  # a feed no longer configured says nothing
                 said[row.identity].append(
-                    _Said(
-                        row.feed,
-                        row.source_id,
-                        row.identity,
-                        dict(row.attributes or {}),
-                        row.status,
-                        row.start,
-                        row.ends,
-                        True,
-                    )
+                    _Said(row.feed, dict(row.attributes or {}), row.status, row.start, row.ends)
                 )
         names = self._names(said)
         return [
@@ -339,10 +328,18 @@ class Merger:
         return found
 
     def order(self, attribute: str) -> list[str]:
-        """The feeds in the order their word counts for ``attribute``."""
-        listed = self.settings.precedence.get(attribute) or self.settings.precedence.get("*")
-        named = list(listed or [])
-        return named + [f for f in self.feeds if f not in named]
+        """The feeds in the order their word counts for ``attribute`` (worked out once)."""
+        found = self._orders.get(attribute)
+        if found is None:
+            listed = self.settings.precedence.get(attribute) or self.settings.precedence.get("*")
+            named = list(listed or [])
+            found = self._orders[attribute] = named + [f for f in self.feeds if f not in named]
+        return found
+
+    def said(self) -> list[str]:
+        """The warnings gathered since last asked (each given once)."""
+        warnings, self.warnings = self.warnings, []
+        return warnings
 
     def _together(
         self, who: str, line: int, said: list[_Said], names: Mapping[tuple[str, str], str]

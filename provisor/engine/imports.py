@@ -273,12 +273,18 @@ def _missing_events(
     )
     if before is not None:
         query = query.where(Identity.id <= before)
-    where = f"{source}: missing from snapshot"
     return [
-        LifecycleEvent(identity, EventKind.TERMINATE, now, now, {}, None, where)
+        _missing(identity, source, now)
         for identity in session.execute(query.order_by(Identity.id)).scalars()
         if identity not in listed and identity not in held
     ]
+
+
+def _missing(identity: str, source: str, now: datetime) -> LifecycleEvent:
+    """The termination, now, of someone a snapshot no longer lists."""
+    return LifecycleEvent(
+        identity, EventKind.TERMINATE, now, now, {}, None, f"{source}: missing from snapshot"
+    )
 
 
 def _state_events(
@@ -654,13 +660,10 @@ def _merged_missing(
         still, known, (where, now, zones, tally.placed), *pending
     )
     tally.deferred += events
-    tally.warnings += said + merger.warnings
-    merger.warnings.clear()
+    tally.warnings += said + merger.said()
     held = pending[1]
     return [
-        LifecycleEvent(
-            who, EventKind.TERMINATE, now, now, {}, None, f"{where}: missing from snapshot"
-        )
+        _missing(who, where, now)
         for who in gone
         if who not in held
         and (have := known.get(who)) is not None
@@ -691,8 +694,7 @@ def _snapshot_batch(
     if merger is not None:
         records = merger.merge(records, where)
         flagged = {merger.identity_of(who): flags for who, flags in flagged.items()}
-        tally.warnings += merger.warnings
-        merger.warnings.clear()
+        tally.warnings += merger.said()
     tally.flags.update(flagged)
     known = _known(session, [r.identity for r in records if r.identity in stored])
     zones = workspace.config.time.zones()

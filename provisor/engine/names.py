@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import chain, islice
 from typing import Any
 
 from sqlalchemy import select, update
@@ -96,11 +97,12 @@ def assign(
     _writer(session)
     held = _held(session, wanting)
     for made in policy.generated:
+        basis = names.basis_of(tuple(made.candidates))
         needing = [
             (who, row)
             for who in wanting
             if (row := held.get((who, made.name))) is None
-            or _renamed(made, row, states[who].attributes)
+            or _renamed(made, row, basis(states[who].attributes), states[who].attributes)
         ]
         if not needing:
             continue
@@ -111,13 +113,14 @@ def assign(
     return naming
 
 
-def _renamed(made: GeneratedDef, row: models.GeneratedValue, attributes: Mapping[str, Any]) -> bool:
+def _renamed(
+    made: GeneratedDef, row: models.GeneratedValue, basis: str, attributes: Mapping[str, Any]
+) -> bool:
     """Whether the value ``row`` holds is to be made again: ``rename`` is on and its first
-    candidate is another now (a name change). What the templates read is compared first
-    (``names.basis``): the candidate is made again only once that changed."""
+    candidate is another now (a name change). What the templates read now (``basis``) is
+    compared first: the candidate is made again only once that changed."""
     if not made.rename:
         return False
-    basis = names.basis_of(tuple(made.candidates))(attributes)
     if row.basis == basis:
         return False
     now = names.stem(made.candidates, attributes)
@@ -226,8 +229,8 @@ class _Namer:
         stem = names.stem(self.made.candidates, attributes)
         basis = names.basis(self.made.candidates, attributes)
         skipped: list[str] = []
-        tries = [*self._own_accounts(who, previous), *_first(TRIES, self.made, attributes)]
-        for value in tries:
+        made = islice(names.candidates(self.made.candidates, attributes), TRIES)
+        for value in chain(self._own_accounts(who, previous), made):
             key = names.key(value)
             holders = self.in_targets().get(key, set())
             if len(value) > LONGEST:
@@ -356,10 +359,3 @@ class _Namer:
             gone = found is not None and found[0] == LifecycleState.TERMINATED.value
             self._left[who] = found[1] if gone and found is not None else None
         return self._left[who]
-
-
-def _first(count: int, made: GeneratedDef, attributes: Mapping[str, Any]) -> Iterable[str]:
-    for index, value in enumerate(names.candidates(made.candidates, attributes)):
-        if index >= count:
-            return
-        yield value

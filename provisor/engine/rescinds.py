@@ -61,23 +61,19 @@ def record_held(
         for who, at in session.execute(query)
         if at is not None and (wanted is None or who in wanted)
     }
-    recorded: set[tuple[str, datetime]] = set()
+    recorded: set[tuple[str, datetime]] = set()  # by when the termination took effect
+    keys: set[tuple[str, str]] = set()  # and by its key
     for part in chunks(sorted(leavers)):
-        query = select(h.identity, h.terminated_at).where(h.identity.in_(part))
-        recorded.update((who, utc(at)) for who, at in session.execute(query))
+        kept = select(h.identity, h.terminated_at, h.termination).where(h.identity.in_(part))
+        for who, at, key in session.execute(kept):
+            recorded.add((who, utc(at)))
+            keys.add((who, key))
     todo = sorted(who for who, at in leavers.items() if (who, at) not in recorded)
     history = load_history(session, todo) if todo else {}
     entries: list[audit.Entry] = []
-    h_keys = {
-        (who, key)
-        for part in chunks(todo)
-        for who, key in session.execute(
-            select(h.identity, h.termination).where(h.identity.in_(part))
-        )
-    }
     for who in todo:
         held = _held(workspace, who, history.get(who, []), leavers[who], now)
-        if held is None or (who, held.termination) in h_keys:
+        if held is None or (who, held.termination) in keys:
             continue
         session.add(
             models.HeldAtTermination(

@@ -20,9 +20,10 @@ from sqlalchemy import select
 from provisor.domain.accounts import AccountRecord, AccountSpec
 from provisor.domain.desired import DesiredAccess, TargetAccess
 from provisor.domain.lifecycle import EventKind, LifecycleEvent, LifecycleState, fold
+from provisor.domain.plan import OpKind
 from provisor.domain.policy import Policy
 from provisor.engine import names, reconcile
-from provisor.engine.runner.execution import owned_by
+from provisor.engine.runner.execution import Job, _taken, owned_by
 from provisor.engine.workspace import Workspace
 from provisor.sandbox.workspaces import scratch_workspace
 from provisor.store import models
@@ -298,3 +299,31 @@ def test_an_account_is_told_apart_by_correlation_or_left_to_the_adoption_rule() 
 
 def replace_record(record: AccountRecord, attributes: dict[str, str]) -> AccountRecord:
     return AccountRecord(record.account, record.user_name, True, frozenset(), attributes=attributes)
+
+
+def test_a_name_clash_whose_holder_cannot_be_read_is_never_taken_for_theirs() -> None:
+    """A create refused as a clash, then a search by the name that finds nothing: the name is
+    another's (the next one is given), never assumed to be this person's account."""
+    job = Job(1, "k", "E1", "app", None, OpKind.CREATE, None, None, None, 0)
+    owns = owned_by(_named_target(), AccountSpec("E1", "jdoe", {"email": "e1@example.com"}))
+    assert _taken(job, None, owns) is True  # found nothing after the clash
+    theirs = AccountRecord("a9", "jdoe", True, frozenset(), external_id="E7")
+    assert _taken(job, theirs, owns) is True
+    mine = AccountRecord("a1", "jdoe", True, frozenset(), external_id="E1")
+    assert _taken(job, mine, owns) is False
+    assert _taken(job, None, None) is False  # a name that was not generated: as before
+
+
+def _named_target() -> Any:
+    return Policy.model_validate(
+        {
+            "targets": [
+                {
+                    "name": "app",
+                    "class": "scim",
+                    "owner": "it",
+                    "connection": {"user_name_attribute": "username"},
+                }
+            ]
+        }
+    ).targets[0]
