@@ -14,9 +14,10 @@ the API and waits until all their access is verified (eight operations each). Th
   from just before the request to the moment this process sees every removal of that person
   (revoke sessions, disable, remove the entitlement, on all four targets) ``verified`` or
   ``unverifiable`` in the journal, polled every --poll-ms;
-- posts --queued/2 joiners (a create and an entitlement each: --queued operations, spread over
-  the four targets) through the API immediately before each batch of --batch of the
-  --queued-leavers, and measures those leavers the same way while the joiners' work is still
+- uploads an HR feed of --queued/2 joiners (a create and an entitlement each: --queued
+  operations, spread over the four targets) through the API before each batch of --batch of
+  the --queued-leavers, waits until the cycle that imports it has put all their operations in
+  the journal, and then measures those leavers the same way while the joiners' work is still
   ahead of them (``queued_ahead_*``: joiner operations not yet closed when a leaver is posted;
   ``queued_with_work_ahead``: how many leavers had any);
 - waits until every joiner's work is verified too.
@@ -325,23 +326,51 @@ def terminate(
     return leaver
 
 
+def joiner_wave(api: httpx2.Client, journal: Journal, wave: int, size: int) -> None:
+    """``size`` joiners hired by one HR feed (events mode) uploaded to the API, as a day's
+    new starters arrive; returns once the cycle that imported them has put all their
+    operations in the journal (two each), so they are queued ahead of what comes next."""
+    prefix = f"J{wave}-"
+    departments = [f"queued-{t}" for t in TARGETS]  # one target's entitlement each
+    today = datetime.now(UTC).date().isoformat()
+    lines = ["id,event,effective,name,email,employment_type,department"]
+    lines += [
+        f"{prefix}{i},hire,{today},Person {prefix}{i},{prefix.lower()}{i}@example.com,"
+        f"contractor,{departments[i % len(departments)]}"
+        for i in range(size)
+    ]
+    answer = api.post(
+        "/api/v1/feeds",
+        params={"mode": "events", "name": f"joiners-{wave}.csv"},
+        content="\n".join(lines) + "\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    if answer.status_code != 202:
+        raise BenchError(f"the joiners' feed was answered {answer.status_code} {answer.text}")
+    job = answer.json()["href"]
+    deadline = time.monotonic() + 120
+    while sum(journal.statuses(prefix).values()) < 2 * size:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the joiners of {prefix}* were not planned within 120 s")
+        found = api.get(job).json()
+        if found.get("status") == "failed":
+            raise BenchError(f"the joiners' feed was not imported: {found.get('error')}")
+        time.sleep(0.01)
+
+
 def queued_leavers(
-    url: str, token: str, api: httpx2.Client, journal: Journal, args: argparse.Namespace
+    api: httpx2.Client, journal: Journal, args: argparse.Namespace
 ) -> tuple[list[Leaver], int]:
-    """Batches of leavers, each right behind a wave of joiners posted to the API; the
-    leavers, and the joiners' operations in all."""
+    """Batches of leavers, each posted right behind a wave of joiners whose operations are
+    in the journal; the leavers, and the joiners' operations in all."""
     first = args.leavers
     names = [f"L{i}" for i in range(first, first + args.queued_leavers)]
     wave = args.queued // 2
-    departments = [f"queued-{t}" for t in TARGETS]  # one target's entitlement each
     measured: list[Leaver] = []
     for b, start in enumerate(range(0, len(names), args.batch)):
-        joiners = [
-            (f"J{b}-{i}", {"employment_type": "contractor", "department": department})
-            for i in range(wave)
-            for department in [departments[i % len(departments)]]
-        ]
-        hire(url, token, joiners)
+        if b:  # each wave alone ahead of its leavers
+            settle(journal, "J", 2 * wave * b, timeout=120 + wave)
+        joiner_wave(api, journal, b, wave)
         for who in names[start : start + args.batch]:
             seen = journal.statuses("J")
             ahead = 2 * wave * (b + 1) - sum(seen[s] for s in CLOSED)
@@ -383,9 +412,7 @@ def measure(url: str, token: str, journal: Journal, args: argparse.Namespace) ->
     headers = {"Authorization": f"Bearer {token}"}
     with httpx2.Client(base_url=url, headers=headers, timeout=30) as api:
         alone = [terminate(api, journal, f"L{i}", args) for i in range(args.leavers)]
-        behind, joiner_ops = (
-            queued_leavers(url, token, api, journal, args) if args.queued_leavers else ([], 0)
-        )
+        behind, joiner_ops = queued_leavers(api, journal, args) if args.queued_leavers else ([], 0)
     joiners = settle(journal, "J", joiner_ops, timeout=120 + joiner_ops / 5) if joiner_ops else {}
     removals = journal.removal_statuses()
     for target, counts in removals.items():

@@ -43,6 +43,11 @@ class EventKind(StrEnum):
     RESCIND = "rescind"
 
 
+# Changes after which access may have to go at once (policy decides what leave and suspend
+# take away): the engine plans them before other work.
+ENDS_ACCESS = frozenset({EventKind.TERMINATE, EventKind.SUSPEND, EventKind.LEAVE})
+
+
 class IdentityKind(StrEnum):
     HUMAN = "human"
     SERVICE_ACCOUNT = "service_account"

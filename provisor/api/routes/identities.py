@@ -29,7 +29,7 @@ from provisor.api.security import (
     typed_when,
     workspace_when,
 )
-from provisor.domain.lifecycle import EventKind
+from provisor.domain.lifecycle import ENDS_ACCESS, EventKind
 from provisor.engine import jobs, views
 from provisor.sources.hr import FeedMode
 
@@ -150,7 +150,11 @@ async def record_event(
         local=placed.local,
     )
     recorded = dict(await asyncio.wrap_future(answer))
-    request.app.state.wake.set()
+    wake = request.app.state.wake
+    if body.kind in ENDS_ACCESS and placed.at <= now:
+        wake.hurry()  # removals first, across every worker
+    else:
+        wake.set()
     return recorded
 
 

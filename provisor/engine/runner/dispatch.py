@@ -5,7 +5,9 @@ held by a live lease — removals first, so leavers go before joiners (``takeabl
 targets have any (``targets_with_work``); open the job queue (procrastinate, in the workspace's
 PostgreSQL database) and put jobs in it: a target's *drain* (a worker runs its takeable
 accounts; at most one waits per target, more are pointless) and a *cycle* (tick, reconcile
-what is due, plan; at most one waits) — each wakes a worker at once through LISTEN/NOTIFY.
+what is due, plan; at most one waits) — each wakes a worker at once through LISTEN/NOTIFY;
+tell the workers that removals are on their way (``Queue.announce``) and say whether they
+still are (``removals_due``, ``Queue.cycle_on_the_way``) for ``urgency``.
 The journal, not the queue, says what is left to do: a job lost with a dead worker loses
 nothing, since the sweeper puts a drain in the queue for every target with takeable work.
 Does not: run operations (``runner``), or run the worker (``worker``).
@@ -39,6 +41,22 @@ QUEUE = "provisor"
 REMOVALS_FIRST = 10  # drains for removals and cycles are fetched before any other job
 ROWS_PER_ACCOUNT = 8  # open operations read per account a slice wants (an account has a few)
 CYCLE_PATIENCE = 0.25  # seconds a cycle waits for a job slot before drains give way to it
+REMOVALS_CHANNEL = "provisor_removals"  # the NOTIFY saying removals are on their way
+_DUE_JOB = "queue_name = %(queue)s AND (scheduled_at IS NULL OR scheduled_at <= now())"
+_LEAVERS_WAITING = (
+    "EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE " + _DUE_JOB + " AND status = 'todo'"
+    " AND priority >= %(priority)s AND (task_name = %(drain)s OR EXISTS ("
+    "  SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id AND e.type = 'deferred'"
+    "  AND e.at < now() - %(patience)s * interval '1 second')))"
+)
+_FIRST_WAITING = (
+    "EXISTS (SELECT 1 FROM procrastinate_jobs WHERE " + _DUE_JOB + " AND status = 'todo'"
+    " AND priority >= %(priority)s)"
+)
+_CYCLE_ON_THE_WAY = (
+    "EXISTS (SELECT 1 FROM procrastinate_jobs WHERE " + _DUE_JOB + " AND task_name = %(cycle)s"
+    " AND status IN ('todo', 'doing'))"
+)
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]
@@ -121,6 +139,22 @@ def targets_with_work(
     return found
 
 
+def removals_due(workspace: Workspace, session: Session, now: datetime) -> bool:
+    """Whether any removal is open and due now on a target with a connector whose circuit is
+    not open (taken by a worker or not): a leaver's removals still on their way."""
+    automated = [
+        name
+        for name, t in workspace.compiled.targets.items()
+        if t.target_class is not TargetClass.MANUAL
+    ]
+    usable = sorted(set(automated) - circuit.waiting(session, now))
+    if not usable:
+        return False
+    op = Operation
+    query = select(op.id).where(op.target.in_(usable), text(OPEN_REMOVALS), _due(now)).limit(1)
+    return session.execute(query).first() is not None
+
+
 def conninfo(workspace: Workspace) -> str:
     """The workspace database's address as libpq takes it (the queue's driver)."""
     url: URL = workspace.engine.url
@@ -149,7 +183,7 @@ class Queue:
                 self.app.open()
                 self._open = True
 
-    def _defer(self, task: str, lock: str, priority: int, **args: str) -> bool:
+    def _defer(self, task: str, lock: str, priority: int, **args: str | bool) -> bool:
         """Put one job in; False when one with the same ``lock`` already waits."""
         self._opened()
         deferrer = self.app.configure_task(task, queue=QUEUE, queueing_lock=lock, priority=priority)
@@ -162,7 +196,8 @@ class Queue:
     def drain(self, target: str, *, removals: bool = False) -> bool:
         """Have a worker run the target's takeable accounts."""
         if removals:  # waits apart from (and before) a drain for other work
-            return self._defer(DRAIN, f"drain:{target}:removals", REMOVALS_FIRST, target=target)
+            lock = f"drain:{target}:removals"
+            return self._defer(DRAIN, lock, REMOVALS_FIRST, target=target, removals=True)
         return self._defer(DRAIN, f"drain:{target}", 0, target=target)
 
     def drains(self, targets: Iterable[tuple[str, bool]]) -> int:
@@ -195,20 +230,34 @@ class Queue:
         taken: a drain for removals, or a cycle (which may plan one) that has waited
         ``CYCLE_PATIENCE`` already — a stream of changes queues cycles all the time, and a
         cycle soon gets a slot anyway."""
+        return self._ask(_LEAVERS_WAITING)[0]
+
+    def cycle_on_the_way(self) -> tuple[bool, bool]:
+        """(whether a cycle waits or runs, whether a cycle or a drain for removals waits
+        however briefly) in one question: while a leaver's removals are on their way, a job
+        that may carry them is not kept waiting for a slot by drains of other work."""
+        on_the_way, waiting = self._ask(_CYCLE_ON_THE_WAY, _FIRST_WAITING)
+        return on_the_way, waiting
+
+    def _ask(self, *conditions: str) -> list[bool]:
         self._opened()
+        columns = ", ".join(f"{c} AS c{i}" for i, c in enumerate(conditions))
         row = self.app.connector.execute_query_one(
-            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE queue_name = %(queue)s"
-            " AND status = 'todo' AND priority >= %(priority)s"
-            " AND (scheduled_at IS NULL OR scheduled_at <= now())"
-            " AND (task_name = %(drain)s OR EXISTS (SELECT 1 FROM procrastinate_events e"
-            "  WHERE e.job_id = j.id AND e.type = 'deferred'"
-            "  AND e.at < now() - %(patience)s * interval '1 second'))) AS waiting",
+            f"SELECT {columns}",
             queue=QUEUE,
             priority=REMOVALS_FIRST,
             drain=DRAIN,
+            cycle=CYCLE,
             patience=CYCLE_PATIENCE,
         )
-        return bool(row["waiting"])
+        return [bool(row[f"c{i}"]) for i in range(len(conditions))]
+
+    def announce(self) -> None:
+        """Tell every worker that removals are on their way (``urgency``): a NOTIFY."""
+        self._opened()
+        self.app.connector.execute_query(
+            "SELECT pg_notify(%(channel)s, '')", channel=REMOVALS_CHANNEL
+        )
 
     def cycle(self) -> bool:
         """Have a worker run the engine's cycle (tick, reconcile what is due, plan)."""
@@ -224,11 +273,14 @@ class Queue:
 class Wake:
     """The service's wake-up when workers run the journal: ``set`` (the service's routes call
     it after recording a change, as ``threading.Event.set`` wakes the in-process runner) has
-    a thread of its own put a cycle in the queue, at once; a burst of changes costs one."""
+    a thread of its own put a cycle in the queue, at once; a burst of changes costs one.
+    ``hurry``: the change ends or suspends someone's access now — the cycle is put in, then
+    every worker hears that removals are on their way (``Queue.announce``)."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.queue = Queue(workspace)
         self._asked = threading.Event()
+        self._hurried = False
         self._stop = False
         self._thread = threading.Thread(target=self._work, name="provisor-wake", daemon=True)
         self._thread.start()
@@ -236,14 +288,21 @@ class Wake:
     def set(self) -> None:
         self._asked.set()
 
+    def hurry(self) -> None:
+        self._hurried = True
+        self._asked.set()
+
     def _work(self) -> None:
         while True:
             self._asked.wait()
             self._asked.clear()
+            hurried, self._hurried = self._hurried, False
             if self._stop:
                 return
             try:
                 self.queue.cycle()
+                if hurried:
+                    self.queue.announce()
             except Exception:  # the change is recorded; the next periodic cycle plans it
                 log.exception("could not put a cycle in the job queue")
 

@@ -84,6 +84,21 @@ def timed_execute(
         OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
 
 
+def _may_go_on(
+    started: bool,
+    give_way: Callable[[], bool] | None,
+    breaker: Breaker,
+    bucket: TokenBucket | SharedBucket | None,
+    target: str,
+) -> bool:
+    """Whether an account's next operation may be sent: not once a run of other work gives
+    way to a leaver (``give_way``, asked from the account's second operation on: the rest
+    waits in line), nor when ``_may_send`` says no."""
+    if started and give_way is not None and give_way():
+        return False
+    return _may_send(breaker, bucket, target)
+
+
 def _may_send(breaker: Breaker, bucket: TokenBucket | SharedBucket | None, target: str) -> bool:
     """Whether an account's next operation may go to ``target``: its circuit has not opened
     (else the rest waits for it), and the rate limit gave a token (a shared bucket whose
@@ -209,7 +224,8 @@ class Runner:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
         given) whose accounts this run can take. ``slots``: take one of the target's slots
         shared by every worker (``limits.Slots``) per account. ``give_way``: asked before an
-        account without a removal starts; once True, those left stay in line untried."""
+        account without a removal starts and before each of its later operations (it may
+        wait); once True, what is left stays in line untried."""
         report = ApplyReport()
         self.run_id, self._give_way, self._breakers = uuid.uuid4().hex, give_way, {}
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
@@ -561,6 +577,7 @@ class Runner:
         due = frozenset(
             j.entitlement for j in jobs if j.kind is OpKind.ADD_ENTITLEMENT and j.entitlement
         )
+        give_way = None if any(j.kind in REMOVALS for j in jobs) else self._give_way
         for job in jobs:
             if held and job.kind not in REMOVALS:
                 continue
@@ -572,7 +589,7 @@ class Runner:
                 continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
-            if not _may_send(breaker, bucket, job.target):
+            if not _may_go_on(bool(outcomes), give_way, breaker, bucket, job.target):
                 break
             if not self._keeper.holds((job.identity, job.target)):
                 break  # the account's lease ran out or was taken over: write nothing more

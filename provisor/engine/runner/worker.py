@@ -6,7 +6,9 @@ Does: run procrastinate's worker on the workspace's database with three tasks �
   alone while there are any) and run each slice through a ``Runner`` (leases, intent records,
   fenced outcomes: each operation is executed and recorded once whatever the number of
   workers), an account only while holding one of the target's slots, so its ``concurrency``
-  holds across all workers (one drain's threads can fill them all); after ``DRAIN_SECONDS``
+  holds across all workers (one drain's threads can fill them all); while a leaver's removals
+  are on their way (``urgency``), an account without a removal waits before each operation;
+  after ``DRAIN_SECONDS``
   — or at once, between accounts, when it runs other work and a drain for removals (or a
   cycle, a quarter second already) waits for a job slot — it stops and puts a drain back in
   the queue for the rest, so other jobs get their turn and any idle worker may take it;
@@ -58,6 +60,7 @@ from provisor.engine.runner.dispatch import (
 )
 from provisor.engine.runner.leases import free_the_dead
 from provisor.engine.runner.runner import ApplyReport, Runner
+from provisor.engine.runner.urgency import Urgency
 from provisor.engine.tasks import open_tasks
 from provisor.engine.workspace import Workspace
 from provisor.errors import ProvisorError
@@ -131,6 +134,7 @@ class Worker:
         )
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
         self.leavers = Leavers(self.queue)
+        self.urgency = Urgency(workspace, self.queue)  # leavers' removals on their way
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         # many workers start and restart: none plans everyone for it (a new policy version is)
         self.cycles = Cycles(workspace, hand_off=self.hand_off, full_first=False)
@@ -153,19 +157,22 @@ class Worker:
         """The workspace database connections a worker needs (kept once opened, none more):
         each job's runner writes from one thread and renews its leases from another, its
         accounts take and give back target slots in short transactions, a cycle holds one
-        for its lock. Bounded, so that many workers fit in the server's ``max_connections``;
+        for its lock, hearing of leavers (``urgency``) asks whether their removals are done.
+        Bounded, so that many workers fit in the server's ``max_connections``;
         a thread waits for a connection rather than open one more. All are kept: a busy
         worker that opened and closed connections beyond a smaller kept number spent more on
         that (a server process each) than on its work."""
-        return (2 * concurrency + 2, 0)
+        return (2 * concurrency + 3, 0)
 
     # --- tasks -------------------------------------------------------------------------
 
-    def drain(self, target: str) -> dict[str, int]:
+    def drain(self, target: str, removals: bool = False) -> dict[str, int]:
         """Run ``target``'s takeable accounts a slice at a time (removals first) until none is
-        left or its turn is up; then put a drain in the queue for whatever remains. A turn
-        spent on other work ends early, between accounts, when a job that may carry a leaver
-        waits for a worker: a leaver never waits for a joiner wave's turn to run out."""
+        left or its turn is up; then put a drain in the queue for whatever remains (one put
+        in for ``removals`` ends when they are done: the rest goes back in line). A turn
+        spent on other work waits, before each operation, while a leaver's removals are on
+        their way anywhere in the cluster, and ends early, between operations, when a job that
+        may carry a leaver waits for a worker: a leaver never waits for a joiner wave."""
         self._fresh_policy()
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
@@ -174,8 +181,10 @@ class Worker:
         gave_way: list[bool] = []
 
         def give_way() -> bool:
-            if not gave_way and self.leavers.waiting():
-                gave_way.append(True)
+            if not gave_way:
+                self.urgency.hold()  # a leaver's removals on their way go first
+                if self.urgency.slot_wanted or self.leavers.waiting():
+                    gave_way.append(True)
             return bool(gave_way)
 
         totals: dict[str, int] = {}
@@ -186,11 +195,14 @@ class Worker:
             with self.workspace.sessions() as session:
                 # removals alone while there are any: a leaver's slice never waits on joiners
                 chosen = takeable(session, target, now, size, removals=True, besides=tried)
-                removals = bool(chosen)
+                leavers = bool(chosen)
+                if removals and not leavers:  # put in for removals, and they are done
+                    self._more(target)  # the rest waits behind other jobs for removals
+                    break
                 chosen = chosen or takeable(session, target, now, size, besides=tried)
             if not chosen:
                 break
-            if not removals and give_way():
+            if not leavers and give_way():
                 self._more(target)  # the rest goes back in line, behind the leavers
                 break
             tried.update(chosen)
@@ -200,7 +212,7 @@ class Worker:
                 target=target,
                 identities=chosen,
                 slots=True,
-                give_way=None if removals else give_way,
+                give_way=None if leavers else give_way,
             )
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
@@ -260,6 +272,8 @@ class Worker:
             due = op.not_before is None or op.not_before <= now
             if status == "new" and due and op.target in automated:
                 added[op.target] = added.get(op.target, False) or op.kind in REMOVALS
+        if any(added.values()):
+            self.queue.announce()  # every worker's other work waits for them
         self.queue.drains(sorted(added.items(), key=lambda item: not item[1]))
         with self.workspace.sessions() as session, session.begin():
             report.tasks_opened = open_tasks(self.workspace, session, now)
@@ -353,6 +367,7 @@ class Worker:
         )
 
     def close(self) -> None:
+        self.urgency.close()
         self.cycles.close()
         self.queue.close()
         self.pool.close()
