@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from provisor.connectors.base import AccountSpec
 from provisor.connectors.scim import ScimConnector
@@ -418,43 +419,42 @@ def test_a_shared_pool_opens_a_new_connector_when_the_policy_changes(ws: Workspa
         pool.close()
 
 
-def test_a_run_that_gives_way_runs_the_leavers_accounts_and_leaves_the_rest_untried(
+def test_a_held_run_waits_before_each_joiner_operation_and_never_for_a_leaver(
     ws: Workspace, scim_url: str
 ) -> None:
-    """A worker's turn given back for leavers (``give_way``): the accounts with a removal
-    still run to their read-back, the others are not started and stay in line, untried."""
+    """A worker's run while a leaver's removals are on their way (``hold``): called before
+    each operation of an account without a removal — here it waits until the leaver is
+    disabled in the application — and never for the leaver's own account."""
     people(ws, "E1", "E2")
     plan(ws)
     assert apply(ws).failed == 0
     event(ws, "E1", EventKind.TERMINATE)
     people(ws, "E3", "E4")
     plan(ws)
-    asked: list[bool] = []
+    seen: list[bool] = []
 
-    def give_way() -> bool:
-        asked.append(True)
-        return True
+    def leaver_active() -> bool:
+        user = server_user(scim_url, "e1@example.com")
+        assert user is not None
+        return bool(user["active"])
 
-    runner = Runner(ws, rng=random.Random(1))
-    try:
-        report = runner.apply(now=lambda: NOW, target="app", give_way=give_way)
-    finally:
-        runner.close()
-    assert asked and report.failed == 0 and report.waiting > 0
-    user = server_user(scim_url, "e1@example.com")
-    assert user is not None and user["active"] is False  # the leaver's removal ran
-    assert server_user(scim_url, "e3@example.com") is None  # the joiners' did not
+    def hold() -> None:
+        deadline = time.monotonic() + 10
+        while leaver_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(leaver_active())
+
     with ws.sessions() as session:
         op = models.Operation
-        joiners = session.execute(
-            select(op.status, op.attempts, op.intent_run).where(
-                op.identity.in_(["E3", "E4"]), op.target == "app"
-            )
-        ).all()
-        removal = session.execute(
-            select(op.status).where(op.identity == "E1", op.kind == "disable")
+        joiner_ops = session.execute(
+            select(func.count()).where(op.identity.in_(["E3", "E4"]), op.target == "app")
         ).scalar_one()
-    assert removal == "verified"
-    assert joiners and all(row == ("pending", 0, None) for row in joiners)
-    assert apply(ws).failed == 0  # in line: the next run takes them
+    runner = Runner(ws, rng=random.Random(1))
+    try:
+        report = runner.apply(now=lambda: NOW, target="app", hold=hold)
+    finally:
+        runner.close()
+    assert report.failed == 0
+    assert len(seen) == joiner_ops > 0  # once before each joiner operation...
+    assert not any(seen)  # ...each let go only once the leaver was disabled
     assert server_user(scim_url, "e3@example.com") is not None

@@ -7,19 +7,28 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
-from provisor.engine import circuit
+from provisor.domain.lifecycle import EventKind, LifecycleEvent
+from provisor.domain.plan import REMOVAL_KINDS
+from provisor.engine import circuit, identities
+from provisor.engine.cycle import system_clock
+from provisor.engine.planner import sync_journal
+from provisor.engine.runner import Runner
+from provisor.engine.workspace import Workspace
 from provisor.sandbox.cluster import start_workers, stop_workers, verified_keys, wait_until_done
 from provisor.sandbox.scim import ScimApp
 from provisor.sandbox.workspaces import hire_employees, scratch_workspace
 from provisor.store import models
 from tests.connectors.faulty_proxy import FaultyProxy, Refuse
 from tests.engine.test_crash_safety import POLICY
+from tests.engine.test_runner import server_user
 
 PEOPLE = 60  # x (create + one group) = 120 operations
 SETTINGS = "runner: {lease_seconds: 3, sweep_seconds: 1}\nservice: {cycle_seconds: 2}\n"
@@ -119,40 +128,197 @@ def test_a_target_down_then_back_under_workers(
     assert len(users) >= 30 and all(w.returncode == 0 for w in workers), errors
 
 
-def test_a_drain_gives_its_turn_to_a_waiting_leavers_job(
+def _terminate(workspace: Workspace, who: str) -> None:
+    now = datetime.now(UTC)
+    event = LifecycleEvent(who, EventKind.TERMINATE, now, now, {})
+    with workspace.sessions() as session, session.begin():
+        identities.record_events(session, workspace.config, [event], origin="test", now=now)
+
+
+def _open_removals(workspace: Workspace, who: str) -> int:
+    op = models.Operation
+    with workspace.sessions() as session:
+        query = select(func.count()).where(
+            op.identity == who, op.kind.in_(REMOVAL_KINDS), op.status.in_(["pending", "running"])
+        )
+        return int(session.execute(query).scalar_one())
+
+
+def _until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
     tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every job slot taken and a cycle (which may plan a leaver) or a drain for removals
-    waiting: a drain running joiners stops before its next account and goes back in line."""
-    from provisor.engine.runner.dispatch import Queue
-    from provisor.engine.runner.worker import Worker
+    """A worker hears that removals are on their way: other work is held while a cycle waits
+    (it may plan them) and while a removal is open and due; let go once they are done, and
+    after ``HOLD_SECONDS`` at most however long they take."""
+    from provisor.engine.runner import urgency
+    from provisor.engine.runner.dispatch import FIRST, QUEUE, Queue
 
     postgres_env(postgres_url, monkeypatch)
     ScimApp.create_groups(scim_url, "staff")
     (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
     workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
     queue = Queue(workspace)
-    worker = Worker(workspace, concurrency=1)
+    heard = urgency.Urgency(workspace, queue)
+    released: list[float] = []
+
+    def held() -> threading.Thread:
+        def wait() -> None:
+            heard.hold()
+            released.append(time.monotonic())
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        return thread
+
     try:
-        hire_employees(workspace, 5, datetime.now(UTC))
-        assert not queue.leavers_waiting()
-        assert queue.drain("app") and not queue.leavers_waiting()  # joiners' work: no
-        assert queue.cycle() and not queue.leavers_waiting()  # a cycle soon gets a slot...
-        time.sleep(0.3)
-        assert queue.leavers_waiting()  # ...else the drains give way to it
-        assert worker.drain("app") == {}  # gave way before its first account
-        assert queue.drain("app", removals=True) and queue.leavers_waiting()
+        hire_employees(workspace, 2, datetime.now(UTC))
+        assert Runner(workspace).apply(now=system_clock).failed == 0
+        assert not heard.urgent
+        started = time.monotonic()
+        heard.hold()  # nothing announced: no wait
+        assert time.monotonic() - started < 0.5
+        assert heard._thread.is_alive() and _until(lambda: _listening(workspace), 10)
+        # a cycle waits (it may plan a leaver): held until it is gone
+        assert queue.cycle() and queue.drain("app") and queue.drain("app", removals=True)
         with workspace.sessions() as session:
-            op = models.Operation
-            rows = session.execute(select(op.status, op.attempts)).all()
-        assert rows and set(rows) == {("pending", 0)}
+            jobs = session.execute(
+                text("SELECT task_name, args->>'removals', queue_name FROM procrastinate_jobs")
+            ).all()
+        assert set(jobs) == {
+            ("provisor.cycle", None, FIRST),  # slots of their own: never behind joiners
+            ("provisor.drain", "true", FIRST),
+            ("provisor.drain", None, QUEUE),
+        }
+        queue.announce()
+        assert _until(lambda: heard.urgent, 5)
+        thread = held()
+        time.sleep(0.3)
+        assert thread.is_alive()  # held while the cycle waits
+        _terminate(workspace, "E0")
+        with workspace.sessions() as session, session.begin():
+            sync_journal(workspace, session, now=datetime.now(UTC), changed_only=True)
+        assert _open_removals(workspace, "E0") > 0
         with workspace.sessions() as session:
             session.execute(text("DELETE FROM procrastinate_jobs"))
             session.commit()
-        time.sleep(0.15)  # the worker's answer is kept that long
-        totals = worker.drain("app")
-        assert totals["verified"] == 10 and totals["failed"] == 0  # nothing waits: it runs
+        time.sleep(0.3)
+        assert thread.is_alive()  # the cycle is gone; the leaver's removals are open
+        assert Runner(workspace).apply(now=system_clock, identity="E0").failed == 0
+        assert _open_removals(workspace, "E0") == 0
+        thread.join(5)
+        assert released and not heard.urgent  # let go once they were done
+        # a removal that does not finish holds nothing past HOLD_SECONDS
+        monkeypatch.setattr(urgency, "HOLD_SECONDS", 0.5)
+        _terminate(workspace, "E1")
+        with workspace.sessions() as session, session.begin():
+            sync_journal(workspace, session, now=datetime.now(UTC), changed_only=True)
+        queue.announce()
+        assert _until(lambda: heard.urgent, 5)
+        started = time.monotonic()
+        held().join(5)
+        assert 0.2 < released[-1] - started < 3 and _open_removals(workspace, "E1") > 0
     finally:
-        worker.close()
+        heard.close()
         queue.close()
+        workspace.close()
+
+
+def _listening(workspace: Workspace) -> bool:
+    with workspace.sessions() as session:
+        found = session.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN provisor_rem%'")
+        ).scalar_one()
+    return bool(found)
+
+
+def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_them(
+    tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's cycle that planned removals due now tells every worker (a NOTIFY on the
+    removals channel) and runs them itself — no drain needed — under the journal's leases;
+    joiners' work it planned goes to drains, in the queue of other work."""
+    import psycopg
+
+    from provisor.engine.runner.dispatch import QUEUE, REMOVALS_CHANNEL, conninfo
+    from provisor.engine.runner.worker import Worker
+
+    postgres_env(postgres_url, monkeypatch)
+    ScimApp.create_groups(scim_url, "staff")
+    (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
+    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    worker = Worker(workspace, concurrency=2)
+    listener = psycopg.connect(conninfo(workspace), autocommit=True)
+    try:
+        hire_employees(workspace, 2, datetime.now(UTC))
+        assert Runner(workspace).apply(now=system_clock).failed == 0
+        worker.cycle()  # the first cycle: nothing new
+        listener.execute(f"LISTEN {REMOVALS_CHANNEL}")
+        _terminate(workspace, "E0")
+        now = datetime.now(UTC)
+        attributes = {"name": "J1", "email": "j1@example.com", "employment_type": "employee"}
+        joiner = LifecycleEvent("J1", EventKind.HIRE, now, now, attributes)
+        with workspace.sessions() as session, session.begin():
+            identities.record_events(session, workspace.config, [joiner], origin="t", now=now)
+        result = worker.cycle()
+        assert result["leavers"]["verified"] >= 2 and result["leavers"]["failed"] == 0
+        assert _open_removals(workspace, "E0") == 0
+        user = server_user(scim_url, "p0@example.com")
+        assert user is not None and user["active"] is False
+        assert [n.channel for n in listener.notifies(timeout=1, stop_after=1)] == [REMOVALS_CHANNEL]
+        with workspace.sessions() as session:
+            waiting = session.execute(
+                text(
+                    "SELECT queue_name, args->>'target' FROM procrastinate_jobs"
+                    " WHERE task_name = 'provisor.drain'"
+                )
+            ).all()
+        assert waiting == [(QUEUE, "app")]  # the joiner's work, in line with other work
+        assert set(verified_keys(workspace).values()) == {1}
+    finally:
+        listener.close()
+        worker.close()
+        workspace.close()
+
+
+def test_the_services_wake_hurries_a_leaver(
+    tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service, told a change ends someone's access now (``Wake.hurry``), puts a cycle in
+    the leavers' queue and then tells every worker; an ordinary change only the cycle."""
+    import psycopg
+
+    from provisor.engine.runner.dispatch import FIRST, REMOVALS_CHANNEL, Wake, conninfo
+
+    postgres_env(postgres_url, monkeypatch)
+    (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
+    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    wake = Wake(workspace)
+    listener = psycopg.connect(conninfo(workspace), autocommit=True)
+    listener.execute(f"LISTEN {REMOVALS_CHANNEL}")
+
+    def cycles() -> list[Any]:
+        with workspace.sessions() as session:
+            return session.execute(
+                text("SELECT queue_name FROM procrastinate_jobs WHERE task_name = 'provisor.cycle'")
+            ).all()
+
+    try:
+        wake.set()
+        assert _until(lambda: cycles() == [(FIRST,)], 5)
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        wake.hurry()  # the cycle already waits: one is enough, and the workers hear it
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [REMOVALS_CHANNEL]
+        assert cycles() == [(FIRST,)]
+    finally:
+        listener.close()
+        wake.close()
         workspace.close()

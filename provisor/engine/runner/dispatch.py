@@ -6,6 +6,8 @@ targets have any (``targets_with_work``); open the job queue (procrastinate, in 
 PostgreSQL database) and put jobs in it: a target's *drain* (a worker runs its takeable
 accounts; at most one waits per target, more are pointless) and a *cycle* (tick, reconcile
 what is due, plan; at most one waits) — each wakes a worker at once through LISTEN/NOTIFY;
+cycles and drains for removals go in a queue of their own (``FIRST``), whose job slots
+other work never takes, so a leaver never waits for a slot behind a joiner wave;
 tell the workers that removals are on their way (``Queue.announce``) and say whether they
 still are (``removals_due``, ``Queue.cycle_on_the_way``) for ``urgency``.
 The journal, not the queue, says what is left to do: a job lost with a dead worker loses
@@ -37,26 +39,10 @@ log = logging.getLogger(__name__)
 DRAIN = "provisor.drain"
 CYCLE = "provisor.cycle"
 SWEEP = "provisor.sweep"
-QUEUE = "provisor"
-REMOVALS_FIRST = 10  # drains for removals and cycles are fetched before any other job
+QUEUE = "provisor"  # drains of other work
+FIRST = "provisor.first"  # cycles, drains for removals, sweeps: job slots of their own
 ROWS_PER_ACCOUNT = 8  # open operations read per account a slice wants (an account has a few)
-CYCLE_PATIENCE = 0.25  # seconds a cycle waits for a job slot before drains give way to it
 REMOVALS_CHANNEL = "provisor_removals"  # the NOTIFY saying removals are on their way
-_DUE_JOB = "queue_name = %(queue)s AND (scheduled_at IS NULL OR scheduled_at <= now())"
-_LEAVERS_WAITING = (
-    "EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE " + _DUE_JOB + " AND status = 'todo'"
-    " AND priority >= %(priority)s AND (task_name = %(drain)s OR EXISTS ("
-    "  SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id AND e.type = 'deferred'"
-    "  AND e.at < now() - %(patience)s * interval '1 second')))"
-)
-_FIRST_WAITING = (
-    "EXISTS (SELECT 1 FROM procrastinate_jobs WHERE " + _DUE_JOB + " AND status = 'todo'"
-    " AND priority >= %(priority)s)"
-)
-_CYCLE_ON_THE_WAY = (
-    "EXISTS (SELECT 1 FROM procrastinate_jobs WHERE " + _DUE_JOB + " AND task_name = %(cycle)s"
-    " AND status IN ('todo', 'doing'))"
-)
 
 
 def _due(now: datetime):  # type: ignore[no-untyped-def]
@@ -183,10 +169,10 @@ class Queue:
                 self.app.open()
                 self._open = True
 
-    def _defer(self, task: str, lock: str, priority: int, **args: str | bool) -> bool:
+    def _defer(self, task: str, lock: str, queue: str, **args: str | bool) -> bool:
         """Put one job in; False when one with the same ``lock`` already waits."""
         self._opened()
-        deferrer = self.app.configure_task(task, queue=QUEUE, queueing_lock=lock, priority=priority)
+        deferrer = self.app.configure_task(task, queue=queue, queueing_lock=lock)
         try:
             deferrer.defer(**args)
         except AlreadyEnqueued:
@@ -195,10 +181,10 @@ class Queue:
 
     def drain(self, target: str, *, removals: bool = False) -> bool:
         """Have a worker run the target's takeable accounts."""
-        if removals:  # waits apart from (and before) a drain for other work
+        if removals:  # waits apart from a drain for other work, for slots of its own
             lock = f"drain:{target}:removals"
-            return self._defer(DRAIN, lock, REMOVALS_FIRST, target=target, removals=True)
-        return self._defer(DRAIN, f"drain:{target}", 0, target=target)
+            return self._defer(DRAIN, lock, FIRST, target=target, removals=True)
+        return self._defer(DRAIN, f"drain:{target}", QUEUE, target=target)
 
     def drains(self, targets: Iterable[tuple[str, bool]]) -> int:
         """A drain for each (target, has removals) — but only a drain for removals where one
@@ -218,39 +204,37 @@ class Queue:
         self._opened()
         rows = self.app.connector.execute_query_all(
             "SELECT DISTINCT args->>'target' AS target FROM procrastinate_jobs j"
-            " WHERE task_name = %(task)s AND status = 'doing' AND EXISTS ("
+            " WHERE task_name = %(task)s AND queue_name = %(queue)s AND status = 'doing'"
+            " AND EXISTS ("
             "  SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id"
             "  AND e.type = 'started' AND e.at > now() - interval '1 minute')",
             task=DRAIN,
+            queue=QUEUE,
         )
         return {str(row["target"]) for row in rows}
 
-    def leavers_waiting(self) -> bool:
-        """Whether a job that may carry a leaver waits in the queue, every worker's job slots
-        taken: a drain for removals, or a cycle (which may plan one) that has waited
-        ``CYCLE_PATIENCE`` already — a stream of changes queues cycles all the time, and a
-        cycle soon gets a slot anyway."""
-        return self._ask(_LEAVERS_WAITING)[0]
-
-    def cycle_on_the_way(self) -> tuple[bool, bool]:
-        """(whether a cycle waits or runs, whether a cycle or a drain for removals waits
-        however briefly) in one question: while a leaver's removals are on their way, a job
-        that may carry them is not kept waiting for a slot by drains of other work."""
-        on_the_way, waiting = self._ask(_CYCLE_ON_THE_WAY, _FIRST_WAITING)
-        return on_the_way, waiting
-
-    def _ask(self, *conditions: str) -> list[bool]:
+    def cycle_on_the_way(self) -> bool:
+        """Whether a cycle waits or runs (it may be planning a leaver's removals)."""
         self._opened()
-        columns = ", ".join(f"{c} AS c{i}" for i, c in enumerate(conditions))
         row = self.app.connector.execute_query_one(
-            f"SELECT {columns}",
-            queue=QUEUE,
-            priority=REMOVALS_FIRST,
-            drain=DRAIN,
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE task_name = %(cycle)s"
+            " AND status IN ('todo', 'doing')"
+            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS on_the_way",
             cycle=CYCLE,
-            patience=CYCLE_PATIENCE,
         )
-        return [bool(row[f"c{i}"]) for i in range(len(conditions))]
+        return bool(row["on_the_way"])
+
+    def idle(self) -> bool:
+        """Whether no job of either queue is due and waiting."""
+        self._opened()
+        row = self.app.connector.execute_query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM procrastinate_jobs"
+            " WHERE queue_name IN (%(queue)s, %(first)s) AND status = 'todo'"
+            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS idle",
+            queue=QUEUE,
+            first=FIRST,
+        )
+        return bool(row["idle"])
 
     def announce(self) -> None:
         """Tell every worker that removals are on their way (``urgency``): a NOTIFY."""
@@ -261,7 +245,7 @@ class Queue:
 
     def cycle(self) -> bool:
         """Have a worker run the engine's cycle (tick, reconcile what is due, plan)."""
-        return self._defer(CYCLE, "cycle", REMOVALS_FIRST)
+        return self._defer(CYCLE, "cycle", FIRST)
 
     def close(self) -> None:
         with self._lock:

@@ -84,19 +84,8 @@ def timed_execute(
         OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
 
 
-def _may_go_on(
-    started: bool,
-    give_way: Callable[[], bool] | None,
-    breaker: Breaker,
-    bucket: TokenBucket | SharedBucket | None,
-    target: str,
-) -> bool:
-    """Whether an account's next operation may be sent: not once a run of other work gives
-    way to a leaver (``give_way``, asked from the account's second operation on: the rest
-    waits in line), nor when ``_may_send`` says no."""
-    if started and give_way is not None and give_way():
-        return False
-    return _may_send(breaker, bucket, target)
+def _go() -> None:
+    """Nothing to wait for (an account with a removal, a run told of nothing to hold for)."""
 
 
 def _may_send(breaker: Breaker, bucket: TokenBucket | SharedBucket | None, target: str) -> bool:
@@ -177,7 +166,7 @@ class Runner:
         # (identity, target) whose user name is generated and who has none: nothing is made
         self._nameless: set[tuple[str, str]] = set()
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
-        self._give_way: Callable[[], bool] | None = None  # this run's, see ``apply``
+        self._hold: Callable[[], None] | None = None  # this run's, see ``apply``
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -219,15 +208,14 @@ class Runner:
         progress: Callable[[int, int], None] | None = None,
         identities: Collection[str] | None = None,
         slots: bool = False,
-        give_way: Callable[[], bool] | None = None,
+        hold: Callable[[], None] | None = None,
     ) -> ApplyReport:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
         given) whose accounts this run can take. ``slots``: take one of the target's slots
-        shared by every worker (``limits.Slots``) per account. ``give_way``: asked before an
-        account without a removal starts and before each of its later operations (it may
-        wait); once True, what is left stays in line untried."""
+        shared by every worker (``limits.Slots``) per account. ``hold``: called before each
+        operation of an account without a removal; it may wait (while leavers go first)."""
         report = ApplyReport()
-        self.run_id, self._give_way, self._breakers = uuid.uuid4().hex, give_way, {}
+        self.run_id, self._hold, self._breakers = uuid.uuid4().hex, hold, {}
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
         groups = self._groups(target, identity, identities)
@@ -246,39 +234,34 @@ class Runner:
         futures: dict[Future[list[Outcome]], int] = {}
         try:
             usable = self._usable(by_target, report, now)
+            # every usable target's accounts leased and claimed at once: one transaction each
+            held = self._keeper.take(
+                {(jobs[0].identity, w) for w in usable for jobs in by_target[w]}
+            )
+            report.accounts += len(held)
+            ours = [
+                job.id
+                for where in usable
+                for jobs in by_target[where]
+                if (jobs[0].identity, where) in held
+                for job in jobs
+            ]
+            mine = self._claim(ours, now())
+            claimed |= mine
             for where, accounts in sorted(by_target.items()):
                 count = sum(len(jobs) for jobs in accounts)
                 connector = usable.get(where)
+                taken_here = sum(1 for jobs in accounts for job in jobs if job.id in mine)
+                done += count - taken_here
                 if connector is None:
-                    done += count
                     continue
-                definition = self.workspace.compiled.targets[where]
-                breaker = self._breakers[where] = Breaker(definition.circuit.failures)
-                held = self._keeper.take({(jobs[0].identity, where) for jobs in accounts})
-                report.accounts += len(held)
-                ours = [
-                    job.id for jobs in accounts if (jobs[0].identity, where) in held for job in jobs
-                ]
-                mine = self._claim(ours, now())
-                claimed |= mine
-                report.waiting += count - len(mine)
-                done += count - len(mine)
-                gate = Slots(self.workspace, where, definition.concurrency) if slots else None
-                bucket = self._bucket(where, connector, definition)
-                pool = ThreadPoolExecutor(definition.concurrency, f"provisor-{where}")
+                report.waiting += count - taken_here
+                pool = ThreadPoolExecutor(
+                    self.workspace.compiled.targets[where].concurrency, f"provisor-{where}"
+                )
                 pools.append(pool)
-                # leavers' accounts first: a removal never waits in the pool behind joiners
-                for jobs in sorted(
-                    accounts, key=lambda js: not any(j.kind in REMOVALS for j in js)
-                ):
-                    taken = [j for j in jobs if j.id in mine]
-                    if taken:
-                        run = partial(
-                            self._run_account, taken, connector, specs, now, bucket, breaker
-                        )
-                        future = pool.submit(self._gated, gate, taken, run)
-                        futures[future] = len(taken)
-                        self._accounts[future] = (jobs[0].identity, where)
+                started = self._start(pool, where, connector, accounts, mine, specs, now, slots)
+                futures.update(started)
             self._collect(futures, report, pending, finished, (done, total), progress)
         finally:
             for pool in pools:
@@ -290,6 +273,33 @@ class Runner:
                 self._keeper.stop()
                 self._accounts.clear()
         return report
+
+    def _start(
+        self,
+        pool: ThreadPoolExecutor,
+        where: str,
+        connector: Connector,
+        accounts: list[list[Job]],
+        mine: set[int],
+        specs: Mapping[tuple[str, str], AccountSpec],
+        now: Callable[[], datetime],
+        slots: bool,
+    ) -> dict[Future[list[Outcome]], int]:
+        """The accounts of ``where`` whose operations this run claimed (``mine``) put in
+        its ``pool``, leavers' first: a removal never waits in the pool behind joiners."""
+        definition = self.workspace.compiled.targets[where]
+        breaker = self._breakers[where] = Breaker(definition.circuit.failures)
+        gate = Slots(self.workspace, where, definition.concurrency) if slots else None
+        bucket = self._bucket(where, connector, definition)
+        futures: dict[Future[list[Outcome]], int] = {}
+        for jobs in sorted(accounts, key=lambda js: not any(j.kind in REMOVALS for j in js)):
+            taken = [j for j in jobs if j.id in mine]
+            if taken:
+                run = partial(self._run_account, taken, connector, specs, now, bucket, breaker)
+                future = pool.submit(self._gated, gate, taken, run)
+                futures[future] = len(taken)
+                self._accounts[future] = (jobs[0].identity, where)
+        return futures
 
     def _usable(
         self,
@@ -363,8 +373,9 @@ class Runner:
         progress: Callable[[int, int], None] | None,
     ) -> None:
         """Take the accounts' outcomes as they come (``pending``, ids into ``finished``) and
-        write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on — and
-        at once when a removal is among them: a leaver's proof is not kept waiting."""
+        write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on (or
+        once the run's ``hold`` lets go) — and at once when a removal is among them: a
+        leaver's proof is not kept waiting."""
         done, total = count
         waiting_for = set(futures)
         flushed = time.monotonic()
@@ -385,6 +396,8 @@ class Runner:
                 or len(pending) >= FLUSH_EVERY
                 or time.monotonic() - flushed >= FLUSH_SECONDS
             ):
+                if not removed and self._hold is not None:
+                    self._hold()  # other work's outcomes wait too while a leaver's go first
                 self._flush(pending, report)
                 pending.clear()
                 flushed = time.monotonic()
@@ -537,13 +550,10 @@ class Runner:
         self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
     ) -> list[Outcome]:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
-        runs when ``gate``; nothing at all once the target's circuit opened, nor an account
-        without a removal once the run gives way."""
+        runs when ``gate``; nothing at all once the target's circuit opened."""
         if self._breakers[jobs[0].target].tripped:
             return []
         removal = any(job.kind in REMOVALS for job in jobs)
-        if not removal and self._give_way is not None and self._give_way():
-            return []
         if gate is None:
             return run()
         try:
@@ -577,7 +587,7 @@ class Runner:
         due = frozenset(
             j.entitlement for j in jobs if j.kind is OpKind.ADD_ENTITLEMENT and j.entitlement
         )
-        give_way = None if any(j.kind in REMOVALS for j in jobs) else self._give_way
+        hold = self._hold if self._hold and not any(j.kind in REMOVALS for j in jobs) else _go
         for job in jobs:
             if held and job.kind not in REMOVALS:
                 continue
@@ -589,7 +599,8 @@ class Runner:
                 continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
-            if not _may_go_on(bool(outcomes), give_way, breaker, bucket, job.target):
+            hold()  # while a leaver's removals are on their way (an account without one)
+            if not _may_send(breaker, bucket, job.target):
                 break
             if not self._keeper.holds((job.identity, job.target)):
                 break  # the account's lease ran out or was taken over: write nothing more

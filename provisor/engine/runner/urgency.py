@@ -10,8 +10,7 @@ one planning them), a removal open and due on a target whose circuit is not open
 (``removals_due``). Meanwhile ``hold`` keeps an account without a removal from starting its
 next operation, so the cores, the database and the targets serve the leaver; for at most
 ``HOLD_SECONDS`` from the first announcement, so other work never waits long behind a removal
-that cannot finish. Also says when a job that may carry a leaver waits for a job slot
-(``slot_wanted``): drains of other work then give way and end.
+that cannot finish.
 Does not: stop an operation already sent, order work (``dispatch`` puts removals first in the
 queue and in each slice), or run on SQLite (there one process runs the journal, removals
 first). While its connection is lost (it connects again every ``RECONNECT_SECONDS``), other
@@ -32,7 +31,7 @@ from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.02  # how often a worker asks whether announced removals are still on the way
+POLL_SECONDS = 0.05  # how often a worker asks whether announced removals are still on the way
 HOLD_SECONDS = 2.0  # the longest other work waits after an announcement
 IDLE_SECONDS = 1.0  # the listener's wait for a notification when nothing is announced
 RECONNECT_SECONDS = 1.0  # the pause before the listener connects again
@@ -44,11 +43,8 @@ class Urgency:
     def __init__(self, workspace: Workspace, queue: Queue) -> None:
         self.workspace = workspace
         self.queue = queue
-        self.slot_wanted = False  # a job that may carry a leaver waits for a job slot
         self._quiet = threading.Event()  # set: nothing announced is on its way
         self._quiet.set()
-        self._go = threading.Event()  # set: other work may go on (quiet, or a slot wanted)
-        self._go.set()
         self._since = 0.0  # when the removals on their way were first announced
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="provisor-urgency", daemon=True)
@@ -60,8 +56,8 @@ class Urgency:
 
     def hold(self) -> None:
         """Wait while announced removals are on their way (``HOLD_SECONDS`` at most since
-        they were announced), or until a job that may carry a leaver waits for a slot."""
-        self._go.wait(HOLD_SECONDS)
+        they were announced)."""
+        self._quiet.wait(HOLD_SECONDS)
 
     def close(self) -> None:
         self._stop.set()
@@ -87,7 +83,6 @@ class Urgency:
             if heard and not self.urgent:
                 self._since = time.monotonic()
                 self._quiet.clear()
-                self._go.clear()
             if self.urgent:
                 self._check()
 
@@ -96,19 +91,11 @@ class Urgency:
         if time.monotonic() - self._since > HOLD_SECONDS:
             self._settle()
             return
-        cycle, wanted = self.queue.cycle_on_the_way()
-        if not cycle:
-            with self.workspace.sessions() as session:
-                if not removals_due(self.workspace, session, datetime.now(UTC)):
-                    self._settle()
-                    return
-        self.slot_wanted = wanted
-        if wanted:
-            self._go.set()  # the drains holding job slots give way
-        else:
-            self._go.clear()
+        if self.queue.cycle_on_the_way():
+            return
+        with self.workspace.sessions() as session:
+            if not removals_due(self.workspace, session, datetime.now(UTC)):
+                self._settle()
 
     def _settle(self) -> None:
-        self.slot_wanted = False
         self._quiet.set()
-        self._go.set()

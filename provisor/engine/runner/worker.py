@@ -1,20 +1,23 @@
 """``provisor worker``: one of any number of processes, on any machines, running a workspace's
 journal on PostgreSQL, fed by the job queue (procrastinate).
 
-Does: run procrastinate's worker on the workspace's database with three tasks —
+Does: run procrastinate's workers on the workspace's database — one for drains of other
+work, one with job slots of its own for cycles, drains for removals and sweeps —
+with three tasks:
 - *drain* a target: take its accounts with work due a slice at a time (slices of removals
-  alone while there are any) and run each slice through a ``Runner`` (leases, intent records,
-  fenced outcomes: each operation is executed and recorded once whatever the number of
-  workers), an account only while holding one of the target's slots, so its ``concurrency``
-  holds across all workers (one drain's threads can fill them all); while a leaver's removals
-  are on their way (``urgency``), an account without a removal waits before each operation;
-  after ``DRAIN_SECONDS``
-  — or at once, between accounts, when it runs other work and a drain for removals (or a
-  cycle, a quarter second already) waits for a job slot — it stops and puts a drain back in
-  the queue for the rest, so other jobs get their turn and any idle worker may take it;
+  alone while there are any; a drain put in for removals ends when they are done) and run
+  each slice through a ``Runner`` (leases, intent records, fenced outcomes: each operation is
+  executed and recorded once whatever the number of workers), an account only while holding
+  one of the target's slots, so its ``concurrency`` holds across all workers (one drain's
+  threads can fill them all); while a leaver's removals are on their way anywhere in the
+  cluster (``urgency``), an account without a removal waits before each operation; after
+  ``DRAIN_SECONDS`` it stops and puts a drain back in the queue for the rest, so other jobs
+  get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
   time across the cluster; instead of applying it opens manual work items and puts drains in
-  the queue for the targets with work;
+  the queue for the targets with work — and runs the removals of the first
+  ``LEAVERS_AT_ONCE`` people it just planned some for itself, at once, beside its own last
+  steps (work items, notifications, the audit checkpoint); drains take the rest;
 - *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
   of dead processes of this machine, end the jobs of workers whose heartbeat stopped, queue
   again the service's jobs (imports, reconciliations) a dead worker was running, and put
@@ -51,6 +54,7 @@ from provisor.engine.planner import JournalSync
 from provisor.engine.runner.dispatch import (
     CYCLE,
     DRAIN,
+    FIRST,
     QUEUE,
     SWEEP,
     Queue,
@@ -71,30 +75,7 @@ DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
 POLICY_SECONDS = 5.0  # a drain loads the policy files again when they were read longer ago
 RESTART_SECONDS = 1.0  # a worker that failed starts again after this long
 SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
-GIVE_WAY_SECONDS = 0.1  # how often a worker's drains ask whether leavers' jobs wait
-
-
-class Leavers:
-    """Whether a job that may carry a leaver waits in the job queue, every worker's job slots
-    taken (``Queue.leavers_waiting``); asked for all of a worker's drains at most every
-    ``GIVE_WAY_SECONDS`` (a failed question counts as no)."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self._lock = threading.Lock()
-        self._asked = float("-inf")
-        self._waiting = False
-
-    def waiting(self) -> bool:
-        with self._lock:
-            if time.monotonic() - self._asked >= GIVE_WAY_SECONDS:
-                try:
-                    self._waiting = self.queue.leavers_waiting()
-                except Exception:  # the queue's database failed: the drain goes on
-                    log.exception("could not ask the job queue for waiting removals")
-                    self._waiting = False
-                self._asked = time.monotonic()
-            return self._waiting
+LEAVERS_AT_ONCE = 16  # people whose new removals the cycle that planned them runs itself
 
 
 def cron_every(seconds: float) -> str:
@@ -124,16 +105,17 @@ class Worker:
     ) -> None:
         self.workspace = workspace
         self.concurrency = concurrency
+        self.first = self.first_slots(concurrency)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         settings = workspace.config.runner
         self.lease_seconds = settings.lease_seconds
         self.sweep_seconds = settings.sweep_seconds
-        # the queue's own connections: one listens, the rest fetch and finish jobs
+        # the queue's own connections: each of the two workers listens on one of its own,
+        # these fetch and finish jobs
         self.app = App(
-            connector=PsycopgConnector(conninfo=conninfo(workspace), min_size=1, max_size=3)
+            connector=PsycopgConnector(conninfo=conninfo(workspace), min_size=1, max_size=4)
         )
         self.queue = Queue(workspace)  # jobs put in from this worker's threads
-        self.leavers = Leavers(self.queue)
         self.urgency = Urgency(workspace, self.queue)  # leavers' removals on their way
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         # many workers start and restart: none plans everyone for it (a new policy version is)
@@ -141,28 +123,37 @@ class Worker:
         self._stopping = False
         self._policy_lock = threading.Lock()
         self._policy_read = time.monotonic()
+        self._planned = threading.local()  # a cycle's run of the leavers it just planned
+        self._leaver_runs = ThreadPoolExecutor(2, "provisor-leavers")
         self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
         cycle_every = cron_every(workspace.config.service.cycle_seconds)
-        cycle = self.app.task(name=CYCLE, queue=QUEUE)(self.cycle)
+        cycle = self.app.task(name=CYCLE, queue=FIRST)(self.cycle)
         # at most one cycle waits (a long one must not fill every slot with waiting cycles)
         self.app.periodic(cron=cycle_every, periodic_id="cycle", queueing_lock="cycle")(cycle)
-        sweep = self.app.task(name=SWEEP, queue=QUEUE)(self.sweep)
+        sweep = self.app.task(name=SWEEP, queue=FIRST)(self.sweep)
         # at most one waits: on a long journal a sweep may outlast its period
         self.app.periodic(
             cron=cron_every(self.sweep_seconds), periodic_id="sweep", queueing_lock="sweep"
         )(sweep)
 
     @staticmethod
-    def connections(concurrency: int) -> tuple[int, int]:
+    def first_slots(concurrency: int) -> int:
+        """Job slots for cycles, drains for removals and sweeps, besides ``concurrency``
+        for drains of other work."""
+        return max(2, concurrency // 2)
+
+    @classmethod
+    def connections(cls, concurrency: int) -> tuple[int, int]:
         """The workspace database connections a worker needs (kept once opened, none more):
-        each job's runner writes from one thread and renews its leases from another, its
+        each job's runner (in either kind of job slot) writes from one thread and renews its
+        leases from another, its
         accounts take and give back target slots in short transactions, a cycle holds one
         for its lock, hearing of leavers (``urgency``) asks whether their removals are done.
         Bounded, so that many workers fit in the server's ``max_connections``;
         a thread waits for a connection rather than open one more. All are kept: a busy
         worker that opened and closed connections beyond a smaller kept number spent more on
         that (a server process each) than on its work."""
-        return (2 * concurrency + 3, 0)
+        return (2 * (concurrency + cls.first_slots(concurrency)) + 3, 0)
 
     # --- tasks -------------------------------------------------------------------------
 
@@ -171,22 +162,12 @@ class Worker:
         left or its turn is up; then put a drain in the queue for whatever remains (one put
         in for ``removals`` ends when they are done: the rest goes back in line). A turn
         spent on other work waits, before each operation, while a leaver's removals are on
-        their way anywhere in the cluster, and ends early, between operations, when a job that
-        may carry a leaver waits for a worker: a leaver never waits for a joiner wave."""
+        their way anywhere in the cluster: a leaver never waits for a joiner wave."""
         self._fresh_policy()
         definition = self.workspace.compiled.targets.get(target)
         if definition is None or definition.target_class is TargetClass.MANUAL:
             return {}
         deadline = time.monotonic() + DRAIN_SECONDS
-        gave_way: list[bool] = []
-
-        def give_way() -> bool:
-            if not gave_way:
-                self.urgency.hold()  # a leaver's removals on their way go first
-                if self.urgency.slot_wanted or self.leavers.waiting():
-                    gave_way.append(True)
-            return bool(gave_way)
-
         totals: dict[str, int] = {}
         tried: set[str] = set()
         while True:
@@ -196,15 +177,15 @@ class Worker:
                 # removals alone while there are any: a leaver's slice never waits on joiners
                 chosen = takeable(session, target, now, size, removals=True, besides=tried)
                 leavers = bool(chosen)
-                if removals and not leavers:  # put in for removals, and they are done
-                    self._more(target)  # the rest waits behind other jobs for removals
-                    break
-                chosen = chosen or takeable(session, target, now, size, besides=tried)
+                if not leavers and not removals:
+                    chosen = takeable(session, target, now, size, besides=tried)
+            if removals and not leavers:  # put in for removals, and they are done
+                self._more(target)  # the rest in line with other work
+                break
             if not chosen:
                 break
-            if not leavers and give_way():
-                self._more(target)  # the rest goes back in line, behind the leavers
-                break
+            if not leavers:
+                self.urgency.hold()  # a leaver's removals on their way go first
             tried.update(chosen)
             runner = Runner(self.workspace, pool=self.pool)
             report = runner.apply(
@@ -212,13 +193,13 @@ class Worker:
                 target=target,
                 identities=chosen,
                 slots=True,
-                give_way=None if leavers else give_way,
+                hold=None if leavers else self.urgency.hold,
             )
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
             if target in report.unavailable:
                 break  # its circuit is open: a sweep queues a drain when a probe is due
-            if gave_way or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 self._more(target)  # its turn is up: the rest (and what it left) back in line
                 break
         return totals
@@ -248,17 +229,42 @@ class Worker:
 
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
         """The engine's cycle with the applying handed to drains; the audit chain's head
-        signed after it."""
-        report = self.cycles.cycle_unless_waiting()
+        signed after it. The removals of the first people it planned some for run beside its
+        last steps (``hand_off``); the job ends when they are done."""
+        self._planned.run = None
+        try:
+            report = self.cycles.cycle_unless_waiting()
+            if report is not None:
+                self.workspace.checkpoint(system_clock())
+        finally:
+            run, self._planned.run = self._planned.run, None
+            leavers = _counts(run.result()) if run is not None else None
         if report is None:
             return {"skipped": "another cycle waits for the running one"}
-        self.workspace.checkpoint(system_clock())
-        return report.as_dict()
+        result = report.as_dict()
+        if leavers is not None:
+            result["leavers"] = leavers
+        return result
+
+    def _run_leavers(self, leavers: list[str], targets: set[str]) -> ApplyReport:
+        """Run the open operations of ``leavers`` (people a cycle just planned removals for
+        on ``targets``) everywhere, under the same leases and slots as any drain; then a
+        drain in the queue for whatever those targets have left (an account another run
+        held, other work)."""
+        runner = Runner(self.workspace, pool=self.pool)
+        report = runner.apply(now=system_clock, identities=leavers, slots=True)
+        with self.workspace.sessions() as session:
+            work = targets_with_work(self.workspace, session, datetime.now(UTC), targets)
+        self.queue.drains(work.items())
+        return report
 
     def hand_off(self, now: datetime, planned: JournalSync) -> ApplyReport:
-        """What a cycle does instead of applying: a drain in the queue for each target with
-        work — first, without asking the journal, for the targets its plan just added work
-        due now to (removals first) — and manual targets' work items opened."""
+        """What a cycle does instead of applying: tell every worker that removals are on
+        their way when it planned any due now, and start running the first
+        ``LEAVERS_AT_ONCE`` people they are for, in a thread of their own (``cycle`` waits
+        for it); a drain in the queue for each other target with work — first, without
+        asking the journal, for the targets its plan just added work due now to (removals
+        first) — and manual targets' work items opened."""
         report = ApplyReport()
         automated = {
             name
@@ -268,17 +274,26 @@ class Worker:
         with self.workspace.sessions() as session:
             automated -= circuit.waiting(session, now)
         added: dict[str, bool] = {}  # target -> any removal among its new operations
+        leavers: dict[str, None] = {}  # run by this cycle's job, on these targets:
+        theirs: set[str] = set()
         for op, status, _ in planned.operations:
             due = op.not_before is None or op.not_before <= now
-            if status == "new" and due and op.target in automated:
-                added[op.target] = added.get(op.target, False) or op.kind in REMOVALS
-        if any(added.values()):
+            if status != "new" or not due or op.target not in automated:
+                continue
+            removal = op.kind in REMOVALS
+            if removal and (op.identity in leavers or len(leavers) < LEAVERS_AT_ONCE):
+                leavers.setdefault(op.identity)
+                theirs.add(op.target)
+            else:
+                added[op.target] = added.get(op.target, False) or removal
+        if leavers:
             self.queue.announce()  # every worker's other work waits for them
+            self._planned.run = self._leaver_runs.submit(self._run_leavers, list(leavers), theirs)
         self.queue.drains(sorted(added.items(), key=lambda item: not item[1]))
         with self.workspace.sessions() as session, session.begin():
             report.tasks_opened = open_tasks(self.workspace, session, now)
         # the rest, and removals that came due meanwhile where only joiners were added
-        others = automated - {target for target, removals in added.items() if removals}
+        others = automated - theirs - {target for target, removals in added.items() if removals}
         if others:
             with self.workspace.sessions() as session:
                 work = targets_with_work(self.workspace, session, now, others)
@@ -336,7 +351,8 @@ class Worker:
     async def _run(self, wait: bool) -> None:
         # sync tasks run in the loop's default executor: one thread per job at once
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(self.concurrency + 2, "provisor-job"))
+        threads = self.concurrency + self.first + 2
+        loop.set_default_executor(ThreadPoolExecutor(threads, "provisor-job"))
         heartbeat = max(1.0, self.lease_seconds / 3)
         async with self.app.open_async():
             running = asyncio.ensure_future(self._work(wait, heartbeat))
@@ -352,10 +368,23 @@ class Worker:
                     loop.remove_signal_handler(signum)
 
     async def _work(self, wait: bool, heartbeat: float) -> None:
+        """Both of procrastinate's workers, until stopped or (``wait=False``) until neither
+        queue has a job due (one may have put jobs in the other's after it went idle)."""
+        while True:
+            await asyncio.gather(
+                self._one([QUEUE], self.name, self.concurrency, wait, heartbeat),
+                self._one([FIRST], f"{self.name}:first", self.first, wait, heartbeat),
+            )
+            if wait or await asyncio.to_thread(self.queue.idle):
+                return
+
+    async def _one(
+        self, queues: list[str], name: str, concurrency: int, wait: bool, heartbeat: float
+    ) -> None:
         await self.app.run_worker_async(
-            queues=[QUEUE],
-            name=self.name,
-            concurrency=self.concurrency,
+            queues=queues,
+            name=name,
+            concurrency=concurrency,
             wait=wait,
             listen_notify=True,
             fetch_job_polling_interval=float(self.sweep_seconds),
@@ -367,6 +396,7 @@ class Worker:
         )
 
     def close(self) -> None:
+        self._leaver_runs.shutdown(wait=True)
         self.urgency.close()
         self.cycles.close()
         self.queue.close()
