@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from provisor.connectors.base import AccountSpec
 from provisor.connectors.scim import ScimConnector
@@ -422,39 +422,83 @@ def test_a_shared_pool_opens_a_new_connector_when_the_policy_changes(ws: Workspa
 def test_a_held_run_waits_before_each_joiner_operation_and_never_for_a_leaver(
     ws: Workspace, scim_url: str
 ) -> None:
-    """A worker's run while a leaver's removals are on their way (``hold``): called before
-    each operation of an account without a removal — here it waits until the leaver is
-    disabled in the application — and never for the leaver's own account."""
+    """A worker's run while a leaver's removals are on their way (``hold``, urgent until the
+    leaver is disabled in the application): joiners' accounts wait before they start and
+    between their operations; the leaver's own account never waits."""
     people(ws, "E1", "E2")
     plan(ws)
     assert apply(ws).failed == 0
     event(ws, "E1", EventKind.TERMINATE)
     people(ws, "E3", "E4")
     plan(ws)
-    seen: list[bool] = []
 
-    def leaver_active() -> bool:
-        user = server_user(scim_url, "e1@example.com")
-        assert user is not None
-        return bool(user["active"])
+    class Leaving:
+        def __init__(self) -> None:
+            self.seen: list[bool] = []  # the leaver still active when a wait ended
 
-    def hold() -> None:
-        deadline = time.monotonic() + 10
-        while leaver_active() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        seen.append(leaver_active())
+        @property
+        def urgent(self) -> bool:
+            user = server_user(scim_url, "e1@example.com")
+            assert user is not None
+            return bool(user["active"])
 
-    with ws.sessions() as session:
-        op = models.Operation
-        joiner_ops = session.execute(
-            select(func.count()).where(op.identity.in_(["E3", "E4"]), op.target == "app")
-        ).scalar_one()
+        def hold(self) -> None:
+            deadline = time.monotonic() + 10
+            while self.urgent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.seen.append(self.urgent)
+
+    leaving = Leaving()
     runner = Runner(ws, rng=random.Random(1))
     try:
-        report = runner.apply(now=lambda: NOW, target="app", hold=hold)
+        report = runner.apply(now=lambda: NOW, target="app", hold=leaving)
     finally:
         runner.close()
     assert report.failed == 0
-    assert len(seen) == joiner_ops > 0  # once before each joiner operation...
-    assert not any(seen)  # ...each let go only once the leaver was disabled
+    assert len(leaving.seen) >= 2  # each joiner's account waited before it started...
+    assert not any(leaving.seen)  # ...until the leaver was disabled
     assert server_user(scim_url, "e3@example.com") is not None
+    with ws.sessions() as session:
+        op = models.Operation
+        statuses = session.execute(
+            select(op.status).where(op.identity.in_(["E3", "E4"]), op.target == "app")
+        ).scalars()
+        assert set(statuses) == {"verified"}
+
+
+def test_an_accounts_slot_is_given_back_while_it_waits_for_a_leaver() -> None:
+    """Between an account's operations, while leavers go first, its target slot is free for
+    them (given back, taken again after the wait); the first operation never waits here (the
+    account waited before it took the slot); nothing is waited for when nothing is urgent."""
+    from provisor.domain.plan import OpKind
+    from provisor.engine.runner.execution import Job
+    from provisor.engine.runner.runner import _Slot
+
+    calls: list[str] = []
+
+    class Gate:
+        def take(self, run: str, seconds: int, *, removal: bool = False) -> int:
+            calls.append(f"take removal={removal}")
+            return 7
+
+        def give(self, run: str, slot: int) -> None:
+            calls.append(f"give {slot}")
+
+    class Leaving:
+        urgent = True
+
+        def hold(self) -> None:
+            calls.append("hold")
+
+    job = Job(1, "k", "E1", "app", None, OpKind.CREATE, None, None, None, 0)
+    leaving = Leaving()
+    slot = _Slot(Gate(), "run", 30, leaving)  # type: ignore[arg-type]
+    assert slot.take(False, job) and slot.pause(job)  # the first operation: no wait
+    assert calls == ["take removal=False"]
+    assert slot.pause(job)
+    assert calls[1:] == ["give 7", "hold", "take removal=False"]
+    leaving.urgent = False
+    assert slot.pause(job) and len(calls) == 4
+    slot.give()
+    slot.give()  # once only
+    assert calls[4:] == ["give 7"]

@@ -135,11 +135,14 @@ def _terminate(workspace: Workspace, who: str) -> None:
         identities.record_events(session, workspace.config, [event], origin="test", now=now)
 
 
-def _open_removals(workspace: Workspace, who: str) -> int:
+def _open_removals(workspace: Workspace, who: str, target: str = "app") -> int:
     op = models.Operation
     with workspace.sessions() as session:
         query = select(func.count()).where(
-            op.identity == who, op.kind.in_(REMOVAL_KINDS), op.status.in_(["pending", "running"])
+            op.identity == who,
+            op.target == target,
+            op.kind.in_(REMOVAL_KINDS),
+            op.status.in_(["pending", "running"]),
         )
         return int(session.execute(query).scalar_one())
 
@@ -198,6 +201,7 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
             ("provisor.drain", "true", FIRST),
             ("provisor.drain", None, QUEUE),
         }
+        monkeypatch.setattr(urgency, "HOLD_SECONDS", 60.0)  # only what is on its way ends it
         queue.announce()
         assert _until(lambda: heard.urgent, 5)
         thread = held()
@@ -214,8 +218,10 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         assert thread.is_alive()  # the cycle is gone; the leaver's removals are open
         assert Runner(workspace).apply(now=system_clock, identity="E0").failed == 0
         assert _open_removals(workspace, "E0") == 0
+        done = time.monotonic()
         thread.join(5)
-        assert released and not heard.urgent  # let go once they were done
+        assert released and not heard.urgent  # let go once they were done...
+        assert released[0] - done < 1.5  # ...promptly, long before the 60 s bound
         # a removal that does not finish holds nothing past HOLD_SECONDS
         monkeypatch.setattr(urgency, "HOLD_SECONDS", 0.5)
         _terminate(workspace, "E1")
@@ -240,29 +246,58 @@ def _listening(workspace: Workspace) -> bool:
     return bool(found)
 
 
+MANUAL_TOO = (
+    POLICY.replace(
+        "rules:",
+        "  - name: paper\n    class: manual\n    owner: records\n"
+        "    entitlements: [{{name: clerk}}]\nrules:",
+    )
+    + "  - name: clerks\n    when: {{attr: employment_type, equals: employee}}\n"
+    "    grant: [{{target: paper, entitlements: [clerk]}}]\n"
+)
+
+
 def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_them(
     tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker's cycle that planned removals due now tells every worker (a NOTIFY on the
-    removals channel) and runs them itself — no drain needed — under the journal's leases;
-    joiners' work it planned goes to drains, in the queue of other work."""
+    removals channel) and runs them itself — the first ``LEAVERS_AT_ONCE`` people's, never a
+    manual target's (the cycle opens those work items, once) — under the journal's leases;
+    more leavers go to a drain for removals, joiners' work to drains of other work; a drain
+    put in for removals ends when they are done and puts the rest in line with other work."""
     import psycopg
 
-    from provisor.engine.runner.dispatch import QUEUE, REMOVALS_CHANNEL, conninfo
-    from provisor.engine.runner.worker import Worker
+    from provisor.engine.runner import worker as workers
+    from provisor.engine.runner.dispatch import FIRST, QUEUE, REMOVALS_CHANNEL, conninfo
 
     postgres_env(postgres_url, monkeypatch)
+    monkeypatch.setattr(workers, "LEAVERS_AT_ONCE", 1)
     ScimApp.create_groups(scim_url, "staff")
     (tmp_path / "provisor.yaml").write_text(SETTINGS, encoding="utf-8")
-    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
-    worker = Worker(workspace, concurrency=2)
+    workspace = scratch_workspace(tmp_path, MANUAL_TOO.format(url=scim_url))
+    worker = workers.Worker(workspace, concurrency=2)
     listener = psycopg.connect(conninfo(workspace), autocommit=True)
+
+    def drains() -> set[Any]:
+        with workspace.sessions() as session:
+            found = session.execute(
+                text(
+                    "SELECT queue_name, args->>'target' FROM procrastinate_jobs"
+                    " WHERE task_name = 'provisor.drain' AND status = 'todo'"
+                )
+            )
+            return set(found.all())
+
     try:
-        hire_employees(workspace, 2, datetime.now(UTC))
-        assert Runner(workspace).apply(now=system_clock).failed == 0
+        hire_employees(workspace, 3, datetime.now(UTC))
+        assert Runner(workspace).apply(now=system_clock, target="app").failed == 0
         worker.cycle()  # the first cycle: nothing new
+        with workspace.sessions() as session:
+            session.execute(text("DELETE FROM procrastinate_jobs"))
+            session.commit()
         listener.execute(f"LISTEN {REMOVALS_CHANNEL}")
         _terminate(workspace, "E0")
+        _terminate(workspace, "E1")
         now = datetime.now(UTC)
         attributes = {"name": "J1", "email": "j1@example.com", "employment_type": "employee"}
         joiner = LifecycleEvent("J1", EventKind.HIRE, now, now, attributes)
@@ -270,18 +305,24 @@ def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_th
             identities.record_events(session, workspace.config, [joiner], origin="t", now=now)
         result = worker.cycle()
         assert result["leavers"]["verified"] >= 2 and result["leavers"]["failed"] == 0
-        assert _open_removals(workspace, "E0") == 0
-        user = server_user(scim_url, "p0@example.com")
-        assert user is not None and user["active"] is False
         assert [n.channel for n in listener.notifies(timeout=1, stop_after=1)] == [REMOVALS_CHANNEL]
+        ran, waits = sorted(["E0", "E1"], key=lambda who: _open_removals(workspace, who))
+        assert _open_removals(workspace, ran) == 0
+        user = server_user(scim_url, f"p{ran[1:]}@example.com")
+        assert user is not None and user["active"] is False
+        assert _open_removals(workspace, waits) > 0
+        assert drains() == {(FIRST, "app")}  # the other leaver (then the joiner)
         with workspace.sessions() as session:
-            waiting = session.execute(
-                text(
-                    "SELECT queue_name, args->>'target' FROM procrastinate_jobs"
-                    " WHERE task_name = 'provisor.drain'"
-                )
-            ).all()
-        assert waiting == [(QUEUE, "app")]  # the joiner's work, in line with other work
+            tasks = session.execute(
+                select(models.Operation.identity)
+                .join(models.Task, models.Task.operation_id == models.Operation.id)
+                .where(models.Task.status == "open", models.Operation.identity == "J1")
+            ).scalars()
+            assert list(tasks)  # the manual target's work items, opened by the cycle alone
+        totals = worker.drain("app", removals=True)
+        assert totals["verified"] >= 2 and _open_removals(workspace, waits) == 0
+        # ended with the removals: the joiner's work put in line with other work
+        assert drains() == {(FIRST, "app"), (QUEUE, "app")}
         assert set(verified_keys(workspace).values()) == {1}
     finally:
         listener.close()

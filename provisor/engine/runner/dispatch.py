@@ -4,10 +4,10 @@ Does: say which accounts of a target a worker can take now — open operations d
 held by a live lease — removals first, so leavers go before joiners (``takeable``), and which
 targets have any (``targets_with_work``); open the job queue (procrastinate, in the workspace's
 PostgreSQL database) and put jobs in it: a target's *drain* (a worker runs its takeable
-accounts; at most one waits per target, more are pointless) and a *cycle* (tick, reconcile
-what is due, plan; at most one waits) — each wakes a worker at once through LISTEN/NOTIFY;
-cycles and drains for removals go in a queue of their own (``FIRST``), whose job slots
-other work never takes, so a leaver never waits for a slot behind a joiner wave;
+accounts; at most one waits per target and queue, more are pointless) and a *cycle* (tick,
+reconcile what is due, plan; at most one waits) — each wakes a worker at once through
+LISTEN/NOTIFY; cycles and drains for removals go in a queue of their own (``FIRST``),
+whose job slots other work never takes, so a leaver never waits for a slot behind joiners;
 tell the workers that removals are on their way (``Queue.announce``) and say whether they
 still are (``removals_due``, ``Queue.cycle_on_the_way``) for ``urgency``.
 The journal, not the queue, says what is left to do: a job lost with a dead worker loses
@@ -95,24 +95,34 @@ def takeable(
     return list(found)
 
 
+def usable_targets(
+    workspace: Workspace,
+    session: Session,
+    now: datetime,
+    among: Collection[str] | None = None,
+) -> list[str]:
+    """The targets (among ``among``) work can be taken for now: with a connector (not
+    manual), and no circuit open with no probe due yet."""
+    automated = {
+        name
+        for name, t in workspace.compiled.targets.items()
+        if t.target_class is not TargetClass.MANUAL and (among is None or name in among)
+    }
+    return sorted(automated - circuit.waiting(session, now))
+
+
 def targets_with_work(
     workspace: Workspace,
     session: Session,
     now: datetime,
     targets: Collection[str] | None = None,
 ) -> dict[str, bool]:
-    """The targets with a connector (among ``targets``) that have takeable work now, each
-    with whether any of it is a removal; none whose circuit is open with no probe due. Two
-    lookups of one row per target at most."""
+    """The targets work can be taken for now (``usable_targets``, among ``targets``) that have
+    takeable work, each with whether any of it is a removal. Two lookups of one row per
+    target at most."""
     op = Operation
-    automated = [
-        name
-        for name, t in workspace.compiled.targets.items()
-        if t.target_class is not TargetClass.MANUAL and (targets is None or name in targets)
-    ]
-    automated = sorted(set(automated) - circuit.waiting(session, now))
     found: dict[str, bool] = {}
-    for name in automated:
+    for name in usable_targets(workspace, session, now, targets):
         for condition, removal in ((OPEN_REMOVALS, True), (OPEN_WORK, False)):
             any_row = (
                 select(op.id)
@@ -126,14 +136,9 @@ def targets_with_work(
 
 
 def removals_due(workspace: Workspace, session: Session, now: datetime) -> bool:
-    """Whether any removal is open and due now on a target with a connector whose circuit is
-    not open (taken by a worker or not): a leaver's removals still on their way."""
-    automated = [
-        name
-        for name, t in workspace.compiled.targets.items()
-        if t.target_class is not TargetClass.MANUAL
-    ]
-    usable = sorted(set(automated) - circuit.waiting(session, now))
+    """Whether any removal is open and due now on a target work can be taken for
+    (``usable_targets``), taken by a worker or not: a leaver's removals still on their way."""
+    usable = usable_targets(workspace, session, now)
     if not usable:
         return False
     op = Operation
@@ -265,6 +270,7 @@ class Wake:
         self.queue = Queue(workspace)
         self._asked = threading.Event()
         self._hurried = False
+        self._hurried_lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._work, name="provisor-wake", daemon=True)
         self._thread.start()
@@ -273,14 +279,16 @@ class Wake:
         self._asked.set()
 
     def hurry(self) -> None:
-        self._hurried = True
+        with self._hurried_lock:
+            self._hurried = True
         self._asked.set()
 
     def _work(self) -> None:
         while True:
             self._asked.wait()
             self._asked.clear()
-            hurried, self._hurried = self._hurried, False
+            with self._hurried_lock:
+                hurried, self._hurried = self._hurried, False
             if self._stop:
                 return
             try:

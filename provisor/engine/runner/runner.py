@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
@@ -84,8 +84,48 @@ def timed_execute(
         OPERATION_SECONDS.labels(job.target, job.kind.value).observe(seconds)
 
 
-def _go() -> None:
-    """Nothing to wait for (an account with a removal, a run told of nothing to hold for)."""
+class Hold(Protocol):
+    """What other work waits on while a leaver's removals go first (``urgency.Urgency``)."""
+
+    @property
+    def urgent(self) -> bool: ...
+
+    def hold(self) -> None: ...
+
+
+class _Slot:
+    """One account's slot of its target (``limits.Slots``; none without a ``gate``): taken
+    before its first operation, given back while it waits for ``hold`` between operations
+    (a leaver's account may need it), taken again after."""
+
+    def __init__(self, gate: Slots | None, run: str, seconds: int, hold: Hold | None) -> None:
+        self.gate, self.run, self.seconds, self.hold = gate, run, seconds, hold
+        self.slot: int | None = None
+        self.started = False
+
+    def take(self, removal: bool, job: Job) -> bool:
+        if self.gate is None:
+            return True
+        try:
+            self.slot = self.gate.take(self.run, self.seconds, removal=removal)
+        except Exception:  # the database failed: nothing was written; the account waits
+            log.exception("no slot of %s for %s", job.target, job.identity)
+            return False
+        return True
+
+    def pause(self, job: Job) -> bool:
+        """Before each operation: whether the account goes on (the first always does)."""
+        if not self.started or self.hold is None or not self.hold.urgent:
+            self.started = True
+            return True
+        self.give()
+        self.hold.hold()
+        return self.take(False, job)
+
+    def give(self) -> None:
+        if self.gate is not None and self.slot is not None:
+            self.gate.give(self.run, self.slot)
+            self.slot = None
 
 
 def _may_send(breaker: Breaker, bucket: TokenBucket | SharedBucket | None, target: str) -> bool:
@@ -166,7 +206,7 @@ class Runner:
         # (identity, target) whose user name is generated and who has none: nothing is made
         self._nameless: set[tuple[str, str]] = set()
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
-        self._hold: Callable[[], None] | None = None  # this run's, see ``apply``
+        self._hold: Hold | None = None  # this run's, see ``apply``
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -207,18 +247,22 @@ class Runner:
         identity: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         identities: Collection[str] | None = None,
+        targets: Collection[str] | None = None,
         slots: bool = False,
-        hold: Callable[[], None] | None = None,
+        hold: Hold | None = None,
     ) -> ApplyReport:
         """Run the open operations (of ``target``, of ``identity`` or ``identities`` when
         given) whose accounts this run can take. ``slots``: take one of the target's slots
-        shared by every worker (``limits.Slots``) per account. ``hold``: called before each
-        operation of an account without a removal; it may wait (while leavers go first)."""
+        shared by every worker (``limits.Slots``) per account. ``hold``: waited for before an
+        account without a removal takes its slot, and between its operations (its slot given
+        back meanwhile), while leavers go first. ``targets``: only the accounts in these."""
         report = ApplyReport()
         self.run_id, self._hold, self._breakers = uuid.uuid4().hex, hold, {}
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
         groups = self._groups(target, identity, identities)
+        if targets is not None:
+            groups = {key: jobs for key, jobs in groups.items() if key[1] in targets}
         total = sum(len(jobs) for jobs in groups.values())
         by_target: dict[str, list[list[Job]]] = {}
         for (_who, where), jobs in groups.items():
@@ -397,7 +441,7 @@ class Runner:
                 or time.monotonic() - flushed >= FLUSH_SECONDS
             ):
                 if not removed and self._hold is not None:
-                    self._hold()  # other work's outcomes wait too while a leaver's go first
+                    self._hold.hold()  # other work's outcomes wait too: a leaver's go first
                 self._flush(pending, report)
                 pending.clear()
                 flushed = time.monotonic()
@@ -547,24 +591,27 @@ class Runner:
         return owned_by(definition, spec)
 
     def _gated(
-        self, gate: Slots | None, jobs: list[Job], run: Callable[[], list[Outcome]]
+        self,
+        gate: Slots | None,
+        jobs: list[Job],
+        run: Callable[[Callable[[], bool]], list[Outcome]],
     ) -> list[Outcome]:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
-        runs when ``gate``; nothing at all once the target's circuit opened."""
+        runs when ``gate``; nothing at all once the target's circuit opened. An account
+        without a removal waits for the run's ``hold`` before it takes a slot, and gives it
+        back while it waits between operations (``_Slot``)."""
         if self._breakers[jobs[0].target].tripped:
             return []
         removal = any(job.kind in REMOVALS for job in jobs)
-        if gate is None:
-            return run()
-        try:
-            slot = gate.take(self.run_id, self._lease_seconds, removal=removal)
-        except Exception:  # the database failed: nothing was written; the account waits
-            log.exception("no slot of %s for %s", jobs[0].target, jobs[0].identity)
+        slot = _Slot(gate, self.run_id, self._lease_seconds, None if removal else self._hold)
+        if slot.hold is not None:
+            slot.hold.hold()
+        if not slot.take(removal, jobs[0]):
             return []
         try:
-            return run()
+            return run(partial(slot.pause, jobs[0]))
         finally:
-            gate.give(self.run_id, slot)
+            slot.give()
 
     def _run_account(
         self,
@@ -574,11 +621,13 @@ class Runner:
         now: Callable[[], datetime],
         bucket: TokenBucket | SharedBucket | None,
         breaker: Breaker,
+        pause: Callable[[], bool],
     ) -> list[Outcome]:
         """One account's open operations in step order. A removal that cannot run yet stops
         the rest (leavers' removals keep their order); an addition that fails or is not due
         holds back only the later additions — removals never wait on an addition. Nothing
-        more is tried once the target's circuit opened (``breaker``)."""
+        more is tried once the target's circuit opened (``breaker``). ``pause`` is asked
+        before each operation (``_Slot.pause``)."""
         outcomes: list[Outcome] = []
         account: str | None = None
         renamed_from: str | None = None  # an update renamed the account: its old id
@@ -587,10 +636,11 @@ class Runner:
         due = frozenset(
             j.entitlement for j in jobs if j.kind is OpKind.ADD_ENTITLEMENT and j.entitlement
         )
-        hold = self._hold if self._hold and not any(j.kind in REMOVALS for j in jobs) else _go
         for job in jobs:
             if held and job.kind not in REMOVALS:
                 continue
+            if not pause():
+                break  # no slot again after waiting for a leaver: the rest waits in line
             when = now()
             if not job.due(when):
                 if job.kind in REMOVALS or job.kind is OpKind.CREATE:
@@ -599,22 +649,12 @@ class Runner:
                 continue
             if account is not None and job.account in (None, renamed_from):
                 job = dataclasses.replace(job, account=account)
-            hold()  # while a leaver's removals are on their way (an account without one)
             if not _may_send(breaker, bucket, job.target):
                 break
             if not self._keeper.holds((job.identity, job.target)):
                 break  # the account's lease ran out or was taken over: write nothing more
             try:
-                if job.account is None and (job.identity, job.target) in self._nameless:
-                    raise PermanentError(
-                        f"{job.target}: no user name could be made for {job.identity} "
-                        "('provisor plan' says why): no account is made under another name"
-                    )
-                spec = specs[(job.identity, job.target)]
-                if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
-                    # the plan wants the new account disabled: never let it exist enabled
-                    spec = dataclasses.replace(spec, enabled=False)
-                outcome = timed_execute(job, connector, spec, known, due, self._owns(job, spec))
+                outcome = self._execute(job, jobs, connector, specs, known, due)
             except Exception as exc:  # every failure is recorded; none may escape a worker
                 failure = failure_of(job, exc)
                 failure.at = when
@@ -639,6 +679,28 @@ class Runner:
                     renamed_from = job.account
                 account = outcome.record.account
         return outcomes
+
+    def _execute(
+        self,
+        job: Job,
+        jobs: list[Job],
+        connector: Connector,
+        specs: Mapping[tuple[str, str], AccountSpec],
+        known: AccountRecord | None,
+        due: frozenset[str],
+    ) -> Outcome:
+        """One operation sent and read back (``timed_execute``) with the account spec it
+        needs; raises what it fails with."""
+        if job.account is None and (job.identity, job.target) in self._nameless:
+            raise PermanentError(
+                f"{job.target}: no user name could be made for {job.identity} "
+                "('provisor plan' says why): no account is made under another name"
+            )
+        spec = specs[(job.identity, job.target)]
+        if job.kind is OpKind.CREATE and any(j.kind is OpKind.DISABLE for j in jobs):
+            # the plan wants the new account disabled: never let it exist enabled
+            spec = dataclasses.replace(spec, enabled=False)
+        return timed_execute(job, connector, spec, known, due, self._owns(job, spec))
 
     def _flush(self, outcomes: list[Outcome], report: ApplyReport) -> None:
         """Write a batch of outcomes: journal, observed store and audit log, one transaction."""

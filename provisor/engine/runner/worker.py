@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +47,7 @@ from procrastinate.jobs import Status
 
 from provisor.domain.plan import REMOVALS
 from provisor.domain.policy import TargetClass
-from provisor.engine import circuit, jobs
+from provisor.engine import jobs
 from provisor.engine.connections import Pool
 from provisor.engine.cycle import Cycles, system_clock
 from provisor.engine.planner import JournalSync
@@ -61,6 +61,7 @@ from provisor.engine.runner.dispatch import (
     conninfo,
     takeable,
     targets_with_work,
+    usable_targets,
 )
 from provisor.engine.runner.leases import free_the_dead
 from provisor.engine.runner.runner import ApplyReport, Runner
@@ -145,15 +146,15 @@ class Worker:
     @classmethod
     def connections(cls, concurrency: int) -> tuple[int, int]:
         """The workspace database connections a worker needs (kept once opened, none more):
-        each job's runner (in either kind of job slot) writes from one thread and renews its
-        leases from another, its
+        each job's runner (in either kind of job slot, and a cycle's run of its leavers)
+        writes from one thread and renews its leases from another, its
         accounts take and give back target slots in short transactions, a cycle holds one
         for its lock, hearing of leavers (``urgency``) asks whether their removals are done.
         Bounded, so that many workers fit in the server's ``max_connections``;
         a thread waits for a connection rather than open one more. All are kept: a busy
         worker that opened and closed connections beyond a smaller kept number spent more on
         that (a server process each) than on its work."""
-        return (2 * (concurrency + cls.first_slots(concurrency)) + 3, 0)
+        return (2 * (concurrency + cls.first_slots(concurrency) + 1) + 3, 0)
 
     # --- tasks -------------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class Worker:
                 target=target,
                 identities=chosen,
                 slots=True,
-                hold=None if leavers else self.urgency.hold,
+                hold=None if leavers else self.urgency,
             )
             for key, value in _counts(report).items():
                 totals[key] = totals.get(key, 0) + value
@@ -238,7 +239,7 @@ class Worker:
                 self.workspace.checkpoint(system_clock())
         finally:
             run, self._planned.run = self._planned.run, None
-            leavers = _counts(run.result()) if run is not None else None
+            leavers = self._finished(run)
         if report is None:
             return {"skipped": "another cycle waits for the running one"}
         result = report.as_dict()
@@ -246,13 +247,25 @@ class Worker:
             result["leavers"] = leavers
         return result
 
+    @staticmethod
+    def _finished(run: Future[ApplyReport] | None) -> dict[str, int] | None:
+        """What the cycle's run of its leavers did, once it is over; a run that failed (the
+        database went away) is logged, its work left to drains and sweeps."""
+        if run is None:
+            return None
+        try:
+            return _counts(run.result())
+        except Exception:
+            log.exception("the run of a cycle's leavers failed; drains take their work")
+            return {"failed_runs": 1}
+
     def _run_leavers(self, leavers: list[str], targets: set[str]) -> ApplyReport:
-        """Run the open operations of ``leavers`` (people a cycle just planned removals for
-        on ``targets``) everywhere, under the same leases and slots as any drain; then a
-        drain in the queue for whatever those targets have left (an account another run
-        held, other work)."""
+        """Run the open operations of ``leavers`` (people a cycle just planned removals for)
+        on ``targets`` (those removals', never a manual target: the cycle opens its work
+        items), under the same leases and slots as any drain; then a drain in the queue for
+        whatever those targets have left (an account another run held, other work)."""
         runner = Runner(self.workspace, pool=self.pool)
-        report = runner.apply(now=system_clock, identities=leavers, slots=True)
+        report = runner.apply(now=system_clock, identities=leavers, targets=targets, slots=True)
         with self.workspace.sessions() as session:
             work = targets_with_work(self.workspace, session, datetime.now(UTC), targets)
         self.queue.drains(work.items())
@@ -266,13 +279,8 @@ class Worker:
         asking the journal, for the targets its plan just added work due now to (removals
         first) — and manual targets' work items opened."""
         report = ApplyReport()
-        automated = {
-            name
-            for name, t in self.workspace.compiled.targets.items()
-            if t.target_class is not TargetClass.MANUAL
-        }
         with self.workspace.sessions() as session:
-            automated -= circuit.waiting(session, now)
+            automated = set(usable_targets(self.workspace, session, now))
         added: dict[str, bool] = {}  # target -> any removal among its new operations
         leavers: dict[str, None] = {}  # run by this cycle's job, on these targets:
         theirs: set[str] = set()
@@ -323,9 +331,10 @@ class Worker:
 
     def run(self, *, wait: bool = True) -> None:
         """Work until stopped (SIGINT, SIGTERM: running jobs finish first), or with
-        ``wait=False`` until the queue is empty. When the queue's worker fails (the database
-        went away: a failover, connections terminated), it is started again after a pause;
-        whatever it was running is taken over through the journal's leases."""
+        ``wait=False`` until the queues are empty. When either of the queue's workers fails
+        or stops (the database went away: a failover, connections terminated), both are
+        started again after a pause; whatever they were running is taken over through the
+        journal's leases."""
         try:
             while not self._stopping:
                 try:
@@ -335,7 +344,7 @@ class Worker:
                 else:
                     if not wait:
                         return
-                    if not self._stopping:  # the queue's worker gave up (lost the database)
+                    if not self._stopping:  # a queue's worker gave up (lost the database)
                         log.warning("the worker stopped without being told to; it starts again")
                 if not self._stopping:
                     time.sleep(RESTART_SECONDS)
@@ -368,13 +377,29 @@ class Worker:
                     loop.remove_signal_handler(signum)
 
     async def _work(self, wait: bool, heartbeat: float) -> None:
-        """Both of procrastinate's workers, until stopped or (``wait=False``) until neither
-        queue has a job due (one may have put jobs in the other's after it went idle)."""
+        """Both of procrastinate's workers, until stopped; when one of them stops by itself
+        (it lost the database) the other is stopped too, so that ``run`` starts both again.
+        With ``wait=False``, until neither queue has a job due (one may have put jobs in the
+        other's after it went idle)."""
         while True:
-            await asyncio.gather(
-                self._one([QUEUE], self.name, self.concurrency, wait, heartbeat),
-                self._one([FIRST], f"{self.name}:first", self.first, wait, heartbeat),
-            )
+            both = [
+                asyncio.ensure_future(
+                    self._one([QUEUE], self.name, self.concurrency, wait, heartbeat)
+                ),
+                asyncio.ensure_future(
+                    self._one([FIRST], f"{self.name}:first", self.first, wait, heartbeat)
+                ),
+            ]
+            try:
+                done, _ = await asyncio.wait(
+                    both, return_when=asyncio.ALL_COMPLETED if not wait else asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in both:
+                    task.cancel()  # procrastinate's graceful shutdown: running jobs finish
+                await asyncio.gather(*both, return_exceptions=True)
+            for task in done:
+                task.result()  # an error of either is the worker's
             if wait or await asyncio.to_thread(self.queue.idle):
                 return
 
