@@ -132,6 +132,12 @@ def waiting(session: Session, now: datetime | None = None) -> set[str]:
     return set(session.execute(query).scalars())
 
 
+def opened(session: Session) -> set[str]:
+    """Targets whose circuit is open (a probe due or not): the ones ``admit`` must look at."""
+    row = models.TargetCircuit
+    return set(session.execute(select(row.target).where(row.opened_at.is_not(None))).scalars())
+
+
 def _wall() -> datetime:
     """The circuit's clock: whether a target answers is a matter of real time, whatever time
     a rehearsal (``--now``) acts at."""

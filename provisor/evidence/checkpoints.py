@@ -186,10 +186,10 @@ class Sinks:
 def checkpoint(session: Session, signer: Signer, sinks: Sinks, now: datetime) -> Checkpoint | None:
     """Sign the chain head if events were appended since the last checkpoint; None when not.
     Written outside the database first, then in it, inside the caller's transaction (an
-    ``IntegrityError`` when another process signed the same head first)."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one_or_none()
+    ``IntegrityError`` when another process signed the same head first). The head is read as
+    committed, not locked: appends go on while it is signed and sent to the sinks (an HTTP
+    sink may take seconds), and the head signed stays a true point of the chain."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
     if head is None or head.seq == 0:
         return None
     last = session.execute(select(func.max(AuditCheckpoint.seq))).scalar_one_or_none()

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from procrastinate import App, SyncPsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
-from sqlalchemy import and_, exists, or_, select, text
+from sqlalchemy import and_, exists, literal, or_, select, text, union_all
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -118,20 +118,23 @@ def targets_with_work(
     targets: Collection[str] | None = None,
 ) -> dict[str, bool]:
     """The targets work can be taken for now (``usable_targets``, among ``targets``) that have
-    takeable work, each with whether any of it is a removal. Two lookups of one row per
-    target at most."""
+    takeable work, each with whether any of it is a removal. One statement: for each target
+    whether a removal, and whether any work, exists (each stops at the first row found)."""
     op = Operation
-    found: dict[str, bool] = {}
-    for name in usable_targets(workspace, session, now, targets):
-        for condition, removal in ((OPEN_REMOVALS, True), (OPEN_WORK, False)):
-            any_row = (
-                select(op.id)
-                .where(op.target == name, text(condition), _due(now), _unleased(now))
-                .limit(1)
+    checks = [
+        select(literal(name).label("target"), literal(removal).label("removal")).where(
+            exists(
+                select(op.id).where(op.target == name, text(condition), _due(now), _unleased(now))
             )
-            if session.execute(any_row).first() is not None:
-                found[name] = removal
-                break
+        )
+        for name in usable_targets(workspace, session, now, targets)
+        for condition, removal in ((OPEN_REMOVALS, True), (OPEN_WORK, False))
+    ]
+    if not checks:
+        return {}
+    found: dict[str, bool] = {}
+    for name, removal in session.execute(union_all(*checks)):
+        found[str(name)] = found.get(str(name), False) or bool(removal)
     return found
 
 

@@ -352,8 +352,9 @@ class Runner:
         now: Callable[[], datetime],
     ) -> dict[str, Connector]:
         """The connectors of the targets this run can work on, before any work starts: each
-        opened (``_opened``), and admitted by its circuit (``circuit.admit``: probes of open
-        circuits run in parallel, so a target that does not answer delays no other). The
+        opened (``_opened``), and admitted by its circuit (the open ones read at once, each
+        of those through ``circuit.admit``: probes run in parallel, so a target that does not
+        answer delays no other). The
         operations of the others are accounted for in ``report``."""
         counts = {
             where: sum(len(jobs) for jobs in accounts) for where, accounts in by_target.items()
@@ -364,8 +365,16 @@ class Runner:
         usable = {where: c for where, c in opened.items() if c is not None}
         if not usable:
             return {}
-        with ThreadPoolExecutor(min(8, len(usable)), "provisor-probe") as probes:
-            verdicts = dict(zip(usable, probes.map(self._admit, usable.items()), strict=True))
+        try:  # one read for all: only targets with an open circuit are admitted one by one
+            with self.workspace.sessions() as session:
+                open_now = circuit.opened(session)
+        except Exception:  # the database failed: each target asks on its own below
+            open_now = set(usable)
+        asking = {where: c for where, c in usable.items() if where in open_now}
+        if not asking:
+            return usable
+        with ThreadPoolExecutor(min(8, len(asking)), "provisor-probe") as probes:
+            verdicts = dict(zip(asking, probes.map(self._admit, asking.items()), strict=True))
         for where, closed in verdicts.items():
             if closed is not None:
                 report.unavailable[where] = closed
