@@ -278,6 +278,8 @@ class Runner:
         futures: dict[Future[list[Outcome]], int] = {}
         try:
             usable = self._usable(by_target, report, now)
+            if self._hold is not None:  # other work leases and claims nothing while it waits
+                self._hold.hold()
             # every usable target's accounts leased and claimed at once: one transaction each
             held = self._keeper.take(
                 {(jobs[0].identity, w) for w in usable for jobs in by_target[w]}
