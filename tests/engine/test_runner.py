@@ -502,3 +502,28 @@ def test_an_accounts_slot_is_given_back_while_it_waits_for_a_leaver() -> None:
     slot.give()
     slot.give()  # once only
     assert calls[4:] == ["give 7"]
+
+
+def test_a_held_run_of_other_work_alone_leases_nothing_before_it_may_go(
+    ws: Workspace, scim_url: str
+) -> None:
+    """A run with no removal among its accounts waits for leavers before it leases and
+    claims any account (nothing of it is taken meanwhile), then runs as usual."""
+    people(ws, "E3")
+    plan(ws)
+    leases: list[int] = []
+
+    class Leaving:
+        urgent = False
+
+        def hold(self) -> None:
+            with ws.sessions() as session:
+                leases.append(len(session.execute(select(models.AccountLease)).all()))
+
+    runner = Runner(ws, rng=random.Random(1))
+    try:
+        report = runner.apply(now=lambda: NOW, target="app", hold=Leaving())
+    finally:
+        runner.close()
+    assert leases and leases[0] == 0
+    assert report.failed == 0 and report.verified > 0

@@ -278,8 +278,7 @@ class Runner:
         futures: dict[Future[list[Outcome]], int] = {}
         try:
             usable = self._usable(by_target, report, now)
-            if self._hold is not None:  # other work leases and claims nothing while it waits
-                self._hold.hold()
+            self._wait_for_leavers(groups)
             # every usable target's accounts leased and claimed at once: one transaction each
             held = self._keeper.take(
                 {(jobs[0].identity, w) for w in usable for jobs in by_target[w]}
@@ -319,6 +318,14 @@ class Runner:
                 self._keeper.stop()
                 self._accounts.clear()
         return report
+
+    def _wait_for_leavers(self, groups: Mapping[tuple[str, str], list[Job]]) -> None:
+        """A run of other work alone (no removal among its accounts) waits for the run's
+        ``hold`` before it leases and claims anything."""
+        if self._hold is not None and not any(
+            job.kind in REMOVALS for jobs in groups.values() for job in jobs
+        ):
+            self._hold.hold()
 
     def _start(
         self,
