@@ -148,7 +148,7 @@ def create_app(workspace: Workspace, *, runner: bool = True) -> FastAPI:
         app.include_router(module.router)
 
     console.install(app)
-    scim = ScimApplication(workspace, app.state.buckets, app.state.tokens)
+    scim = ScimApplication(workspace, app.state.buckets, app.state.tokens, app.state.wake)
     app.mount("/scim", cast(Any, scim))
 
     @app.get("/openapi.json", include_in_schema=False)

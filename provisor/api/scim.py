@@ -7,7 +7,9 @@ workspace's storage (``provisor.engine.scim_source``); announce what it supports
 (``provisor.domain.scim_quirks``) unless ``service.scim.strict`` is set; answer a PATCH with
 200 and the resource; refuse a request without a bearer token of an operator whose roles and
 token grant ``scim`` (401, 403; discovery endpoints included), and one beyond its token's
-rate (429 with Retry-After); bind the operator as the acting person of every change.
+rate (429 with Retry-After); bind the operator as the acting person of every change; wake
+the service's runner after a change to a User (``hurry`` when it ended someone's access: a
+leaver from the identity provider is planned at once, not at the next periodic cycle).
 Does not: decide what a User means for an identity (the storage and the lifecycle path do).
 """
 
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from scim2_models import (
@@ -239,13 +241,28 @@ class ThreadedStorage(AsyncScimStorage):
         )
 
 
+class Wakes(Protocol):
+    """The service's wake-up (``app.LocalWake``, ``dispatch.Wake``)."""
+
+    def set(self) -> None: ...
+
+    def hurry(self) -> None: ...
+
+
 class ScimApplication(ASGIApplication):
     """The SCIM server, behind Provisor's tokens and rates."""
 
-    def __init__(self, workspace: Workspace, buckets: Buckets, tokens: Tokens) -> None:
+    def __init__(
+        self, workspace: Workspace, buckets: Buckets, tokens: Tokens, wake: Wakes | None = None
+    ) -> None:
         settings = workspace.config.service.scim
         served = provider(settings)
-        self.source = ScimSource(workspace, served, settings)
+
+        def changed(ends_access: bool) -> None:  # planned now, not at the next cycle
+            if wake is not None:
+                (wake.hurry if ends_access else wake.set)()
+
+        self.source = ScimSource(workspace, served, settings, changed)
         super().__init__(ThreadedStorage(self.source), served, Service(served, settings))
         self.workspace, self.buckets, self.tokens = workspace, buckets, tokens
         self._resource_locks: dict[str, asyncio.Lock] = {}

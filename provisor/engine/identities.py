@@ -44,6 +44,7 @@ from provisor.store.db import bulk_insert, json_text
 from provisor.store.models import Hold, Identity, IdentityEvent
 
 DEPROVISIONED = frozenset({LifecycleState.TERMINATED.value, LifecycleState.SUSPENDED.value})
+_AWAY_STATES = DEPROVISIONED | {LifecycleState.LEAVE.value}
 T = TypeVar("T")
 # Columns of the rows record_events inserts, in the order of its row tuples.
 _EVENT_COLUMNS = (
@@ -256,6 +257,12 @@ class Outcome:
     transitions: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
     operations: int = 0  # operations a decision on an operations hold put in line or cancelled
+
+    @property
+    def ends_access(self) -> bool:
+        """Whether it moved someone into a state that may take access away at once
+        (terminated, suspended, on leave: ``lifecycle.ENDS_ACCESS``)."""
+        return any(key.rpartition("->")[2] in _AWAY_STATES for key in self.transitions)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,8 @@ to what the User now says through the feed import's path (validation, manager ch
 mass-change guard), writes of many requests sharing a transaction (``provisor.engine.writer``):
 a new User is a joiner, a changed one a mover, ``active`` false or a
 DELETE a leaver effective now, ``active`` true again a rehire; a Group's members get its name
-in their ``groups`` attribute; a password is never stored.
+in their ``groups`` attribute; a password is never stored; once a write that fed identities
+is committed, tell the caller's ``changed`` whether it ended someone's access.
 Does not: speak HTTP or check who calls (``provisor.api.scim``), or validate SCIM payloads
 (``scim2-server`` does before calling this).
 """
@@ -17,7 +18,7 @@ Does not: speak HTTP or check who calls (``provisor.api.scim``), or validate SCI
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -103,9 +104,15 @@ class ScimSource(ScimStorage):
     """Users and Groups in the workspace database; Users feed identities."""
 
     def __init__(
-        self, workspace: Workspace, provider: ScimProvider, settings: ScimInboundSettings
+        self,
+        workspace: Workspace,
+        provider: ScimProvider,
+        settings: ScimInboundSettings,
+        changed: Callable[[bool], None] | None = None,
     ) -> None:
         self.workspace, self.provider, self.settings = workspace, provider, settings
+        # told, once a write that fed identities is committed, whether it ended someone's access
+        self.changed = changed
         self.source = f"scim:{settings.feed}"
         # writes from many request threads share transactions (one SQLite writer)
         self.writer = Writer(workspace)
@@ -198,11 +205,13 @@ class ScimSource(ScimStorage):
 
     def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
         data = self._stored_data(resource)
-        stored = self.writer.run(lambda session: self._create(session, resource_type, data))
+        said: list[bool] = []
+        stored = self.writer.run(lambda session: self._create(session, resource_type, data, said))
+        self._told(said)
         return cast(Resource[Any], self._resource(stored, resource_type))
 
     def _create(
-        self, session: Session, resource_type: ResourceType, data: dict[str, Any]
+        self, session: Session, resource_type: ResourceType, data: dict[str, Any], said: list[bool]
     ) -> _Stored:
         now = datetime.now(UTC)
         row = ScimResource(
@@ -220,7 +229,7 @@ class ScimSource(ScimStorage):
         session.add(row)
         session.flush()
         self._members(session, row, data)
-        self._feed(session, self._affected(session, row, set()), now)
+        self._feed(session, self._affected(session, row, set()), now, said=said)
         return _Stored.of(row)
 
     def update(
@@ -231,11 +240,13 @@ class ScimSource(ScimStorage):
         expected_version: str | None = None,
     ) -> Resource[Any]:
         data = self._stored_data(resource)
+        said: list[bool] = []
         stored = self.writer.run(
             lambda session: self._update(
-                session, resource_type, str(resource.id), data, expected_version
+                session, resource_type, str(resource.id), data, expected_version, said
             )
         )
+        self._told(said)
         return cast(Resource[Any], self._resource(stored, resource_type))
 
     def _update(
@@ -245,6 +256,7 @@ class ScimSource(ScimStorage):
         resource_id: str,
         data: dict[str, Any],
         expected_version: str | None,
+        said: list[bool],
     ) -> _Stored:
         now = datetime.now(UTC)
         row = self._row(session, resource_type, resource_id)
@@ -258,7 +270,7 @@ class ScimSource(ScimStorage):
         row.data, row.external_id = data, data.get("externalId")
         row.version, row.modified_at = row.version + 1, now
         self._members(session, row, data)
-        self._feed(session, self._affected(session, row, before), now)
+        self._feed(session, self._affected(session, row, before), now, said=said)
         return _Stored.of(row)
 
     def delete(
@@ -268,9 +280,13 @@ class ScimSource(ScimStorage):
         *,
         expected_version: str | None = None,
     ) -> None:
+        said: list[bool] = []
         self.writer.run(
-            lambda session: self._delete(session, resource_type, resource_id, expected_version)
+            lambda session: self._delete(
+                session, resource_type, resource_id, expected_version, said
+            )
         )
+        self._told(said)
 
     def _delete(
         self,
@@ -278,6 +294,7 @@ class ScimSource(ScimStorage):
         resource_type: ResourceType,
         resource_id: str,
         expected_version: str | None,
+        said: list[bool],
     ) -> None:
         now = datetime.now(UTC)
         row = self._row(session, resource_type, resource_id)
@@ -291,13 +308,13 @@ class ScimSource(ScimStorage):
         )
         if row.kind == "User":
             # a DELETE is a leaver effective now: the identity stays, terminated
-            self._feed(session, [], now, gone=[row])
+            self._feed(session, [], now, gone=[row], said=said)
             session.delete(row)
             session.flush()
             return
         session.delete(row)
         session.flush()
-        self._feed(session, self._users(session, members), now)
+        self._feed(session, self._users(session, members), now, said=said)
 
     def close(self) -> None:
         self.writer.close()
@@ -388,15 +405,17 @@ class ScimSource(ScimStorage):
         users: list[ScimResource],
         now: datetime,
         gone: Sequence[ScimResource] = (),
+        said: list[bool] | None = None,
     ) -> None:
         """Bring the identities of ``users`` (and of ``gone``: deleted ones, leavers) to what
-        they say; invalid values refuse the request."""
+        they say; invalid values refuse the request. Whether it ended someone's access goes to
+        ``said``."""
         people = [self._person(session, u, present=True) for u in users if u.identity]
         people += [self._person(session, u, present=False) for u in gone if u.identity]
         if not people:
             return
         try:
-            record_people(
+            outcome = record_people(
                 self.workspace,
                 session,
                 people,
@@ -410,6 +429,14 @@ class ScimSource(ScimStorage):
             )
         except FeedError as exc:
             raise InvalidValueException(detail=str(exc)) from None
+        if said is not None:
+            said.append(outcome.ends_access)
+
+    def _told(self, said: list[bool]) -> None:
+        """After a committed write that fed identities: ``changed`` told whether it ended
+        someone's access (the service wakes its runner, or hurries the workers)."""
+        if said and self.changed is not None:
+            self.changed(any(said))
 
     def _person(self, session: Session, user: ScimResource, *, present: bool) -> dict[str, Any]:
         data = user.data

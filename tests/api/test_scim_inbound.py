@@ -4,9 +4,11 @@ request shapes Microsoft Entra ID and Okta send, applied to identities' lifecycl
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -158,3 +160,53 @@ def test_identity_provider_requests_have_their_effect(service: Service, fixture:
             for r in session.execute(text("select attributes from identity_events")).scalars()
         )
     assert "password" not in dump.lower() and "password" not in events.lower()
+
+
+def test_the_identity_providers_joiner_and_leaver_are_planned_at_once(
+    erp_workspace: Path,
+) -> None:
+    """A User made, then deactivated, through SCIM wakes the service's runner each time (the
+    periodic cycle is an hour away): the joiner's access is planned within seconds, and so is
+    the leaver's end of it — here the joiner's pending work items cancelled, nothing granted."""
+    from sqlalchemy import select
+
+    from provisor.store.models import Operation
+    from tests.api.conftest import serving
+
+    def statuses(who: str) -> set[str]:
+        with running.workspace.sessions() as session:
+            found = session.execute(select(Operation.status).where(Operation.identity == who))
+            return set(found.scalars())
+
+    def within(seconds: float, condition: Any) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    with serving(erp_workspace, runner=True) as running:
+        headers = {"Authorization": f"Bearer {scim_token(running)}"}
+        with httpx2.Client(base_url=running.url + "/scim/v2", headers=headers) as scim:
+            user = {
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", scim_people.ENTERPRISE],
+                "userName": "zed@example.com",
+                "externalId": "Z1",
+                "active": True,
+                "name": {"givenName": "Zed", "familyName": "Zebra"},
+                "emails": [{"value": "zed@example.com", "primary": True}],
+                scim_people.ENTERPRISE: {"department": "Finance", "employeeNumber": "Z1"},
+            }
+            made = scim.post("/Users", json=user)
+            assert made.status_code == 201, made.text
+            who = _identity_of(running, "Z1")
+            assert who is not None
+            assert within(15, lambda: "pending" in statuses(who)), statuses(who)
+            patch = {
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "active", "value": False}],
+            }
+            changed = scim.patch(f"/Users/{made.json()['id']}", json=patch)
+            assert changed.status_code == 200, changed.text
+            assert within(15, lambda: statuses(who) == {"cancelled"}), statuses(who)
