@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -267,3 +268,47 @@ def test_an_email_two_operators_share_signs_nobody_in(service: Service) -> None:
             operators.sign_in_oidc(session, "sub-twin", "twin@example.com", hours=1, now=now)
             is None
         )
+
+
+def test_a_leaver_in_effect_now_hurries_the_workers_and_nothing_else_does(
+    erp_workspace: Path,
+) -> None:
+    """``POST /events``: a termination, suspension or leave in effect now is a hurry (every
+    worker puts its removals first); a termination dated ahead, a move or a hire only wakes
+    the runner."""
+    from provisor.engine.workspace import Workspace
+    from tests.api.conftest import people, start
+
+    class Told:
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def set(self) -> None:
+            self.said.append("set")
+
+        def hurry(self) -> None:
+            self.said.append("hurry")
+
+    workspace = Workspace.open(erp_workspace)
+    tokens = people(workspace)
+    server, thread, url = start(workspace, runner=False)
+    told = Told()
+    server.config.app.state.wake = told  # type: ignore[attr-defined]
+    ahead = (datetime.now(UTC) + timedelta(days=30)).date().isoformat()
+    headers = {"Authorization": f"Bearer {tokens['olga']}"}
+    try:
+        with httpx2.Client(base_url=url, headers=headers) as api:
+            for body, said in [
+                ({"identity": "F1", "kind": "terminate", "effective": ahead}, "set"),
+                ({"identity": "F2", "kind": "move", "changes": {"title": "Lead"}}, "set"),
+                ({"identity": "N9", "kind": "hire", "changes": {"name": "Nia"}}, "set"),
+                ({"identity": "S1", "kind": "suspend"}, "hurry"),
+                ({"identity": "F2", "kind": "terminate"}, "hurry"),
+            ]:
+                answer = api.post("/api/v1/events", json=body)
+                assert answer.status_code == 201, answer.text
+                assert told.said[-1] == said, body
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        workspace.close()
