@@ -4,11 +4,9 @@ request shapes Microsoft Entra ID and Okta send, applied to identities' lifecycl
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
@@ -172,19 +170,12 @@ def test_the_identity_providers_joiner_and_leaver_are_planned_at_once(
 
     from provisor.store.models import Operation
     from tests.api.conftest import serving
+    from tests.engine.test_workers import until
 
     def statuses(who: str) -> set[str]:
         with running.workspace.sessions() as session:
             found = session.execute(select(Operation.status).where(Operation.identity == who))
             return set(found.scalars())
-
-    def within(seconds: float, condition: Any) -> bool:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
 
     with serving(erp_workspace, runner=True) as running:
         headers = {"Authorization": f"Bearer {scim_token(running)}"}
@@ -202,11 +193,11 @@ def test_the_identity_providers_joiner_and_leaver_are_planned_at_once(
             assert made.status_code == 201, made.text
             who = _identity_of(running, "Z1")
             assert who is not None
-            assert within(15, lambda: "pending" in statuses(who)), statuses(who)
+            assert until(lambda: "pending" in statuses(who), 15), statuses(who)
             patch = {
                 "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                 "Operations": [{"op": "replace", "path": "active", "value": False}],
             }
             changed = scim.patch(f"/Users/{made.json()['id']}", json=patch)
             assert changed.status_code == 200, changed.text
-            assert within(15, lambda: statuses(who) == {"cancelled"}), statuses(who)
+            assert until(lambda: statuses(who) == {"cancelled"}, 15), statuses(who)

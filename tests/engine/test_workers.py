@@ -147,7 +147,8 @@ def _open_removals(workspace: Workspace, who: str, target: str = "app") -> int:
         return int(session.execute(query).scalar_one())
 
 
-def _until(condition: Callable[[], bool], seconds: float) -> bool:
+def until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (asked every 10 ms)."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -189,7 +190,7 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         started = time.monotonic()
         heard.hold()  # nothing announced: no wait
         assert time.monotonic() - started < 0.5
-        assert heard._thread.is_alive() and _until(lambda: _listening(workspace), 10)
+        assert heard._thread.is_alive() and until(lambda: _listening(workspace), 10)
         # a cycle waits (it may plan a leaver): held until it is gone
         assert queue.cycle() and queue.drain("app") and queue.drain("app", removals=True)
         with workspace.sessions() as session:
@@ -203,7 +204,7 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         }
         monkeypatch.setattr(urgency, "HOLD_SECONDS", 60.0)  # only what is on its way ends it
         queue.announce()
-        assert _until(lambda: heard.urgent, 5)
+        assert until(lambda: heard.urgent, 5)
         thread = held()
         time.sleep(0.3)
         assert thread.is_alive()  # held while the cycle waits
@@ -228,7 +229,7 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         with workspace.sessions() as session, session.begin():
             sync_journal(workspace, session, now=datetime.now(UTC), changed_only=True)
         queue.announce()
-        assert _until(lambda: heard.urgent, 5)
+        assert until(lambda: heard.urgent, 5)
         started = time.monotonic()
         held().join(5)
         assert 0.2 < released[-1] - started < 3 and _open_removals(workspace, "E1") > 0
@@ -354,7 +355,7 @@ def test_the_services_wake_hurries_a_leaver(
 
     try:
         wake.set()
-        assert _until(lambda: cycles() == [(FIRST,)], 5)
+        assert until(lambda: cycles() == [(FIRST,)], 5)
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
         wake.hurry()  # the cycle already waits: one is enough, and the workers hear it
         assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [REMOVALS_CHANNEL]

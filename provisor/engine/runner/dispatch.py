@@ -223,26 +223,24 @@ class Queue:
 
     def cycle_on_the_way(self) -> bool:
         """Whether a cycle waits or runs (it may be planning a leaver's removals)."""
-        self._opened()
-        row = self.app.connector.execute_query_one(
-            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE task_name = %(cycle)s"
-            " AND status IN ('todo', 'doing')"
-            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS on_the_way",
-            cycle=CYCLE,
-        )
-        return bool(row["on_the_way"])
+        return self._due_job("task_name = %(cycle)s AND status IN ('todo', 'doing')", cycle=CYCLE)
 
     def idle(self) -> bool:
         """Whether no job of either queue is due and waiting."""
+        return not self._due_job(
+            "queue_name IN (%(queue)s, %(first)s) AND status = 'todo'", queue=QUEUE, first=FIRST
+        )
+
+    def _due_job(self, condition: str, **params: str) -> bool:
+        """Whether a job meeting ``condition`` (with ``params``) is due: one question."""
         self._opened()
         row = self.app.connector.execute_query_one(
-            "SELECT NOT EXISTS (SELECT 1 FROM procrastinate_jobs"
-            " WHERE queue_name IN (%(queue)s, %(first)s) AND status = 'todo'"
-            " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS idle",
-            queue=QUEUE,
-            first=FIRST,
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE "
+            + condition
+            + " AND (scheduled_at IS NULL OR scheduled_at <= now())) AS found",
+            **params,
         )
-        return bool(row["idle"])
+        return bool(row["found"])
 
     def announce(self) -> None:
         """Tell every worker that removals are on their way (``urgency``): a NOTIFY."""
