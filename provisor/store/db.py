@@ -141,6 +141,19 @@ def upsert(
     )
 
 
+def insert_missing(
+    session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """Insert those of ``rows`` whose ``keys`` are not there yet; an existing row is neither
+    changed nor locked (``upsert`` locks it, even where ``where`` is false), so this never
+    waits for, nor deadlocks with, transactions that update those rows."""
+    if not rows:
+        return
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table(model)).values(list(rows))
+    session.execute(statement.on_conflict_do_nothing(index_elements=list(keys)))
+
+
 def one_writer(session: Session, name: str) -> None:
     """Until the session's transaction ends, no other transaction passing ``name`` here gets
     past this point: on PostgreSQL a transaction-scoped advisory lock named by ``name``, on

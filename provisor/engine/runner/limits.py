@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import bindparam, false, select, text, update
+from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from provisor.engine.runner.pacing import BURST_SECONDS
 from provisor.engine.workspace import Workspace
-from provisor.store.db import upsert
+from provisor.store.db import insert_missing
 from provisor.store.models import TargetLimit, TargetSlot
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def _ensure(session: Session, target: str, tokens: float) -> None:
     """The target's row, made full when missing (never changed when present)."""
     now = session.execute(select(text(_NOW[_dialect(session)]))).scalar_one()
     row = {"target": target, "tokens": tokens, "stamp": float(now)}
-    upsert(session, TargetLimit, [row], ("target",), where=false())
+    insert_missing(session, TargetLimit, [row], ("target",))
 
 
 class SharedBucket:
@@ -98,6 +100,12 @@ RETURNING slot
 )
 
 
+# the slot rows each database was found to hold in this process, by target: a run's start
+# makes them only the first time (a leaver's run starts every target at once)
+_MADE: WeakKeyDictionary[Engine, set[tuple[str, int]]] = WeakKeyDictionary()
+_MADE_LOCK = threading.Lock()
+
+
 class Slots:
     """A target's ``concurrency`` across every worker: ``take`` waits for a free slot (one
     not held, or expired) and ``give`` returns it. Of two or more slots, one is
@@ -109,11 +117,30 @@ class Slots:
         self.workspace = workspace
         self.target = target
         self.count = count
-        with workspace.sessions() as session, session.begin():
-            rows = [
-                {"target": target, "slot": n, "run": None, "expires_at": None} for n in range(count)
-            ]
-            upsert(session, TargetSlot, rows, ("target", "slot"), where=false())
+        with _MADE_LOCK:
+            made = _MADE.setdefault(workspace.engine, set())
+            known = (target, count) in made
+        if not known:
+            self._make()
+            with _MADE_LOCK:
+                made.add((target, count))
+
+    def _make(self) -> None:
+        """The target's slot rows, those missing made free (never changed when present)."""
+        rows = [
+            {"target": self.target, "slot": n, "run": None, "expires_at": None}
+            for n in range(self.count)
+        ]
+        with self.workspace.sessions() as session, session.begin():
+            insert_missing(session, TargetSlot, rows, ("target", "slot"))
+
+    def _missing(self) -> bool:
+        """Whether some of the target's slot rows are not there."""
+        query = select(func.count()).where(
+            TargetSlot.target == self.target, TargetSlot.slot < self.count
+        )
+        with self.workspace.sessions() as session:
+            return session.execute(query).scalar_one() < self.count
 
     def _take(self, run: str, seconds: int, removal: bool) -> int | None:
         now = datetime.now(UTC)
@@ -144,7 +171,13 @@ class Slots:
         """Wait for a slot and hold it for ``run`` (``seconds``, renewed with its leases);
         ``removal``: for an account with a removal to make, which may take the kept slot."""
         pause, most = self.WAIT
+        checked = False
         while (slot := self._take(run, seconds, removal)) is None:
+            if not checked:  # every slot busy, or the rows went (a restored backup)?
+                checked = True
+                if self._missing():
+                    self._make()
+                    continue
             time.sleep(pause * (0.5 + random.random()))  # jittered
             pause = min(most, pause * 2)
         return slot

@@ -207,6 +207,7 @@ class Runner:
         self._nameless: set[tuple[str, str]] = set()
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
         self._hold: Hold | None = None  # this run's, see ``apply``
+        self._giving = ThreadPoolExecutor(1, "provisor-give")  # slots given back, see _gated
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -258,6 +259,7 @@ class Runner:
         back meanwhile), while leavers go first. ``targets``: only the accounts in these."""
         report = ApplyReport()
         self.run_id, self._hold, self._breakers = uuid.uuid4().hex, hold, {}
+        self._giving = ThreadPoolExecutor(1, "provisor-give")
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
         groups = self._groups(target, identity, identities)
@@ -309,7 +311,7 @@ class Runner:
                 futures.update(started)
             self._collect(futures, report, pending, finished, (done, total), progress)
         finally:
-            for pool in pools:
+            for pool in [*pools, self._giving]:  # every account's slot given back too
                 pool.shutdown(wait=True)
             try:
                 self._flush(pending, report)
@@ -617,7 +619,8 @@ class Runner:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
         runs when ``gate``; nothing at all once the target's circuit opened. An account
         without a removal waits for the run's ``hold`` before it takes a slot, and gives it
-        back while it waits between operations (``_Slot``)."""
+        back while it waits between operations (``_Slot``); an account with a removal gives
+        it back from the run's ``_giving`` thread."""
         if self._breakers[jobs[0].target].tripped:
             return []
         removal = any(job.kind in REMOVALS for job in jobs)
@@ -629,7 +632,10 @@ class Runner:
         try:
             return run(partial(slot.pause, jobs[0]))
         finally:
-            slot.give()
+            if removal:  # a leaver's outcomes go to be recorded without waiting for this
+                self._giving.submit(slot.give)
+            else:
+                slot.give()
 
     def _run_account(
         self,

@@ -14,8 +14,9 @@ with three tasks:
   ``DRAIN_SECONDS`` it stops and puts a drain back in the queue for the rest, so other jobs
   get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
-  time across the cluster; instead of applying it opens manual work items and puts drains in
-  the queue for the targets with work — and runs the removals of the first
+  time across the cluster; instead of applying it opens manual work items and, once its lock
+  is given back (a leaver's cycle waits for no dispatching), puts drains in the queue for the
+  targets with work — and runs the removals of the first
   ``LEAVERS_AT_ONCE`` people it just planned some for itself, at once, beside its own last
   steps (work items, notifications, the audit checkpoint); drains take the rest;
 - *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
@@ -231,10 +232,16 @@ class Worker:
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
         """The engine's cycle with the applying handed to drains; the audit chain's head
         signed after it. The removals of the first people it planned some for run beside its
-        last steps (``hand_off``); the job ends when they are done."""
+        last steps (``hand_off``); the drains go in the queue once the cycle's lock is given
+        back (the next cycle — a leaver's — need not wait for them); the job ends when the
+        leavers' removals are done."""
         self._planned.run = None
+        self._planned.drains = None
         try:
-            report = self.cycles.cycle_unless_waiting()
+            try:
+                report = self.cycles.cycle_unless_waiting()
+            finally:  # what it handed off, even when a later step failed
+                self._put_in_drains()
             if report is not None:
                 self.workspace.checkpoint(system_clock())
         finally:
@@ -275,9 +282,9 @@ class Worker:
         """What a cycle does instead of applying: tell every worker that removals are on
         their way when it planned any due now, and start running the first
         ``LEAVERS_AT_ONCE`` people they are for, in a thread of their own (``cycle`` waits
-        for it); a drain in the queue for each other target with work — first, without
-        asking the journal, for the targets its plan just added work due now to (removals
-        first) — and manual targets' work items opened."""
+        for it); open manual targets' work items; and leave to ``cycle`` (``_put_in_drains``)
+        a drain for each other target with work — first, without asking the journal, for the
+        targets its plan just added work due now to (removals first)."""
         report = ApplyReport()
         with self.workspace.sessions() as session:
             automated = set(usable_targets(self.workspace, session, now))
@@ -297,16 +304,29 @@ class Worker:
         if leavers:
             self.queue.announce()  # every worker's other work waits for them
             self._planned.run = self._leaver_runs.submit(self._run_leavers, list(leavers), theirs)
-        self.queue.drains(sorted(added.items(), key=lambda item: not item[1]))
         with self.workspace.sessions() as session, session.begin():
             report.tasks_opened = open_tasks(self.workspace, session, now)
         # the rest, and removals that came due meanwhile where only joiners were added
         others = automated - theirs - {target for target, removals in added.items() if removals}
-        if others:
-            with self.workspace.sessions() as session:
-                work = targets_with_work(self.workspace, session, now, others)
-            self.queue.drains(work.items())
+        self._planned.drains = (now, sorted(added.items(), key=lambda item: not item[1]), others)
         return report
+
+    def _put_in_drains(self) -> None:
+        """The drains the cycle's ``hand_off`` left, put in the queue: those for the targets
+        it added work to, then one for each other target the journal has work for. What fails
+        here is logged: sweeps put in a drain for every target with work."""
+        left, self._planned.drains = self._planned.drains, None
+        if left is None:
+            return
+        now, added, others = left
+        try:
+            self.queue.drains(added)
+            if others:
+                with self.workspace.sessions() as session:
+                    work = targets_with_work(self.workspace, session, now, others)
+                self.queue.drains(work.items())
+        except Exception:
+            log.exception("the cycle's drains could not all be put in; sweeps will")
 
     async def sweep(self, timestamp: int) -> dict[str, int]:
         """End the jobs of workers gone silent; drains for every target with work."""
