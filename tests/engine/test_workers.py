@@ -66,6 +66,43 @@ def test_two_workers_run_each_operation_once(
     assert all(w.returncode == 0 for w in workers), errors
 
 
+def test_a_worker_until_idle_runs_what_is_queued_then_stops(
+    tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``provisor worker --until-idle``: the cycle in the queue plans and hands off, the drains
+    it puts in the other queue run, and the worker ends by itself once neither queue has a
+    job due — with every operation verified once and no job left behind."""
+    import subprocess
+    import sys
+
+    from provisor.engine.runner.dispatch import Queue
+
+    env = postgres_env(postgres_url, monkeypatch)
+    ScimApp.create_groups(scim_url, "staff")
+    quiet = "runner: {lease_seconds: 3, sweep_seconds: 59}\nservice: {cycle_seconds: 3600}\n"
+    (tmp_path / "provisor.yaml").write_text(quiet, encoding="utf-8")
+    workspace = scratch_workspace(tmp_path, POLICY.format(url=scim_url))
+    queue = Queue(workspace)
+    try:
+        hire_employees(workspace, 5, datetime.now(UTC))
+        queue.cycle()
+        command = [str(Path(sys.executable).parent / "provisor"), "-w", str(tmp_path), "worker"]
+        done = subprocess.run(
+            [*command, "--until-idle"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        with workspace.sessions() as session:
+            statuses = Counter(session.execute(select(models.Operation.status)).scalars())
+            left = session.execute(
+                text("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+            ).scalar_one()
+        assert statuses == {"verified": 10} and left == 0
+        assert set(verified_keys(workspace).values()) == {1}
+    finally:
+        queue.close()
+        workspace.close()
+
+
 def test_a_target_down_then_back_under_workers(
     tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
