@@ -81,11 +81,13 @@ def one_at_a_time(workspace: Workspace, *, one_waits: bool = False) -> Iterator[
     if workspace.engine.dialect.name != "postgresql":
         yield True
         return
-    with workspace.engine.connect() as connection:
+    # session-level locks need no transaction: in autocommit each statement is one round trip
+    # (a leaver's cycle takes these first), with no BEGIN and COMMIT around it
+    with workspace.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
 
         def lock(sql: str, key: int) -> bool:
             held = bool(connection.execute(text(sql), {"key": key}).scalar())
-            connection.commit()
+            connection.commit()  # (ends SQLAlchemy's own view of a transaction: no round trip)
             return held
 
         held: list[int] = []
