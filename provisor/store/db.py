@@ -4,8 +4,8 @@ Does: build the SQLAlchemy engine for the workspace's database (an SQLite file b
 ``PROVISOR_DATABASE_URL`` to use PostgreSQL; the SQLite file readable by its owner only), tune
 SQLite for a single busy writer, run the Alembic
 migrations (``upgrade``), and refuse to work on a database whose schema is not current; write
-rows atomically whether or not they exist (``upsert``); let one writer of a kind at a time go
-on (``one_writer``).
+rows atomically whether or not they exist (``upsert``), or only those missing, locking none
+(``insert_missing``); let one writer of a kind at a time go on (``one_writer``).
 Does not: define tables (``models``) or hold any query logic.
 """
 
@@ -145,8 +145,9 @@ def insert_missing(
     session: Session, model: type[Any], rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
 ) -> None:
     """Insert those of ``rows`` whose ``keys`` are not there yet; an existing row is neither
-    changed nor locked (``upsert`` locks it, even where ``where`` is false), so this never
-    waits for, nor deadlocks with, transactions that update those rows."""
+    changed nor locked (``upsert`` locks it, even where ``where`` is false), so this takes no
+    part in a deadlock over those rows and never waits for a transaction that only locked
+    one (``FOR UPDATE``); on PostgreSQL it does wait for one that inserted or updated it."""
     if not rows:
         return
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

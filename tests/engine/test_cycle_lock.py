@@ -22,12 +22,14 @@ def test_one_cycle_runs_one_waits_and_a_third_goes_without_waiting(
     workspace = scratch_workspace(tmp_path, "targets: []\nrules: []\n")
     probe = psycopg.connect(conninfo(workspace), autocommit=True)
 
-    def free(key: int) -> bool:
-        row = probe.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if row == (True,):
-            probe.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            return True
-        return False
+    def free(key: int) -> bool:  # looked up, not taken: the probe never gets in the way
+        row = probe.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (key,),
+        ).fetchone()
+        return row == (0,)
 
     running, waiting_ran, release = threading.Event(), threading.Event(), threading.Event()
     got: dict[str, bool] = {}

@@ -1,6 +1,6 @@
 """A target's slots shared by every worker (``limits.Slots``) on PostgreSQL: their rows made
-once per process without locking a row anyone holds, made again when they went (a restored
-backup), and given back by the end of a run whatever gave them back."""
+once per process without locking a row anyone holds, and made again when they went (a
+restored backup)."""
 
 from __future__ import annotations
 

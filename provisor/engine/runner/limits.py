@@ -117,6 +117,7 @@ class Slots:
         self.workspace = workspace
         self.target = target
         self.count = count
+        self._checked = False  # whether a take that found no slot free looked for rows gone
         with _MADE_LOCK:
             made = _MADE.setdefault(workspace.engine, set())
             known = (target, count) in made
@@ -171,10 +172,9 @@ class Slots:
         """Wait for a slot and hold it for ``run`` (``seconds``, renewed with its leases);
         ``removal``: for an account with a removal to make, which may take the kept slot."""
         pause, most = self.WAIT
-        checked = False
         while (slot := self._take(run, seconds, removal)) is None:
-            if not checked:  # every slot busy, or the rows went (a restored backup)?
-                checked = True
+            if not self._checked:  # every slot busy, or the rows went (a restored backup)?
+                self._checked = True  # (once per run and target: busy is the usual answer)
                 if self._missing():
                     self._make()
                     continue

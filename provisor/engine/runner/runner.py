@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -207,7 +208,9 @@ class Runner:
         self._nameless: set[tuple[str, str]] = set()
         self._breakers: dict[str, Breaker] = {}  # this run's view of each target's circuit
         self._hold: Hold | None = None  # this run's, see ``apply``
-        self._giving = ThreadPoolExecutor(1, "provisor-give")  # slots given back, see _gated
+        self._giving = ThreadPoolExecutor(1, "provisor-give")  # slots given back, see _give
+        self._starting: dict[str, int] = {}  # accounts of each target not started yet
+        self._starting_lock = threading.Lock()
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -259,7 +262,7 @@ class Runner:
         back meanwhile), while leavers go first. ``targets``: only the accounts in these."""
         report = ApplyReport()
         self.run_id, self._hold, self._breakers = uuid.uuid4().hex, hold, {}
-        self._giving = ThreadPoolExecutor(1, "provisor-give")
+        self._giving, self._starting = ThreadPoolExecutor(1, "provisor-give"), {}
         self._keeper = Keeper(self.workspace, self.run_id, self._lease_seconds)
         self._done_accounts.clear()
         groups = self._groups(target, identity, identities)
@@ -351,6 +354,8 @@ class Runner:
             taken = [j for j in jobs if j.id in mine]
             if taken:
                 run = partial(self._run_account, taken, connector, specs, now, bucket, breaker)
+                with self._starting_lock:
+                    self._starting[where] = self._starting.get(where, 0) + 1
                 future = pool.submit(self._gated, gate, taken, run)
                 futures[future] = len(taken)
                 self._accounts[future] = (jobs[0].identity, where)
@@ -619,9 +624,12 @@ class Runner:
         """``run`` (an account's ``_run_account``), holding one of the target's slots while it
         runs when ``gate``; nothing at all once the target's circuit opened. An account
         without a removal waits for the run's ``hold`` before it takes a slot, and gives it
-        back while it waits between operations (``_Slot``); an account with a removal gives
-        it back from the run's ``_giving`` thread."""
-        if self._breakers[jobs[0].target].tripped:
+        back while it waits between operations (``_Slot``); an account with a removal may give
+        it back behind (``_give``)."""
+        where = jobs[0].target
+        with self._starting_lock:
+            self._starting[where] -= 1
+        if self._breakers[where].tripped:
             return []
         removal = any(job.kind in REMOVALS for job in jobs)
         slot = _Slot(gate, self.run_id, self._lease_seconds, None if removal else self._hold)
@@ -632,10 +640,19 @@ class Runner:
         try:
             return run(partial(slot.pause, jobs[0]))
         finally:
-            if removal:  # a leaver's outcomes go to be recorded without waiting for this
+            self._give(slot, removal and self._starting[where] == 0)
+
+    def _give(self, slot: _Slot, behind: bool) -> None:
+        """Give ``slot`` back; ``behind``: from the run's ``_giving`` thread, so that a
+        leaver's outcomes go to be recorded without waiting for that (only when no account
+        of the target waits to start in this run: it would find no slot free yet)."""
+        if behind and slot.gate is not None:
+            try:
                 self._giving.submit(slot.give)
-            else:
-                slot.give()
+                return
+            except RuntimeError:  # shut down (the process is ending): given back here
+                pass
+        slot.give()
 
     def _run_account(
         self,

@@ -14,9 +14,9 @@ with three tasks:
   ``DRAIN_SECONDS`` it stops and puts a drain back in the queue for the rest, so other jobs
   get their turn and any idle worker may take it;
 - *cycle*: the engine's cycle (tick, queued service jobs, reconciliations due, plan), once at a
-  time across the cluster; instead of applying it opens manual work items and, once its lock
-  is given back (a leaver's cycle waits for no dispatching), puts drains in the queue for the
-  targets with work — and runs the removals of the first
+  time across the cluster; instead of applying it opens manual work items and, from a thread
+  of its own (neither its lock nor its last steps wait for that), puts drains in the queue for
+  the targets with work — and runs the removals of the first
   ``LEAVERS_AT_ONCE`` people it just planned some for itself, at once, beside its own last
   steps (work items, notifications, the audit checkpoint); drains take the rest;
 - *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
@@ -127,6 +127,7 @@ class Worker:
         self._policy_read = time.monotonic()
         self._planned = threading.local()  # a cycle's run of the leavers it just planned
         self._leaver_runs = ThreadPoolExecutor(2, "provisor-leavers")
+        self._dispatching = ThreadPoolExecutor(1, "provisor-dispatch")  # a cycle's drains
         self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
         cycle_every = cron_every(workspace.config.service.cycle_seconds)
         cycle = self.app.task(name=CYCLE, queue=FIRST)(self.cycle)
@@ -232,19 +233,18 @@ class Worker:
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
         """The engine's cycle with the applying handed to drains; the audit chain's head
         signed after it. The removals of the first people it planned some for run beside its
-        last steps (``hand_off``); the drains go in the queue once the cycle's lock is given
-        back (the next cycle — a leaver's — need not wait for them); the job ends when the
-        leavers' removals are done."""
+        last steps (``hand_off``), and so are its drains put in the queue; the job ends when
+        both are done."""
         self._planned.run = None
         self._planned.drains = None
         try:
-            try:
-                report = self.cycles.cycle_unless_waiting()
-            finally:  # what it handed off, even when a later step failed
-                self._put_in_drains()
+            report = self.cycles.cycle_unless_waiting()
             if report is not None:
                 self.workspace.checkpoint(system_clock())
         finally:
+            drains, self._planned.drains = self._planned.drains, None
+            if drains is not None:
+                drains.result()  # (what fails there is logged)
             run, self._planned.run = self._planned.run, None
             leavers = self._finished(run)
         if report is None:
@@ -282,9 +282,10 @@ class Worker:
         """What a cycle does instead of applying: tell every worker that removals are on
         their way when it planned any due now, and start running the first
         ``LEAVERS_AT_ONCE`` people they are for, in a thread of their own (``cycle`` waits
-        for it); open manual targets' work items; and leave to ``cycle`` (``_put_in_drains``)
-        a drain for each other target with work — first, without asking the journal, for the
-        targets its plan just added work due now to (removals first)."""
+        for it); put a drain in the queue for each other target with work, from another
+        thread (``_put_in_drains``: neither the cycle's last steps — notifications, which may
+        wait on a mail server — nor its lock, which a leaver's next cycle waits for, wait for
+        that); and open manual targets' work items."""
         report = ApplyReport()
         with self.workspace.sessions() as session:
             automated = set(usable_targets(self.workspace, session, now))
@@ -304,21 +305,20 @@ class Worker:
         if leavers:
             self.queue.announce()  # every worker's other work waits for them
             self._planned.run = self._leaver_runs.submit(self._run_leavers, list(leavers), theirs)
-        with self.workspace.sessions() as session, session.begin():
-            report.tasks_opened = open_tasks(self.workspace, session, now)
         # the rest, and removals that came due meanwhile where only joiners were added
         others = automated - theirs - {target for target, removals in added.items() if removals}
-        self._planned.drains = (now, sorted(added.items(), key=lambda item: not item[1]), others)
+        first = sorted(added.items(), key=lambda item: not item[1])  # removals first
+        self._planned.drains = self._dispatching.submit(self._put_in_drains, now, first, others)
+        with self.workspace.sessions() as session, session.begin():
+            report.tasks_opened = open_tasks(self.workspace, session, now)
         return report
 
-    def _put_in_drains(self) -> None:
-        """The drains the cycle's ``hand_off`` left, put in the queue: those for the targets
-        it added work to, then one for each other target the journal has work for. What fails
-        here is logged: sweeps put in a drain for every target with work."""
-        left, self._planned.drains = self._planned.drains, None
-        if left is None:
-            return
-        now, added, others = left
+    def _put_in_drains(
+        self, now: datetime, added: list[tuple[str, bool]], others: set[str]
+    ) -> None:
+        """A cycle's drains put in the queue: first those for the targets it just added work
+        to (without asking the journal), then one for each of ``others`` the journal has work
+        for. What fails here is logged: sweeps put in a drain for every target with work."""
         try:
             self.queue.drains(added)
             if others:
@@ -442,6 +442,7 @@ class Worker:
 
     def close(self) -> None:
         self._leaver_runs.shutdown(wait=True)
+        self._dispatching.shutdown(wait=True)
         self.urgency.close()
         self.cycles.close()
         self.queue.close()
