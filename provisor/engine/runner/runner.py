@@ -272,6 +272,7 @@ class Runner:
         by_target: dict[str, list[list[Job]]] = {}
         for (_who, where), jobs in groups.items():
             by_target.setdefault(where, []).append(jobs)
+        self._wait_for_leavers(groups)  # before any more work: a leaver's run needs the cores
         specs = self._specs(groups)
         done = 0
         pending: list[Outcome] = []
@@ -283,7 +284,6 @@ class Runner:
         futures: dict[Future[list[Outcome]], int] = {}
         try:
             usable = self._usable(by_target, report, now)
-            self._wait_for_leavers(groups)
             # every usable target's accounts leased and claimed at once: one transaction each
             held = self._keeper.take(
                 {(jobs[0].identity, w) for w in usable for jobs in by_target[w]}
@@ -326,7 +326,7 @@ class Runner:
 
     def _wait_for_leavers(self, groups: Mapping[tuple[str, str], list[Job]]) -> None:
         """A run of other work alone (no removal among its accounts) waits for the run's
-        ``hold`` before it leases and claims anything."""
+        ``hold`` before it works out its accounts' specs, leases and claims anything."""
         if self._hold is not None and not any(
             job.kind in REMOVALS for jobs in groups.values() for job in jobs
         ):

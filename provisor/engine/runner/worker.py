@@ -125,7 +125,7 @@ class Worker:
         self._stopping = False
         self._policy_lock = threading.Lock()
         self._policy_read = time.monotonic()
-        self._planned = threading.local()  # a cycle's run of the leavers it just planned
+        self._planned = threading.local()  # a cycle's run of its leavers, and its drains
         self._leaver_runs = ThreadPoolExecutor(2, "provisor-leavers")
         self._dispatching = ThreadPoolExecutor(1, "provisor-dispatch")  # a cycle's drains
         self.app.task(name=DRAIN, queue=QUEUE)(self.drain)
