@@ -151,12 +151,13 @@ class Worker:
         each job's runner (in either kind of job slot, and a cycle's run of its leavers)
         writes from one thread and renews its leases from another, its
         accounts take and give back target slots in short transactions, a cycle holds one
-        for its lock, hearing of leavers (``urgency``) asks whether their removals are done.
+        for its lock and puts its drains in from a thread of its own while it goes on,
+        hearing of leavers (``urgency``) asks whether their removals are done.
         Bounded, so that many workers fit in the server's ``max_connections``;
         a thread waits for a connection rather than open one more. All are kept: a busy
         worker that opened and closed connections beyond a smaller kept number spent more on
         that (a server process each) than on its work."""
-        return (2 * (concurrency + cls.first_slots(concurrency) + 1) + 3, 0)
+        return (2 * (concurrency + cls.first_slots(concurrency) + 1) + 4, 0)
 
     # --- tasks -------------------------------------------------------------------------
 
