@@ -39,6 +39,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -274,10 +275,15 @@ class Worker:
         whatever those targets have left (an account another run held, other work)."""
         runner = Runner(self.workspace, pool=self.pool)
         report = runner.apply(now=system_clock, identities=leavers, targets=targets, slots=True)
-        with self.workspace.sessions() as session:
-            work = targets_with_work(self.workspace, session, datetime.now(UTC), targets)
-        self.queue.drains(work.items())
+        self._drains_for_work(datetime.now(UTC), targets)
         return report
+
+    def _drains_for_work(self, now: datetime, targets: Collection[str] | None = None) -> int:
+        """A drain in the queue for each target (among ``targets``) the journal has work
+        for (``Queue.drains``); how many were put in."""
+        with self.workspace.sessions() as session:
+            work = targets_with_work(self.workspace, session, now, targets)
+        return self.queue.drains(work.items())
 
     def hand_off(self, now: datetime, planned: JournalSync) -> ApplyReport:
         """What a cycle does instead of applying: tell every worker that removals are on
@@ -323,9 +329,7 @@ class Worker:
         try:
             self.queue.drains(added)
             if others:
-                with self.workspace.sessions() as session:
-                    work = targets_with_work(self.workspace, session, now, others)
-                self.queue.drains(work.items())
+                self._drains_for_work(now, others)
         except Exception:
             log.exception("the cycle's drains could not all be put in; sweeps will")
 
@@ -344,9 +348,7 @@ class Worker:
         with self.workspace.sessions() as session, session.begin():
             free_the_dead(session, now)
             jobs.recover(session, now)  # service jobs (imports...) a dead worker was running
-        with self.workspace.sessions() as session:
-            work = targets_with_work(self.workspace, session, now)
-        return self.queue.drains(work.items())
+        return self._drains_for_work(now)
 
     # --- the process -------------------------------------------------------------------
 
