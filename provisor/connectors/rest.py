@@ -47,7 +47,7 @@ from provisor.connectors.base import (
     Unavailable,
     Unsupported,
 )
-from provisor.connectors.http import DOWN_STATUS, retry_after, transport_error
+from provisor.connectors.http import DOWN_STATUS, KeptAlive, retry_after, transport_error
 from provisor.connectors.rest_spec import (
     EntitlementKind,
     GroupedList,
@@ -289,8 +289,10 @@ class RestConnector(BaseConnector):
             headers=headers,
             auth=auth,
             timeout=given.timeout or self.api.timeout,
-            verify=self._verify,
-            limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
+            transport=KeptAlive(
+                verify=self._verify,
+                limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
+            ),
         )
         # the per-account session read counts only once shown: untrusted after it showed
         # none for an account the full session listing showed with sessions

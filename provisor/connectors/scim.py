@@ -68,7 +68,7 @@ from provisor.connectors.base import (
     Unavailable,
     Unsupported,
 )
-from provisor.connectors.http import DOWN_STATUS, retry_after, transport_error
+from provisor.connectors.http import DOWN_STATUS, KeptAlive, retry_after, transport_error
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 412, 425, 429, 500, 502, 503, 504})
@@ -272,6 +272,7 @@ class ScimConnector(BaseConnector):
             auth=auth,
             timeout=given.timeout,
             event_hooks={"request": [self._pace], "response": [self._remember]},
+            transport=KeptAlive(pace=self._pace),
         )
         self._scim: SyncSCIMClient | None = None
         self._patch_setting = given.patch

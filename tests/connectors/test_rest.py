@@ -43,6 +43,7 @@ from provisor.connectors.rest_spec import profile_names, render, render_text
 from provisor.errors import ProvisorError
 from provisor.sandbox.rabbitmq import RabbitNode
 from provisor.testing import ConnectorContract
+from tests.connectors.faulty_proxy import Fault, FaultyProxy
 from tests.connectors.rest_sample_app import SampleApp
 
 FULL = {"configure": ".*", "write": ".*", "read": ".*"}
@@ -411,6 +412,27 @@ def test_listing_brings_entitlements_and_sessions_in_bulk(
     finally:
         rest.delete(first)
         rest.delete(second)
+
+
+def test_a_removal_goes_through_when_the_kept_alive_connection_closes_under_it(
+    rabbit: Rabbit, rest: RestConnector, prefix: str
+) -> None:
+    """RabbitMQ may close a kept-alive connection as the next request goes out on it (seen
+    after a 400 answer): the removal, idempotent, is sent once more and lands."""
+    proxy = FaultyProxy(rabbit.url)
+    through = RestConnector("rabbit", rabbit.settings(url=proxy.url))
+    account = rest.create(spec(prefix))
+    try:
+        through.add_entitlement(account, "messaging")
+        proxy.queue(Fault(drop=True, methods=frozenset({"DELETE"})))
+        through.remove_entitlement(account, "messaging")
+        deletes = [path for method, path, _ in proxy.requests if method == "DELETE"]
+        assert len(deletes) == 2 and proxy.injected == 1
+        assert rest.read(account).entitlements == set()  # type: ignore[union-attr]
+    finally:
+        through.close()
+        proxy.close()
+        rest.delete(account)
 
 
 def test_rabbitmq_errors_are_mapped(rabbit: Rabbit, rest: RestConnector, prefix: str) -> None:

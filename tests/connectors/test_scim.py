@@ -12,11 +12,18 @@ import httpx2
 import pytest
 
 from provisor.connectors import scim as scim_module
-from provisor.connectors.base import AccountSpec, Conflict, PermanentError, RetryableError
+from provisor.connectors.base import (
+    AccountSpec,
+    Conflict,
+    PermanentError,
+    RetryableError,
+    Unavailable,
+)
 from provisor.connectors.http import retry_after
 from provisor.connectors.scim import ScimConnector
 from provisor.sandbox.scim import GROUP_SCHEMA, ScimApp
 from provisor.testing import ConnectorContract
+from tests.connectors.faulty_proxy import Fault, FaultyProxy
 
 
 def make_group(url: str, name: str) -> str:
@@ -99,6 +106,30 @@ def test_refused_connection_is_retryable() -> None:
     with pytest.raises(RetryableError, match="down: discovery"):
         connector.read("x")
     connector.close()
+
+
+def test_a_kept_alive_connection_closed_under_a_read_is_read_again_a_create_is_not(
+    scim_server: str, scim_url: str
+) -> None:
+    """The server closes the kept-alive connection as a request goes out on it (its idle
+    timeout, or after an error answer): the read is sent once more; a create the server may
+    have carried out is not, and fails retryable."""
+    proxy = FaultyProxy(scim_server)
+    connector = ScimConnector("app", {"url": proxy.url + scim_url.removeprefix(scim_server)})
+    try:
+        account = connector.create(spec())
+        proxy.queue(Fault(drop=True, methods=frozenset({"GET"})))
+        assert connector.read(account) is not None
+        reads = [path for method, path, _ in proxy.requests if method == "GET" and account in path]
+        assert len(reads) == 2 and proxy.injected == 1
+        proxy.queue(Fault(drop=True, methods=frozenset({"POST"})))
+        with pytest.raises(Unavailable, match="Server disconnected"):
+            connector.create(spec("E2", "bob@example.com"))
+        creates = [path for method, path, _ in proxy.requests if method == "POST"]
+        assert len(creates) == 2  # Ann's, then Bob's once: never sent twice
+    finally:
+        connector.close()
+        proxy.close()
 
 
 def test_retry_after_seconds_and_http_date() -> None:
