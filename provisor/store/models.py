@@ -70,6 +70,12 @@ NAMING = {
 }
 
 
+def _where_set(column: str) -> dict[str, Any]:
+    """A partial index's condition, on both databases: only rows where ``column`` is set."""
+    condition = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": condition, "postgresql_where": condition}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
@@ -83,6 +89,14 @@ class Identity(Base):
     """Current (materialised) state of an identity; its events are the record of truth."""
 
     __tablename__ = "identities"
+    __table_args__ = (
+        # columns most identities leave empty: only the rows that have a value are indexed
+        # (every query on them names a value, which implies it is not null)
+        *(
+            Index(f"ix_identities_{name}", name, **_where_set(name))
+            for name in ("owner", "next_change_at", "review_at")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -91,17 +105,17 @@ class Identity(Base):
     name: Mapped[str | None] = mapped_column(String(256))
     email: Mapped[str | None] = mapped_column(String(320), index=True)
     manager: Mapped[str | None] = mapped_column(String(128))
-    owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
     feed: Mapped[str | None] = mapped_column(String(128), index=True)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     flags: Mapped[list[Any]] = mapped_column(default=list)
     employment_start: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]
     state_since: Mapped[datetime | None]
-    next_change_at: Mapped[datetime | None] = mapped_column(index=True)
+    next_change_at: Mapped[datetime | None]
     # when time alone changes the access it should have (a move's grace ends, a pre-start
     # window opens): ``tick`` marks it for planning then
-    review_at: Mapped[datetime | None] = mapped_column(index=True)
+    review_at: Mapped[datetime | None]
     needs_plan: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     # the valid time the row was computed for; events effective later are applied by ``tick``
     materialized_at: Mapped[datetime]
@@ -112,7 +126,10 @@ class IdentityEvent(Base):
     """A lifecycle event as reported: valid from ``effective_at``, known from ``recorded_at``."""
 
     __tablename__ = "identity_events"
-    __table_args__ = (Index("ix_identity_events_kind_recorded", "kind", "recorded_at"),)
+    __table_args__ = (
+        Index("ix_identity_events_kind_recorded", "kind", "recorded_at"),
+        Index("ix_identity_events_hold_id", "hold_id", **_where_set("hold_id")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -126,7 +143,7 @@ class IdentityEvent(Base):
     # accepted: part of the identity's history; held: waiting for approval (mass-change guard);
     # rejected: refused by an approver, kept for the record.
     status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
-    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"))
     import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id"))
     # the acting person who recorded it (the four-eyes rule on holds reads it)
     recorded_by: Mapped[str | None] = mapped_column(String(256))
@@ -432,6 +449,7 @@ class Operation(Base):
             postgresql_where=text(OPEN_REMOVALS),
             sqlite_where=text(OPEN_REMOVALS),
         ),
+        Index("ix_operations_hold_id", "hold_id", **_where_set("hold_id")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -461,7 +479,7 @@ class Operation(Base):
     intent_run: Mapped[str | None] = mapped_column(String(32))
     intent_at: Mapped[datetime | None]
     # held: written by a plan batch the removal guard stopped; runs once its hold is approved
-    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"))
 
 
 class Task(Base):
