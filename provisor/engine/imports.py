@@ -1,6 +1,7 @@
 """Importing an HR feed: from parsed rows to recorded lifecycle events.
 
-Does: parse a feed file with its workspace mapping, check what needs the store (owners of
+Does: parse a feed file with its workspace mapping (a snapshot kept on disk until compared,
+a large one read on several cores: ``spill``), check what needs the store (owners of
 non-human identities exist and are human; managers are known, else flagged), turn a snapshot into
 the events that make the store match it (hires, moves, conversions, leaves, returns, rehires,
 future-dated and missing-person terminations; a pending hire whose start moved rescheduled;
@@ -16,12 +17,10 @@ Does not: parse formats itself (``provisor.sources.hr``) or compute access.
 from __future__ import annotations
 
 import hashlib
-import marshal
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from provisor.engine.authorities import Merger
 from provisor.engine.holds import Recent, active_population
 from provisor.engine.identities import Outcome, record_events
 from provisor.engine.references import References
+from provisor.engine.spill import read_snapshot
 from provisor.engine.workspace import Workspace
 from provisor.errors import ConfigError, FeedError
 from provisor.evidence import audit
@@ -47,7 +47,6 @@ from provisor.sources.hr import (
     FeedMode,
     FeedRecord,
     When,
-    new_record,
     parse_feed,
     parse_lines,
 )
@@ -408,84 +407,6 @@ class _Either:
         return item in self.one or item in self.other
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _code(value: When) -> int | tuple[int, int]:
-    """A date as a plain value, exactly: an instant as whole microseconds since the epoch, a
-    local time as its day's ordinal and its seconds."""
-    if isinstance(value, Local):
-        return (value.day.toordinal(), value.seconds)
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _decode(code: int | tuple[int, int]) -> When:
-    if isinstance(code, tuple):
-        return Local(date.fromordinal(code[0]), code[1])
-    return _EPOCH + code * _MICROSECOND
-
-
-class _Spill:
-    """A snapshot's valid records, kept on disk a batch at a time while the file is read (they
-    cannot be compared with the store before the whole file is read: an id may turn up again
-    on a later row), with what the whole-file checks need of each (``References``)."""
-
-    def __init__(self, file: str) -> None:
-        self.references = References(file)
-        self._disk = tempfile.TemporaryFile(prefix="provisor-import-")  # noqa: SIM115 (closed by close)
-        self._batches = 0
-        self._codes: dict[int, tuple[When, Any]] = {}
-
-    def add(self, records: list[FeedRecord]) -> None:
-        self.references.add(records)
-        # a file has few distinct dates, each one object (the parser's): coded once, by id
-        codes = self._codes
-
-        def coded(value: When | None) -> Any:
-            if value is None:
-                return None
-            known = codes.get(id(value))
-            if known is None:
-                known = codes[id(value)] = (value, _code(value))  # the value kept: ids stay
-            return known[1]
-
-        rows = [
-            (r.line, r.identity, coded(r.effective), r.status, r.attributes, coded(r.end))
-            for r in records
-        ]
-        # plain values only, the fastest of the formats; whole batches, as bytes (marshal
-        # reading from a file object goes a few bytes at a time: ten times slower)
-        data = marshal.dumps(rows)
-        self._disk.write(len(data).to_bytes(8, "little"))
-        self._disk.write(data)
-        self._batches += 1
-
-    def batches(self, rejected: Container[str]) -> Iterator[list[FeedRecord]]:
-        """The records again, a batch at a time, but those of ``rejected`` ids."""
-        self._disk.seek(0)
-        when: dict[Any, When | None] = {None: None}
-        for _ in range(self._batches):
-            size = int.from_bytes(self._disk.read(8), "little")
-            rows = marshal.loads(self._disk.read(size))  # written above, by this process
-            records = []
-            for line, identity, effective, status, attributes, end in rows:
-                if identity in rejected:
-                    continue
-                for code in (effective, end):
-                    if code not in when:
-                        when[code] = _decode(code)
-                records.append(
-                    new_record(
-                        line, identity, None, when[effective], status, attributes, None, when[end]
-                    )
-                )
-            yield records
-
-    def close(self) -> None:
-        self._disk.close()
-
-
 @dataclass
 class _Tally:
     """What an import found and did, added up batch by batch."""
@@ -556,15 +477,9 @@ def _import_snapshot(
     suspended (and the people missing from it) are recorded last, all together, so the
     mass-change guard weighs the whole snapshot as one."""
     say("reading")
-    spill = _Spill(str(path))
+    zone_attribute = workspace.config.time.zone_attribute
+    parsed, spill = read_snapshot(path, mapping, batch=BATCH, zone_attribute=zone_attribute)
     try:
-        parsed = parse_feed(
-            path,
-            mapping,
-            sink=spill.add,
-            batch=BATCH,
-            zone_attribute=workspace.config.time.zone_attribute,
-        )
         rejected = set(parsed.rejected_ids)
         references = spill.references
         references.leave_out(rejected)
@@ -587,7 +502,7 @@ def _import_snapshot(
             with writing_behind(session):
                 chain = audit.Chain(session, at=now)
                 at = (record, chain, source, where, now)
-                for batch in spill.batches(rejected):
+                for batch in spill.batches(rejected, BATCH):
                     _snapshot_batch(
                         workspace, session, batch, stored, pending, at, references, tally, merger
                     )

@@ -50,6 +50,14 @@ class References:
             if kind and kind != "human":
                 kinds[identity] = str(kind)
 
+    def absorb(self, other: References) -> None:
+        """What ``other`` gathered of the rows that come after this one's (a part of the same
+        file read beside it)."""
+        self.ids |= other.ids
+        self.boss.update(other.boss)
+        self.owner_of.update(other.owner_of)
+        self.kinds.update(other.kinds)
+
     def leave_out(self, ids: Iterable[str]) -> None:
         """Rows that will not be recorded after all (an id on several rows)."""
         for identity in ids:

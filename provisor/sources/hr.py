@@ -238,6 +238,53 @@ def parse_feed(
     to be on several rows (``rejected_ids``) have gone to the sink too, and it is the
     caller's to leave them out. ``zone_attribute``: the attribute holding people's time
     zones (its values are checked)."""
+    file, fmt, text = feed_text(path, mapping, display_name)
+    return parse_text(
+        text, fmt, mapping, file=file, sink=sink, batch=batch, zone_attribute=zone_attribute
+    )
+
+
+def parse_text(
+    text: str,
+    fmt: Literal["csv", "jsonl"],
+    mapping: FeedMapping,
+    *,
+    file: str,
+    sink: Sink | None = None,
+    batch: int = 20_000,
+    zone_attribute: str | None = None,
+) -> ParsedFeed:
+    """``parse_feed`` of a feed's text already read (``feed_text``)."""
+    parser = _RowParser(file, mapping, zone_attribute)
+    if sink is not None:
+        parser.stream(sink, batch)
+    parser.inspect(text)
+    if fmt == "csv":
+        _parse_csv(text, parser)
+    else:
+        _parse_jsonl(text, parser)
+    if sink is not None:
+        parser.hand_over()
+    part = parser.part()
+    refuse_empty(file, mapping, part.rows_read)
+    return combine(file, mapping, [part])
+
+
+def refuse_empty(file: str, mapping: FeedMapping, rows_read: int) -> None:
+    """A snapshot that names nobody is refused whole: importing it would terminate
+    everyone."""
+    if mapping.mode is FeedMode.SNAPSHOT and rows_read == 0:
+        raise FeedError(
+            f"{file}: the snapshot has no people; importing it would terminate everyone, "
+            "so it is refused"
+        )
+
+
+def feed_text(
+    path: Path, mapping: FeedMapping, display_name: str | None = None
+) -> tuple[str, Literal["csv", "jsonl"], str]:
+    """A feed file's name in messages, its format and its whole text (``FeedError`` when it
+    cannot be read or its format cannot be told)."""
     file = display_name if display_name is not None else str(path)
     fmt = mapping.format
     if fmt == "auto":
@@ -248,23 +295,7 @@ def parse_feed(
                 "file .csv or .jsonl, or set format: csv or format: jsonl in the feed mapping"
             )
         fmt = "csv" if found == "csv" else "jsonl"
-    text = _read_text(path, file)
-    parser = _RowParser(file, mapping, zone_attribute)
-    if sink is not None:
-        parser.stream(sink, batch)
-    parser.inspect(text)
-    if fmt == "csv":
-        _parse_csv(text, parser)
-    else:
-        _parse_jsonl(text, parser)
-    if mapping.mode is FeedMode.SNAPSHOT and parser.rows_read == 0:
-        raise FeedError(
-            f"{file}: the snapshot has no people; importing it would terminate everyone, "
-            "so it is refused"
-        )
-    if sink is not None:
-        parser.hand_over()
-    return parser.result()
+    return file, fmt, _read_text(path, file)
 
 
 def parse_lines(
@@ -275,7 +306,7 @@ def parse_lines(
     parser = _RowParser(name, mapping, zone_attribute)
     parser.inspect(text)
     _parse_jsonl(text, parser)
-    return parser.result()
+    return combine(name, mapping, [parser.part()])
 
 
 def _now() -> datetime:
@@ -412,6 +443,7 @@ class _RowParser:
         self.unidentified = 0
         self.row = self._snapshot_row if mapping.mode is FeedMode.SNAPSHOT else self._event_row
         self._sink: Sink | None = None
+        self.irregular = False  # a record ran on over several lines or could not be read
 
     def stream(self, sink: Sink, batch: int) -> None:
         """Hand valid records to ``sink`` every ``batch`` rows instead of keeping them."""
@@ -670,30 +702,90 @@ class _RowParser:
             ref = None
         self.records.append(new_record(line, identity, event, effective, None, values, ref, None))
 
-    def result(self) -> ParsedFeed:
-        records = self.records
-        duplicates = self.duplicate_lines
-        if duplicates:
-            records = [r for r in records if r.identity not in duplicates]
-            for identity, lines in duplicates.items():
-                for line in lines:
-                    others = [str(other) for other in lines if other != line]
-                    where = "line" if len(others) == 1 else "lines"
-                    reason = f"duplicate id {identity} also on {where} {', '.join(others)}"
-                    self.errors.append(RowError(self.file, line, self.column["id"], reason))
-                self.rejected_ids.add(identity)
-        errors = sorted(self.errors, key=lambda e: e.line)
-        warnings = sorted(self.warnings, key=lambda e: e.line)
-        return ParsedFeed(
-            self.file,
-            self.mode,
+    def part(self) -> FeedPart:
+        """What this parser read, for ``combine``."""
+        return FeedPart(
             self.rows_read,
-            records,
-            errors,
-            warnings,
-            frozenset(self.rejected_ids),
+            self.records,
+            self.errors,
+            self.warnings,
+            self.rejected_ids,
             self.unidentified,
+            self.first_line,
+            self.duplicate_lines,
+            self.column["id"],
+            self.irregular,
         )
+
+
+@dataclass
+class FeedPart:
+    """What one parser read of a feed: of the whole file, or of one part of a large one read
+    beside the others (``provisor.engine.spill``). ``irregular``: a record ran on over
+    several lines or could not be read, so where the parts meet cannot be trusted."""
+
+    rows_read: int
+    records: list[FeedRecord]
+    errors: list[RowError]
+    warnings: list[RowError]
+    rejected_ids: set[str]
+    unidentified: int
+    first_line: dict[str, int]  # every id read, at the line it is first on
+    duplicate_lines: dict[str, list[int]]  # ids on several lines of this part: every line
+    id_column: str
+    irregular: bool = False
+
+
+def combine(file: str, mapping: FeedMapping, parts: list[FeedPart]) -> ParsedFeed:
+    """The feed as one parse of its whole text gives it, from its parts in file order: an id
+    on several rows (in one part or across them) refused on each, every problem in line
+    order."""
+    rows_read = sum(part.rows_read for part in parts)
+    records = [r for part in parts for r in part.records]
+    errors = [e for part in parts for e in part.errors]
+    rejected = set().union(*(part.rejected_ids for part in parts))
+    duplicates = _duplicates(parts)
+    if duplicates:
+        records = [r for r in records if r.identity not in duplicates]
+        column = parts[0].id_column
+        for identity, lines in duplicates.items():
+            for line in lines:
+                others = [str(other) for other in lines if other != line]
+                where = "line" if len(others) == 1 else "lines"
+                reason = f"duplicate id {identity} also on {where} {', '.join(others)}"
+                errors.append(RowError(file, line, column, reason))
+            rejected.add(identity)
+    return ParsedFeed(
+        file,
+        mapping.mode,
+        rows_read,
+        records,
+        sorted(errors, key=lambda e: e.line),
+        sorted((w for part in parts for w in part.warnings), key=lambda e: e.line),
+        frozenset(rejected),
+        sum(part.unidentified for part in parts),
+    )
+
+
+def _duplicates(parts: list[FeedPart]) -> dict[str, list[int]]:
+    """Every id on several rows of the feed, with all its lines in order."""
+    if len(parts) == 1:
+        return parts[0].duplicate_lines
+    before: set[str] = set()
+    several: set[str] = set()  # on several rows: in one part, or in more than one
+    for part in parts:
+        several |= part.duplicate_lines.keys()
+        several |= part.first_line.keys() & before
+        before |= part.first_line.keys()
+    return {
+        identity: [
+            line
+            for part in parts
+            if identity in part.first_line
+            for line in part.duplicate_lines.get(identity) or [part.first_line[identity]]
+        ]
+        for identity in several
+    }
 
 
 _LINE_END = re.compile(r"\r\n?|\n")
@@ -719,8 +811,92 @@ def _lines(text: str) -> Iterator[str]:
         yield text[start:]
 
 
-def _parse_csv(text: str, parser: _RowParser) -> None:
-    """Hand every CSV record to ``parser`` with the line it starts on."""
+def parse_csv_part(
+    text: str,
+    mapping: FeedMapping,
+    *,
+    file: str,
+    shift: int,
+    sink: Sink,
+    batch: int,
+    zone_attribute: str | None,
+) -> FeedPart:
+    """One part of a large CSV feed (``csv_parts``): its header's lines, then rows that are
+    ``shift`` lines further down in the file, their valid records handed to ``sink``."""
+    parser = _RowParser(file, mapping, zone_attribute)
+    parser.stream(sink, batch)
+    parser.inspect(text)
+    _parse_csv(text, parser, shift)
+    parser.hand_over()
+    return parser.part()
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Where a CSV text is cut into parts read on their own (``csv_parts``)."""
+
+    header: str  # the lines up to and including the header: every later part starts with them
+    lines: int  # how many lines those are
+    parts: list[tuple[int, int]]  # each later part: its offset, and how far its rows move down
+
+
+def csv_parts(text: str, count: int, delimiter: str, lead: int = 0) -> Cuts | None:
+    """Where a CSV text may be cut into ``count`` parts of about one size (the first ``lead``
+    characters longer), each read on its own: at line breaks outside any quoted value as
+    far as the quotes tell (an even number of them before the cut); fewer parts when no more
+    cuts can be found; None when there would be one, or the header holds a quote. A part
+    whose reader met a record that runs over several lines or cannot be read
+    (``FeedPart.irregular``) may have been cut wrongly: the caller then reads the whole text
+    at once."""
+    header_end = _header_end(text, delimiter)
+    if header_end is None:
+        return None
+    above = _line_count(text, header_end)
+    parts: list[tuple[int, int]] = []
+    at = header_end
+    quotes = 0  # before ``at``
+    for k in range(1, count):
+        cut = text.find("\n", max(at, lead + (len(text) - lead) * k // count)) + 1
+        quotes += text.count('"', at, cut)
+        for _ in range(_LOOK_FURTHER):
+            if not cut or quotes % 2 == 0:
+                break
+            further = text.find("\n", cut) + 1  # inside a quoted value: the next line break
+            quotes += text.count('"', cut, further or len(text))
+            cut = further
+        if not cut or cut >= len(text) or quotes % 2:
+            break
+        parts.append((cut, _line_count(text, cut) - above))
+        at = cut
+    return Cuts(text[:header_end], above, parts) if parts else None
+
+
+_LOOK_FURTHER = 1_000  # line breaks tried after a cut that falls in a quoted value
+
+
+def _header_end(text: str, delimiter: str) -> int | None:
+    """Where the header line ends (the first line with a value, as ``_parse_csv`` finds
+    it), when it holds no quote."""
+    at = 0
+    for line in _lines(text):
+        if '"' in line:
+            return None
+        if any(cell.strip() for cell in line.rstrip("\r\n").split(delimiter)):
+            return at + len(line)
+        at += len(line)
+    return None
+
+
+def _line_count(text: str, end: int) -> int:
+    """Line breaks in ``text`` before ``end``."""
+    if "\r" not in text:
+        return text.count("\n", 0, end)
+    return sum(1 for _ in _LINE_END.finditer(text, 0, end))
+
+
+def _parse_csv(text: str, parser: _RowParser, shift: int = 0) -> None:
+    """Hand every CSV record to ``parser`` with the line it starts on (``shift`` more, after
+    the header, when the text is a part of a file: its header, then rows from further on)."""
     # Strict, so that a quote left open at the end of the file is an error rather than a last
     # value that silently swallows every row after it.
     reader = csv.reader(_lines(text), delimiter=parser.delimiter, strict=True)
@@ -728,7 +904,7 @@ def _parse_csv(text: str, parser: _RowParser) -> None:
     index: list[tuple[str, int]] = []
     present: frozenset[str] = frozenset()
     width = 0
-    end = 0
+    end = moved = 0
     handle = parser.row
     while True:
         try:
@@ -736,17 +912,21 @@ def _parse_csv(text: str, parser: _RowParser) -> None:
         except StopIteration:
             break
         except csv.Error as exc:
-            start, end = end + 1, reader.line_num
+            start, end = end + 1, reader.line_num + moved
+            parser.irregular = True
             _csv_error(parser, exc, start, end, header is None)
             continue
-        start, end = end + 1, reader.line_num
+        start, end = end + 1, reader.line_num + moved
         if header is None:
             if any(cell.strip() for cell in row):
                 header = [_nfc(cell.strip()) for cell in row]
                 width = len(header)
                 present = frozenset(header)
                 index = _csv_columns(header, start, parser)
+                end, moved = end + shift, shift
             continue
+        if end > start:
+            parser.irregular = True
         if len(row) != width:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line
