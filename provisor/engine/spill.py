@@ -7,9 +7,12 @@ time (``Spill``, in the plainest of formats) with what the whole-file checks nee
 ``PART_CHARS`` cut into parts at line breaks outside quoted values (``hr.csv_parts``) read
 beside each other, one in this process and each other in a process of its own, and put
 together exactly as one reading of the whole would give them (``hr.combine``: ids on
-several rows across parts refused on each, problems in line order). When a part meets a
-record running over several lines, or one that cannot be read, where the parts were cut
-cannot be trusted and the whole text is read again at once here.
+several rows across parts refused on each, problems in line order; the same batches). When
+a part meets a record running over several lines, or one that cannot be read, where the
+parts were cut cannot be trusted, and the whole text is read again at once here; likewise
+when a part's process cannot start or fails. The parts and what their readers found are
+kept in a private folder (``tempfile``: only this user can read it), removed when the
+import ends.
 Does not: compare records with the store or record anything (``imports``); parse values
 itself (``provisor.sources.hr``).
 """
@@ -238,7 +241,13 @@ def _in_parts(
         (folder / f"{k}.csv").write_text(cuts.header + text[at : ends[k + 1]], "utf-8")
         (folder / f"{k}.ask").write_bytes(pickle.dumps(ask))
         command = [sys.executable, "-m", __name__, str(folder / str(k))]
-        readers.append((subprocess.Popen(command, stderr=subprocess.PIPE), folder / f"{k}"))
+        try:
+            reader = subprocess.Popen(command, stderr=subprocess.PIPE)
+        except OSError:
+            log.warning("cannot start a reader of the feed's parts", exc_info=True)
+            _ended(readers)
+            return None
+        readers.append((reader, folder / f"{k}"))
     here = _Ask(spill.file, mapping, 0, 0, batch, zone_attribute)
     first = _parse_part(text[: cuts.parts[0][0]], here, spill)
     read = [_answer(reader, stem) for reader, stem in readers]
@@ -273,6 +282,12 @@ class _Found:
     references: References
     spill: str
     batches: int
+
+
+def _ended(readers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    """The readers started, waited for; their parts are not used."""
+    for reader, _ in readers:
+        reader.communicate()
 
 
 def _answer(reader: subprocess.Popen[bytes], stem: Path) -> _Found | None:

@@ -197,3 +197,15 @@ def test_an_import_through_parts_records_what_one_at_once_records(
     assert second.counts == first.counts and second.rows_accepted == first.rows_accepted
     assert stored(in_parts) == stored(at_once)
     assert first.rows_accepted > 500 and "duplicate id E5" in " ".join(first.errors)
+
+
+@pytest.mark.parametrize("python", ["/bin/false", "/no/such/python"])
+def test_a_part_reader_that_fails_or_cannot_start_has_the_text_read_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python: str
+) -> None:
+    path = snapshot(tmp_path / "people.csv", rows(600))
+    whole, records, gathered, _ = read(path, monkeypatch, parts=1)
+    monkeypatch.setattr(spill.sys, "executable", python)
+    parsed, in_parts, parts_gathered, taken = read(path, monkeypatch, parts=3)
+    assert taken == 0
+    assert (parsed, in_parts, parts_gathered) == (whole, records, gathered)
