@@ -158,6 +158,8 @@ def in_own_process(args: argparse.Namespace, zones: bool) -> dict[str, float]:
         while child.is_alive() and answers.empty():
             peak = max(peak, _tree_rss_mb(child.pid or 0))
             time.sleep(0.05)
+        if answers.empty():
+            raise SystemExit(f"the import's process ended without an answer ({child.exitcode})")
         result: dict[str, float] = answers.get()
         child.join()
     return {**result, "peak_total_rss_mb": round(peak, 1)}

@@ -4,7 +4,7 @@ Does: read how long a server asks to be left alone (``Retry-After``: delta-secon
 date); say which failures mean the server is not there (``DOWN_STATUS``, ``transport_error``:
 what a target's circuit breaker counts) and which are this request's or this side's own;
 send an idempotent request once more when the kept-alive connection it went out on was closed
-under it (``KeptAlive``, the connectors' transport).
+under it (``KeptAlive``, the connectors' client).
 Does not: send requests of its own or classify the protocols' other errors; each connector
 maps those.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -32,28 +31,23 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _CLOSED_UNDER = (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError)
 
 
-class KeptAlive(httpx2.HTTPTransport):
-    """The connectors' transport: a server may close a kept-alive connection at the moment a
+class KeptAlive(httpx2.Client):
+    """The connectors' HTTP client: a server may close a kept-alive connection at the moment a
     request goes out on it (its idle timeout, or after an error answer); an idempotent request
-    is then sent once more, on another connection, after ``pace`` (a target's rate limit
-    counts the second sending too). Any other request's failure stands: a ``POST`` the server
-    may have carried out is never sent twice."""
+    whose body can be sent again is then sent once more, on another connection, through the
+    client's request hooks again (a target's rate limit counts the second sending too), and
+    may take its timeout twice. Any other request's failure stands: a ``POST`` the server may
+    have carried out is never sent twice. The client's own settings, proxies from the
+    environment among them, apply as to any ``httpx2.Client``."""
 
-    def __init__(
-        self, pace: Callable[[httpx2.Request], None] | None = None, **options: Any
-    ) -> None:
-        super().__init__(**options)
-        self._pace = pace
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+    def send(self, request: httpx2.Request, **options: Any) -> httpx2.Response:
         try:
-            return super().handle_request(request)
+            return super().send(request, **options)
         except _CLOSED_UNDER:
-            if request.method not in IDEMPOTENT:
+            again = isinstance(request.stream, httpx2.ByteStream)  # a body held whole
+            if request.method not in IDEMPOTENT or not again:
                 raise
-        if self._pace is not None:
-            self._pace(request)
-        return super().handle_request(request)
+        return super().send(request, **options)
 
 
 def transport_error(message: str, exc: httpx2.TransportError) -> RetryableError:

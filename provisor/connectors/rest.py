@@ -284,15 +284,13 @@ class RestConnector(BaseConnector):
             token = given.token.get_secret_value()
             headers[self.api.auth.header] = f"{self.api.auth.scheme} {token}".strip()
         self._verify: bool | str = given.verify
-        self._http = httpx2.Client(
+        self._http = KeptAlive(
             base_url=self.url,
             headers=headers,
             auth=auth,
             timeout=given.timeout or self.api.timeout,
-            transport=KeptAlive(
-                verify=self._verify,
-                limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
-            ),
+            verify=self._verify,
+            limits=httpx2.Limits(max_keepalive_connections=16, max_connections=32),
         )
         # the per-account session read counts only once shown: untrusted after it showed
         # none for an account the full session listing showed with sessions

@@ -266,13 +266,12 @@ class ScimConnector(BaseConnector):
         self._throttle: Callable[[], None] | None = None
         self._seen = threading.local()
         self._base = given.url.rstrip("/")
-        self._http = httpx2.Client(
+        self._http = KeptAlive(
             base_url=self._base,
             headers=headers,
             auth=auth,
             timeout=given.timeout,
             event_hooks={"request": [self._pace], "response": [self._remember]},
-            transport=KeptAlive(pace=self._pace),
         )
         self._scim: SyncSCIMClient | None = None
         self._patch_setting = given.patch

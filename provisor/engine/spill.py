@@ -85,7 +85,7 @@ def _decode(code: int | tuple[int, int]) -> When:
 class _Part:
     """Another process's part of the records: its file, how many batches it holds."""
 
-    path: str
+    disk: IO[bytes]
     batches: int
 
 
@@ -139,9 +139,11 @@ class Spill:
         """How many parts other processes read."""
         return len(self._parts)
 
-    def take_in(self, part: _Part, references: References) -> None:
-        """Another process's part, read from rows after this one's own."""
-        self._parts.append(part)
+    def take_in(self, path: str, batches: int, references: References) -> None:
+        """Another process's part (``batches`` in the file at ``path``, which is then
+        removed: it is read through its open handle), of rows after this one's own."""
+        self._parts.append(_Part(open(path, "rb"), batches))  # noqa: SIM115 (closed by close)
+        os.unlink(path)
         self.references.absorb(references)
 
     def batches(self, rejected: Container[str], size: int) -> Iterator[list[FeedRecord]]:
@@ -161,11 +163,12 @@ class Spill:
     def _stored(self) -> Iterator[list[tuple[Any, ...]]]:
         yield from _read(self._disk, self.written)
         for part in self._parts:
-            with open(part.path, "rb") as disk:
-                yield from _read(disk, part.batches)
+            yield from _read(part.disk, part.batches)
 
     def close(self) -> None:
         self._disk.close()
+        for part in self._parts:
+            part.disk.close()
         if self._folder is not None:
             self._folder.cleanup()
 
@@ -237,37 +240,39 @@ def _in_parts(
     zone_attribute: str | None,
 ) -> list[FeedPart] | None:
     """The text read in parts: the first here, into ``spill``, each other one by a process
-    of its own (``python -m provisor.engine.spill``: nothing of this process is copied or
-    imported again there); None when a part's reader found that where the parts meet cannot
-    be trusted, refused the file (the whole text read at once then says why, at the right
-    line) or failed."""
+    of its own (``python -m provisor.engine.spill``, with this process's module path); None
+    when a part's reader found that where the parts meet cannot be trusted, refused the file
+    (the whole text read at once then says why, at the right line), could not start or
+    failed. A reader still running when this ends is stopped."""
     folder = Path(spill.folder())
     ends = [at for at, _ in cuts.parts] + [len(text)]
     readers: list[tuple[subprocess.Popen[bytes], Path]] = []
-    for k, (at, shift) in enumerate(cuts.parts):
-        ask = _Ask(spill.file, mapping, shift, cuts.lines, batch, zone_attribute)
-        (folder / f"{k}.csv").write_text(cuts.header + text[at : ends[k + 1]], "utf-8")
-        (folder / f"{k}.ask").write_bytes(pickle.dumps(ask))
-        command = [sys.executable, "-m", __name__, str(folder / str(k))]
-        try:
-            reader = subprocess.Popen(command, stderr=subprocess.PIPE)
-        except OSError:
-            log.warning("cannot start a reader of the feed's parts", exc_info=True)
-            _ended(readers)
+    try:
+        for k, (at, shift) in enumerate(cuts.parts):
+            ask = _Ask(spill.file, mapping, shift, cuts.lines, batch, zone_attribute)
+            reader = _start(folder / str(k), cuts.header + text[at : ends[k + 1]], ask)
+            if reader is None:
+                return None
+            readers.append((reader, folder / str(k)))
+        here = _Ask(spill.file, mapping, 0, 0, batch, zone_attribute)
+        first = _parse_part(text[: cuts.parts[0][0]], here, spill)
+        if first is None or first.irregular:
             return None
-        readers.append((reader, folder / f"{k}"))
-    here = _Ask(spill.file, mapping, 0, 0, batch, zone_attribute)
-    first = _parse_part(text[: cuts.parts[0][0]], here, spill)
-    read = [_answer(reader, stem) for reader, stem in readers]
-    if first is None or first.irregular:
-        return None
-    parts = [first]
-    for found in read:
-        if found is None or found.part.irregular:
-            return None
-        spill.take_in(_Part(found.spill, found.batches), found.references)
-        parts.append(found.part)
-    return parts
+        parts = [first]
+        for reader, stem in readers:
+            found = _answer(reader, stem)
+            if found is None or found.part.irregular:
+                return None
+            spill.take_in(found.spill, found.batches, found.references)
+            parts.append(found.part)
+        return parts
+    finally:
+        for reader, _ in readers:
+            if reader.poll() is None:
+                reader.kill()
+            reader.wait()
+            if reader.stderr is not None:
+                reader.stderr.close()
 
 
 @dataclass
@@ -292,20 +297,34 @@ class _Found:
     batches: int
 
 
-def _ended(readers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
-    """The readers started, waited for; their parts are not used."""
-    for reader, _ in readers:
-        reader.communicate()
+def _start(stem: Path, text: str, ask: _Ask) -> subprocess.Popen[bytes] | None:
+    """A reader of the part ``text`` started; None when it cannot be."""
+    # the running interpreter and every folder its modules come from, the working folder
+    # not put first (-P): the reader runs the code this process runs
+    command = [sys.executable, "-P", "-m", __name__, str(stem)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    try:
+        stem.with_suffix(".csv").write_bytes(text.encode("utf-8"))
+        stem.with_suffix(".ask").write_bytes(pickle.dumps(ask))
+        return subprocess.Popen(command, stderr=subprocess.PIPE, env=env)
+    except OSError:
+        log.warning("cannot start a reader of a part of the feed", exc_info=True)
+        return None
 
 
 def _answer(reader: subprocess.Popen[bytes], stem: Path) -> _Found | None:
     """A part reader's answer once it ends; None when it refused the file or failed."""
     _, said = reader.communicate()
-    if reader.returncode != 0:
-        log.warning("a part of the feed could not be read beside the rest: %s", said[-2000:])
-        return None
-    answer: _Found | None = pickle.loads(stem.with_suffix(".found").read_bytes())
-    return answer
+    try:
+        if reader.returncode == 0:
+            answer: _Found | None = pickle.loads(stem.with_suffix(".found").read_bytes())
+            return answer
+    except (OSError, EOFError, pickle.UnpicklingError):
+        pass
+    finally:
+        stem.with_suffix(".found").unlink(missing_ok=True)
+    log.warning("a part of the feed could not be read beside the rest: %s", said[-2000:])
+    return None
 
 
 def _parse_part(text: str, ask: _Ask, spill: Spill) -> FeedPart | None:
@@ -331,7 +350,8 @@ def _read_part(stem: Path) -> None:
     refused). The header's warnings are the first part's to give."""
     gc.disable()  # a short-lived process making millions of objects, none in a cycle
     ask: _Ask = pickle.loads(stem.with_suffix(".ask").read_bytes())  # written by read_snapshot
-    text = stem.with_suffix(".csv").read_text("utf-8")
+    text = stem.with_suffix(".csv").read_bytes().decode("utf-8")
+    stem.with_suffix(".csv").unlink()  # the people in it kept no longer than needed
     found: _Found | None = None
     with stem.with_suffix(".spill").open("wb") as disk:
         spill = Spill(ask.file, disk)

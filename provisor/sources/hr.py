@@ -8,7 +8,9 @@ character in any value; lengths within the store's and the mapping's limits; a t
 attribute naming a zone), so a bad row is reported by file, line
 and column and skipped while the other rows still come through. A whole file is refused
 (``FeedError``) only when it cannot be read, lacks required columns, or is a snapshot that
-names nobody.
+names nobody. A large CSV text may be read in parts, each on its own (``csv_parts`` says
+where to cut, ``parse_csv_part`` reads one), and put together as one reading gives it
+(``combine``).
 Does not: read or write storage, compare records with stored identities, or check that a
 manager or owner exists; the engine does all of that with the records this module returns.
 """
@@ -842,41 +844,44 @@ class Cuts:
 
 def csv_parts(text: str, count: int, delimiter: str, lead: int = 0) -> Cuts | None:
     """Where a CSV text may be cut into ``count`` parts of about one size (the first ``lead``
-    characters longer), each read on its own: at line breaks outside any quoted value as
-    far as the quotes tell (an even number of them before the cut); fewer parts when no more
-    cuts can be found; None when there would be one, or the header holds a quote. A part
-    whose reader met a record that runs over several lines or cannot be read
-    (``FeedPart.irregular``) may have been cut wrongly: the caller then reads the whole text
-    at once."""
+    characters longer), each read on its own: at a line break with an even number of quotes
+    before it (outside any quoted value, as far as the quotes tell), looked for over the
+    next lines, else where planned (a stray quote in an unquoted value throws the count
+    off). A cut inside a quoted value is found out by the reader of the part before it,
+    which ends in the middle of that value (``FeedPart.irregular``): the caller then reads
+    the whole text at once. Fewer parts when the text runs out; None when there would be
+    one, or no header, or a quote in or before the header."""
     header_end = _header_end(text, delimiter)
     if header_end is None:
         return None
     above = _line_count(text, header_end)
     parts: list[tuple[int, int]] = []
-    at = header_end
-    quotes = 0  # before ``at``
+    at, quotes = header_end, 0  # quotes before ``at``
     for k in range(1, count):
-        cut = text.find("\n", max(at, lead + (len(text) - lead) * k // count)) + 1
-        quotes += text.count('"', at, cut)
+        planned = text.find("\n", max(at, lead + (len(text) - lead) * k // count)) + 1
+        if not planned or planned >= len(text):
+            break
+        cut, before = planned, quotes + text.count('"', at, planned)
         for _ in range(_LOOK_FURTHER):
-            if not cut or quotes % 2 == 0:
+            further = text.find("\n", cut) + 1
+            if before % 2 == 0 or not further:
                 break
-            further = text.find("\n", cut) + 1  # inside a quoted value: the next line break
-            quotes += text.count('"', cut, further or len(text))
-            cut = further
-        if not cut or cut >= len(text) or quotes % 2:
+            cut, before = further, before + text.count('"', cut, further)
+        if before % 2:
+            cut, before = planned, quotes + text.count('"', at, planned)
+        if cut >= len(text):
             break
         parts.append((cut, _line_count(text, cut) - above))
-        at = cut
+        at, quotes = cut, before
     return Cuts(text[:header_end], above, parts) if parts else None
 
 
-_LOOK_FURTHER = 1_000  # line breaks tried after a cut that falls in a quoted value
+_LOOK_FURTHER = 1_000  # line breaks tried after a planned cut that seems to be in a quoted value
 
 
 def _header_end(text: str, delimiter: str) -> int | None:
     """Where the header line ends (the first line with a value, as ``_parse_csv`` finds
-    it), when it holds no quote."""
+    it); None when there is none, or a quote in it or before it."""
     at = 0
     for line in _lines(text):
         if '"' in line:

@@ -112,6 +112,19 @@ def test_a_value_over_several_lines_has_the_whole_text_read_at_once(
     assert "X1" in {r[1] for r in records}
 
 
+def test_a_stray_quote_does_not_keep_the_parts_from_being_read_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = rows(600)
+    lines[20] = 'E20,Person 20 "Jr,p20@example.com,dept-1,,2024-01-01,active,\n'  # kept as is
+    path = snapshot(tmp_path / "people.csv", lines)
+    whole, records, gathered, _ = read(path, monkeypatch, parts=1)
+    parsed, in_parts, parts_gathered, taken = read(path, monkeypatch, parts=3)
+    assert taken == 2
+    assert (parsed, in_parts, parts_gathered) == (whole, records, gathered)
+    assert any(r[1] == "E20" and r[4]["name"] == 'Person 20 "Jr' for r in records)
+
+
 def test_a_refused_file_is_refused_as_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
