@@ -222,3 +222,39 @@ def test_a_part_reader_that_fails_or_cannot_start_has_the_text_read_at_once(
     parsed, in_parts, parts_gathered, taken = read(path, monkeypatch, parts=3)
     assert taken == 0
     assert (parsed, in_parts, parts_gathered) == (whole, records, gathered)
+
+
+def readers_running() -> list[int]:
+    """This process's children that read parts of a feed."""
+    found = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"provisor.engine.spill" in command:
+                found.append(int(pid))
+    return found
+
+
+def test_a_failing_import_stops_the_readers_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = snapshot(tmp_path / "people.csv", rows(600))
+    folders: list[str] = []
+    make = spill.Spill.folder
+
+    def folder(kept: spill.Spill) -> str:
+        folders.append(make(kept))
+        return folders[-1]
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(spill.Spill, "folder", folder)
+    monkeypatch.setattr(spill, "_parse_part", broken)  # here only: the readers run as ever
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        read(path, monkeypatch, parts=3)
+    assert readers_running() == []
+    assert len(folders) == 1 and not Path(folders[0]).exists()
