@@ -10,9 +10,10 @@ together exactly as one reading of the whole would give them (``hr.combine``: id
 several rows across parts refused on each, problems in line order; the same batches). When
 a part meets a record running over several lines, or one that cannot be read, where the
 parts were cut cannot be trusted, and the whole text is read again at once here; likewise
-when a part's process cannot start or fails. The parts and what their readers found are
-kept in a private folder (``tempfile``: only this user can read it), removed when the
-import ends.
+when a part's process cannot start or fails. A part's text waits in a private folder
+(``tempfile``: only this user can read it) until its reader has read it, what the reader
+found until it is taken in, its rows until the import ends (read through a handle kept
+open, the file itself removed); the folder goes when the import ends.
 Does not: compare records with the store or record anything (``imports``); parse values
 itself (``provisor.sources.hr``).
 """
