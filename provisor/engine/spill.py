@@ -324,7 +324,8 @@ def _answer(reader: subprocess.Popen[bytes], stem: Path) -> _Found | None:
         pass
     finally:
         stem.with_suffix(".found").unlink(missing_ok=True)
-    log.warning("a part of the feed could not be read beside the rest: %s", said[-2000:])
+    said_last = said[-2000:].decode("utf-8", "replace")
+    log.warning("a part of the feed could not be read beside the rest: %s", said_last)
     return None
 
 

@@ -743,7 +743,8 @@ def combine(file: str, mapping: FeedMapping, parts: list[FeedPart]) -> ParsedFee
     on several rows (in one part or across them) refused on each, every problem in line
     order."""
     rows_read = sum(part.rows_read for part in parts)
-    records = [r for part in parts for r in part.records]
+    # one part (every feed but a large CSV one): its lists as they are, not copied
+    records = parts[0].records if len(parts) == 1 else [r for p in parts for r in p.records]
     errors = [e for part in parts for e in part.errors]
     rejected = set().union(*(part.rejected_ids for part in parts))
     duplicates = _duplicates(parts)
