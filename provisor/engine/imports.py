@@ -6,8 +6,8 @@ non-human identities exist and are human; managers are known, else flagged), tur
 the events that make the store match it (hires, moves, conversions, leaves, returns, rehires,
 future-dated and missing-person terminations; a pending hire whose start moved rescheduled;
 with several feeds, each row merged with the others' word: ``authorities``) or take an events
-file as it is, record them with the mass-change guard (a snapshot's batches written behind on
-PostgreSQL: ``store.write_behind``), and keep an import record and an audit event with the
+file as it is, record them with the mass-change guard (a snapshot's batches written behind:
+``store.write_behind``), and keep an import record and an audit event with the
 counts; place each date given as a local time in the person's zone (the row's, else their
 earlier rows', else the store's); take a partial snapshot from a source that is no file
 (``record_people``: inbound SCIM) the same way.

@@ -15,9 +15,11 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +239,14 @@ def bulk_insert(
         if not write_behind.hand_over(session, copy):
             copy(driver)
         return
+    if dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        sqlite: Any = connection.connection.dbapi_connection
+        limit = sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        inserts = _many_at_once(into, len(names), params, limit)
+        if not write_behind.hand_over(session, partial(_execute_all, inserts)):
+            for insert, values in inserts:  # through SQLAlchemy, which wraps its errors
+                connection.exec_driver_sql(insert, values)
+        return
     if mark is not None:  # (after what is written behind, like every statement)
         connection.exec_driver_sql(f"{into} VALUES ({', '.join(mark for _ in names)})", params)
         return
@@ -244,6 +254,43 @@ def bulk_insert(
     marks = [f"p{i}" for i in range(len(names))]
     statement = text(f"{into} VALUES ({', '.join(f':{m}' for m in marks)})")
     connection.execute(statement, [dict(zip(marks, row, strict=True)) for row in params])
+
+
+def _many_at_once(
+    into: str, width: int, rows: list[tuple[Any, ...]], limit: int
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """SQLite's inserts of ``rows`` (``width`` values each): as many rows per statement as
+    its ``limit`` on parameters allows, up to ``_ROWS_PER_INSERT``. As fast as one statement
+    per row alone, and written behind they let the caller work meanwhile: the driver gives
+    Python's lock back while SQLite runs a statement and takes it again after it — once for
+    thousands of rows, where one statement per row would leave the thread writing behind
+    waiting for the lock at every row."""
+    per = max(1, min(limit // width, _ROWS_PER_INSERT))
+    inserts = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        inserts.append((_insert_text(into, width, len(chunk)), tuple(chain.from_iterable(chunk))))
+    return inserts
+
+
+def _execute_all(inserts: list[tuple[str, tuple[Any, ...]]], driver: Any) -> None:
+    cursor = driver.cursor()
+    try:
+        for statement, values in inserts:
+            cursor.execute(statement, values)
+    finally:
+        cursor.close()
+
+
+_ROWS_PER_INSERT = 2_000  # rows per statement at most (fewer when SQLite's limit says so)
+
+
+@lru_cache(maxsize=64)
+def _insert_text(into: str, width: int, count: int) -> str:
+    """``into`` ... VALUES with ``count`` rows of ``width`` parameters, the same text object
+    each time, which the driver's cache of prepared statements then finds at once."""
+    row = f"({', '.join('?' * width)})"
+    return f"{into} VALUES {', '.join([row] * count)}"
 
 
 def _copy(driver: Any, statement: str, rows: list[tuple[Any, ...]]) -> write_behind.Write:

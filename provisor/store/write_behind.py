@@ -1,17 +1,18 @@
 """Bulk inserts written behind: a transaction's large inserts run in a thread of their own while
 the caller prepares the next ones.
 
-Does: while ``writing_behind(session)`` is open on PostgreSQL, take the bulk loads (COPY) of
-``db.bulk_insert`` on that session, their rows already formatted, and execute them in the order
-given, in one thread, on the session's own connection, inside its transaction: the server's
-work then overlaps the caller's Python work instead of following it. Any other use of that
+Does: while ``writing_behind(session)`` is open, take the bulk loads of ``db.bulk_insert`` on
+that session (PostgreSQL's COPY, SQLite's inserts of thousands of rows per statement), their
+rows already formatted, and execute them in the order given, in one thread, on the session's
+own connection, inside its transaction: the database's work then overlaps the caller's Python
+work instead of following it (the drivers let go of Python's lock while the database works). Any other use of that
 connection first waits until every load handed over is written — a statement or flush through
 SQLAlchemy, a commit or rollback, a raw cursor (``settled``), the end of the block — so
 statements keep their order and the connection is never used by two threads at once. A load
 that fails is raised in the caller at its next use of the connection, or when the block ends;
 what was handed over after it is not executed, and the transaction (which the caller owns) is
 left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run ahead
-and pile rows up in memory. On SQLite the block changes nothing (see ``writing_behind``).
+and pile rows up in memory.
 Does not: open, commit or roll back anything; format values; decide what is written."""
 
 from __future__ import annotations
@@ -90,11 +91,6 @@ def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
     """Within the block, ``db.bulk_insert`` on ``session`` writes behind (see the module).
     Leaving it waits for every insert and raises the first that failed."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        # SQLite's driver takes Python's lock back for every row it inserts: a thread of its
-        # own would mostly wait for the caller's, and gains nothing
-        yield
-        return
     writer = _Writer(connection, depth)
     for name in _EVENTS:
         event.listen(connection, name, writer.settle)

@@ -1,11 +1,14 @@
-"""Bulk inserts written behind (``store.write_behind``) on PostgreSQL, and passed through on
-SQLite: what is handed over is in the database before the session's next statement, raw read
-or commit, in the order given; an insert that fails is raised in the caller, nothing handed
-over after it is written, and the transaction rolls back whole; the audit chain appended
-batch by batch behind another append in the same transaction stays intact."""
+"""Bulk inserts written behind (``store.write_behind``), on PostgreSQL (COPY) and on SQLite
+(many rows per statement): what is handed over is in the database before the session's next
+statement, raw read or commit, in the order given; an insert that fails is raised in the
+caller, nothing handed over after it is written, and the transaction rolls back whole; the
+audit chain appended batch by batch behind another append in the same transaction stays
+intact. Rows beyond what one SQLite statement takes are split over several, written behind or
+not, every value where it belongs."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -60,8 +63,7 @@ def writers() -> list[threading.Thread]:
 def test_what_is_handed_over_is_written_before_the_next_statement(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         with writing_behind(session):
-            if engine.dialect.name == "postgresql":
-                assert len(writers()) == 1
+            assert len(writers()) == 1
             for first in range(0, 600, 100):
                 bulk_insert(session, models.Identity, COLUMNS, people(first, 100))
             assert count(session) == 600  # a statement through SQLAlchemy waits for them
@@ -115,10 +117,8 @@ def test_an_audit_chain_appended_in_batches_around_another_append_verifies(
 
 
 def test_a_failed_load_is_raised_again_however_often_it_is_swallowed(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite writes in the caller: its error is raised where it happens")
     # as the driver raised it, or as SQLAlchemy wraps it when raised before its statement
-    duplicate = (psycopg.errors.UniqueViolation, IntegrityError)
+    duplicate = (psycopg.errors.UniqueViolation, sqlite3.IntegrityError, IntegrityError)
     session = Session(engine)
     with pytest.raises(duplicate), session, session.begin(), writing_behind(session):
         bulk_insert(session, models.Identity, COLUMNS, people(0, 100))
@@ -130,3 +130,36 @@ def test_a_failed_load_is_raised_again_however_often_it_is_swallowed(engine: Eng
         # and once more: leaving the block raises it, and nothing commits
     with Session(engine) as session:
         assert count(session) == 0
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["behind", "in-place"])
+def test_more_rows_than_one_statement_takes_are_all_written_as_given(
+    engine: Engine, behind: bool
+) -> None:
+    rows = [
+        (f"Q{i}", "hr" if i % 3 else None, i % 2 == 0, "[]", "human", f'{{"n":{i}}}', NOW, NOW)
+        for i in range(4_321)  # over two statements' worth on SQLite, the last one partial
+    ]
+    with Session(engine) as session, session.begin():
+        if behind:
+            with writing_behind(session):
+                bulk_insert(session, models.Identity, COLUMNS, rows)
+        else:
+            bulk_insert(session, models.Identity, COLUMNS, rows)
+    with Session(engine) as session:
+        stored = session.execute(
+            select(
+                models.Identity.external_id,
+                models.Identity.feed,
+                models.Identity.needs_plan,
+                models.Identity.attributes,
+            ).order_by(models.Identity.id)
+        ).all()
+    assert [tuple(r) for r in stored] == [(r[0], r[1], r[2], {"n": i}) for i, r in enumerate(rows)]
+
+
+def test_a_failed_insert_in_place_is_wrapped_as_every_statement_is(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL loads with COPY, whose errors are the driver's")
+    with Session(engine) as session, pytest.raises(IntegrityError), session.begin():
+        bulk_insert(session, models.Identity, COLUMNS, people(0, 10) + people(5, 1))
