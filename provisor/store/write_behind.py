@@ -3,16 +3,16 @@ the caller prepares the next ones.
 
 Does: while ``writing_behind(session)`` is open, take the bulk loads of ``db.bulk_insert`` on
 that session (PostgreSQL's COPY, SQLite's inserts of thousands of rows per statement), their
-rows already formatted, and execute them in the order given, in one thread, on the session's
-own connection, inside its transaction: the database's work then overlaps the caller's Python
-work instead of following it (the drivers let go of Python's lock while the database works). Any other use of that
-connection first waits until every load handed over is written — a statement or flush through
-SQLAlchemy, a commit or rollback, a raw cursor (``settled``), the end of the block — so
-statements keep their order and the connection is never used by two threads at once. A load
-that fails is raised in the caller at its next use of the connection, or when the block ends;
-what was handed over after it is not executed, and the transaction (which the caller owns) is
-left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run ahead
-and pile rows up in memory.
+rows already formatted, and execute them in the order given, in one thread, on the session's own
+connection, inside its transaction: the database's work then overlaps the caller's Python work
+instead of following it (the drivers let go of Python's lock while the database works). Any
+other use of that connection first waits until every load handed over is written — a statement
+or flush through SQLAlchemy, a commit or rollback, a raw cursor (``settled``), the end of the
+block — so statements keep their order and the connection is never used by two threads at once.
+A load that fails is raised in the caller at its next use of the connection, or when the block
+ends; what was handed over after it is not executed, and the transaction (which the caller owns)
+is left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run
+ahead and pile rows up in memory.
 Does not: open, commit or roll back anything; format values; decide what is written."""
 
 from __future__ import annotations
