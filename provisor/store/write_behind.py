@@ -12,12 +12,15 @@ block — so statements keep their order and the connection is never used by two
 A load that fails is raised in the caller at its next use of the connection, or when the block
 ends; what was handed over after it is not executed, and the transaction (which the caller owns)
 is left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run
-ahead and pile rows up in memory.
+ahead and pile rows up in memory. While a block is open, Python hands its lock from thread
+to thread every half millisecond rather than every five (``_quick_turns``), so the writer
+waits less for it after each statement.
 Does not: open, commit or roll back anything; format values; decide what is written."""
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,14 +100,42 @@ def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
     session.info[_KEY] = writer
     failed = True
     try:
-        yield
-        writer.settle()
+        with _quick_turns():
+            yield
+            writer.settle()
         failed = False
     finally:
         del session.info[_KEY]
         for name in _EVENTS:
             event.remove(connection, name, writer.settle)
         writer.stop(discard=failed)
+
+
+# How long a thread holding Python's lock keeps it while another waits for it, while a writer
+# works behind: the writer wants it back each time the database has finished a statement, and
+# with Python's 5 ms it spent a third of its time waiting (a million-row import on SQLite took
+# 56 s; 48 s with 1 ms, 47 s with 0.5 or 0.1 ms).
+_TURN = 0.0005
+_turns = {"open": 0, "before": 0.0}
+_turns_lock = threading.Lock()
+
+
+@contextmanager
+def _quick_turns() -> Iterator[None]:
+    """Python's switch interval at most ``_TURN`` while any block is open (it is the process's:
+    the first block to open sets it, the last to close puts the one before back)."""
+    with _turns_lock:
+        if _turns["open"] == 0:
+            _turns["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_TURN, _turns["before"]))
+        _turns["open"] += 1
+    try:
+        yield
+    finally:
+        with _turns_lock:
+            _turns["open"] -= 1
+            if _turns["open"] == 0:
+                sys.setswitchinterval(_turns["before"])
 
 
 def hand_over(session: Session, write: Write) -> bool:

@@ -9,6 +9,7 @@ not, every value where it belongs."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -163,3 +164,20 @@ def test_a_failed_insert_in_place_is_wrapped_as_every_statement_is(engine: Engin
         pytest.skip("PostgreSQL loads with COPY, whose errors are the driver's")
     with Session(engine) as session, pytest.raises(IntegrityError), session.begin():
         bulk_insert(session, models.Identity, COLUMNS, people(0, 10) + people(5, 1))
+
+
+def test_python_switches_threads_quickly_while_a_block_is_open_and_as_before_after(
+    engine: Engine,
+) -> None:
+    before = sys.getswitchinterval()
+    with Session(engine) as first, Session(engine) as second:
+        with writing_behind(first):
+            quick = sys.getswitchinterval()
+            assert quick < before
+            with writing_behind(second):  # another block (another thread's, say) meanwhile
+                assert sys.getswitchinterval() == quick
+            assert sys.getswitchinterval() == quick  # the first is still open
+        assert sys.getswitchinterval() == before
+        with pytest.raises(RuntimeError), writing_behind(first):
+            raise RuntimeError("the caller failed")
+        assert sys.getswitchinterval() == before
