@@ -16,7 +16,7 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from itertools import chain
@@ -205,9 +205,10 @@ _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 def bulk_insert(
     session: Session, model: type[Any], names: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Insert many rows of ``model`` in one executemany (COPY on PostgreSQL); each row holds
-    the values of ``names`` in that order, JSON columns as their text (``json_text``, so a
-    value several rows share is encoded once).
+    """Insert many rows of ``model``: on SQLite thousands of rows per statement, on PostgreSQL
+    with COPY; each row holds the values of ``names`` in that order, JSON columns as their
+    text (``json_text``, so a value several rows share is encoded once). A row of another
+    length is refused (``ValueError``) before anything is written.
 
     Values are converted here, column by column, instead of by SQLAlchemy row by row: imports
     write hundreds of thousands of rows and the per-value processing would dominate.
@@ -217,35 +218,35 @@ def bulk_insert(
     connection = session.connection()
     dialect = connection.dialect
     mapped = table(model)
-    stored_time = _sqlite_time if dialect.name == "sqlite" else _naive_utc
-    columns: list[Iterable[Any]] = list(zip(*rows, strict=True))
-    for i, name in enumerate(names):
-        if isinstance(mapped.c[name].type, UTCDateTime):
-            # Imports repeat the same few timestamps over and over: each distinct one is
-            # converted once, and the column is mapped through a plain dict.
-            column = columns[i]
-            stored = {value: stored_time(value) for value in set(column)}
-            columns[i] = map(stored.__getitem__, column)
-        elif isinstance(mapped.c[name].type, RedactedText):
-            columns[i] = [redact(value) if value else value for value in columns[i]]
-    params = list(zip(*columns, strict=True))
+    width = len(names)
+    if set(map(len, rows)) != {width}:
+        raise ValueError(f"every row inserted into {mapped.name} must hold {width} values")
+    converted = _conversions(mapped, names, dialect.name)
     quote = dialect.identifier_preparer.quote
     listed = f"{quote(mapped.name)} ({', '.join(quote(n) for n in names)})"
     into = f"INSERT INTO {listed}"
+    if dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        # all values in one list, each converted column a stride of it: no row is rebuilt
+        flat = list(chain.from_iterable(rows))
+        for i, convert in converted:
+            flat[i::width] = convert(flat[i::width])
+        sqlite: Any = connection.connection.dbapi_connection
+        limit = sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        inserts = _many_at_once(into, width, flat, limit)
+        if not write_behind.hand_over(session, partial(_execute_all, inserts)):
+            for insert, values in inserts:  # through SQLAlchemy, which wraps its errors
+                connection.exec_driver_sql(insert, values)
+        return
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i, convert in converted:
+        columns[i] = convert(columns[i])
+    params = list(zip(*columns, strict=True))
     mark = _MARKS.get(dialect.paramstyle)
     if dialect.name == "postgresql" and dialect.driver == "psycopg" and len(params) > 1:
         driver = connection.connection.dbapi_connection
         copy = _copy(driver, f"COPY {listed} FROM STDIN", params)
         if not write_behind.hand_over(session, copy):
             copy(driver)
-        return
-    if dialect.name == "sqlite" and dialect.driver == "pysqlite":
-        sqlite: Any = connection.connection.dbapi_connection
-        limit = sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        inserts = _many_at_once(into, len(names), params, limit)
-        if not write_behind.hand_over(session, partial(_execute_all, inserts)):
-            for insert, values in inserts:  # through SQLAlchemy, which wraps its errors
-                connection.exec_driver_sql(insert, values)
         return
     if mark is not None:  # (after what is written behind, like every statement)
         connection.exec_driver_sql(f"{into} VALUES ({', '.join(mark for _ in names)})", params)
@@ -256,20 +257,47 @@ def bulk_insert(
     connection.execute(statement, [dict(zip(marks, row, strict=True)) for row in params])
 
 
+def _conversions(
+    mapped: Table, names: Sequence[str], dialect: str
+) -> list[tuple[int, Callable[[Sequence[Any]], list[Any]]]]:
+    """What ``bulk_insert`` does to a column's values before the driver has them, by the
+    column's place in ``names``: instants in the store's spelling, redacted text redacted."""
+    stored_time = _sqlite_time if dialect == "sqlite" else _naive_utc
+
+    def instants(values: Sequence[Any]) -> list[Any]:
+        # Imports repeat the same few timestamps over and over: each distinct one is
+        # converted once, and the column is mapped through a plain dict.
+        stored = {value: stored_time(value) for value in set(values)}
+        return list(map(stored.__getitem__, values))
+
+    def redacted(values: Sequence[Any]) -> list[Any]:
+        return [redact(value) if value else value for value in values]
+
+    conversions: list[tuple[int, Callable[[Sequence[Any]], list[Any]]]] = []
+    for i, name in enumerate(names):
+        kind = mapped.c[name].type
+        if isinstance(kind, UTCDateTime):
+            conversions.append((i, instants))
+        elif isinstance(kind, RedactedText):
+            conversions.append((i, redacted))
+    return conversions
+
+
 def _many_at_once(
-    into: str, width: int, rows: list[tuple[Any, ...]], limit: int
+    into: str, width: int, values: list[Any], limit: int
 ) -> list[tuple[str, tuple[Any, ...]]]:
-    """SQLite's inserts of ``rows`` (``width`` values each): as many rows per statement as
-    its ``limit`` on parameters allows, up to ``_ROWS_PER_INSERT``. As fast as one statement
-    per row alone, and written behind they let the caller work meanwhile: the driver gives
-    Python's lock back while SQLite runs a statement and takes it again after it — once for
-    thousands of rows, where one statement per row would leave the thread writing behind
-    waiting for the lock at every row."""
+    """SQLite's inserts of ``values`` (rows of ``width`` values one after the other): as many
+    rows per statement as its ``limit`` on parameters allows, up to ``_ROWS_PER_INSERT``. As
+    fast as one statement per row alone, and written behind they let the caller work
+    meanwhile: the driver gives Python's lock back while SQLite runs a statement and takes it
+    again after it — once for thousands of rows, where one statement per row would leave the
+    thread writing behind waiting for the lock at every row."""
     per = max(1, min(limit // width, _ROWS_PER_INSERT))
+    step = per * width
     inserts = []
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        inserts.append((_insert_text(into, width, len(chunk)), tuple(chain.from_iterable(chunk))))
+    for start in range(0, len(values), step):
+        chunk = tuple(values[start : start + step])
+        inserts.append((_insert_text(into, width, len(chunk) // width), chunk))
     return inserts
 
 

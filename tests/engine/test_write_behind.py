@@ -181,3 +181,11 @@ def test_python_switches_threads_quickly_while_a_block_is_open_and_as_before_aft
         with pytest.raises(RuntimeError), writing_behind(first):
             raise RuntimeError("the caller failed")
         assert sys.getswitchinterval() == before
+
+
+def test_a_row_of_another_length_is_refused_before_anything_is_written(engine: Engine) -> None:
+    rows = [*people(0, 3), ("P9", "hr", True)]
+    with Session(engine) as session, session.begin():
+        with pytest.raises(ValueError, match="identities must hold 8 values"):
+            bulk_insert(session, models.Identity, COLUMNS, rows)
+        assert count(session) == 0
