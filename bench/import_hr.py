@@ -170,16 +170,22 @@ def _answer(answers: Any, args: argparse.Namespace, zones: bool, folder: Path) -
 
 
 def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and every process under it, in MB (0 once it is gone)."""
+    """Resident memory of ``pid`` and every process under it, in MB (0 once it is gone). A
+    child still running its parent's program is left out: between its fork and the start of
+    its own program it shows the parent's pages as its own, and counting them twice would
+    report memory nobody holds."""
     total = 0.0
-    waiting = [pid]
+    waiting: list[tuple[int, bytes | None]] = [(pid, None)]
     while waiting:
-        current = waiting.pop()
+        current, parent_command = waiting.pop()
         try:
+            command = Path(f"/proc/{current}/cmdline").read_bytes()
             status = Path(f"/proc/{current}/status").read_text()
             for children in Path(f"/proc/{current}/task").glob("*/children"):
-                waiting += [int(c) for c in children.read_text().split()]
+                waiting += [(int(c), command) for c in children.read_text().split()]
         except OSError:
+            continue
+        if command == parent_command:
             continue
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
