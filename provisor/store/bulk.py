@@ -105,7 +105,12 @@ def driver_rows(session: Session, query: ClauseElement) -> Generator[tuple[Any, 
     cursor = connection.connection.cursor()
     try:
         cursor.execute(compiled.string, args)
-        while batch := cursor.fetchmany(10000):
+        while True:
+            # inserts a caller handed over between batches are written before the next one
+            write_behind.settled(session)
+            batch = cursor.fetchmany(10000)
+            if not batch:
+                break
             yield from batch
     finally:
         cursor.close()

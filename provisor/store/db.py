@@ -31,6 +31,7 @@ from sqlalchemy import ColumnElement, Engine, Table, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisor.errors import WorkspaceError
@@ -53,7 +54,10 @@ def default_url(workspace: Path) -> str:
     return f"sqlite:///{(workspace / DATABASE_FILE).resolve()}"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+    # read once here: bulk inserts size their statements by it, and the thread writing them
+    # behind may be using the connection when the next ones are prepared
+    record.info[_VARIABLES] = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     cursor = dbapi_connection.cursor()
     # 16 KiB pages rather than 4 KiB: an import writes hundreds of thousands of rows (events,
     # identities, audit entries) in one transaction, and bigger pages cut its B-tree and WAL
@@ -230,12 +234,10 @@ def bulk_insert(
         flat = list(chain.from_iterable(rows))
         for i, convert in converted:
             flat[i::width] = convert(flat[i::width])
-        sqlite: Any = connection.connection.dbapi_connection
-        limit = sqlite.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        inserts = _many_at_once(into, width, flat, limit)
-        if not write_behind.hand_over(session, partial(_execute_all, inserts)):
-            for insert, values in inserts:  # through SQLAlchemy, which wraps its errors
-                connection.exec_driver_sql(insert, values)
+        limit = connection.connection.info.get(_VARIABLES, _FEWEST_VARIABLES)
+        write = partial(_execute_all, into, _many_at_once(into, width, flat, limit))
+        if not write_behind.hand_over(session, write):
+            write(connection.connection.dbapi_connection)
         return
     columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
     for i, convert in converted:
@@ -291,29 +293,45 @@ def _many_at_once(
     fast as one statement per row alone, and written behind they let the caller work
     meanwhile: the driver gives Python's lock back while SQLite runs a statement and takes it
     again after it — once for thousands of rows, where one statement per row would leave the
-    thread writing behind waiting for the lock at every row."""
+    thread writing behind waiting for the lock at every row. The rows a full statement
+    leaves go in statements of 512, 64, 8 and 1 rows: a connection keeps each statement it
+    prepared (and the values last given to it), so their number of rows must take few values,
+    not one per remainder."""
     per = max(1, min(limit // width, _ROWS_PER_INSERT))
-    step = per * width
     inserts = []
-    for start in range(0, len(values), step):
-        chunk = tuple(values[start : start + step])
-        inserts.append((_insert_text(into, width, len(chunk) // width), chunk))
+    start, rows = 0, len(values) // width
+    for size in (per, *(s for s in _SMALLER if s < per)):
+        while rows >= size:
+            end = start + size * width
+            inserts.append((_insert_text(into, width, size), tuple(values[start:end])))
+            start, rows = end, rows - size
     return inserts
 
 
-def _execute_all(inserts: list[tuple[str, tuple[Any, ...]]], driver: Any) -> None:
+def _execute_all(into: str, inserts: list[tuple[str, tuple[Any, ...]]], driver: Any) -> None:
+    """Run ``inserts`` on SQLite's own connection; an error is raised as SQLAlchemy's, as it
+    would be through SQLAlchemy, naming the table and columns but neither the thousands of
+    placeholders nor a value."""
     cursor = driver.cursor()
     try:
         for statement, values in inserts:
             cursor.execute(statement, values)
+    except sqlite3.Error as error:
+        shown = f"{into} VALUES (…) [{len(inserts)} statements of many rows]"
+        raise DBAPIError.instance(
+            shown, None, error, sqlite3.Error, hide_parameters=True
+        ) from error
     finally:
         cursor.close()
 
 
 _ROWS_PER_INSERT = 2_000  # rows per statement at most (fewer when SQLite's limit says so)
+_SMALLER = (512, 64, 8, 1)  # the rows per statement of what full statements leave
+_VARIABLES = "provisor.sqlite_variables"  # a connection's limit on parameters per statement
+_FEWEST_VARIABLES = 999  # SQLite's limit before 3.32, if a connection's was not read
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _insert_text(into: str, width: int, count: int) -> str:
     """``into`` ... VALUES with ``count`` rows of ``width`` parameters, the same text object
     each time, which the driver's cache of prepared statements then finds at once."""
@@ -325,7 +343,8 @@ def _copy(driver: Any, statement: str, rows: list[tuple[Any, ...]]) -> write_beh
     """PostgreSQL's own bulk load, many times faster than one INSERT per row: the rows are
     put in COPY's format here, by the driver, and sent whole when written (a writer behind
     then only waits for the server, and holds Python's lock for a moment)."""
-    from psycopg.copy import Copy, FileWriter  # only PostgreSQL's stores need the driver
+    import psycopg  # only PostgreSQL's stores need the driver
+    from psycopg.copy import Copy, FileWriter
 
     data = io.BytesIO()
     with driver.cursor() as cursor, Copy(cursor, binary=False, writer=FileWriter(data)) as out:
@@ -334,8 +353,13 @@ def _copy(driver: Any, statement: str, rows: list[tuple[Any, ...]]) -> write_beh
     formatted = data.getvalue()
 
     def write(connection: Any) -> None:
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.write(formatted)
+        try:
+            with connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(formatted)
+        except psycopg.Error as error:  # raised as SQLAlchemy's, as through SQLAlchemy
+            raise DBAPIError.instance(
+                statement, None, error, psycopg.Error, hide_parameters=True
+            ) from error
 
     return write
 

@@ -8,13 +8,15 @@ connection, inside its transaction: the database's work then overlaps the caller
 instead of following it (the drivers let go of Python's lock while the database works). Any
 other use of that connection first waits until every load handed over is written — a statement
 or flush through SQLAlchemy, a commit or rollback, a raw cursor (``settled``), the end of the
-block — so statements keep their order and the connection is never used by two threads at once.
-A load that fails is raised in the caller at its next use of the connection, or when the block
-ends; what was handed over after it is not executed, and the transaction (which the caller owns)
-is left to be rolled back. At most ``depth`` loads wait at a time, so the caller cannot run
-ahead and pile rows up in memory. While a block is open, Python hands its lock from thread
-to thread every half millisecond rather than every five (``_quick_turns``), so the writer
-waits less for it after each statement.
+block — so statements keep their order and never run two at once on the connection. A load that
+fails is raised (as SQLAlchemy's error) in the caller at its next statement, savepoint or
+commit, or when the block ends; what was handed over after it is not executed, and the
+transaction (which the caller owns) is left to be rolled back — a commit rolls it back before it
+fails, so nothing of it commits then or with the connection's next user. An SQLite database in
+memory, whose connection serves one thread only, gets its loads written in place. At most
+``depth`` loads wait at a time, so the caller cannot run ahead and pile rows up in memory. While
+a block is open, Python hands its lock from thread to thread every half millisecond rather than
+every five (``_quick_turns``), so the writer waits less for it after each statement.
 Does not: open, commit or roll back anything; format values; decide what is written."""
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ from sqlalchemy.orm import Session
 
 Write = Callable[[Any], None]  # given the driver's connection
 _KEY = "provisor.write_behind"
-# the connection events after which the writer's inserts must already be in the database
+# the connection events after which the writer's inserts must already be in the database,
+# and what a load that failed then does: raised before a statement or a savepoint; before a
+# commit the transaction is rolled back first (nothing of it may commit, and the connection
+# goes back to its pool clean); a rollback just goes ahead
 _EVENTS = (
-    "before_cursor_execute",
-    "commit",
-    "rollback",
-    "savepoint",
-    "rollback_savepoint",
-    "release_savepoint",
+    ("before_cursor_execute", "settle"),
+    ("savepoint", "settle"),
+    ("release_savepoint", "settle"),
+    ("commit", "settle_before_commit"),
+    ("rollback", "wait"),
+    ("rollback_savepoint", "wait"),
 )
 
 
@@ -57,10 +62,22 @@ class _Writer:
         self._raise()
         self._queue.put(write)
 
+    def wait(self, *_event: Any) -> None:
+        """Wait until everything handed over is written (or skipped after a failure)."""
+        self._queue.join()
+
     def settle(self, *_event: Any) -> None:
         """Wait until everything handed over is written; raise what failed."""
         self._queue.join()
         self._raise()
+
+    def settle_before_commit(self, *_event: Any) -> None:
+        """``settle``, the transaction rolled back first when a load failed: the commit then
+        fails, and neither it nor the next user of the connection commits what went in."""
+        self._queue.join()
+        if self._failed is not None:
+            self._driver.rollback()
+            self._raise()
 
     def stop(self, *, discard: bool) -> None:
         """End the thread once what was handed over is written (or, ``discard``, skipped)."""
@@ -94,9 +111,12 @@ def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
     """Within the block, ``db.bulk_insert`` on ``session`` writes behind (see the module).
     Leaving it waits for every insert and raises the first that failed."""
     connection = session.connection()
+    if not _shared_across_threads(connection):
+        yield
+        return
     writer = _Writer(connection, depth)
-    for name in _EVENTS:
-        event.listen(connection, name, writer.settle)
+    for name, what in _EVENTS:
+        event.listen(connection, name, getattr(writer, what))
     session.info[_KEY] = writer
     failed = True
     try:
@@ -106,9 +126,21 @@ def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
         failed = False
     finally:
         del session.info[_KEY]
-        for name in _EVENTS:
-            event.remove(connection, name, writer.settle)
+        for name, what in _EVENTS:
+            event.remove(connection, name, getattr(writer, what))
         writer.stop(discard=failed)
+
+
+def _shared_across_threads(connection: Connection) -> bool:
+    """Whether the driver's connection may be used from the writer's thread: always but for
+    an SQLite database in memory, or one opened with ``check_same_thread`` (SQLAlchemy opens
+    a file without it); there the block writes nothing behind."""
+    if connection.dialect.name != "sqlite":
+        return True
+    url = connection.engine.url
+    database = url.database or ""
+    checked = str(url.query.get("check_same_thread", "false")).lower() in ("true", "1")
+    return database not in ("", ":memory:") and "mode=memory" not in database and not checked
 
 
 # How long a thread holding Python's lock keeps it while another waits for it, while a writer

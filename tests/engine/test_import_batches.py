@@ -1,6 +1,6 @@
 """A snapshot is read once, kept on disk and recorded a batch at a time (here three rows at a
 time, written two identities at a time): whatever the batches, and on either store (written
-behind on PostgreSQL), it means what the whole file means — an id on two rows in different
+behind), it means what the whole file means — an id on two rows in different
 batches is rejected on both, a manager named in a later batch is known, the people
 missing from it leave, the mass-change guard weighs every leaver of the file together (and
 holds them all), and the same file again records nothing."""
@@ -34,7 +34,7 @@ def row(i: int, manager: str = "", status: str = "active") -> str:
 def ws(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace_store: str
 ) -> Iterator[Workspace]:
-    """On SQLite and on PostgreSQL (where the batches' inserts are written behind), two
+    """On SQLite and on PostgreSQL (the batches' inserts written behind on both), two
     identities written at a time."""
     monkeypatch.setattr(imports, "BATCH", 3)
     monkeypatch.setattr(identities, "_SLICE", 2)
