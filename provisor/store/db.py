@@ -291,12 +291,12 @@ def _many_at_once(
     """SQLite's inserts of ``values`` (rows of ``width`` values one after the other): as many
     rows per statement as its ``limit`` on parameters allows, up to ``_ROWS_PER_INSERT``. As
     fast as one statement per row alone, and written behind they let the caller work
-    meanwhile: the driver gives Python's lock back while SQLite runs a statement and takes it
-    again after it — once for thousands of rows, where one statement per row would leave the
-    thread writing behind waiting for the lock at every row. The rows a full statement
-    leaves go in statements of 512, 64, 8 and 1 rows: a connection keeps each statement it
-    prepared (and the values last given to it), so their number of rows must take few values,
-    not one per remainder."""
+    meanwhile: the driver gives Python's lock back while SQLite runs a statement and takes
+    it again after it — once for thousands of rows, where one statement per row would leave
+    the thread writing behind waiting for the lock at every row. The rows full statements
+    leave go in statements of 512, 64, 8 or 1 rows (those sizes smaller than a full one): a
+    connection keeps each statement it prepared (and the values last given to it), so their
+    number of rows must take few values, not one per remainder."""
     per = max(1, min(limit // width, _ROWS_PER_INSERT))
     inserts = []
     start, rows = 0, len(values) // width
@@ -312,17 +312,20 @@ def _execute_all(into: str, inserts: list[tuple[str, tuple[Any, ...]]], driver: 
     """Run ``inserts`` on SQLite's own connection; an error is raised as SQLAlchemy's, as it
     would be through SQLAlchemy, naming the table and columns but neither the thousands of
     placeholders nor a value."""
-    cursor = driver.cursor()
+    cursor = None
     try:
+        cursor = driver.cursor()
         for statement, values in inserts:
             cursor.execute(statement, values)
-    except sqlite3.Error as error:
-        shown = f"{into} VALUES (…) [{len(inserts)} statements of many rows]"
+    except Exception as error:  # SQLAlchemy's StatementError for what is not the driver's
+        rows = sum(statement.count("(?") for statement, _ in inserts)
+        shown = f"{into} VALUES (…) [{rows} rows in {len(inserts)} statements]"
         raise DBAPIError.instance(
             shown, None, error, sqlite3.Error, hide_parameters=True
         ) from error
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
 
 _ROWS_PER_INSERT = 2_000  # rows per statement at most (fewer when SQLite's limit says so)

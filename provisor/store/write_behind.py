@@ -17,7 +17,8 @@ memory, whose connection serves one thread only, gets its loads written in place
 ``depth`` loads wait at a time, so the caller cannot run ahead and pile rows up in memory. While
 a block is open, Python hands its lock from thread to thread every half millisecond rather than
 every five (``_quick_turns``), so the writer waits less for it after each statement.
-Does not: open, commit or roll back anything; format values; decide what is written."""
+Does not: open, commit or roll back anything (but the transaction of a commit that follows a
+failed load, see above); format values; decide what is written."""
 
 from __future__ import annotations
 
@@ -34,16 +35,16 @@ from sqlalchemy.orm import Session
 Write = Callable[[Any], None]  # given the driver's connection
 _KEY = "provisor.write_behind"
 # the connection events after which the writer's inserts must already be in the database,
-# and what a load that failed then does: raised before a statement or a savepoint; before a
-# commit the transaction is rolled back first (nothing of it may commit, and the connection
-# goes back to its pool clean); a rollback just goes ahead
+# and what a load that failed then does: raised before a statement or a savepoint (a rollback
+# to a savepoint is a statement too); before a commit the transaction is rolled back first
+# (nothing of it may commit, and the connection goes back to its pool clean); the rollback of
+# the whole transaction just goes ahead
 _EVENTS = (
     ("before_cursor_execute", "settle"),
     ("savepoint", "settle"),
     ("release_savepoint", "settle"),
     ("commit", "settle_before_commit"),
     ("rollback", "wait"),
-    ("rollback_savepoint", "wait"),
 )
 
 
@@ -55,11 +56,17 @@ class _Writer:
         self._queue: queue.Queue[Write | None] = queue.Queue(depth)
         self._failed: BaseException | None = None
         self._stopped = False
+        self._committed = False
         self._thread = threading.Thread(target=self._run, name="provisor-write-behind", daemon=True)
         self._thread.start()
 
     def hand_over(self, write: Write) -> None:
         self._raise()
+        if self._committed:
+            raise RuntimeError(
+                "the transaction a write-behind block writes into was committed inside it; "
+                "commit when the block has ended, or open a new block"
+            )
         self._queue.put(write)
 
     def wait(self, *_event: Any) -> None:
@@ -73,11 +80,16 @@ class _Writer:
 
     def settle_before_commit(self, *_event: Any) -> None:
         """``settle``, the transaction rolled back first when a load failed: the commit then
-        fails, and neither it nor the next user of the connection commits what went in."""
+        fails, and neither it nor the next user of the connection commits what went in. Once
+        the transaction commits, nothing more may be handed over: the session's next
+        transaction may be on another connection."""
         self._queue.join()
         if self._failed is not None:
-            self._driver.rollback()
-            self._raise()
+            try:
+                self._driver.rollback()
+            finally:
+                self._raise()
+        self._committed = True
 
     def stop(self, *, discard: bool) -> None:
         """End the thread once what was handed over is written (or, ``discard``, skipped)."""
@@ -139,8 +151,10 @@ def _shared_across_threads(connection: Connection) -> bool:
         return True
     url = connection.engine.url
     database = url.database or ""
-    checked = str(url.query.get("check_same_thread", "false")).lower() in ("true", "1")
-    return database not in ("", ":memory:") and "mode=memory" not in database and not checked
+    memory = database in ("", ":memory:") or "mode=memory" in database
+    memory = memory or url.query.get("mode") == "memory"
+    checked = str(url.query.get("check_same_thread", "false")).lower()
+    return not memory and checked not in ("true", "1", "yes", "on")
 
 
 # How long a thread holding Python's lock keeps it while another waits for it, while a writer

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import SingletonThreadPool
 
 from provisor.evidence import audit
 from provisor.store import db, models
@@ -217,11 +218,25 @@ def test_statements_take_few_sizes_and_every_value_in_order(rows: int, limit: in
     assert all(statement.count("?") == len(chunk) for statement, chunk in inserts)
 
 
-def test_an_sqlite_database_in_memory_writes_in_place() -> None:
-    engine = create_engine("sqlite://")  # one connection, usable by its own thread only
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///file:provisor_behind?mode=memory&cache=shared&uri=true"]
+)
+def test_an_sqlite_database_in_memory_writes_in_place(url: str) -> None:
+    # connections usable by their own thread only, one per thread
+    engine = create_engine(url, poolclass=SingletonThreadPool)
     models.Base.metadata.create_all(engine)
     with Session(engine) as session, session.begin(), writing_behind(session):
         assert writers() == []
         bulk_insert(session, models.Identity, COLUMNS, people(0, 2_500))
         assert count(session) == 2_500
     engine.dispose()
+
+
+def test_nothing_is_handed_over_once_the_block_s_transaction_committed(engine: Engine) -> None:
+    session = Session(engine)
+    with session, pytest.raises(RuntimeError, match="committed inside"), writing_behind(session):
+        bulk_insert(session, models.Identity, COLUMNS, people(0, 10))
+        session.commit()  # what was handed over is in it
+        bulk_insert(session, models.Identity, COLUMNS, people(10, 10))
+    with Session(engine) as session:
+        assert count(session) == 10
