@@ -145,16 +145,13 @@ def writing_behind(session: Session, depth: int = 4) -> Iterator[None]:
 
 def _shared_across_threads(connection: Connection) -> bool:
     """Whether the driver's connection may be used from the writer's thread: always but for
-    an SQLite database in memory, or one opened with ``check_same_thread`` (SQLAlchemy opens
-    a file without it); there the block writes nothing behind."""
+    an SQLite connection SQLAlchemy opens with ``check_same_thread`` (a database in memory,
+    or the URL asks for it; a file's it opens without); there the block writes nothing
+    behind."""
     if connection.dialect.name != "sqlite":
         return True
-    url = connection.engine.url
-    database = url.database or ""
-    memory = database in ("", ":memory:") or "mode=memory" in database
-    memory = memory or url.query.get("mode") == "memory"
-    checked = str(url.query.get("check_same_thread", "false")).lower()
-    return not memory and checked not in ("true", "1", "yes", "on")
+    _args, options = connection.dialect.create_connect_args(connection.engine.url)
+    return not options.get("check_same_thread", True)
 
 
 # How long a thread holding Python's lock keeps it while another waits for it, while a writer
