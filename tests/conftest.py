@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from provisor.cli import main
 from provisor.sandbox import free_port
 from provisor.sandbox.cluster import scratch_database
 from provisor.sandbox.scim import ScimApp
+from provisor.store import db
 
 DATA = Path(__file__).parent / "data"
 
@@ -176,6 +177,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def store_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on ``database_url`` with the schema made; disposed afterwards."""
+    made = db.make_engine(database_url)
+    db.upgrade(made)
+    yield made
+    made.dispose()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 other runner off them until its leases expire (``runner.lease_seconds``), then the next run
 takes them over, reads them back first and records the dead run's operations once, naming it;
 a run slower than its lease keeps its accounts by renewing them; a process whose /proc entry
-cannot be read is never taken for dead."""
+cannot be read is never taken for dead; giving back some accounts frees those of that run only
+(both stores)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
 
 from provisor.engine.runner import Runner, leases
 from provisor.engine.runner import runner as runner_module
@@ -131,3 +133,30 @@ def test_a_process_whose_proc_entry_cannot_be_read_is_not_taken_for_dead(
     assert not leases._gone(name, machine)
     monkeypatch.setattr(leases, "_started", lambda pid: leases.GONE)
     assert leases._gone(name, machine)
+
+
+def test_giving_back_some_accounts_frees_those_of_that_run_and_nothing_else(
+    store_engine: Engine,
+) -> None:
+    now = datetime.now(UTC)
+    mine = [("E1", "app"), ("E2", "app"), ("E3", "app"), ("E1", "crm")]
+    with Session(store_engine) as session, session.begin():
+        assert leases.take(session, "run-a", mine, now, 30) == set(mine)
+        assert leases.take(session, "run-b", [("E4", "app"), ("E1", "app")], now, 30) == {
+            ("E4", "app")
+        }
+    with Session(store_engine) as session, session.begin():
+        leases.give_back(session, "run-a", [("E1", "app"), ("E3", "app"), ("E4", "app")])
+        leases.give_back(session, "run-b", [("E2", "app")])  # run-a's: left alone
+    lease = models.AccountLease
+    with Session(store_engine) as session:
+        held = {
+            tuple(row) for row in session.execute(select(lease.identity, lease.target, lease.run))
+        }
+        assert held == {("E2", "app", "run-a"), ("E1", "crm", "run-a"), ("E4", "app", "run-b")}
+    with Session(store_engine) as session, session.begin():
+        assert leases.renew(session, "run-a", now + timedelta(seconds=5), 30) == 2
+        leases.give_back(session, "run-a")
+    with Session(store_engine) as session:
+        rows = session.execute(select(lease.identity, lease.run))
+        assert {tuple(row) for row in rows} == {("E4", "run-b")}

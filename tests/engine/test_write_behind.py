@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -39,11 +38,8 @@ COLUMNS = (
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    made = db.make_engine(database_url)
-    db.upgrade(made)
-    yield made
-    made.dispose()
+def engine(store_engine: Engine) -> Engine:
+    return store_engine
 
 
 def people(first: int, count: int) -> list[tuple[object, ...]]:

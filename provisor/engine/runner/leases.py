@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from provisor.engine.workspace import Workspace
@@ -34,6 +34,10 @@ from provisor.store.db import table as table_of
 from provisor.store.models import AccountLease, TargetSlot
 
 Account = tuple[str, str]  # (identity, target)
+# the tables themselves: these statements run for every account and batch, and Core
+# statements skip the ORM's work for each (nothing here touches rows a session holds)
+_LEASES = table_of(AccountLease)
+_SLOTS = table_of(TargetSlot)
 log = logging.getLogger(__name__)
 
 
@@ -96,13 +100,11 @@ def free_the_dead(session: Session, now: datetime) -> int:
     if machine is None:
         return 0
     names = session.execute(
-        select(AccountLease.holder).where(AccountLease.expires_at >= now).distinct()
+        select(_LEASES.c.holder).where(_LEASES.c.expires_at >= now).distinct()
     ).scalars()
     dead = [name for name in names if _gone(name, machine)]
     for name in dead:
-        session.execute(
-            update(AccountLease).where(AccountLease.holder == name).values(expires_at=now)
-        )
+        session.execute(update(_LEASES).where(_LEASES.c.holder == name).values(expires_at=now))
     return len(dead)
 
 
@@ -117,8 +119,7 @@ def take(
     free_the_dead(session, now)
     expires = now + timedelta(seconds=seconds)
     me = holder()
-    table = table_of(AccountLease)
-    free = (table.c.expires_at <= now) | (table.c.run == run)
+    free = (_LEASES.c.expires_at <= now) | (_LEASES.c.run == run)
     for part in chunks(wanted, 500):
         rows = [
             {"identity": i, "target": t, "run": run, "holder": me}
@@ -126,9 +127,7 @@ def take(
             for i, t in part
         ]
         upsert(session, AccountLease, rows, ("identity", "target"), where=free)
-    held = session.execute(
-        select(AccountLease.identity, AccountLease.target).where(AccountLease.run == run)
-    )
+    held = session.execute(select(_LEASES.c.identity, _LEASES.c.target).where(_LEASES.c.run == run))
     return {(i, t) for i, t in held} & set(wanted)
 
 
@@ -138,7 +137,7 @@ def _lock_mine(session: Session, run: str) -> None:
     deadlocking."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite: one writer at a time anyway
-    lease, slot = AccountLease, TargetSlot
+    lease, slot = _LEASES.c, _SLOTS.c
     # byte order ("C"), the order Python sorts in and ``take`` inserts in, whatever the
     # database's collation: every transaction locks a run's rows in one order
     order = (lease.identity.collate("C"), lease.target.collate("C"))
@@ -153,30 +152,23 @@ def renew(session: Session, run: str, now: datetime, seconds: int) -> int:
     """Extend every lease (and target slot) ``run`` still holds; how many leases it holds."""
     until = now + timedelta(seconds=seconds)
     _lock_mine(session, run)
-    result = session.execute(
-        update(AccountLease).where(AccountLease.run == run).values(expires_at=until)
-    )
-    session.execute(update(TargetSlot).where(TargetSlot.run == run).values(expires_at=until))
+    result = session.execute(update(_LEASES).where(_LEASES.c.run == run).values(expires_at=until))
+    session.execute(update(_SLOTS).where(_SLOTS.c.run == run).values(expires_at=until))
     return changed(result)
 
 
 def give_back(session: Session, run: str, accounts: Iterable[Account] | None = None) -> None:
     """Free ``run``'s leases of ``accounts`` (all of them, and its target slots, when
     None)."""
+    lease = _LEASES.c
     if accounts is None:
         _lock_mine(session, run)
-        session.execute(delete(AccountLease).where(AccountLease.run == run))
-        session.execute(
-            update(TargetSlot).where(TargetSlot.run == run).values(run=None, expires_at=None)
-        )
+        session.execute(delete(_LEASES).where(lease.run == run))
+        session.execute(update(_SLOTS).where(_SLOTS.c.run == run).values(run=None, expires_at=None))
         return
-    for identity, target in sorted(set(accounts)):
+    for part in chunks(sorted(set(accounts))):
         session.execute(
-            delete(AccountLease).where(
-                AccountLease.run == run,
-                AccountLease.identity == identity,
-                AccountLease.target == target,
-            )
+            delete(_LEASES).where(lease.run == run, tuple_(lease.identity, lease.target).in_(part))
         )
 
 
@@ -240,8 +232,8 @@ class Keeper:
                 with self.workspace.sessions() as session, session.begin():
                     renew(session, self.run, datetime.now(UTC), self.seconds)
                     rows = session.execute(
-                        select(AccountLease.identity, AccountLease.target).where(
-                            AccountLease.run == self.run
+                        select(_LEASES.c.identity, _LEASES.c.target).where(
+                            _LEASES.c.run == self.run
                         )
                     )
                     held = {(str(i), str(t)) for i, t in rows}

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from provisor.engine.runner.pacing import BURST_SECONDS
 from provisor.engine.workspace import Workspace
 from provisor.store.db import insert_missing
+from provisor.store.db import table as table_of
 from provisor.store.models import TargetLimit, TargetSlot
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class SharedBucket:
             time.sleep(-float(tokens) / self.rate)
 
 
+_SLOTS = table_of(TargetSlot)
 _TAKE_SLOT = text(
     """
 UPDATE target_slots SET run = :run, expires_at = :expires
@@ -152,19 +154,17 @@ class Slots:
             "now": now,
             "expires": now + timedelta(seconds=seconds),
         }
-        with self.workspace.sessions() as session, session.begin():
-            slot = session.execute(_TAKE_SLOT, params).scalar_one_or_none()
+        # a connection, not a session: one statement per account, and nothing to map
+        with self.workspace.engine.begin() as connection:
+            slot = connection.execute(_TAKE_SLOT, params).scalar_one_or_none()
         return None if slot is None else int(slot)
 
     def _give(self, run: str, slot: int) -> None:
-        with self.workspace.sessions() as session, session.begin():
-            session.execute(
-                update(TargetSlot)
-                .where(
-                    TargetSlot.target == self.target,
-                    TargetSlot.slot == slot,
-                    TargetSlot.run == run,
-                )
+        row = _SLOTS.c
+        with self.workspace.engine.begin() as connection:
+            connection.execute(
+                update(_SLOTS)
+                .where(row.target == self.target, row.slot == slot, row.run == run)
                 .values(run=None, expires_at=None)
             )
 

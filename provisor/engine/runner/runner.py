@@ -53,9 +53,13 @@ from provisor.errors import ProvisorError
 from provisor.evidence import audit
 from provisor.store import models
 from provisor.store.bulk import chunks
+from provisor.store.db import table as table_of
 
 log = logging.getLogger(__name__)
 
+# the journal's table: claims and hand-backs run for every batch of every run, and its Core
+# statements skip the ORM's work (they run where the session holds none of those rows)
+_OPERATIONS = table_of(models.Operation)
 MAX_ATTEMPTS = 5
 FLUSH_EVERY = 200  # outcomes per journal transaction at most
 FLUSH_SECONDS = 1.0  # and outcomes are never kept longer than this before being written
@@ -493,7 +497,8 @@ class Runner:
         record (committed, before any of them is written) that this run intends to write them.
         A row left ``running`` by a crash is claimed again; one whose intent a run that died
         had recorded is remembered, to be resolved by this run's read-back."""
-        op = models.Operation
+        op = _OPERATIONS.c
+        mine: set[int] = set()
         with self.workspace.sessions() as session, session.begin():
             for part in chunks(ids):
                 left = select(op.id, op.intent_run, op.intent_at).where(
@@ -501,29 +506,26 @@ class Runner:
                 )
                 for op_id, run, when in session.execute(left):
                     self._interrupted[op_id] = (str(run), when)
-            for part in chunks(ids):
-                session.execute(
-                    update(op)
+                claimed = session.execute(
+                    update(_OPERATIONS)
                     .where(op.id.in_(part), op.status.in_(["pending", "running"]))
                     .values(
                         status="running",
                         intent_run=self.run_id,
                         intent_at=at or datetime.now(UTC),
                     )
+                    .returning(op.id)
                 )
-            mine: set[int] = set()
-            for part in chunks(ids):
-                query = select(op.id).where(op.id.in_(part), op.status == "running")
-                mine.update(session.execute(query).scalars())
+                mine.update(claimed.scalars())
         return mine
 
     def _release(self, ids: set[int]) -> None:
         """Claimed operations that did not run this time (not due, behind a failed step)."""
-        op = models.Operation
+        op = _OPERATIONS.c
         with self.workspace.sessions() as session, session.begin():
             for part in chunks(sorted(ids)):
                 session.execute(
-                    update(op)
+                    update(_OPERATIONS)
                     .where(op.id.in_(part), op.status == "running", op.intent_run == self.run_id)
                     .values(status="pending", intent_run=None, intent_at=None)
                 )
@@ -897,19 +899,19 @@ class Runner:
         """Give back the accounts whose work is over: their operations that did not run this
         time go back in line first, so the next run to take the account finds no intent of a
         run that is alive."""
-        op = models.Operation
+        op = _OPERATIONS.c
         for part in chunks(sorted(self._done_accounts)):
+            # the table's statement, not the ORM's: the session holds only rows recorded (and
+            # flushed) in this batch, none of them running, so there is nothing in it to
+            # bring in line
             session.execute(
-                update(op)
+                update(_OPERATIONS)
                 .where(
                     tuple_(op.identity, op.target).in_(part),
                     op.status == "running",
                     op.intent_run == self.run_id,
                 )
                 .values(status="pending", intent_run=None, intent_at=None)
-                # the session holds only rows recorded (and flushed) in this batch, none of
-                # them running: nothing in it to bring in line, and no cost per row it holds
-                .execution_options(synchronize_session=False)
             )
         give_back(session, self.run_id, self._done_accounts)
         self._keeper.drop(self._done_accounts)

@@ -31,7 +31,7 @@ from provisor.engine.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.05  # how often a worker asks whether announced removals are still on the way
+POLL_SECONDS = 0.1  # how often a worker asks whether announced removals are still on the way
 HOLD_SECONDS = 2.0  # the longest other work waits after an announcement
 IDLE_SECONDS = 1.0  # the listener's wait for a notification when nothing is announced
 RECONNECT_SECONDS = 1.0  # the pause before the listener connects again
