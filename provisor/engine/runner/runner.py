@@ -545,9 +545,21 @@ class Runner:
     def _some_groups(
         self, target: str | None, identity: str | None, identities: list[str] | None
     ) -> dict[tuple[str, str], list[Job]]:
-        op = models.Operation
+        op = _OPERATIONS.c
+        # the columns a job needs, read as rows: a slice of accounts is read for every run
         query = (
-            select(op)
+            select(
+                op.id,
+                op.key,
+                op.identity,
+                op.target,
+                op.account,
+                op.kind,
+                op.entitlement,
+                op.not_before,
+                op.next_attempt_at,
+                op.attempts,
+            )
             .where(op.status.in_(["pending", "running"]))
             .order_by(op.identity, op.target, op.step, op.id)
         )
@@ -559,7 +571,7 @@ class Runner:
             query = query.where(op.identity.in_(identities))
         groups: dict[tuple[str, str], list[Job]] = {}
         with self.workspace.sessions() as session:
-            for row in session.execute(query).scalars():
+            for row in session.execute(query):
                 groups.setdefault((row.identity, row.target), []).append(
                     Job(
                         row.id,
