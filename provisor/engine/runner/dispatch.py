@@ -198,6 +198,9 @@ class Queue:
         """A drain for each (target, has removals) — but only a drain for removals where one
         already runs: it takes every account it can, and puts a drain back when its turn is
         up; how many were put in."""
+        targets = list(targets)
+        if not targets:
+            return 0  # (not even the question of which run now)
         busy = self.draining()
         return sum(
             self.drain(target, removals=removals)

@@ -233,16 +233,15 @@ class Worker:
             self.queue.drain(where, removals=removals)
 
     def cycle(self, timestamp: int | None = None) -> dict[str, Any]:
-        """The engine's cycle with the applying handed to drains; the audit chain's head
-        signed after it. The removals of the first people it planned some for run beside its
-        last steps (``hand_off``), and so are its drains put in the queue; the job ends when
-        both are done."""
+        """The engine's cycle with the applying handed to drains. The removals of the first
+        people it planned some for run beside its last steps (``hand_off``), and so are its
+        drains put in the queue; once both are done the audit chain's head is signed (not
+        before: the signing locks the chain, which the leavers' records wait for) and the
+        job ends."""
         self._planned.run = None
         self._planned.drains = None
         try:
             report = self.cycles.cycle_unless_waiting()
-            if report is not None:
-                self.workspace.checkpoint(system_clock())
         finally:
             drains, self._planned.drains = self._planned.drains, None
             if drains is not None:
@@ -251,6 +250,7 @@ class Worker:
             leavers = self._finished(run)
         if report is None:
             return {"skipped": "another cycle waits for the running one"}
+        self.workspace.checkpoint(system_clock())
         result = report.as_dict()
         if leavers is not None:
             result["leavers"] = leavers
