@@ -58,7 +58,8 @@ from provisor.store.db import table as table_of
 log = logging.getLogger(__name__)
 
 # the journal's table: claims and hand-backs run for every batch of every run, and its Core
-# statements skip the ORM's work (they run where the session holds none of those rows)
+# statements skip the ORM's work (they run where the session holds none of the rows they
+# change: see ``_give_back_done``)
 _OPERATIONS = table_of(models.Operation)
 MAX_ATTEMPTS = 5
 FLUSH_EVERY = 200  # outcomes per journal transaction at most

@@ -236,8 +236,8 @@ class Worker:
         """The engine's cycle with the applying handed to drains. The removals of the first
         people it planned some for run beside its last steps (``hand_off``), and so are its
         drains put in the queue; once both are done the audit chain's head is signed (not
-        before: the signing locks the chain, which the leavers' records wait for) and the
-        job ends."""
+        before: the signing's reads and writes would share the worker with the leavers' run,
+        and after it the checkpoint covers their records too) and the job ends."""
         self._planned.run = None
         self._planned.drains = None
         try:
