@@ -303,7 +303,8 @@ def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_th
     manual target's (the cycle opens those work items, once) — under the journal's leases;
     more leavers go to a drain for removals, joiners' work to drains of other work, put in
     without waiting for the cycle's last steps (or its lock); a drain put in for removals
-    ends when they are done and puts the rest in line with other work."""
+    ends when they are done and puts the rest in line with other work. The audit chain's
+    head is signed once the leaver's removals are recorded."""
     import psycopg
 
     from provisor.engine import cycle as cycles
@@ -361,6 +362,14 @@ def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_th
         result = worker.cycle()
         assert result["leavers"]["verified"] >= 2 and result["leavers"]["failed"] == 0
         assert waited == [True]  # the drains went in while the cycle still held its lock
+        event, checkpoint = models.AuditEvent, models.AuditCheckpoint
+        with workspace.sessions() as session:
+            recorded = select(func.max(event.seq)).where(
+                event.action == "operation.verified", event.subject.in_(["E0", "E1"])
+            )
+            last = session.execute(recorded).scalar_one()
+            signed = session.execute(select(func.max(checkpoint.seq))).scalar_one()
+        assert last is not None and signed is not None and signed >= last  # signed after them
         assert [n.channel for n in listener.notifies(timeout=1, stop_after=1)] == [REMOVALS_CHANNEL]
         ran, waits = sorted(["E0", "E1"], key=lambda who: _open_removals(workspace, who))
         assert _open_removals(workspace, ran) == 0
