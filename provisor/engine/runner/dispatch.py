@@ -200,7 +200,7 @@ class Queue:
         up; how many were put in."""
         targets = list(targets)
         if not targets:
-            return 0  # (not even the question of which run now)
+            return 0  # nothing to put in: no need to ask which targets are being drained
         busy = self.draining()
         return sum(
             self.drain(target, removals=removals)

@@ -18,7 +18,8 @@ with three tasks:
   of its own (neither its lock nor its last steps wait for that), puts drains in the queue for
   the targets with work — and runs the removals of the first
   ``LEAVERS_AT_ONCE`` people it just planned some for itself, at once, beside its own last
-  steps (work items, notifications, the audit checkpoint); drains take the rest;
+  steps (work items, notifications), and signs the audit checkpoint once they are recorded;
+  drains take the rest;
 - *sweep*, every ``runner.sweep_seconds`` (deferred once across the cluster): free the leases
   of dead processes of this machine, end the jobs of workers whose heartbeat stopped, queue
   again the service's jobs (imports, reconciliations) a dead worker was running, and put
