@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 2.0  # a drain gives its turn back after this long
 POLICY_SECONDS = 5.0  # a drain loads the policy files again when they were read longer ago
 RESTART_SECONDS = 1.0  # a worker that failed starts again after this long
+SIGNALS = (signal.SIGTERM, signal.SIGINT)  # stop the worker: running jobs finish first
 SLICE = 4  # a drain takes this many times the target's concurrency in accounts at a time
 LEAVERS_AT_ONCE = 16  # people whose new removals the cycle that planned them runs itself
 
@@ -125,6 +126,7 @@ class Worker:
         # many workers start and restart: none plans everyone for it (a new policy version is)
         self.cycles = Cycles(workspace, hand_off=self.hand_off, full_first=False)
         self._stopping = False
+        self._stopped = threading.Event()  # set with ``_stopping``: ends a pause at once
         self._policy_lock = threading.Lock()
         self._policy_read = time.monotonic()
         self._planned = threading.local()  # a cycle's run of its leavers, and its drains
@@ -358,7 +360,11 @@ class Worker:
         ``wait=False`` until the queues are empty. When either of the queue's workers fails
         or stops (the database went away: a failover, connections terminated), both are
         started again after a pause; whatever they were running is taken over through the
-        journal's leases."""
+        journal's leases. A signal that comes while they are being started again (no loop
+        runs to hear it) stops the worker just the same. Runs in the main thread (signal
+        handlers are set there)."""
+        found = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        self._hear_signals()
         try:
             while not self._stopping:
                 try:
@@ -371,15 +377,26 @@ class Worker:
                     if not self._stopping:  # a queue's worker gave up (lost the database)
                         log.warning("the worker stopped without being told to; it starts again")
                 if not self._stopping:
-                    time.sleep(RESTART_SECONDS)
+                    self._stopped.wait(RESTART_SECONDS)
         finally:
+            for signum, handler in found.items():
+                if handler is not None:  # (None: not set from Python; left as it is)
+                    signal.signal(signum, handler)
             self.close()
 
-    def _stop(self, running: asyncio.Task[None]) -> None:
+    def _hear_signals(self) -> None:
+        """SIGTERM and SIGINT stop the worker for good, also where no event loop hears them
+        (while one runs, its own handlers do the same)."""
+        for signum in SIGNALS:
+            signal.signal(signum, lambda *_: self._stop(None))
+
+    def _stop(self, running: asyncio.Task[None] | None) -> None:
         """SIGTERM, SIGINT: the running jobs finish (procrastinate's graceful shutdown on
         cancel), then the worker ends for good."""
         self._stopping = True
-        running.cancel()
+        self._stopped.set()
+        if running is not None:
+            running.cancel()
 
     async def _run(self, wait: bool) -> None:
         # sync tasks run in the loop's default executor: one thread per job at once
@@ -389,16 +406,19 @@ class Worker:
         heartbeat = max(1.0, self.lease_seconds / 3)
         async with self.app.open_async():
             running = asyncio.ensure_future(self._work(wait, heartbeat))
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in SIGNALS:
                 loop.add_signal_handler(signum, self._stop, running)
+            if self._stopping:  # told to stop while the queue was being opened
+                running.cancel()
             try:
                 await running
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
             finally:
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
+                for signum in SIGNALS:
+                    loop.remove_signal_handler(signum)  # (which leaves the default)
+                self._hear_signals()
 
     async def _work(self, wait: bool, heartbeat: float) -> None:
         """Both of procrastinate's workers, until stopped; when one of them stops by itself
