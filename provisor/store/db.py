@@ -5,8 +5,8 @@ Does: build the SQLAlchemy engine for the workspace's database (an SQLite file b
 SQLite for a single busy writer, run the Alembic
 migrations (``upgrade``), and refuse to work on a database whose schema is not current; write
 rows atomically whether or not they exist (``upsert``), or only those missing, locking none
-(``insert_missing``); insert many rows at once, written behind within a
-``write_behind`` block (``bulk_insert``); let one writer of a kind at a time go on (``one_writer``).
+(``insert_missing``); insert many rows at once, written behind within a ``writing_behind``
+block (``bulk_insert``); let one writer of a kind at a time go on (``one_writer``).
 Does not: define tables (``models``) or hold any query logic.
 """
 

@@ -125,8 +125,7 @@ class Worker:
         self.pool = Pool(workspace)  # connectors shared by this worker's jobs
         # many workers start and restart: none plans everyone for it (a new policy version is)
         self.cycles = Cycles(workspace, hand_off=self.hand_off, full_first=False)
-        self._stopping = False
-        self._stopped = threading.Event()  # set with ``_stopping``: ends a pause at once
+        self._stopped = threading.Event()  # set when told to stop: ends a pause at once
         self._policy_lock = threading.Lock()
         self._policy_read = time.monotonic()
         self._planned = threading.local()  # a cycle's run of its leavers, and its drains
@@ -366,7 +365,7 @@ class Worker:
         found = {signum: signal.getsignal(signum) for signum in SIGNALS}
         self._hear_signals()
         try:
-            while not self._stopping:
+            while not self._stopped.is_set():
                 try:
                     asyncio.run(self._run(wait))
                 except Exception:  # logged: the worker must outlive a blip
@@ -374,9 +373,9 @@ class Worker:
                 else:
                     if not wait:
                         return
-                    if not self._stopping:  # a queue's worker gave up (lost the database)
+                    if not self._stopped.is_set():  # a queue's worker gave up (lost the database)
                         log.warning("the worker stopped without being told to; it starts again")
-                if not self._stopping:
+                if not self._stopped.is_set():
                     self._stopped.wait(RESTART_SECONDS)
         finally:
             for signum, handler in found.items():
@@ -393,7 +392,6 @@ class Worker:
     def _stop(self, running: asyncio.Task[None] | None) -> None:
         """SIGTERM, SIGINT: the running jobs finish (procrastinate's graceful shutdown on
         cancel), then the worker ends for good."""
-        self._stopping = True
         self._stopped.set()
         if running is not None:
             running.cancel()
@@ -408,12 +406,12 @@ class Worker:
             running = asyncio.ensure_future(self._work(wait, heartbeat))
             for signum in SIGNALS:
                 loop.add_signal_handler(signum, self._stop, running)
-            if self._stopping:  # told to stop while the queue was being opened
+            if self._stopped.is_set():  # told to stop while the queue was being opened
                 running.cancel()
             try:
                 await running
             except asyncio.CancelledError:
-                if not self._stopping:
+                if not self._stopped.is_set():
                     raise
             finally:
                 for signum in SIGNALS:
