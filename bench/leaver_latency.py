@@ -50,8 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import yaml
-from sqlalchemy import create_engine, func, select
+from psycopg.rows import namedtuple_row
+from sqlalchemy import create_engine, func, make_url, select
 
 from provisor.domain.plan import REMOVAL_KINDS
 from provisor.errors import ProvisorError
@@ -205,17 +207,28 @@ def policy(targets: Targets) -> str:
 
 
 class Journal:
-    """The operations table, read from this process (its polling is not the engine's)."""
+    """The operations table, read from this process (its polling is not the engine's). A
+    leaver's removals are polled with a prepared statement on a connection of their own: the
+    watching shares the machine's cores with the engine it times, and a poll through
+    SQLAlchemy's engine took about ten times the CPU (0.75 ms against 0.08: a sixth of a core
+    at one poll every 5 ms)."""
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url, pool_size=1, max_overflow=0)
+        address = make_url(url).set(drivername="postgresql")
+        self._watch = psycopg.connect(
+            address.render_as_string(hide_password=False),
+            autocommit=True,
+            row_factory=namedtuple_row,
+            prepare_threshold=0,
+        )
 
     def removals(self, identity: str) -> list[Any]:
-        op = models.Operation
-        query = select(op.target, op.kind, op.status, op.created_at, op.updated_at, op.last_error)
-        query = query.where(op.identity == identity, op.kind.in_(REMOVAL_KINDS))
-        with self.engine.connect() as connection:
-            return list(connection.execute(query))
+        return self._watch.execute(
+            "SELECT target, kind, status, created_at, updated_at, last_error"
+            f" FROM {models.Operation.__tablename__} WHERE identity = %s AND kind = ANY(%s)",
+            (identity, list(REMOVAL_KINDS)),
+        ).fetchall()
 
     def statuses(self, prefix: str) -> Counter[str]:
         """The statuses of the operations of identities whose id starts with ``prefix``."""
@@ -236,6 +249,7 @@ class Journal:
         return found
 
     def close(self) -> None:
+        self._watch.close()
         self.engine.dispose()
 
 
@@ -311,8 +325,8 @@ def terminate(
         time.sleep(args.poll_ms / 1000)
     done = time.perf_counter()
 
-    def since(at: datetime) -> float:
-        return round((at - wall).total_seconds() * 1000, 1)
+    def since(at: datetime) -> float:  # (the journal's times are UTC, stored without a zone)
+        return round((at.replace(tzinfo=UTC) - wall).total_seconds() * 1000, 1)
 
     leaver = Leaver(
         ms=(done - began) * 1000,

@@ -21,6 +21,7 @@ from provisor.engine import identities
 from provisor.engine.connections import Pool
 from provisor.engine.planner import sync_journal
 from provisor.engine.runner import Runner, backoff
+from provisor.engine.runner import runner as runner_module
 from provisor.engine.workspace import Workspace
 from provisor.errors import PolicyError
 from provisor.sandbox.workspaces import scratch_workspace
@@ -527,3 +528,45 @@ def test_a_held_run_of_other_work_alone_leases_nothing_before_it_may_go(
         runner.close()
     assert leases and leases[0] == 0
     assert report.failed == 0 and report.verified > 0
+
+
+def test_a_runs_removals_are_written_together_and_never_wait_for_other_work(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcomes of a run's accounts with a removal wait for each other (up to
+    ``TOGETHER_SECONDS``) and are written in one transaction, as soon as the last is in: not
+    after a joiner's account of the same run, which here waits a second for leavers."""
+    people(ws, "E1", "E2")
+    plan(ws)
+    assert apply(ws).failed == 0
+    event(ws, "E1", EventKind.TERMINATE)
+    event(ws, "E2", EventKind.TERMINATE)
+    people(ws, "E3")
+    plan(ws)
+    monkeypatch.setattr(runner_module, "TOGETHER_SECONDS", 30.0)
+    batches: list[list[tuple[str, str]]] = []
+    flush = Runner._flush
+
+    def watched(self: Runner, outcomes: list[Any], report: Any) -> None:
+        if outcomes:
+            batches.append(sorted((o.job.identity, o.job.kind.value) for o in outcomes))
+        flush(self, outcomes, report)
+
+    monkeypatch.setattr(Runner, "_flush", watched)
+
+    class Leaving:
+        urgent = False
+
+        def hold(self) -> None:
+            time.sleep(1)
+
+    runner = Runner(ws, rng=random.Random(1))
+    try:
+        report = runner.apply(now=lambda: NOW, target="app", hold=Leaving())
+    finally:
+        runner.close()
+    assert report.failed == 0
+    assert len(batches) == 2, batches
+    assert {who for who, _ in batches[0]} == {"E1", "E2"}  # both leavers, every removal
+    assert {kind for _, kind in batches[0]} >= {"disable", "remove-entitlement"}
+    assert {who for who, _ in batches[1]} == {"E3"}  # the joiner, a second later

@@ -64,6 +64,9 @@ _OPERATIONS = table_of(models.Operation)
 MAX_ATTEMPTS = 5
 FLUSH_EVERY = 200  # outcomes per journal transaction at most
 FLUSH_SECONDS = 1.0  # and outcomes are never kept longer than this before being written
+# a removal's outcome waits at most this long for the run's other removals still running, so
+# that a leaver's proof on every target is written in one transaction, not one per target
+TOGETHER_SECONDS = 0.1
 # what an operation an interrupted run had announced is recorded as, once this run has read
 # it back: the read shows the change made (by that run, or it was so already: a read cannot
 # tell which); or this run wrote it (again, perhaps) and read it back; or the target cannot
@@ -216,6 +219,7 @@ class Runner:
         self._giving = ThreadPoolExecutor(1, "provisor-give")  # slots given back, see _give
         self._starting: dict[str, int] = {}  # accounts of each target not started yet
         self._starting_lock = threading.Lock()
+        self._removing: set[Future[list[Outcome]]] = set()  # accounts with a removal, running
 
     def _bucket(
         self, where: str, connector: Connector, definition: TargetDef
@@ -325,9 +329,14 @@ class Runner:
                 self._flush(pending, report)
                 self._release(claimed - finished)
             finally:
-                self._keeper.stop()
-                self._accounts.clear()
+                self._forget()
         return report
+
+    def _forget(self) -> None:
+        """The end of a run: its leases no longer renewed, its accounts forgotten."""
+        self._keeper.stop()
+        self._accounts.clear()
+        self._removing.clear()
 
     def _wait_for_leavers(self, groups: Mapping[tuple[str, str], list[Job]]) -> None:
         """A run of other work alone (no removal among its accounts) waits for the run's
@@ -363,6 +372,8 @@ class Runner:
                     self._starting[where] = self._starting.get(where, 0) + 1
                 future = pool.submit(self._gated, gate, taken, run)
                 futures[future] = len(taken)
+                if any(j.kind in REMOVALS for j in taken):
+                    self._removing.add(future)
                 self._accounts[future] = (jobs[0].identity, where)
         return futures
 
@@ -448,33 +459,45 @@ class Runner:
     ) -> None:
         """Take the accounts' outcomes as they come (``pending``, ids into ``finished``) and
         write them in batches of ``FLUSH_EVERY``, never later than ``FLUSH_SECONDS`` on (or
-        once the run's ``hold`` lets go) — and at once when a removal is among them: a
-        leaver's proof is not kept waiting."""
+        once the run's ``hold`` lets go) — and as soon as a removal is among them and the
+        run's other accounts with a removal are done too, or ``TOGETHER_SECONDS`` after it
+        came: a leaver's proof is not kept waiting, and is written once for all its targets
+        rather than once for each."""
         done, total = count
         waiting_for = set(futures)
         flushed = time.monotonic()
+        removed: float | None = None  # when the first removal's outcome not yet written came
         while waiting_for:
-            ready, waiting_for = wait(waiting_for, FLUSH_SECONDS, FIRST_COMPLETED)
-            removed = False
+            wait_at_most = (
+                FLUSH_SECONDS
+                if removed is None
+                else max(0.0, removed + TOGETHER_SECONDS - time.monotonic())
+            )
+            ready, waiting_for = wait(waiting_for, wait_at_most, FIRST_COMPLETED)
             for future in ready:
                 size = futures[future]
                 outcomes = future.result()
-                removed = removed or any(o.job.kind in REMOVALS for o in outcomes)
+                if removed is None and any(o.job.kind in REMOVALS for o in outcomes):
+                    removed = time.monotonic()
+                self._removing.discard(future)
                 report.waiting += size - len(outcomes)
                 pending.extend(outcomes)
                 finished.update(o.job.id for o in outcomes)
                 self._done_accounts.add(self._accounts.pop(future))
                 done += size
+            now_for_removals = removed is not None and (
+                not self._removing or time.monotonic() - removed >= TOGETHER_SECONDS
+            )
             if pending and (
-                removed
+                now_for_removals
                 or len(pending) >= FLUSH_EVERY
                 or time.monotonic() - flushed >= FLUSH_SECONDS
             ):
-                if not removed and self._hold is not None:
+                if removed is None and self._hold is not None:
                     self._hold.hold()  # other work's outcomes wait too: a leaver's go first
                 self._flush(pending, report)
                 pending.clear()
-                flushed = time.monotonic()
+                flushed, removed = time.monotonic(), None
             if ready and progress is not None:
                 progress(done, total)
 
