@@ -41,10 +41,14 @@ ROUTERS = (people, oidc, identities, journal, work, reports, what_if)
 
 class LocalWake(threading.Event):
     """The in-process runner's wake-up (``set``); ``hurry`` (a change that ends someone's
-    access now) is the same: that runner puts removals first by itself."""
+    access now) is the same: that runner puts removals first by itself. ``warn`` (such a
+    change is about to be recorded) does nothing: no other work runs beside that runner."""
 
     def hurry(self) -> None:
         self.set()
+
+    def warn(self) -> None:
+        pass
 
 
 class Background:

@@ -248,6 +248,8 @@ class Wakes(Protocol):
 
     def hurry(self) -> None: ...
 
+    def warn(self) -> None: ...
+
 
 class ScimApplication(ASGIApplication):
     """The SCIM server, behind Provisor's tokens and rates."""

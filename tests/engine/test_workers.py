@@ -270,6 +270,15 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         started = time.monotonic()
         held().join(5)
         assert 0.2 < released[-1] - started < 3 and _open_removals(workspace, "E1") > 0
+        # announced as a change is recorded, before its cycle is in the queue: held for
+        # POLL_SECONDS at least (the cycle would be on its way by then), then let go
+        assert Runner(workspace).apply(now=system_clock, identity="E1").failed == 0
+        monkeypatch.setattr(urgency, "HOLD_SECONDS", 60.0)
+        started = time.monotonic()
+        queue.announce()
+        assert until(lambda: heard.urgent, 5)
+        held().join(5)
+        assert urgency.POLL_SECONDS <= released[-1] - started < 3 and not heard.urgent
     finally:
         heard.close()
         queue.close()
@@ -398,8 +407,9 @@ def test_the_cycle_that_plans_a_leaver_runs_the_removals_itself_and_announces_th
 def test_the_services_wake_hurries_a_leaver(
     tmp_path: Path, scim_url: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The service, told a change ends someone's access now (``Wake.hurry``), puts a cycle in
-    the leavers' queue and then tells every worker; an ordinary change only the cycle."""
+    """The service, told a change ends someone's access now (``Wake.hurry``), tells every
+    worker and puts a cycle in the leavers' queue; an ordinary change only the cycle; one about
+    to be recorded (``Wake.warn``) only tells the workers."""
     import psycopg
 
     from provisor.engine.runner.dispatch import FIRST, REMOVALS_CHANNEL, Wake, conninfo
@@ -418,6 +428,10 @@ def test_the_services_wake_hurries_a_leaver(
             ).all()
 
     try:
+        wake.warn()
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [REMOVALS_CHANNEL]
+        time.sleep(0.2)
+        assert cycles() == []
         wake.set()
         assert until(lambda: cycles() == [(FIRST,)], 5)
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []

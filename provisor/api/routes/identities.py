@@ -140,6 +140,10 @@ async def record_event(
     placed = await run_in_threadpool(
         views.place_event, workspace, body.identity, body.kind, typed or now, dict(body.changes)
     )
+    wake = request.app.state.wake
+    hurry = body.kind in ENDS_ACCESS and placed.at <= now
+    if hurry:
+        wake.warn()  # the workers' other work holds while this is recorded
     answer = request.app.state.intake.submit(
         body.identity,
         body.kind,
@@ -150,8 +154,7 @@ async def record_event(
         local=placed.local,
     )
     recorded = dict(await asyncio.wrap_future(answer))
-    wake = request.app.state.wake
-    if body.kind in ENDS_ACCESS and placed.at <= now:
+    if hurry:
         wake.hurry()  # removals first, across every worker
     else:
         wake.set()

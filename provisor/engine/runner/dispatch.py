@@ -267,38 +267,50 @@ class Wake:
     """The service's wake-up when workers run the journal: ``set`` (the service's routes call
     it after recording a change, as ``threading.Event.set`` wakes the in-process runner) has
     a thread of its own put a cycle in the queue, at once; a burst of changes costs one.
-    ``hurry``: the change ends or suspends someone's access now — the cycle is put in, then
-    every worker hears that removals are on their way (``Queue.announce``)."""
+    ``hurry``: the change ends or suspends someone's access now — every worker hears that
+    removals are on their way (``Queue.announce``), then the cycle is put in. ``warn``: such a
+    change is about to be recorded — the workers hear of it at once, so that their other work
+    holds while the change is recorded (what they hear ends by itself, ``urgency``, if no
+    cycle comes)."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.queue = Queue(workspace)
         self._asked = threading.Event()
-        self._hurried = False
-        self._hurried_lock = threading.Lock()
+        self._cycle = self._announce = False  # what the thread is asked to do next
+        self._lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._work, name="provisor-wake", daemon=True)
         self._thread.start()
 
     def set(self) -> None:
-        self._asked.set()
+        self._ask(cycle=True, announce=False)
 
     def hurry(self) -> None:
-        with self._hurried_lock:
-            self._hurried = True
+        self._ask(cycle=True, announce=True)
+
+    def warn(self) -> None:
+        self._ask(cycle=False, announce=True)
+
+    def _ask(self, *, cycle: bool, announce: bool) -> None:
+        with self._lock:
+            self._cycle = self._cycle or cycle
+            self._announce = self._announce or announce
         self._asked.set()
 
     def _work(self) -> None:
         while True:
             self._asked.wait()
             self._asked.clear()
-            with self._hurried_lock:
-                hurried, self._hurried = self._hurried, False
+            with self._lock:
+                cycle, announce = self._cycle, self._announce
+                self._cycle = self._announce = False
             if self._stop:
                 return
             try:
-                self.queue.cycle()
-                if hurried:
+                if announce:  # first: the workers' other work holds while the cycle comes
                     self.queue.announce()
+                if cycle:
+                    self.queue.cycle()
             except Exception:  # the change is recorded; the next periodic cycle plans it
                 log.exception("could not put a cycle in the job queue")
 

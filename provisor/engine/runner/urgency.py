@@ -2,15 +2,15 @@
 worker's other work waits.
 
 Does: in each ``provisor worker``, hear the announcement that removals are on their way (a
-NOTIFY on ``REMOVALS_CHANNEL``, ``Queue.announce``: sent by the service when it records a
-change that ends or suspends someone's access now — before the cycle that plans it has run —
-and by a cycle that planned removals due now) on a connection of its own, and from then on
-ask every ``POLL_SECONDS`` whether they still are: a cycle waiting or running (it may be the
-one planning them), a removal open and due on a target whose circuit is not open
-(``removals_due``). Meanwhile ``hold`` keeps an account without a removal from starting its
-next operation, so the cores, the database and the targets serve the leaver; for at most
-``HOLD_SECONDS`` from the first announcement, so other work never waits long behind a removal
-that cannot finish.
+NOTIFY on ``REMOVALS_CHANNEL``, ``Queue.announce``: sent by the service when it is about to
+record a change that ends or suspends someone's access now and again once it has — before
+the cycle that plans it has run — and by a cycle that planned removals due now) on a
+connection of its own, and from then on ask every ``POLL_SECONDS`` whether they still are:
+a cycle waiting or running (it may be the one planning them), a removal open and due on a
+target whose circuit is not open (``removals_due``). Meanwhile ``hold`` keeps an account
+without a removal from starting its next operation, so the cores, the database and the
+targets serve the leaver; for at most ``HOLD_SECONDS`` from the first announcement, so other
+work never waits long behind a removal that cannot finish.
 Does not: stop an operation already sent, order work (``dispatch`` puts removals first in the
 queue and in each slice), or run on SQLite (there one process runs the journal, removals
 first). While its connection is lost (it connects again every ``RECONNECT_SECONDS``), other
@@ -77,13 +77,18 @@ class Urgency:
                 self._stop.wait(RECONNECT_SECONDS)
 
     def _hear(self, connection: psycopg.Connection) -> None:
+        """Announcements as they come; whether what they announced is still on its way is
+        asked ``POLL_SECONDS`` after the last one at the earliest (one sent as the change is
+        recorded comes before the cycle that plans it is in the queue)."""
+        heard_at = 0.0
         while not self._stop.is_set():
             wait = POLL_SECONDS if self.urgent else IDLE_SECONDS
-            heard = any(True for _ in connection.notifies(timeout=wait, stop_after=1))
-            if heard and not self.urgent:
-                self._since = time.monotonic()
-                self._quiet.clear()
-            if self.urgent:
+            if any(True for _ in connection.notifies(timeout=wait, stop_after=1)):
+                heard_at = time.monotonic()
+                if not self.urgent:
+                    self._since = heard_at
+                    self._quiet.clear()
+            if self.urgent and time.monotonic() - heard_at >= POLL_SECONDS:
                 self._check()
 
     def _check(self) -> None:
