@@ -274,6 +274,7 @@ def test_other_work_waits_while_an_announced_leavers_removals_are_on_their_way(
         # POLL_SECONDS at least (the cycle would be on its way by then), then let go
         assert Runner(workspace).apply(now=system_clock, identity="E1").failed == 0
         monkeypatch.setattr(urgency, "HOLD_SECONDS", 60.0)
+        assert until(lambda: not heard.urgent, 5)
         started = time.monotonic()
         queue.announce()
         assert until(lambda: heard.urgent, 5)
@@ -432,11 +433,11 @@ def test_the_services_wake_hurries_a_leaver(
         assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [REMOVALS_CHANNEL]
         time.sleep(0.2)
         assert cycles() == []
-        wake.set()
-        assert until(lambda: cycles() == [(FIRST,)], 5)
-        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
-        wake.hurry()  # the cycle already waits: one is enough, and the workers hear it
+        wake.hurry()  # the workers hear it, then a cycle is put in
         assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [REMOVALS_CHANNEL]
+        assert until(lambda: cycles() == [(FIRST,)], 5)
+        wake.set()  # the cycle already waits: one is enough, and nobody hears of it
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
         assert cycles() == [(FIRST,)]
     finally:
         listener.close()

@@ -306,13 +306,16 @@ class Wake:
                 self._cycle = self._announce = False
             if self._stop:
                 return
-            try:
-                if announce:  # first: the workers' other work holds while the cycle comes
+            if announce:  # first: the workers' other work holds while the cycle comes
+                try:
                     self.queue.announce()
-                if cycle:
+                except Exception:  # the leaver's removals go first all the same, unheld
+                    log.exception("could not tell the workers that removals are coming")
+            if cycle:
+                try:
                     self.queue.cycle()
-            except Exception:  # the change is recorded; the next periodic cycle plans it
-                log.exception("could not put a cycle in the job queue")
+                except Exception:  # the change is recorded; the next periodic cycle plans it
+                    log.exception("could not put a cycle in the job queue")
 
     def close(self) -> None:
         self._stop = True

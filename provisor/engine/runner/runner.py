@@ -491,9 +491,9 @@ class Runner:
             if pending and (
                 now_for_removals
                 or len(pending) >= FLUSH_EVERY
-                or time.monotonic() - flushed >= FLUSH_SECONDS
+                or (removed is None and time.monotonic() - flushed >= FLUSH_SECONDS)
             ):
-                if removed is None and self._hold is not None:
+                if removed is None and not self._removing and self._hold is not None:
                     self._hold.hold()  # other work's outcomes wait too: a leaver's go first
                 self._flush(pending, report)
                 pending.clear()

@@ -2,9 +2,10 @@
 worker's other work waits.
 
 Does: in each ``provisor worker``, hear the announcement that removals are on their way (a
-NOTIFY on ``REMOVALS_CHANNEL``, ``Queue.announce``: sent by the service when it is about to
-record a change that ends or suspends someone's access now and again once it has — before
-the cycle that plans it has run — and by a cycle that planned removals due now) on a
+NOTIFY on ``REMOVALS_CHANNEL``, ``Queue.announce``: sent by the service once it recorded a
+change that ends or suspends someone's access now — before the cycle that plans it has run;
+for one posted to ``/events``, already as it starts recording it — and by a cycle that
+planned removals due now) on a
 connection of its own, and from then on ask every ``POLL_SECONDS`` whether they still are:
 a cycle waiting or running (it may be the one planning them), a removal open and due on a
 target whose circuit is not open (``removals_due``). Meanwhile ``hold`` keeps an account
@@ -79,7 +80,8 @@ class Urgency:
     def _hear(self, connection: psycopg.Connection) -> None:
         """Announcements as they come; whether what they announced is still on its way is
         asked ``POLL_SECONDS`` after the last one at the earliest (one sent as the change is
-        recorded comes before the cycle that plans it is in the queue)."""
+        recorded comes before the cycle that plans it is in the queue) — and at once
+        ``HOLD_SECONDS`` after the first, however many keep coming."""
         heard_at = 0.0
         while not self._stop.is_set():
             wait = POLL_SECONDS if self.urgent else IDLE_SECONDS
@@ -88,7 +90,8 @@ class Urgency:
                 if not self.urgent:
                     self._since = heard_at
                     self._quiet.clear()
-            if self.urgent and time.monotonic() - heard_at >= POLL_SECONDS:
+            now = time.monotonic()
+            if self.urgent and (now - heard_at >= POLL_SECONDS or now - self._since > HOLD_SECONDS):
                 self._check()
 
     def _check(self) -> None:
