@@ -5,13 +5,13 @@ Does: in each ``provisor worker``, hear the announcement that removals are on th
 NOTIFY on ``REMOVALS_CHANNEL``, ``Queue.announce``: sent by the service once it recorded a
 change that ends or suspends someone's access now — before the cycle that plans it has run;
 for one posted to ``/events``, already as it starts recording it — and by a cycle that
-planned removals due now) on a
-connection of its own, and from then on ask every ``POLL_SECONDS`` whether they still are:
-a cycle waiting or running (it may be the one planning them), a removal open and due on a
-target whose circuit is not open (``removals_due``). Meanwhile ``hold`` keeps an account
-without a removal from starting its next operation, so the cores, the database and the
-targets serve the leaver; for at most ``HOLD_SECONDS`` from the first announcement, so other
-work never waits long behind a removal that cannot finish.
+planned removals due now) on a connection of its own, and from then on ask every
+``POLL_SECONDS`` whether they still are: a cycle waiting or running (it may be the one
+planning them), a removal open and due on a target whose circuit is not open
+(``removals_due``). Meanwhile ``hold`` keeps an account without a removal from starting its
+next operation, so the cores, the database and the targets serve the leaver; for at most
+``HOLD_SECONDS`` from the first announcement, so other work never waits long behind a removal
+that cannot finish.
 Does not: stop an operation already sent, order work (``dispatch`` puts removals first in the
 queue and in each slice), or run on SQLite (there one process runs the journal, removals
 first). While its connection is lost (it connects again every ``RECONNECT_SECONDS``), other
